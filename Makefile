@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh clone: `make test` and `make demo`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export AWS_DEFAULT_REGION ?= us-east-1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/*.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/dev.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -c "import torch, PIL, aws_cdk, moto; assert torch.__version__.startswith('2.13.0')"
+	touch $(STAMP)
+
+test: setup
+	$(VENV)/bin/pytest
+
+demo: setup
+	$(VENV)/bin/cxr check samples/kermany-val16
+
+bench: setup
+	$(PY) bench/normalise_throughput.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) cdk.out .pytest_cache

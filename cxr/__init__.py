@@ -1,0 +1,1 @@
+"""`cxr`: the command line for the serverless chest X-ray classifier."""

@@ -1,0 +1,41 @@
+"""Entry point of the `cxr` console script: builds the parser from the command modules.
+
+Exit status: 0 success, 1 the command ran and found a problem, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cxr.commands import check
+
+COMMANDS = (check,)
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called: exit status 2, one line, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UsageError as exc:
+        parser.error(str(exc))  # prints usage and exits 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

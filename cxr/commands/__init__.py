@@ -1,0 +1,1 @@
+"""One module per `cxr` sub-command; each exposes ``register(subparsers)``."""

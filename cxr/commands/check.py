@@ -1,0 +1,106 @@
+"""`cxr check PATH...`: the ingest normaliser and label rules, run on local files before any upload."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lambdas.domain import imaging, labels
+
+
+@dataclass
+class Verdict:
+    path: str
+    status: str
+    label: str | None = None
+    patient_id: str | None = None
+    reason: str | None = None
+    code: str | None = None
+    width: int | None = None
+    height: int | None = None
+    original_size: str | None = None
+    original_format: str | None = None
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="validate X-ray files and folders with the ingest rules",
+        description="Run the ingest normaliser and label rules on local files and folders. "
+        "Exit status 0 when every file was accepted, 1 when any was rejected, 2 on a usage error.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="files or folders (searched recursively)")
+    parser.add_argument("--json", action="store_true", help="print one JSON array with a record per file")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from cxr.cli import UsageError
+
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    files = list(iter_files(args.paths))
+    if not files:
+        raise UsageError("no files found under the given paths")
+    verdicts = [check_file(path) for path in files]
+    if args.json:
+        json.dump([asdict(v) for v in verdicts], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_table(verdicts)
+    return 0 if all(v.status == "accepted" for v in verdicts) else 1
+
+
+def iter_files(paths: list[Path]):
+    """Files in argument order; folders recursively in sorted order, hidden entries skipped."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(
+                p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)
+            )
+        else:
+            yield path
+
+
+def check_file(path: Path) -> Verdict:
+    """The verdict ingest would give this file: label from its folder, then the normaliser."""
+    verdict = Verdict(path=str(path), status="rejected")
+    try:
+        info = labels.describe(path.resolve().parts[-3:] if len(path.resolve().parts) >= 3 else path.resolve().parts)
+        verdict.label, verdict.patient_id = info.label, info.patient_id
+        imaging.check_upload_size(path.stat().st_size)
+        image = imaging.normalise(path.read_bytes())
+    except labels.UnlabelledError as exc:
+        verdict.code, verdict.reason = "unlabelled", str(exc)
+    except imaging.RejectedImage as exc:
+        verdict.code, verdict.reason = exc.code, exc.message
+    except OSError as exc:
+        verdict.code, verdict.reason = "unreadable", f"cannot read the file ({exc.strerror or exc})"
+    else:
+        verdict.status = "accepted"
+        verdict.width, verdict.height = image.width, image.height
+        verdict.original_size = f"{image.original_width}x{image.original_height}"
+        verdict.original_format = image.original_format
+    return verdict
+
+
+def print_table(verdicts: list[Verdict]) -> None:
+    width = min(60, max(len(v.path) for v in verdicts))
+    print(f"{'file':<{width}}  {'verdict':<8}  {'label':<10}  {'patient':<8}  detail")
+    for v in verdicts:
+        path = v.path if len(v.path) <= width else "..." + v.path[-(width - 3):]
+        if v.status == "accepted":
+            detail = f"{v.original_format} {v.original_size} -> {v.width}x{v.height} PNG"
+        else:
+            detail = f"{v.code}: {v.reason}"
+        print(f"{path:<{width}}  {v.status:<8}  {v.label or '-':<10}  {v.patient_id or '-':<8}  {detail}")
+    accepted = sum(v.status == "accepted" for v in verdicts)
+    by_label: dict[str, int] = {}
+    for v in verdicts:
+        if v.status == "accepted":
+            by_label[v.label] = by_label.get(v.label, 0) + 1
+    labels_text = ", ".join(f"{label} {n}" for label, n in sorted(by_label.items())) or "none"
+    print(f"\n{len(verdicts)} files: {accepted} accepted ({labels_text}), {len(verdicts) - accepted} rejected")

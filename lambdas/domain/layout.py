@@ -1,0 +1,69 @@
+"""Bucket key layout: the one place that names prefixes, shared by Lambdas, CDK stacks and local mode."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import PurePosixPath
+
+from .labels import LabelInfo, describe
+
+# data bucket
+RAW = "raw/"
+PROCESSED = "processed/"
+QUARANTINE = "quarantine/"
+MANIFESTS = "manifests/"
+MODELS = "models/"
+REPORTS = "reports/"
+CHECKPOINTS = "checkpoints/"
+# inference bucket
+INCOMING = "incoming/"
+PREDICTIONS = "predictions/"
+REJECTED = "rejected/"
+
+ERROR_SUFFIX = ".error.json"
+
+
+class KeyLayoutError(ValueError):
+    """A key that does not follow ``raw/<dataset>/[split/]<LABEL>/<file>``."""
+
+
+def parse_raw_key(key: str) -> tuple[str, LabelInfo]:
+    """Dataset name and label information of an uploaded object's key."""
+    if not key.startswith(RAW):
+        raise KeyLayoutError(f"the key is not under {RAW}")
+    parts = key[len(RAW):].split("/")
+    if len(parts) < 2 or not parts[0]:
+        raise KeyLayoutError("the key has no dataset folder: expected raw/<dataset>/<LABEL>/<file>")
+    dataset, rest = parts[0], parts[1:]
+    if not rest[-1]:
+        raise KeyLayoutError("the key is a folder marker, not a file")
+    return dataset, describe(rest)
+
+
+def processed_key(dataset: str, label: str, image_id: str) -> str:
+    return f"{PROCESSED}{dataset}/{label}/{image_id}.png"
+
+
+def processed_metadata_key(dataset: str, label: str, image_id: str) -> str:
+    return f"{PROCESSED}{dataset}/{label}/{image_id}.json"
+
+
+def quarantine_key(raw_key: str) -> str:
+    return f"{QUARANTINE}{raw_key}{ERROR_SUFFIX}"
+
+
+def prediction_key(incoming_key: str) -> str:
+    return f"{PREDICTIONS}{incoming_key[len(INCOMING):] if incoming_key.startswith(INCOMING) else incoming_key}.json"
+
+
+def rejected_key(incoming_key: str) -> str:
+    return f"{REJECTED}{incoming_key[len(INCOMING):] if incoming_key.startswith(INCOMING) else incoming_key}{ERROR_SUFFIX}"
+
+
+def key_ref(bucket: str, key: str) -> str:
+    """What logs carry instead of a key: keys hold patient identifiers."""
+    return hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:16]
+
+
+def file_name(key: str) -> str:
+    return PurePosixPath(key).name

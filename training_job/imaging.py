@@ -1,0 +1,1 @@
+../lambdas/domain/imaging.py

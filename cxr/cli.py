@@ -9,13 +9,9 @@ import argparse
 import sys
 
 from cxr.commands import check
+from cxr.errors import UsageError
 
 COMMANDS = (check,)
-
-
-class UsageError(Exception):
-    """A mistake in how the command was called: exit status 2, one line, no traceback."""
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

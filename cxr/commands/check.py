@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cxr.errors import UsageError
 from lambdas.domain import imaging, labels
 
 
@@ -37,8 +38,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cxr.cli import UsageError
-
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
@@ -69,7 +68,7 @@ def check_file(path: Path) -> Verdict:
     """The verdict ingest would give this file: label from its folder, then the normaliser."""
     verdict = Verdict(path=str(path), status="rejected")
     try:
-        info = labels.describe(path.resolve().parts[-3:] if len(path.resolve().parts) >= 3 else path.resolve().parts)
+        info = labels.describe(path.resolve().parts[-3:])
         verdict.label, verdict.patient_id = info.label, info.patient_id
         imaging.check_upload_size(path.stat().st_size)
         image = imaging.normalise(path.read_bytes())

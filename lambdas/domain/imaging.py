@@ -101,7 +101,7 @@ def normalise(data: bytes) -> NormalisedImage:
     pixels = _to_grayscale_array(image)
     if int(pixels.max()) == int(pixels.min()):
         raise RejectedImage("blank", "the image has no contrast: every pixel has the same value")
-    stored = _shrink(Image.fromarray(pixels, mode="L"))
+    stored = _shrink(Image.fromarray(pixels))
     return _encode(stored, original)
 
 

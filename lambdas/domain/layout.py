@@ -53,11 +53,11 @@ def quarantine_key(raw_key: str) -> str:
 
 
 def prediction_key(incoming_key: str) -> str:
-    return f"{PREDICTIONS}{incoming_key[len(INCOMING):] if incoming_key.startswith(INCOMING) else incoming_key}.json"
+    return f"{PREDICTIONS}{incoming_key.removeprefix(INCOMING)}.json"
 
 
 def rejected_key(incoming_key: str) -> str:
-    return f"{REJECTED}{incoming_key[len(INCOMING):] if incoming_key.startswith(INCOMING) else incoming_key}{ERROR_SUFFIX}"
+    return f"{REJECTED}{incoming_key.removeprefix(INCOMING)}{ERROR_SUFFIX}"
 
 
 def key_ref(bucket: str, key: str) -> str:

@@ -15,7 +15,7 @@ class Settings:
     service: str
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         max_bytes = int(env.get("MAX_UPLOAD_BYTES", imaging.MAX_UPLOAD_BYTES))
         if not 0 < max_bytes <= imaging.MAX_UPLOAD_BYTES:

@@ -1,0 +1,5 @@
+"""Errors a user can act on: printed as one line, never as a traceback."""
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called: exit status 2."""

@@ -1,0 +1,169 @@
+"""Preprocess Lambda: S3 ``raw/`` uploads -> labelled, normalised ``processed/`` PNGs, or quarantine.
+
+Nothing a user uploads is ever lost: the original stays in ``raw/`` and every rejection leaves
+``quarantine/<key>.error.json`` with a reason. Bad images are permanent errors (recorded, not
+raised, so Lambda does not retry them); AWS throttling and timeouts are raised so it does.
+Outputs are content-addressed and written with deterministic tie-breaks, so duplicate and
+reordered deliveries converge on the same final state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
+from botocore.exceptions import ClientError
+
+from lambdas import aws
+from lambdas.domain import imaging, layout
+from lambdas.domain.labels import UnlabelledError
+from lambdas.domain.settings import Settings
+
+logger = Logger(service="cxr-preprocess")
+metrics = Metrics(namespace="CxrServerless", service="cxr-preprocess")
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    bucket: str
+    key: str
+    size: int
+    version_id: str | None
+    sequencer: str
+
+    @property
+    def ref(self) -> str:
+        return layout.key_ref(self.bucket, self.key)
+
+    def describe(self) -> dict:
+        return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "size": self.size}
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(log_event=False)
+@event_source(data_class=S3Event)
+def handler(event: S3Event, context) -> dict:
+    settings = Settings.from_env()
+    outcomes = {"accepted": 0, "rejected": 0, "skipped": 0, "transient": 0}
+    for record in event.records:
+        source = SourceObject(
+            bucket=record.s3.bucket.name,
+            key=unquote_plus(record.s3.get_object.key),  # S3 form-encodes keys in events: decode exactly once
+            size=record.s3.get_object.size or 0,
+            version_id=record.s3.get_object.version_id,
+            sequencer=record.s3.get_object.get("sequencer", ""),
+        )
+        if not record.event_name.startswith("ObjectCreated") or source.key.endswith("/"):
+            outcomes["skipped"] += 1
+            continue
+        try:
+            outcomes[process(source, settings)] += 1
+        except Exception as exc:
+            if not aws.is_transient(exc):
+                raise
+            outcomes["transient"] += 1
+            logger.warning("transient AWS error, the event will be retried", key_ref=source.ref, error=str(exc))
+    metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=outcomes["accepted"])
+    metrics.add_metric(name="ImagesRejected", unit=MetricUnit.Count, value=outcomes["rejected"])
+    if outcomes["transient"]:
+        # Whole-event retry is safe: finished records rewrite identical content-addressed objects.
+        raise aws.TransientError(f"{outcomes['transient']} record(s) hit transient AWS errors")
+    return outcomes
+
+
+def process(source: SourceObject, settings: Settings) -> str:
+    """Handle one uploaded object; returns ``accepted``, ``rejected`` or ``skipped``."""
+    try:
+        dataset, info = layout.parse_raw_key(source.key)
+        imaging.check_upload_size(source.size, settings.max_upload_bytes)
+        image = imaging.normalise(_download(source))
+    except imaging.RejectedImage as exc:
+        return _quarantine(source, exc.code, exc.message)
+    except (layout.KeyLayoutError, UnlabelledError) as exc:
+        return _quarantine(source, "unlabelled", str(exc))
+    record = {
+        "source": source.describe(),
+        "dataset": dataset,
+        "label": info.label,
+        "patient_id": info.patient_id,
+        "split": info.split,
+        "image_id": image.image_id,
+        "content_hash": image.content_hash,
+        "processed_key": layout.processed_key(dataset, info.label, image.image_id),
+        "stored": {"width": image.width, "height": image.height, "format": "PNG", "mode": "L"},
+        "original": {
+            "width": image.original_width,
+            "height": image.original_height,
+            "format": image.original_format,
+            "mode": image.original_mode,
+        },
+    }
+    metadata_key = layout.processed_metadata_key(dataset, info.label, image.image_id)
+    existing = _read_json(source.bucket, metadata_key)
+    if existing is not None and _source_rank(existing["source"]) <= _source_rank(record["source"]):
+        logger.info("already processed", key_ref=source.ref, image_id=image.image_id, outcome="duplicate")
+        return "accepted"
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=source.bucket, Key=record["processed_key"], Body=image.png, ContentType="image/png")
+    _put_json(source.bucket, metadata_key, record)  # written last: its presence means the PNG is complete
+    logger.info("accepted", key_ref=source.ref, label=info.label, image_id=image.image_id, outcome="accepted")
+    return "accepted"
+
+
+def _download(source: SourceObject) -> bytes:
+    kwargs = {"Bucket": source.bucket, "Key": source.key}
+    if source.version_id:
+        kwargs["VersionId"] = source.version_id
+    try:
+        return aws.client("s3").get_object(**kwargs)["Body"].read()
+    except ClientError as exc:
+        if aws.is_missing(exc):
+            raise imaging.RejectedImage(
+                "source_missing", "the uploaded object (or this version of it) no longer exists"
+            ) from None
+        raise
+
+
+def _quarantine(source: SourceObject, code: str, message: str) -> str:
+    """Record why an object was rejected; the newest S3 event for a key wins, whatever the delivery order."""
+    key = layout.quarantine_key(source.key)
+    existing = _read_json(source.bucket, key)
+    if existing is not None and _sequencer_rank(existing.get("sequencer", "")) > _sequencer_rank(source.sequencer):
+        logger.info("older rejection ignored", key_ref=source.ref, reason=code, outcome="rejected")
+        return "rejected"
+    _put_json(
+        source.bucket,
+        key,
+        {"source": source.describe(), "sequencer": source.sequencer, "reason": code, "message": message},
+    )
+    logger.info("rejected", key_ref=source.ref, reason=code, outcome="rejected")
+    return "rejected"
+
+
+def _read_json(bucket: str, key: str) -> dict | None:
+    try:
+        body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if aws.is_missing(exc):
+            return None
+        raise
+    return json.loads(body)
+
+
+def _put_json(bucket: str, key: str, document: dict) -> None:
+    body = json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode()
+    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+
+
+def _source_rank(source: dict) -> tuple[str, str]:
+    """Deterministic choice between different uploads with identical pixels: the smallest key wins."""
+    return (source["key"], source.get("version_id") or "")
+
+
+def _sequencer_rank(sequencer: str) -> str:
+    """S3's rule for one key's sequencers: right-pad the shorter with zeros, then compare as strings."""
+    return sequencer.upper().ljust(64, "0")

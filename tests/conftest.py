@@ -1,0 +1,56 @@
+"""Shared fixtures: offline AWS credentials, moto, and a versioned data bucket."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Never reach AWS: fake credentials and a fixed region before boto3 is imported anywhere.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "POWERTOOLS_METRICS_NAMESPACE": "CxrServerless",
+        "POWERTOOLS_DEV": "false",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture
+def aws():
+    """An in-process moto account; handler clients are re-created inside it."""
+    from moto import mock_aws
+
+    from lambdas import aws as lambda_aws
+
+    with mock_aws():
+        lambda_aws.reset_clients()
+        yield
+    lambda_aws.reset_clients()
+
+
+@pytest.fixture
+def data_bucket(aws):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="cxr-data")
+    s3.put_bucket_versioning(Bucket="cxr-data", VersioningConfiguration={"Status": "Enabled"})
+    return "cxr-data"
+
+
+@pytest.fixture
+def lambda_context():
+    from cxr.local.context import LambdaContext
+
+    return LambdaContext(function_name="preprocess")

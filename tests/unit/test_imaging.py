@@ -1,0 +1,146 @@
+"""The normaliser: its output contract, every rejection reason, and property tests."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import corpus
+from lambdas.domain import imaging
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def assert_output_contract(result: imaging.NormalisedImage, original_size: tuple[int, int]) -> Image.Image:
+    image = Image.open(io.BytesIO(result.png))
+    assert image.format == "PNG" and image.mode == "L"
+    assert image.size == (result.width, result.height)
+    assert max(image.size) <= imaging.STORED_MAX_SIDE
+    ow, oh = original_size
+    if max(ow, oh) <= imaging.STORED_MAX_SIDE:
+        assert image.size == (ow, oh)  # never enlarged, never resampled needlessly
+    else:
+        assert max(image.size) == imaging.STORED_MAX_SIDE
+        assert abs(image.width / image.height - ow / oh) < 0.02  # aspect kept
+    assert len(result.image_id) == 32 and result.image_id == result.content_hash[:32]
+    return image
+
+
+@pytest.mark.parametrize("name", sorted(corpus.broken_corpus()))
+def test_each_broken_input_gets_its_specific_reason(name):
+    data, code = corpus.broken_corpus()[name]
+    with pytest.raises(imaging.RejectedImage) as caught:
+        imaging.normalise(data)
+    assert caught.value.code == code, caught.value.message
+    assert caught.value.message
+
+
+def test_size_cap_is_checked_without_reading():
+    imaging.check_upload_size(imaging.MAX_UPLOAD_BYTES)
+    with pytest.raises(imaging.RejectedImage, match="over the 30 MiB cap"):
+        imaging.check_upload_size(imaging.MAX_UPLOAD_BYTES + 1)
+    with pytest.raises(imaging.RejectedImage) as caught:
+        imaging.check_upload_size(0)
+    assert caught.value.code == "empty"
+
+
+def test_sixteen_bit_is_rescaled_not_clipped():
+    result = imaging.normalise(corpus.png_16bit(240, 200))  # small enough to be stored unresampled
+    pixels = np.asarray(assert_output_contract(result, (240, 200)))
+    assert result.original_mode.startswith("I")
+    assert pixels.min() == 0 and pixels.max() == 255  # the 12-bit range fills 8 bits
+    assert 40 < pixels.mean() < 200  # clipping would have made it (nearly) all white
+
+
+def test_alpha_is_composited_onto_black():
+    result = imaging.normalise(corpus.png_rgba())
+    pixels = np.asarray(assert_output_contract(result, (300, 240)))
+    assert (pixels[:, :60] == 0).all()  # the transparent quarter (64 px once shrunk) is black
+    assert pixels[:, 80:].mean() > 40
+
+
+def test_exif_orientation_is_applied():
+    result = imaging.normalise(corpus.jpeg_exif_rotated(240, 160))
+    assert (result.width, result.height) == (160, 240)
+    assert (result.original_width, result.original_height) == (240, 160)
+
+
+@pytest.mark.parametrize(
+    ("data", "mode"),
+    [(corpus.png_palette(), "P"), (corpus.jpeg_cmyk(), "CMYK"), (corpus.jpeg(), "L"), (corpus.png(), "L")],
+)
+def test_palette_cmyk_and_plain_grayscale_are_accepted(data, mode):
+    result = imaging.normalise(data)
+    assert result.original_mode == mode
+    assert_output_contract(result, (result.original_width, result.original_height))
+
+
+def test_wrong_extension_does_not_matter_content_decides(tmp_path):
+    assert imaging.normalise(corpus.png()).original_format == "PNG"  # whatever the file was called
+    assert imaging.normalise(corpus.jpeg()).original_format == "JPEG"
+
+
+def test_full_resolution_samples_shrink_with_aspect_kept():
+    for path in sorted((ROOT / corpus.SAMPLES).rglob("*.jpeg")):
+        result = imaging.normalise(path.read_bytes())
+        assert_output_contract(result, (result.original_width, result.original_height))
+
+
+def test_content_hash_is_deterministic_and_content_addressed():
+    first, second = imaging.normalise(corpus.png(seed=1)), imaging.normalise(corpus.png(seed=1))
+    assert first.png == second.png and first.image_id == second.image_id
+    assert imaging.normalise(corpus.png(seed=2)).image_id != first.image_id
+    # the same pixels arriving as PNG or re-encoded losslessly give the same id
+    again = corpus.encode(Image.open(io.BytesIO(corpus.png(seed=1))), "PNG", compress_level=1)
+    assert imaging.normalise(again).image_id == first.image_id
+
+
+@pytest.mark.parametrize("policy", imaging.RESIZE_POLICIES)
+def test_model_input_policies(policy):
+    stored = Image.fromarray(corpus.chest_like(256, 200))
+    array = imaging.to_model_input(stored, 64, policy)
+    assert array.shape == (64, 64) and array.dtype == np.float32
+    assert 0.0 <= array.min() and array.max() <= 1.0
+    if policy == "pad":
+        assert array[0].max() == 0.0  # top rows are padding
+    with pytest.raises(ValueError):
+        imaging.to_model_input(stored, 64, "crop")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=0, max_size=4096))
+def test_random_bytes_are_rejected_never_crash(data):
+    try:
+        imaging.normalise(data)
+    except imaging.RejectedImage as exc:
+        assert exc.code and exc.message
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    width=st.integers(28, 700),
+    height=st.integers(28, 700),
+    mode=st.sampled_from(["L", "RGB", "RGBA", "LA", "P", "I;16", "CMYK"]),
+    fmt=st.sampled_from(["PNG", "JPEG"]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_valid_images_meet_the_output_contract(width, height, mode, fmt, seed):
+    if max(width, height) / min(width, height) > imaging.MAX_ASPECT:
+        height = width
+    if fmt == "JPEG" and mode not in ("L", "RGB", "CMYK"):
+        fmt = "PNG"
+    if fmt == "PNG" and mode == "CMYK":
+        fmt = "JPEG"
+    gray = np.random.default_rng(seed).integers(0, 256, size=(height, width), dtype=np.uint8)
+    gray[0, 0], gray[-1, -1] = 0, 255  # guarantee contrast
+    image = Image.fromarray(gray)
+    if mode == "I;16":
+        image = Image.fromarray(gray.astype(np.uint16) * 257)
+    elif mode != "L":
+        image = image.convert(mode)
+    result = imaging.normalise(corpus.encode(image, fmt))
+    assert_output_contract(result, (width, height))

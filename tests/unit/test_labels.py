@@ -1,0 +1,50 @@
+import pytest
+
+from lambdas.domain import labels, layout
+
+
+@pytest.mark.parametrize(
+    ("key", "label", "patient", "split"),
+    [
+        ("raw/kermany/train/NORMAL/IM-0115-0001.jpeg", "normal", "0115", "train"),
+        ("raw/kermany/train/NORMAL/NORMAL2-IM-1427-0001.jpeg", "normal", "1427", "train"),
+        ("raw/kermany/test/PNEUMONIA/person1946_bacteria_4874.jpeg", "bacterial", "1946", "test"),
+        ("raw/kermany/val/PNEUMONIA/person1000_virus_1681.jpeg", "viral", "1000", "val"),
+        ("raw/ds/pneumonia/scan_0001.png", "pneumonia", None, None),
+        ("raw/ds/Bacterial/x.png", "bacterial", None, None),
+        ("raw/ds/VIRAL/x.png", "viral", None, None),
+        ("raw/ds/validation/Covid-19/x.png", "covid-19", None, "val"),
+        ("raw/ds/extra/deeper/NORMAL/x.png", "normal", None, None),
+    ],
+)
+def test_label_patient_and_split_from_key(key, label, patient, split):
+    dataset, info = layout.parse_raw_key(key)
+    assert (info.label, info.patient_id, info.split) == (label, patient, split)
+    assert dataset == key.split("/")[1]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["raw/ds/x.jpeg", "raw/ds/train/x.jpeg", "raw/x.jpeg", "raw/ds/NORMAL/", "incoming/ds/NORMAL/x.png"],
+)
+def test_keys_without_a_label_folder_are_refused(key):
+    with pytest.raises((layout.KeyLayoutError, labels.UnlabelledError)):
+        layout.parse_raw_key(key)
+
+
+def test_class_set_is_derived_from_the_data():
+    assert labels.class_set({"normal", "bacterial", "viral"}) == ["bacterial", "normal", "viral"]
+    assert labels.class_set({"normal", "pneumonia"}) == ["normal", "pneumonia"]
+    # sub-types known for only part of the data: binary view
+    assert labels.class_set({"normal", "bacterial", "pneumonia"}) == ["normal", "pneumonia"]
+    assert labels.training_label("viral", ["normal", "pneumonia"]) == "pneumonia"
+    with pytest.raises(KeyError):
+        labels.training_label("covid", ["normal", "pneumonia"])
+
+
+def test_key_layout_and_log_reference():
+    assert layout.quarantine_key("raw/ds/NORMAL/a b.png") == "quarantine/raw/ds/NORMAL/a b.png.error.json"
+    assert layout.prediction_key("incoming/x/y.jpeg") == "predictions/x/y.jpeg.json"
+    assert layout.rejected_key("incoming/y.jpeg") == "rejected/y.jpeg.error.json"
+    ref = layout.key_ref("b", "raw/ds/NORMAL/person12_bacteria_1.jpeg")
+    assert len(ref) == 16 and "person" not in ref

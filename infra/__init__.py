@@ -1,0 +1,1 @@
+"""The CDK app and the pure wiring the local mode shares with it."""

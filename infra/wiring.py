@@ -1,0 +1,212 @@
+"""Names and wiring of the deployed system: the single source that the CDK stacks and the local mode both read.
+
+Pure data (no ``aws_cdk`` import) so that the offline cloud builds the same buckets, tables,
+triggers, function environments and state names as a deployment, and a test can prove it.
+Prefixes come from :mod:`lambdas.domain.layout`, never retyped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lambdas.domain import layout
+
+# Bucket roles: construct ids are the role names in CamelCase (see ``Bucket.construct_id``).
+DATA = "data"
+INFERENCE = "inference"
+ACCESS_LOGS = "access-logs"
+
+# Environment variable names the functions read.
+ENV_DATA_BUCKET = "DATA_BUCKET"
+ENV_INFERENCE_BUCKET = "INFERENCE_BUCKET"
+ENV_PREDICTIONS_TABLE = "PREDICTIONS_TABLE"
+ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
+ENV_ENDPOINT_PARAMETER = "ENDPOINT_PARAMETER"
+"""Name of the SSM parameter holding the serving endpoint's name (not the endpoint name itself)."""
+ENV_UNCERTAINTY_BAND = "UNCERTAINTY_BAND"
+"""``"low,high"``: a prediction whose calibrated pneumonia probability lies inside is referred to a radiologist."""
+ENV_QUALITY_GATE = "QUALITY_GATE"
+"""JSON object: ``metrics.json`` field (dotted path) -> minimum value."""
+ENV_SAGEMAKER_ROLE_ARN = "SAGEMAKER_ROLE_ARN"
+ENV_KMS_KEY_ARN = "KMS_KEY_ARN"
+ENV_INFERENCE_IMAGE = "INFERENCE_IMAGE"
+ENV_ENDPOINT_NAME = "ENDPOINT_NAME"
+ENV_ENDPOINT_MODE = "ENDPOINT_MODE"
+ENV_SERVERLESS_MEMORY_MB = "SERVERLESS_MEMORY_MB"
+ENV_SERVERLESS_MAX_CONCURRENCY = "SERVERLESS_MAX_CONCURRENCY"
+ENV_ENDPOINT_INSTANCE_TYPE = "ENDPOINT_INSTANCE_TYPE"
+ENV_ASYNC_OUTPUT_URI = "ASYNC_OUTPUT_URI"
+POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
+METRICS_NAMESPACE = "CxrServerless"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    role: str
+    env_var: str | None
+    """Environment variable that hands the bucket's name to functions (None: no function reads it)."""
+
+    @property
+    def construct_id(self) -> str:
+        return "".join(part.capitalize() for part in self.role.split("-")) + "Bucket"
+
+
+BUCKETS: dict[str, Bucket] = {
+    b.role: b
+    for b in (
+        Bucket(DATA, ENV_DATA_BUCKET),
+        Bucket(INFERENCE, ENV_INFERENCE_BUCKET),
+        Bucket(ACCESS_LOGS, None),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    id: str
+    env_var: str
+    partition_key: str
+    sort_key: str | None = None
+    ttl_attribute: str | None = None
+
+
+PREDICTIONS_TABLE = Table("PredictionsTable", ENV_PREDICTIONS_TABLE, partition_key="pk", sort_key="sk")
+"""Generic key names so the predict Lambda shapes its records (source object / version) freely."""
+IDEMPOTENCY_TABLE = Table("IdempotencyTable", ENV_IDEMPOTENCY_TABLE, partition_key="id", ttl_attribute="expiration")
+"""The key and TTL attribute names Powertools' DynamoDB idempotency layer uses by default."""
+TABLES: dict[str, Table] = {t.id: t for t in (PREDICTIONS_TABLE, IDEMPOTENCY_TABLE)}
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """An S3 ``ObjectCreated`` notification: every object under ``prefix`` (no suffix filter)."""
+
+    bucket: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Function:
+    id: str
+    """CDK construct id, and the function name in the local mode."""
+    handler: str
+    memory_mb: int
+    timeout_s: int
+    environment: tuple[str, ...]
+    """Names of the environment variables the stacks set (Powertools' are added to every function)."""
+    trigger: Trigger | None = None
+    service: str = ""
+    """Powertools service name, also the metrics dimension the dashboard reads."""
+
+    @property
+    def module(self) -> str:
+        return self.handler.rsplit(".", 1)[0]
+
+    @property
+    def attribute(self) -> str:
+        return self.handler.rsplit(".", 1)[1]
+
+
+PREPROCESS = Function(
+    id="Preprocess",
+    handler="lambdas.preprocess.handler",
+    memory_mb=1769,  # one full vCPU: decoding a 30 MB upload is CPU-bound
+    timeout_s=60,
+    environment=(ENV_DATA_BUCKET,),
+    trigger=Trigger(DATA, layout.RAW),
+    service="cxr-preprocess",
+)
+PREDICT = Function(
+    id="Predict",
+    handler="lambdas.predict.handler",
+    memory_mb=1769,
+    timeout_s=120,  # a serverless endpoint's cold start can take a minute
+    environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
+                 ENV_UNCERTAINTY_BAND),
+    trigger=Trigger(INFERENCE, layout.INCOMING),
+    service="cxr-predict",
+)
+PREPARE_DATASET = Function(
+    id="PrepareDataset",
+    handler="lambdas.prepare_dataset.handler",
+    memory_mb=1024,
+    timeout_s=600,  # lists and splits every processed image of a dataset
+    environment=(ENV_DATA_BUCKET,),
+    service="cxr-prepare-dataset",
+)
+EVALUATE_MODEL = Function(
+    id="EvaluateModel",
+    handler="lambdas.evaluate_model.handler",
+    memory_mb=512,
+    timeout_s=120,
+    environment=(ENV_DATA_BUCKET, ENV_QUALITY_GATE),
+    service="cxr-evaluate-model",
+)
+DEPLOY_MODEL = Function(
+    id="DeployModel",
+    handler="lambdas.deploy_model.handler",
+    memory_mb=256,
+    timeout_s=60,
+    environment=(ENV_SAGEMAKER_ROLE_ARN, ENV_KMS_KEY_ARN, ENV_INFERENCE_IMAGE, ENV_ENDPOINT_NAME, ENV_ENDPOINT_MODE,
+                 ENV_SERVERLESS_MEMORY_MB, ENV_SERVERLESS_MAX_CONCURRENCY, ENV_ENDPOINT_INSTANCE_TYPE,
+                 ENV_ASYNC_OUTPUT_URI),
+    service="cxr-deploy-model",
+)
+ENDPOINT_STATUS = Function(
+    id="EndpointStatus",
+    handler="lambdas.deploy_model.status_handler",
+    memory_mb=256,
+    timeout_s=30,
+    environment=(ENV_ENDPOINT_PARAMETER,),
+    service="cxr-endpoint-status",
+)
+FUNCTIONS: dict[str, Function] = {
+    f.id: f for f in (PREPROCESS, PREDICT, PREPARE_DATASET, EVALUATE_MODEL, DEPLOY_MODEL, ENDPOINT_STATUS)
+}
+
+
+def endpoint_parameter_name(stage: str) -> str:
+    """The SSM parameter the pipeline writes and the predict Lambda reads."""
+    return f"/cxr/{stage}/endpoint-name"
+
+
+def endpoint_name(stage: str) -> str:
+    """One endpoint per stage, updated in place by each deployment."""
+    return f"cxr-{stage}"
+
+
+# The training pipeline (Step Functions).
+STATE_MACHINE_ID = "TrainingPipeline"
+PREPARE_DATASET_STATE = "PrepareDataset"
+TRAIN_STATE = "Train"
+EVALUATE_STATE = "Evaluate"
+GATE_STATE = "PassesGate"
+DEPLOY_STATE = "Deploy"
+WAIT_STATE = "WaitForEndpoint"
+ENDPOINT_STATUS_STATE = "EndpointStatus"
+ENDPOINT_READY_STATE = "EndpointReady"
+NOTIFY_DEPLOYED_STATE = "NotifyDeployed"
+NOTIFY_REJECTED_STATE = "NotifyRejected"
+NOTIFY_FAILURE_STATE = "NotifyFailure"
+FAILED_STATE = "PipelineFailed"
+STATE_ORDER = (
+    PREPARE_DATASET_STATE,
+    TRAIN_STATE,
+    EVALUATE_STATE,
+    GATE_STATE,
+    DEPLOY_STATE,
+    WAIT_STATE,
+    ENDPOINT_STATUS_STATE,
+    ENDPOINT_READY_STATE,
+    NOTIFY_DEPLOYED_STATE,
+)
+"""The success path, in order; ``WaitForEndpoint`` -> ``EndpointReady`` loops until InService."""
+TASK_FUNCTIONS = {
+    PREPARE_DATASET_STATE: PREPARE_DATASET.id,
+    EVALUATE_STATE: EVALUATE_MODEL.id,
+    DEPLOY_STATE: DEPLOY_MODEL.id,
+    ENDPOINT_STATUS_STATE: ENDPOINT_STATUS.id,
+}
+"""Which function each Lambda task state invokes."""
+TRAINING_JOB_PREFIX = "cxr"
+"""Training job names are ``cxr-<attempt>-<uuid>``: unique per attempt, as SageMaker requires."""

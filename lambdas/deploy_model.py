@@ -1,0 +1,176 @@
+"""Deploy Lambdas (training pipeline): put a gated model behind the stage's endpoint, then report when it serves.
+
+``handler`` creates the SageMaker model and an endpoint configuration (serverless by default,
+realtime or asynchronous instances as options) and creates or updates the endpoint;
+``status_handler`` is polled by the state machine's wait loop and, once the endpoint serves the
+new configuration, writes its name to the SSM parameter the predict Lambda reads. Both are
+plain boto3 so the same state machine runs in moto's Step Functions engine, where only Lambda
+tasks execute code. Every step is idempotent: Step Functions retries them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from lambdas import aws
+
+logger = Logger(service="cxr-deploy-model")
+
+VARIANT = "AllTraffic"
+BUSY = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting", "UpdateRollbackFailed"})
+_INSTANCE_STORAGE = re.compile(r"^ml\.(?:[a-z]+\d+[a-z]*d[a-z]*|g5|g6|g6e|p5|p5e|p5en)\.")
+"""Families with local NVMe storage, where SageMaker refuses an endpoint KMS key (the disk is encrypted by hardware)."""
+
+
+class EndpointBusy(RuntimeError):
+    """The endpoint is changing: the state machine retries with backoff."""
+
+
+class EndpointDeploymentFailed(RuntimeError):
+    """SageMaker could not serve the new model; the previous configuration (if any) keeps serving."""
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    role_arn: str
+    kms_key_arn: str
+    image: str
+    endpoint_name: str
+    mode: str
+    serverless_memory_mb: int
+    serverless_max_concurrency: int
+    instance_type: str
+    async_output_uri: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "DeploySettings":
+        mode = env.get("ENDPOINT_MODE", "serverless")
+        if mode not in ("serverless", "realtime", "async"):
+            raise ValueError(f"ENDPOINT_MODE must be serverless, realtime or async, not {mode!r}")
+        settings = cls(
+            role_arn=env["SAGEMAKER_ROLE_ARN"],
+            kms_key_arn=env["KMS_KEY_ARN"],
+            image=env["INFERENCE_IMAGE"],
+            endpoint_name=env["ENDPOINT_NAME"],
+            mode=mode,
+            serverless_memory_mb=int(env.get("SERVERLESS_MEMORY_MB", "3072")),
+            serverless_max_concurrency=int(env.get("SERVERLESS_MAX_CONCURRENCY", "5")),
+            instance_type=env.get("ENDPOINT_INSTANCE_TYPE", "ml.g4dn.xlarge"),
+            async_output_uri=env.get("ASYNC_OUTPUT_URI") or None,
+        )
+        if mode == "async" and not settings.async_output_uri:
+            raise ValueError("ENDPOINT_MODE=async needs ASYNC_OUTPUT_URI")
+        return settings
+
+
+def model_definition(settings: DeploySettings, name: str, model_data_url: str) -> dict:
+    """The model as the SageMaker PyTorch serving container loads it: ``code/inference.py`` inside the archive."""
+    return {
+        "ModelName": name,
+        "ExecutionRoleArn": settings.role_arn,
+        "PrimaryContainer": {
+            "Image": settings.image,
+            "ModelDataUrl": model_data_url,
+            "Environment": {
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+            },
+        },
+        "EnableNetworkIsolation": True,
+    }
+
+
+def endpoint_config_definition(settings: DeploySettings, name: str, model_name: str) -> dict:
+    variant: dict = {"VariantName": VARIANT, "ModelName": model_name}
+    config: dict = {"EndpointConfigName": name, "ProductionVariants": [variant]}
+    if settings.mode == "serverless":
+        variant["ServerlessConfig"] = {
+            "MemorySizeInMB": settings.serverless_memory_mb,
+            "MaxConcurrency": settings.serverless_max_concurrency,
+        }
+    else:
+        variant.update(InstanceType=settings.instance_type, InitialInstanceCount=1)
+    if settings.mode == "serverless" or not _INSTANCE_STORAGE.match(settings.instance_type):
+        config["KmsKeyId"] = settings.kms_key_arn
+    if settings.mode == "async":
+        config["AsyncInferenceConfig"] = {
+            "OutputConfig": {"S3OutputPath": settings.async_output_uri, "KmsKeyId": settings.kms_key_arn},
+        }
+    return config
+
+
+def _create(call, **kwargs) -> None:
+    """Create a named resource, treating "already exists" as done (a retried attempt)."""
+    try:
+        call(**kwargs)
+    except ClientError as exc:
+        message = exc.response.get("Error", {}).get("Message", "")
+        if aws.error_code(exc) == "ValidationException" and "already exist" in message:
+            return
+        raise
+
+
+def describe_endpoint(name: str) -> dict | None:
+    try:
+        return aws.client("sagemaker").describe_endpoint(EndpointName=name)
+    except ClientError as exc:
+        if aws.error_code(exc) == "ValidationException" and "Could not find endpoint" in str(exc):
+            return None
+        raise
+
+
+@logger.inject_lambda_context(log_event=False)
+def handler(event: dict, context) -> dict:
+    """Input ``{"run_id", "model_name", "model_artifact"}`` (model name: the training job's, unique per run)."""
+    settings = DeploySettings.from_env(os.environ)
+    name = str(event["model_name"])
+    sagemaker = aws.client("sagemaker")
+    tags = [{"Key": "run_id", "Value": str(event["run_id"])}]
+    _create(sagemaker.create_model, **model_definition(settings, name, event["model_artifact"]), Tags=tags)
+    _create(sagemaker.create_endpoint_config, **endpoint_config_definition(settings, name, name), Tags=tags)
+    endpoint = describe_endpoint(settings.endpoint_name)
+    if endpoint is None:
+        sagemaker.create_endpoint(EndpointName=settings.endpoint_name, EndpointConfigName=name, Tags=tags)
+        action = "created"
+    elif endpoint["EndpointConfigName"] == name:
+        action = "unchanged"  # a retried attempt after the create or update went through
+    elif endpoint["EndpointStatus"] == "Failed":
+        # A failed endpoint cannot be updated; delete it and let the retry create it afresh.
+        sagemaker.delete_endpoint(EndpointName=settings.endpoint_name)
+        raise EndpointBusy(f"deleting failed endpoint {settings.endpoint_name}")
+    elif endpoint["EndpointStatus"] in BUSY:
+        raise EndpointBusy(f"endpoint {settings.endpoint_name} is {endpoint['EndpointStatus']}")
+    else:
+        sagemaker.update_endpoint(EndpointName=settings.endpoint_name, EndpointConfigName=name)
+        action = "updated"
+    logger.info("deploying", extra={"endpoint": settings.endpoint_name, "config": name, "action": action,
+                                    "mode": settings.mode})
+    return {"endpoint_name": settings.endpoint_name, "endpoint_config_name": name, "model_name": name,
+            "mode": settings.mode, "action": action}
+
+
+@logger.inject_lambda_context(log_event=False)
+def status_handler(event: dict, context) -> dict:
+    """Input: the deploy step's output. ``ready`` once the endpoint serves that configuration."""
+    endpoint_name, config_name = event["endpoint_name"], event["endpoint_config_name"]
+    endpoint = describe_endpoint(endpoint_name)
+    if endpoint is None:
+        raise EndpointDeploymentFailed(f"endpoint {endpoint_name} does not exist")
+    status = endpoint["EndpointStatus"]
+    if status == "Failed":
+        raise EndpointDeploymentFailed(endpoint.get("FailureReason", "endpoint failed"))
+    if status == "InService" and endpoint["EndpointConfigName"] != config_name:
+        # SageMaker rolled a failed update back: the previous model keeps serving.
+        raise EndpointDeploymentFailed(endpoint.get("FailureReason") or f"endpoint still serves {endpoint['EndpointConfigName']}")
+    ready = status == "InService"
+    if ready:
+        aws.client("ssm").put_parameter(Name=os.environ["ENDPOINT_PARAMETER"], Value=endpoint_name,
+                                        Type="String", Overwrite=True)
+    return {**event, "status": status, "ready": ready}

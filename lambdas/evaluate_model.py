@@ -1,0 +1,102 @@
+"""Evaluate Lambda (training pipeline): the quality gate on the trained model's own ``metrics.json``.
+
+Reads ``metrics.json`` straight out of ``model.tar.gz`` on S3 (streamed: the archive also holds the
+weights), compares the configured metrics with their minimums, writes the metrics and the verdict
+to ``reports/<run>/`` and returns the verdict for the state machine's Choice state. A model
+that misses the gate is a result, not an error; an artifact without metrics is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Mapping
+from urllib.parse import urlparse
+
+from aws_lambda_powertools import Logger
+
+from lambdas import aws
+from lambdas.domain import layout
+
+logger = Logger(service="cxr-evaluate-model")
+
+METRICS_FILE = "metrics.json"
+
+
+class ModelArtifactError(RuntimeError):
+    """The artifact is not a model archive with a readable ``metrics.json``: nothing to judge."""
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.lstrip("/"):
+        raise ModelArtifactError(f"not an S3 object URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def read_metrics(bucket: str, key: str) -> dict:
+    """``metrics.json`` from the top of a gzipped tar on S3, read as a stream."""
+    body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        with tarfile.open(fileobj=body, mode="r|gz") as archive:
+            for member in archive:
+                if member.isfile() and member.name.removeprefix("./") == METRICS_FILE:
+                    return json.load(archive.extractfile(member))
+    except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
+        raise ModelArtifactError(f"cannot read {METRICS_FILE} from the model archive: {exc}") from exc
+    finally:
+        body.close()
+    raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
+
+
+def metric(metrics: Mapping, path: str) -> float | None:
+    """A number at a dotted path (``binary.roc_auc``), or None when absent or not a number."""
+    value: object = metrics
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def judge(metrics: Mapping, gate: Mapping[str, float]) -> dict:
+    """The verdict: every gated metric present and at or above its minimum."""
+    checks = []
+    for path, minimum in sorted(gate.items()):
+        value = metric(metrics, path)
+        checks.append({"metric": path, "minimum": minimum, "value": value, "passed": value is not None and value >= minimum})
+    failures = [
+        f"{c['metric']} is missing from {METRICS_FILE}" if c["value"] is None
+        else f"{c['metric']} {c['value']:.4f} < {c['minimum']:.4f}"
+        for c in checks if not c["passed"]
+    ]
+    return {"passed": not failures, "checks": checks, "failures": failures}
+
+
+def load_gate(env: Mapping[str, str]) -> dict[str, float]:
+    gate = json.loads(env["QUALITY_GATE"])
+    if not isinstance(gate, dict) or not gate:
+        raise ValueError("QUALITY_GATE must be a non-empty JSON object of metric path -> minimum")
+    return {str(k): float(v) for k, v in gate.items()}
+
+
+@logger.inject_lambda_context(log_event=False)
+def handler(event: dict, context) -> dict:
+    """Input ``{"run_id", "model_artifact": "s3://.../model.tar.gz"}``; output the verdict."""
+    run_id = str(event["run_id"])
+    bucket, key = parse_s3_uri(event["model_artifact"])
+    gate = load_gate(os.environ)
+    metrics = read_metrics(bucket, key)
+    verdict = judge(metrics, gate)
+    report = {"run_id": run_id, "model_artifact": event["model_artifact"], **verdict}
+    s3 = aws.client("s3")
+    data_bucket = os.environ["DATA_BUCKET"]
+    s3.put_object(Bucket=data_bucket, Key=f"{layout.REPORTS}{run_id}/{METRICS_FILE}",
+                  Body=json.dumps(metrics, indent=2).encode(), ContentType="application/json")
+    s3.put_object(Bucket=data_bucket, Key=f"{layout.REPORTS}{run_id}/gate.json",
+                  Body=json.dumps(report, indent=2).encode(), ContentType="application/json")
+    logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"]})
+    return {**report, "report_uri": f"s3://{data_bucket}/{layout.REPORTS}{run_id}/"}

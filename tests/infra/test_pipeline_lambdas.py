@@ -1,0 +1,186 @@
+"""The pipeline-step Lambdas on moto: the quality gate and the create-or-update deployment."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from types import SimpleNamespace
+
+import boto3
+import pytest
+
+from infra import wiring
+from infra.config import DEFAULT_GATE
+
+METRICS = {
+    "accuracy": 0.88,
+    "macro_f1": 0.86,
+    "roc_auc": 0.95,
+    "binary": {"accuracy": 0.93, "roc_auc": 0.97, "sensitivity": 0.95, "specificity": 0.86},
+}
+
+
+def model_archive(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def evaluate_env(data_bucket, monkeypatch):
+    monkeypatch.setenv(wiring.ENV_DATA_BUCKET, data_bucket)
+    monkeypatch.setenv(wiring.ENV_QUALITY_GATE, json.dumps(DEFAULT_GATE))
+    return data_bucket
+
+
+def put_model(bucket: str, files: dict[str, bytes], key="models/run-1/job/output/model.tar.gz") -> str:
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=model_archive(files))
+    return f"s3://{bucket}/{key}"
+
+
+def test_gate_passes_a_good_model_and_writes_the_report(evaluate_env, lambda_context):
+    from lambdas import evaluate_model
+
+    # weights come first in a real archive: the reader must stream past them
+    uri = put_model(evaluate_env, {"model.pt": b"\0" * 200_000, "./metrics.json": json.dumps(METRICS).encode()})
+    out = evaluate_model.handler({"run_id": "run-1", "model_artifact": uri}, lambda_context)
+    assert out["passed"] is True and out["failures"] == []
+    assert {c["metric"] for c in out["checks"]} == set(DEFAULT_GATE)
+    report = json.loads(boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-1/gate.json")["Body"].read())
+    assert report["passed"] is True
+    stored = boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-1/metrics.json")["Body"].read()
+    assert json.loads(stored) == METRICS
+
+
+def test_gate_rejects_low_and_missing_metrics(evaluate_env, lambda_context):
+    from lambdas import evaluate_model
+
+    weak = {**METRICS, "accuracy": 0.70}
+    del weak["binary"]
+    uri = put_model(evaluate_env, {"metrics.json": json.dumps(weak).encode()})
+    out = evaluate_model.handler({"run_id": "run-2", "model_artifact": uri}, lambda_context)
+    assert out["passed"] is False
+    assert "accuracy 0.7000 < 0.8300" in out["failures"]
+    assert "binary.sensitivity is missing from metrics.json" in out["failures"]
+
+
+def test_an_archive_without_metrics_is_an_error(evaluate_env, lambda_context):
+    from lambdas import evaluate_model
+
+    uri = put_model(evaluate_env, {"model.pt": b"weights"})
+    with pytest.raises(evaluate_model.ModelArtifactError, match="no metrics.json"):
+        evaluate_model.handler({"run_id": "run-3", "model_artifact": uri}, lambda_context)
+    boto3.client("s3").put_object(Bucket=evaluate_env, Key="models/bad.tar.gz", Body=b"not a tar")
+    with pytest.raises(evaluate_model.ModelArtifactError, match="cannot read"):
+        evaluate_model.handler({"run_id": "run-3", "model_artifact": f"s3://{evaluate_env}/models/bad.tar.gz"},
+                               lambda_context)
+
+
+def test_metric_lookup_ignores_non_numbers():
+    from lambdas.evaluate_model import metric
+
+    assert metric({"a": {"b": 0.5}}, "a.b") == 0.5
+    assert metric({"a": {"b": True}}, "a.b") is None
+    assert metric({"a": "0.9"}, "a") is None
+    assert metric({}, "a.b") is None
+
+
+@pytest.fixture
+def deploy_env(aws, monkeypatch):
+    iam = boto3.client("iam")
+    role = iam.create_role(RoleName="model-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    boto3.client("ssm").put_parameter(Name="/cxr/test/endpoint-name", Value="none", Type="String")
+    env = {
+        wiring.ENV_SAGEMAKER_ROLE_ARN: role,
+        wiring.ENV_KMS_KEY_ARN: key,
+        wiring.ENV_INFERENCE_IMAGE: "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312",
+        wiring.ENV_ENDPOINT_NAME: "cxr-test",
+        wiring.ENV_ENDPOINT_MODE: "serverless",
+        wiring.ENV_SERVERLESS_MEMORY_MB: "4096",
+        wiring.ENV_SERVERLESS_MAX_CONCURRENCY: "3",
+        wiring.ENV_ENDPOINT_INSTANCE_TYPE: "ml.g4dn.xlarge",
+        wiring.ENV_ENDPOINT_PARAMETER: "/cxr/test/endpoint-name",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def deploy(run: str, lambda_context) -> dict:
+    from lambdas import deploy_model
+
+    return deploy_model.handler(
+        {"run_id": run, "model_name": f"cxr-0-{run}", "model_artifact": f"s3://cxr-data/models/{run}/model.tar.gz"},
+        lambda_context,
+    )
+
+
+def test_first_deploy_creates_a_serverless_endpoint_then_the_parameter(deploy_env, lambda_context):
+    from lambdas import deploy_model
+
+    from lambdas import aws
+
+    sent = []
+    aws.client("sagemaker").meta.events.register(
+        "provide-client-params.sagemaker.CreateModel", lambda params, **_: sent.append(params))
+    out = deploy("a", lambda_context)
+    assert out["action"] == "created"
+    assert sent[0]["EnableNetworkIsolation"] is True  # moto does not store it: check the request
+    sm = boto3.client("sagemaker")
+    config = sm.describe_endpoint_config(EndpointConfigName="cxr-0-a")
+    assert config["ProductionVariants"][0]["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 3}
+    assert config["KmsKeyId"] == deploy_env[wiring.ENV_KMS_KEY_ARN]
+    model = sm.describe_model(ModelName="cxr-0-a")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://cxr-data/models/a/model.tar.gz"
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    status = deploy_model.status_handler(out, lambda_context)
+    assert status["ready"] is True
+    assert boto3.client("ssm").get_parameter(Name="/cxr/test/endpoint-name")["Parameter"]["Value"] == "cxr-test"
+    # a retried attempt changes nothing
+    assert deploy("a", lambda_context)["action"] == "unchanged"
+
+
+def test_next_deploy_updates_the_same_endpoint(deploy_env, lambda_context):
+    from lambdas import aws
+
+    deploy("a", lambda_context)
+    updates = []
+
+    def update_endpoint(params, **_):  # moto 5.2.5 has no UpdateEndpoint: answer it here, record the request
+        updates.append(json.loads(params["body"]))
+        return SimpleNamespace(status_code=200), {"EndpointArn": "arn"}
+
+    aws.client("sagemaker").meta.events.register("before-call.sagemaker.UpdateEndpoint", update_endpoint)
+    out = deploy("b", lambda_context)
+    assert out["action"] == "updated"
+    assert updates == [{"EndpointName": "cxr-test", "EndpointConfigName": "cxr-0-b"}]
+
+
+def test_a_rolled_back_update_fails_the_deployment(deploy_env, lambda_context):
+    from lambdas import deploy_model
+
+    deploy("a", lambda_context)
+    with pytest.raises(deploy_model.EndpointDeploymentFailed):
+        deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": "cxr-0-b"}, lambda_context)
+
+
+@pytest.mark.parametrize(
+    ("mode", "instance", "kms"),
+    [("realtime", "ml.g4dn.xlarge", False), ("realtime", "ml.g6.xlarge", False), ("realtime", "ml.m5.xlarge", True),
+     ("async", "ml.c5.xlarge", True)],
+)
+def test_instance_endpoint_configs(mode, instance, kms):
+    from lambdas.deploy_model import DeploySettings, endpoint_config_definition
+
+    settings = DeploySettings("role", "key", "image", "cxr-x", mode, 3072, 5, instance, "s3://b/async/")
+    config = endpoint_config_definition(settings, "c", "m")
+    variant = config["ProductionVariants"][0]
+    assert variant["InstanceType"] == instance and "ServerlessConfig" not in variant
+    assert ("KmsKeyId" in config) is kms
+    assert ("AsyncInferenceConfig" in config) is (mode == "async")

@@ -9,16 +9,14 @@ reordered deliveries converge on the same final state.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
-from botocore.exceptions import ClientError
 
-from lambdas import aws
+from lambdas import aws, s3io
 from lambdas.domain import imaging, layout
 from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
@@ -80,7 +78,7 @@ def process(source: SourceObject, settings: Settings) -> str:
     try:
         dataset, info = layout.parse_raw_key(source.key)
         imaging.check_upload_size(source.size, settings.max_upload_bytes)
-        image = imaging.normalise(_download(source))
+        image = imaging.normalise(s3io.download(source.bucket, source.key, source.version_id))
     except imaging.RejectedImage as exc:
         return _quarantine(source, exc.code, exc.message)
     except (layout.KeyLayoutError, UnlabelledError) as exc:
@@ -103,67 +101,27 @@ def process(source: SourceObject, settings: Settings) -> str:
         },
     }
     metadata_key = layout.processed_metadata_key(dataset, info.label, image.image_id)
-    existing = _read_json(source.bucket, metadata_key)
+    existing = s3io.read_json(source.bucket, metadata_key)
     if existing is not None and _source_rank(existing["source"]) <= _source_rank(record["source"]):
         logger.info("already processed", key_ref=source.ref, image_id=image.image_id, outcome="duplicate")
         return "accepted"
     s3 = aws.client("s3")
     s3.put_object(Bucket=source.bucket, Key=record["processed_key"], Body=image.png, ContentType="image/png")
-    _put_json(source.bucket, metadata_key, record)  # written last: its presence means the PNG is complete
+    s3io.put_json(source.bucket, metadata_key, record)  # written last: its presence means the PNG is complete
     logger.info("accepted", key_ref=source.ref, label=info.label, image_id=image.image_id, outcome="accepted")
     return "accepted"
 
 
-def _download(source: SourceObject) -> bytes:
-    kwargs = {"Bucket": source.bucket, "Key": source.key}
-    if source.version_id:
-        kwargs["VersionId"] = source.version_id
-    try:
-        return aws.client("s3").get_object(**kwargs)["Body"].read()
-    except ClientError as exc:
-        if aws.is_missing(exc):
-            raise imaging.RejectedImage(
-                "source_missing", "the uploaded object (or this version of it) no longer exists"
-            ) from None
-        raise
-
-
 def _quarantine(source: SourceObject, code: str, message: str) -> str:
     """Record why an object was rejected; the newest S3 event for a key wins, whatever the delivery order."""
-    key = layout.quarantine_key(source.key)
-    existing = _read_json(source.bucket, key)
-    if existing is not None and _sequencer_rank(existing.get("sequencer", "")) > _sequencer_rank(source.sequencer):
+    document = {"source": source.describe(), "reason": code, "message": message}
+    if not s3io.put_json_if_newest(source.bucket, layout.quarantine_key(source.key), document, source.sequencer):
         logger.info("older rejection ignored", key_ref=source.ref, reason=code, outcome="rejected")
         return "rejected"
-    _put_json(
-        source.bucket,
-        key,
-        {"source": source.describe(), "sequencer": source.sequencer, "reason": code, "message": message},
-    )
     logger.info("rejected", key_ref=source.ref, reason=code, outcome="rejected")
     return "rejected"
-
-
-def _read_json(bucket: str, key: str) -> dict | None:
-    try:
-        body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if aws.is_missing(exc):
-            return None
-        raise
-    return json.loads(body)
-
-
-def _put_json(bucket: str, key: str, document: dict) -> None:
-    body = json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode()
-    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
 
 
 def _source_rank(source: dict) -> tuple[str, str]:
     """Deterministic choice between different uploads with identical pixels: the smallest key wins."""
     return (source["key"], source.get("version_id") or "")
-
-
-def _sequencer_rank(sequencer: str) -> str:
-    """S3's rule for one key's sequencers: right-pad the shorter with zeros, then compare as strings."""
-    return sequencer.upper().ljust(64, "0")

@@ -128,7 +128,7 @@ def test_missing_object_is_recorded_not_raised(data_bucket, lambda_context):
 def test_size_cap_is_checked_from_the_event_before_download(data_bucket, lambda_context, monkeypatch):
     record = upload("raw/ds/NORMAL/huge.png", corpus.png())
     record["s3"]["object"]["size"] = imaging.MAX_UPLOAD_BYTES + 1
-    monkeypatch.setattr(preprocess, "_download", lambda source: pytest.fail("downloaded an oversized object"))
+    monkeypatch.setattr(preprocess.s3io, "download", lambda *a: pytest.fail("downloaded an oversized object"))
     assert invoke(lambda_context, record)["rejected"] == 1
     assert read_json("quarantine/raw/ds/NORMAL/huge.png.error.json")["reason"] == "too_large"
 
@@ -136,18 +136,18 @@ def test_size_cap_is_checked_from_the_event_before_download(data_bucket, lambda_
 def test_throttling_raises_so_lambda_retries(data_bucket, lambda_context, monkeypatch):
     good = upload("raw/ds/NORMAL/good.png", corpus.png(seed=3))
     throttled = upload("raw/ds/NORMAL/throttled.png", corpus.png(seed=4))
-    real_download = preprocess._download
+    real_download = preprocess.s3io.download
 
-    def flaky(source):
-        if source.key.endswith("throttled.png"):
+    def flaky(bucket, key, version_id):
+        if key.endswith("throttled.png"):
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "Reduce your request rate"}}, "GetObject")
-        return real_download(source)
+        return real_download(bucket, key, version_id)
 
-    monkeypatch.setattr(preprocess, "_download", flaky)
+    monkeypatch.setattr(preprocess.s3io, "download", flaky)
     with pytest.raises(aws.TransientError):
         invoke(lambda_context, good, throttled)
     assert len(keys("processed/")) == 2 and keys("quarantine/") == []  # good one done, nothing quarantined
-    monkeypatch.setattr(preprocess, "_download", real_download)
+    monkeypatch.setattr(preprocess.s3io, "download", real_download)
     assert invoke(lambda_context, good, throttled)["accepted"] == 2  # the retry completes the batch
     assert len(keys("processed/")) == 4
 

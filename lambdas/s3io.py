@@ -1,0 +1,57 @@
+"""S3 reads and writes the handlers share: JSON records, versioned downloads, newest-event-wins writes."""
+
+from __future__ import annotations
+
+import json
+
+from botocore.exceptions import ClientError
+
+from lambdas import aws
+from lambdas.domain import imaging
+
+
+def download(bucket: str, key: str, version_id: str | None) -> bytes:
+    """The exact version the event announced; a vanished object is a permanent rejection."""
+    kwargs = {"Bucket": bucket, "Key": key}
+    if version_id:
+        kwargs["VersionId"] = version_id
+    try:
+        return aws.client("s3").get_object(**kwargs)["Body"].read()
+    except ClientError as exc:
+        if aws.is_missing(exc):
+            raise imaging.RejectedImage(
+                "source_missing", "the uploaded object (or this version of it) no longer exists"
+            ) from None
+        raise
+
+
+def read_json(bucket: str, key: str) -> dict | None:
+    try:
+        body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if aws.is_missing(exc):
+            return None
+        raise
+    return json.loads(body)
+
+
+def put_json(bucket: str, key: str, document: dict) -> None:
+    body = json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode()
+    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+
+
+def put_json_if_newest(bucket: str, key: str, document: dict, sequencer: str) -> bool:
+    """Write ``document`` (stamped with the S3 event's sequencer) unless a newer event already wrote ``key``.
+
+    Makes the final state independent of the order in which S3 delivers events for one key.
+    """
+    existing = read_json(bucket, key)
+    if existing is not None and sequencer_rank(existing.get("sequencer", "")) > sequencer_rank(sequencer):
+        return False
+    put_json(bucket, key, {**document, "sequencer": sequencer})
+    return True
+
+
+def sequencer_rank(sequencer: str) -> str:
+    """S3's rule for one key's sequencers: right-pad the shorter with zeros, then compare as strings."""
+    return sequencer.upper().ljust(64, "0")

@@ -9,9 +9,6 @@ reordered deliveries converge on the same final state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from urllib.parse import unquote_plus
-
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
@@ -20,25 +17,10 @@ from lambdas import aws, s3io
 from lambdas.domain import imaging, layout
 from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
+from lambdas.s3io import SourceObject
 
 logger = Logger(service="cxr-preprocess")
 metrics = Metrics(namespace="CxrServerless", service="cxr-preprocess")
-
-
-@dataclass(frozen=True)
-class SourceObject:
-    bucket: str
-    key: str
-    size: int
-    version_id: str | None
-    sequencer: str
-
-    @property
-    def ref(self) -> str:
-        return layout.key_ref(self.bucket, self.key)
-
-    def describe(self) -> dict:
-        return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "size": self.size}
 
 
 @metrics.log_metrics
@@ -48,13 +30,7 @@ def handler(event: S3Event, context) -> dict:
     settings = Settings.from_env()
     outcomes = {"accepted": 0, "rejected": 0, "skipped": 0, "transient": 0}
     for record in event.records:
-        source = SourceObject(
-            bucket=record.s3.bucket.name,
-            key=unquote_plus(record.s3.get_object.key),  # S3 form-encodes keys in events: decode exactly once
-            size=record.s3.get_object.size or 0,
-            version_id=record.s3.get_object.version_id,
-            sequencer=record.s3.get_object.get("sequencer", ""),
-        )
+        source = SourceObject.from_record(record)
         if not record.event_name.startswith("ObjectCreated") or source.key.endswith("/"):
             outcomes["skipped"] += 1
             continue

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
+from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import imaging
+from lambdas.domain import imaging, layout
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """The object an S3 notification announces."""
+
+    bucket: str
+    key: str
+    size: int
+    version_id: str | None
+    sequencer: str
+
+    @classmethod
+    def from_record(cls, record: S3EventRecord) -> SourceObject:
+        obj = record.s3.get_object
+        return cls(
+            bucket=record.s3.bucket.name,
+            key=unquote_plus(obj.key),  # S3 form-encodes keys in events: decode exactly once
+            size=obj.size or 0,
+            version_id=obj.version_id,
+            sequencer=obj.get("sequencer", ""),
+        )
+
+    @property
+    def ref(self) -> str:
+        """What logs carry instead of the key."""
+        return layout.key_ref(self.bucket, self.key)
+
+    def describe(self) -> dict:
+        return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "size": self.size}
 
 
 def download(bucket: str, key: str, version_id: str | None) -> bytes:

@@ -1,4 +1,4 @@
-"""Settings read from the environment, with the defaults the stacks and the local mode use."""
+"""Settings read from the environment (names in infra/wiring.py), validated once per cold start."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ from dataclasses import dataclass
 
 from . import imaging
 
+DEFAULT_UNCERTAINTY_BAND = (0.2, 0.8)
+
 
 @dataclass(frozen=True)
 class Settings:
     data_bucket: str | None
+    inference_bucket: str | None
+    predictions_table: str | None
+    idempotency_table: str | None
+    endpoint_parameter: str | None
     max_upload_bytes: int
-    service: str
+    uncertainty_band: tuple[float, float]
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -22,6 +28,29 @@ class Settings:
             raise ValueError(f"MAX_UPLOAD_BYTES must be in 1..{imaging.MAX_UPLOAD_BYTES}, got {max_bytes}")
         return cls(
             data_bucket=env.get("DATA_BUCKET"),
+            inference_bucket=env.get("INFERENCE_BUCKET"),
+            predictions_table=env.get("PREDICTIONS_TABLE"),
+            idempotency_table=env.get("IDEMPOTENCY_TABLE"),
+            endpoint_parameter=env.get("ENDPOINT_PARAMETER"),
             max_upload_bytes=max_bytes,
-            service=env.get("POWERTOOLS_SERVICE_NAME", "cxr"),
+            uncertainty_band=parse_band(env.get("UNCERTAINTY_BAND")),
         )
+
+    def require(self, *names: str) -> None:
+        """Fail the cold start with the missing variable's name, not later with a None."""
+        missing = [name for name in names if getattr(self, name) in (None, "")]
+        if missing:
+            raise RuntimeError(f"missing environment configuration: {', '.join(n.upper() for n in missing)}")
+
+
+def parse_band(text: str | None) -> tuple[float, float]:
+    """``"low,high"``: pneumonia probabilities inside it are referred to a radiologist."""
+    if not text:
+        return DEFAULT_UNCERTAINTY_BAND
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"UNCERTAINTY_BAND must be 'low,high', got {text!r}") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"UNCERTAINTY_BAND must satisfy 0 <= low <= high <= 1, got {text!r}")
+    return low, high

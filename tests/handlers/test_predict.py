@@ -1,0 +1,170 @@
+"""The predict Lambda on moto (S3, DynamoDB, SSM), with the endpoint answering through a botocore Stubber."""
+
+import io
+import json
+
+import boto3
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import ANY, Stubber
+
+import corpus
+from cxr.local import s3_events
+from lambdas import aws, predict
+from lambdas.domain import imaging
+
+BUCKET = "cxr-inference"
+ANSWER = {
+    "label": "bacterial",
+    "confidence": 0.71,
+    "probabilities": {"bacterial": 0.71, "normal": 0.2, "viral": 0.09},
+    "pneumonia_probability": 0.8,
+    "model_id": "model-test-1",
+}
+
+
+@pytest.fixture
+def inference(aws, monkeypatch):
+    s3, ddb = boto3.client("s3"), boto3.client("dynamodb")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    ddb.create_table(
+        TableName="predictions",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.create_table(
+        TableName="idempotency",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    boto3.client("ssm").put_parameter(Name="/cxr/endpoint", Value="cxr-endpoint", Type="String")
+    monkeypatch.setenv("INFERENCE_BUCKET", BUCKET)
+    monkeypatch.setenv("PREDICTIONS_TABLE", "predictions")
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", "idempotency")
+    monkeypatch.setenv("ENDPOINT_PARAMETER", "/cxr/endpoint")
+    monkeypatch.setenv("UNCERTAINTY_BAND", "0.25,0.75")
+    predict._idempotent_predict.cache_clear()
+    from aws_lambda_powertools.utilities import parameters
+
+    parameters.clear_caches()
+    yield
+    predict._idempotent_predict.cache_clear()
+
+
+@pytest.fixture
+def endpoint(inference):
+    """The SageMaker runtime client with a Stubber: queue answers or errors per expected call."""
+    stubber = Stubber(aws.client("sagemaker-runtime"))
+    with stubber:
+        yield stubber
+    stubber.assert_no_pending_responses()
+
+
+def answer(stubber, body: dict = ANSWER, png: bytes | None = None):
+    payload = json.dumps(body).encode()
+    stubber.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(payload), len(payload)), "ContentType": "application/json"},
+        {"EndpointName": "cxr-endpoint", "ContentType": "image/png", "Accept": "application/json",
+         "Body": png if png is not None else ANY},
+    )
+
+
+def upload(key: str, body: bytes) -> dict:
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    return s3_events.record_for_object(s3, BUCKET, key)
+
+
+def read_json(key: str) -> dict:
+    return json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def invoke(lambda_context, *records):
+    return predict.handler(s3_events.event(*records), lambda_context)
+
+
+def test_happy_path_writes_prediction_json_and_dynamodb_record(endpoint, lambda_context):
+    body = corpus.jpeg(800, 600)
+    answer(endpoint, png=imaging.normalise(body).png)  # the endpoint receives the normalised PNG
+    record = upload("incoming/ward 3/x+ray.jpeg", body)
+    assert invoke(lambda_context, record)["predicted"] == 1
+    prediction = read_json("predictions/ward 3/x+ray.jpeg.json")
+    assert prediction["label"] == "bacterial" and prediction["confidence"] == 0.71
+    assert prediction["probabilities"] == ANSWER["probabilities"]
+    assert prediction["pneumonia_probability"] == 0.8 and prediction["refer_to_radiologist"] is False
+    assert prediction["model_id"] == "model-test-1" and prediction["endpoint"] == "cxr-endpoint"
+    assert prediction["source"]["key"] == "incoming/ward 3/x+ray.jpeg" and prediction["source"]["version_id"]
+    assert prediction["latency_ms"]["total"] >= prediction["latency_ms"]["endpoint"] >= 0
+    item = boto3.client("dynamodb").get_item(
+        TableName="predictions",
+        Key={"pk": {"S": f"{BUCKET}/incoming/ward 3/x+ray.jpeg"}, "sk": {"S": prediction["source"]["version_id"]}},
+    )["Item"]
+    assert item["label"]["S"] == "bacterial" and item["refer_to_radiologist"]["BOOL"] is False
+    assert json.loads(item["record"]["S"])["model_id"] == "model-test-1"
+
+
+def test_uncertain_prediction_is_referred(endpoint, lambda_context):
+    answer(endpoint, ANSWER | {"pneumonia_probability": 0.5})
+    invoke(lambda_context, upload("incoming/a.png", corpus.png()))
+    assert read_json("predictions/a.png.json")["refer_to_radiologist"] is True
+
+
+def test_bad_input_is_rejected_with_reason_and_kept(endpoint, lambda_context):
+    records = [upload("incoming/report.pdf", corpus.minimal_pdf()), upload("incoming/empty.png", b"")]
+    assert invoke(lambda_context, *records) == {"predicted": 0, "rejected": 2, "skipped": 0, "transient": 0}
+    assert read_json("rejected/report.pdf.error.json")["reason"] == "unsupported_format"
+    assert read_json("rejected/empty.png.error.json")["reason"] == "empty"
+    listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="incoming/")["Contents"]
+    assert len(listing) == 2  # originals kept
+
+
+def test_duplicate_events_invoke_the_endpoint_once(endpoint, lambda_context):
+    answer(endpoint)  # exactly one call queued: a second call would fail the Stubber
+    record = upload("incoming/dup.png", corpus.png())
+    invoke(lambda_context, record, record)
+    first = read_json("predictions/dup.png.json")
+    invoke(lambda_context, record)
+    assert read_json("predictions/dup.png.json") == first
+
+
+def test_reordered_versions_show_the_newest(endpoint, lambda_context):
+    older = upload("incoming/v.png", corpus.png(seed=1))
+    newer = upload("incoming/v.png", corpus.png(seed=2))
+    answer(endpoint, ANSWER | {"model_id": "for-newer"})
+    answer(endpoint, ANSWER | {"model_id": "for-older"})
+    invoke(lambda_context, newer)
+    invoke(lambda_context, older)
+    assert read_json("predictions/v.png.json")["model_id"] == "for-newer"
+    items = boto3.client("dynamodb").scan(TableName="predictions")["Items"]
+    assert len(items) == 2  # one record per version
+
+
+def test_endpoint_throttling_is_raised_for_retry_then_succeeds(endpoint, lambda_context):
+    record = upload("incoming/t.png", corpus.png())
+    endpoint.add_client_error("invoke_endpoint", service_error_code="ThrottlingException", http_status_code=400)
+    with pytest.raises(aws.TransientError):
+        invoke(lambda_context, record)
+    endpoint.add_client_error("invoke_endpoint", service_error_code="ModelError", http_status_code=424)
+    with pytest.raises(aws.TransientError):
+        invoke(lambda_context, record)
+    answer(endpoint)
+    assert invoke(lambda_context, record)["predicted"] == 1  # the idempotency record was released on failure
+
+
+def test_malformed_endpoint_answer_is_retried(endpoint, lambda_context):
+    answer(endpoint, {"label": "normal"})
+    with pytest.raises(aws.TransientError):
+        invoke(lambda_context, upload("incoming/m.png", corpus.png()))
+
+
+def test_missing_configuration_fails_loudly(inference, lambda_context, monkeypatch):
+    monkeypatch.delenv("ENDPOINT_PARAMETER")
+    with pytest.raises(RuntimeError, match="ENDPOINT_PARAMETER"):
+        invoke(lambda_context, upload("incoming/c.png", corpus.png()))

@@ -1,0 +1,213 @@
+"""The offline cloud: the deployed system's resources on moto, with real local execution behind them.
+
+Names, prefixes, triggers and function environments come from ``infra/wiring.py`` and the
+deployment configuration (``infra/config.py``), the same sources the CDK stacks read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from cxr.local import functions, hooks
+from infra import wiring
+from infra.config import Config
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class LocalNames:
+    """Physical names of the local resources (CloudFormation would generate these in an account)."""
+
+    stage: str
+
+    def bucket(self, role: str) -> str:
+        return f"cxr-{self.stage}-{role}"
+
+    def table(self, table: wiring.Table) -> str:
+        return f"cxr-{self.stage}-{table.id}"
+
+    def function(self, function: wiring.Function) -> str:
+        return f"cxr-{self.stage}-{function.id}"
+
+    def function_arn(self, function: wiring.Function) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.function(function)}"
+
+    def dead_letter_queue(self, function: wiring.Function) -> str:
+        return f"cxr-{self.stage}-{function.id}-failures"
+
+    @property
+    def topic(self) -> str:
+        return f"cxr-{self.stage}-notifications"
+
+    @property
+    def topic_arn(self) -> str:
+        return f"arn:aws:sns:{REGION}:{ACCOUNT}:{self.topic}"
+
+    @property
+    def lambda_role_arn(self) -> str:
+        return f"arn:aws:iam::{ACCOUNT}:role/cxr-{self.stage}-lambda"
+
+    @property
+    def sagemaker_role_arn(self) -> str:
+        return f"arn:aws:iam::{ACCOUNT}:role/cxr-{self.stage}-sagemaker"
+
+
+@dataclass
+class LocalCloud:
+    """Provisioned resources plus the executors the moto hooks call (see :mod:`cxr.local.hooks`)."""
+
+    config: Config
+    workdir: Path
+    names: LocalNames = field(init=False)
+    kms_key_arn: str = ""
+    environments: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.names = LocalNames(self.config.stage)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # --- provisioning -------------------------------------------------------------------------
+    def provision(self) -> None:
+        """Create buckets, tables, topic, queues, roles, functions and S3 triggers, as the stacks do."""
+        s3, iam = boto3.client("s3", region_name=REGION), boto3.client("iam", region_name=REGION)
+        self.kms_key_arn = boto3.client("kms", region_name=REGION).create_key(Description="cxr local")["KeyMetadata"][
+            "Arn"
+        ]
+        for bucket in wiring.BUCKETS.values():
+            name = self.names.bucket(bucket.role)
+            s3.create_bucket(Bucket=name)
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        for table in wiring.TABLES.values():
+            keys = [(table.partition_key, "HASH")] + ([(table.sort_key, "RANGE")] if table.sort_key else [])
+            ddb.create_table(
+                TableName=self.names.table(table),
+                KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
+                AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        boto3.client("sns", region_name=REGION).create_topic(Name=self.names.topic)
+        trust = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "sagemaker.amazonaws.com"]},
+             "Action": "sts:AssumeRole"}]})
+        for arn in (self.names.lambda_role_arn, self.names.sagemaker_role_arn):
+            iam.create_role(RoleName=arn.rsplit("/", 1)[1], AssumeRolePolicyDocument=trust)
+        for function in wiring.FUNCTIONS.values():
+            self._create_function(function)
+        self._create_triggers()
+
+    def environment(self, function: wiring.Function) -> dict[str, str]:
+        """The values the stacks give each environment variable, for local resources."""
+        config = self.config
+        values = {
+            wiring.ENV_DATA_BUCKET: self.names.bucket(wiring.DATA),
+            wiring.ENV_INFERENCE_BUCKET: self.names.bucket(wiring.INFERENCE),
+            wiring.ENV_PREDICTIONS_TABLE: self.names.table(wiring.PREDICTIONS_TABLE),
+            wiring.ENV_IDEMPOTENCY_TABLE: self.names.table(wiring.IDEMPOTENCY_TABLE),
+            wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(config.stage),
+            wiring.ENV_UNCERTAINTY_BAND: f"{config.uncertainty_band[0]},{config.uncertainty_band[1]}",
+            wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate)),
+            wiring.ENV_SAGEMAKER_ROLE_ARN: self.names.sagemaker_role_arn,
+            wiring.ENV_KMS_KEY_ARN: self.kms_key_arn,
+            wiring.ENV_INFERENCE_IMAGE: "local/cxr-inference:latest",
+            wiring.ENV_ENDPOINT_NAME: wiring.endpoint_name(config.stage),
+            wiring.ENV_ENDPOINT_MODE: config.endpoint_mode,
+            wiring.ENV_SERVERLESS_MEMORY_MB: str(config.serverless_memory_mb),
+            wiring.ENV_SERVERLESS_MAX_CONCURRENCY: str(config.serverless_max_concurrency),
+            wiring.ENV_ENDPOINT_INSTANCE_TYPE: config.endpoint_instance_type,
+            wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{self.names.bucket(wiring.INFERENCE)}/async/",
+        }
+        env = {name: values[name] for name in function.environment}
+        env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE}
+        return env
+
+    def _create_function(self, function: wiring.Function) -> None:
+        """Registered in moto so S3 triggers and Step Functions invoke it; the hooks run its real handler."""
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("README.txt", "the local mode runs the handler from the project itself")
+        client = boto3.client("lambda", region_name=REGION)
+        client.create_function(
+            FunctionName=self.names.function(function),
+            Runtime="python3.12",
+            Role=self.names.lambda_role_arn,
+            Handler=function.handler,
+            Code={"ZipFile": code.getvalue()},
+            Timeout=function.timeout_s,
+            MemorySize=function.memory_mb,
+            Environment={"Variables": self.environment(function)},
+        )
+        if function.trigger is not None:
+            sqs = boto3.client("sqs", region_name=REGION)
+            queue_url = sqs.create_queue(QueueName=self.names.dead_letter_queue(function))["QueueUrl"]
+            queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            client.put_function_event_invoke_config(
+                FunctionName=self.names.function(function),
+                MaximumRetryAttempts=2,
+                MaximumEventAgeInSeconds=3600,
+                DestinationConfig={"OnFailure": {"Destination": queue_arn}},
+            )
+
+    def _create_triggers(self) -> None:
+        by_bucket: dict[str, list[dict]] = {}
+        for function in wiring.FUNCTIONS.values():
+            if function.trigger is None:
+                continue
+            by_bucket.setdefault(function.trigger.bucket, []).append(
+                {
+                    "Id": function.id,
+                    "LambdaFunctionArn": self.names.function_arn(function),
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": function.trigger.prefix}]}},
+                }
+            )
+        s3 = boto3.client("s3", region_name=REGION)
+        for role, configurations in by_bucket.items():
+            s3.put_bucket_notification_configuration(
+                Bucket=self.names.bucket(role),
+                NotificationConfiguration={"LambdaFunctionConfigurations": configurations},
+            )
+
+    # --- executors the moto hooks call ----------------------------------------------------------
+    def run_function(self, function: Any, event: Any) -> tuple[Any, str | None]:
+        return functions.run(
+            function.handler,
+            event,
+            dict(function.environment_vars),
+            function.function_name,
+            memory_mb=int(function.memory_size),
+            timeout_s=int(function.timeout),
+        )
+
+    def start_training_job(self, job: Any) -> None:
+        raise NotImplementedError("local training jobs land with the training job runner")
+
+    def invoke_endpoint(self, endpoint_name, body, content_type, accept, custom_attributes):
+        raise NotImplementedError("local endpoints land with the endpoint server")
+
+
+def start(config: Config, workdir: Path):
+    """Context manager: moto in this process, hooks installed, resources provisioned."""
+    from contextlib import contextmanager
+
+    from moto import mock_aws
+
+    @contextmanager
+    def running():
+        cloud = LocalCloud(config=config, workdir=workdir)
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), hooks.installed(cloud):
+            cloud.provision()
+            yield cloud
+
+    return running()

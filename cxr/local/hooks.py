@@ -1,0 +1,184 @@
+"""The narrow points where the offline cloud makes moto *execute* what it otherwise only records.
+
+moto keeps the AWS APIs' state but runs Lambda code only in Docker (absent here), completes
+SageMaker training jobs instantly with no artifact, and crashes on a binary InvokeEndpoint body.
+Each hook below replaces exactly one moto function with a real local execution; ``check()``
+fails loudly the moment a pinned-moto upgrade moves one of them (tests call it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import random
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
+from typing import Any, Protocol
+from unittest import mock
+from urllib.parse import quote_plus
+
+import moto.awslambda.models as lambda_models
+import moto.s3.notifications as s3_notifications
+import moto.sagemaker.models as sagemaker_models
+import moto.sagemakerruntime.responses as runtime_responses
+
+MOTO_VERSION = "5.2.5"
+
+# (owner, attribute, parameter names it must still take): what each hook replaces.
+HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
+    (lambda_models.LambdaFunction, "_invoke_lambda", ("self", "event")),
+    (s3_notifications, "_get_s3_event", ("event_name", "bucket", "key", "notification_id")),
+    (s3_notifications, "_invoke_awslambda", ("account_id", "event_body", "fn_arn", "region_name")),
+    (sagemaker_models.SageMakerModelBackend, "create_training_job", ("self", "training_job_name")),
+    (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", ("self",)),
+)
+
+
+class Executors(Protocol):
+    """What the local runtime provides to the hooks."""
+
+    def run_function(self, function: Any, event: Any) -> tuple[Any, str | None]:
+        """Run a Lambda function's real handler: (result, error type or None)."""
+
+    def start_training_job(self, job: Any) -> None:
+        """Run the real training script for a job moto has just recorded."""
+
+    def invoke_endpoint(
+        self, endpoint_name: str, body: bytes, content_type: str, accept: str, custom_attributes: str | None
+    ) -> tuple[bytes, str]:
+        """Serve a request with the real inference handler of the endpoint's model."""
+
+
+def check() -> None:
+    """Raise if the installed moto no longer has the functions we hook, with the signatures we rely on."""
+    import moto
+
+    if moto.__version__ != MOTO_VERSION:
+        raise RuntimeError(f"the local mode's hooks are written for moto {MOTO_VERSION}, found {moto.__version__}")
+    for owner, name, params in HOOK_POINTS:
+        target = getattr(owner, name, None)
+        if target is None:
+            raise RuntimeError(f"moto {MOTO_VERSION}: {owner.__name__}.{name} is gone; the local mode cannot hook it")
+        actual = tuple(inspect.signature(target).parameters)
+        if actual[: len(params)] != params:
+            raise RuntimeError(f"moto: {owner.__name__}.{name}{actual} no longer starts with {params}")
+
+
+@contextmanager
+def installed(executors: Executors):
+    """Patch moto for the duration of the block."""
+    check()
+    with ExitStack() as stack:
+        for owner, name, replacement in _replacements(executors):
+            stack.enter_context(mock.patch.object(owner, name, replacement))
+        yield
+
+
+def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
+    original_s3_event = s3_notifications._get_s3_event
+    original_create_training_job = sagemaker_models.SageMakerModelBackend.create_training_job
+
+    def invoke_lambda(function, event=None):
+        """Synchronous invoke (Step Functions tasks, CLI): the result or AWS's error payload."""
+        result, error = executors.run_function(function, event if event is not None else {})
+        if error is None:
+            return json.dumps(result), False, ""
+        return json.dumps(result), True, ""
+
+    def s3_event(event_name, bucket, key, notification_id):
+        """moto's event lacks versionId and sequencer and encodes '/' in keys; S3 does neither."""
+        event = original_s3_event(event_name, bucket, key, notification_id)
+        obj = event["Records"][0]["s3"]["object"]
+        obj["key"] = quote_plus(key.name, safe="/")
+        if getattr(bucket, "is_versioned", False) and getattr(key, "version_id", None):
+            obj["versionId"] = key.version_id
+        obj["sequencer"] = _next_sequencer()
+        event["Records"][0]["userIdentity"] = {"principalId": "AWS:LOCAL"}
+        return event
+
+    def invoke_async(account_id, event_body, fn_arn, region_name):
+        """S3 invokes Lambda asynchronously: retries, then the on-failure destination (AWS semantics)."""
+        from moto.awslambda.utils import get_backend
+
+        function = get_backend(account_id, region_name).get_function(fn_arn)
+        attempts = 1 + _max_retries(function)
+        for _ in range(attempts):
+            result, error = executors.run_function(function, event_body)
+            if error is None:
+                return
+        _send_to_on_failure_destination(function, event_body, result, attempts, region_name)
+
+    def create_training_job(self, training_job_name, *args, **kwargs):
+        job = original_create_training_job(self, training_job_name, *args, **kwargs)
+        job.training_job_status = "InProgress"
+        job.secondary_status = "Starting"
+        job.training_end_time = None
+        executors.start_training_job(job)
+        return job
+
+    def invoke_endpoint(self):
+        params = self._get_params()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        body, content_type = executors.invoke_endpoint(
+            params.get("EndpointName"),
+            self.body if isinstance(self.body, bytes) else (self.body or "").encode(),
+            headers.get("content-type", "application/octet-stream"),
+            headers.get("accept", "application/json"),
+            headers.get("x-amzn-sagemaker-custom-attributes"),
+        )
+        return 200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}, body
+
+    return [
+        (lambda_models.LambdaFunction, "_invoke_lambda", lambda self, event=None: invoke_lambda(self, event)),
+        (s3_notifications, "_get_s3_event", s3_event),
+        (s3_notifications, "_invoke_awslambda", invoke_async),
+        (sagemaker_models.SageMakerModelBackend, "create_training_job", create_training_job),
+        (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
+    ]
+
+
+_sequencer = random.Random(0).randrange(1 << 40)
+
+
+def _next_sequencer() -> str:
+    global _sequencer
+    _sequencer += 1
+    return f"{_sequencer:016X}"
+
+
+def _max_retries(function) -> int:
+    configs = getattr(function, "event_invoke_config", [])
+    for config in configs:
+        retries = config.config.get("MaximumRetryAttempts")
+        if retries is not None:
+            return int(retries)
+    return 2  # Lambda's default for asynchronous invocations
+
+
+def _send_to_on_failure_destination(function, event_body, result, attempts: int, region_name: str) -> None:
+    """The record Lambda sends to an on-failure destination after the last retry."""
+    import boto3
+
+    destination = None
+    for config in getattr(function, "event_invoke_config", []):
+        destination = config.config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+    if not destination:
+        return
+    record = {
+        "version": "1.0",
+        "requestContext": {
+            "functionArn": function.function_arn,
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": event_body,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": result,
+    }
+    service = destination.split(":")[2]
+    if service == "sqs":
+        sqs = boto3.client("sqs", region_name=region_name)
+        queue_url = sqs.get_queue_url(QueueName=destination.rsplit(":", 1)[1])["QueueUrl"]
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(record))
+    elif service == "sns":
+        boto3.client("sns", region_name=region_name).publish(TopicArn=destination, Message=json.dumps(record))

@@ -1,0 +1,57 @@
+"""The moto hooks of the offline cloud: they must match the pinned moto, and S3 events must reach real handlers."""
+
+import json
+
+import boto3
+import pytest
+
+import corpus
+from cxr.local import cloud as local_cloud
+from cxr.local import hooks
+from infra import wiring
+from infra.config import Config
+
+
+def test_hook_points_match_the_pinned_moto():
+    hooks.check()  # raises the moment a moto upgrade moves or reshapes a hooked function
+
+
+def test_hook_check_fails_on_a_moved_function(monkeypatch):
+    monkeypatch.delattr(hooks.s3_notifications, "_invoke_awslambda")
+    with pytest.raises(RuntimeError, match="_invoke_awslambda is gone"):
+        hooks.check()
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    with local_cloud.start(Config.demo(stage="test"), tmp_path) as running:
+        yield running
+
+
+def test_uploads_reach_the_real_preprocess_handler_with_real_events(cloud):
+    s3 = boto3.client("s3")
+    bucket = cloud.names.bucket(wiring.DATA)
+    s3.put_object(Bucket=bucket, Key="raw/ds/PNEUMONIA/person7_virus_1 (a+b).png", Body=corpus.png())
+    s3.put_object(Bucket=bucket, Key="raw/ds/NORMAL/notes.txt", Body=b"not an image")
+    s3.put_object(Bucket=bucket, Key="elsewhere/NORMAL/x.png", Body=corpus.png())  # no trigger outside raw/
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    [metadata] = [k for k in keys if k.startswith("processed/") and k.endswith(".json")]
+    record = json.loads(s3.get_object(Bucket=bucket, Key=metadata)["Body"].read())
+    assert record["source"]["key"] == "raw/ds/PNEUMONIA/person7_virus_1 (a+b).png"
+    assert record["source"]["version_id"]  # the hooked event carries the version, as S3's does
+    assert (record["label"], record["patient_id"]) == ("viral", "7")
+    assert "quarantine/raw/ds/NORMAL/notes.txt.error.json" in keys
+    assert not [k for k in keys if "elsewhere" in k and k != "elsewhere/NORMAL/x.png"]
+
+
+def test_failing_async_invocation_is_retried_then_sent_to_the_failure_queue(cloud):
+    # No model is deployed yet, so the endpoint parameter is missing: the predict handler fails every time.
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    s3.put_object(Bucket=cloud.names.bucket(wiring.INFERENCE), Key="incoming/x.png", Body=corpus.png())
+    queue = sqs.get_queue_url(QueueName=cloud.names.dead_letter_queue(wiring.PREDICT))["QueueUrl"]
+    [message] = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    record = json.loads(message["Body"])
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["requestPayload"]["Records"][0]["s3"]["object"]["key"] == "incoming/x.png"
+    assert record["responsePayload"]["errorType"]

@@ -16,6 +16,8 @@ from typing import Any
 import boto3
 
 from cxr.local import functions, hooks
+from cxr.local.endpoints import LocalEndpoints
+from cxr.local.training import LocalTrainingJobs
 from infra import wiring
 from infra.config import Config
 
@@ -74,6 +76,8 @@ class LocalCloud:
     def __post_init__(self) -> None:
         self.names = LocalNames(self.config.stage)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.training_jobs = LocalTrainingJobs(self.workdir)
+        self.endpoints = LocalEndpoints(self.workdir)
 
     # --- provisioning -------------------------------------------------------------------------
     def provision(self) -> None:
@@ -191,10 +195,10 @@ class LocalCloud:
         )
 
     def start_training_job(self, job: Any) -> None:
-        raise NotImplementedError("local training jobs land with the training job runner")
+        self.training_jobs.start(job)
 
-    def invoke_endpoint(self, endpoint_name, body, content_type, accept, custom_attributes):
-        raise NotImplementedError("local endpoints land with the endpoint server")
+    def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
+        return self.endpoints.invoke(endpoint_name, body, content_type, accept)
 
 
 def start(config: Config, workdir: Path):

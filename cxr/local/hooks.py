@@ -43,9 +43,7 @@ class Executors(Protocol):
     def start_training_job(self, job: Any) -> None:
         """Run the real training script for a job moto has just recorded."""
 
-    def invoke_endpoint(
-        self, endpoint_name: str, body: bytes, content_type: str, accept: str, custom_attributes: str | None
-    ) -> tuple[bytes, str]:
+    def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         """Serve a request with the real inference handler of the endpoint's model."""
 
 
@@ -117,15 +115,19 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         return job
 
     def invoke_endpoint(self):
-        params = self._get_params()
+        from cxr.local.endpoints import EndpointError
+
         headers = {k.lower(): v for k, v in self.headers.items()}
-        body, content_type = executors.invoke_endpoint(
-            params.get("EndpointName"),
-            self.body if isinstance(self.body, bytes) else (self.body or "").encode(),
-            headers.get("content-type", "application/octet-stream"),
-            headers.get("accept", "application/json"),
-            headers.get("x-amzn-sagemaker-custom-attributes"),
-        )
+        try:
+            body, content_type = executors.invoke_endpoint(
+                self._get_params().get("EndpointName"),
+                self.body if isinstance(self.body, bytes) else (self.body or "").encode(),
+                headers.get("content-type", "application/octet-stream"),
+                headers.get("accept", "application/json"),
+            )
+        except EndpointError as exc:
+            error = json.dumps({"__type": exc.code, "message": str(exc)})
+            return exc.status, {"Content-Type": "application/json", "x-amzn-ErrorType": exc.code}, error
         return 200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}, body
 
     return [

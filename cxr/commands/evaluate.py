@@ -1,0 +1,141 @@
+"""`cxr evaluate --model PATH --data DIR [--json]`: score a model on any labelled folder.
+
+Runs the model's own ``code/inference.py`` (ONNX Runtime, the one normaliser, the recorded resize
+policy, temperature and threshold) on every image, then the training job's ``metrics.py``, so the
+figures are computed exactly as ``metrics.json`` computes them. A binary folder (normal and
+pneumonia) scored by a three-class model gives the binary view only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cxr import jobcode
+from cxr.errors import UsageError
+from cxr.training_run import iter_images
+from lambdas.domain import labels
+
+BATCH = 32
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a model directory or model.tar.gz on a labelled folder",
+        description="Score a trained model on a labelled folder (Kaggle layout or folder-per-label) and print "
+        "the same metrics as metrics.json. Exit status 0, or 2 on a usage error.",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="model directory or model.tar.gz")
+    parser.add_argument("--data", required=True, type=Path, help="labelled folder of PNG/JPEG X-rays")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if not args.model.exists():
+        raise UsageError(f"no such model: {args.model}")
+    if not args.data.is_dir():
+        raise UsageError(f"no such folder: {args.data}")
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = open_model(args.model, Path(scratch))
+        result = evaluate(model_dir, args.data)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_result(result)
+    return 0
+
+
+def open_model(path: Path, scratch: Path) -> Path:
+    if path.is_dir():
+        return path
+    with tarfile.open(path) as archive:
+        archive.extractall(scratch, filter="data")
+    return scratch
+
+
+def labelled_images(data_dir: Path) -> list[tuple[Path, str]]:
+    found = []
+    for path in iter_images(data_dir):
+        try:
+            found.append((path, labels.describe(path.relative_to(data_dir).parts[-3:]).label))
+        except labels.UnlabelledError:
+            continue
+    if not found:
+        raise UsageError(f"no labelled images under {data_dir} (expected <LABEL>/<file> folders)")
+    return found
+
+
+def score(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, list[str], dict]:
+    """Calibrated class probabilities for each file, through the model's own handler code."""
+    inference = jobcode.load("inference", model_dir / "code")
+    model = inference.model_fn(str(model_dir))
+    config = model.config
+    rows, rejected = [], []
+    for start in range(0, len(files), BATCH):
+        batch, kept = [], []
+        for path in files[start: start + BATCH]:
+            try:
+                request = inference.input_fn(path.read_bytes(), "image/png")
+            except inference.BadRequest as exc:
+                rejected.append(f"{path}: {exc}")
+                continue
+            batch.append(inference.model_input(inference.imaging.open_stored(request.image.png), config)[0])
+            kept.append(path)
+        if batch:
+            logits = model.session.run(["logits"], {"image": np.stack(batch)})[0]
+            rows += list(zip(kept, logits, strict=True))
+    if rejected:
+        print(f"{len(rejected)} images rejected by the normaliser:\n  " + "\n  ".join(rejected), file=sys.stderr)
+    probs = jobcode.load("metrics").softmax(np.stack([r[1] for r in rows]), config["temperature"])
+    return probs, [str(r[0]) for r in rows], config
+
+
+def evaluate(model_dir: Path, data_dir: Path) -> dict:
+    images = labelled_images(data_dir)
+    by_path = {str(p): label for p, label in images}
+    probs, kept, config = score(model_dir, [p for p, _ in images])
+    metrics = jobcode.load("metrics")
+    classes, threshold = config["classes"], config.get("threshold")
+    truth = [by_path[p] for p in kept]
+    result = {"model": str(model_dir), "data": str(data_dir), "model_id": config.get("model_id")}
+    try:
+        y = np.array([classes.index(labels.training_label(t, classes)) for t in truth])
+    except KeyError:
+        y = None
+    if y is not None:
+        result.update(metrics.classification_metrics(y, probs, classes, threshold))
+        return result
+    if metrics.NORMAL not in classes or not set(truth) <= {metrics.NORMAL, *labels.SUBTYPES, labels.PNEUMONIA}:
+        raise UsageError(f"the folder's labels {sorted(set(truth))} do not match the model's classes {classes}")
+    called = metrics.predict(probs, classes, threshold) != classes.index(metrics.NORMAL)
+    result["binary"] = metrics.binary_metrics(np.array([t != metrics.NORMAL for t in truth]),
+                                              metrics.pneumonia_probability(probs, classes), called)
+    result["note"] = "the folder is labelled normal/pneumonia only: binary view of the model's classes"
+    return result
+
+
+def print_result(result: dict) -> None:
+    print(f"model {result.get('model_id')}  data {result['data']}")
+    if "accuracy" in result:
+        print(f"{result['n']} images  accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+              f"ROC-AUC {_f(result['roc_auc'])}  ECE {result['ece']:.4f}")
+        print(f"{'class':<12} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+        for name, row in result["per_class"].items():
+            print(f"{name:<12} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} {row['support']:>8}")
+        print("confusion matrix (rows truth, columns prediction):", result["confusion_matrix"])
+    if "binary" in result:
+        b = result["binary"]
+        print(f"binary (pneumonia vs normal): accuracy {b['accuracy']:.4f}  ROC-AUC {_f(b['roc_auc'])}  "
+              f"sensitivity {_f(b['sensitivity'])}  specificity {_f(b['specificity'])}")
+
+
+def _f(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

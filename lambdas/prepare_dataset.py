@@ -1,0 +1,135 @@
+"""PrepareDataset Lambda (training pipeline): processed images -> split manifests for the training job.
+
+Input ``{"run_id", "dataset"[, "validation_fraction", "test_fraction", "seed"]}``. Reads every
+``processed/<dataset>/**.json`` sidecar written by ingest, splits with :mod:`lambdas.domain.splits`
+and writes, for each of train/validation/test, ``manifests/<run>/<split>.jsonl`` (one record per
+image) and ``manifests/<run>/<split>.manifest`` (a SageMaker ``ManifestFile``: the PNGs plus the
+jsonl, so a channel lands as ``<channel>/<key>``), then ``manifests/<run>/summary.json``.
+Returns the manifest URIs and the class list for CreateTrainingJob.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from aws_lambda_powertools import Logger
+
+from lambdas import aws
+from lambdas.domain import labels, layout, splits
+
+logger = Logger(service="cxr-prepare-dataset")
+
+READ_THREADS = 32  # sidecars are small: the listing is latency-bound, not bandwidth-bound
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be trained on (missing, or fewer than two classes); the pipeline fails clearly."""
+
+
+def manifest_records(items: list[splits.Item], dataset: str) -> list[dict]:
+    return [
+        {"key": i.key, "label": i.label, "patient_id": i.patient_id, "dataset": dataset, "content_hash": i.content_hash}
+        for i in items
+    ]
+
+
+def jsonl_key(run_id: str, split: str) -> str:
+    return f"{layout.MANIFESTS}{run_id}/{split}.jsonl"
+
+
+def manifest_key(run_id: str, split: str) -> str:
+    return f"{layout.MANIFESTS}{run_id}/{split}.manifest"
+
+
+def summary_key(run_id: str) -> str:
+    return f"{layout.MANIFESTS}{run_id}/summary.json"
+
+
+def build_summary(result: splits.SplitResult, dataset: str, run_id: str, classes: list[str], params: dict) -> dict:
+    return {
+        "run_id": run_id,
+        "dataset": dataset,
+        "classes": classes,
+        "counts": result.counts(),
+        "images": {name: len(items) for name, items in result.splits.items()},
+        "patients": {name: len({splits.group_of(i) for i in items}) for name, items in result.splits.items()},
+        "split_method": result.notes,
+        "parameters": params,
+    }
+
+
+def load_items(bucket: str, dataset: str) -> list[splits.Item]:
+    """Every accepted image of the dataset, from the sidecars ingest writes after each PNG."""
+    s3 = aws.client("s3")
+    prefix = f"{layout.PROCESSED}{dataset}/"
+    sidecars = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        sidecars += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+
+    def read(key: str) -> splits.Item:
+        meta = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return splits.Item(
+            key=meta.get("processed_key") or key.removesuffix(".json") + ".png",
+            label=meta["label"],
+            patient_id=meta.get("patient_id"),
+            content_hash=meta["content_hash"],
+            user_split=meta.get("split"),
+        )
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(read, sidecars))
+
+
+def prepare(bucket: str, run_id: str, dataset: str, validation_fraction=0.15, test_fraction=0.15, seed=0) -> dict:
+    items = load_items(bucket, dataset)
+    if not items:
+        raise DatasetError(f"no processed images under {layout.PROCESSED}{dataset}/: upload a dataset first")
+    classes = labels.class_set({i.label for i in items})
+    if len(classes) < 2:
+        raise DatasetError(f"the dataset has a single class {classes}: at least two are needed")
+    items = [
+        splits.Item(i.key, labels.training_label(i.label, classes), i.patient_id, i.content_hash, i.user_split)
+        for i in items
+    ]
+    params = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
+    result = splits.split_items(items, validation_fraction, test_fraction, seed)
+    s3 = aws.client("s3")
+    channels = {}
+    for name, members in result.splits.items():
+        if not members:
+            raise DatasetError(f"the {name} split is empty: the dataset is too small to split by patient")
+        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in manifest_records(members, dataset))
+        s3.put_object(Bucket=bucket, Key=jsonl_key(run_id, name), Body=body.encode(), ContentType="application/jsonl")
+        manifest = [{"prefix": f"s3://{bucket}/"}, *(i.key for i in members), jsonl_key(run_id, name)]
+        s3.put_object(Bucket=bucket, Key=manifest_key(run_id, name), Body=json.dumps(manifest).encode(),
+                      ContentType="application/json")
+        channels[name] = f"s3://{bucket}/{manifest_key(run_id, name)}"
+    summary = build_summary(result, dataset, run_id, classes, params)
+    s3.put_object(Bucket=bucket, Key=summary_key(run_id), Body=json.dumps(summary, indent=1).encode(),
+                  ContentType="application/json")
+    return {
+        "run_id": run_id,
+        "dataset": dataset,
+        "classes": classes,
+        "channels": channels,
+        "summary_uri": f"s3://{bucket}/{summary_key(run_id)}",
+        "images": summary["images"],
+    }
+
+
+@logger.inject_lambda_context(log_event=False)
+def handler(event: dict, context) -> dict:
+    bucket = os.environ["DATA_BUCKET"]
+    output = prepare(
+        bucket,
+        run_id=str(event["run_id"]),
+        dataset=str(event["dataset"]),
+        validation_fraction=float(event.get("validation_fraction", 0.15)),
+        test_fraction=float(event.get("test_fraction", 0.15)),
+        seed=int(event.get("seed", 0)),
+    )
+    logger.info("dataset prepared", extra={"run_id": output["run_id"], "images": output["images"],
+                                           "classes": output["classes"]})
+    return output

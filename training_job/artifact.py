@@ -1,0 +1,66 @@
+"""The model artifact: ONNX export checked against torch, and the endpoint's ``code/`` folder.
+
+``model.tar.gz`` deploys as is: the inference toolkit finds ``code/inference.py`` (with the one
+normaliser beside it) and installs ``code/requirements.txt`` from the wheels in ``code/wheels``
+with no index, because endpoints run without internet.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from networks import Classifier, Exported
+
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17
+CODE_FILES = ("inference.py", "imaging.py")
+SERVING_WHEELS = "serving-wheels.txt"
+"""Written by the packager into the source dir: the wheels (and requirement) the endpoint needs."""
+
+
+def export_onnx(model: Classifier, size: int, path: Path) -> None:
+    """Two outputs, ``logits`` and ``cams``; dynamic batch. TorchScript exporter (no onnxscript needed)."""
+    model = model.float().eval().to(memory_format=torch.contiguous_format)
+    example = torch.rand(1, 1, size, size)
+    torch.onnx.export(
+        Exported(model), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+        input_names=["image"], output_names=["logits", "cams"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "cams": {0: "batch"}},
+    )
+
+
+def check_onnx(model: Classifier, path: Path, images: torch.Tensor) -> float:
+    """Largest absolute logit difference between ONNX Runtime and torch on real images; raises if off."""
+    import onnxruntime as ort
+
+    model = model.float().eval()
+    with torch.no_grad():
+        expected = Exported(model)(images.float())[0].numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"image": images.float().numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if not np.allclose(got, expected, atol=1e-3, rtol=1e-3):
+        raise RuntimeError(f"ONNX export disagrees with torch: max |logit difference| {diff:.2e}")
+    return diff
+
+
+def write_code_dir(source_dir: Path, model_dir: Path) -> list[str]:
+    """Copy the handler, the normaliser and the serving wheels into ``model_dir/code``; returns file names."""
+    code = model_dir / "code"
+    code.mkdir(parents=True, exist_ok=True)
+    for name in CODE_FILES:
+        shutil.copyfile(source_dir / name, code / name)  # copyfile follows the imaging.py symlink
+    listing = source_dir / SERVING_WHEELS
+    if listing.exists():
+        lines = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        requirements = [line for line in lines if not line.endswith(".whl")]
+        wheels = [line for line in lines if line.endswith(".whl")]
+        (code / "wheels").mkdir(exist_ok=True)
+        for wheel in wheels:
+            shutil.copyfile(source_dir / "wheels" / wheel, code / "wheels" / wheel)
+        # pip resolves a relative --find-links against the requirements file's own folder.
+        (code / "requirements.txt").write_text("--no-index\n--find-links wheels\n" + "\n".join(requirements) + "\n")
+    return sorted(p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file())

@@ -1,0 +1,166 @@
+"""Classification metrics (scikit-learn), calibration and decision thresholds.
+
+One function, :func:`classification_metrics`, produces the ``metrics.json`` schema; training,
+``cxr evaluate`` and the benchmarks all call it, so their figures cannot disagree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+NORMAL = "normal"
+ECE_BINS = 15
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def pneumonia_probability(probs: np.ndarray, classes: list[str]) -> np.ndarray:
+    """p(pneumonia) = 1 - p(normal): the binary view of a 3-class (or binary) model."""
+    return 1.0 - probs[:, classes.index(NORMAL)]
+
+
+def predict(probs: np.ndarray, classes: list[str], threshold: float | None = None) -> np.ndarray:
+    """Class indices; with a binary ``threshold`` on p(pneumonia), normal wins below it.
+
+    Above the threshold the most probable pneumonia class is taken, so a threshold changes only
+    the normal-vs-pneumonia decision, never the bacterial-vs-viral one.
+    """
+    if threshold is None or NORMAL not in classes:
+        return probs.argmax(axis=1)
+    normal = classes.index(NORMAL)
+    others = probs.copy()
+    others[:, normal] = -1.0
+    return np.where(pneumonia_probability(probs, classes) >= threshold, others.argmax(axis=1), normal)
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict]:
+    """Per confidence bin: count, mean confidence, accuracy (the reliability diagram's data)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > lo) & (confidence <= hi)
+        out.append({
+            "low": float(lo), "high": float(hi), "count": int(inside.sum()),
+            "confidence": float(confidence[inside].mean()) if inside.any() else None,
+            "accuracy": float(correct[inside].mean()) if inside.any() else None,
+        })
+    return out
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising validation negative log-likelihood (golden-section search on log T)."""
+    logits = np.asarray(logits, dtype=np.float64)
+
+    def nll(log_t: float) -> float:
+        p = softmax(logits, float(np.exp(log_t)))
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return float(np.exp((lo + hi) / 2))
+
+
+def choose_threshold(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> float | None:
+    """Binary threshold on p(pneumonia) from validation (Youden's J), or None to keep argmax.
+
+    Kept only when it beats argmax's balanced accuracy on validation by a margin larger than one
+    image per class can explain: a saturated validation split pins a threshold down poorly.
+    """
+    if NORMAL not in classes:
+        return None
+    is_pneumonia = (y != classes.index(NORMAL)).astype(int)
+    if is_pneumonia.min() == is_pneumonia.max():
+        return None
+    score = pneumonia_probability(probs, classes)
+    fpr, tpr, thresholds = skm.roc_curve(is_pneumonia, score)
+    best = int(np.argmax(tpr - fpr))
+    threshold = float(min(thresholds[best], 1.0))
+
+    def balanced(pred_pneumonia: np.ndarray) -> float:
+        return skm.balanced_accuracy_score(is_pneumonia, pred_pneumonia.astype(int))
+
+    argmax_pneumonia = predict(probs, classes) != classes.index(NORMAL)
+    gain = balanced(score >= threshold) - balanced(argmax_pneumonia)
+    resolution = 1.0 / min(int(is_pneumonia.sum()), int((1 - is_pneumonia).sum()))
+    return threshold if gain > resolution else None
+
+
+def _auc(y_binary: np.ndarray, score: np.ndarray) -> float | None:
+    return float(skm.roc_auc_score(y_binary, score)) if 0 < y_binary.sum() < len(y_binary) else None
+
+
+def classification_metrics(
+    y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None
+) -> dict:
+    """The ``metrics.json`` body: accuracy, per-class P/R/F1, macro-F1, confusion matrix, ROC-AUC,
+    ECE, and a ``binary`` (pneumonia vs normal) section whenever there is a normal class."""
+    y = np.asarray(y, dtype=int)
+    pred = predict(probs, classes, threshold)
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    out: dict = {
+        "n": len(y),
+        "classes": classes,
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)) if len(set(y)) > 1 else None,
+        "macro_f1": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": {
+            c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
+        "roc_auc": None,
+        "ece": expected_calibration_error(probs, y),
+        "threshold": threshold,
+    }
+    present = sorted(set(y.tolist()))
+    if len(classes) == 2:
+        out["roc_auc"] = _auc((y == 1).astype(int), probs[:, 1])
+    elif len(present) == len(classes):
+        out["roc_auc"] = float(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=labels))
+    if NORMAL in classes:
+        normal = classes.index(NORMAL)
+        out["binary"] = binary_metrics(y != normal, pneumonia_probability(probs, classes), pred != normal)
+    return out
+
+
+def binary_metrics(truth: np.ndarray, score: np.ndarray, called: np.ndarray) -> dict:
+    """Pneumonia (any sub-type) against normal: what the literature and the quality gate compare."""
+    truth, called = np.asarray(truth).astype(int), np.asarray(called).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(truth, called, labels=[0, 1]).ravel()
+    return {
+        "positive": "pneumonia",
+        "n": len(truth),
+        "accuracy": float((tp + tn) / len(truth)),
+        "roc_auc": _auc(truth, np.asarray(score)),
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
+        "specificity": float(tn / (tn + fp)) if tn + fp else None,
+        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+    }

@@ -1,0 +1,184 @@
+"""Networks in plain torch (torchvision does not import beside the pinned CPU torch).
+
+Every network takes ``(N, 1, H, W)`` float images in [0, 1] and standardises each image itself
+(zero mean, unit variance), so brightness and contrast differences between acquisitions are
+removed inside the graph and the ONNX export needs no preprocessing beyond the shared resize.
+Each exposes ``features(x)`` (the last convolutional map) and ``classifier`` (one linear layer
+after global average pooling), which is what a class-activation map needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ARCHITECTURES = ("compact", "resnet", "efficientnet_lite0")
+
+
+class Standardise(nn.Module):
+    """Per-image intensity normalisation: the model sees the same input whatever the exposure."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) / (std + 1e-3)
+
+
+class Classifier(nn.Module):
+    """Shared head: features -> global average pool -> dropout -> linear."""
+
+    def __init__(self, body: nn.Module, channels: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.standardise = Standardise()
+        self.body = body
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.standardise(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(x).mean(dim=(2, 3))))
+
+
+def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def compact(num_classes: int, width: int = 32, dropout: float = 0.2) -> Classifier:
+    """A small VGG-style CNN for 28-64 px inputs (PneumoniaMNIST)."""
+    w = width
+    body = nn.Sequential(
+        conv_bn(1, w), conv_bn(w, w), nn.MaxPool2d(2),
+        conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
+        conv_bn(2 * w, 4 * w), conv_bn(4 * w, 4 * w),
+    )
+    return Classifier(body, 4 * w, num_classes, dropout)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, 3, stride)
+        self.conv2 = conv_bn(cout, cout, 3, 1, act=False)
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, 1, stride, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+def resnet(num_classes: int, width: int = 32, dropout: float = 0.2) -> Classifier:
+    """A ResNet-10-style network for 128-224 px inputs, trained from scratch."""
+    w = width
+    stages, cin = [], w
+    for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
+        stages += [BasicBlock(cin, cout, 1 if i == 0 else 2)]
+        cin = cout
+    body = nn.Sequential(conv_bn(1, w, 5, 2), nn.MaxPool2d(3, 2, 1), *stages)
+    return Classifier(body, 8 * w, num_classes, dropout)
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite's inverted residual (no squeeze-excitation, ReLU6), in efficientnet_pytorch's key layout."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+# (repeats, kernel, stride, expand, out channels) of EfficientNet-Lite0
+_LITE0 = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+          (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+
+class EfficientNetLite0Body(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(1, 32, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        blocks, cin = [], 32
+        for repeats, kernel, stride, expand, cout in _LITE0:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+
+def efficientnet_lite0(num_classes: int, dropout: float = 0.2) -> Classifier:
+    """EfficientNet-Lite0 (4.7 M parameters), meant to start from ImageNet weights."""
+    return Classifier(EfficientNetLite0Body(), 1280, num_classes, dropout)
+
+
+def build(architecture: str, num_classes: int, width: int = 32, dropout: float = 0.2) -> Classifier:
+    if architecture == "compact":
+        return compact(num_classes, width, dropout)
+    if architecture == "resnet":
+        return resnet(num_classes, width, dropout)
+    if architecture == "efficientnet_lite0":
+        return efficientnet_lite0(num_classes, dropout)
+    raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+
+
+def load_pretrained(model: Classifier, state: dict[str, torch.Tensor]) -> list[str]:
+    """Initialise the body from a checkpoint in efficientnet_pytorch's layout (ImageNet EfficientNet-Lite0).
+
+    RGB stem filters are summed over their colour channels, which is exactly what an RGB network
+    computes on a gray image copied to three channels; the ImageNet classifier is dropped.
+    Returns the body keys that found no weights (empty when the checkpoint fits).
+    """
+    if not isinstance(model.body, EfficientNetLite0Body):
+        raise ValueError("pretrained weights are available for efficientnet_lite0 only")
+    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    if "_conv_stem.weight" in state and state["_conv_stem.weight"].shape[1] == 3:
+        # ImageNet inputs were (x - 0.449) / 0.226 per channel; ours are standardised per image,
+        # which only rescales the activations that the following BatchNorm re-learns.
+        state["_conv_stem.weight"] = state["_conv_stem.weight"].sum(dim=1, keepdim=True)
+    missing, unexpected = model.body.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"pretrained checkpoint has keys this network lacks: {unexpected[:5]}")
+    return [k for k in missing if not k.endswith("num_batches_tracked")]
+
+
+class Exported(nn.Module):
+    """Export wrapper: logits plus per-class activation maps, the two ONNX outputs inference uses.
+
+    ``cams[n, k]`` is the classifier's class-``k`` weights applied at every position of the last
+    feature map (a 1x1 convolution), so its spatial mean plus the bias is exactly logit ``k``.
+    """
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.features(x)
+        weight = self.model.classifier.weight[:, :, None, None]
+        cams = F.conv2d(features, weight)
+        return cams.mean(dim=(2, 3)) + self.model.classifier.bias, cams

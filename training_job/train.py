@@ -1,0 +1,389 @@
+"""SageMaker script-mode training job: channels in, a deployable model directory out.
+
+Contract (the same on SageMaker and under ``cxr train-local``):
+
+* inputs: ``SM_CHANNEL_TRAIN``, ``SM_CHANNEL_VALIDATION``, optional ``SM_CHANNEL_TEST`` (each holds a
+  ``*.jsonl`` manifest and the PNGs at ``<channel>/<key>``), optional ``SM_CHANNEL_PRETRAINED``
+  (a ``*.pth`` state dict in efficientnet_pytorch's layout);
+* hyperparameters: command-line flags (``--epochs 8``; see ``python train.py --help``; dashes
+  or underscores both work);
+* outputs: ``SM_MODEL_DIR`` (weights, ONNX, ``model.json``, ``metrics.json``, ``report/``,
+  ``code/``), ``SM_OUTPUT_DATA_DIR`` (``metrics.json`` and the report again, for ``output.tar.gz``);
+* checkpoints: ``SM_CHECKPOINT_DIR`` (default ``/opt/ml/checkpoints``, which SageMaker syncs to S3);
+  a restarted job (spot interruption) resumes from the newest one and ends with the same weights
+  as an uninterrupted run. SIGTERM (how SageMaker stops a job) saves a checkpoint first.
+
+Seeds are fixed; on a GPU the step runs under automatic mixed precision, on a CPU under bf16
+autocast with channels-last tensors when the CPU has bf16 instructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import artifact
+import augment
+import data
+import imaging
+import metrics as m
+import networks
+import numpy as np
+import report
+import torch
+from torch.nn import functional as F
+
+CHECKPOINT_PATTERN = "ckpt-*.pt"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+
+    def add(name: str, **kwargs):
+        p.add_argument(f"--{name}", f"--{name.replace('-', '_')}", **kwargs)
+
+    add("architecture", default="efficientnet_lite0", choices=networks.ARCHITECTURES)
+    add("image-size", type=int, default=224, help="model input side in pixels")
+    add("resize-policy", default="squash", choices=imaging.RESIZE_POLICIES)
+    add("width", type=int, default=32, help="base channel width of compact/resnet")
+    add("dropout", type=float, default=0.2)
+    add("epochs", type=int, default=8)
+    add("batch-size", type=int, default=32)
+    add("lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine decay)")
+    add("weight-decay", type=float, default=1e-4)
+    add("warmup-epochs", type=float, default=0.5)
+    add("label-smoothing", type=float, default=0.1)
+    add("class-weighting", default="balanced", choices=("balanced", "none"))
+    add("augment", default="strong", choices=augment.STRENGTHS)
+    add("patience", type=int, default=3, help="epochs without validation improvement before stopping")
+    add("seed", type=int, default=0)
+    add("precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    add("threads", type=int, default=0, help="CPU threads (0: all cores)")
+    add("checkpoint-steps", type=int, default=200, help="also checkpoint every N optimizer steps")
+    add("keep-checkpoints", type=int, default=2)
+    add("model-dir", default=env.get("SM_MODEL_DIR", "/opt/ml/model"))
+    add("output-data-dir", default=env.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
+    add("checkpoint-dir", default=env.get("SM_CHECKPOINT_DIR", "/opt/ml/checkpoints"))
+    add("train", default=env.get("SM_CHANNEL_TRAIN"))
+    add("validation", default=env.get("SM_CHANNEL_VALIDATION"))
+    add("test", default=env.get("SM_CHANNEL_TEST"))
+    add("pretrained", default=env.get("SM_CHANNEL_PRETRAINED"))
+    args = p.parse_args(argv)
+    if not args.train or not args.validation:
+        p.error("the train and validation channels are required (SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION)")
+    return args
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32."""
+    if requested == "fp32":
+        return None
+    if requested == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = any(getattr(torch.cpu, probe, lambda: False)()
+                     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return torch.bfloat16 if native else None  # emulated bf16 is slower than fp32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+
+
+def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """The training loop with its exact-resume state."""
+
+    def __init__(self, args, model, splits, classes, device, dtype):
+        self.args, self.model, self.splits, self.classes = args, model, splits, classes
+        self.device, self.dtype = device, dtype
+        self.channels_last = device.type == "cpu" and dtype is not None
+        self.model.to(device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=args.lr,
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        counts = torch.bincount(splits["train"].targets, minlength=len(classes)).float()
+        weights = counts.sum() / (len(classes) * counts.clamp(min=1))
+        self.class_weights = (weights if args.class_weighting == "balanced" else torch.ones_like(weights)).to(device)
+        self.steps_per_epoch = max(1, len(splits["train"]) // args.batch_size)
+        self.total_steps = self.steps_per_epoch * args.epochs
+        self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
+        self.augment_rng = torch.Generator().manual_seed(args.seed + 1)
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_loss": float("inf"),
+                      "best_epoch": -1, "bad_epochs": 0, "history": [], "stopped_early": False}
+        self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.stop_requested = False
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def checkpoint_dir(self) -> Path:
+        return Path(self.args.checkpoint_dir)
+
+    def save_checkpoint(self) -> Path:
+        directory = self.checkpoint_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"ckpt-{self.state['global_step']:08d}.pt"
+        payload = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "best_weights": self.best_weights, "state": self.state,
+            "augment_rng": self.augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "config": {k: getattr(self.args, k) for k in ("architecture", "image_size", "epochs", "batch_size",
+                                                           "seed", "lr")},
+        }
+        partial = path.with_suffix(".partial")
+        torch.save(payload, partial)
+        partial.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
+        for old in sorted(directory.glob(CHECKPOINT_PATTERN))[: -self.args.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def resume(self) -> Path | None:
+        found = sorted(self.checkpoint_dir().glob(CHECKPOINT_PATTERN)) if self.checkpoint_dir().exists() else []
+        if not found:
+            return None
+        payload = torch.load(found[-1], map_location=self.device, weights_only=False)
+        mine = {k: getattr(self.args, k) for k in payload["config"]}
+        if payload["config"] != mine:
+            raise SystemExit(f"checkpoint {found[-1]} was made with {payload['config']}, not {mine}: "
+                             "use a fresh checkpoint directory for different hyperparameters")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.best_weights, self.state = payload["best_weights"], payload["state"]
+        self.augment_rng.set_state(payload["augment_rng"])
+        torch.set_rng_state(payload["torch_rng"])
+        if payload["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        np.random.set_state(payload["numpy_rng"])
+        random.setstate(payload["python_rng"])
+        return found[-1]
+
+    # -- loop ------------------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
+        lr = learning_rate(self.state["global_step"], self.total_steps, self.warmup_steps, self.args.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        with self.autocast():
+            logits = self.model(self.to_device(images))
+        loss = F.cross_entropy(logits.float(), targets.to(self.device), weight=self.class_weights,
+                               label_smoothing=self.args.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def logits(self, split: data.Split, model=None) -> np.ndarray:
+        model = model or self.model
+        model.eval()
+        out = []
+        for start in range(0, len(split), 64):
+            with self.autocast():
+                out.append(model(self.to_device(split.images[start: start + 64].float())).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)))
+
+    def validation_loss(self) -> float:
+        val = self.splits["validation"]
+        logits = torch.from_numpy(self.logits(val))
+        return float(F.cross_entropy(logits, val.targets))
+
+    def run(self) -> None:
+        train = self.splits["train"]
+        log = self.state["history"]
+        while self.state["epoch"] < self.args.epochs and not self.state["stopped_early"]:
+            epoch = self.state["epoch"]
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.args.seed * 1000 + epoch))
+            started, losses = time.perf_counter(), []
+            for step in range(self.state["step_in_epoch"], self.steps_per_epoch):
+                index = order[step * self.args.batch_size: (step + 1) * self.args.batch_size]
+                images = augment.augment(train.images[index].float(), self.augment_rng, self.args.augment)
+                losses.append(self.train_step(images, train.targets[index]))
+                self.state["global_step"] += 1
+                self.state["step_in_epoch"] = step + 1
+                if self.stop_requested:
+                    self.save_checkpoint()
+                    print("stop requested: checkpoint saved, exiting", flush=True)
+                    sys.exit(143)
+                if self.state["global_step"] % self.args.checkpoint_steps == 0 and step + 1 < self.steps_per_epoch:
+                    self.save_checkpoint()
+            val_loss = self.validation_loss()
+            improved = val_loss < self.state["best_loss"] - 1e-4
+            if improved:
+                self.state.update(best_loss=val_loss, best_epoch=epoch, bad_epochs=0)
+                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            else:
+                self.state["bad_epochs"] += 1
+                self.state["stopped_early"] = self.state["bad_epochs"] >= self.args.patience
+            entry = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
+                     "validation_loss": val_loss, "seconds": round(time.perf_counter() - started, 1)}
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+            self.state.update(epoch=epoch + 1, step_in_epoch=0)
+            self.save_checkpoint()
+        self.model.load_state_dict(self.best_weights)
+
+
+def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str, data.Split], list[str]]:
+    channel_dirs = {"train": args.train, "validation": args.validation}
+    if args.test and Path(args.test).exists():
+        channel_dirs["test"] = args.test
+    records = {name: data.read_records(Path(d)) for name, d in channel_dirs.items()}
+    classes = classes_hint or data.classes_of(records["train"] + records["validation"])
+    threads = max(1, torch.get_num_threads())
+    splits = {name: data.load_split(Path(d), classes, args.image_size, args.resize_policy, threads)
+              for name, d in channel_dirs.items()}
+    return splits, classes
+
+
+def pretrained_state(directory: str | None) -> tuple[dict | None, str | None]:
+    if not directory or not Path(directory).exists():
+        return None, None
+    files = sorted(p for p in Path(directory).rglob("*") if p.suffix in (".pth", ".pt"))
+    if not files:
+        return None, None
+    return torch.load(files[0], map_location="cpu", weights_only=True), files[0].name
+
+
+def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path, extra: dict) -> dict:
+    model = trainer.model.float().to(memory_format=torch.contiguous_format)
+    trainer.dtype, trainer.channels_last = None, False  # final figures in fp32, as ONNX serves them
+    val_logits = trainer.logits(splits["validation"], model)
+    val_y = splits["validation"].targets.numpy()
+    temperature = m.fit_temperature(val_logits, val_y)
+    val_probs = m.softmax(val_logits, temperature)
+    threshold = m.choose_threshold(val_probs, val_y, classes)
+    validation = m.classification_metrics(val_y, val_probs, classes, threshold)
+    evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
+    eval_logits = trainer.logits(splits[evaluated_on], model) if evaluated_on == "test" else val_logits
+    eval_y = splits[evaluated_on].targets.numpy()
+    probs_before, probs = m.softmax(eval_logits, 1.0), m.softmax(eval_logits, temperature)
+    result = m.classification_metrics(eval_y, probs, classes, threshold)
+    reliability_before, reliability_after = m.reliability(probs_before, eval_y), m.reliability(probs, eval_y)
+    result.update(
+        evaluated_on=evaluated_on,
+        calibration={"temperature": temperature, "ece_before": m.expected_calibration_error(probs_before, eval_y),
+                     "ece_after": m.expected_calibration_error(probs, eval_y),
+                     "reliability_before": reliability_before, "reliability_after": reliability_after},
+        validation=validation,
+        training={"best_epoch": trainer.state["best_epoch"], "epochs_run": len(trainer.state["history"]),
+                  "stopped_early": trainer.state["stopped_early"], "history": trainer.state["history"]},
+    )
+
+    model_dir = Path(args.model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), model_dir / "model.pt")
+    artifact.export_onnx(model, args.image_size, model_dir / artifact.ONNX_FILE)
+    sample = splits[evaluated_on].images[:8].float()
+    onnx_diff = artifact.check_onnx(model, model_dir / artifact.ONNX_FILE, sample)
+    fingerprint = data.fingerprint({k: v for k, v in splits.items() if k != "test"})
+    config = {
+        "model_id": f"cxr-{args.architecture}-{fingerprint[:12]}-{extra['finished'][:19].replace(':', '')}",
+        "classes": classes,
+        "architecture": args.architecture,
+        "width": args.width,
+        "image_size": args.image_size,
+        "resize_policy": args.resize_policy,
+        "input": {"shape": [1, 1, args.image_size, args.image_size], "dtype": "float32", "range": [0.0, 1.0],
+                  "channels": "grayscale"},
+        "normalisation": "stored PNG (imaging.normalise) -> imaging.to_model_input(size, resize_policy) / 255; "
+                         "per-image standardisation inside the network",
+        "temperature": temperature,
+        "threshold": threshold,
+        "threshold_rule": "p(pneumonia) >= threshold calls pneumonia (chosen on validation); null: argmax",
+        "onnx": artifact.ONNX_FILE,
+        "onnx_outputs": ["logits", "cams"],
+        "onnx_max_abs_diff": onnx_diff,
+        "weights": "model.pt",
+        "data_fingerprint": fingerprint,
+        "data": {name: len(split) for name, split in splits.items()},
+        "hyperparameters": {k: v for k, v in vars(args).items()
+                            if k not in ("model_dir", "output_data_dir", "checkpoint_dir", "train", "validation",
+                                         "test", "pretrained")},
+        **extra,
+    }
+    (model_dir / "model.json").write_text(json.dumps(config, indent=1))
+    (model_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+    report_dir = model_dir / "report"
+    report_dir.mkdir(exist_ok=True)
+    report.confusion_matrix_png(result["confusion_matrix"], classes, report_dir / "confusion_matrix.png")
+    if m.NORMAL in classes:
+        report.roc_png(eval_y, probs, classes, report_dir / "roc.png")
+    report.reliability_png(reliability_before, reliability_after, report_dir / "reliability.png")
+    artifact.write_code_dir(source_dir, model_dir)
+    output_dir = Path(args.output_data_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_dir / "metrics.json", output_dir / "metrics.json")
+    shutil.copytree(report_dir, output_dir / "report", dirs_exist_ok=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = choose_precision(args.precision, device)
+    splits, classes = load_channels(args)
+    print(json.dumps({"classes": classes, "images": {k: len(v) for k, v in splits.items()}, "device": str(device),
+                      "autocast": str(dtype), "threads": torch.get_num_threads()}), flush=True)
+    model = networks.build(args.architecture, len(classes), args.width, args.dropout)
+    state, pretrained_name = pretrained_state(args.pretrained)
+    if state is not None:
+        missing = networks.load_pretrained(model, state)
+        print(json.dumps({"pretrained": pretrained_name, "missing_keys": missing}), flush=True)
+    trainer = Trainer(args, model, splits, classes, device, dtype)
+    resumed = trainer.resume()
+    if resumed:
+        print(json.dumps({"resumed_from": resumed.name, "global_step": trainer.state["global_step"]}), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "stop_requested", True))
+    trainer.run()
+    extra = {"pretrained": pretrained_name, "resumed_from": resumed.name if resumed else None,
+             "device": str(device), "autocast": str(dtype), "torch": torch.__version__,
+             "finished": datetime.now(UTC).isoformat(), "training_seconds": round(time.perf_counter() - started, 1)}
+    result = evaluate_and_write(args, trainer, splits, classes, Path(__file__).resolve().parent, extra)
+    summary = {k: result[k] for k in ("evaluated_on", "accuracy", "macro_f1", "roc_auc")}
+    if "binary" in result:
+        summary["binary"] = {k: result["binary"][k] for k in ("accuracy", "roc_auc", "sensitivity", "specificity")}
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,7 +53,7 @@ class Config:
     training_max_runtime_s: int = 4 * 3600
     training_volume_gb: int = 50
     quality_gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
-    uncertainty_band: tuple[float, float] = (0.25, 0.75)
+    uncertainty_band: tuple[float, float] = (0.2, 0.8)
     notification_email: str | None = None
     reserved_concurrency: int | None = None
     lambda_architecture: str = "x86_64"
@@ -92,8 +92,8 @@ class Config:
             problems.append("notification_email is not an e-mail address")
         if self.reserved_concurrency is not None and self.reserved_concurrency < 1:
             problems.append("reserved_concurrency must be a positive number or unset")
-        if self.log_retention_days not in _LOG_RETENTION_DAYS:
-            problems.append(f"log_retention_days must be one of CloudWatch's {_LOG_RETENTION_DAYS}")
+        if self.log_retention_days not in LOG_RETENTION_DAYS:
+            problems.append(f"log_retention_days must be one of CloudWatch's {LOG_RETENTION_DAYS}")
         if self.quarantine_expiry_days < 1 or self.checkpoint_expiry_days < 1:
             problems.append("expiry days must be positive")
         if problems:
@@ -130,7 +130,7 @@ class Config:
         return cls(**kwargs)
 
 
-_LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
 _INTS = {"serverless_memory_mb", "serverless_max_concurrency", "training_max_runtime_s", "training_volume_gb",
          "reserved_concurrency", "log_retention_days", "quarantine_expiry_days", "checkpoint_expiry_days"}
 

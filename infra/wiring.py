@@ -50,6 +50,10 @@ class Bucket:
     def construct_id(self) -> str:
         return "".join(part.capitalize() for part in self.role.split("-")) + "Bucket"
 
+    def name(self, stage: str, account: str, region: str) -> str:
+        """The bucket's physical name: fixed, so stacks and tools derive it instead of passing exports around."""
+        return f"cxr-{stage}-{self.role}-{account}-{region}"
+
 
 BUCKETS: dict[str, Bucket] = {
     b.role: b
@@ -165,6 +169,10 @@ FUNCTIONS: dict[str, Function] = {
 }
 
 
+NO_ENDPOINT = "none"
+"""The endpoint parameter's value until the first model is deployed."""
+
+
 def endpoint_parameter_name(stage: str) -> str:
     """The SSM parameter the pipeline writes and the predict Lambda reads."""
     return f"/cxr/{stage}/endpoint-name"
@@ -177,6 +185,7 @@ def endpoint_name(stage: str) -> str:
 
 # The training pipeline (Step Functions).
 STATE_MACHINE_ID = "TrainingPipeline"
+READ_REQUEST_STATE = "ReadRequest"
 PREPARE_DATASET_STATE = "PrepareDataset"
 TRAIN_STATE = "Train"
 EVALUATE_STATE = "Evaluate"
@@ -187,9 +196,11 @@ ENDPOINT_STATUS_STATE = "EndpointStatus"
 ENDPOINT_READY_STATE = "EndpointReady"
 NOTIFY_DEPLOYED_STATE = "NotifyDeployed"
 NOTIFY_REJECTED_STATE = "NotifyRejected"
+NOT_DEPLOYED_STATE = "NotDeployed"
 NOTIFY_FAILURE_STATE = "NotifyFailure"
 FAILED_STATE = "PipelineFailed"
 STATE_ORDER = (
+    READ_REQUEST_STATE,
     PREPARE_DATASET_STATE,
     TRAIN_STATE,
     EVALUATE_STATE,
@@ -200,7 +211,11 @@ STATE_ORDER = (
     ENDPOINT_READY_STATE,
     NOTIFY_DEPLOYED_STATE,
 )
-"""The success path, in order; ``WaitForEndpoint`` -> ``EndpointReady`` loops until InService."""
+"""The success path, in order; ``WaitForEndpoint`` -> ``EndpointReady`` loops until InService.
+
+A model below the gate goes ``PassesGate`` -> ``NotifyRejected`` -> ``NotDeployed`` (succeeds: the
+previous endpoint keeps serving); any error goes to ``NotifyFailure`` -> ``PipelineFailed``.
+Execution input: ``{"run_id", "dataset", "hyperparameters"?: {name: string}}``."""
 TASK_FUNCTIONS = {
     PREPARE_DATASET_STATE: PREPARE_DATASET.id,
     EVALUATE_STATE: EVALUATE_MODEL.id,
@@ -209,4 +224,9 @@ TASK_FUNCTIONS = {
 }
 """Which function each Lambda task state invokes."""
 TRAINING_JOB_PREFIX = "cxr"
-"""Training job names are ``cxr-<attempt>-<uuid>``: unique per attempt, as SageMaker requires."""
+"""Training job names are ``cxr-<attempt>-<uuid>``: unique per attempt, as SageMaker requires; the
+deployed model and endpoint configuration take the training job's name."""
+ASYNC_OUTPUT_PREFIX = "async/"
+"""Inference bucket prefix for asynchronous endpoint outputs (endpoint_mode=async)."""
+TRAINING_CODE_CHANNEL = "code"
+"""With network isolation the job cannot fetch its code: ``sourcedir.tar.gz`` arrives as this input channel."""

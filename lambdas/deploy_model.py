@@ -28,6 +28,11 @@ _INSTANCE_STORAGE = re.compile(r"^ml\.(?:[a-z]+\d+[a-z]*d[a-z]*|g5|g6|g6e|p5|p5e
 """Families with local NVMe storage, where SageMaker refuses an endpoint KMS key (the disk is encrypted by hardware)."""
 
 
+def has_instance_storage(instance_type: str) -> bool:
+    """True for NVMe-backed instances: SageMaker refuses a volume KMS key there (hardware encrypts the disk)."""
+    return bool(_INSTANCE_STORAGE.match(instance_type))
+
+
 class EndpointBusy(RuntimeError):
     """The endpoint is changing: the state machine retries with backoff."""
 
@@ -97,7 +102,7 @@ def endpoint_config_definition(settings: DeploySettings, name: str, model_name: 
         }
     else:
         variant.update(InstanceType=settings.instance_type, InitialInstanceCount=1)
-    if settings.mode == "serverless" or not _INSTANCE_STORAGE.match(settings.instance_type):
+    if settings.mode == "serverless" or not has_instance_storage(settings.instance_type):
         config["KmsKeyId"] = settings.kms_key_arn
     if settings.mode == "async":
         config["AsyncInferenceConfig"] = {

@@ -1,0 +1,80 @@
+"""The CDK app: ``cdk synth`` / ``cdk deploy`` run ``python -m infra.app`` (see cdk.json).
+
+Stacks are environment-agnostic (``AWS::Region`` and ``AWS::AccountId`` resolve at deploy time)
+and named ``Cxr<Stage><Part>``. cdk-nag's AwsSolutions and HIPAA Security packs run on every
+synthesis: an unacknowledged finding fails it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import App, Tags, Validations
+from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
+
+from cxr.packaging import build_sourcedir
+from infra.components.nag import acknowledge
+from infra.config import Config
+from infra.stacks.inference import InferenceStack
+from infra.stacks.ingest import IngestStack
+from infra.stacks.monitoring import MonitoringStack
+from infra.stacks.pipeline import TrainingPipelineStack
+from infra.stacks.storage import StorageStack
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINING_CODE_DIR = ROOT / ".cache" / "sourcedir"
+FEATURE_FLAGS = {
+    "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True,  # log delivery by bucket policy, not ACLs
+    "@aws-cdk/aws-s3:createDefaultLoggingPolicy": True,
+    "@aws-cdk/aws-iam:minimizePolicies": True,
+    "@aws-cdk/aws-kms:reduceCrossAccountRegionPolicyScope": True,
+}
+"""The behaviours this app is written for, whatever the CDK version's defaults."""
+
+
+def make_app(**kwargs) -> App:
+    """An app with this project's feature flags (``context`` in ``kwargs`` is added to them)."""
+    return App(**{**kwargs, "context": {**FEATURE_FLAGS, **kwargs.get("context", {})}})
+
+
+def build(app: App, config: Config | None = None, training_code: Path | None = None) -> dict[str, object]:
+    """Add every stack to ``app``; returns them by part name."""
+    config = config or Config.from_context(app.node.try_get_context)
+    training_code = training_code or build_sourcedir(TRAINING_CODE_DIR)
+    prefix = f"Cxr{config.stage.replace('-', ' ').title().replace(' ', '')}"
+    storage = StorageStack(app, f"{prefix}Storage", config=config,
+                           description="cxr: KMS key, data / inference / access-log buckets, notifications")
+    common = dict(config=config, key=storage.key, topic=storage.topic)
+    ingest = IngestStack(app, f"{prefix}Ingest", **common,
+                         description="cxr: preprocessing of uploads under raw/")
+    inference = InferenceStack(app, f"{prefix}Inference", **common,
+                               description="cxr: predictions for images under incoming/")
+    pipeline = TrainingPipelineStack(app, f"{prefix}TrainingPipeline", training_code=training_code, **common,
+                                     description="cxr: dataset -> SageMaker training -> quality gate -> endpoint")
+    functions = [ingest.preprocess, inference.predict, pipeline.prepare, pipeline.evaluate, pipeline.deploy,
+                 pipeline.status]
+    monitoring = MonitoringStack(app, f"{prefix}Monitoring", config=config, topic=storage.topic,
+                                 functions=functions, state_machine=pipeline.state_machine,
+                                 description="cxr: dashboard and alarms")
+    for consumer in (ingest, inference, pipeline):
+        consumer.add_stack_dependency(storage, "buckets are referenced by their derived names, not by exports")
+    stacks = {"storage": storage, "ingest": ingest, "inference": inference, "pipeline": pipeline,
+              "monitoring": monitoring}
+    for stack in stacks.values():
+        Tags.of(stack).add("project", "cxr")
+        Tags.of(stack).add("stage", config.stage)
+        acknowledge(stack, "Each role's policy is generated beside it by CDK and lives and dies with it; a customer "
+                    "managed policy per role adds a second resource with the same scope.",
+                    "HIPAA.Security-IAMNoInlinePolicy")
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+    return stacks
+
+
+def main() -> None:
+    app = make_app()
+    build(app)
+    app.synth()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Small constructs the stacks are composed of."""

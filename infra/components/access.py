@@ -1,0 +1,46 @@
+"""Least-privilege object access: explicit actions on key prefixes (from ``layout``), never bucket-wide wildcards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+
+from .buckets import bucket_arn, nag_bucket_arn
+from .nag import acknowledge
+
+
+def allow_objects(
+    principal: iam.IGrantable,
+    bucket: str,
+    stage: str,
+    key: kms.IKey,
+    *,
+    read: Iterable[str] = (),
+    write: Iterable[str] = (),
+    list_: Iterable[str] = (),
+) -> None:
+    """Read (any version), write and list objects of a bucket role under prefixes, with the key uses that implies."""
+    read, write, list_ = list(read), list(write), list(list_)
+    arn = bucket_arn(bucket, stage)
+    role = principal.grant_principal
+    if read:
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:GetObject", "s3:GetObjectVersion"], resources=[f"{arn}/{prefix}*" for prefix in read]))
+    if write:
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:PutObject"], resources=[f"{arn}/{prefix}*" for prefix in write]))
+    if list_:
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:ListBucket"], resources=[arn],
+            conditions={"StringLike": {"s3:prefix": [f"{prefix}*" for prefix in list_]}}))
+    key_actions = {"kms:Decrypt"} if read or list_ or write else set()
+    if write:
+        key_actions.add("kms:GenerateDataKey")
+    if key_actions:
+        role.add_to_principal_policy(iam.PolicyStatement(actions=sorted(key_actions), resources=[key.key_arn]))
+    acknowledge(role, "Object access is scoped to the key prefixes of infra.wiring / lambdas.domain.layout; object "
+                "names under a prefix are data (dataset, label, content hash), so they cannot be listed in a policy.",
+                *(f"AwsSolutions-IAM5[Resource::{nag_bucket_arn(bucket, stage)}/{prefix}*]"
+                  for prefix in sorted(set(read + write))))

@@ -1,0 +1,32 @@
+"""DynamoDB tables from ``infra.wiring``: on demand, KMS CMK, point-in-time recovery."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+from infra import wiring
+
+from .nag import acknowledge
+
+
+def table(scope: Construct, spec: wiring.Table, *, key: kms.IKey, removal: RemovalPolicy) -> dynamodb.Table:
+    created = dynamodb.Table(
+        scope,
+        spec.id,
+        partition_key=dynamodb.Attribute(name=spec.partition_key, type=dynamodb.AttributeType.STRING),
+        sort_key=(dynamodb.Attribute(name=spec.sort_key, type=dynamodb.AttributeType.STRING)
+                  if spec.sort_key else None),
+        time_to_live_attribute=spec.ttl_attribute,
+        billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+        encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+        encryption_key=key,
+        point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+            point_in_time_recovery_enabled=True),
+        removal_policy=removal,
+    )
+    acknowledge(created, "Point-in-time recovery gives continuous backups for 35 days; an AWS Backup plan on top "
+                "is an organisation-level choice this stack does not impose.", "HIPAA.Security-DynamoDBInBackupPlan")
+    return created

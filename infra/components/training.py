@@ -1,0 +1,117 @@
+"""The Train state: SageMaker CreateTrainingJob with the RUN_JOB (``.sync``) integration pattern.
+
+Written as the ASL itself (a ``CustomState``) because CDK's ``SageMakerCreateTrainingJob`` has no
+spot, checkpoint or inter-container encryption settings; the IAM statements are the ones AWS
+documents for this integration, scoped to ``cxr-*`` jobs and one passed role.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk import Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from infra import wiring
+from infra.config import Config
+from lambdas.deploy_model import has_instance_storage
+from lambdas.domain import layout
+
+RESOURCE = "arn:aws:states:::sagemaker:createTrainingJob.sync"
+CHANNELS = ("train", "validation", "test")
+"""The manifests PrepareDataset writes (``$.dataset.channels.<name>``), one input channel each."""
+EVENTS_RULE = "StepFunctionsGetEventsForSageMakerTrainingJobsRule"
+
+
+def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket_name: str, key_arn: str,
+                            code: s3_assets.Asset) -> dict:
+    resources = {"InstanceType": config.training_instance_type, "InstanceCount": 1,
+                 "VolumeSizeInGB": config.training_volume_gb}
+    if not has_instance_storage(config.training_instance_type):
+        resources["VolumeKmsKeyId"] = key_arn  # NVMe instances encrypt their disks in hardware and refuse a key
+    stopping = {"MaxRuntimeInSeconds": config.training_max_runtime_s}
+    if config.training_spot:
+        stopping["MaxWaitTimeInSeconds"] = config.spot_max_wait_s
+
+    def channel(name: str, uri: dict, data_type: str) -> dict:
+        return {"ChannelName": name, "InputMode": "File", "DataSource": {"S3DataSource": {
+            "S3DataType": data_type, "S3DataDistributionType": "FullyReplicated", **uri}}}
+
+    return {
+        "TrainingJobName.$": f"States.Format('{wiring.TRAINING_JOB_PREFIX}-{{}}-{{}}', $$.State.RetryCount, States.UUID())",
+        "RoleArn": role_arn,
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
+        # the SDK's script-mode contract; values JSON-encoded as the SDK does, the request's own merged in
+        "HyperParameters.$": "States.JsonMerge($.request.hyperparameters, $.code, false)",
+        "InputDataConfig": [
+            *(channel(name, {"S3Uri.$": f"$.dataset.channels.{name}"}, "ManifestFile") for name in CHANNELS),
+            channel(wiring.TRAINING_CODE_CHANNEL, {"S3Uri": code.s3_object_url}, "S3Prefix"),
+        ],
+        "OutputDataConfig": {
+            "S3OutputPath.$": f"States.Format('s3://{bucket_name}/{layout.MODELS}{{}}/', $.request.run_id)",
+            "KmsKeyId": key_arn,
+        },
+        "CheckpointConfig": {
+            "S3Uri.$": f"States.Format('s3://{bucket_name}/{layout.CHECKPOINTS}{{}}/', $.request.run_id)",
+        },
+        "ResourceConfig": resources,
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": config.training_spot,
+        "EnableNetworkIsolation": True,
+        "EnableInterContainerTrafficEncryption": True,
+        "Tags": [{"Key": "run_id", "Value.$": "$.request.run_id"}],
+    }
+
+
+def code_hyperparameters(code: s3_assets.Asset, region: str) -> dict:
+    """What SageMaker's PyTorch container reads to find and run the script (JSON-encoded, as the SDK writes them)."""
+    submit_directory = f"/opt/ml/input/data/{wiring.TRAINING_CODE_CHANNEL}/{code.s3_object_key}"
+    return {
+        "sagemaker_program": json.dumps("train.py"),
+        "sagemaker_submit_directory": json.dumps(submit_directory),
+        "sagemaker_region": json.dumps(region),
+        "sagemaker_container_log_level": "20",
+    }
+
+
+class TrainingJob(Construct):
+    """The state and the permissions the state machine needs to run it."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: Config, role: iam.IRole, image: str,
+                 bucket_name: str, key: kms.IKey, code: s3_assets.Asset):
+        super().__init__(scope, construct_id)
+        self.code_hyperparameters = code_hyperparameters(code, Stack.of(self).region)
+        parameters = training_job_parameters(
+            config=config, role_arn=role.role_arn, image=image, bucket_name=bucket_name, key_arn=key.key_arn,
+            code=code)
+        self.role = role
+        self.key = key
+        self.state = sfn.CustomState(self, wiring.TRAIN_STATE, state_json={
+            "Type": "Task",
+            "Resource": RESOURCE,
+            "Parameters": parameters,
+            "ResultSelector": {"TrainingJobName.$": "$.TrainingJobName", "ModelArtifacts.$": "$.ModelArtifacts"},
+            "ResultPath": "$.training",
+        })
+
+    def grant_run(self, principal: iam.IGrantable) -> None:
+        stack = Stack.of(self)
+        jobs = stack.format_arn(service="sagemaker", resource="training-job",
+                                resource_name=f"{wiring.TRAINING_JOB_PREFIX}-*")
+        principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
+                     "sagemaker:AddTags"],
+            resources=[jobs]))
+        principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            resources=[stack.format_arn(service="events", resource="rule", resource_name=EVENTS_RULE)]))
+        principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+            actions=["iam:PassRole"], resources=[self.role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}))
+        principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+            actions=["kms:CreateGrant", "kms:DescribeKey"], resources=[self.key.key_arn],
+            conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}}))

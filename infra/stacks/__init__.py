@@ -1,0 +1,1 @@
+"""The deployment's stacks, environment-agnostic, in dependency order."""

@@ -1,0 +1,56 @@
+"""Inference: the predict Lambda on ``incoming/``, the endpoint-name parameter and the prediction tables."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from infra import wiring
+from infra.components.access import allow_objects
+from infra.components.buckets import imported_bucket
+from infra.components.function import ServiceFunction
+from infra.components.tables import table
+from infra.components.trigger import add_trigger
+from infra.config import Config
+from lambdas.domain import layout
+
+
+class InferenceStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, config: Config, key: kms.IKey, topic: sns.ITopic,
+                 **kwargs):
+        super().__init__(scope, construct_id, **kwargs)
+        inference_bucket = imported_bucket(self, wiring.PREDICT.trigger.bucket, config.stage)
+        self.endpoint_name = wiring.endpoint_name(config.stage)
+        self.endpoint_parameter = ssm.StringParameter(
+            self, "EndpointParameter", parameter_name=wiring.endpoint_parameter_name(config.stage),
+            string_value=wiring.NO_ENDPOINT,
+            description="Name of the SageMaker endpoint serving predictions; the training pipeline updates it",
+        )
+        self.predictions = table(self, wiring.PREDICTIONS_TABLE, key=key, removal=RemovalPolicy.RETAIN)
+        self.idempotency = table(self, wiring.IDEMPOTENCY_TABLE, key=key, removal=RemovalPolicy.DESTROY)
+        spec = wiring.PREDICT
+        self.predict = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic, environment={
+            wiring.ENV_INFERENCE_BUCKET: inference_bucket.bucket_name,
+            wiring.ENV_ENDPOINT_PARAMETER: self.endpoint_parameter.parameter_name,
+            wiring.ENV_PREDICTIONS_TABLE: self.predictions.table_name,
+            wiring.ENV_IDEMPOTENCY_TABLE: self.idempotency.table_name,
+            wiring.ENV_UNCERTAINTY_BAND: ",".join(str(v) for v in config.uncertainty_band),
+        })
+        function = self.predict.function
+        allow_objects(function, spec.trigger.bucket, config.stage, key,
+                      read=[spec.trigger.prefix, layout.PREDICTIONS, layout.REJECTED],
+                      write=[layout.PREDICTIONS, layout.REJECTED])
+        self.endpoint_parameter.grant_read(function)
+        function.add_to_role_policy(iam.PolicyStatement(
+            actions=["dynamodb:PutItem"], resources=[self.predictions.table_arn]))
+        function.add_to_role_policy(iam.PolicyStatement(
+            actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            resources=[self.idempotency.table_arn]))
+        function.add_to_role_policy(iam.PolicyStatement(
+            actions=["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"],
+            resources=[self.format_arn(service="sagemaker", resource="endpoint", resource_name=self.endpoint_name)]))
+        add_trigger(self, inference_bucket, function, spec.trigger)

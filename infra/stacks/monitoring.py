@@ -1,0 +1,92 @@
+"""Monitoring: one dashboard for the whole flow and alarms to the notification topic."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from infra import wiring
+from infra.components.function import ServiceFunction
+from infra.config import Config
+
+PERIOD = Duration.minutes(5)
+
+
+def _app_metric(name: str, service: str, statistic: str = "Sum", label: str | None = None) -> cloudwatch.Metric:
+    """A Powertools metric: namespace and ``service`` dimension as the handlers emit them."""
+    return cloudwatch.Metric(namespace=wiring.METRICS_NAMESPACE, metric_name=name,
+                             dimensions_map={"service": service}, statistic=statistic, period=PERIOD,
+                             label=label or name)
+
+
+def _endpoint_metric(name: str, endpoint: str, statistic: str = "Sum") -> cloudwatch.Metric:
+    return cloudwatch.Metric(namespace="AWS/SageMaker", metric_name=name, statistic=statistic, period=PERIOD,
+                             dimensions_map={"EndpointName": endpoint, "VariantName": "AllTraffic"})
+
+
+class MonitoringStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, config: Config, topic: sns.ITopic,
+                 functions: list[ServiceFunction], state_machine: sfn.IStateMachine, **kwargs):
+        super().__init__(scope, construct_id, **kwargs)
+        endpoint = wiring.endpoint_name(config.stage)
+        preprocess, predict = wiring.PREPROCESS.service, wiring.PREDICT.service
+        action = cw_actions.SnsAction(topic)
+
+        def alarm(construct_id: str, metric: cloudwatch.IMetric, description: str) -> cloudwatch.Alarm:
+            created = metric.create_alarm(self, construct_id, threshold=1, evaluation_periods=1,
+                                          treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                                          comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                                          alarm_description=description)
+            created.add_alarm_action(action)
+            return created
+
+        self.alarms = [
+            alarm("PipelineFailed", state_machine.metric_failed(period=PERIOD),
+                  "A training pipeline run failed; nothing was deployed"),
+            alarm("PipelineTimedOut", state_machine.metric_timed_out(period=PERIOD),
+                  "A training pipeline run timed out; nothing was deployed"),
+            alarm("EndpointErrors", _endpoint_metric("Invocation5XXErrors", endpoint),
+                  "The endpoint answered with server errors"),
+        ]
+        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"cxr-{config.stage}",
+                                         default_interval=Duration.days(1))
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Uploads", width=8, left=[
+                next(f for f in functions if f.spec is wiring.PREPROCESS).function.metric_invocations(
+                    period=PERIOD, label="S3 events"),
+                _app_metric("ImagesAccepted", preprocess, label="accepted"),
+                _app_metric("ImagesRejected", preprocess, label="rejected (quarantine)"),
+            ]),
+            cloudwatch.GraphWidget(title="Predictions", width=8, left=[
+                _app_metric("Predictions", predict, label="predicted"),
+                _app_metric("PredictionsRejected", predict, label="rejected input"),
+            ]),
+            cloudwatch.GraphWidget(title="Predict latency (ms)", width=8, left=[
+                _app_metric("PredictLatency", predict, "p50", "p50"),
+                _app_metric("PredictLatency", predict, "p90", "p90"),
+                _endpoint_metric("ModelLatency", endpoint, "p50").with_(label="model p50 (us)"),
+            ]),
+        )
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(title=f"Endpoint {endpoint}", width=8, left=[
+                _endpoint_metric("Invocations", endpoint),
+                _endpoint_metric("Invocation4XXErrors", endpoint),
+                _endpoint_metric("Invocation5XXErrors", endpoint),
+            ]),
+            cloudwatch.GraphWidget(title="Training pipeline runs", width=8, left=[
+                state_machine.metric_started(period=PERIOD, label="started"),
+                state_machine.metric_succeeded(period=PERIOD, label="succeeded"),
+                state_machine.metric_failed(period=PERIOD, label="failed"),
+                state_machine.metric_timed_out(period=PERIOD, label="timed out"),
+            ]),
+            cloudwatch.GraphWidget(title="Function errors", width=8, left=[
+                f.function.metric_errors(period=PERIOD, label=f.spec.id) for f in functions
+            ]),
+            cloudwatch.AlarmStatusWidget(title="Alarms", width=24, alarms=[
+                *self.alarms, *(f.errors_alarm for f in functions),
+            ]),
+        )

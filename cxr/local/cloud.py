@@ -32,7 +32,7 @@ class LocalNames:
     stage: str
 
     def bucket(self, role: str) -> str:
-        return f"cxr-{self.stage}-{role}"
+        return wiring.BUCKETS[role].name(self.stage, ACCOUNT, REGION)
 
     def table(self, table: wiring.Table) -> str:
         return f"cxr-{self.stage}-{table.id}"

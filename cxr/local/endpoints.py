@@ -82,5 +82,6 @@ class LocalEndpoints:
             sys.path.insert(0, str(code_dir))
         spec = importlib.util.spec_from_file_location(f"cxr_endpoint_{digest}", code_dir / "inference.py")
         handler = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = handler  # dataclasses look their module up while the module runs
         spec.loader.exec_module(handler)
         return LoadedModel(handler=handler, model=handler.model_fn(str(model_dir)), model_dir=model_dir)

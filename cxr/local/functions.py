@@ -29,7 +29,7 @@ def run(handler_path: str, event: Any, environment: dict[str, str], name: str, m
             handler = getattr(importlib.import_module(module_name), attribute)
             return handler(event, context), None
         except Exception as exc:  # Lambda turns any exception into an error payload
-            error_type = type(exc).__name__
+            error_type = getattr(exc, "error_type", type(exc).__name__)
             return {
                 "errorType": error_type,
                 "errorMessage": str(exc),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 from unittest import mock
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, unquote
 
 import moto.awslambda.models as lambda_models
 import moto.s3.notifications as s3_notifications
@@ -31,6 +31,8 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (s3_notifications, "_invoke_awslambda", ("account_id", "event_body", "fn_arn", "region_name")),
     (sagemaker_models.SageMakerModelBackend, "create_training_job", ("self", "training_job_name")),
     (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", ("self",)),
+    (runtime_responses.SageMakerRuntimeResponse, "setup_class", ("self", "request", "full_url", "headers",
+                                                                 "use_raw_body")),
 )
 
 
@@ -120,8 +122,8 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             body, content_type = executors.invoke_endpoint(
-                self._get_params().get("EndpointName"),
-                self.body if isinstance(self.body, bytes) else (self.body or "").encode(),
+                unquote(self.path.split("/")[2]),  # /endpoints/<name>/invocations
+                self.raw_body if isinstance(self.raw_body, bytes) else (self.raw_body or "").encode(),
                 headers.get("content-type", "application/octet-stream"),
                 headers.get("accept", "application/json"),
             )
@@ -130,7 +132,14 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
             return exc.status, {"Content-Type": "application/json", "x-amzn-ErrorType": exc.code}, error
         return 200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}, body
 
+    original_setup = runtime_responses.SageMakerRuntimeResponse.setup_class
+
+    def setup_raw(self, request, full_url=None, headers=None, use_raw_body=None):
+        """Keep InvokeEndpoint bodies as bytes: moto decodes them as UTF-8 and fails on an image."""
+        return original_setup(self, request, full_url, headers, use_raw_body=True)
+
     return [
+        (runtime_responses.SageMakerRuntimeResponse, "setup_class", setup_raw),
         (lambda_models.LambdaFunction, "_invoke_lambda", lambda self, event=None: invoke_lambda(self, event)),
         (s3_notifications, "_get_s3_event", s3_event),
         (s3_notifications, "_invoke_awslambda", invoke_async),

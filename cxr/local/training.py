@@ -2,25 +2,25 @@
 
 What SageMaker does around a job, done here against local S3: channels downloaded (``S3Prefix``
 and ``ManifestFile`` data sources), the ``sourcedir.tar.gz`` named by ``sagemaker_submit_directory``
-unpacked, ``sagemaker_program`` run with the other hyperparameters as flags and the ``SM_*``
-environment, checkpoints synced from and to ``CheckpointConfig.S3Uri`` (so a restarted job
-resumes), ``model.tar.gz`` and ``output.tar.gz`` uploaded where ``DescribeTrainingJob`` says,
-and the job's status set to ``Completed`` or ``Failed`` with the reason.
+run by :func:`cxr.training_run.run_training_job` (the same runner as ``cxr train-local``),
+checkpoints synced from and to ``CheckpointConfig.S3Uri`` (so a restarted job resumes),
+``model.tar.gz`` and ``output.tar.gz`` uploaded where ``DescribeTrainingJob`` says, and the
+job's status set to ``Completed`` or ``Failed`` with the reason.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tarfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import boto3
 
+from cxr import training_run
+
+CONTAINER_ROOT = "/opt/ml/"
+"""Where SageMaker mounts a job's tree; the local job's folder stands in for it."""
 RESERVED = ("sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level",
             "sagemaker_job_name")
 
@@ -52,8 +52,9 @@ def download_channel(channel: dict, destination: Path) -> int:
         keys = [(prefix_bucket, prefix + relative, relative) for relative in manifest[1:]]
     else:
         paginator = s3.get_paginator("list_objects_v2")
+        folder = key[: key.rfind("/") + 1]  # SageMaker keeps the path below the prefix's last '/'
         keys = [
-            (bucket, obj["Key"], obj["Key"][len(key):].lstrip("/"))
+            (bucket, obj["Key"], obj["Key"][len(folder):])
             for page in paginator.paginate(Bucket=bucket, Prefix=key)
             for obj in page.get("Contents", [])
             if not obj["Key"].endswith("/")
@@ -63,31 +64,6 @@ def download_channel(channel: dict, destination: Path) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(object_bucket, object_key, str(target))
     return len(keys)
-
-
-def run_script(code_dir: Path, program: str, hyperparameters: dict[str, Any], channels: dict[str, Path],
-               job_dir: Path, log_path: Path) -> int:
-    """Run the entry point as SageMaker's training toolkit runs it: flags from hyperparameters, SM_* env."""
-    model_dir, output_dir, checkpoint_dir = job_dir / "model", job_dir / "output" / "data", job_dir / "checkpoints"
-    for folder in (model_dir, output_dir, checkpoint_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {
-        "SM_MODEL_DIR": str(model_dir),
-        "SM_OUTPUT_DATA_DIR": str(output_dir),
-        "SM_CHECKPOINT_DIR": str(checkpoint_dir),
-        "SM_CHANNELS": json.dumps(sorted(channels)),
-        "SM_HPS": json.dumps(hyperparameters),
-        "SM_CURRENT_HOST": "algo-1",
-        "SM_HOSTS": json.dumps(["algo-1"]),
-        "SM_NUM_GPUS": "0",
-        "SM_NUM_CPUS": str(os.cpu_count() or 1),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env |= {f"SM_CHANNEL_{name.upper()}": str(path) for name, path in channels.items()}
-    flags = [part for name, value in hyperparameters.items() for part in (f"--{name}", str(value))]
-    with log_path.open("w") as log:
-        return subprocess.run([sys.executable, program, *flags], cwd=code_dir, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, check=False).returncode
 
 
 class LocalTrainingJobs:
@@ -107,7 +83,6 @@ class LocalTrainingJobs:
 
     def _run(self, job: Any) -> None:
         job_dir = self.workdir / job.training_job_name
-        log_path = job_dir / "train.log"
         try:
             job_dir.mkdir(parents=True, exist_ok=True)
             job.secondary_status = "Downloading"
@@ -118,39 +93,44 @@ class LocalTrainingJobs:
                 download_channel(channel, path)
                 channels[channel["ChannelName"]] = path
             hyperparameters = decode_hyperparameters(job.hyper_parameters or {})
-            code_dir = self._fetch_code(hyperparameters["sagemaker_submit_directory"], job_dir / "code")
+            if hyperparameters.get("sagemaker_program") != "train.py":
+                raise RuntimeError(f"ClientError: entry point {hyperparameters.get('sagemaker_program')!r} "
+                                   "is not this project's train.py")
+            sourcedir = self._sourcedir(hyperparameters["sagemaker_submit_directory"], job_dir)
             checkpoint_uri = (job.checkpoint_config or {}).get("S3Uri")
             if checkpoint_uri:
                 self._sync_down(checkpoint_uri, job_dir / "checkpoints")
             job.secondary_status = "Training"
             user_hps = {k: v for k, v in hyperparameters.items() if k not in RESERVED}
-            status = run_script(code_dir, hyperparameters["sagemaker_program"], user_hps, channels, job_dir, log_path)
-            if checkpoint_uri:
-                self._sync_up(job_dir / "checkpoints", checkpoint_uri)
-            if status != 0:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise RuntimeError(f"AlgorithmError: train.py exited with status {status}: {' | '.join(tail)}")
+            try:
+                model_dir = training_run.run_training_job(channels, user_hps, job_dir, sourcedir=sourcedir,
+                                                          checkpoint_dir=job_dir / "checkpoints")
+            finally:
+                if checkpoint_uri:
+                    self._sync_up(job_dir / "checkpoints", checkpoint_uri)
             job.secondary_status = "Uploading"
-            self._upload_tar(job_dir / "model", job.model_artifacts["S3ModelArtifacts"])
+            self._upload_tar(model_dir, job.model_artifacts["S3ModelArtifacts"])
             output = job.model_artifacts["S3ModelArtifacts"].rsplit("/", 1)[0] + "/output.tar.gz"
             self._upload_tar(job_dir / "output" / "data", output)
             job.training_job_status = job.secondary_status = "Completed"
         except Exception as exc:  # the job fails; the pipeline reads the reason from DescribeTrainingJob
             job.training_job_status = job.secondary_status = "Failed"
-            job.failure_reason = str(exc)[:1024]
+            log = job_dir / "train.log"
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:]) if log.exists() else ""
+            job.failure_reason = f"{exc} {tail}".strip()[:1024]
         finally:
             from moto.core.utils import utcnow
 
             job.training_end_time = job.last_modified_time = utcnow()
 
     @staticmethod
-    def _fetch_code(uri: str, destination: Path) -> Path:
-        destination.mkdir(parents=True, exist_ok=True)
-        archive = destination.parent / "sourcedir.tar.gz"
-        boto3.client("s3").download_file(*split_s3(uri), str(archive))
-        with tarfile.open(archive) as tar:
-            tar.extractall(destination, filter="data")
-        return destination
+    def _sourcedir(submit_directory: str, job_dir: Path) -> Path:
+        """An S3 URI, or a path inside the container (the code arrives as an input channel under network isolation)."""
+        if submit_directory.startswith(CONTAINER_ROOT):
+            return job_dir / submit_directory.removeprefix(CONTAINER_ROOT)
+        archive = job_dir / "sourcedir.tar.gz"
+        boto3.client("s3").download_file(*split_s3(submit_directory), str(archive))
+        return archive
 
     @staticmethod
     def _sync_down(uri: str, destination: Path) -> None:
@@ -165,8 +145,5 @@ class LocalTrainingJobs:
 
     @staticmethod
     def _upload_tar(folder: Path, uri: str) -> None:
-        archive = folder.parent / (folder.name + ".tar.gz")
-        with tarfile.open(archive, "w:gz") as tar:
-            for path in sorted(folder.rglob("*")):
-                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+        archive = training_run.pack_model(folder, folder.parent / (folder.name + ".tar.gz"))
         boto3.client("s3").upload_file(str(archive), *split_s3(uri))

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ SERVING = ("onnxruntime", "pillow")
 
 def training_image_uri(region: str, instance_type: str = "ml.g5.xlarge") -> str:
     """The SageMaker PyTorch training image the wheels are built for (offline: the SDK's own table)."""
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     from sagemaker import image_uris
 
     return image_uris.retrieve("pytorch", region=region, version=FRAMEWORK_VERSION,
@@ -57,12 +59,13 @@ def requirement_lines(path: Path = REQUIREMENTS) -> list[str]:
     return lines
 
 
-def download_wheels(requirements: list[str], constraints: list[str] = (), cache: Path = CACHE) -> Path:
+def download_wheels(requirements: list[str], constraints: list[str] = (), python_version: str = PYTHON_VERSION,
+                    cache: Path = CACHE) -> Path:
     """Wheels for ``requirements`` and their dependencies, for the image's Python and platform (cached).
 
     ``constraints`` pins the dependencies too, so the serving subset gets the training set's versions.
     """
-    key = hashlib.sha256(json.dumps([sorted(requirements), sorted(constraints), PYTHON_VERSION,
+    key = hashlib.sha256(json.dumps([sorted(requirements), sorted(constraints), python_version,
                                      PLATFORMS]).encode()).hexdigest()[:16]
     target = cache / key
     if (target / ".complete").exists():
@@ -71,7 +74,7 @@ def download_wheels(requirements: list[str], constraints: list[str] = (), cache:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
-           "--python-version", PYTHON_VERSION, "--implementation", "cp", "--dest", str(partial)]
+           "--python-version", python_version, "--implementation", "cp", "--dest", str(partial)]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     if constraints:
@@ -94,14 +97,17 @@ def stage_sources(dest: Path) -> list[Path]:
     return copied
 
 
-def build_sourcedir(out_dir: Path) -> Path:
-    """Write ``out_dir/sourcedir.tar.gz`` (deterministic bytes for the same inputs) and return its path."""
+def build_sourcedir(out_dir: Path, python_version: str = PYTHON_VERSION) -> Path:
+    """Write ``out_dir/sourcedir.tar.gz`` (deterministic bytes for the same inputs) and return its path.
+
+    ``python_version`` is the image's; tests pass the running interpreter's to install the wheels here.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     training = requirement_lines()
     serving = [line for line in training if line.split("==")[0].lower() in SERVING]
-    training_wheels = download_wheels(training)
-    serving_wheels = download_wheels(serving, constraints=training)
+    training_wheels = download_wheels(training, python_version=python_version)
+    serving_wheels = download_wheels(serving, constraints=training, python_version=python_version)
     staging = out_dir / "sourcedir"
     shutil.rmtree(staging, ignore_errors=True)
     stage_sources(staging)

@@ -127,7 +127,8 @@ def run_training_job(channels: dict[str, Path], hyperparameters: dict, out_dir: 
     ``sourcedir`` may be a ``sourcedir.tar.gz`` (the very archive the cloud job gets) or None to
     stage ``training_job/`` directly; its wheels are not installed here, the local environment has them.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # train.py runs from its code folder: every path must be absolute
+    channels = {name: Path(path).resolve() for name, path in channels.items()}
     code = out_dir / "code"
     shutil.rmtree(code, ignore_errors=True)
     if sourcedir is None:
@@ -136,7 +137,7 @@ def run_training_job(channels: dict[str, Path], hyperparameters: dict, out_dir: 
         with tarfile.open(sourcedir) as archive:
             archive.extractall(code, filter="data")
     model_dir, output_dir = out_dir / "model", out_dir / "output" / "data"
-    checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints")
+    checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints").resolve()
     for folder in (model_dir, output_dir, checkpoint_dir):
         folder.mkdir(parents=True, exist_ok=True)
     env = {

@@ -1,0 +1,68 @@
+"""`cxr import-medmnist`, `cxr train-local` and `cxr evaluate` as a user runs them, on generated data."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from cxr import cli
+from synthetic import xray
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def medmnist_npz(tmp_path_factory):
+    """A PneumoniaMNIST-shaped file: 28 px uint8, labels (N, 1), 0 normal / 1 pneumonia."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = np.arange(n) % 2
+        images = np.stack([np.asarray(xray("bacterial" if y else "normal", rng, size=(28, 28))) for y in labels])
+        return images, labels[:, None]
+
+    path = tmp_path_factory.mktemp("npz") / "pneumoniamnist_trainval.npz"
+    (tr_x, tr_y), (va_x, va_y) = split(60), split(20)
+    np.savez(path, train_images=tr_x, train_labels=tr_y, val_images=va_x, val_labels=va_y)
+    return path
+
+
+def test_import_medmnist_writes_kaggle_layout(medmnist_npz, tmp_path, capsys):
+    assert cli.main(["import-medmnist", str(medmnist_npz), "--out", str(tmp_path / "mnist")]) == 0
+    assert len(list((tmp_path / "mnist" / "train" / "NORMAL").glob("*.png"))) == 30
+    assert len(list((tmp_path / "mnist" / "val" / "PNEUMONIA").glob("*.png"))) == 10
+    assert not (tmp_path / "mnist" / "test").exists()  # only the splits present in the file
+    assert "train: 60 images" in capsys.readouterr().out
+
+
+def test_import_medmnist_refuses_multilabel_files(tmp_path):
+    path = tmp_path / "chestmnist.npz"
+    np.savez(path, train_images=np.zeros((2, 28, 28), np.uint8), train_labels=np.zeros((2, 14), np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["import-medmnist", str(path), "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+
+
+def test_train_local_then_evaluate_on_imported_medmnist(medmnist_npz, tmp_path, capsys):
+    data, out = tmp_path / "mnist", tmp_path / "run"
+    cli.main(["import-medmnist", str(medmnist_npz), "--out", str(data)])
+    capsys.readouterr()
+    code = cli.main(["train-local", "--data", str(data), "--out", str(out), "--epochs", "2", "--hp", "width=8",
+                     "--hp", "threads=1", "--quiet"])
+    assert code == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert printed[1]["preset"] == "small"  # 28 px images
+    assert printed[-1]["evaluated_on"] == "test"  # carved out by patient-free grouping: no test/ in the folder
+    with tarfile.open(out / "model.tar.gz") as archive:
+        names = set(archive.getnames())
+    assert {"model.onnx", "model.json", "metrics.json", "code/inference.py", "code/imaging.py"} <= names
+    summary = json.loads((out / "work" / "summary.json").read_text())
+    assert summary["classes"] == ["normal", "pneumonia"]
+    assert any("too few" in note for note in summary["split_method"])  # the 20-image val/ was replaced
+    assert cli.main(["evaluate", "--model", str(out / "model.tar.gz"), "--data", str(data / "val"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 20 and result["classes"] == ["normal", "pneumonia"]
+    assert set(result["binary"]) >= {"accuracy", "roc_auc", "sensitivity", "specificity"}

@@ -1,0 +1,64 @@
+"""Metrics, calibration and threshold rules of the training job (``training_job/metrics.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from cxr import jobcode
+
+m = jobcode.load("metrics")
+CLASSES = ["bacterial", "normal", "viral"]
+
+
+def overconfident(n: int = 600, seed: int = 0):
+    """Logits whose argmax is right 80 % of the time but that claim ~100 % confidence."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    predicted = np.where(rng.random(n) < 0.8, y, (y + 1) % 3)
+    logits = rng.normal(0, 0.5, (n, 3))
+    logits[np.arange(n), predicted] += 8.0
+    return logits, y
+
+
+def test_temperature_scaling_reduces_calibration_error_and_nll():
+    logits, y = overconfident()
+    t = m.fit_temperature(logits, y)
+    assert t > 1.5  # softened
+    before, after = m.softmax(logits), m.softmax(logits, t)
+    assert m.expected_calibration_error(after, y) < m.expected_calibration_error(before, y) / 2
+    assert skm.log_loss(y, after, labels=[0, 1, 2]) < skm.log_loss(y, before, labels=[0, 1, 2])
+    assert (after.argmax(1) == before.argmax(1)).all()  # calibration never changes a decision
+
+
+def test_metrics_match_sklearn_and_binary_view_folds_subtypes():
+    logits, y = overconfident(seed=1)
+    probs = m.softmax(logits)
+    out = m.classification_metrics(y, probs, CLASSES)
+    assert out["accuracy"] == pytest.approx(skm.accuracy_score(y, probs.argmax(1)))
+    assert out["macro_f1"] == pytest.approx(skm.f1_score(y, probs.argmax(1), average="macro"))
+    assert out["roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr"))
+    truth = y != 1
+    called = probs.argmax(1) != 1
+    assert out["binary"]["accuracy"] == pytest.approx((truth == called).mean())
+    assert out["binary"]["roc_auc"] == pytest.approx(skm.roc_auc_score(truth, 1 - probs[:, 1]))
+    assert out["binary"]["sensitivity"] == pytest.approx(called[truth].mean())
+
+
+def test_threshold_only_kept_when_it_clearly_helps():
+    rng = np.random.default_rng(3)
+    y = np.array([1] * 200 + [0] * 200)  # normal, then bacterial
+    p_pneumonia = np.concatenate([rng.uniform(0.3, 0.7, 200), rng.uniform(0.6, 1.0, 200)])
+    probs = np.stack([p_pneumonia, 1 - p_pneumonia, np.zeros(400)], axis=1)
+    threshold = m.choose_threshold(probs, y, CLASSES)  # argmax at 0.5 calls many normals pneumonia
+    assert threshold is not None and threshold > 0.55
+    separable = np.stack([np.r_[np.full(200, 0.1), np.full(200, 0.9)], np.r_[np.full(200, 0.9), np.full(200, 0.1)],
+                          np.zeros(400)], axis=1)
+    assert m.choose_threshold(separable, y, CLASSES) is None  # saturated validation: keep argmax
+
+
+def test_threshold_changes_only_the_normal_decision():
+    probs = np.array([[0.30, 0.45, 0.25], [0.10, 0.60, 0.30]])
+    assert m.predict(probs, CLASSES).tolist() == [1, 1]
+    assert m.predict(probs, CLASSES, threshold=0.5).tolist() == [0, 1]  # 0.55 >= 0.5 -> most likely subtype

@@ -1,0 +1,126 @@
+"""The real consumers: SageMaker's training toolkit runs our sourcedir.tar.gz, its inference toolkit serves our model.
+
+Both toolkits are the PyPI packages the SageMaker PyTorch images run, driven the way the images drive them:
+``train`` with ``SAGEMAKER_BASE_DIR`` pointing at a temporary ``/opt/ml`` tree, and the inference
+handler service in a fresh process whose ``PYTHONPATH`` holds ``model/code`` as the model server sets it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import encode, xray
+
+from cxr import packaging
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def sourcedir(tmp_path_factory) -> Path:
+    """The real archive, with wheels for this interpreter so the toolkit can install them here, offline."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return packaging.build_sourcedir(tmp_path_factory.mktemp("sourcedir"), python_version=version)
+
+
+def test_sourcedir_holds_the_code_the_wheels_and_an_offline_requirements_file(sourcedir):
+    with tarfile.open(sourcedir) as archive:
+        members = {m.name: m for m in archive.getmembers()}
+        requirements = archive.extractfile("requirements.txt").read().decode().splitlines()
+        serving = archive.extractfile("serving-wheels.txt").read().decode().split()
+    for name in ("train.py", "inference.py", "imaging.py", "networks.py", "metrics.py"):
+        assert members[name].isfile(), name  # imaging.py is the dereferenced symlink
+    assert requirements[:2] == ["--no-index", "--find-links wheels"]
+    assert "onnxruntime==1.32.0" in requirements and not any(r.startswith("torch") for r in requirements)
+    wheels = {Path(n).name for n in members if n.startswith("wheels/")}
+    assert any(w.startswith("onnxruntime-1.32.0") for w in wheels)
+    assert {w for w in serving if w.endswith(".whl")} <= wheels
+    assert packaging.build_sourcedir(sourcedir.parent / "again", python_version=f"{sys.version_info[0]}."
+                                     f"{sys.version_info[1]}").read_bytes() == sourcedir.read_bytes()
+
+
+def test_training_image_uri_comes_from_the_sdk_table():
+    uri = packaging.training_image_uri("eu-west-1")
+    assert f"pytorch-training:{packaging.FRAMEWORK_VERSION}-gpu-py312" in uri
+
+
+def test_sagemaker_training_toolkit_runs_train_py_from_the_sourcedir(sourcedir, staged, tmp_path):
+    from conftest import TINY_HPS
+
+    base = tmp_path / "opt_ml"
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    for name, channel in staged.channels.items():
+        shutil.copytree(channel, base / "input" / "data" / name)
+    hyperparameters = {k: json.dumps(v) for k, v in TINY_HPS.items()}
+    hyperparameters.update(sagemaker_program=json.dumps("train.py"),
+                           sagemaker_submit_directory=json.dumps(str(sourcedir)))
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "inputdataconfig.json").write_text(json.dumps({
+        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+        for name in staged.channels}))
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "localhost", "hosts": ["localhost"], "network_interface_name": "lo"}))
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SM_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+           "PIP_NO_INDEX": "1"}
+    run = subprocess.run([str(BIN / "train")], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Installing dependencies from requirements.txt" in run.stdout + run.stderr
+    model = base / "model"
+    for name in ("model.onnx", "model.json", "metrics.json", "code/inference.py", "code/imaging.py",
+                 "code/requirements.txt"):
+        assert (model / name).is_file(), name
+    assert list((model / "code" / "wheels").glob("onnxruntime-*.whl"))
+    assert (base / "output" / "data" / "metrics.json").is_file()
+    assert (base / "code" / "train.py").is_file()  # the toolkit unpacked our archive and ran it
+
+
+SERVE = """
+import json, sys
+from sagemaker_pytorch_serving_container.handler_service import HandlerService
+
+class Processor:
+    def __init__(self, headers): self.headers = headers
+    def get_request_properties(self): return self.headers
+
+class Context:
+    def __init__(self, model_dir, headers):
+        self.system_properties = {"model_dir": model_dir, "gpu_id": None}
+        self.request_processor = [Processor(headers)]
+        self.model_name = "model"
+        self.status, self.content_type = None, None
+    def set_response_status(self, code, phrase): self.status = (code, phrase)
+    def set_response_content_type(self, index, value): self.content_type = value
+
+model_dir, image = sys.argv[1], open(sys.argv[2], "rb").read()
+service = HandlerService()
+context = Context(model_dir, {"Content-Type": "image/jpeg", "Accept": "application/json"})
+service.initialize(context)
+response = service.handle([{"body": image}], context)
+print(json.dumps({"status": context.status, "content_type": context.content_type, "body": response[0]}))
+"""
+
+
+def test_sagemaker_inference_toolkit_serves_the_model_dir(trained, tmp_path):
+    image = tmp_path / "xray.jpeg"
+    image.write_bytes(encode(xray("bacterial", np.random.default_rng(1), size=(320, 260)), "JPEG"))
+    env = {**os.environ, "PYTHONPATH": str(trained / "model" / "code")}
+    run = subprocess.run([sys.executable, "-c", SERVE, str(trained / "model"), str(image)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["status"] is None, result  # no error status was set
+    assert result["content_type"] == "application/json"
+    prediction = json.loads(result["body"])
+    assert prediction["label"] in ("bacterial", "normal", "viral")
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -1,0 +1,154 @@
+"""The training job end to end on a tiny generated dataset: artifact, exact resume, ONNX, handler, evaluate."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from synthetic import encode, xray
+
+from cxr import cli, jobcode, training_run
+
+pytestmark = pytest.mark.slow
+
+ROOT_IMAGING = jobcode.TRAINING_JOB.parent / "lambdas" / "domain" / "imaging.py"
+
+
+def test_every_artifact_is_written(trained):
+    model = trained / "model"
+    for name in ("model.pt", "model.onnx", "model.json", "metrics.json", "report/confusion_matrix.png",
+                 "report/roc.png", "report/reliability.png", "code/inference.py", "code/imaging.py"):
+        assert (model / name).is_file(), name
+    code_imaging = model / "code" / "imaging.py"
+    assert not code_imaging.is_symlink() and code_imaging.read_bytes() == ROOT_IMAGING.read_bytes()
+    config = json.loads((model / "model.json").read_text())
+    assert config["classes"] == ["bacterial", "normal", "viral"]
+    assert config["resize_policy"] == "squash" and config["image_size"] == 32
+    assert config["temperature"] > 0 and len(config["data_fingerprint"]) == 64
+    assert config["onnx_max_abs_diff"] < 1e-3
+    metrics = json.loads((model / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "roc_auc", "ece", "calibration", "validation"):
+        assert key in metrics, key
+    assert set(metrics["binary"]) >= {"accuracy", "roc_auc", "sensitivity", "specificity"}
+    assert {"ece_before", "ece_after", "temperature"} <= set(metrics["calibration"])
+    assert metrics["evaluated_on"] == "test" and metrics["n"] == sum(map(sum, metrics["confusion_matrix"]))
+    assert metrics["training"]["epochs_run"] == 3
+    for png in (model / "report").glob("*.png"):
+        assert Image.open(png).size[0] > 100
+    assert json.loads((trained / "output" / "data" / "metrics.json").read_text()) == metrics
+
+
+def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(trained, staged, tmp_path):
+    from conftest import TINY_HPS
+
+    checkpoints = sorted((trained / "checkpoints").glob("ckpt-*.pt"))
+    assert [c.name for c in checkpoints][:3] == ["ckpt-00000002.pt", "ckpt-00000004.pt", "ckpt-00000006.pt"]
+    interrupted = tmp_path / "checkpoints"
+    interrupted.mkdir()
+    shutil.copy(trained / "checkpoints" / "ckpt-00000006.pt", interrupted)  # mid epoch 1 of 3
+    model_dir = training_run.run_training_job(staged.channels, TINY_HPS, tmp_path / "job", checkpoint_dir=interrupted)
+    assert "resumed_from" in (tmp_path / "job" / "train.log").read_text()
+    resumed = torch.load(model_dir / "model.pt")
+    uninterrupted = torch.load(trained / "model" / "model.pt")
+    assert resumed.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
+    assert json.loads((model_dir / "metrics.json").read_text())["accuracy"] == json.loads(
+        (trained / "model" / "metrics.json").read_text())["accuracy"]
+
+
+def test_onnx_matches_torch_on_both_outputs(trained):
+    import onnxruntime as ort
+
+    networks = jobcode.load("networks")
+    config = json.loads((trained / "model" / "model.json").read_text())
+    model = networks.build(config["architecture"], len(config["classes"]), config["width"])
+    model.load_state_dict(torch.load(trained / "model" / "model.pt"))
+    model.eval()
+    x = torch.rand(5, 1, 32, 32)
+    with torch.no_grad():
+        logits, cams = networks.Exported(model)(x)
+        assert torch.allclose(logits, model(x), atol=1e-5)  # the class maps average back to the logits
+    session = ort.InferenceSession(str(trained / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got_logits, got_cams = session.run(None, {"image": x.numpy()})
+    np.testing.assert_allclose(got_logits, logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got_cams, cams.numpy(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def handler(trained):
+    inference = jobcode.load("inference", trained / "model" / "code")
+    return inference, inference.model_fn(str(trained / "model"))
+
+
+def test_handler_round_trips_png_and_jpeg(handler):
+    inference, model = handler
+    image = xray("bacterial", np.random.default_rng(5), size=(300, 240))
+    results = {}
+    for fmt, content_type in (("PNG", "image/png"), ("JPEG", "image/jpeg")):
+        request = inference.input_fn(encode(image, fmt), content_type)
+        body, accept = inference.output_fn(inference.predict_fn(request, model), "application/json")
+        assert accept == "application/json"
+        results[fmt] = json.loads(body)
+    for result in results.values():
+        assert result["label"] in model.classes
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert result["confidence"] == pytest.approx(result["probabilities"][result["label"]])
+        assert result["pneumonia_probability"] == pytest.approx(1 - result["probabilities"]["normal"])
+    # JPEG's loss moves the probabilities a little, not the decision's ballpark
+    assert results["PNG"]["pneumonia_probability"] == pytest.approx(results["JPEG"]["pneumonia_probability"], abs=0.1)
+
+
+def test_the_stored_png_predicts_exactly_like_the_upload(handler):
+    inference, model = handler
+    upload = encode(xray("viral", np.random.default_rng(9), size=(400, 320)), "PNG")
+    stored = inference.imaging.normalise(upload).png
+    first = inference.predict_fn(inference.input_fn(upload, "image/png"), model)
+    again = inference.predict_fn(inference.input_fn(stored, "image/png"), model)
+    assert first["probabilities"] == again["probabilities"]
+
+
+def test_explanation_overlay_on_request(handler):
+    inference, model = handler
+    upload = encode(xray("bacterial", np.random.default_rng(2), size=(300, 240)), "JPEG")
+    body = json.dumps({"image": base64.b64encode(upload).decode(), "explain": True})
+    result = inference.predict_fn(inference.input_fn(body, "application/json"), model)
+    overlay = Image.open(io.BytesIO(base64.b64decode(result["explanation"]["overlay_png"])))
+    stored = inference.imaging.normalise(upload)
+    assert overlay.size == (stored.width, stored.height) and overlay.mode == "RGB"
+    plain = inference.predict_fn(inference.input_fn(upload, "image/jpeg"), model)
+    assert "explanation" not in plain
+
+
+@pytest.mark.parametrize(("body", "content_type"), [(b"hello", "image/png"), (b"{}", "application/json"),
+                                                    (b"x", "text/csv")])
+def test_handler_refuses_bad_requests(handler, body, content_type):
+    inference, _ = handler
+    with pytest.raises(inference.BadRequest):
+        inference.input_fn(body, content_type)
+
+
+def test_evaluate_agrees_with_metrics_json(trained, staged, capsys):
+    test_folder = staged.channels["test"] / "processed"
+    assert cli.main(["evaluate", "--model", str(trained / "model"), "--data", str(test_folder), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = json.loads((trained / "model" / "metrics.json").read_text())
+    assert printed["n"] == expected["n"]
+    assert printed["confusion_matrix"] == expected["confusion_matrix"]
+    assert printed["binary"]["confusion_matrix"] == expected["binary"]["confusion_matrix"]
+    for key in ("accuracy", "macro_f1", "roc_auc"):
+        assert printed[key] == pytest.approx(expected[key], abs=1e-3), key
+    for key in ("accuracy", "roc_auc", "sensitivity", "specificity"):
+        assert printed["binary"][key] == pytest.approx(expected["binary"][key], abs=1e-3), key
+
+
+def test_evaluate_reads_model_tar_gz(trained, staged, tmp_path, capsys):
+    archive = training_run.pack_model(trained / "model", tmp_path / "model.tar.gz")
+    assert cli.main(["evaluate", "--model", str(archive), "--data", str(staged.channels["test"] / "processed")]) == 0
+    assert "binary (pneumonia vs normal)" in capsys.readouterr().out

@@ -11,6 +11,7 @@ A *value name* is how a reference is looked up in ``values``: ``"LogicalId"`` fo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,12 +36,13 @@ class Reference:
 
 
 def find_state_machine(templates: Iterable[Mapping], construct_id: str) -> tuple[str, Mapping]:
-    """Logical id and resource of the state machine whose construct path has ``construct_id``."""
+    """Logical id and resource of the state machine with that construct id (by its path, or CDK's logical id)."""
     found = [
         (logical_id, resource)
         for template in templates
         for logical_id, resource in template.get("Resources", {}).items()
-        if resource.get("Type") == STATE_MACHINE_TYPE and construct_id in _path(resource).split("/")
+        if resource.get("Type") == STATE_MACHINE_TYPE
+        and (construct_id in _path(resource).split("/") or re.fullmatch(rf"{re.escape(construct_id)}[0-9A-F]{{8}}", logical_id))
     ]
     if len(found) != 1:
         raise LookupError(f"expected one state machine {construct_id!r}, found {len(found)}")

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+from importlib import metadata
 from pathlib import Path
 
 from aws_cdk import Aws, CfnMapping, Fn, Stack
@@ -35,9 +36,27 @@ def _sdk():
     return sagemaker, image_uris
 
 
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "images"
+
+
 @functools.cache
 def image_table() -> dict[str, dict[str, str]]:
-    """Region -> {training GPU, inference CPU, inference GPU} URIs, for every region serving all three."""
+    """Region -> {training GPU, inference CPU, inference GPU} URIs, for every region serving all three.
+
+    The SDK's lookups take ~15 s for all regions, so the table is kept under ``.cache/`` per SDK version.
+    """
+    cached = CACHE / f"sagemaker-{metadata.version('sagemaker')}-{FRAMEWORK}-{TRAINING_VERSION}-{INFERENCE_VERSION}-{PY_VERSION}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    table = _image_table()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(json.dumps(table, indent=1, sort_keys=True))
+    partial.replace(cached)
+    return table
+
+
+def _image_table() -> dict[str, dict[str, str]]:
     sagemaker, image_uris = _sdk()
     config = json.loads((Path(sagemaker.__file__).parent / "image_uri_config" / f"{FRAMEWORK}.json").read_text())
     training = set(config["training"]["versions"][TRAINING_VERSION]["registries"])

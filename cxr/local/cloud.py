@@ -15,7 +15,7 @@ from typing import Any
 
 import boto3
 
-from cxr.local import functions, hooks
+from cxr.local import functions, hooks, pipeline
 from cxr.local.endpoints import LocalEndpoints
 from cxr.local.training import LocalTrainingJobs
 from infra import wiring
@@ -47,6 +47,18 @@ class LocalNames:
         return f"cxr-{self.stage}-{function.id}-failures"
 
     @property
+    def training_task(self) -> str:
+        return f"cxr-{self.stage}-LocalTrainingJobSync"
+
+    @property
+    def training_task_arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.training_task}"
+
+    @property
+    def state_machine(self) -> str:
+        return f"cxr-{self.stage}-{wiring.STATE_MACHINE_ID}"
+
+    @property
     def topic(self) -> str:
         return f"cxr-{self.stage}-notifications"
 
@@ -71,6 +83,7 @@ class LocalCloud:
     workdir: Path
     names: LocalNames = field(init=False)
     kms_key_arn: str = ""
+    state_machine_arn: str = ""
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -132,6 +145,7 @@ class LocalCloud:
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE}
+        env |= {"AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}  # what the Lambda runtime sets
         return env
 
     def _create_function(self, function: wiring.Function) -> None:
@@ -182,6 +196,24 @@ class LocalCloud:
                 Bucket=self.names.bucket(role),
                 NotificationConfiguration={"LambdaFunctionConfigurations": configurations},
             )
+
+    def install_pipeline(self, synthesized: pipeline.Synthesized) -> str:
+        """Create the synthesized training state machine on moto; returns its ARN."""
+        pipeline.publish_file_assets(synthesized, ACCOUNT, REGION)
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("README.txt", "local stand-in for the createTrainingJob.sync integration")
+        boto3.client("lambda", region_name=REGION).create_function(
+            FunctionName=self.names.training_task, Runtime="python3.12", Role=self.names.lambda_role_arn,
+            Handler="cxr.local.training_task.handler", Code={"ZipFile": code.getvalue()}, Timeout=900,
+        )
+        values = pipeline.reference_values(synthesized, self.names, ACCOUNT, REGION, self.kms_key_arn)
+        definition = pipeline.definition(synthesized, values, self.names.training_task_arn)
+        machine = boto3.client("stepfunctions", region_name=REGION).create_state_machine(
+            name=self.names.state_machine, definition=definition, roleArn=self.names.lambda_role_arn
+        )
+        self.state_machine_arn = machine["stateMachineArn"]
+        return self.state_machine_arn
 
     # --- executors the moto hooks call ----------------------------------------------------------
     def run_function(self, function: Any, event: Any) -> tuple[Any, str | None]:

@@ -206,12 +206,12 @@ STATE_ORDER = (
     EVALUATE_STATE,
     GATE_STATE,
     DEPLOY_STATE,
-    WAIT_STATE,
     ENDPOINT_STATUS_STATE,
     ENDPOINT_READY_STATE,
     NOTIFY_DEPLOYED_STATE,
 )
-"""The success path, in order; ``WaitForEndpoint`` -> ``EndpointReady`` loops until InService.
+"""The success path, in order; while the endpoint is not serving, ``EndpointReady`` -> ``WaitForEndpoint``
+-> ``EndpointStatus`` loops (checked first, so an instant deployment waits for nothing).
 
 A model below the gate goes ``PassesGate`` -> ``NotifyRejected`` -> ``NotDeployed`` (succeeds: the
 previous endpoint keeps serving); any error goes to ``NotifyFailure`` -> ``PipelineFailed``.

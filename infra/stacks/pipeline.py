@@ -1,7 +1,7 @@
 """Training pipeline: a Step Functions state machine from dataset to a serving endpoint, with a quality gate.
 
 ReadRequest -> PrepareDataset (Lambda) -> Train (SageMaker, RUN_JOB) -> Evaluate (Lambda) -> PassesGate
--> Deploy (Lambda) -> wait loop on EndpointStatus (Lambda) -> NotifyDeployed. Every task retries
+-> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again) -> NotifyDeployed. Every task retries
 what is transient and catches everything else into NotifyFailure -> PipelineFailed, so a failure
 notifies and deploys nothing. State names come from ``infra.wiring``.
 """
@@ -178,10 +178,9 @@ class TrainingPipelineStack(Stack):
             "interval": Duration.seconds(5), "backoff_rate": 2})
         ready = (sfn.Choice(scope, wiring.ENDPOINT_READY_STATE)
                  .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), notify_deployed)
-                 .otherwise(wait))
+                 .otherwise(wait.next(status)))
         gate = (sfn.Choice(scope, wiring.GATE_STATE)
-                .when(sfn.Condition.boolean_equals("$.evaluation.passed", True),
-                      deploy.next(wait).next(status).next(ready))
+                .when(sfn.Condition.boolean_equals("$.evaluation.passed", True), deploy.next(status).next(ready))
                 .otherwise(notify_rejected.next(sfn.Succeed(scope, wiring.NOT_DEPLOYED_STATE,
                                                             comment="the previous endpoint keeps serving"))))
         return read_request.next(prepare).next(train).next(evaluate).next(gate)

@@ -238,6 +238,7 @@ def test_state_names_and_task_functions_match_the_shared_wiring(synth):
         name = state.get("Next") or (state["Choices"][0]["Next"] if state["Type"] == "Choice" else None)
     assert tuple(path) == wiring.STATE_ORDER
     assert states[wiring.ENDPOINT_READY_STATE]["Default"] == wiring.WAIT_STATE
+    assert states[wiring.WAIT_STATE]["Next"] == wiring.ENDPOINT_STATUS_STATE
     functions = {lid: f["Properties"]["Handler"] for lid, f in synth.resources("AWS::Lambda::Function", "pipeline").items()}
     for state, function_id in wiring.TASK_FUNCTIONS.items():
         resource = states[state]["Resource"]

@@ -4,13 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+CDK_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup synth test demo bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(CDK_STAMP)
 
 $(STAMP): pyproject.toml requirements/*.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +19,14 @@ $(STAMP): pyproject.toml requirements/*.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(PY) -c "import torch, PIL, aws_cdk, moto; assert torch.__version__.startswith('2.13.0')"
 	touch $(STAMP)
+
+# The CDK CLI (`npx cdk synth|deploy`), pinned by package-lock.json; not needed by the tests themselves.
+$(CDK_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(CDK_STAMP)
+
+synth: setup
+	npx cdk synth --quiet
 
 test: setup
 	$(VENV)/bin/pytest
@@ -32,4 +41,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) cdk.out .pytest_cache
+	rm -rf $(VENV) node_modules cdk.out .pytest_cache

@@ -28,6 +28,7 @@ FEATURE_FLAGS = {
     "@aws-cdk/aws-s3:createDefaultLoggingPolicy": True,
     "@aws-cdk/aws-iam:minimizePolicies": True,
     "@aws-cdk/aws-kms:reduceCrossAccountRegionPolicyScope": True,
+    "@aws-cdk/core:defaultCrossStackReferences": "strong",  # the key and topic exports protect their consumers
     "aws:cdk:enable-path-metadata": True,  # construct paths in templates, as the CLI writes them
 }
 """The behaviours this app is written for, whatever the CDK version's defaults."""

@@ -42,7 +42,8 @@ def find_state_machine(templates: Iterable[Mapping], construct_id: str) -> tuple
         for template in templates
         for logical_id, resource in template.get("Resources", {}).items()
         if resource.get("Type") == STATE_MACHINE_TYPE
-        and (construct_id in _path(resource).split("/") or re.fullmatch(rf"{re.escape(construct_id)}[0-9A-F]{{8}}", logical_id))
+        and (construct_id in _path(resource).split("/")
+             or re.fullmatch(rf"{re.escape(construct_id)}[0-9A-F]{{8}}", logical_id))
     ]
     if len(found) != 1:
         raise LookupError(f"expected one state machine {construct_id!r}, found {len(found)}")

@@ -105,11 +105,11 @@ class Config:
         return 2 * self.training_max_runtime_s
 
     @classmethod
-    def demo(cls, **overrides: Any) -> "Config":
+    def demo(cls, **overrides: Any) -> Config:
         return cls.from_values({"profile": "demo", **overrides})
 
     @classmethod
-    def from_context(cls, get: Callable[[str], Any]) -> "Config":
+    def from_context(cls, get: Callable[[str], Any]) -> Config:
         """From a CDK node's ``try_get_context``: the ``cxr`` object, then top-level overrides."""
         values = dict(get("cxr") or {})
         for f in dataclasses.fields(cls):
@@ -119,7 +119,7 @@ class Config:
         return cls.from_values(values)
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> "Config":
+    def from_values(cls, values: Mapping[str, Any]) -> Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(known)
         if unknown:
@@ -130,7 +130,8 @@ class Config:
         return cls(**kwargs)
 
 
-LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+                      3288, 3653)
 _INTS = {"serverless_memory_mb", "serverless_max_concurrency", "training_max_runtime_s", "training_volume_gb",
          "reserved_concurrency", "log_retention_days", "quarantine_expiry_days", "checkpoint_expiry_days"}
 

@@ -45,7 +45,8 @@ def image_table() -> dict[str, dict[str, str]]:
 
     The SDK's lookups take ~15 s for all regions, so the table is kept under ``.cache/`` per SDK version.
     """
-    cached = CACHE / f"sagemaker-{metadata.version('sagemaker')}-{FRAMEWORK}-{TRAINING_VERSION}-{INFERENCE_VERSION}-{PY_VERSION}.json"
+    versions = f"{FRAMEWORK}-{TRAINING_VERSION}-{INFERENCE_VERSION}-{PY_VERSION}"
+    cached = CACHE / f"sagemaker-{metadata.version('sagemaker')}-{versions}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     table = _image_table()

@@ -54,7 +54,7 @@ class DeploySettings:
     async_output_uri: str | None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "DeploySettings":
+    def from_env(cls, env: Mapping[str, str]) -> DeploySettings:
         mode = env.get("ENDPOINT_MODE", "serverless")
         if mode not in ("serverless", "realtime", "async"):
             raise ValueError(f"ENDPOINT_MODE must be serverless, realtime or async, not {mode!r}")
@@ -173,7 +173,8 @@ def status_handler(event: dict, context) -> dict:
         raise EndpointDeploymentFailed(endpoint.get("FailureReason", "endpoint failed"))
     if status == "InService" and endpoint["EndpointConfigName"] != config_name:
         # SageMaker rolled a failed update back: the previous model keeps serving.
-        raise EndpointDeploymentFailed(endpoint.get("FailureReason") or f"endpoint still serves {endpoint['EndpointConfigName']}")
+        raise EndpointDeploymentFailed(
+            endpoint.get("FailureReason") or f"endpoint still serves {endpoint['EndpointConfigName']}")
     ready = status == "InService"
     if ready:
         aws.client("ssm").put_parameter(Name=os.environ["ENDPOINT_PARAMETER"], Value=endpoint_name,

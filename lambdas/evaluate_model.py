@@ -67,7 +67,8 @@ def judge(metrics: Mapping, gate: Mapping[str, float]) -> dict:
     checks = []
     for path, minimum in sorted(gate.items()):
         value = metric(metrics, path)
-        checks.append({"metric": path, "minimum": minimum, "value": value, "passed": value is not None and value >= minimum})
+        passed = value is not None and value >= minimum
+        checks.append({"metric": path, "minimum": minimum, "value": value, "passed": passed})
     failures = [
         f"{c['metric']} is missing from {METRICS_FILE}" if c["value"] is None
         else f"{c['metric']} {c['value']:.4f} < {c['minimum']:.4f}"

@@ -27,7 +27,7 @@ MAX_EVENT_AGE = Duration.hours(6)
 
 
 class ServiceFunction(Construct):
-    """One function: S3-triggered ones also get bounded retries and event age, a DLQ and optional reserved concurrency."""
+    """One function; S3-triggered ones also get bounded retries and event age, a DLQ, optional reserved concurrency."""
 
     def __init__(
         self,
@@ -104,7 +104,8 @@ class ServiceFunction(Construct):
                         "failures; a DLQ only receives asynchronous invocations.", "HIPAA.Security-LambdaDLQ")
         if config.reserved_concurrency is None or not asynchronous:
             acknowledge(self.function, "Reserved concurrency is a setting (reserved_concurrency), off by default: new "
-                        "accounts have a concurrency quota of about 10, and reserving any of it can fail the deployment.",
+                        "accounts have a concurrency quota of about 10, and reserving any of it can fail the "
+                        "deployment.",
                         "HIPAA.Security-LambdaConcurrency")
         acknowledge(self.role, "X-Ray tracing (PutTraceSegments, PutTelemetryRecords) has no resource-level "
                     "permissions.", "AwsSolutions-IAM5[Resource::*]")

@@ -42,7 +42,8 @@ def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket
             "S3DataType": data_type, "S3DataDistributionType": "FullyReplicated", **uri}}}
 
     return {
-        "TrainingJobName.$": f"States.Format('{wiring.TRAINING_JOB_PREFIX}-{{}}-{{}}', $$.State.RetryCount, States.UUID())",
+        "TrainingJobName.$":
+            f"States.Format('{wiring.TRAINING_JOB_PREFIX}-{{}}-{{}}', $$.State.RetryCount, States.UUID())",
         "RoleArn": role_arn,
         "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
         # the SDK's script-mode contract; values JSON-encoded as the SDK does, the request's own merged in

@@ -27,6 +27,7 @@ class IngestStack(Stack):
         function = self.preprocess.function
         # reads the announced upload, its own sidecars (duplicates) and rejection records (newest event wins);
         # writes outputs and rejection records; never deletes
-        allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix, layout.PROCESSED, layout.QUARANTINE],
+        allow_objects(function, spec.trigger.bucket, config.stage, key,
+                      read=[spec.trigger.prefix, layout.PROCESSED, layout.QUARANTINE],
                       write=[layout.PROCESSED, layout.QUARANTINE])
         add_trigger(self, data_bucket, function, spec.trigger)

@@ -1,9 +1,9 @@
 """Training pipeline: a Step Functions state machine from dataset to a serving endpoint, with a quality gate.
 
 ReadRequest -> PrepareDataset (Lambda) -> Train (SageMaker, RUN_JOB) -> Evaluate (Lambda) -> PassesGate
--> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again) -> NotifyDeployed. Every task retries
-what is transient and catches everything else into NotifyFailure -> PipelineFailed, so a failure
-notifies and deploys nothing. State names come from ``infra.wiring``.
+-> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again)
+-> NotifyDeployed. Every task retries what is transient and catches everything else into
+NotifyFailure -> PipelineFailed, so a failure notifies and deploys nothing. State names come from ``infra.wiring``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ class TrainingPipelineStack(Stack):
         failed = sfn.Fail(scope, wiring.FAILED_STATE, error="PipelineFailed",
                           cause="A step failed; see the NotifyFailure message and the execution history")
         notify_failure = tasks.SnsPublish(
-            scope, wiring.NOTIFY_FAILURE_STATE, topic=self.topic, subject=f"cxr {self.config.stage}: training pipeline failed",
+            scope, wiring.NOTIFY_FAILURE_STATE, topic=self.topic,
+            subject=f"cxr {self.config.stage}: training pipeline failed",
             message=sfn.TaskInput.from_object({"outcome": "failed", "request": sfn.JsonPath.object_at("$.request"),
                                                "error": sfn.JsonPath.object_at("$.error")}),
             result_path=sfn.JsonPath.DISCARD,
@@ -189,7 +190,8 @@ class TrainingPipelineStack(Stack):
         """What the training job itself may do: read its data and code, write its model and checkpoints."""
         role = iam.Role(self, "TrainingRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker training jobs")
-        allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.PROCESSED, layout.MANIFESTS, layout.CHECKPOINTS],
+        allow_objects(role, wiring.DATA, self.config.stage, self.key,
+                      read=[layout.PROCESSED, layout.MANIFESTS, layout.CHECKPOINTS],
                       write=[layout.MODELS, layout.CHECKPOINTS], list_=[layout.CHECKPOINTS])
         role.add_to_policy(iam.PolicyStatement(  # the one code archive, in CDK's asset bucket
             actions=["s3:GetObject"],
@@ -214,7 +216,8 @@ class TrainingPipelineStack(Stack):
         role.add_to_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
         role.add_to_policy(iam.PolicyStatement(
             actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-            resources=[self.format_arn(service="logs", resource="log-group", resource_name=f"/aws/sagemaker/{log_kind}:*",
+            resources=[self.format_arn(service="logs", resource="log-group",
+                                       resource_name=f"/aws/sagemaker/{log_kind}:*",
                                        arn_format=ArnFormat.COLON_RESOURCE_NAME)]))
         role.add_to_policy(iam.PolicyStatement(
             actions=["cloudwatch:PutMetricData"], resources=["*"],
@@ -258,7 +261,8 @@ class TrainingPipelineStack(Stack):
                       for kind in ("model", "endpoint-config")))
         for role, kind in ((self.training_role, "TrainingJobs"), (self.model_role, "Endpoints")):
             acknowledge(role, "SageMaker writes one log stream per job or instance into its fixed log group.",
-                        f"AwsSolutions-IAM5[Resource::{arn.format(service='logs', resource='log-group:/aws/sagemaker/' + kind + ':*')}]")
+                        "AwsSolutions-IAM5[Resource::"
+                        f"{arn.format(service='logs', resource='log-group:/aws/sagemaker/' + kind + ':*')}]")
         reason_ecr = ("ecr:GetAuthorizationToken has no resource-level permissions; image pulls themselves are "
                       "scoped to the one PyTorch repository.")
         reason_metrics = ("cloudwatch:PutMetricData has no resource-level permissions; it is limited to SageMaker's "

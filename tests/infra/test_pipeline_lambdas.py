@@ -51,7 +51,8 @@ def test_gate_passes_a_good_model_and_writes_the_report(evaluate_env, lambda_con
     out = evaluate_model.handler({"run_id": "run-1", "model_artifact": uri}, lambda_context)
     assert out["passed"] is True and out["failures"] == []
     assert {c["metric"] for c in out["checks"]} == set(DEFAULT_GATE)
-    report = json.loads(boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-1/gate.json")["Body"].read())
+    report = boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-1/gate.json")["Body"].read()
+    report = json.loads(report)
     assert report["passed"] is True
     stored = boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-1/metrics.json")["Body"].read()
     assert json.loads(stored) == METRICS
@@ -122,9 +123,7 @@ def deploy(run: str, lambda_context) -> dict:
 
 
 def test_first_deploy_creates_a_serverless_endpoint_then_the_parameter(deploy_env, lambda_context):
-    from lambdas import deploy_model
-
-    from lambdas import aws
+    from lambdas import aws, deploy_model
 
     sent = []
     aws.client("sagemaker").meta.events.register(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 from aws_cdk.assertions import Match, Template
 
@@ -222,7 +223,8 @@ def test_every_task_retries_and_catches_into_the_failure_notification(synth):
         assert task["Retry"], name
         (catch,) = task["Catch"]
         assert catch["ErrorEquals"] == ["States.ALL"]
-        assert catch["Next"] == (wiring.FAILED_STATE if name == wiring.NOTIFY_FAILURE_STATE else wiring.NOTIFY_FAILURE_STATE)
+        expected = wiring.FAILED_STATE if name == wiring.NOTIFY_FAILURE_STATE else wiring.NOTIFY_FAILURE_STATE
+        assert catch["Next"] == expected
     assert states[wiring.FAILED_STATE]["Type"] == "Fail"
     assert any("EndpointBusy" in r["ErrorEquals"] for r in tasks[wiring.DEPLOY_STATE]["Retry"])
 
@@ -239,7 +241,8 @@ def test_state_names_and_task_functions_match_the_shared_wiring(synth):
     assert tuple(path) == wiring.STATE_ORDER
     assert states[wiring.ENDPOINT_READY_STATE]["Default"] == wiring.WAIT_STATE
     assert states[wiring.WAIT_STATE]["Next"] == wiring.ENDPOINT_STATUS_STATE
-    functions = {lid: f["Properties"]["Handler"] for lid, f in synth.resources("AWS::Lambda::Function", "pipeline").items()}
+    functions = {lid: f["Properties"]["Handler"]
+                 for lid, f in synth.resources("AWS::Lambda::Function", "pipeline").items()}
     for state, function_id in wiring.TASK_FUNCTIONS.items():
         resource = states[state]["Resource"]
         logical_id = resource.strip("<>").removesuffix(".Arn")
@@ -258,7 +261,8 @@ def test_pass_role_is_scoped_to_one_role_and_to_sagemaker(synth):
     assert len(passes) == 2  # the state machine passes the training role; the deploy function the model role
     for statement in passes:
         (resource,) = as_list(statement["Resource"])
-        assert resource["Fn::GetAtt"][1] == "Arn" and resource["Fn::GetAtt"][0].startswith(("TrainingRole", "ModelRole"))
+        logical_id, attribute = resource["Fn::GetAtt"]
+        assert attribute == "Arn" and logical_id.startswith(("TrainingRole", "ModelRole"))
         assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
 
 

@@ -84,6 +84,10 @@ class ServiceFunction(Construct):
             reserved_concurrent_executions=config.reserved_concurrency if asynchronous else None,
             description=f"cxr {config.stage}: {spec.handler}",
         )
+        # the key decrypts the environment; a dead-letter queue also needs data keys to send encrypted messages
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["kms:Decrypt", "kms:GenerateDataKey"] if asynchronous else ["kms:Decrypt"],
+            resources=[key.key_arn]))
         self.errors_alarm = self.function.metric_errors(period=Duration.minutes(5)).create_alarm(
             self, "Errors", threshold=1, evaluation_periods=1,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,

@@ -99,6 +99,8 @@ class TrainingPipelineStack(Stack):
             comment=f"cxr {config.stage}: dataset -> training -> quality gate -> endpoint",
         )
         self.training.grant_run(self.state_machine)
+        self.state_machine.add_to_role_policy(iam.PolicyStatement(  # publishing to the KMS-encrypted topic
+            actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]))
         self._acknowledge()
 
     def _definition(self) -> sfn.IChainable:

@@ -277,6 +277,22 @@ def test_no_wildcard_actions_and_star_resources_only_where_unscopable(synth):
         assert "FullAccess" not in managed
 
 
+def test_every_role_that_touches_encrypted_data_may_use_the_key(synth):
+    """Encrypted environment, topic and queues fail at run time, not at deployment, without these grants."""
+    key_users = {}
+    for lid, policy in synth.resources("AWS::IAM::Policy").items():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if "Fn::ImportValue" in json.dumps(statement["Resource"]) and "Key" in json.dumps(statement["Resource"]):
+                key_users.setdefault(lid, set()).update(as_list(statement["Action"]))
+    for spec in wiring.FUNCTIONS.values():
+        (actions,) = [a for lid, a in key_users.items() if lid.startswith(f"{spec.id}Role")]
+        assert "kms:Decrypt" in actions, spec.id
+        if spec.trigger:
+            assert "kms:GenerateDataKey" in actions, spec.id  # dead-letter queue
+    (machine,) = [a for lid, a in key_users.items() if lid.startswith(f"{wiring.STATE_MACHINE_ID}Role")]
+    assert {"kms:GenerateDataKey", "kms:Decrypt"} <= machine  # notifications go to an encrypted topic
+
+
 def test_deploy_defaults_to_a_serverless_endpoint(synth):
     (props,) = [f["Properties"] for f in synth.resources("AWS::Lambda::Function", "pipeline").values()
                 if f["Properties"]["Handler"] == wiring.DEPLOY_MODEL.handler]

@@ -68,6 +68,7 @@ def dependencies(architecture: str) -> Path:
         check=True,
     )
     _publish(staging, target)
+    _prune(f"deps-{architecture}-*", keep=target)
     return target
 
 
@@ -80,12 +81,19 @@ def bundle(architecture: str) -> Path:
     shutil.copytree(dependencies(architecture), staging, ignore=_IGNORED, dirs_exist_ok=True)
     shutil.copytree(PACKAGE, staging / PACKAGE.name, ignore=_IGNORED)
     _publish(staging, target)
+    _prune(f"bundle-{architecture}-*", keep=target)  # each source edit makes a new ~80 MB bundle
     return target
 
 
 def _staging(target: Path) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".partial", dir=CACHE))
+
+
+def _prune(pattern: str, keep: Path) -> None:
+    for stale in CACHE.glob(pattern):
+        if stale != keep and not stale.name.endswith(".partial"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _publish(staging: Path, target: Path) -> None:

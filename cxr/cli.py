@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cxr.commands import check, evaluate, import_medmnist, train_local
+from cxr.commands import check, demo, evaluate, import_medmnist, train_local
 from cxr.errors import UsageError
 
-COMMANDS = (check, train_local, evaluate, import_medmnist)
+COMMANDS = (check, demo, train_local, evaluate, import_medmnist)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

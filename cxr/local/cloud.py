@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from infra.config import Config
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class LocalCloud:
         self.names = LocalNames(self.config.stage)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.training_jobs = LocalTrainingJobs(self.workdir)
+        self.lambda_log = (self.workdir / "lambda.log").open("a", buffering=1)
+        """Every function's output, as CloudWatch Logs would hold it."""
         self.endpoints = LocalEndpoints(self.workdir)
 
     # --- provisioning -------------------------------------------------------------------------
@@ -145,7 +149,6 @@ class LocalCloud:
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE}
-        env |= {"AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}  # what the Lambda runtime sets
         return env
 
     def _create_function(self, function: wiring.Function) -> None:
@@ -222,8 +225,10 @@ class LocalCloud:
             event,
             dict(function.environment_vars),
             function.function_name,
+            self.lambda_log,
             memory_mb=int(function.memory_size),
             timeout_s=int(function.timeout),
+            exclusive=function.function_name != self.names.training_task,
         )
 
     def start_training_job(self, job: Any) -> None:
@@ -242,8 +247,19 @@ def start(config: Config, workdir: Path):
     @contextmanager
     def running():
         cloud = LocalCloud(config=config, workdir=workdir)
-        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), hooks.installed(cloud):
-            cloud.provision()
-            yield cloud
+        saved_region = {name: os.environ.get(name) for name in REGION_VARIABLES}
+        os.environ.update(dict.fromkeys(REGION_VARIABLES, REGION))  # as the Lambda runtime sets them
+        try:
+            with (mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), hooks.installed(cloud),
+                  functions.routed_stdout()):
+                cloud.provision()
+                yield cloud
+        finally:
+            cloud.lambda_log.close()
+            for name, value in saved_region.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     return running()

@@ -1,0 +1,197 @@
+"""`cxr demo`: the whole event-driven system, for real, on the offline cloud (no AWS account).
+
+Uploads trigger preprocessing, the synthesized training state machine runs (real CPU training),
+the gated model is deployed to a local endpoint, and the bundled full-resolution X-rays dropped
+into ``incoming/`` come back as predictions. Exit status 1 if any stage fails.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import boto3
+
+from cxr import operations
+from cxr.local import cloud as local_cloud
+from cxr.local import pipeline
+from infra import wiring
+from infra.config import Config
+from lambdas.domain import labels
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAINING_SET = ROOT / "samples" / "kermany-demo"
+TEST_XRAYS = ROOT / "samples" / "kermany-val16"
+DEMO_DATASET = "kermany-demo"
+DEMO_HYPERPARAMETERS = {"architecture": "compact", "image-size": "128", "epochs": "10"}
+"""Minutes on two CPU cores: enough to pass the demo profile's gate, far from the accuracy targets."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="run the whole system end to end on the offline cloud",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "demo", help="where results are written")
+    parser.add_argument("--training-set", type=Path, default=TRAINING_SET)
+    parser.add_argument("--xrays", type=Path, default=TEST_XRAYS, help="X-rays to predict after deployment")
+    parser.set_defaults(run=run)
+
+
+class Progress:
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.started:6.1f}s] {message}", flush=True)
+
+
+def run(args) -> int:
+    say = Progress()
+    out: Path = args.out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    config = Config.demo(stage="demo")
+    say("synthesizing the CDK app (5 stacks, cdk-nag checks) for the offline cloud")
+    synthesized = pipeline.synthesize(config, out / "cdk.out")
+    with local_cloud.start(config, out / "local") as cloud:
+        cloud.install_pipeline(synthesized)
+        say(f"offline cloud up: buckets, tables, {len(wiring.FUNCTIONS)} Lambda functions, S3 triggers, "
+            f"state machine {cloud.names.state_machine}")
+        s3, sfn = boto3.client("s3", region_name=local_cloud.REGION), boto3.client(
+            "stepfunctions", region_name=local_cloud.REGION)
+        if not ingest(say, s3, cloud, args.training_set):
+            return 1
+        execution = train(say, sfn, cloud)
+        if execution["status"] != "SUCCEEDED" or "deployment" not in execution["output"]:
+            say(f"pipeline ended {execution['status']} without deploying: {execution['cause']}")
+            return 1
+        rows = predict(say, s3, cloud, args.xrays, out)
+        artifact = execution["output"]["training"]["ModelArtifacts"]["S3ModelArtifacts"]
+        metrics = collect_model(s3, artifact, out)
+    print_results(rows, metrics, execution["output"], out)
+    say("done")
+    return 0 if all(r["status"] == "predicted" for r in rows) else 1
+
+
+def ingest(say, s3, cloud, folder: Path) -> bool:
+    bucket = cloud.names.bucket(wiring.DATA)
+    files = operations.dataset_files(folder)
+    say(f"uploading {len(files)} files from {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder} "
+        f"to s3://{bucket}/raw/{DEMO_DATASET}/ (each upload triggers the preprocess Lambda)")
+
+    def progress(done: int, total: int) -> None:
+        if done % 100 == 0 or done == total:
+            say(f"  uploaded {done}/{total}")
+
+    keys = operations.upload_dataset(s3, bucket, folder, DEMO_DATASET, progress)
+    summary = operations.ingest_summary(s3, bucket, DEMO_DATASET, keys)
+    say(f"ingest: {summary.processed} images processed, {len(summary.quarantined)} quarantined "
+        f"(originals kept in raw/)")
+    for key, reason in summary.quarantined.items():
+        say(f"  quarantine/{key}.error.json  {reason}")
+    return summary.processed > 0
+
+
+def train(say, sfn, cloud) -> dict:
+    run_id = time.strftime("demo-%Y%m%d-%H%M%S")
+    request = {"run_id": run_id, "dataset": DEMO_DATASET, "hyperparameters": DEMO_HYPERPARAMETERS}
+    say(f"starting the training pipeline, run {run_id}: {json.dumps(DEMO_HYPERPARAMETERS)}")
+    arn = sfn.start_execution(stateMachineArn=cloud.state_machine_arn, name=run_id, input=json.dumps(request))[
+        "executionArn"]
+    for event in operations.follow_execution(sfn, arn, on_poll=TrainingLogTail(say, cloud.training_jobs.workdir)):
+        entered = event.get("stateEnteredEventDetails")
+        if entered:
+            say(f"  state {entered['name']}")
+        for kind in ("taskFailedEventDetails", "lambdaFunctionFailedEventDetails", "executionFailedEventDetails"):
+            if kind in event:
+                say(f"  {event['type']}: {event[kind].get('error')} {event[kind].get('cause', '')[:300]}")
+    described = sfn.describe_execution(executionArn=arn)
+    output = json.loads(described.get("output") or "{}")
+    evaluation = output.get("evaluation", {})
+    for check in evaluation.get("checks", []):
+        say(f"  gate: {check['metric']} {check['value']:.3f} >= {check['minimum']:.2f}: "
+            f"{'pass' if check['passed'] else 'FAIL'}")
+    return {"status": described["status"], "output": output, "cause": described.get("cause", "")}
+
+
+class TrainingLogTail:
+    """Shows the local training job's per-epoch lines while the Train state runs."""
+
+    def __init__(self, say, jobs_dir: Path):
+        self.say, self.jobs_dir, self.offsets = say, jobs_dir, {}
+
+    def __call__(self) -> None:
+        for log in sorted(self.jobs_dir.glob("*/train.log")):
+            with log.open() as handle:
+                handle.seek(self.offsets.get(log, 0))
+                lines = handle.readlines()
+                self.offsets[log] = handle.tell()
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if "epoch" in record:
+                    self.say(f"    epoch {record['epoch']}: " + ", ".join(
+                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in record.items() if k != "epoch"))
+
+
+def predict(say, s3, cloud, folder: Path, out: Path) -> list[dict]:
+    bucket = cloud.names.bucket(wiring.INFERENCE)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    say(f"dropping {len(files)} X-rays into s3://{bucket}/incoming/ (each upload triggers the predict Lambda)")
+    results = operations.predict_files(s3, bucket, files)
+    (out / "predictions").mkdir()
+    rows = []
+    for path, result in results.items():
+        (out / "predictions" / f"{path.name}.json").write_text(json.dumps(result, indent=1))
+        truth = labels.describe(path.parts[-2:]).label
+        rows.append({"file": path.name, "truth": truth, **result})
+    return rows
+
+
+def collect_model(s3, artifact_uri: str, out: Path) -> dict:
+    bucket, _, key = artifact_uri.removeprefix("s3://").partition("/")
+    archive = out / "model.tar.gz"
+    s3.download_file(bucket, key, str(archive))
+    with tarfile.open(archive) as tar:
+        tar.extractall(out / "model", filter="data")
+    shutil.copytree(out / "model" / "report", out / "report")
+    shutil.copyfile(out / "model" / "metrics.json", out / "metrics.json")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def print_results(rows: list[dict], metrics: dict, output: dict, out: Path) -> None:
+    print()
+    print(f"{'file':<34} {'true':<10} {'predicted':<10} {'confidence':>10}  {'p(pneumonia)':>12}  refer")
+    correct = 0
+    for row in rows:
+        if row["status"] != "predicted":
+            print(f"{row['file']:<34} {row['truth']:<10} {row['status']}: {row.get('reason', '')}")
+            continue
+        predicted = row["label"]
+        correct += predicted == row["truth"]
+        print(f"{row['file']:<34} {row['truth']:<10} {predicted:<10} {row['confidence']:>10.3f}  "
+              f"{row['pneumonia_probability']:>12.3f}  {'yes' if row['refer_to_radiologist'] else 'no'}")
+    binary = sum(r["status"] == "predicted" and (r["label"] == "normal") == (r["truth"] == "normal") for r in rows)
+    print(f"\n{correct}/{len(rows)} correct ({binary}/{len(rows)} on normal vs pneumonia); "
+          f"referral when p(pneumonia) is in {rows[0].get('uncertainty_band') if rows else '-'}")
+    split = output.get("dataset", {}).get("images", {})
+    print(f"\nmodel {output['training']['TrainingJobName']}, trained on {split.get('train')} images, "
+          f"scored on the held-out {metrics.get('evaluated_on')} split ({metrics.get('n')} images):")
+    print(f"  accuracy {metrics['accuracy']:.3f}   macro-F1 {metrics['macro_f1']:.3f}   "
+          f"ROC-AUC {metrics['roc_auc']:.3f}")
+    if "binary" in metrics:
+        b = metrics["binary"]
+        print(f"  normal vs pneumonia: accuracy {b['accuracy']:.3f}  AUC {b['roc_auc']:.3f}  "
+              f"sensitivity {b['sensitivity']:.3f}  specificity {b['specificity']:.3f}")
+    calibration = metrics.get("calibration", {})
+    if calibration:
+        print(f"  calibration error (ECE) {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f} "
+              f"after temperature scaling (T={calibration['temperature']:.2f})")
+    print(f"\noutputs in {out}: predictions/ (one JSON per X-ray), metrics.json, report/ "
+          f"({', '.join(sorted(p.name for p in (out / 'report').iterdir()))}), model.tar.gz", file=sys.stdout)

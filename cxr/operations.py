@@ -1,0 +1,95 @@
+"""What the `cxr` commands do to a deployment, through the AWS APIs only (a real account or the offline cloud)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lambdas.domain import layout
+
+
+def dataset_files(folder: Path) -> list[Path]:
+    """Every visible file under ``folder``; ingest decides what each one is."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def upload_dataset(s3, bucket: str, folder: Path, dataset: str,
+                   progress: Callable[[int, int], None] = lambda done, total: None) -> list[str]:
+    """Upload ``folder`` under ``raw/<dataset>/`` keeping its layout (split and label folders)."""
+    files = dataset_files(folder)
+    keys = []
+    for done, path in enumerate(files, 1):
+        key = f"{layout.RAW}{dataset}/{path.relative_to(folder).as_posix()}"
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+        keys.append(key)
+        progress(done, len(files))
+    return keys
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    processed: int
+    quarantined: dict[str, str]
+    """Original key -> reason."""
+
+
+def ingest_summary(s3, bucket: str, dataset: str, raw_keys: list[str]) -> IngestSummary:
+    """How ingest dealt with the given uploads: processed images and quarantine reasons."""
+    paginator = s3.get_paginator("list_objects_v2")
+    processed = sum(1 for page in paginator.paginate(Bucket=bucket, Prefix=f"{layout.PROCESSED}{dataset}/")
+                    for obj in page.get("Contents", []) if obj["Key"].endswith(".png"))
+    quarantined = {}
+    for key in raw_keys:
+        try:
+            record = json.loads(s3.get_object(Bucket=bucket, Key=layout.quarantine_key(key))["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            continue
+        quarantined[key] = f"{record['reason']}: {record['message']}"
+    return IngestSummary(processed, quarantined)
+
+
+def follow_execution(sfn, execution_arn: str, poll_seconds: float = 0.5,
+                     on_poll: Callable[[], None] = lambda: None) -> Iterator[dict]:
+    """Yield the execution's history events as they happen, until it ends; ``on_poll`` runs between polls."""
+    seen = 0
+    while True:
+        on_poll()
+        status = sfn.describe_execution(executionArn=execution_arn)["status"]
+        events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+        yield from events[seen:]
+        seen = len(events)
+        if status != "RUNNING":
+            return
+        time.sleep(poll_seconds)
+
+
+def predict_files(s3, bucket: str, files: list[Path], timeout_s: float = 120.0,
+                  prefix: str = "") -> dict[Path, dict]:
+    """Upload each file under ``incoming/`` and wait for its prediction or rejection record."""
+    pending = {}
+    for path in files:
+        key = f"{layout.INCOMING}{prefix}{path.name}"
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+        pending[path] = key
+    results: dict[Path, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        for path, key in list(pending.items()):
+            outcomes = ((layout.prediction_key(key), "predicted"), (layout.rejected_key(key), "rejected"))
+            for result_key, status in outcomes:
+                try:
+                    body = s3.get_object(Bucket=bucket, Key=result_key)["Body"].read()
+                except s3.exceptions.NoSuchKey:
+                    continue
+                results[path] = {"status": status, "key": result_key, **json.loads(body)}
+                del pending[path]
+                break
+        if pending:
+            time.sleep(0.5)
+    for path, key in pending.items():
+        results[path] = {"status": "timeout", "key": key}
+    return results

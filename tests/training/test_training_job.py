@@ -152,3 +152,36 @@ def test_evaluate_reads_model_tar_gz(trained, staged, tmp_path, capsys):
     archive = training_run.pack_model(trained / "model", tmp_path / "model.tar.gz")
     assert cli.main(["evaluate", "--model", str(archive), "--data", str(staged.channels["test"] / "processed")]) == 0
     assert "binary (pneumonia vs normal)" in capsys.readouterr().out
+
+
+def test_sigterm_saves_a_checkpoint_and_the_restarted_job_resumes_from_it(staged, tmp_path):
+    """SageMaker stops a spot job with SIGTERM: the job checkpoints at the next step and exits; a restart resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import TINY_HPS
+
+    code = tmp_path / "code"
+    training_run.packaging.stage_sources(code)
+    hps = {**TINY_HPS, "epochs": 12, "log-steps": 1, "checkpoint-steps": 1000}
+    env = {**os.environ, "SM_MODEL_DIR": str(tmp_path / "model"), "SM_OUTPUT_DATA_DIR": str(tmp_path / "output"),
+           "SM_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+           **{f"SM_CHANNEL_{k.upper()}": str(v) for k, v in staged.channels.items()}}
+    cmd = [sys.executable, "train.py", *training_run.hyperparameter_flags(hps)]
+    process = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if '"step": 3' in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    output = process.stdout.read()
+    assert process.wait(timeout=120) == 143, output
+    assert "stop requested" in output
+    saved = sorted((tmp_path / "checkpoints").glob("ckpt-*.pt"))
+    assert saved and not (tmp_path / "model" / "model.onnx").exists()
+    step = int(saved[-1].stem.split("-")[1])
+    restarted = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stdout[-2000:] + restarted.stderr[-2000:]
+    assert f'"resumed_from": "{saved[-1].name}", "global_step": {step}' in restarted.stdout
+    assert (tmp_path / "model" / "model.onnx").is_file()

@@ -1,0 +1,125 @@
+"""Predict-path latency of a trained model: ONNX Runtime (what the endpoint serves) against torch eager.
+
+Usage: ``python bench/latency.py MODEL_DIR [--runs 100]``. Both paths run on ONE thread on the same
+weights and the same full-resolution X-ray, and include the normaliser (decode, grayscale, resize to
+the stored PNG) and the model-input resize; the model-only time gives achieved GFLOP/s from the
+network's counted FLOPs. Cold start is measured in a fresh process: import the handler, load the
+model, answer the first request, as an endpoint worker does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = min((ROOT / "samples" / "kermany-val16" / "PNEUMONIA").glob("*.jpeg"))
+
+COLD = """
+import sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1] + "/code")
+import inference
+model = inference.model_fn(sys.argv[1])
+t1 = time.perf_counter()
+inference.predict_fn(inference.input_fn(open(sys.argv[2], "rb").read(), "image/jpeg"), model)
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1, t2 - t0)
+"""
+
+
+def median_ms(fn, runs: int, warmup: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--image", type=Path, default=SAMPLE)
+    args = parser.parse_args()
+    os.environ["CXR_ONNX_THREADS"] = "1"
+    model_dir = args.model_dir.resolve()
+
+    colds = []
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-c", COLD, str(model_dir), str(args.image)],
+                             capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        colds.append([float(v) for v in out.stdout.split()])
+    cold = {name: statistics.median(c[i] for c in colds)
+            for i, name in enumerate(("load_s", "first_prediction_s", "total_s"))}
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(ROOT / "training_job"))
+    import imaging
+    import inference
+    import networks
+
+    config = json.loads((model_dir / "model.json").read_text())
+    model = networks.build(config["architecture"], len(config["classes"]), config.get("width", 32))
+    model.load_state_dict(torch.load(model_dir / "model.pt"))
+    model.eval()
+    handler = inference.model_fn(str(model_dir))
+    data = args.image.read_bytes()
+
+    def model_input():
+        stored = imaging.open_stored(imaging.normalise(data).png)
+        return imaging.to_model_input(stored, config["image_size"], config["resize_policy"])[None, None]
+
+    x = model_input()
+    tensor = torch.from_numpy(x)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(tensor)
+    flops = counter.get_total_flops()
+
+    def torch_model():
+        with torch.no_grad():
+            model(tensor)
+
+    def onnx_model():
+        handler.session.run(["logits"], {"image": x})
+
+    def torch_path():
+        with torch.no_grad():
+            model(torch.from_numpy(model_input()))
+
+    def onnx_path():
+        inference.predict_fn(inference.input_fn(data, "image/jpeg"), handler)
+
+    result = {
+        "model": config.get("model_id"), "architecture": config["architecture"], "input": config["image_size"],
+        "image": args.image.name, "threads": 1, "runs": args.runs,
+        "gflop_per_image": round(flops / 1e9, 3),
+        "normalise_ms": round(median_ms(model_input, args.runs), 2),
+        "torch_model_ms": round(median_ms(torch_model, args.runs), 2),
+        "onnx_model_ms": round(median_ms(onnx_model, args.runs), 2),
+        "torch_path_ms": round(median_ms(torch_path, args.runs), 2),
+        "onnx_path_ms": round(median_ms(onnx_path, args.runs), 2),
+        "cold_start": {k: round(v, 3) for k, v in cold.items()},
+        "load_average": os.getloadavg()[0],
+    }
+    result["onnx_speedup_model"] = round(result["torch_model_ms"] / result["onnx_model_ms"], 2)
+    result["onnx_speedup_path"] = round(result["torch_path_ms"] / result["onnx_path_ms"], 2)
+    result["onnx_gflops"] = round(flops / 1e9 / (result["onnx_model_ms"] / 1000), 1)
+    result["torch_gflops"] = round(flops / 1e9 / (result["torch_model_ms"] / 1000), 1)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -65,6 +65,7 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
     for stack in stacks.values():
         Tags.of(stack).add("project", "cxr")
         Tags.of(stack).add("stage", config.stage)
+    for stack in (ingest, inference, pipeline):  # the stacks with roles
         acknowledge(stack, "Each role's policy is generated beside it by CDK and lives and dies with it; a customer "
                     "managed policy per role adds a second resource with the same scope.",
                     "HIPAA.Security-IAMNoInlinePolicy")

@@ -87,8 +87,6 @@ def access_log_bucket(scope: Construct, stage: str, *, retention_days: int) -> s
                                           noncurrent_version_expiration=Duration.days(30))],
         removal_policy=RemovalPolicy.RETAIN,
     )
-    acknowledge(bucket, "This is the access-log bucket itself; logging it would recurse.", "AwsSolutions-S1",
-                "HIPAA.Security-S3BucketLoggingEnabled")
     acknowledge(bucket, "S3 server access log delivery supports only SSE-S3 on the target bucket.",
                 "HIPAA.Security-S3DefaultEncryptionKMS")
     acknowledge(bucket, "Logs are rebuilt by S3 itself; replicating them to a second region adds cost, not safety.",

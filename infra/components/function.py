@@ -102,7 +102,6 @@ class ServiceFunction(Construct):
                 alarm_description=f"events {spec.id} gave up on are waiting in its dead-letter queue",
             )
             self.dead_letters_alarm.add_alarm_action(cw_actions.SnsAction(alarm_topic))
-            acknowledge(self.dead_letter_queue, "This queue is itself the dead-letter queue.", "AwsSolutions-SQS3")
         else:
             acknowledge(self.function, "Invoked synchronously by Step Functions, whose Retry and Catch handle "
                         "failures; a DLQ only receives asynchronous invocations.", "HIPAA.Security-LambdaDLQ")

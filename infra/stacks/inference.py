@@ -53,4 +53,4 @@ class InferenceStack(Stack):
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"],
             resources=[self.format_arn(service="sagemaker", resource="endpoint", resource_name=self.endpoint_name)]))
-        add_trigger(self, inference_bucket, function, spec.trigger)
+        add_trigger(inference_bucket, function, spec.trigger)

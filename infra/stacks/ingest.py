@@ -30,4 +30,4 @@ class IngestStack(Stack):
         allow_objects(function, spec.trigger.bucket, config.stage, key,
                       read=[spec.trigger.prefix, layout.PROCESSED, layout.QUARANTINE],
                       write=[layout.PROCESSED, layout.QUARANTINE])
-        add_trigger(self, data_bucket, function, spec.trigger)
+        add_trigger(data_bucket, function, spec.trigger)

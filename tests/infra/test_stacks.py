@@ -27,7 +27,6 @@ NO_RESOURCE_LEVEL = {
     "logs:PutResourcePolicy": "Step Functions log delivery",
     "logs:DescribeResourcePolicies": "Step Functions log delivery",
     "logs:DescribeLogGroups": "Step Functions log delivery",
-    "s3:PutBucketNotification": "CDK's bucket-notification handler, run at deployment",
 }
 """Every action allowed on Resource "*", with why it cannot be scoped."""
 

@@ -32,7 +32,7 @@ test: setup
 	$(VENV)/bin/pytest
 
 demo: setup
-	$(VENV)/bin/cxr check samples/kermany-val16
+	$(VENV)/bin/cxr demo
 
 bench: setup
 	$(PY) bench/normalise_throughput.py

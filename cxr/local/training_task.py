@@ -3,13 +3,18 @@
 moto's Step Functions engine refuses SageMaker integrations, so the one allowed ASL rewrite
 (:func:`cxr.local.pipeline.localize_training_task`) points that task at this function, with the
 task's own ``Parameters`` as the event. It does what ``.sync`` does: CreateTrainingJob, wait for
-a terminal status, return DescribeTrainingJob's output, or fail with ``States.TaskFailed``.
+a terminal status, return DescribeTrainingJob's output, or fail. Error names follow the real
+integration where a Lambda task can: API errors are ``SageMaker.AmazonSageMakerException`` (the
+state's Retry matches them); a failed job, which AWS reports as ``States.TaskFailed`` (a name
+reserved to Step Functions itself), is ``SageMaker.TrainingJobFailed`` (``States.ALL`` catches both).
 """
 
 from __future__ import annotations
 
 import json
 import time
+
+from botocore.exceptions import ClientError
 
 from lambdas import aws
 
@@ -18,14 +23,23 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 
 
 class TrainingJobFailed(RuntimeError):
-    """What ``.sync`` raises when the job ends in Failed or Stopped."""
+    """The job ended in Failed or Stopped."""
 
-    error_type = "States.TaskFailed"
+    error_type = "SageMaker.TrainingJobFailed"
+
+
+class SageMakerApiError(RuntimeError):
+    """CreateTrainingJob refused (throttling, limits, validation)."""
+
+    error_type = "SageMaker.AmazonSageMakerException"
 
 
 def handler(event: dict, context) -> dict:
     sagemaker = aws.client("sagemaker")
-    sagemaker.create_training_job(**event)
+    try:
+        sagemaker.create_training_job(**event)
+    except ClientError as exc:
+        raise SageMakerApiError(f"{aws.error_code(exc)}: {exc}") from None
     name = event["TrainingJobName"]
     while (job := sagemaker.describe_training_job(TrainingJobName=name))["TrainingJobStatus"] not in TERMINAL:
         time.sleep(POLL_SECONDS)

@@ -1,0 +1,149 @@
+"""The offline cloud end to end: uploads -> preprocess -> the synthesized pipeline -> endpoint -> predictions.
+
+One synthesis of the CDK app per module; tiny generated datasets and a few training epochs keep it fast.
+"""
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+import corpus
+from cxr import operations
+from cxr.local import cloud as local_cloud
+from cxr.local import pipeline
+from infra import wiring
+from infra.config import Config
+
+pytestmark = pytest.mark.slow
+QUICK = {"architecture": "compact", "image-size": "64", "epochs": "4", "batch-size": "16"}
+ANY_MODEL = {"accuracy": 0.0}
+
+
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory):
+    return pipeline.synthesize(Config.demo(stage="e2e"), tmp_path_factory.mktemp("cdk") / "cdk.out")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from training import synthetic
+
+    root = synthetic.write_dataset(tmp_path_factory.mktemp("data") / "synth", per_class=14)
+    (root / "NORMAL" / "IM-9999-0001-broken.jpeg").write_bytes(corpus.truncated(corpus.jpeg(), 0.5))
+    return root
+
+
+@pytest.fixture
+def cloud(synthesized, tmp_path):
+    config = Config.demo(stage="e2e", quality_gate=ANY_MODEL)
+    with local_cloud.start(config, tmp_path / "local") as running:
+        running.install_pipeline(synthesized)
+        yield running
+
+
+def notifications(cloud) -> str:
+    """An SQS queue subscribed to the pipeline's topic, to read what it announced."""
+    sqs, sns = boto3.client("sqs"), boto3.client("sns")
+    url = sqs.create_queue(QueueName="notifications")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=cloud.names.topic_arn, Protocol="sqs", Endpoint=arn)
+    return url
+
+
+def messages(url: str) -> list[dict]:
+    received = boto3.client("sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(json.loads(m["Body"])["Message"]) for m in received]
+
+
+def run_pipeline(cloud, run_id: str, hyperparameters: dict) -> dict:
+    sfn = boto3.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=cloud.state_machine_arn, name=run_id, input=json.dumps(
+        {"run_id": run_id, "dataset": "synth", "hyperparameters": hyperparameters}))["executionArn"]
+    events = list(operations.follow_execution(sfn, arn, poll_seconds=0.2))
+    described = sfn.describe_execution(executionArn=arn)
+    states = [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+    return {"status": described["status"], "states": states, "output": json.loads(described.get("output") or "{}")}
+
+
+def upload(cloud, dataset: Path) -> operations.IngestSummary:
+    s3 = boto3.client("s3")
+    keys = operations.upload_dataset(s3, cloud.names.bucket(wiring.DATA), dataset, "synth")
+    return operations.ingest_summary(s3, cloud.names.bucket(wiring.DATA), "synth", keys)
+
+
+def test_upload_train_deploy_predict(cloud, dataset):
+    summary = upload(cloud, dataset)
+    assert summary.processed == 42  # a broken upload is quarantined while the rest of the batch proceeds
+    [(key, reason)] = summary.quarantined.items()
+    assert key.endswith("IM-9999-0001-broken.jpeg") and reason.startswith("corrupt")
+    inbox = notifications(cloud)
+
+    run = run_pipeline(cloud, "run-1", QUICK)
+
+    assert run["status"] == "SUCCEEDED", run
+    assert run["states"][:4] == [wiring.READ_REQUEST_STATE, wiring.PREPARE_DATASET_STATE, wiring.TRAIN_STATE,
+                                 wiring.EVALUATE_STATE]
+    assert run["states"][-1] == wiring.NOTIFY_DEPLOYED_STATE
+    [message] = messages(inbox)
+    assert message["outcome"] == "deployed" and message["run_id"] == "run-1"
+    model = run["output"]["training"]["TrainingJobName"]
+    endpoint = boto3.client("sagemaker").describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))
+    assert endpoint["EndpointConfigName"] == model
+
+    s3 = boto3.client("s3")
+    xrays = sorted(Path("samples/kermany-val16").rglob("*.jpeg"))[:2]
+    results = operations.predict_files(s3, cloud.names.bucket(wiring.INFERENCE), [*xrays, Path("README.md")])
+    assert len({results[path]["model_id"] for path in xrays}) == 1
+    for path in xrays:
+        prediction = results[path]
+        assert prediction["status"] == "predicted" and prediction["endpoint"] == wiring.endpoint_name("e2e")
+        assert prediction["label"] in ("bacterial", "normal", "viral")
+        assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-4
+        assert prediction["source"]["key"] == f"incoming/{path.name}"
+    assert results[Path("README.md")]["status"] == "rejected"
+    items = boto3.client("dynamodb").scan(TableName=cloud.names.table(wiring.PREDICTIONS_TABLE))["Items"]
+    assert len(items) == 2
+
+
+def test_failed_training_notifies_and_deploys_nothing(cloud, dataset):
+    upload(cloud, dataset)
+    inbox = notifications(cloud)
+    run = run_pipeline(cloud, "run-bad", {**QUICK, "architecture": "no-such-network"})
+    assert run["status"] == "FAILED"
+    assert wiring.TRAIN_STATE in run["states"] and run["states"][-2:] == [wiring.NOTIFY_FAILURE_STATE,
+                                                                          wiring.FAILED_STATE]
+    [message] = messages(inbox)
+    assert message["outcome"] == "failed" and message["error"]["Error"] == "SageMaker.TrainingJobFailed"
+    assert "no-such-network" in message["error"]["Cause"]
+    assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+
+def test_model_below_the_gate_is_not_deployed_and_the_previous_keeps_serving(cloud, dataset):
+    upload(cloud, dataset)
+    first = run_pipeline(cloud, "run-good", QUICK)
+    assert first["status"] == "SUCCEEDED" and first["states"][-1] == wiring.NOTIFY_DEPLOYED_STATE
+    serving = first["output"]["training"]["TrainingJobName"]
+    xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
+    inference_bucket = cloud.names.bucket(wiring.INFERENCE)
+    before = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], prefix="before/")[xray]
+
+    lambda_client = boto3.client("lambda")  # the operator tightens the gate beyond what one epoch can reach
+    function = cloud.names.function(wiring.EVALUATE_MODEL)
+    environment = lambda_client.get_function_configuration(FunctionName=function)["Environment"]["Variables"]
+    environment[wiring.ENV_QUALITY_GATE] = json.dumps({"accuracy": 1.0, "macro_f1": 1.0})
+    lambda_client.update_function_configuration(FunctionName=function, Environment={"Variables": environment})
+    inbox = notifications(cloud)
+
+    second = run_pipeline(cloud, "run-weak", {**QUICK, "epochs": "1"})
+
+    assert second["status"] == "SUCCEEDED"
+    assert second["states"][-2:] == [wiring.NOTIFY_REJECTED_STATE, wiring.NOT_DEPLOYED_STATE]
+    assert wiring.DEPLOY_STATE not in second["states"]
+    [message] = messages(inbox)
+    assert message["outcome"] == "rejected" and message["failures"]
+    endpoint = boto3.client("sagemaker").describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))
+    assert endpoint["EndpointConfigName"] == serving
+    after = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], prefix="after/")[xray]
+    assert after["status"] == "predicted" and after["model_id"] == before["model_id"]

@@ -81,6 +81,13 @@ IDEMPOTENCY_TABLE = Table("IdempotencyTable", ENV_IDEMPOTENCY_TABLE, partition_k
 TABLES: dict[str, Table] = {t.id: t for t in (PREDICTIONS_TABLE, IDEMPOTENCY_TABLE)}
 
 
+ASYNC_RETRIES = 2
+"""Lambda's own retries of an S3 event (0-2); the handlers raise only for transient errors."""
+MAX_EVENT_AGE_S = 6 * 3600
+"""How long Lambda keeps retrying an S3 event before it goes to the function's dead-letter queue."""
+LOG_LEVEL = "INFO"
+
+
 @dataclass(frozen=True)
 class Trigger:
     """An S3 ``ObjectCreated`` notification: every object under ``prefix`` (no suffix filter)."""

@@ -86,6 +86,7 @@ class LocalCloud:
     names: LocalNames = field(init=False)
     kms_key_arn: str = ""
     state_machine_arn: str = ""
+    dead_letter_queues: dict[str, str] = field(default_factory=dict)
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,7 +149,8 @@ class LocalCloud:
             wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{self.names.bucket(wiring.INFERENCE)}/async/",
         }
         env = {name: values[name] for name in function.environment}
-        env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE}
+        env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,
+                "POWERTOOLS_LOG_LEVEL": wiring.LOG_LEVEL}
         return env
 
     def _create_function(self, function: wiring.Function) -> None:
@@ -167,17 +169,15 @@ class LocalCloud:
             MemorySize=function.memory_mb,
             Environment={"Variables": self.environment(function)},
         )
-        if function.trigger is not None:
+        if function.trigger is not None:  # asynchronous: bounded retries and age, then a dead-letter queue
             sqs = boto3.client("sqs", region_name=REGION)
             queue_url = sqs.create_queue(QueueName=self.names.dead_letter_queue(function))["QueueUrl"]
-            queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-                "QueueArn"
-            ]
+            self.dead_letter_queues[self.names.function(function)] = sqs.get_queue_attributes(
+                QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             client.put_function_event_invoke_config(
                 FunctionName=self.names.function(function),
-                MaximumRetryAttempts=2,
-                MaximumEventAgeInSeconds=3600,
-                DestinationConfig={"OnFailure": {"Destination": queue_arn}},
+                MaximumRetryAttempts=wiring.ASYNC_RETRIES,
+                MaximumEventAgeInSeconds=wiring.MAX_EVENT_AGE_S,
             )
 
     def _create_triggers(self) -> None:
@@ -230,6 +230,9 @@ class LocalCloud:
             timeout_s=int(function.timeout),
             exclusive=function.function_name != self.names.training_task,
         )
+
+    def dead_letter_queue(self, function: Any) -> str | None:
+        return self.dead_letter_queues.get(function.function_name)
 
     def start_training_job(self, job: Any) -> None:
         self.training_jobs.start(job)

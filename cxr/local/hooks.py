@@ -42,6 +42,9 @@ class Executors(Protocol):
     def run_function(self, function: Any, event: Any) -> tuple[Any, str | None]:
         """Run a Lambda function's real handler: (result, error type or None)."""
 
+    def dead_letter_queue(self, function: Any) -> str | None:
+        """The ARN of the SQS queue that receives the function's failed asynchronous events (moto keeps none)."""
+
     def start_training_job(self, job: Any) -> None:
         """Run the real training script for a job moto has just recorded."""
 
@@ -97,16 +100,17 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         return event
 
     def invoke_async(account_id, event_body, fn_arn, region_name):
-        """S3 invokes Lambda asynchronously: retries, then the on-failure destination (AWS semantics)."""
+        """S3 invokes Lambda asynchronously: retries, then the function's dead-letter queue (AWS semantics)."""
         from moto.awslambda.utils import get_backend
 
         function = get_backend(account_id, region_name).get_function(fn_arn)
-        attempts = 1 + _max_retries(function)
-        for _ in range(attempts):
+        for _ in range(1 + _max_retries(function)):
             result, error = executors.run_function(function, event_body)
             if error is None:
                 return
-        _send_to_on_failure_destination(function, event_body, result, attempts, region_name)
+        queue_arn = executors.dead_letter_queue(function)
+        if queue_arn:
+            _send_to_dead_letter_queue(queue_arn, event_body, result, region_name)
 
     def create_training_job(self, training_job_name, *args, **kwargs):
         job = original_create_training_job(self, training_job_name, *args, **kwargs)
@@ -166,30 +170,19 @@ def _max_retries(function) -> int:
     return 2  # Lambda's default for asynchronous invocations
 
 
-def _send_to_on_failure_destination(function, event_body, result, attempts: int, region_name: str) -> None:
-    """The record Lambda sends to an on-failure destination after the last retry."""
+def _send_to_dead_letter_queue(queue_arn: str, event_body: Any, result: Any, region_name: str) -> None:
+    """What Lambda puts in a function's SQS dead-letter queue: the event itself, the error as attributes."""
     import boto3
 
-    destination = None
-    for config in getattr(function, "event_invoke_config", []):
-        destination = config.config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
-    if not destination:
-        return
-    record = {
-        "version": "1.0",
-        "requestContext": {
-            "functionArn": function.function_arn,
-            "condition": "RetriesExhausted",
-            "approximateInvokeCount": attempts,
+    sqs = boto3.client("sqs", region_name=region_name)
+    queue_url = sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[1])["QueueUrl"]
+    error = result if isinstance(result, dict) else {}
+    sqs.send_message(
+        QueueUrl=queue_url,
+        MessageBody=json.dumps(event_body),
+        MessageAttributes={
+            "ErrorCode": {"DataType": "String", "StringValue": "200"},
+            "ErrorMessage": {"DataType": "String", "StringValue": str(error.get("errorMessage", ""))[:1000] or "-"},
+            "ErrorType": {"DataType": "String", "StringValue": str(error.get("errorType", "Unhandled"))},
         },
-        "requestPayload": event_body,
-        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-        "responsePayload": result,
-    }
-    service = destination.split(":")[2]
-    if service == "sqs":
-        sqs = boto3.client("sqs", region_name=region_name)
-        queue_url = sqs.get_queue_url(QueueName=destination.rsplit(":", 1)[1])["QueueUrl"]
-        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(record))
-    elif service == "sns":
-        boto3.client("sns", region_name=region_name).publish(TopicArn=destination, Message=json.dumps(record))
+    )

@@ -21,9 +21,8 @@ from infra.config import Config
 from .nag import acknowledge
 from .retention import retention
 
-ASYNC_RETRIES = 2
-"""Lambda's own retries of an S3 event (0-2); the handlers raise only for transient errors."""
-MAX_EVENT_AGE = Duration.hours(6)
+ASYNC_RETRIES = wiring.ASYNC_RETRIES
+MAX_EVENT_AGE = Duration.seconds(wiring.MAX_EVENT_AGE_S)
 
 
 class ServiceFunction(Construct):
@@ -72,7 +71,7 @@ class ServiceFunction(Construct):
                 **environment,
                 "POWERTOOLS_SERVICE_NAME": spec.service,
                 "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,
-                "POWERTOOLS_LOG_LEVEL": "INFO",
+                "POWERTOOLS_LOG_LEVEL": wiring.LOG_LEVEL,
             },
             environment_encryption=key,
             log_group=self.log_group,

@@ -1,6 +1,6 @@
 """The offline cloud end to end: uploads -> preprocess -> the synthesized pipeline -> endpoint -> predictions.
 
-One synthesis of the CDK app per module; tiny generated datasets and a few training epochs keep it fast.
+Tiny generated datasets and a few training epochs keep it fast.
 """
 
 import json
@@ -12,18 +12,12 @@ import pytest
 import corpus
 from cxr import operations
 from cxr.local import cloud as local_cloud
-from cxr.local import pipeline
 from infra import wiring
 from infra.config import Config
 
 pytestmark = pytest.mark.slow
 QUICK = {"architecture": "compact", "image-size": "64", "epochs": "4", "batch-size": "16"}
 ANY_MODEL = {"accuracy": 0.0}
-
-
-@pytest.fixture(scope="module")
-def synthesized(tmp_path_factory):
-    return pipeline.synthesize(Config.demo(stage="e2e"), tmp_path_factory.mktemp("cdk") / "cdk.out")
 
 
 @pytest.fixture(scope="module")

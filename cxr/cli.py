@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from cxr.commands import check, demo, evaluate, import_medmnist, train_local
-from cxr.errors import UsageError
+from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, train_local, evaluate, import_medmnist)
 
@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except UsageError as exc:
         parser.error(str(exc))  # prints usage and exits 2
+    except UserError as exc:
+        print(f"cxr {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ from aws_cdk import App, Tags, Validations
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
 from cxr.packaging import build_sourcedir
+from infra import wiring
 from infra.components.nag import acknowledge
 from infra.config import Config
 from infra.stacks.inference import InferenceStack
@@ -43,19 +44,21 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
     """Add every stack to ``app``; returns them by part name."""
     config = config or Config.from_context(app.node.try_get_context)
     training_code = training_code or build_sourcedir(TRAINING_CODE_DIR)
-    prefix = f"Cxr{config.stage.replace('-', ' ').title().replace(' ', '')}"
-    storage = StorageStack(app, f"{prefix}Storage", config=config,
+    def name(part: str) -> str:
+        return wiring.stack_name(config.stage, part)
+
+    storage = StorageStack(app, name("Storage"), config=config,
                            description="cxr: KMS key, data / inference / access-log buckets, notifications")
     common = dict(config=config, key=storage.key, topic=storage.topic)
-    ingest = IngestStack(app, f"{prefix}Ingest", **common,
+    ingest = IngestStack(app, name("Ingest"), **common,
                          description="cxr: preprocessing of uploads under raw/")
-    inference = InferenceStack(app, f"{prefix}Inference", **common,
+    inference = InferenceStack(app, name("Inference"), **common,
                                description="cxr: predictions for images under incoming/")
-    pipeline = TrainingPipelineStack(app, f"{prefix}TrainingPipeline", training_code=training_code, **common,
+    pipeline = TrainingPipelineStack(app, name("TrainingPipeline"), training_code=training_code, **common,
                                      description="cxr: dataset -> SageMaker training -> quality gate -> endpoint")
     functions = [ingest.preprocess, inference.predict, pipeline.prepare, pipeline.evaluate, pipeline.deploy,
                  pipeline.status]
-    monitoring = MonitoringStack(app, f"{prefix}Monitoring", config=config, topic=storage.topic,
+    monitoring = MonitoringStack(app, name("Monitoring"), config=config, topic=storage.topic,
                                  functions=functions, state_machine=pipeline.state_machine,
                                  description="cxr: dashboard and alarms")
     for consumer in (ingest, inference, pipeline):

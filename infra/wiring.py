@@ -180,6 +180,14 @@ NO_ENDPOINT = "none"
 """The endpoint parameter's value until the first model is deployed."""
 
 
+def stack_name(stage: str, part: str) -> str:
+    """``Cxr<Stage><Part>``, e.g. ``CxrDevTrainingPipeline``: what the CDK app deploys and the CLI looks up."""
+    return f"Cxr{stage.replace('-', ' ').title().replace(' ', '')}{part}"
+
+
+STACK_PARTS = ("Storage", "Ingest", "Inference", "TrainingPipeline", "Monitoring")
+
+
 def endpoint_parameter_name(stage: str) -> str:
     """The SSM parameter the pipeline writes and the predict Lambda reads."""
     return f"/cxr/{stage}/endpoint-name"

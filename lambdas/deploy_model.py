@@ -75,7 +75,12 @@ class DeploySettings:
 
 
 def model_definition(settings: DeploySettings, name: str, model_data_url: str) -> dict:
-    """The model as the SageMaker PyTorch serving container loads it: ``code/inference.py`` inside the archive."""
+    """The model as the SageMaker PyTorch serving container loads it: ``code/inference.py`` inside the archive.
+
+    Instance endpoints run it network-isolated; serverless endpoints refuse network isolation (a
+    documented limit of Serverless Inference), and the model needs no network there either: its
+    dependencies are vendored in ``code/``.
+    """
     return {
         "ModelName": name,
         "ExecutionRoleArn": settings.role_arn,
@@ -88,7 +93,7 @@ def model_definition(settings: DeploySettings, name: str, model_data_url: str) -
                 "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
             },
         },
-        "EnableNetworkIsolation": True,
+        "EnableNetworkIsolation": settings.mode != "serverless",
     }
 
 

@@ -130,7 +130,7 @@ def test_first_deploy_creates_a_serverless_endpoint_then_the_parameter(deploy_en
         "provide-client-params.sagemaker.CreateModel", lambda params, **_: sent.append(params))
     out = deploy("a", lambda_context)
     assert out["action"] == "created"
-    assert sent[0]["EnableNetworkIsolation"] is True  # moto does not store it: check the request
+    assert sent[0]["EnableNetworkIsolation"] is False  # serverless refuses it (moto does not store it: the request)
     sm = boto3.client("sagemaker")
     config = sm.describe_endpoint_config(EndpointConfigName="cxr-0-a")
     assert config["ProductionVariants"][0]["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 3}
@@ -175,9 +175,10 @@ def test_a_rolled_back_update_fails_the_deployment(deploy_env, lambda_context):
      ("async", "ml.c5.xlarge", True)],
 )
 def test_instance_endpoint_configs(mode, instance, kms):
-    from lambdas.deploy_model import DeploySettings, endpoint_config_definition
+    from lambdas.deploy_model import DeploySettings, endpoint_config_definition, model_definition
 
     settings = DeploySettings("role", "key", "image", "cxr-x", mode, 3072, 5, instance, "s3://b/async/")
+    assert model_definition(settings, "m", "s3://b/model.tar.gz")["EnableNetworkIsolation"] is True
     config = endpoint_config_definition(settings, "c", "m")
     variant = config["ProductionVariants"][0]
     assert variant["InstanceType"] == instance and "ServerlessConfig" not in variant

@@ -199,6 +199,8 @@ class TrainingPipelineStack(Stack):
             actions=["s3:GetObject"],
             resources=[f"arn:{self.partition}:s3:::{self.code.s3_bucket_name}/{self.code.s3_object_key}"]))
         self._allow_container(role, images.TRAINING_GPU, "TrainingJobs")
+        role.add_to_policy(iam.PolicyStatement(  # SageMaker encrypts the job's outputs with the key as this role
+            actions=["kms:Encrypt"], resources=[self.key.key_arn]))
         return role
 
     def _model_role(self) -> iam.Role:
@@ -209,6 +211,8 @@ class TrainingPipelineStack(Stack):
         allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, write=[wiring.ASYNC_OUTPUT_PREFIX])
         gpu = self.config.endpoint_mode != "serverless" and images.is_gpu_instance(self.config.endpoint_instance_type)
         self._allow_container(role, images.INFERENCE_GPU if gpu else images.INFERENCE_CPU, "Endpoints")
+        role.add_to_policy(iam.PolicyStatement(  # asynchronous results are encrypted with the key as this role
+            actions=["kms:Encrypt"], resources=[self.key.key_arn]))
         return role
 
     def _allow_container(self, role: iam.Role, column: str, log_kind: str) -> None:

@@ -18,6 +18,7 @@ VARIANT = {
     "training_spot": False,
     "reserved_concurrency": 5,
     "notification_email": "ops@example.org",
+    "lambda_architecture": "arm64",
 }
 
 
@@ -26,10 +27,12 @@ def variant(tmp_path_factory, synth):
     """A second synthesis with every non-default option (after the session's, reusing its caches)."""
     from infra.app import build, make_app
 
-    app = make_app(outdir=str(tmp_path_factory.mktemp("variant.out")), context={"cxr": VARIANT})
+    outdir = tmp_path_factory.mktemp("variant.out")
+    app = make_app(outdir=str(outdir), context={"cxr": VARIANT})
     stacks = build(app)
     assembly = app.synth()  # cdk-nag raises here on any unacknowledged finding
-    return {part: assembly.get_stack_by_name(stack.stack_name).template for part, stack in stacks.items()}
+    templates = {part: assembly.get_stack_by_name(stack.stack_name).template for part, stack in stacks.items()}
+    return {**templates, "outdir": outdir}
 
 
 def functions(template: dict) -> dict:
@@ -39,7 +42,7 @@ def functions(template: dict) -> dict:
 
 
 def test_training_without_spot_on_an_instance_without_nvme_gets_a_volume_key(variant):
-    templates = list(variant.values())
+    templates = [t for part, t in variant.items() if part != "outdir"]
     expression = asl.definition_expression(templates, wiring.STATE_MACHINE_ID)
     values = {r.name: f"<{r.name}>" for r in asl.references(templates, expression)}
     values.update({"AWS::Region": "us-east-1", "AWS::AccountId": "1", "AWS::Partition": "aws"})
@@ -62,6 +65,15 @@ def test_reserved_concurrency_applies_to_the_event_driven_functions_only(variant
     for part, spec in (("ingest", wiring.PREPROCESS), ("inference", wiring.PREDICT)):
         assert functions(variant[part])[spec.handler]["ReservedConcurrentExecutions"] == 5
     assert all("ReservedConcurrentExecutions" not in f for f in functions(variant["pipeline"]).values())
+
+
+def test_arm64_functions_get_a_bundle_built_for_arm64(variant):
+    for part in ("ingest", "inference", "pipeline"):
+        assert all(f["Architectures"] == ["arm64"] for f in functions(variant[part]).values())
+    (bundle,) = [p for p in variant["outdir"].glob("asset.*") if p.is_dir()]
+    native = [p.name for p in (bundle / "numpy").rglob("*.so")]
+    assert native and all("x86_64" not in name for name in native)
+    assert any("aarch64" in name for name in native)
 
 
 def test_the_notification_address_is_subscribed(variant):

@@ -328,3 +328,5 @@ def test_lambda_asset_is_far_below_the_250_mb_limit(synth, capsys):
     (bundle,) = (synth.outdir / name for name in lambda_assets)
     assert (bundle / "lambdas" / "preprocess.py").is_file() and (bundle / "PIL").is_dir()
     assert not (bundle / "boto3").exists() and not (bundle / "sagemaker").exists()
+    native = [p.name for p in (bundle / "numpy").rglob("*.so")]
+    assert native and all("cpython-314-x86_64" in name for name in native if "cpython" in name)  # the runtime's

@@ -8,10 +8,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cxr.commands import check, demo, evaluate, import_medmnist, train_local
+from cxr.commands import (
+    check,
+    demo,
+    evaluate,
+    import_medmnist,
+    local,
+    predict,
+    status,
+    train,
+    train_local,
+    upload_dataset,
+)
 from cxr.errors import UsageError, UserError
 
-COMMANDS = (check, demo, train_local, evaluate, import_medmnist)
+COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

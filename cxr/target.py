@@ -8,6 +8,7 @@ for both, only the clients' endpoint differs.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from cxr.errors import UserError
 from infra import wiring
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL_DIR = ROOT / ".cxr-local"
+LOCAL_DIR = Path(os.environ.get("CXR_LOCAL_DIR", ROOT / ".cxr-local"))
+"""The offline cloud's folder (state file, log, training jobs, models); tests point it elsewhere."""
 LOCAL_STATE = LOCAL_DIR / "server.json"
 """Written by `cxr local up`: the offline cloud's URL, process id and stage."""
 LOCAL_ACCOUNT = "123456789012"

@@ -64,11 +64,14 @@ def iter_files(paths: list[Path]):
             yield path
 
 
-def check_file(path: Path) -> Verdict:
-    """The verdict ingest would give this file: label from its folder, then the normaliser."""
+def check_file(path: Path, key_parts: list[str] | None = None) -> Verdict:
+    """The verdict ingest would give this file: label from its folders, then the normaliser.
+
+    ``key_parts`` are the folders and name it will have under ``raw/<dataset>/`` (default: its own path).
+    """
     verdict = Verdict(path=str(path), status="rejected")
     try:
-        info = labels.describe(path.resolve().parts[-3:])
+        info = labels.describe(key_parts or path.resolve().parts[-3:])
         verdict.label, verdict.patient_id = info.label, info.patient_id
         imaging.check_upload_size(path.stat().st_size)
         image = imaging.normalise(path.read_bytes())

@@ -17,6 +17,7 @@ from pathlib import Path
 import boto3
 
 from cxr import operations
+from cxr.commands import train
 from cxr.local import cloud as local_cloud
 from cxr.local import pipeline
 from infra import wiring
@@ -40,16 +41,8 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-class Progress:
-    def __init__(self):
-        self.started = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.perf_counter() - self.started:6.1f}s] {message}", flush=True)
-
-
 def run(args) -> int:
-    say = Progress()
+    say = train.Progress()
     out: Path = args.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -64,9 +57,11 @@ def run(args) -> int:
             "stepfunctions", region_name=local_cloud.REGION)
         if not ingest(say, s3, cloud, args.training_set):
             return 1
-        execution = train(say, sfn, cloud)
-        if execution["status"] != "SUCCEEDED" or "deployment" not in execution["output"]:
-            say(f"pipeline ended {execution['status']} without deploying: {execution['cause']}")
+        run_id = time.strftime("demo-%Y%m%d-%H%M%S")
+        execution = train.start_and_follow(say, sfn, cloud.state_machine_arn, run_id, DEMO_DATASET,
+                                           DEMO_HYPERPARAMETERS, cloud.training_jobs.workdir)
+        if not execution["deployed"]:
+            train.print_outcome(execution)
             return 1
         rows = predict(say, s3, cloud, args.xrays, out)
         artifact = execution["output"]["training"]["ModelArtifacts"]["S3ModelArtifacts"]
@@ -93,51 +88,6 @@ def ingest(say, s3, cloud, folder: Path) -> bool:
     for key, reason in summary.quarantined.items():
         say(f"  quarantine/{key}.error.json  {reason}")
     return summary.processed > 0
-
-
-def train(say, sfn, cloud) -> dict:
-    run_id = time.strftime("demo-%Y%m%d-%H%M%S")
-    request = {"run_id": run_id, "dataset": DEMO_DATASET, "hyperparameters": DEMO_HYPERPARAMETERS}
-    say(f"starting the training pipeline, run {run_id}: {json.dumps(DEMO_HYPERPARAMETERS)}")
-    arn = sfn.start_execution(stateMachineArn=cloud.state_machine_arn, name=run_id, input=json.dumps(request))[
-        "executionArn"]
-    for event in operations.follow_execution(sfn, arn, on_poll=TrainingLogTail(say, cloud.training_jobs.workdir)):
-        entered = event.get("stateEnteredEventDetails")
-        if entered:
-            say(f"  state {entered['name']}")
-        for kind in ("taskFailedEventDetails", "lambdaFunctionFailedEventDetails", "executionFailedEventDetails"):
-            if kind in event:
-                say(f"  {event['type']}: {event[kind].get('error')} {event[kind].get('cause', '')[:300]}")
-    described = sfn.describe_execution(executionArn=arn)
-    output = json.loads(described.get("output") or "{}")
-    evaluation = output.get("evaluation", {})
-    for check in evaluation.get("checks", []):
-        say(f"  gate: {check['metric']} {check['value']:.3f} >= {check['minimum']:.2f}: "
-            f"{'pass' if check['passed'] else 'FAIL'}")
-    return {"status": described["status"], "output": output, "cause": described.get("cause", "")}
-
-
-class TrainingLogTail:
-    """Shows the local training job's per-epoch lines while the Train state runs."""
-
-    def __init__(self, say, jobs_dir: Path):
-        self.say, self.jobs_dir, self.offsets = say, jobs_dir, {}
-
-    def __call__(self) -> None:
-        for log in sorted(self.jobs_dir.glob("*/train.log")):
-            with log.open() as handle:
-                handle.seek(self.offsets.get(log, 0))
-                lines = handle.readlines()
-                self.offsets[log] = handle.tell()
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if "epoch" in record:
-                    self.say(f"    epoch {record['epoch']}: " + ", ".join(
-                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                        for k, v in record.items() if k != "epoch"))
 
 
 def predict(say, s3, cloud, folder: Path, out: Path) -> list[dict]:

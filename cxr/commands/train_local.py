@@ -25,7 +25,8 @@ SMALL_SIDE = 64
 """Images whose median stored side is at most this use the ``small`` preset."""
 PRESETS = {
     "x-ray": {"architecture": "efficientnet_lite0", "image-size": 160, "epochs": 5, "batch-size": 32, "lr": 1e-3},
-    "small": {"architecture": "compact", "image-size": 28, "epochs": 30, "batch-size": 64, "lr": 3e-3, "width": 32},
+    "small": {"architecture": "compact", "image-size": 28, "epochs": 20, "batch-size": 128, "lr": 3e-3, "width": 32,
+              "augment": "light"},
 }
 
 

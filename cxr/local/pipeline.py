@@ -8,6 +8,7 @@ and :func:`localize_training_task` is the one rewrite the local mode makes to it
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ from typing import Any
 import boto3
 
 from infra import asl, wiring
-from infra.components.training import RESOURCE as TRAINING_SYNC_RESOURCE
 from infra.config import Config
 
 PSEUDO = {"AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
@@ -29,6 +29,7 @@ class Synthesized:
 
 def synthesize(config: Config, outdir: Path) -> Synthesized:
     """The CDK app's templates for ``config`` (cdk-nag runs too: an unacknowledged finding raises)."""
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")  # node 20 works for this CDK
     from infra.app import build, make_app
 
     context = {"cxr": {"stage": config.stage, "profile": config.profile}}
@@ -85,7 +86,7 @@ def localize_training_task(state_machine: dict, function_arn: str) -> dict:
     def visit(states: dict) -> None:
         nonlocal rewritten
         for state in states.values():
-            if state.get("Type") == "Task" and state.get("Resource") == TRAINING_SYNC_RESOURCE:
+            if state.get("Type") == "Task" and state.get("Resource") == wiring.TRAINING_INTEGRATION:
                 state["Resource"] = function_arn
                 rewritten += 1
             for branch in state.get("Branches", []):
@@ -97,7 +98,7 @@ def localize_training_task(state_machine: dict, function_arn: str) -> dict:
 
     visit(state_machine["States"])
     if rewritten != 1:
-        raise ValueError(f"expected exactly one {TRAINING_SYNC_RESOURCE} task, found {rewritten}")
+        raise ValueError(f"expected exactly one {wiring.TRAINING_INTEGRATION} task, found {rewritten}")
     return state_machine
 
 

@@ -21,7 +21,7 @@ from infra.config import Config
 from lambdas.deploy_model import has_instance_storage
 from lambdas.domain import layout
 
-RESOURCE = "arn:aws:states:::sagemaker:createTrainingJob.sync"
+RESOURCE = wiring.TRAINING_INTEGRATION
 CHANNELS = ("train", "validation", "test")
 """The manifests PrepareDataset writes (``$.dataset.channels.<name>``), one input channel each."""
 EVENTS_RULE = "StepFunctionsGetEventsForSageMakerTrainingJobsRule"

@@ -1,0 +1,69 @@
+"""`cxr predict FILE...`: upload to ``incoming/`` and wait for each prediction, or call the endpoint directly."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from cxr import operations, target
+from cxr.errors import UsageError, UserError
+from infra import wiring
+from lambdas.domain import imaging
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="classify X-rays with the deployed model",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument("--direct", action="store_true",
+                        help="invoke the endpoint directly (normalised here) instead of going through the bucket")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for predictions")
+    target.add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        raise UsageError(f"no such file: {', '.join(missing)}")
+    deployment = target.resolve(args)
+    if args.direct:
+        results = {path: predict_direct(deployment, path) for path in args.files}
+    else:
+        prefix = time.strftime("cli-%Y%m%d-%H%M%S/", time.gmtime())
+        results = operations.predict_files(deployment.client("s3"), deployment.bucket(wiring.INFERENCE),
+                                           args.files, timeout_s=args.timeout, prefix=prefix)
+    if args.json:
+        print(json.dumps([{"file": str(path), **result} for path, result in results.items()], indent=1))
+    else:
+        print_table(results)
+    return 0 if all(r["status"] == "predicted" for r in results.values()) else 1
+
+
+def predict_direct(deployment: target.Target, path: Path) -> dict:
+    """The same normaliser as the predict Lambda, then InvokeEndpoint with the stored PNG."""
+    try:
+        image = imaging.normalise(path.read_bytes())
+    except imaging.RejectedImage as exc:
+        return {"status": "rejected", "reason": exc.code, "message": exc.message}
+    runtime = deployment.client("sagemaker-runtime")
+    try:
+        response = runtime.invoke_endpoint(EndpointName=deployment.endpoint_name, ContentType="image/png",
+                                           Accept="application/json", Body=image.png)
+    except runtime.exceptions.ClientError as exc:
+        raise UserError(f"endpoint {deployment.endpoint_name}: {exc.response['Error'].get('Message', exc)} "
+                        "(is a model deployed? see `cxr status`)") from None
+    return {"status": "predicted", "endpoint": deployment.endpoint_name, **json.loads(response["Body"].read())}
+
+
+def print_table(results: dict[Path, dict]) -> None:
+    print(f"{'file':<36} {'label':<10} {'confidence':>10} {'p(pneumonia)':>12}  refer")
+    for path, r in results.items():
+        if r["status"] != "predicted":
+            print(f"{path.name:<36} {r['status']}: {r.get('reason', '')} {r.get('message', '')}")
+            continue
+        refer = r.get("refer_to_radiologist")
+        print(f"{path.name:<36} {r['label']:<10} {r['confidence']:>10.3f} {r['pneumonia_probability']:>12.3f}  "
+              f"{'-' if refer is None else ('yes' if refer else 'no')}")

@@ -1,0 +1,212 @@
+"""The cost model behind `cxr cost`: prices times measured durations and configured sizes, nothing invented.
+
+Pure arithmetic on three inputs, each carrying where it came from: the prices file
+(``cxr/prices.json``, every price with its date and source), the deployment configuration
+(``infra/config.py`` via cdk.json) and the latency benchmark's result file
+(``bench/results/latency.json``, written by ``bench/latency.py --json``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxr.errors import UserError
+
+PRICES_FILE = Path(__file__).with_name("prices.json")
+HOURS_PER_MONTH = 730
+"""AWS's and Google's billing month for always-on resources (8,760 h / 12)."""
+GB = 1024**3
+
+S3_PUTS_PER_PREDICTION = 2
+"""The client's upload to ``incoming/`` and the prediction JSON (``lambdas/predict.py``)."""
+S3_GETS_PER_PREDICTION = 2
+"""The uploaded version, and the existing prediction read by ``put_json_if_newest`` (a miss is billed too)."""
+DYNAMODB_WRITE_UNITS = 2 + 2
+"""Powertools idempotency writes its in-progress record, then the completion (small items: one unit each); the
+predictions item took 986 bytes in the offline demo with short keys, so two units once keys are longer."""
+
+
+@dataclass(frozen=True)
+class Price:
+    value: float
+    unit: str
+    as_of: str
+    source: str
+    note: str | None = None
+
+
+def load_prices(override: Path | None = None) -> dict[str, Price]:
+    """The bundled prices, with the entries of ``override`` (same shape, any subset) replacing theirs."""
+    prices = _read_prices(PRICES_FILE)
+    if override is not None:
+        prices |= _read_prices(override)
+    return prices
+
+
+def _read_prices(path: Path) -> dict[str, Price]:
+    try:
+        entries = json.loads(path.read_text())["prices"]
+        return {name: Price(**{k: entry.get(k) for k in ("value", "unit", "as_of", "source", "note")})
+                for name, entry in entries.items()}
+    except FileNotFoundError:
+        raise UserError(f"prices file {path} not found") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"prices file {path}: expected {{\"prices\": {{name: {{value, unit, as_of, source}}}}}} "
+                        f"({exc})") from None
+
+
+def price(prices: dict[str, Price], name: str) -> float:
+    if name not in prices or not isinstance(prices[name].value, int | float):
+        raise UserError(f"no price {name!r}: add it to a prices file and pass --prices FILE")
+    return float(prices[name].value)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """The benchmark's medians (``bench/latency.py --json``): what a deployed request costs in time and bytes."""
+
+    endpoint_ms: float
+    """One endpoint request: the stored PNG through ``input_fn`` and ``predict_fn``."""
+    normalise_ms: float
+    """The predict Lambda's own compute: decoding and normalising the upload."""
+    request_bytes: int
+    response_bytes: int
+    source: str
+
+    @classmethod
+    def from_file(cls, path: Path) -> Latency:
+        try:
+            result = json.loads(path.read_text())
+            return cls(
+                endpoint_ms=float(result["endpoint_ms"]),
+                normalise_ms=float(result["normalise_ms"]),
+                request_bytes=int(result["endpoint_request_bytes"]),
+                response_bytes=int(result["endpoint_response_bytes"]),
+                source=(f"{path}: {result['architecture']} {result['input']} px, median of {result['runs']} runs, "
+                        f"{result['threads']} thread, measured {result.get('measured_at', '?')}"),
+            )
+        except FileNotFoundError:
+            raise UserError(f"no latency measurement at {path}: run `python bench/latency.py MODEL_DIR --json {path}` "
+                            "(or pass --latency FILE)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path} is not a bench/latency.py --json result (missing {exc})") from None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    per_month: int
+    serverless_memory_mb: int
+    endpoint_instance_type: str
+    training_instance_type: str
+    training_hours: float
+    training_spot: bool
+    lambda_memory_mb: int
+    lambda_architecture: str
+    latency: Latency
+
+
+@dataclass
+class Estimate:
+    """One way to serve (or train): a monthly and a per-1,000 figure, its line items and its basis."""
+
+    name: str
+    per_month: float
+    per_1000: float
+    basis: str
+    items: dict[str, float] = field(default_factory=dict)
+    """Per-prediction costs for pay-per-use options, monthly costs for always-on ones."""
+
+
+def serverless_per_prediction(prices: dict[str, Price], memory_mb: int, latency: Latency) -> dict[str, float]:
+    """SageMaker Serverless Inference: configured memory x measured duration, plus the bytes in and out."""
+    return {
+        "endpoint compute": price(prices, "sagemaker_serverless_gb_second") * memory_mb / 1024
+        * latency.endpoint_ms / 1000,
+        "endpoint data": price(prices, "sagemaker_serverless_data_gb")
+        * (latency.request_bytes + latency.response_bytes) / GB,
+    }
+
+
+def predict_path_per_prediction(prices: dict[str, Price], inputs: Inputs) -> dict[str, float]:
+    """The event path around the endpoint: the predict Lambda, its S3 requests and DynamoDB writes.
+
+    The Lambda is billed while it normalises and while it waits for the endpoint; S3, DynamoDB and
+    network round trips are not measured and not counted in its duration.
+    """
+    lambda_seconds = (inputs.latency.normalise_ms + inputs.latency.endpoint_ms) / 1000
+    return {
+        "lambda requests": price(prices, "lambda_request"),
+        "lambda compute": price(prices, f"lambda_gb_second.{inputs.lambda_architecture}")
+        * inputs.lambda_memory_mb / 1024 * lambda_seconds,
+        "s3 requests": S3_PUTS_PER_PREDICTION * price(prices, "s3_put_request")
+        + S3_GETS_PER_PREDICTION * price(prices, "s3_get_request"),
+        "dynamodb writes": DYNAMODB_WRITE_UNITS * price(prices, "dynamodb_write_request_unit"),
+    }
+
+
+def pay_per_use(name: str, per_prediction: dict[str, float], per_month: int, basis: str) -> Estimate:
+    each = sum(per_prediction.values())
+    return Estimate(name, per_month=each * per_month, per_1000=each * 1000, basis=basis, items=per_prediction)
+
+
+def always_on(name: str, monthly: dict[str, float], per_month: int, basis: str) -> Estimate:
+    """A resource billed by the hour whatever the volume: its month spread over the predictions."""
+    total = sum(monthly.values())
+    return Estimate(name, per_month=total, per_1000=total / per_month * 1000, basis=basis, items=monthly)
+
+
+def serving_estimates(prices: dict[str, Price], inputs: Inputs) -> list[Estimate]:
+    path = predict_path_per_prediction(prices, inputs)
+    path_monthly = {name: value * inputs.per_month for name, value in path.items()}
+    hosting = price(prices, f"sagemaker_hosting_hour.{inputs.endpoint_instance_type}")
+    return [
+        pay_per_use(
+            "cxr, serverless endpoint",
+            serverless_per_prediction(prices, inputs.serverless_memory_mb, inputs.latency) | path,
+            inputs.per_month,
+            f"{inputs.serverless_memory_mb} MB x {inputs.latency.endpoint_ms:g} ms per request, plus the predict "
+            f"Lambda ({inputs.lambda_memory_mb} MB x {inputs.latency.normalise_ms + inputs.latency.endpoint_ms:g} ms), "
+            "S3 and DynamoDB requests",
+        ),
+        always_on(
+            f"cxr, realtime endpoint {inputs.endpoint_instance_type}",
+            {"instance": hosting * HOURS_PER_MONTH} | path_monthly,
+            inputs.per_month,
+            f"1 instance x {HOURS_PER_MONTH} h at {hosting:g}/h, plus the same predict path",
+        ),
+        always_on(
+            "Rekognition Custom Labels",
+            {"inference unit": price(prices, "rekognition_custom_labels_inference_unit_hour") * HOURS_PER_MONTH},
+            inputs.per_month,
+            f"1 inference unit running {HOURS_PER_MONTH} h (billed while the model runs)",
+        ),
+        always_on(
+            "Vertex AI AutoML image",
+            {"node": price(prices, "vertex_automl_image_node_hour") * HOURS_PER_MONTH},
+            inputs.per_month,
+            f"1 node deployed {HOURS_PER_MONTH} h (billed while deployed)",
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    instance_type: str
+    hours: float
+    on_demand: float
+    spot: float
+    spot_saving: float
+    configured: str
+    """Which of the two the deployment uses (``training_spot``)."""
+
+
+def training_cost(prices: dict[str, Price], inputs: Inputs) -> TrainingCost:
+    hourly = price(prices, f"sagemaker_training_hour.{inputs.training_instance_type}")
+    saving = price(prices, "sagemaker_spot_saving")
+    if not 0 <= saving < 1:
+        raise UserError(f"sagemaker_spot_saving must be a fraction in [0, 1), not {saving}")
+    on_demand = hourly * inputs.training_hours
+    return TrainingCost(inputs.training_instance_type, inputs.training_hours, on_demand, on_demand * (1 - saving),
+                        saving, "spot" if inputs.training_spot else "on demand")

@@ -1,0 +1,99 @@
+"""The `cxr` life-cycle commands against the offline cloud run as a long-lived server, each a separate process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import corpus
+
+pytestmark = pytest.mark.slow
+CXR = [sys.executable, "-m", "cxr.cli"]
+QUICK = ["--hp", "architecture=compact", "--hp", "image-size=64", "--hp", "epochs=3", "--hp", "batch-size=16"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    env = {**os.environ, "CXR_LOCAL_DIR": str(tmp_path_factory.mktemp("cxr-local")),
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    up = cxr(env, "local", "up", "--quality-gate", '{"accuracy": 0.0}')
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield env
+    down = cxr(env, "local", "down")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert not (Path(env["CXR_LOCAL_DIR"]) / "server.json").exists()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from training import synthetic
+
+    root = synthetic.write_dataset(tmp_path_factory.mktemp("data") / "wards", per_class=14)
+    (root / "NORMAL" / "IM-9998-0001.jpeg").write_bytes(corpus.minimal_pdf())
+    return root
+
+
+def cxr(env, *args, timeout=600):
+    return subprocess.run([*CXR, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_life_cycle_across_separate_commands(env, dataset):
+    dry = cxr(env, "upload-dataset", str(dataset), "--local", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "42 valid" in dry.stdout and "1 rejected locally" in dry.stdout and "42 to upload" in dry.stdout
+
+    upload = cxr(env, "upload-dataset", str(dataset), "--local")
+    assert upload.returncode == 0, upload.stderr
+    again = cxr(env, "upload-dataset", str(dataset), "--local")  # resumable: nothing new to send
+    assert "42 already uploaded with the same checksum, 0 to upload" in again.stdout
+
+    train = cxr(env, "train", "--dataset", "wards", "--run-id", "cli-run", "--local", *QUICK)
+    assert train.returncode == 0, train.stdout + train.stderr
+    for state in ("PrepareDataset", "Train", "Evaluate", "Deploy", "NotifyDeployed"):
+        assert f"state {state}" in train.stdout
+    assert "gate: accuracy" in train.stdout and "deployed model" in train.stdout
+
+    status = cxr(env, "status", "--local", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["runs"][0]["run_id"] == "cli-run" and report["runs"][0]["status"] == "SUCCEEDED"
+    assert report["endpoint"]["status"] == "InService" and report["endpoint"]["run_id"] == "cli-run"
+    assert report["model_metrics"]["accuracy"] is not None
+    assert report["counts"]["processed images"] == 42
+
+    xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
+    predicted = cxr(env, "predict", str(xray), "--local", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    [record] = json.loads(predicted.stdout)
+    assert record["status"] == "predicted" and record["label"] in ("bacterial", "normal", "viral")
+    assert isinstance(record["refer_to_radiologist"], bool)
+    direct = cxr(env, "predict", str(xray), "--local", "--direct", "--json")
+    [direct_record] = json.loads(direct.stdout)
+    assert direct_record["probabilities"] == pytest.approx(record["probabilities"], abs=1e-6)
+
+    table = cxr(env, "status", "--local")
+    assert "endpoint cxr-local: InService" in table.stdout and "1 predictions" in table.stdout
+
+
+def test_actionable_errors_are_one_line(tmp_path):
+    env = {**os.environ, "CXR_LOCAL_DIR": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}
+    not_running = cxr(env, "status", "--local")
+    assert not_running.returncode == 1
+    assert not_running.stderr.strip() == "cxr status: the offline cloud is not running: start it with `cxr local up`"
+
+    no_credentials = {k: v for k, v in env.items() if not k.startswith("AWS_") or k == "AWS_EC2_METADATA_DISABLED"}
+    no_credentials |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    missing = cxr(no_credentials, "status", "--region", "eu-west-1")
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert "no AWS credentials found" in missing.stderr
+    no_region = cxr(no_credentials, "status")
+    assert no_region.returncode == 1 and "no AWS region configured" in no_region.stderr
+
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    (unlabelled / "x.png").write_bytes(corpus.png())
+    refused = cxr(env, "upload-dataset", str(unlabelled), "--local")
+    assert refused.returncode == 1 and "no recognisable labels" in refused.stderr

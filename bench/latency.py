@@ -1,10 +1,12 @@
 """Predict-path latency of a trained model: ONNX Runtime (what the endpoint serves) against torch eager.
 
-Usage: ``python bench/latency.py MODEL_DIR [--runs 100]``. Both paths run on ONE thread on the same
+Usage: ``python bench/latency.py MODEL_DIR [--runs 100] [--json PATH]``. Both paths run on ONE thread on the same
 weights and the same full-resolution X-ray, and include the normaliser (decode, grayscale, resize to
 the stored PNG) and the model-input resize; the model-only time gives achieved GFLOP/s from the
 network's counted FLOPs. Cold start is measured in a fresh process: import the handler, load the
-model, answer the first request, as an endpoint worker does.
+model, answer the first request, as an endpoint worker does. ``endpoint_ms`` is one deployed
+request: the stored PNG the predict Lambda sends, through ``input_fn`` and ``predict_fn``.
+``--json PATH`` also writes the result to PATH (``cxr cost`` reads ``bench/results/latency.json``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--image", type=Path, default=SAMPLE)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result to this file")
     args = parser.parse_args()
     os.environ["CXR_ONNX_THREADS"] = "1"
     model_dir = args.model_dir.resolve()
@@ -77,6 +80,7 @@ def main() -> None:
     model.eval()
     handler = inference.model_fn(str(model_dir))
     data = args.image.read_bytes()
+    stored_png = imaging.normalise(data).png
 
     def model_input():
         stored = imaging.open_stored(imaging.normalise(data).png)
@@ -102,6 +106,9 @@ def main() -> None:
     def onnx_path():
         inference.predict_fn(inference.input_fn(data, "image/jpeg"), handler)
 
+    def endpoint_request():
+        inference.predict_fn(inference.input_fn(stored_png, "image/png"), handler)
+
     result = {
         "model": config.get("model_id"), "architecture": config["architecture"], "input": config["image_size"],
         "image": args.image.name, "threads": 1, "runs": args.runs,
@@ -111,6 +118,11 @@ def main() -> None:
         "onnx_model_ms": round(median_ms(onnx_model, args.runs), 2),
         "torch_path_ms": round(median_ms(torch_path, args.runs), 2),
         "onnx_path_ms": round(median_ms(onnx_path, args.runs), 2),
+        "endpoint_ms": round(median_ms(endpoint_request, args.runs), 2),
+        "endpoint_request_bytes": len(stored_png),
+        "endpoint_response_bytes": len(inference.output_fn(
+            inference.predict_fn(inference.input_fn(stored_png, "image/png"), handler), "application/json"
+        )[0].encode()),
         "cold_start": {k: round(v, 3) for k, v in cold.items()},
         "load_average": os.getloadavg()[0],
     }
@@ -118,7 +130,12 @@ def main() -> None:
     result["onnx_speedup_path"] = round(result["torch_path_ms"] / result["onnx_path_ms"], 2)
     result["onnx_gflops"] = round(flops / 1e9 / (result["onnx_model_ms"] / 1000), 1)
     result["torch_gflops"] = round(flops / 1e9 / (result["torch_model_ms"] / 1000), 1)
-    print(json.dumps(result, indent=1))
+    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 
 from cxr.commands import (
     check,
+    cost,
     demo,
     evaluate,
     import_medmnist,
@@ -22,7 +23,7 @@ from cxr.commands import (
 )
 from cxr.errors import UsageError, UserError
 
-COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict)
+COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

@@ -84,14 +84,23 @@ class Latency:
                 normalise_ms=float(result["normalise_ms"]),
                 request_bytes=int(result["endpoint_request_bytes"]),
                 response_bytes=int(result["endpoint_response_bytes"]),
-                source=(f"{path}: {result['architecture']} {result['input']} px, median of {result['runs']} runs, "
-                        f"{result['threads']} thread, measured {result.get('measured_at', '?')}"),
+                source=(f"{_shown(path)}: {result['architecture']} {result['input']} px, median of {result['runs']} "
+                        f"runs on {result['threads']} CPU thread, load average {result['load_average']:.1f}, "
+                        f"measured {result.get('measured_at', '?')}"),
             )
         except FileNotFoundError:
             raise UserError(f"no latency measurement at {path}: run `python bench/latency.py MODEL_DIR --json {path}` "
                             "(or pass --latency FILE)") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path} is not a bench/latency.py --json result (missing {exc})") from None
+
+
+def _shown(path: Path) -> str:
+    """Relative to the project when inside it, as the user would type it."""
+    try:
+        return str(path.resolve().relative_to(PRICES_FILE.parent.parent))
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)
@@ -210,3 +219,15 @@ def training_cost(prices: dict[str, Price], inputs: Inputs) -> TrainingCost:
     on_demand = hourly * inputs.training_hours
     return TrainingCost(inputs.training_instance_type, inputs.training_hours, on_demand, on_demand * (1 - saving),
                         saving, "spot" if inputs.training_spot else "on demand")
+
+
+def price_names(inputs: Inputs) -> set[str]:
+    """Every price the estimates for ``inputs`` read: what the report lists with its date and source."""
+    return {
+        "sagemaker_serverless_gb_second", "sagemaker_serverless_data_gb",
+        f"sagemaker_hosting_hour.{inputs.endpoint_instance_type}",
+        f"sagemaker_training_hour.{inputs.training_instance_type}", "sagemaker_spot_saving",
+        "lambda_request", f"lambda_gb_second.{inputs.lambda_architecture}", "s3_put_request", "s3_get_request",
+        "dynamodb_write_request_unit", "rekognition_custom_labels_inference_unit_hour",
+        "vertex_automl_image_node_hour",
+    }

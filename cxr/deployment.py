@@ -55,8 +55,8 @@ def project_config(overrides: dict[str, str], root: Path = ROOT) -> Config:
 
 
 def cdk_command(action: list[str], overrides: dict[str, str], profile: str | None = None) -> list[str]:
-    """``npx --no cdk <action> ... -c KEY=VALUE``: the pinned CLI only (``--no``: never download another)."""
-    command = ["npx", "--no", "cdk", *action]
+    """``npx --no -- cdk <action> ... -c KEY=VALUE``: the pinned CLI only (``--no``: never download another)."""
+    command = ["npx", "--no", "--", "cdk", *action]
     for key, value in overrides.items():
         command += ["-c", f"{key}={value}"]
     if profile:

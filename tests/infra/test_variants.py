@@ -19,6 +19,7 @@ VARIANT = {
     "reserved_concurrency": 5,
     "notification_email": "ops@example.org",
     "lambda_architecture": "arm64",
+    "training_pretrained": False,
 }
 
 
@@ -52,6 +53,7 @@ def test_training_without_spot_on_an_instance_without_nvme_gets_a_volume_key(var
     assert params["ResourceConfig"]["VolumeKmsKeyId"].startswith("<Key")
     assert params["ResourceConfig"]["InstanceType"] == "ml.p3.2xlarge"
     assert "cxr-prod-data-" in params["OutputDataConfig"]["S3OutputPath.$"]
+    assert "pretrained" not in {c["ChannelName"] for c in params["InputDataConfig"]}
 
 
 def test_async_endpoints_use_the_gpu_image_and_an_output_location(variant):

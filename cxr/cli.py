@@ -12,18 +12,21 @@ from cxr.commands import (
     check,
     cost,
     demo,
+    deploy,
     evaluate,
     import_medmnist,
     local,
     predict,
     status,
+    teardown,
     train,
     train_local,
     upload_dataset,
 )
 from cxr.errors import UsageError, UserError
 
-COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost)
+COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
+            deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

@@ -156,7 +156,7 @@ def run_training_job(channels: dict[str, Path], hyperparameters: dict, out_dir: 
         **{f"SM_HP_{key.upper().replace('-', '_')}": str(value) for key, value in hyperparameters.items()},
     }
     cmd = [sys.executable, "train.py", *hyperparameter_flags(hyperparameters)]
-    with (out_dir / "train.log").open("w") as log:
+    with (out_dir / "train.log").open("w", buffering=1) as log:
         process = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         for line in process.stdout:

@@ -73,8 +73,9 @@ class TrainingLogTail:
                 except ValueError:
                     continue
                 if isinstance(record, dict) and "epoch" in record:
-                    self.say("    epoch " + ", ".join(
-                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+                    self.say(f"    epoch {record['epoch']}: " + ", ".join(
+                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in record.items() if k != "epoch"))
 
 
 def start_and_follow(say, sfn, state_machine_arn: str, run_id: str, dataset: str, hyperparameters: dict,

@@ -189,3 +189,21 @@ def test_a_training_job_that_does_not_stop_in_time_is_left(cloud, target, monkey
     )
     report = teardown.teardown(target, delete_data=False, destroy=None, wait_s=0)
     assert kinds(report.left) == [(billable.TRAINING_JOB, JOB)] and not report.ok
+
+
+def test_an_endpoint_config_whose_model_is_gone_is_found_by_its_training_job(cloud, target, monkeypatch):
+    monkeypatch.setattr(cloud, "start_training_job", lambda job: None)
+    sagemaker = target.client("sagemaker")
+    for name, stage in ((JOB, STAGE), (OTHER_JOB, OTHER_STAGE)):
+        bucket = wiring.BUCKETS[wiring.DATA].name(stage, target.account, target.region)
+        sagemaker.create_training_job(
+            TrainingJobName=name, RoleArn=ROLE,
+            AlgorithmSpecification={"TrainingImage": "x", "TrainingInputMode": "File"},
+            OutputDataConfig={"S3OutputPath": f"s3://{bucket}/models/run/"},
+            ResourceConfig={"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50},
+            StoppingCondition={"MaxRuntimeInSeconds": 600},
+        )
+        deploy_model(target, name, bucket)
+        sagemaker.delete_model(ModelName=name)
+    found = [name for kind, name in kinds(billable.find(target)) if kind == billable.ENDPOINT_CONFIG]
+    assert found == [JOB]

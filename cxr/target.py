@@ -16,6 +16,8 @@ import boto3
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, PartialCredentialsError
 
 from cxr.errors import UserError
+from cxr.local import names as local_names
+from cxr.local.names import LocalNames
 from infra import wiring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +25,6 @@ LOCAL_DIR = Path(os.environ.get("CXR_LOCAL_DIR", ROOT / ".cxr-local"))
 """The offline cloud's folder (state file, log, training jobs, models); tests point it elsewhere."""
 LOCAL_STATE = LOCAL_DIR / "server.json"
 """Written by `cxr local up`: the offline cloud's URL, process id and stage."""
-LOCAL_ACCOUNT = "123456789012"
-LOCAL_REGION = "us-east-1"
 
 
 def default_stage() -> str:
@@ -67,7 +67,7 @@ class Target:
     def state_machine_arn(self) -> str:
         """The training pipeline's ARN: from CloudFormation on AWS, by its local name on the offline cloud."""
         if self.is_local:
-            name = f"cxr-{self.stage}-{wiring.STATE_MACHINE_ID}"
+            name = LocalNames(self.stage).state_machine
             machines = self.client("stepfunctions").list_state_machines()["stateMachines"]
             for machine in machines:
                 if machine["name"] == name:
@@ -114,6 +114,6 @@ def local_target(stage: str | None = None) -> Target:
     state = json.loads(LOCAL_STATE.read_text())
     if stage and stage != state["stage"]:
         raise UserError(f"the offline cloud runs stage {state['stage']!r}, not {stage!r}")
-    session = boto3.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=LOCAL_REGION)
-    return Target(session=session, stage=state["stage"], account=LOCAL_ACCOUNT, region=LOCAL_REGION,
+    session = boto3.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=local_names.REGION)
+    return Target(session=session, stage=state["stage"], account=local_names.ACCOUNT, region=local_names.REGION,
                   endpoint_url=state["url"])

@@ -201,6 +201,36 @@ def serving_estimates(prices: dict[str, Price], inputs: Inputs) -> list[Estimate
 
 
 @dataclass(frozen=True)
+class MeasuredTraining:
+    """A finished training job's own figures (``DescribeTrainingJob``): what a run really took and was billed."""
+
+    name: str
+    instance_type: str
+    training_s: float
+    billable_s: float | None
+    """SageMaker's billable seconds: below the training seconds when spot saved money."""
+    spot: bool
+
+    @classmethod
+    def from_description(cls, job: dict) -> MeasuredTraining:
+        if job["TrainingJobStatus"] not in ("Completed", "Stopped"):
+            raise UserError(f"training job {job['TrainingJobName']} is {job['TrainingJobStatus']}: "
+                            "measure a finished one")
+        seconds = job.get("TrainingTimeInSeconds")
+        if seconds is None:  # the offline cloud reports start and end only
+            seconds = (job["TrainingEndTime"] - job["TrainingStartTime"]).total_seconds()
+        return cls(job["TrainingJobName"], job["ResourceConfig"]["InstanceType"], float(seconds),
+                   job.get("BillableTimeInSeconds"), bool(job.get("EnableManagedSpotTraining")))
+
+    @property
+    def spot_saving(self) -> float | None:
+        """The saving this job got from spot, when SageMaker reported its billable time."""
+        if not self.spot or self.billable_s is None or self.training_s <= 0:
+            return None
+        return 1 - self.billable_s / self.training_s
+
+
+@dataclass(frozen=True)
 class TrainingCost:
     instance_type: str
     hours: float

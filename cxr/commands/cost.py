@@ -7,8 +7,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from cxr import costs, deployment
-from cxr.errors import UsageError
+from botocore.exceptions import ClientError
+
+from cxr import costs, deployment, target
+from cxr.errors import UsageError, UserError
 from infra import wiring
 
 LATENCY_FILE = deployment.ROOT / "bench" / "results" / "latency.json"
@@ -29,9 +31,13 @@ def register(subparsers) -> None:
                         help="prices overriding cxr/prices.json's (same shape, any subset)")
     parser.add_argument("--latency", type=Path, default=LATENCY_FILE, metavar="FILE",
                         help="bench/latency.py --json result (default: bench/results/latency.json)")
-    parser.add_argument("--training-hours", type=float, metavar="H",
-                        help="hours one training run takes, e.g. a finished job's TrainingTimeInSeconds / 3600 "
-                        "(default: the configured maximum runtime, an upper bound)")
+    hours = parser.add_mutually_exclusive_group()
+    hours.add_argument("--training-hours", type=float, metavar="H",
+                       help="hours one training run takes (default: the configured maximum runtime, an upper bound)")
+    hours.add_argument("--training-job", metavar="NAME",
+                       help="take the hours, instance type and spot saving from this finished training job of the "
+                       "deployment (--stage/--region/--profile, or --local)")
+    target.add_arguments(parser)
     deployment.add_context_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
@@ -46,7 +52,14 @@ def run(args) -> int:
     config = deployment.project_config(overrides)
     prices = costs.load_prices(args.prices)
     latency = costs.Latency.from_file(args.latency)
-    if args.training_hours is not None:
+    measured = measured_training(args) if args.training_job else None
+    training_instance_type = config.training_instance_type
+    if measured is not None:
+        hours, training_instance_type = measured.training_s / 3600, measured.instance_type
+        hours_source = f"training job {measured.name}"
+        if args.local:
+            hours_source += " on the offline cloud (this machine's CPU, not the instance)"
+    elif args.training_hours is not None:
         hours, hours_source = args.training_hours, "--training-hours"
     else:
         hours = config.training_max_runtime_s / 3600
@@ -55,7 +68,7 @@ def run(args) -> int:
         per_month=args.per_month,
         serverless_memory_mb=config.serverless_memory_mb,
         endpoint_instance_type=config.endpoint_instance_type,
-        training_instance_type=config.training_instance_type,
+        training_instance_type=training_instance_type,
         training_hours=hours,
         training_spot=config.training_spot,
         lambda_memory_mb=wiring.PREDICT.memory_mb,
@@ -71,6 +84,8 @@ def run(args) -> int:
         "predict_lambda": f"{wiring.PREDICT.memory_mb} MB (infra/wiring.py), {config.lambda_architecture}",
         "prices": str(args.prices) + " over cxr/prices.json" if args.prices else "cxr/prices.json",
     }
+    if measured is not None and measured.spot_saving is not None:
+        sources["measured_spot_saving"] = f"{measured.spot_saving:.0%} on {measured.name} (1 - billable / training s)"
     if args.json:
         json.dump({
             "per_month": args.per_month,
@@ -85,6 +100,16 @@ def run(args) -> int:
     else:
         print_report(serving, training, inputs, sources, prices)
     return 0
+
+
+def measured_training(args) -> costs.MeasuredTraining:
+    tgt = target.resolve(args)
+    try:
+        job = tgt.client("sagemaker").describe_training_job(TrainingJobName=args.training_job)
+    except ClientError as exc:
+        raise UserError(f"training job {args.training_job} not found in {tgt.region}: "
+                        f"{exc.response['Error'].get('Message', exc)}") from None
+    return costs.MeasuredTraining.from_description(job)
 
 
 def money(value: float) -> str:

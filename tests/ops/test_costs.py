@@ -186,3 +186,43 @@ def test_cost_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def job_description(**overrides) -> dict:
+    return {"TrainingJobName": "cxr-0-abc", "TrainingJobStatus": "Completed",
+            "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge"}, "EnableManagedSpotTraining": True,
+            "TrainingTimeInSeconds": 3600, "BillableTimeInSeconds": 1080} | overrides
+
+
+def test_a_finished_job_gives_its_hours_and_its_own_spot_saving():
+    measured = costs.MeasuredTraining.from_description(job_description())
+    assert (measured.training_s, measured.instance_type) == (3600, "ml.g4dn.xlarge")
+    assert measured.spot_saving == pytest.approx(0.7)
+    assert costs.MeasuredTraining.from_description(job_description(EnableManagedSpotTraining=False)).spot_saving is None
+    with pytest.raises(UserError, match="is InProgress: measure a finished one"):
+        costs.MeasuredTraining.from_description(job_description(TrainingJobStatus="InProgress"))
+
+
+def test_cost_of_a_training_run_measured_on_a_deployment(capsys, aws):
+    from datetime import timedelta
+
+    import boto3
+    from moto.sagemaker.models import sagemaker_backends
+
+    boto3.client("sagemaker").create_training_job(
+        TrainingJobName="cxr-0-measured", RoleArn="arn:aws:iam::123456789012:role/r",
+        AlgorithmSpecification={"TrainingImage": "x", "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://b/models/"},
+        ResourceConfig={"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50},
+        StoppingCondition={"MaxRuntimeInSeconds": 7200},
+    )
+    job = sagemaker_backends["123456789012"]["us-east-1"].training_jobs["cxr-0-measured"]
+    job.training_start_time = job.training_end_time - timedelta(minutes=90)
+    assert main(["cost", "--json", "--training-job", "cxr-0-measured", "--region", "us-east-1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["training"]["hours"] == pytest.approx(1.5)
+    assert report["training"]["on_demand"] == pytest.approx(1.5 * report["prices"][
+        "sagemaker_training_hour.ml.g4dn.xlarge"]["value"])
+    assert report["sources"]["training_hours"] == "training job cxr-0-measured"
+    assert main(["cost", "--training-job", "cxr-0-missing", "--region", "us-east-1"]) == 1
+    assert "training job cxr-0-missing not found in us-east-1" in capsys.readouterr().err

@@ -131,7 +131,7 @@ def print_report(serving: list[costs.Estimate], training: costs.TrainingCost, in
     ours = serving[0]
     items = ", ".join(f"{name} {money(value * 1000)}" for name, value in ours.items.items())
     print(f"\n{ours.name}, per 1,000: {items}")
-    print(f"\nTraining run on {training.instance_type}, {training.hours:g} h (USD)")
+    print(f"\nTraining run on {training.instance_type}, {training.hours:.3g} h (USD)")
     for label, value in (("on demand", training.on_demand), ("spot", training.spot)):
         configured = "  <- configured (training_spot)" if label == training.configured else ""
         print(f"  {label:<10} {money(value):>8}{configured}")

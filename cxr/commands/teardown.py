@@ -87,9 +87,9 @@ def run(args) -> int:
                         "pass the right --region / --stage / --profile")
     if args.dry_run:
         print(f"Would remove from stage {tgt.stage} ({_where(tgt)}):")
-        for leftover in found:
-            if not leftover.is_data or args.delete_data:
-                print(f"  {leftover}")
+        removable = [leftover for leftover in found if not leftover.is_data or args.delete_data]
+        for leftover in removable or ["nothing the pipeline created"]:
+            print(f"  {leftover}")
         if not args.local:
             print("then: " + shlex.join(command))
         for leftover in found:

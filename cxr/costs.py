@@ -106,6 +106,7 @@ def _shown(path: Path) -> str:
 @dataclass(frozen=True)
 class Inputs:
     per_month: int
+    endpoint_mode: str
     serverless_memory_mb: int
     endpoint_instance_type: str
     training_instance_type: str
@@ -126,6 +127,8 @@ class Estimate:
     basis: str
     items: dict[str, float] = field(default_factory=dict)
     """Per-prediction costs for pay-per-use options, monthly costs for always-on ones."""
+    configured: bool = False
+    """The option this deployment's ``endpoint_mode`` runs."""
 
 
 def serverless_per_prediction(prices: dict[str, Price], memory_mb: int, latency: Latency) -> dict[str, float]:
@@ -155,15 +158,18 @@ def predict_path_per_prediction(prices: dict[str, Price], inputs: Inputs) -> dic
     }
 
 
-def pay_per_use(name: str, per_prediction: dict[str, float], per_month: int, basis: str) -> Estimate:
+def pay_per_use(name: str, per_prediction: dict[str, float], per_month: int, basis: str,
+                configured: bool = False) -> Estimate:
     each = sum(per_prediction.values())
-    return Estimate(name, per_month=each * per_month, per_1000=each * 1000, basis=basis, items=per_prediction)
+    return Estimate(name, per_month=each * per_month, per_1000=each * 1000, basis=basis, items=per_prediction,
+                    configured=configured)
 
 
-def always_on(name: str, monthly: dict[str, float], per_month: int, basis: str) -> Estimate:
+def always_on(name: str, monthly: dict[str, float], per_month: int, basis: str, configured: bool = False) -> Estimate:
     """A resource billed by the hour whatever the volume: its month spread over the predictions."""
     total = sum(monthly.values())
-    return Estimate(name, per_month=total, per_1000=total / per_month * 1000, basis=basis, items=monthly)
+    return Estimate(name, per_month=total, per_1000=total / per_month * 1000, basis=basis, items=monthly,
+                    configured=configured)
 
 
 def serving_estimates(prices: dict[str, Price], inputs: Inputs) -> list[Estimate]:
@@ -178,12 +184,15 @@ def serving_estimates(prices: dict[str, Price], inputs: Inputs) -> list[Estimate
             f"{inputs.serverless_memory_mb} MB x {inputs.latency.endpoint_ms:g} ms per request, plus the predict "
             f"Lambda ({inputs.lambda_memory_mb} MB x {inputs.latency.normalise_ms + inputs.latency.endpoint_ms:g} ms), "
             "S3 and DynamoDB requests",
+            configured=inputs.endpoint_mode == "serverless",
         ),
         always_on(
             f"cxr, realtime endpoint {inputs.endpoint_instance_type}",
             {"instance": hosting * HOURS_PER_MONTH} | path_monthly,
             inputs.per_month,
-            f"1 instance x {HOURS_PER_MONTH} h at {hosting:g}/h, plus the same predict path",
+            f"1 instance x {HOURS_PER_MONTH} h at {hosting:g}/h, plus the same predict path"
+            + (" (async mode: the same instance billing)" if inputs.endpoint_mode == "async" else ""),
+            configured=inputs.endpoint_mode in ("realtime", "async"),
         ),
         always_on(
             "Rekognition Custom Labels",

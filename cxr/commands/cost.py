@@ -66,6 +66,7 @@ def run(args) -> int:
         hours_source = "training_max_runtime_s in the configuration: the job's limit, an upper bound"
     inputs = costs.Inputs(
         per_month=args.per_month,
+        endpoint_mode=config.endpoint_mode,
         serverless_memory_mb=config.serverless_memory_mb,
         endpoint_instance_type=config.endpoint_instance_type,
         training_instance_type=training_instance_type,
@@ -125,9 +126,11 @@ def print_report(serving: list[costs.Estimate], training: costs.TrainingCost, in
                  sources: dict[str, str], prices: dict[str, costs.Price]) -> None:
     width = max(len(e.name) for e in serving)
     print(f"Serving {inputs.per_month:,} X-rays a month (USD)\n")
-    print(f"{'option':<{width}}  {'per 1,000':>10}  {'per month':>10}  basis")
+    print(f"  {'option':<{width}}  {'per 1,000':>10}  {'per month':>10}  basis")
     for e in serving:
-        print(f"{e.name:<{width}}  {money(e.per_1000):>10}  {money(e.per_month):>10}  {e.basis}")
+        mark = "*" if e.configured else " "
+        print(f"{mark} {e.name:<{width}}  {money(e.per_1000):>10}  {money(e.per_month):>10}  {e.basis}")
+    print(f"* the configured endpoint_mode ({inputs.endpoint_mode})")
     ours = serving[0]
     items = ", ".join(f"{name} {money(value * 1000)}" for name, value in ours.items.items())
     print(f"\n{ours.name}, per 1,000: {items}")

@@ -36,8 +36,9 @@ PRICES = {
 
 
 def inputs(**overrides) -> costs.Inputs:
-    values = dict(per_month=10_000, serverless_memory_mb=3072, endpoint_instance_type="ml.g4dn.xlarge",
-                  training_instance_type="ml.g4dn.xlarge", training_hours=2.0, training_spot=True,
+    values = dict(per_month=10_000, endpoint_mode="serverless", serverless_memory_mb=3072,
+                  endpoint_instance_type="ml.g4dn.xlarge", training_instance_type="ml.g4dn.xlarge",
+                  training_hours=2.0, training_spot=True,
                   lambda_memory_mb=2048, lambda_architecture="x86_64", latency=LATENCY)
     return costs.Inputs(**(values | overrides))
 
@@ -85,6 +86,14 @@ def test_serverless_total_is_the_sum_of_its_line_items():
     assert set(ours.items) == {"endpoint compute", "endpoint data", "lambda requests", "lambda compute",
                                "s3 requests", "dynamodb writes"}
     assert ours.per_month == pytest.approx(sum(ours.items.values()) * 10_000)
+
+
+@pytest.mark.parametrize("mode, configured", [("serverless", "cxr, serverless endpoint"),
+                                              ("realtime", "cxr, realtime endpoint ml.g4dn.xlarge"),
+                                              ("async", "cxr, realtime endpoint ml.g4dn.xlarge")])
+def test_the_configured_endpoint_mode_is_marked(mode, configured):
+    estimates = costs.serving_estimates(PRICES, inputs(endpoint_mode=mode))
+    assert [e.name for e in estimates if e.configured] == [configured]
 
 
 def test_training_on_demand_against_spot():
@@ -153,7 +162,8 @@ def test_latency_comes_from_the_benchmark_result_file(tmp_path):
 
 
 def test_cost_json_uses_the_configuration_the_measurement_and_the_prices(capsys):
-    assert main(["cost", "--json", "--per-month", "20000", "-c", "serverless_memory_mb=2048"]) == 0
+    assert main(["cost", "--json", "--per-month", "20000", "-c", "serverless_memory_mb=2048",
+                 "-c", "endpoint_mode=realtime"]) == 0
     report = json.loads(capsys.readouterr().out)
     measured = json.loads((ROOT / "bench" / "results" / "latency.json").read_text())
     assert report["inputs"]["serverless_memory_mb"] == 2048
@@ -163,6 +173,7 @@ def test_cost_json_uses_the_configuration_the_measurement_and_the_prices(capsys)
     assert ours["items"]["endpoint compute"] == pytest.approx(2 * measured["endpoint_ms"] / 1000 * 0.00002)
     assert ours["per_month"] == pytest.approx(ours["per_1000"] * 20)
     assert "serverless_memory_mb" in report["sources"]["configuration"]
+    assert [e["name"] for e in report["serving"] if e["configured"]] == ["cxr, realtime endpoint ml.g4dn.xlarge"]
     assert set(report["prices"]) == costs.price_names(costs.Inputs(**{
         **report["inputs"], "latency": LATENCY}))
     assert all(p["source"].startswith("https://") and p["as_of"] for p in report["prices"].values())

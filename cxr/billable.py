@@ -249,13 +249,24 @@ def _remove(target: Target, leftover: Leftover) -> str:
         sagemaker.delete_model(ModelName=leftover.name)
         return "deleted"
     if leftover.kind == BUCKET:
-        empty_bucket(target.client("s3"), leftover.name)
-        target.client("s3").delete_bucket(Bucket=leftover.name)
+        delete_bucket(target.client("s3"), leftover.name)
         return "emptied and deleted"
     if leftover.kind == TABLE:
         target.client("dynamodb").delete_table(TableName=leftover.name)
         return "deleted"
     raise ValueError(f"no clean-up for {leftover.kind}")
+
+
+def delete_bucket(s3, bucket: str, attempts: int = 3) -> None:
+    """Empty, then delete; server access logs of the emptying can land in between, so empty again and retry."""
+    for attempt in range(attempts):
+        empty_bucket(s3, bucket)
+        try:
+            s3.delete_bucket(Bucket=bucket)
+            return
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "BucketNotEmpty" or attempt == attempts - 1:
+                raise
 
 
 def empty_bucket(s3, bucket: str) -> int:

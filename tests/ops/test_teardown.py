@@ -207,3 +207,23 @@ def test_an_endpoint_config_whose_model_is_gone_is_found_by_its_training_job(clo
         sagemaker.delete_model(ModelName=name)
     found = [name for kind, name in kinds(billable.find(target)) if kind == billable.ENDPOINT_CONFIG]
     assert found == [JOB]
+
+
+def test_a_bucket_that_fills_again_while_being_deleted_is_emptied_again(aws):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="cxr-test-access-logs")
+    s3.put_bucket_versioning(Bucket="cxr-test-access-logs", VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket="cxr-test-access-logs", Key="a", Body=b"1")
+    real_delete = s3.delete_bucket
+    attempts = []
+
+    def delete_bucket(Bucket):  # an access log delivered after the bucket was emptied
+        attempts.append(Bucket)
+        if len(attempts) == 1:
+            s3.put_object(Bucket=Bucket, Key="late-log", Body=b"2")
+        return real_delete(Bucket=Bucket)
+
+    s3.delete_bucket = delete_bucket
+    billable.delete_bucket(s3, "cxr-test-access-logs")
+    assert attempts == ["cxr-test-access-logs", "cxr-test-access-logs"]
+    assert "cxr-test-access-logs" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}

@@ -121,7 +121,7 @@ def hyperparameter_flags(hyperparameters: dict) -> list[str]:
 
 def run_training_job(channels: dict[str, Path], hyperparameters: dict, out_dir: Path,
                      sourcedir: Path | None = None, checkpoint_dir: Path | None = None,
-                     stream=None) -> Path:
+                     stream=None, on_start: Callable[[subprocess.Popen], None] | None = None) -> Path:
     """Run ``train.py`` as SageMaker would; returns the model directory (raises if the job failed).
 
     ``sourcedir`` may be a ``sourcedir.tar.gz`` (the very archive the cloud job gets) or None to
@@ -159,6 +159,8 @@ def run_training_job(channels: dict[str, Path], hyperparameters: dict, out_dir: 
     with (out_dir / "train.log").open("w", buffering=1) as log:
         process = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
+        if on_start is not None:  # the offline cloud keeps it to stop the job as StopTrainingJob does (SIGTERM)
+            on_start(process)
         for line in process.stdout:
             log.write(line)
             if stream is not None:

@@ -186,6 +186,9 @@ class LocalCloud:
     def start_training_job(self, job: Any) -> None:
         self.training_jobs.start(job)
 
+    def stop_training_job(self, job: Any) -> None:
+        self.training_jobs.stop(job)
+
     def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         return self.endpoints.invoke(endpoint_name, body, content_type, accept)
 

@@ -20,7 +20,9 @@ from urllib.parse import quote_plus, unquote
 import moto.awslambda.models as lambda_models
 import moto.s3.notifications as s3_notifications
 import moto.sagemaker.models as sagemaker_models
+import moto.sagemaker.responses as sagemaker_responses
 import moto.sagemakerruntime.responses as runtime_responses
+from moto.core.utils import utcnow
 
 MOTO_VERSION = "5.2.5"
 
@@ -36,6 +38,13 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
 )
 
 
+MISSING_ACTIONS: tuple[tuple[Any, str], ...] = (
+    (sagemaker_responses.SageMakerResponse, "update_endpoint"),
+    (sagemaker_responses.SageMakerResponse, "stop_training_job"),
+)
+"""SageMaker actions moto 5.2.5 does not implement at all, which the pipeline and teardown call."""
+
+
 class Executors(Protocol):
     """What the local runtime provides to the hooks."""
 
@@ -47,6 +56,9 @@ class Executors(Protocol):
 
     def start_training_job(self, job: Any) -> None:
         """Run the real training script for a job moto has just recorded."""
+
+    def stop_training_job(self, job: Any) -> None:
+        """Stop a running local training job as SageMaker does (SIGTERM, then Stopped)."""
 
     def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         """Serve a request with the real inference handler of the endpoint's model."""
@@ -65,6 +77,9 @@ def check() -> None:
         actual = tuple(inspect.signature(target).parameters)
         if actual[: len(params)] != params:
             raise RuntimeError(f"moto: {owner.__name__}.{name}{actual} no longer starts with {params}")
+    for owner, name in MISSING_ACTIONS:
+        if hasattr(owner, name):
+            raise RuntimeError(f"moto now implements {owner.__name__}.{name}: drop the local mode's own")
 
 
 @contextmanager
@@ -73,7 +88,7 @@ def installed(executors: Executors):
     check()
     with ExitStack() as stack:
         for owner, name, replacement in _replacements(executors):
-            stack.enter_context(mock.patch.object(owner, name, replacement))
+            stack.enter_context(mock.patch.object(owner, name, replacement, create=(owner, name) in MISSING_ACTIONS))
         yield
 
 
@@ -142,7 +157,34 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         """Keep InvokeEndpoint bodies as bytes: moto decodes them as UTF-8 and fails on an image."""
         return original_setup(self, request, full_url, headers, use_raw_body=True)
 
+    def update_endpoint(self):
+        """UpdateEndpoint: the endpoint moves to the new configuration (moto has no such action)."""
+        backend = self.sagemaker_backend
+        name, config_name = self._get_param("EndpointName"), self._get_param("EndpointConfigName")
+        endpoint = backend.endpoints.get(name)
+        config = backend.endpoint_configs.get(config_name)
+        if endpoint is None or config is None:
+            missing = f"endpoint '{name}'" if endpoint is None else f"endpoint configuration '{config_name}'"
+            error = json.dumps({"__type": "ValidationException", "message": f"Could not find {missing}."})
+            return 400, {"x-amzn-ErrorType": "ValidationException"}, error
+        endpoint.endpoint_config_name = config_name
+        endpoint.production_variants = endpoint._process_production_variants(config.production_variants)
+        endpoint.endpoint_status = "InService"
+        endpoint.last_modified_time = utcnow()
+        return 200, {}, json.dumps({"EndpointArn": endpoint.arn})
+
+    def stop_training_job(self):
+        """StopTrainingJob: moto has no such action; the local job gets SIGTERM."""
+        job = self.sagemaker_backend.training_jobs.get(self._get_param("TrainingJobName"))
+        if job is None:
+            error = json.dumps({"__type": "ValidationException", "message": "Could not find training job."})
+            return 400, {"x-amzn-ErrorType": "ValidationException"}, error
+        executors.stop_training_job(job)
+        return 200, {}, "{}"
+
     return [
+        (sagemaker_responses.SageMakerResponse, "update_endpoint", update_endpoint),
+        (sagemaker_responses.SageMakerResponse, "stop_training_job", stop_training_job),
         (runtime_responses.SageMakerRuntimeResponse, "setup_class", setup_raw),
         (lambda_models.LambdaFunction, "_invoke_lambda", lambda self, event=None: invoke_lambda(self, event)),
         (s3_notifications, "_get_s3_event", s3_event),

@@ -11,6 +11,8 @@ job's status set to ``Completed`` or ``Failed`` with the reason.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,8 @@ class LocalTrainingJobs:
     def __init__(self, workdir: Path):
         self.workdir = workdir / "training-jobs"
         self.threads: dict[str, threading.Thread] = {}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.stop_requested: set[str] = set()
 
     def start(self, job: Any) -> None:
         thread = threading.Thread(target=self._run, args=(job,), name=f"training-{job.training_job_name}", daemon=True)
@@ -80,6 +84,16 @@ class LocalTrainingJobs:
 
     def wait(self, name: str, timeout: float | None = None) -> None:
         self.threads[name].join(timeout)
+
+    def stop(self, job: Any) -> None:
+        """StopTrainingJob: SIGTERM, as SageMaker sends it; train.py checkpoints and exits, the job ends Stopped."""
+        if job.training_job_status != "InProgress":
+            return
+        self.stop_requested.add(job.training_job_name)
+        job.training_job_status = job.secondary_status = "Stopping"
+        process = self.processes.get(job.training_job_name)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
 
     def _run(self, job: Any) -> None:
         job_dir = self.workdir / job.training_job_name
@@ -103,17 +117,24 @@ class LocalTrainingJobs:
             job.secondary_status = "Training"
             user_hps = {k: v for k, v in hyperparameters.items() if k not in RESERVED}
             try:
-                model_dir = training_run.run_training_job(channels, user_hps, job_dir, sourcedir=sourcedir,
-                                                          checkpoint_dir=job_dir / "checkpoints")
+                model_dir = training_run.run_training_job(
+                    channels, user_hps, job_dir, sourcedir=sourcedir, checkpoint_dir=job_dir / "checkpoints",
+                    on_start=lambda process: self._started(job, process))
             finally:
                 if checkpoint_uri:
                     self._sync_up(job_dir / "checkpoints", checkpoint_uri)
+            if job.training_job_name in self.stop_requested:
+                job.training_job_status = job.secondary_status = "Stopped"
+                return
             job.secondary_status = "Uploading"
             self._upload_tar(model_dir, job.model_artifacts["S3ModelArtifacts"])
             output = job.model_artifacts["S3ModelArtifacts"].rsplit("/", 1)[0] + "/output.tar.gz"
             self._upload_tar(job_dir / "output" / "data", output)
             job.training_job_status = job.secondary_status = "Completed"
         except Exception as exc:  # the job fails; the pipeline reads the reason from DescribeTrainingJob
+            if job.training_job_name in self.stop_requested:
+                job.training_job_status = job.secondary_status = "Stopped"
+                return
             job.training_job_status = job.secondary_status = "Failed"
             log = job_dir / "train.log"
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:]) if log.exists() else ""
@@ -122,6 +143,11 @@ class LocalTrainingJobs:
             from moto.core.utils import utcnow
 
             job.training_end_time = job.last_modified_time = utcnow()
+
+    def _started(self, job: Any, process: subprocess.Popen) -> None:
+        self.processes[job.training_job_name] = process
+        if job.training_job_name in self.stop_requested:  # stopped while its channels were downloading
+            process.send_signal(signal.SIGTERM)
 
     @staticmethod
     def _sourcedir(submit_directory: str, job_dir: Path) -> Path:

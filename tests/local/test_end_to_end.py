@@ -114,13 +114,17 @@ def test_failed_training_notifies_and_deploys_nothing(cloud, dataset):
     assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
 
 
-def test_model_below_the_gate_is_not_deployed_and_the_previous_keeps_serving(cloud, dataset):
+def test_a_better_model_replaces_the_endpoint_one_below_the_gate_does_not(cloud, dataset):
     upload(cloud, dataset)
-    first = run_pipeline(cloud, "run-good", QUICK)
-    assert first["status"] == "SUCCEEDED" and first["states"][-1] == wiring.NOTIFY_DEPLOYED_STATE
-    serving = first["output"]["training"]["TrainingJobName"]
+    sagemaker = boto3.client("sagemaker")
     xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
     inference_bucket = cloud.names.bucket(wiring.INFERENCE)
+    first = run_pipeline(cloud, "run-first", QUICK)
+    second = run_pipeline(cloud, "run-second", QUICK)  # passes too: the endpoint is updated in place
+    assert [r["states"][-1] for r in (first, second)] == [wiring.NOTIFY_DEPLOYED_STATE] * 2
+    assert second["output"]["deployment"]["action"] == "updated"
+    serving = second["output"]["training"]["TrainingJobName"]
+    assert sagemaker.describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))["EndpointConfigName"] == serving
     before = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], prefix="before/")[xray]
 
     lambda_client = boto3.client("lambda")  # the operator tightens the gate beyond what one epoch can reach
@@ -130,14 +134,13 @@ def test_model_below_the_gate_is_not_deployed_and_the_previous_keeps_serving(clo
     lambda_client.update_function_configuration(FunctionName=function, Environment={"Variables": environment})
     inbox = notifications(cloud)
 
-    second = run_pipeline(cloud, "run-weak", {**QUICK, "epochs": "1"})
+    weak = run_pipeline(cloud, "run-weak", {**QUICK, "epochs": "1"})
 
-    assert second["status"] == "SUCCEEDED"
-    assert second["states"][-2:] == [wiring.NOTIFY_REJECTED_STATE, wiring.NOT_DEPLOYED_STATE]
-    assert wiring.DEPLOY_STATE not in second["states"]
+    assert weak["status"] == "SUCCEEDED"
+    assert weak["states"][-2:] == [wiring.NOTIFY_REJECTED_STATE, wiring.NOT_DEPLOYED_STATE]
+    assert wiring.DEPLOY_STATE not in weak["states"]
     [message] = messages(inbox)
     assert message["outcome"] == "rejected" and message["failures"]
-    endpoint = boto3.client("sagemaker").describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))
-    assert endpoint["EndpointConfigName"] == serving
+    assert sagemaker.describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))["EndpointConfigName"] == serving
     after = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], prefix="after/")[xray]
     assert after["status"] == "predicted" and after["model_id"] == before["model_id"]

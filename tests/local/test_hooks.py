@@ -22,6 +22,13 @@ def test_hook_check_fails_on_a_moved_function(monkeypatch):
         hooks.check()
 
 
+def test_hook_check_notices_when_moto_implements_a_missing_action(monkeypatch):
+    monkeypatch.setattr(hooks.sagemaker_responses.SageMakerResponse, "update_endpoint", lambda self: None,
+                        raising=False)
+    with pytest.raises(RuntimeError, match="moto now implements SageMakerResponse.update_endpoint"):
+        hooks.check()
+
+
 @pytest.fixture
 def cloud(tmp_path):
     with local_cloud.start(Config.demo(stage="test"), tmp_path) as running:
@@ -57,3 +64,25 @@ def test_failing_async_invocation_is_retried_then_dead_lettered(cloud, monkeypat
         "Messages"]
     assert json.loads(message["Body"])["Records"][0]["s3"]["object"]["key"] == "incoming/x.png"
     assert message["MessageAttributes"]["ErrorType"]["StringValue"] == "GetParameterError"
+
+
+def test_stop_training_job_sends_sigterm_to_the_running_job(tmp_path):
+    import subprocess
+    import types
+
+    from cxr.local.training import LocalTrainingJobs
+
+    jobs = LocalTrainingJobs(tmp_path)
+    job = types.SimpleNamespace(training_job_name="cxr-0-x", training_job_status="InProgress", secondary_status="")
+    process = subprocess.Popen(["sleep", "30"])
+    jobs._started(job, process)
+    jobs.stop(job)
+    assert process.wait(timeout=5) == -15  # SIGTERM, as SageMaker stops a job
+    assert job.training_job_status == "Stopping"
+
+
+def test_stop_training_job_action_exists_on_the_offline_cloud(cloud):
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError, match="Could not find training job"):
+        boto3.client("sagemaker").stop_training_job(TrainingJobName="cxr-0-missing")

@@ -23,6 +23,7 @@ import moto.sagemaker.models as sagemaker_models
 import moto.sagemaker.responses as sagemaker_responses
 import moto.sagemakerruntime.responses as runtime_responses
 from moto.core.utils import utcnow
+from moto.sagemaker.exceptions import ValidationError as SageMakerValidationError
 
 MOTO_VERSION = "5.2.5"
 
@@ -165,22 +166,21 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         config = backend.endpoint_configs.get(config_name)
         if endpoint is None or config is None:
             missing = f"endpoint '{name}'" if endpoint is None else f"endpoint configuration '{config_name}'"
-            error = json.dumps({"__type": "ValidationException", "message": f"Could not find {missing}."})
-            return 400, {"x-amzn-ErrorType": "ValidationException"}, error
+            raise SageMakerValidationError(message=f"Could not find {missing}.")
         endpoint.endpoint_config_name = config_name
         endpoint.production_variants = endpoint._process_production_variants(config.production_variants)
         endpoint.endpoint_status = "InService"
         endpoint.last_modified_time = utcnow()
-        return 200, {}, json.dumps({"EndpointArn": endpoint.arn})
+        return json.dumps({"EndpointArn": endpoint.arn})
 
     def stop_training_job(self):
         """StopTrainingJob: moto has no such action; the local job gets SIGTERM."""
-        job = self.sagemaker_backend.training_jobs.get(self._get_param("TrainingJobName"))
+        name = self._get_param("TrainingJobName")
+        job = self.sagemaker_backend.training_jobs.get(name)
         if job is None:
-            error = json.dumps({"__type": "ValidationException", "message": "Could not find training job."})
-            return 400, {"x-amzn-ErrorType": "ValidationException"}, error
+            raise SageMakerValidationError(message=f"Could not find training job '{name}'.")
         executors.stop_training_job(job)
-        return 200, {}, "{}"
+        return "{}"
 
     return [
         (sagemaker_responses.SageMakerResponse, "update_endpoint", update_endpoint),

@@ -114,11 +114,13 @@ def _executions(target: Target) -> list[Leftover]:
 
 
 def _training_jobs(sagemaker, data_prefix: str) -> list[Leftover]:
+    """Jobs still running, or stopping (billed until they have stopped)."""
     found = []
-    for job in _pages(sagemaker, "list_training_jobs", "TrainingJobSummaries", NameContains=PREFIX,
-                      StatusEquals="InProgress"):
-        if _training_output(sagemaker, job["TrainingJobName"]).startswith(data_prefix):
-            found.append(Leftover(TRAINING_JOB, job["TrainingJobName"], "in progress"))
+    for status in ("InProgress", "Stopping"):
+        for job in _pages(sagemaker, "list_training_jobs", "TrainingJobSummaries", NameContains=PREFIX,
+                          StatusEquals=status):
+            if _training_output(sagemaker, job["TrainingJobName"]).startswith(data_prefix):
+                found.append(Leftover(TRAINING_JOB, job["TrainingJobName"], status))
     return found
 
 

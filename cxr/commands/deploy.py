@@ -2,7 +2,7 @@
 
 The configuration (cdk.json, -c overrides, --stage) is validated, the CDK CLI's presence,
 the credentials and the region are checked, and so is the CDK bootstrap of the account and region
-(--bootstrap does it), each failing in one line; then ``cdk deploy --all`` runs.
+(--bootstrap does it), each failing in one line; then `cdk deploy --all` runs.
 """
 
 from __future__ import annotations

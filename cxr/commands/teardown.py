@@ -4,7 +4,7 @@ CloudFormation removes what the stacks own (`cdk destroy --all --force`); the pi
 endpoint, endpoint configurations and models are created by a Lambda, so they are found and
 deleted through the SageMaker API first, after running executions and training jobs are
 stopped (a running pipeline would deploy again). Data buckets and the predictions table are
-retained by the stacks and kept unless ``--delete-data``. Exit status 1 when anything that
+retained by the stacks and kept unless `--delete-data`. Exit status 1 when anything that
 must go is still there afterwards.
 """
 

@@ -95,6 +95,7 @@ def run(args) -> int:
             "training": asdict(training),
             "inputs": asdict(inputs),
             "sources": sources,
+            "not_counted": list(costs.NOT_COUNTED),
             "prices": {name: asdict(prices[name]) for name in sorted(costs.price_names(inputs))},
         }, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -139,6 +140,7 @@ def print_report(serving: list[costs.Estimate], training: costs.TrainingCost, in
         configured = "  <- configured (training_spot)" if label == training.configured else ""
         print(f"  {label:<10} {money(value):>8}{configured}")
     print(f"  spot saving {training.spot_saving:.0%}: {prices['sagemaker_spot_saving'].note or ''}".rstrip())
+    print("\nNot counted: " + "; ".join(costs.NOT_COUNTED))
     print("\nInputs")
     for name, text in sources.items():
         print(f"  {name}: {text}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from cxr.errors import UserError
+from cxr.local.names import LocalNames
 from cxr.target import Target
 from infra import wiring
 
@@ -89,7 +90,7 @@ def _state_machines(target: Target) -> list[str]:
     except UserError:
         pass
     client = target.client("stepfunctions")
-    local_name = f"cxr-{target.stage}-{wiring.STATE_MACHINE_ID}"
+    local_name = LocalNames(target.stage).state_machine
     found = []
     for machine in _pages(client, "list_state_machines", "stateMachines"):
         if machine["name"] == local_name:
@@ -208,11 +209,10 @@ def _buckets(target: Target) -> list[Leftover]:
 
 
 def _tables(target: Target) -> list[Leftover]:
-    """The retained predictions table: CloudFormation names it ``<stack>-PredictionsTable...``; the offline cloud
-    ``cxr-<stage>-PredictionsTable``."""
+    """The retained predictions table: CloudFormation names it ``<stack>-PredictionsTable...``."""
     client = target.client("dynamodb")
     prefixes = (f"{wiring.stack_name(target.stage, 'Inference')}-{wiring.PREDICTIONS_TABLE.id}",
-                f"cxr-{target.stage}-{wiring.PREDICTIONS_TABLE.id}")
+                LocalNames(target.stage).table(wiring.PREDICTIONS_TABLE))
     names = [n for n in _pages(client, "list_tables", "TableNames") if n.startswith(prefixes)]
     return [Leftover(TABLE, name, "predictions") for name in names]
 

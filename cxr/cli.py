@@ -6,6 +6,7 @@ Exit status: 0 success, 1 the command ran and found a problem, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cxr.commands import (
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cxr ... | head` closed the pipe: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141
 
 
 if __name__ == "__main__":

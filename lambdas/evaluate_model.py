@@ -12,7 +12,6 @@ import json
 import os
 import tarfile
 from collections.abc import Mapping
-from urllib.parse import urlparse
 
 from aws_lambda_powertools import Logger
 
@@ -29,10 +28,13 @@ class ModelArtifactError(RuntimeError):
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.lstrip("/"):
+    try:
+        bucket, key = layout.split_s3_uri(uri)
+    except ValueError:
+        key = ""
+    if not key:
         raise ModelArtifactError(f"not an S3 object URI: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    return bucket, key
 
 
 def read_metrics(bucket: str, key: str) -> dict:

@@ -22,7 +22,7 @@ from cxr.local import cloud as local_cloud
 from cxr.local import pipeline
 from infra import wiring
 from infra.config import Config
-from lambdas.domain import labels
+from lambdas.domain import labels, layout
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING_SET = ROOT / "samples" / "kermany-demo"
@@ -105,7 +105,7 @@ def predict(say, s3, cloud, folder: Path, out: Path) -> list[dict]:
 
 
 def collect_model(s3, artifact_uri: str, out: Path) -> dict:
-    bucket, _, key = artifact_uri.removeprefix("s3://").partition("/")
+    bucket, key = layout.split_s3_uri(artifact_uri)
     archive = out / "model.tar.gz"
     s3.download_file(bucket, key, str(archive))
     with tarfile.open(archive) as tar:

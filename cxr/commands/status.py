@@ -68,7 +68,7 @@ def endpoint_state(deployment: target.Target) -> dict:
 
 def run_of(artifact: str) -> str | None:
     """``s3://<bucket>/models/<run>/<job>/output/model.tar.gz`` -> ``<run>`` (the pipeline's output layout)."""
-    key = artifact.removeprefix("s3://").partition("/")[2]
+    key = layout.split_s3_uri(artifact)[1]
     parts = key.split("/")
     return parts[1] if key.startswith(layout.MODELS) and len(parts) > 2 else None
 

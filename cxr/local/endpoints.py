@@ -19,6 +19,8 @@ from typing import Any
 
 import boto3
 
+from lambdas.domain.layout import split_s3_uri
+
 
 class EndpointError(Exception):
     """What the endpoint container answers with an HTTP error: ``code`` is the SageMaker error name."""
@@ -72,7 +74,7 @@ class LocalEndpoints:
         digest = hashlib.sha256(model_data_url.encode()).hexdigest()[:16]
         model_dir = self.workdir / digest
         model_dir.mkdir(parents=True, exist_ok=True)
-        bucket, _, key = model_data_url.removeprefix("s3://").partition("/")
+        bucket, key = split_s3_uri(model_data_url)
         archive = model_dir.with_suffix(".tar.gz")
         boto3.client("s3").download_file(bucket, key, str(archive))
         with tarfile.open(archive) as tar:

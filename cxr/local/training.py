@@ -20,16 +20,12 @@ from typing import Any
 import boto3
 
 from cxr import training_run
+from lambdas.domain.layout import split_s3_uri
 
 CONTAINER_ROOT = "/opt/ml/"
 """Where SageMaker mounts a job's tree; the local job's folder stands in for it."""
 RESERVED = ("sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level",
             "sagemaker_job_name")
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
 
 
 def decode_hyperparameters(hyperparameters: dict[str, str]) -> dict[str, Any]:
@@ -47,10 +43,10 @@ def download_channel(channel: dict, destination: Path) -> int:
     """Fetch one input channel into ``destination``; returns the number of files."""
     s3 = boto3.client("s3")
     source = channel["DataSource"]["S3DataSource"]
-    bucket, key = split_s3(source["S3Uri"])
+    bucket, key = split_s3_uri(source["S3Uri"])
     if source["S3DataType"] == "ManifestFile":
         manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        prefix_bucket, prefix = split_s3(manifest[0]["prefix"])
+        prefix_bucket, prefix = split_s3_uri(manifest[0]["prefix"])
         keys = [(prefix_bucket, prefix + relative, relative) for relative in manifest[1:]]
     else:
         paginator = s3.get_paginator("list_objects_v2")
@@ -155,7 +151,7 @@ class LocalTrainingJobs:
         if submit_directory.startswith(CONTAINER_ROOT):
             return job_dir / submit_directory.removeprefix(CONTAINER_ROOT)
         archive = job_dir / "sourcedir.tar.gz"
-        boto3.client("s3").download_file(*split_s3(submit_directory), str(archive))
+        boto3.client("s3").download_file(*split_s3_uri(submit_directory), str(archive))
         return archive
 
     @staticmethod
@@ -164,7 +160,7 @@ class LocalTrainingJobs:
 
     @staticmethod
     def _sync_up(source: Path, uri: str) -> None:
-        bucket, prefix = split_s3(uri)
+        bucket, prefix = split_s3_uri(uri)
         for path in source.rglob("*"):
             if path.is_file():
                 boto3.client("s3").upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(source)}")
@@ -172,4 +168,4 @@ class LocalTrainingJobs:
     @staticmethod
     def _upload_tar(folder: Path, uri: str) -> None:
         archive = training_run.pack_model(folder, folder.parent / (folder.name + ".tar.gz"))
-        boto3.client("s3").upload_file(str(archive), *split_s3(uri))
+        boto3.client("s3").upload_file(str(archive), *split_s3_uri(uri))

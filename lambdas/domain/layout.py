@@ -60,6 +60,15 @@ def rejected_key(incoming_key: str) -> str:
     return f"{REJECTED}{incoming_key.removeprefix(INCOMING)}{ERROR_SUFFIX}"
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``; the key may be empty (a bucket-wide prefix)."""
+    scheme, _, rest = uri.partition("://")
+    bucket, _, key = rest.partition("/")
+    if scheme != "s3" or not bucket:
+        raise ValueError(f"not an S3 URI: {uri!r}")
+    return bucket, key
+
+
 def key_ref(bucket: str, key: str) -> str:
     """What logs carry instead of a key: keys hold patient identifiers."""
     return hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:16]

@@ -48,3 +48,11 @@ def test_key_layout_and_log_reference():
     assert layout.rejected_key("incoming/y.jpeg") == "rejected/y.jpeg.error.json"
     ref = layout.key_ref("b", "raw/ds/NORMAL/person12_bacteria_1.jpeg")
     assert len(ref) == 16 and "person" not in ref
+
+
+def test_s3_uris_split_into_bucket_and_key():
+    assert layout.split_s3_uri("s3://b/models/r/x.tar.gz") == ("b", "models/r/x.tar.gz")
+    assert layout.split_s3_uri("s3://b/") == ("b", "")
+    for bad in ("https://b/x", "s3://", "b/x"):
+        with pytest.raises(ValueError):
+            layout.split_s3_uri(bad)

@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 
     def add(name: str, **kwargs):
-        p.add_argument(f"--{name}", f"--{name.replace('-', '_')}", **kwargs)
+        aliases = dict.fromkeys([f"--{name}", f"--{name.replace('-', '_')}"])  # SageMaker passes keys verbatim
+        p.add_argument(*aliases, **kwargs)
 
     add("architecture", default="efficientnet_lite0", choices=networks.ARCHITECTURES)
     add("image-size", type=int, default=224, help="model input side in pixels")
@@ -374,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     if state is not None:
         missing = networks.load_pretrained(model, state)
         print(json.dumps({"pretrained": pretrained_name, "missing_keys": missing}), flush=True)
+    elif args.architecture == "efficientnet_lite0":
+        print(json.dumps({"warning": "no pretrained channel: efficientnet_lite0 starts from random weights, "
+                                     "which needs far more epochs than the presets use"}), flush=True)
     trainer = Trainer(args, model, splits, classes, device, dtype)
     resumed = trainer.resume()
     if resumed:

@@ -81,7 +81,7 @@ def ingest(say, s3, cloud, folder: Path) -> bool:
         if done % 100 == 0 or done == total:
             say(f"  uploaded {done}/{total}")
 
-    keys = operations.upload_dataset(s3, bucket, folder, DEMO_DATASET, progress)
+    keys = operations.upload_dataset(s3, bucket, folder, DEMO_DATASET, progress=progress)
     summary = operations.ingest_summary(s3, bucket, DEMO_DATASET, keys)
     say(f"ingest: {summary.processed} images processed, {len(summary.quarantined)} quarantined "
         f"(originals kept in raw/)")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cxr import operations, target
@@ -63,7 +61,7 @@ def run(args) -> int:
         for path, key in todo:
             print(f"  would upload {path} -> {key}")
         return 0
-    upload_all(s3, bucket, todo, args.workers)
+    operations.upload_files(s3, bucket, todo, args.workers, progress_bar)
     print(f"uploaded {len(todo)} files; each upload is preprocessed by the ingest Lambda "
           f"(see processed/{dataset}/ and quarantine/)")
     return 0
@@ -92,21 +90,7 @@ def remote_checksums(s3, bucket: str, prefix: str) -> dict[str, str]:
             for obj in page.get("Contents", [])}
 
 
-def upload_all(s3, bucket: str, todo: list[tuple[Path, str]], workers: int) -> None:
-    """Parallel single-part uploads (X-rays are under the 30 MiB cap) with a progress bar on stderr."""
-    done = 0
-
-    def upload(item: tuple[Path, str]) -> None:
-        path, key = item
-        body = path.read_bytes()
-        digest = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
-        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentMD5=digest)
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for _ in pool.map(upload, todo):
-            done += 1
-            filled = int(30 * done / len(todo))
-            print(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done}/{len(todo)}", end="", file=sys.stderr,
-                  flush=True)
-    if todo:
-        print(file=sys.stderr)
+def progress_bar(done: int, total: int) -> None:
+    filled = int(30 * done / total)
+    end = "\n" if done == total else ""
+    print(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)

@@ -129,7 +129,6 @@ class Config:
         kwargs = {name: _coerce(name, value) for name, value in values.items()}
         if kwargs.get("profile") == "demo":
             kwargs.setdefault("quality_gate", dict(DEMO_GATE))
-            kwargs.setdefault("training_pretrained", False)  # the demo trains the compact CPU network
         return cls(**kwargs)
 
 

@@ -372,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
                       "autocast": str(dtype), "threads": torch.get_num_threads()}), flush=True)
     model = networks.build(args.architecture, len(classes), args.width, args.dropout)
     state, pretrained_name = pretrained_state(args.pretrained)
+    if state is not None and args.architecture != "efficientnet_lite0":
+        # The pipeline ships the ImageNet weights to every job; only EfficientNet-Lite0 can use them.
+        print(json.dumps({"note": f"pretrained channel not used: {args.architecture} has no ImageNet weights"}),
+              flush=True)
+        state = pretrained_name = None
     if state is not None:
         missing = networks.load_pretrained(model, state)
         print(json.dumps({"pretrained": pretrained_name, "missing_keys": missing}), flush=True)

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAINING_SET = ROOT / "samples" / "kermany-demo"
 TEST_XRAYS = ROOT / "samples" / "kermany-val16"
 DEMO_DATASET = "kermany-demo"
-DEMO_HYPERPARAMETERS = {"architecture": "compact", "image-size": "128", "epochs": "10"}
-"""Minutes on two CPU cores: enough to pass the demo profile's gate, far from the accuracy targets."""
+DEMO_HYPERPARAMETERS = {"architecture": "efficientnet_lite0", "image-size": "128", "epochs": "4"}
+"""The default network from its ImageNet weights (the pipeline's ``pretrained`` channel), cut to two minutes
+of CPU: 128 px instead of 160-224 and 4 epochs on 208 images."""
 
 
 def register(subparsers) -> None:

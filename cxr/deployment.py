@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cxr.errors import UsageError, UserError
+from cxr.arguments import key_values
+from cxr.errors import UserError
 from infra.config import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,13 +30,7 @@ def add_context_argument(parser) -> None:
 
 
 def parse_context(pairs: list[str]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"-c expects KEY=VALUE, not {pair!r}")
-        overrides[key] = value
-    return overrides
+    return key_values(pairs, "-c")
 
 
 def cdk_context(root: Path = ROOT) -> dict:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from cxr import operations, target
-from cxr.errors import UsageError
+from cxr.arguments import key_values
 
 
 def register(subparsers) -> None:
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    hyperparameters = parse_hyperparameters(args.hp)
+    hyperparameters = key_values(args.hp, "--hp")
     deployment = target.resolve(args)
     sfn = deployment.client("stepfunctions")
     run_id = args.run_id or time.strftime(f"{args.dataset}-%Y%m%d-%H%M%S", time.gmtime())
@@ -31,16 +31,6 @@ def run(args) -> int:
                                hyperparameters, jobs)
     print_outcome(outcome)
     return 0 if outcome["deployed"] else 1
-
-
-def parse_hyperparameters(pairs: list[str]) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--hp expects KEY=VALUE, got {pair!r}")
-        values[key.strip()] = value.strip()
-    return values
 
 
 class Progress:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from cxr import training_run
+from cxr.arguments import key_values
 from cxr.errors import UsageError
 from cxr.packaging import pretrained_weights
 
@@ -63,11 +64,8 @@ def hyperparameters(args, preset: dict) -> dict:
         value = getattr(args, key)
         if value is not None:
             hps[key.replace("_", "-")] = value
-    for item in args.hp:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--hp expects KEY=VALUE, got {item!r}")
-        hps[key.strip().replace("_", "-")] = value.strip()
+    for key, value in key_values(args.hp, "--hp").items():
+        hps[key.replace("_", "-")] = value
     return hps
 
 

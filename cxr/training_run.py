@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr import packaging
+from cxr import operations, packaging
 from lambdas import prepare_dataset
 from lambdas.domain import imaging, labels, layout, splits
 
@@ -46,8 +46,8 @@ def _normalise_file(path: Path) -> tuple[str, bytes | None, str | None, tuple[in
 
 
 def iter_images(data_dir: Path) -> list[Path]:
-    return sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(data_dir).parts))
+    """The visible PNG and JPEG files under ``data_dir``, sorted."""
+    return [p for p in operations.dataset_files(data_dir) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def stage_dataset(data_dir: Path, work_dir: Path, run_id: str = "local", validation_fraction: float = 0.15,

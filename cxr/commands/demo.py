@@ -18,8 +18,6 @@ import boto3
 
 from cxr import operations
 from cxr.commands import train
-from cxr.local import cloud as local_cloud
-from cxr.local import pipeline
 from infra import wiring
 from infra.config import Config
 from lambdas.domain import labels, layout
@@ -43,6 +41,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from cxr.local import cloud as local_cloud  # moto and the CDK app: loaded only when the demo runs
+    from cxr.local import pipeline
+
     say = train.Progress()
     out: Path = args.out
     shutil.rmtree(out, ignore_errors=True)

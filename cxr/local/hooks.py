@@ -2,8 +2,9 @@
 
 moto keeps the AWS APIs' state but runs Lambda code only in Docker (absent here), completes
 SageMaker training jobs instantly with no artifact, and crashes on a binary InvokeEndpoint body.
-Each hook below replaces exactly one moto function with a real local execution; ``check()``
-fails loudly the moment a pinned-moto upgrade moves one of them (tests call it).
+Each hook below replaces exactly one moto function with a real local execution, and two add the
+SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob); ``check()`` fails loudly the moment
+a pinned-moto upgrade moves a hooked function or starts implementing a missing action (tests call it).
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,16 +103,13 @@ class LocalCloud:
 
     def _create_function(self, function: wiring.Function) -> None:
         """Registered in moto so S3 triggers and Step Functions invoke it; the hooks run its real handler."""
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as archive:
-            archive.writestr("README.txt", "the local mode runs the handler from the project itself")
         client = boto3.client("lambda", region_name=REGION)
         client.create_function(
             FunctionName=self.names.function(function),
             Runtime="python3.12",
             Role=self.names.lambda_role_arn,
             Handler=function.handler,
-            Code={"ZipFile": code.getvalue()},
+            Code={"ZipFile": stand_in_code()},
             Timeout=function.timeout_s,
             MemorySize=function.memory_mb,
             Environment={"Variables": self.environment(function)},
@@ -152,12 +148,9 @@ class LocalCloud:
     def install_pipeline(self, synthesized: pipeline.Synthesized) -> str:
         """Create the synthesized training state machine on moto; returns its ARN."""
         pipeline.publish_file_assets(synthesized, ACCOUNT, REGION)
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as archive:
-            archive.writestr("README.txt", "local stand-in for the createTrainingJob.sync integration")
         boto3.client("lambda", region_name=REGION).create_function(
             FunctionName=self.names.training_task, Runtime="python3.12", Role=self.names.lambda_role_arn,
-            Handler="cxr.local.training_task.handler", Code={"ZipFile": code.getvalue()}, Timeout=900,
+            Handler="cxr.local.training_task.handler", Code={"ZipFile": stand_in_code()}, Timeout=900,
         )
         values = pipeline.reference_values(synthesized, self.names, ACCOUNT, REGION, self.kms_key_arn)
         definition = pipeline.definition(synthesized, values, self.names.training_task_arn)
@@ -193,6 +186,14 @@ class LocalCloud:
         return self.endpoints.invoke(endpoint_name, body, content_type, accept)
 
 
+def stand_in_code() -> bytes:
+    """The zip moto requires to create a function; the hooks run the handler from the project instead."""
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("README.txt", "the offline cloud runs this function's handler from the project itself")
+    return code.getvalue()
+
+
 def start(config: Config, workdir: Path):
     """Context manager: moto in this process, hooks installed, resources provisioned."""
     from contextlib import contextmanager
@@ -202,19 +203,13 @@ def start(config: Config, workdir: Path):
     @contextmanager
     def running():
         cloud = LocalCloud(config=config, workdir=workdir)
-        saved_region = {name: os.environ.get(name) for name in REGION_VARIABLES}
-        os.environ.update(dict.fromkeys(REGION_VARIABLES, REGION))  # as the Lambda runtime sets them
         try:
-            with (mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), hooks.installed(cloud),
+            with (functions.environment_applied(dict.fromkeys(REGION_VARIABLES, REGION)),  # as Lambda sets them
+                  mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), hooks.installed(cloud),
                   functions.routed_stdout()):
                 cloud.provision()
                 yield cloud
         finally:
             cloud.lambda_log.close()
-            for name, value in saved_region.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
     return running()

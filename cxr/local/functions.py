@@ -76,7 +76,8 @@ def run(handler_path: str, event: Any, environment: dict[str, str], name: str, l
     """
     module_name, attribute = handler_path.rsplit(".", 1)
     context = LambdaContext(function_name=name, memory_limit_in_mb=memory_mb, timeout_seconds=timeout_s)
-    with (_LOCK if exclusive else nullcontext()), _environment(environment if exclusive else {}), _printing_to(log):
+    with (_LOCK if exclusive else nullcontext(), environment_applied(environment if exclusive else {}),
+          _printing_to(log)):
         try:
             module = importlib.import_module(module_name)
             with _logs_to(module, log):
@@ -108,7 +109,8 @@ def _logs_to(module, log: TextIO):
 
 
 @contextmanager
-def _environment(values: dict[str, str]):
+def environment_applied(values: dict[str, str]):
+    """Set ``values`` in ``os.environ`` for the block, then restore what was there."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update({k: str(v) for k, v in values.items()})
     try:

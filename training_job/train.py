@@ -41,6 +41,7 @@ import numpy as np
 import report
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 CHECKPOINT_PATTERN = "ckpt-*.pt"
 
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("weight-decay", type=float, default=1e-4)
     add("warmup-epochs", type=float, default=0.5)
     add("label-smoothing", type=float, default=0.1)
+    add("ema-decay", type=float, default=0.0,
+        help="validate and ship an exponential moving average of the weights (0: the raw weights)")
     add("class-weighting", default="balanced", choices=("balanced", "none"))
     add("augment", default="strong", choices=augment.STRENGTHS)
     add("patience", type=int, default=3, help="epochs without validation improvement before stopping")
@@ -136,6 +139,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * args.epochs
         self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
         self.augment_rng = torch.Generator().manual_seed(args.seed + 1)
+        # The average smooths out the last steps' noise; batch-norm statistics are averaged with it.
+        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+                    if args.ema_decay > 0 else None)
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_loss": float("inf"),
                       "best_epoch": -1, "bad_epochs": 0, "history": [], "stopped_early": False}
         self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -152,11 +158,12 @@ class Trainer:
         payload = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "best_weights": self.best_weights, "state": self.state,
+            "ema": self.ema.state_dict() if self.ema else None,
             "augment_rng": self.augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
             "config": {k: getattr(self.args, k) for k in ("architecture", "image_size", "epochs", "batch_size",
-                                                           "seed", "lr")},
+                                                           "seed", "lr", "ema_decay")},
         }
         partial = path.with_suffix(".partial")
         torch.save(payload, partial)
@@ -177,6 +184,8 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
+        if self.ema:
+            self.ema.load_state_dict(payload["ema"])
         self.best_weights, self.state = payload["best_weights"], payload["state"]
         self.augment_rng.set_state(payload["augment_rng"])
         torch.set_rng_state(payload["torch_rng"])
@@ -207,6 +216,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema:
+            self.ema.update_parameters(self.model)
         return float(loss.detach())
 
     @torch.no_grad()
@@ -219,9 +230,14 @@ class Trainer:
                 out.append(model(self.to_device(split.images[start: start + 64].float())).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)))
 
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """What validation judges and the artifact ships: the weight average when there is one."""
+        return self.ema.module if self.ema else self.model
+
     def validation_loss(self) -> float:
         val = self.splits["validation"]
-        logits = torch.from_numpy(self.logits(val))
+        logits = torch.from_numpy(self.logits(val, self.evaluated_model))
         return float(F.cross_entropy(logits, val.targets))
 
     def run(self) -> None:
@@ -252,7 +268,7 @@ class Trainer:
             improved = val_loss < self.state["best_loss"] - 1e-4
             if improved:
                 self.state.update(best_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best_weights = {k: v.detach().clone() for k, v in self.evaluated_model.state_dict().items()}
             else:
                 self.state["bad_epochs"] += 1
                 self.state["stopped_early"] = self.state["bad_epochs"] >= self.args.patience

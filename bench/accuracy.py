@@ -7,7 +7,11 @@ train-local --out`` folder. Prints one JSON object with:
 * ``samples16``: the 16 bundled full-resolution X-rays (another acquisition and resolution);
 * ``acquisition_holdout`` (with ``--holdout-normals``): normals from an acquisition group left out of
   training (e.g. the ``NORMAL2-IM-*`` files) scored together with the run's test-split pneumonias,
-  the closest proxy we have for the shifted official test split.
+  the closest proxy we have for the shifted official test split;
+* ``official_mix_estimate`` (three-class models): the test split's per-class recalls weighted by the
+  official Kermany test split's published class counts (234 normal, 242 bacterial, 148 viral), since
+  accuracy depends on the class mix; with ``--holdout-normals`` also a shifted variant that uses the
+  unseen-acquisition specificity as the normal recall.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from cxr.commands.evaluate import evaluate  # noqa: E402
 
 KEYS = ("n", "accuracy", "macro_f1", "roc_auc", "ece")
 BINARY_KEYS = ("n", "accuracy", "roc_auc", "sensitivity", "specificity")
+OFFICIAL_TEST_MIX = {"normal": 234, "bacterial": 242, "viral": 148}
+"""Class counts of the official Kermany test split as published (the split itself is never read)."""
 
 
 def brief(result: dict) -> dict:
@@ -33,6 +39,16 @@ def brief(result: dict) -> dict:
     if "binary" in result:
         out["binary"] = {k: result["binary"][k] for k in BINARY_KEYS if k in result["binary"]}
     return out
+
+
+def mix_estimate(per_class: dict, normal_recall: float | None = None) -> float | None:
+    """Accuracy the per-class recalls would give on the official split's class mix."""
+    if set(per_class) != set(OFFICIAL_TEST_MIX):
+        return None
+    recall = {label: stats["recall"] for label, stats in per_class.items()}
+    if normal_recall is not None:
+        recall["normal"] = normal_recall
+    return sum(recall[label] * n for label, n in OFFICIAL_TEST_MIX.items()) / sum(OFFICIAL_TEST_MIX.values())
 
 
 def holdout_folder(run_dir: Path, normals: Path, scratch: Path) -> Path:
@@ -69,6 +85,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             folder = holdout_folder(args.run_dir, args.holdout_normals, Path(scratch) / "holdout")
             report["acquisition_holdout"] = brief(evaluate(model, folder))
+    estimate = mix_estimate(metrics["per_class"])
+    if estimate is not None:
+        report["official_mix_estimate"] = {"accuracy": estimate}
+        if "acquisition_holdout" in report:
+            specificity = report["acquisition_holdout"]["binary"]["specificity"]
+            report["official_mix_estimate"]["accuracy_with_holdout_specificity"] = mix_estimate(
+                metrics["per_class"], specificity)
     print(json.dumps(report, indent=1))
 
 

@@ -13,7 +13,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ARCHITECTURES = ("compact", "resnet", "efficientnet_lite0")
+# (repeats, kernel, stride, expand, out channels) per stage; the Lite family keeps stem and head fixed.
+EFFICIENTNET_LITE = {
+    "efficientnet_lite0": ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    "efficientnet_lite1": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
+                           (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    "efficientnet_lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+                           (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
+}
+ARCHITECTURES = ("compact", "resnet", *EFFICIENTNET_LITE)
 
 
 class Standardise(nn.Module):
@@ -105,23 +114,18 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-# (repeats, kernel, stride, expand, out channels) of EfficientNet-Lite0
-_LITE0 = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-          (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
-
-
-class EfficientNetLite0Body(nn.Module):
-    def __init__(self):
+class EfficientNetLiteBody(nn.Module):
+    def __init__(self, stages: tuple[tuple[int, int, int, int, int], ...]):
         super().__init__()
         self._conv_stem = nn.Conv2d(1, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
         blocks, cin = [], 32
-        for repeats, kernel, stride, expand, cout in _LITE0:
+        for repeats, kernel, stride, expand, cout in stages:
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
                 cin = cout
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,9 +135,10 @@ class EfficientNetLite0Body(nn.Module):
         return F.relu6(self._bn1(self._conv_head(x)))
 
 
-def efficientnet_lite0(num_classes: int, dropout: float = 0.2) -> Classifier:
-    """EfficientNet-Lite0 (4.7 M parameters), meant to start from ImageNet weights."""
-    return Classifier(EfficientNetLite0Body(), 1280, num_classes, dropout)
+def efficientnet_lite(variant: str, num_classes: int, dropout: float = 0.2) -> Classifier:
+    """EfficientNet-Lite0/1/2 (3.4 / 4.1 / 4.8 M parameters with a 3-class head), meant to start
+    from ImageNet weights."""
+    return Classifier(EfficientNetLiteBody(EFFICIENTNET_LITE[variant]), 1280, num_classes, dropout)
 
 
 def build(architecture: str, num_classes: int, width: int = 32, dropout: float = 0.2) -> Classifier:
@@ -141,26 +146,29 @@ def build(architecture: str, num_classes: int, width: int = 32, dropout: float =
         return compact(num_classes, width, dropout)
     if architecture == "resnet":
         return resnet(num_classes, width, dropout)
-    if architecture == "efficientnet_lite0":
-        return efficientnet_lite0(num_classes, dropout)
+    if architecture in EFFICIENTNET_LITE:
+        return efficientnet_lite(architecture, num_classes, dropout)
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
 
 def load_pretrained(model: Classifier, state: dict[str, torch.Tensor]) -> list[str]:
-    """Initialise the body from a checkpoint in efficientnet_pytorch's layout (ImageNet EfficientNet-Lite0).
+    """Initialise the body from a checkpoint in efficientnet_pytorch's layout (ImageNet EfficientNet-Lite).
 
     RGB stem filters are summed over their colour channels, which is exactly what an RGB network
     computes on a gray image copied to three channels; the ImageNet classifier is dropped.
     Returns the body keys that found no weights (empty when the checkpoint fits).
     """
-    if not isinstance(model.body, EfficientNetLite0Body):
-        raise ValueError("pretrained weights are available for efficientnet_lite0 only")
+    if not isinstance(model.body, EfficientNetLiteBody):
+        raise ValueError("pretrained weights are available for the efficientnet_lite networks only")
     state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
     if "_conv_stem.weight" in state and state["_conv_stem.weight"].shape[1] == 3:
         # ImageNet inputs were (x - 0.449) / 0.226 per channel; ours are standardised per image,
         # which only rescales the activations that the following BatchNorm re-learns.
         state["_conv_stem.weight"] = state["_conv_stem.weight"].sum(dim=1, keepdim=True)
-    missing, unexpected = model.body.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.body.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # size mismatch: the weights of another Lite variant
+        raise ValueError(f"pretrained checkpoint does not fit this network: {str(error).splitlines()[1:3]}") from None
     if unexpected:
         raise ValueError(f"pretrained checkpoint has keys this network lacks: {unexpected[:5]}")
     return [k for k in missing if not k.endswith("num_batches_tracked")]

@@ -293,13 +293,16 @@ def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str
     return splits, classes
 
 
-def pretrained_state(directory: str | None) -> tuple[dict | None, str | None]:
+def pretrained_state(directory: str | None, architecture: str) -> tuple[dict | None, str | None]:
+    """The channel's weights for this network: the file named after it (``efficientnet-lite2-*``), else the first."""
     if not directory or not Path(directory).exists():
         return None, None
     files = sorted(p for p in Path(directory).rglob("*") if p.suffix in (".pth", ".pt"))
-    if not files:
+    named = [p for p in files if p.name.startswith(architecture.replace("_", "-") + "-")]
+    chosen = (named or files or [None])[0]
+    if chosen is None:
         return None, None
-    return torch.load(files[0], map_location="cpu", weights_only=True), files[0].name
+    return torch.load(chosen, map_location="cpu", weights_only=True), chosen.name
 
 
 def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path, extra: dict) -> dict:
@@ -387,17 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"classes": classes, "images": {k: len(v) for k, v in splits.items()}, "device": str(device),
                       "autocast": str(dtype), "threads": torch.get_num_threads()}), flush=True)
     model = networks.build(args.architecture, len(classes), args.width, args.dropout)
-    state, pretrained_name = pretrained_state(args.pretrained)
-    if state is not None and args.architecture != "efficientnet_lite0":
-        # The pipeline ships the ImageNet weights to every job; only EfficientNet-Lite0 can use them.
+    state, pretrained_name = pretrained_state(args.pretrained, args.architecture)
+    if state is not None and args.architecture not in networks.EFFICIENTNET_LITE:
+        # The pipeline ships the ImageNet weights to every job; only the EfficientNet-Lite networks use them.
         print(json.dumps({"note": f"pretrained channel not used: {args.architecture} has no ImageNet weights"}),
               flush=True)
         state = pretrained_name = None
     if state is not None:
         missing = networks.load_pretrained(model, state)
         print(json.dumps({"pretrained": pretrained_name, "missing_keys": missing}), flush=True)
-    elif args.architecture == "efficientnet_lite0":
-        print(json.dumps({"warning": "no pretrained channel: efficientnet_lite0 starts from random weights, "
+    elif args.architecture in networks.EFFICIENTNET_LITE:
+        print(json.dumps({"warning": f"no pretrained channel: {args.architecture} starts from random weights, "
                                      "which needs far more epochs than the presets use"}), flush=True)
     trainer = Trainer(args, model, splits, classes, device, dtype)
     resumed = trainer.resume()

@@ -1,0 +1,48 @@
+"""EfficientNet-Lite bodies and their ImageNet initialisation from the ``pretrained`` channel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxr import jobcode
+from cxr.packaging import pretrained_weights
+
+networks = jobcode.load("networks")
+train = jobcode.load("train")
+
+
+def imagenet_layout(model) -> dict[str, torch.Tensor]:
+    """A state dict as efficientnet_pytorch saves it: RGB stem, ImageNet classifier."""
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in model.body.state_dict().items()}
+    state["_conv_stem.weight"] = torch.randn(32, 3, 3, 3)
+    state["_fc.weight"], state["_fc.bias"] = torch.randn(1000, 1280), torch.randn(1000)
+    return state
+
+
+@pytest.mark.parametrize("variant", sorted(networks.EFFICIENTNET_LITE))
+def test_each_lite_variant_takes_weights_in_its_own_layout(variant):
+    model = networks.build(variant, 3)
+    state = imagenet_layout(model)
+    assert networks.load_pretrained(model, dict(state)) == []
+    # An RGB network on a gray image copied to three channels is the summed stem on the gray image.
+    assert torch.equal(model.body._conv_stem.weight, state["_conv_stem.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(model.body._blocks[-1]._project_conv.weight, state[f"_blocks.{len(model.body._blocks) - 1}"
+                                                                          "._project_conv.weight"])
+    assert model(torch.rand(2, 1, 64, 64)).shape == (2, 3)
+
+
+def test_the_shipped_imagenet_weights_fit_lite0_and_are_refused_by_another_variant():
+    state = torch.load(pretrained_weights(), map_location="cpu", weights_only=True)
+    assert networks.load_pretrained(networks.build("efficientnet_lite0", 3), dict(state)) == []
+    with pytest.raises(ValueError, match="does not fit this network"):
+        networks.load_pretrained(networks.build("efficientnet_lite2", 3), dict(state))
+
+
+def test_the_channel_file_named_after_the_network_is_chosen(tmp_path):
+    for variant in ("efficientnet_lite0", "efficientnet_lite2"):
+        torch.save({"marker": torch.tensor(int(variant[-1]))}, tmp_path / f"{variant.replace('_', '-')}-0123abcd.pth")
+    state, name = train.pretrained_state(str(tmp_path), "efficientnet_lite2")
+    assert name == "efficientnet-lite2-0123abcd.pth" and int(state["marker"]) == 2
+    assert train.pretrained_state(str(tmp_path), "efficientnet_lite1")[1] == "efficientnet-lite0-0123abcd.pth"
+    assert train.pretrained_state(str(tmp_path / "absent"), "efficientnet_lite0") == (None, None)

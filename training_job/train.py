@@ -20,6 +20,8 @@ autocast with channels-last tensors when the CPU has bf16 instructions.
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import json
 import math
 import os
@@ -28,6 +30,8 @@ import shutil
 import signal
 import sys
 import time
+import zipfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -293,16 +297,31 @@ def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str
     return splits, classes
 
 
+def _read_member(path: Path, member: str) -> bytes:
+    with zipfile.ZipFile(path) as bundle:
+        return bundle.read(member)
+
+
 def pretrained_state(directory: str | None, architecture: str) -> tuple[dict | None, str | None]:
-    """The channel's weights for this network: the file named after it (``efficientnet-lite2-*``), else the first."""
+    """The channel's weights for this network: ``*.pth`` files and members of ``*.zip`` bundles (the
+    pipeline ships one zip with every Lite network's weights); the one named after the network
+    (``efficientnet-lite2-*``) wins, else the first."""
     if not directory or not Path(directory).exists():
         return None, None
-    files = sorted(p for p in Path(directory).rglob("*") if p.suffix in (".pth", ".pt"))
-    named = [p for p in files if p.name.startswith(architecture.replace("_", "-") + "-")]
-    chosen = (named or files or [None])[0]
-    if chosen is None:
+    found: dict[str, Callable[[], bytes]] = {}
+    for path in sorted(Path(directory).rglob("*")):
+        if path.suffix in (".pth", ".pt"):
+            found.setdefault(path.name, path.read_bytes)
+        elif path.suffix == ".zip":
+            with zipfile.ZipFile(path) as bundle:
+                for member in bundle.namelist():
+                    if member.endswith((".pth", ".pt")):
+                        found.setdefault(Path(member).name, functools.partial(_read_member, path, member))
+    if not found:
         return None, None
-    return torch.load(chosen, map_location="cpu", weights_only=True), chosen.name
+    named = [name for name in found if name.startswith(architecture.replace("_", "-") + "-")]
+    chosen = (named or list(found))[0]
+    return torch.load(io.BytesIO(found[chosen]()), map_location="cpu", weights_only=True), chosen
 
 
 def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path, extra: dict) -> dict:

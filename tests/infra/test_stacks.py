@@ -197,7 +197,7 @@ def test_train_state_runs_the_job_to_completion_isolated_and_encrypted(synth):
     assert {name: c["S3DataType"] for name, c in channels.items()} == {
         "train": "ManifestFile", "validation": "ManifestFile", "test": "ManifestFile", "code": "S3Prefix",
         "pretrained": "S3Prefix"}
-    assert channels["pretrained"]["S3Uri"].endswith(".pth")  # train.py's default network starts from ImageNet
+    assert channels["pretrained"]["S3Uri"].endswith(".zip")  # the EfficientNet-Lite networks start from ImageNet
     code = state_machine_definition(synth)["States"][wiring.READ_REQUEST_STATE]["Parameters"]["code"]
     assert json.loads(code["sagemaker_program"]) == "train.py"
     submit = json.loads(code["sagemaker_submit_directory"])
@@ -324,7 +324,7 @@ def test_lambda_asset_is_far_below_the_250_mb_limit(synth, capsys):
     with capsys.disabled():
         for name, size in sorted(sizes.items()):
             kind = ("lambda bundle (unzipped)" if name in lambda_assets else
-                    "pretrained weights" if name.endswith(".pth") else "training sourcedir.tar.gz")
+                    "pretrained weights" if name.endswith(".zip") else "training sourcedir.tar.gz")
             print(f"\n  asset {name[6:18]}: {kind}, {size / 1e6:.1f} MB", end="")
     assert len(lambda_assets) == 1  # one bundle shared by every function
     assert len(sizes) == 3  # and the training code and the pretrained weights

@@ -46,3 +46,18 @@ def test_the_channel_file_named_after_the_network_is_chosen(tmp_path):
     assert name == "efficientnet-lite2-0123abcd.pth" and int(state["marker"]) == 2
     assert train.pretrained_state(str(tmp_path), "efficientnet_lite1")[1] == "efficientnet-lite0-0123abcd.pth"
     assert train.pretrained_state(str(tmp_path / "absent"), "efficientnet_lite0") == (None, None)
+
+
+def test_the_pipeline_bundle_gives_each_network_its_own_weights(tmp_path):
+    """The pipeline's channel is one zip of every installed network's weights."""
+    from cxr.packaging import pretrained_bundle
+
+    bundle = pretrained_bundle(tmp_path / "cache")
+    assert pretrained_bundle(tmp_path / "cache").read_bytes() == bundle.read_bytes()  # stable asset hash
+    channel = tmp_path / "channel"
+    channel.mkdir()
+    (channel / bundle.name).symlink_to(bundle)
+    for variant in ("efficientnet_lite0", "efficientnet_lite2"):
+        state, name = train.pretrained_state(str(channel), variant)
+        assert name.startswith(variant.replace("_", "-") + "-")
+        assert networks.load_pretrained(networks.build(variant, 3), state) == []

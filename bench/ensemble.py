@@ -1,0 +1,92 @@
+"""Would test-time augmentation or an ensemble of trained runs lift accuracy? Measured, not assumed.
+
+Usage: ``python bench/ensemble.py RUN_DIR RUN_DIR... [--json FILE]`` where every RUN_DIR is a
+``cxr train-local --out`` folder made from the same data with the same split seed (the first run's
+``work/channels/test`` is the split scored). Prints, on that patient-grouped test split:
+
+* each model alone, and with test-time augmentation (the mean of the logits over the image and
+  six small positioning changes: +-8 % scale, +-4 % shift left/right/up/down);
+* every ensemble of two or more of the models (the mean of their temperature-free probabilities).
+
+Accuracy is the argmax's (the binary threshold only moves normal vs pneumonia, and almost all the
+three-class error is bacterial vs viral). bf16 autocast on the CPU, as training evaluates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cxr import jobcode  # noqa: E402
+
+data, networks, metrics = (jobcode.load(name) for name in ("data", "networks", "metrics"))
+VIEWS = [(1.0, 0.0, 0.0), (0.92, 0.0, 0.0), (1.08, 0.0, 0.0),
+         (1.0, 0.04, 0.0), (1.0, -0.04, 0.0), (1.0, 0.0, 0.04), (1.0, 0.0, -0.04)]
+"""(scale, shift x, shift y) of each test-time view, shifts as a fraction of the half-width."""
+
+
+def view(x: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Tensor:
+    if (scale, dx, dy) == (1.0, 0.0, 0.0):
+        return x
+    theta = torch.tensor([[1 / scale, 0, dx], [0, 1 / scale, dy]], dtype=x.dtype).expand(len(x), 2, 3)
+    return F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False),
+                         padding_mode="border", align_corners=False)
+
+
+@torch.no_grad()
+def logits(model_dir: Path, channel: Path, views: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    config = json.loads((model_dir / "model.json").read_text())
+    model = networks.build(config["architecture"], len(config["classes"]), config["width"])
+    model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu"))
+    model.eval().to(memory_format=torch.channels_last)
+    split = data.load_split(channel, config["classes"], config["image_size"], config["resize_policy"],
+                            torch.get_num_threads())
+    out = []
+    for start in range(0, len(split), 32):
+        x = split.images[start: start + 32].float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out.append(torch.stack([model(view(x, *v).contiguous(memory_format=torch.channels_last)).float()
+                                    for v in views]).mean(0))
+    return torch.cat(out).numpy(), split.targets.numpy(), config["classes"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    channel = args.runs[0] / "work" / "channels" / "test"
+    fingerprints = {json.loads((run / "model" / "model.json").read_text())["data_fingerprint"] for run in args.runs}
+    if len(fingerprints) > 1:  # another split would have trained on this one's test images
+        raise SystemExit("the runs were trained on different splits: use the same data and split seed for all")
+    single, tta = {}, {}
+    for run in args.runs:
+        single[str(run)], labels, classes = logits(run / "model", channel, VIEWS[:1])
+        tta[str(run)] = logits(run / "model", channel, VIEWS)[0]
+    accuracy = {name: float((z.argmax(1) == labels).mean()) for name, z in single.items()}
+    result = {
+        "test_split": str(channel), "n": int(len(labels)), "classes": classes,
+        "single": accuracy,
+        "tta": {name: float((z.argmax(1) == labels).mean()) for name, z in tta.items()},
+        "ensembles": {" + ".join(combo): float((np.mean([metrics.softmax(single[n]) for n in combo], 0).argmax(1)
+                                                == labels).mean())
+                      for r in range(2, len(single) + 1) for combo in itertools.combinations(single, r)},
+    }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

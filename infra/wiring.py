@@ -201,6 +201,8 @@ def endpoint_name(stage: str) -> str:
 # The training pipeline (Step Functions).
 STATE_MACHINE_ID = "TrainingPipeline"
 READ_REQUEST_STATE = "ReadRequest"
+VALID_REQUEST_STATE = "RequestComplete"
+INVALID_REQUEST_STATE = "InvalidRequest"
 PREPARE_DATASET_STATE = "PrepareDataset"
 TRAIN_STATE = "Train"
 EVALUATE_STATE = "Evaluate"
@@ -216,6 +218,7 @@ NOTIFY_FAILURE_STATE = "NotifyFailure"
 FAILED_STATE = "PipelineFailed"
 STATE_ORDER = (
     READ_REQUEST_STATE,
+    VALID_REQUEST_STATE,
     PREPARE_DATASET_STATE,
     TRAIN_STATE,
     EVALUATE_STATE,
@@ -230,7 +233,9 @@ STATE_ORDER = (
 
 A model below the gate goes ``PassesGate`` -> ``NotifyRejected`` -> ``NotDeployed`` (succeeds: the
 previous endpoint keeps serving); any error goes to ``NotifyFailure`` -> ``PipelineFailed``.
-Execution input: ``{"run_id", "dataset", "hyperparameters"?: {name: string}}``."""
+Execution input: ``{"run_id", "dataset", "hyperparameters"?: {name: string}}``; an input without
+``run_id`` or ``dataset`` ends at once in ``InvalidRequest`` (error ``InvalidRequest``), before
+anything runs."""
 TASK_FUNCTIONS = {
     PREPARE_DATASET_STATE: PREPARE_DATASET.id,
     EVALUATE_STATE: EVALUATE_MODEL.id,

@@ -188,7 +188,16 @@ class TrainingPipelineStack(Stack):
                 .when(sfn.Condition.boolean_equals("$.evaluation.passed", True), deploy.next(status).next(ready))
                 .otherwise(notify_rejected.next(sfn.Succeed(scope, wiring.NOT_DEPLOYED_STATE,
                                                             comment="the previous endpoint keeps serving"))))
-        return read_request.next(prepare).next(train).next(evaluate).next(gate)
+        # A missing field would otherwise fail the first task's input path with States.Runtime, which no
+        # Catch sees: check the request first and fail with a message that names the contract.
+        invalid = sfn.Fail(scope, wiring.INVALID_REQUEST_STATE, error="InvalidRequest",
+                           cause='the execution input must be {"run_id": "...", "dataset": "...", '
+                                 '"hyperparameters": {...} (optional)}')
+        complete = sfn.Condition.and_(sfn.Condition.is_present("$.request.run_id"),
+                                      sfn.Condition.is_present("$.request.dataset"))
+        return read_request.next(sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
+                                 .when(complete, prepare.next(train).next(evaluate).next(gate))
+                                 .otherwise(invalid))
 
     def _training_role(self) -> iam.Role:
         """What the training job itself may do: read its data and code, write its model and checkpoints."""

@@ -179,12 +179,13 @@ class Cloud:
         return boto3.client("stepfunctions").create_state_machine(
             name=name, definition=json.dumps(definition), roleArn=self.role)["stateMachineArn"]
 
-    def run(self, state_machine: str, run_id: str, outcome: str = "good") -> dict:
+    def run(self, state_machine: str, run_id: str, outcome: str = "good", request: dict | None = None) -> dict:
         boto3.client("lambda").update_function_configuration(
             FunctionName=TRAINING, Environment={"Variables": {"STAND_IN_OUTCOME": outcome}})
         sfn = boto3.client("stepfunctions")
+        request = {"run_id": run_id, "dataset": "kermany"} if request is None else request
         execution = sfn.start_execution(stateMachineArn=state_machine, name=run_id,
-                                        input=json.dumps({"run_id": run_id, "dataset": "kermany"}))["executionArn"]
+                                        input=json.dumps(request))["executionArn"]
         deadline = time.monotonic() + 60
         while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
             assert time.monotonic() < deadline, "the execution did not finish"
@@ -227,7 +228,8 @@ def test_moto_refuses_the_synchronous_training_integration(cloud):
     assert "Unsupported sync callback procedure" in reason and "sagemaker:createTrainingJob.sync" in reason
     history = boto3.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
     entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
-    assert entered == [wiring.READ_REQUEST_STATE, wiring.PREPARE_DATASET_STATE]  # Train aborts the engine itself
+    assert entered == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE,
+                       wiring.PREPARE_DATASET_STATE]  # Train aborts the engine itself
     assert nothing_deployed()
 
 
@@ -272,4 +274,18 @@ def test_a_failure_notifies_and_deploys_nothing(cloud, outcome):
     assert message["outcome"] == "failed"
     expected = "RuntimeError" if outcome == "fail" else "DatasetError"
     assert message["error"]["Error"] == expected
+    assert nothing_deployed()
+
+
+@pytest.mark.parametrize("request_", [{"dataset": "kermany"}, {"run_id": "run-x"}, {}])
+def test_an_incomplete_request_fails_at_once_with_the_contract(cloud, request_):
+    """Without the check a missing field failed the first task's input path with an uncatchable States.Runtime."""
+    seed_dataset()
+    execution = cloud.run(cloud.state_machine(localize=True), "run-incomplete", request=request_)
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "InvalidRequest" and '"run_id"' in execution["cause"]
+    history = boto3.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
+    entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
+    assert entered == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE, wiring.INVALID_REQUEST_STATE]
+    assert not boto3.client("s3").list_objects_v2(Bucket=DATA, Prefix=layout.MANIFESTS).get("KeyCount")
     assert nothing_deployed()

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from cxr import jobcode  # noqa: E402
 
-data, networks, metrics = (jobcode.load(name) for name in ("data", "networks", "metrics"))
+artifact, data, metrics = (jobcode.load(name) for name in ("artifact", "data", "metrics"))
 VIEWS = [(1.0, 0.0, 0.0), (0.92, 0.0, 0.0), (1.08, 0.0, 0.0),
          (1.0, 0.04, 0.0), (1.0, -0.04, 0.0), (1.0, 0.0, 0.04), (1.0, 0.0, -0.04)]
 """(scale, shift x, shift y) of each test-time view, shifts as a fraction of the half-width."""
@@ -45,10 +45,8 @@ def view(x: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Tensor:
 
 @torch.no_grad()
 def logits(model_dir: Path, channel: Path, views: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    config = json.loads((model_dir / "model.json").read_text())
-    model = networks.build(config["architecture"], len(config["classes"]), config["width"])
-    model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu"))
-    model.eval().to(memory_format=torch.channels_last)
+    model, config = artifact.load_torch_model(model_dir)
+    model.to(memory_format=torch.channels_last)
     split = data.load_split(channel, config["classes"], config["image_size"], config["resize_policy"],
                             torch.get_num_threads())
     out = []

@@ -70,14 +70,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT / "training_job"))
+    import artifact
     import imaging
     import inference
-    import networks
 
-    config = json.loads((model_dir / "model.json").read_text())
-    model = networks.build(config["architecture"], len(config["classes"]), config.get("width", 32))
-    model.load_state_dict(torch.load(model_dir / "model.pt"))
-    model.eval()
+    model, config = artifact.load_torch_model(model_dir)
     handler = inference.model_fn(str(model_dir))
     data = args.image.read_bytes()
     stored_png = imaging.normalise(data).png

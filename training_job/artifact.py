@@ -7,9 +7,11 @@ with no index, because endpoints run without internet.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import networks
 import numpy as np
 import torch
 from networks import Classifier, Exported
@@ -19,6 +21,14 @@ ONNX_OPSET = 17
 CODE_FILES = ("inference.py", "imaging.py")
 SERVING_WHEELS = "serving-wheels.txt"
 """Written by the packager into the source dir: the wheels (and requirement) the endpoint needs."""
+
+
+def load_torch_model(model_dir: Path) -> tuple[Classifier, dict]:
+    """A model directory's network in torch (eval mode) and its ``model.json``: for checks and benchmarks."""
+    config = json.loads((Path(model_dir) / "model.json").read_text())
+    model = networks.build(config["architecture"], len(config["classes"]), config["width"])
+    model.load_state_dict(torch.load(Path(model_dir) / "model.pt", map_location="cpu"))
+    return model.eval(), config
 
 
 def export_onnx(model: Classifier, size: int, path: Path) -> None:

@@ -67,10 +67,7 @@ def test_onnx_matches_torch_on_both_outputs(trained):
     import onnxruntime as ort
 
     networks = jobcode.load("networks")
-    config = json.loads((trained / "model" / "model.json").read_text())
-    model = networks.build(config["architecture"], len(config["classes"]), config["width"])
-    model.load_state_dict(torch.load(trained / "model" / "model.pt"))
-    model.eval()
+    model, _ = jobcode.load("artifact").load_torch_model(trained / "model")
     x = torch.rand(5, 1, 32, 32)
     with torch.no_grad():
         logits, cams = networks.Exported(model)(x)

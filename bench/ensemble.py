@@ -6,10 +6,10 @@ Usage: ``python bench/ensemble.py RUN_DIR RUN_DIR... [--json FILE]`` where every
 
 * each model alone, and with test-time augmentation (the mean of the logits over the image and
   six small positioning changes: +-8 % scale, +-4 % shift left/right/up/down);
-* every ensemble of two or more of the models (the mean of their temperature-free probabilities).
+* every ensemble of two or more of the models (the mean of their served probabilities, argmax).
 
-Accuracy is the argmax's (the binary threshold only moves normal vs pneumonia, and almost all the
-three-class error is bacterial vs viral). bf16 autocast on the CPU, as training evaluates.
+Single models and TTA decide with each model's own rule (``decision.py``: temperature, sub-type
+prior, threshold), as served. bf16 autocast on the CPU, as training evaluates.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from cxr import jobcode  # noqa: E402
 
-artifact, data, metrics = (jobcode.load(name) for name in ("artifact", "data", "metrics"))
+artifact, data, decision = (jobcode.load(name) for name in ("artifact", "data", "decision"))
 VIEWS = [(1.0, 0.0, 0.0), (0.92, 0.0, 0.0), (1.08, 0.0, 0.0),
          (1.0, 0.04, 0.0), (1.0, -0.04, 0.0), (1.0, 0.0, 0.04), (1.0, 0.0, -0.04)]
 """(scale, shift x, shift y) of each test-time view, shifts as a fraction of the half-width."""
@@ -44,7 +44,7 @@ def view(x: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logits(model_dir: Path, channel: Path, views: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def logits(model_dir: Path, channel: Path, views: list) -> tuple[np.ndarray, np.ndarray, dict]:
     model, config = artifact.load_torch_model(model_dir)
     model.to(memory_format=torch.channels_last)
     split = data.load_split(channel, config["classes"], config["image_size"], config["resize_policy"],
@@ -55,7 +55,12 @@ def logits(model_dir: Path, channel: Path, views: list) -> tuple[np.ndarray, np.
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out.append(torch.stack([model(view(x, *v).contiguous(memory_format=torch.channels_last)).float()
                                     for v in views]).mean(0))
-    return torch.cat(out).numpy(), split.targets.numpy(), config["classes"]
+    return torch.cat(out).numpy(), split.targets.numpy(), config
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray, config: dict) -> float:
+    """With the model's own decision rule (sub-type prior and threshold, as served)."""
+    return float((decision.predict(probs, config["classes"], config.get("threshold")) == labels).mean())
 
 
 def main() -> None:
@@ -67,17 +72,16 @@ def main() -> None:
     fingerprints = {json.loads((run / "model" / "model.json").read_text())["data_fingerprint"] for run in args.runs}
     if len(fingerprints) > 1:  # another split would have trained on this one's test images
         raise SystemExit("the runs were trained on different splits: use the same data and split seed for all")
-    single, tta = {}, {}
+    single, tta, configs = {}, {}, {}
     for run in args.runs:
-        single[str(run)], labels, classes = logits(run / "model", channel, VIEWS[:1])
-        tta[str(run)] = logits(run / "model", channel, VIEWS)[0]
-    accuracy = {name: float((z.argmax(1) == labels).mean()) for name, z in single.items()}
+        z, labels, configs[str(run)] = logits(run / "model", channel, VIEWS[:1])
+        single[str(run)] = decision.model_probabilities(z, configs[str(run)])
+        tta[str(run)] = decision.model_probabilities(logits(run / "model", channel, VIEWS)[0], configs[str(run)])
     result = {
-        "test_split": str(channel), "n": int(len(labels)), "classes": classes,
-        "single": accuracy,
-        "tta": {name: float((z.argmax(1) == labels).mean()) for name, z in tta.items()},
-        "ensembles": {" + ".join(combo): float((np.mean([metrics.softmax(single[n]) for n in combo], 0).argmax(1)
-                                                == labels).mean())
+        "test_split": str(channel), "n": int(len(labels)), "classes": configs[str(args.runs[0])]["classes"],
+        "single": {name: accuracy(p, labels, configs[name]) for name, p in single.items()},
+        "tta": {name: accuracy(p, labels, configs[name]) for name, p in tta.items()},
+        "ensembles": {" + ".join(combo): float((np.mean([single[n] for n in combo], 0).argmax(1) == labels).mean())
                       for r in range(2, len(single) + 1) for combo in itertools.combinations(single, r)},
     }
     text = json.dumps(result, indent=1)

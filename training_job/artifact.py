@@ -18,7 +18,7 @@ from networks import Classifier, Exported
 
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
-CODE_FILES = ("inference.py", "imaging.py")
+CODE_FILES = ("inference.py", "imaging.py", "decision.py")
 SERVING_WHEELS = "serving-wheels.txt"
 """Written by the packager into the source dir: the wheels (and requirement) the endpoint needs."""
 

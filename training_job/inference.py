@@ -3,7 +3,8 @@
 Serves ``model.onnx`` with ONNX Runtime (vendored in ``code/wheels``: endpoints have no internet)
 and imports neither torch nor boto3, so a cold start is ONNX Runtime's load and nothing more.
 Every input goes through the one normaliser (``imaging.py``, shipped beside this file), then the
-resize policy recorded in ``model.json``, exactly as at training time.
+resize policy recorded in ``model.json``, exactly as at training time; logits become probabilities
+and a label through ``decision.py`` (also shipped here), the rule every training figure used.
 
 Requests: ``image/png`` or ``image/jpeg`` bytes (raw uploads or the stored, preprocessed PNG), or
 ``application/json`` ``{"image": "<base64>", "explain": true}`` to also receive a class-activation
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import decision
 import imaging
 import numpy as np
 import onnxruntime as ort
@@ -27,7 +29,6 @@ from PIL import Image
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "application/x-image", "application/octet-stream")
 JSON_TYPE = "application/json"
-NORMAL = "normal"
 
 
 class BadRequest(ValueError):
@@ -90,14 +91,15 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
     config = model.config
     stored = imaging.open_stored(request.image.png)
     logits, cams = model.session.run(None, {"image": model_input(stored, config)})
-    probs = _softmax(logits[0] / config["temperature"])
+    probs = decision.model_probabilities(logits[0], config)
     classes = model.classes
-    index = _decide(probs, classes, config.get("threshold"))
+    index = int(decision.predict(probs, classes, config.get("threshold")))
     result = {
         "label": classes[index],
         "confidence": float(probs[index]),
         "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
-        "pneumonia_probability": float(1.0 - probs[classes.index(NORMAL)]) if NORMAL in classes else None,
+        "pneumonia_probability": (float(decision.pneumonia_probability(probs, classes))
+                                  if decision.NORMAL in classes else None),
         "model_id": model.model_id,
         "content_hash": request.image.content_hash,
     }
@@ -112,23 +114,6 @@ def output_fn(prediction: dict, accept: str | None, context=None) -> tuple[str, 
     if kind not in (JSON_TYPE, "*/*", ""):
         raise BadRequest(f"unsupported accept type {accept!r}; only application/json is produced")
     return json.dumps(prediction), JSON_TYPE
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
-def _decide(probs: np.ndarray, classes: list[str], threshold: float | None) -> int:
-    """Argmax, or the validation-chosen threshold on p(pneumonia) for normal vs pneumonia."""
-    if threshold is None or NORMAL not in classes:
-        return int(probs.argmax())
-    normal = classes.index(NORMAL)
-    if 1.0 - probs[normal] < threshold:
-        return normal
-    others = probs.copy()
-    others[normal] = -1.0
-    return int(others.argmax())
 
 
 def explanation(stored: Image.Image, cam: np.ndarray, policy: str) -> dict:

@@ -7,36 +7,10 @@ One function, :func:`classification_metrics`, produces the ``metrics.json`` sche
 from __future__ import annotations
 
 import numpy as np
+from decision import NORMAL, pneumonia_probability, predict, probabilities
 from sklearn import metrics as skm
 
-NORMAL = "normal"
 ECE_BINS = 15
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def pneumonia_probability(probs: np.ndarray, classes: list[str]) -> np.ndarray:
-    """p(pneumonia) = 1 - p(normal): the binary view of a 3-class (or binary) model."""
-    return 1.0 - probs[:, classes.index(NORMAL)]
-
-
-def predict(probs: np.ndarray, classes: list[str], threshold: float | None = None) -> np.ndarray:
-    """Class indices; with a binary ``threshold`` on p(pneumonia), normal wins below it.
-
-    Above the threshold the most probable pneumonia class is taken, so a threshold changes only
-    the normal-vs-pneumonia decision, never the bacterial-vs-viral one.
-    """
-    if threshold is None or NORMAL not in classes:
-        return probs.argmax(axis=1)
-    normal = classes.index(NORMAL)
-    others = probs.copy()
-    others[:, normal] = -1.0
-    return np.where(pneumonia_probability(probs, classes) >= threshold, others.argmax(axis=1), normal)
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -67,12 +41,14 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict]:
     return out
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature minimising validation negative log-likelihood (golden-section search on log T)."""
+def fit_temperature(logits: np.ndarray, y: np.ndarray, classes: list[str],
+                    prior: dict[str, float] | None = None) -> float:
+    """Temperature minimising the validation negative log-likelihood of the probabilities served
+    (with the sub-type prior, when there is one): golden-section search on log T."""
     logits = np.asarray(logits, dtype=np.float64)
 
     def nll(log_t: float) -> float:
-        p = softmax(logits, float(np.exp(log_t)))
+        p = probabilities(logits, classes, float(np.exp(log_t)), prior)
         return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
 
     lo, hi = np.log(0.05), np.log(20.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import metrics as m
+import decision
 import numpy as np
 from PIL import Image, ImageDraw
 from sklearn import metrics as skm
@@ -57,9 +57,9 @@ def confusion_matrix_png(matrix: list[list[int]], classes: list[str], path: Path
 def roc_png(y: np.ndarray, probs: np.ndarray, classes: list[str], path: Path) -> None:
     image, draw = _canvas("ROC, pneumonia vs normal")
     _plot_frame(draw, "1 - specificity", "sensitivity")
-    truth = (np.asarray(y) != classes.index(m.NORMAL)).astype(int)
+    truth = (np.asarray(y) != classes.index(decision.NORMAL)).astype(int)
     if 0 < truth.sum() < len(truth):
-        fpr, tpr, _ = skm.roc_curve(truth, m.pneumonia_probability(probs, classes))
+        fpr, tpr, _ = skm.roc_curve(truth, decision.pneumonia_probability(probs, classes))
         draw.line([_xy(a, b) for a, b in zip(fpr, tpr, strict=True)], fill=ACCENT, width=3)
         draw.text((MARGIN + 10, MARGIN + 10), f"AUC {skm.auc(fpr, tpr):.3f}", fill=INK)
     draw.line([_xy(0, 0), _xy(1, 1)], fill=MUTED)

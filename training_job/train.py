@@ -38,6 +38,7 @@ from pathlib import Path
 import artifact
 import augment
 import data
+import decision
 import imaging
 import metrics as m
 import networks
@@ -329,14 +330,17 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     trainer.dtype, trainer.channels_last = None, False  # final figures in fp32, as ONNX serves them
     val_logits = trainer.logits(splits["validation"], model)
     val_y = splits["validation"].targets.numpy()
-    temperature = m.fit_temperature(val_logits, val_y)
-    val_probs = m.softmax(val_logits, temperature)
+    train_counts = np.bincount(splits["train"].targets.numpy(), minlength=len(classes))
+    prior = decision.subtype_prior(dict(zip(classes, train_counts.tolist(), strict=True)))
+    temperature = m.fit_temperature(val_logits, val_y, classes, prior)
+    val_probs = decision.probabilities(val_logits, classes, temperature, prior)
     threshold = m.choose_threshold(val_probs, val_y, classes)
     validation = m.classification_metrics(val_y, val_probs, classes, threshold)
     evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
     eval_logits = trainer.logits(splits[evaluated_on], model) if evaluated_on == "test" else val_logits
     eval_y = splits[evaluated_on].targets.numpy()
-    probs_before, probs = m.softmax(eval_logits, 1.0), m.softmax(eval_logits, temperature)
+    probs_before = decision.probabilities(eval_logits, classes, 1.0, prior)
+    probs = decision.probabilities(eval_logits, classes, temperature, prior)
     result = m.classification_metrics(eval_y, probs, classes, threshold)
     reliability_before, reliability_after = m.reliability(probs_before, eval_y), m.reliability(probs, eval_y)
     result.update(
@@ -368,6 +372,9 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "normalisation": "stored PNG (imaging.normalise) -> imaging.to_model_input(size, resize_policy) / 255; "
                          "per-image standardisation inside the network",
         "temperature": temperature,
+        "subtype_prior": prior,
+        "subtype_prior_rule": "p(pneumonia) kept, its split between sub-types re-weighted by their training mix "
+                              "(decision.py); null: none",
         "threshold": threshold,
         "threshold_rule": "p(pneumonia) >= threshold calls pneumonia (chosen on validation); null: argmax",
         "onnx": artifact.ONNX_FILE,

@@ -94,7 +94,7 @@ def score(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, list[str], di
             rows += list(zip(kept, logits, strict=True))
     if rejected:
         print(f"{len(rejected)} images rejected by the normaliser:\n  " + "\n  ".join(rejected), file=sys.stderr)
-    probs = jobcode.load("metrics").softmax(np.stack([r[1] for r in rows]), config["temperature"])
+    probs = jobcode.load("decision").model_probabilities(np.stack([r[1] for r in rows]), config)
     return probs, [str(r[0]) for r in rows], config
 
 
@@ -102,7 +102,7 @@ def evaluate(model_dir: Path, data_dir: Path) -> dict:
     images = labelled_images(data_dir)
     by_path = {str(p): label for p, label in images}
     probs, kept, config = score(model_dir, [p for p, _ in images])
-    metrics = jobcode.load("metrics")
+    metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
     classes, threshold = config["classes"], config.get("threshold")
     truth = [by_path[p] for p in kept]
     result = {"model": str(model_dir), "data": str(data_dir), "model_id": config.get("model_id")}
@@ -113,11 +113,11 @@ def evaluate(model_dir: Path, data_dir: Path) -> dict:
     if y is not None:
         result.update(metrics.classification_metrics(y, probs, classes, threshold))
         return result
-    if metrics.NORMAL not in classes or not set(truth) <= {metrics.NORMAL, *labels.SUBTYPES, labels.PNEUMONIA}:
+    if decision.NORMAL not in classes or not set(truth) <= {decision.NORMAL, *labels.SUBTYPES, labels.PNEUMONIA}:
         raise UsageError(f"the folder's labels {sorted(set(truth))} do not match the model's classes {classes}")
-    called = metrics.predict(probs, classes, threshold) != classes.index(metrics.NORMAL)
-    result["binary"] = metrics.binary_metrics(np.array([t != metrics.NORMAL for t in truth]),
-                                              metrics.pneumonia_probability(probs, classes), called)
+    called = decision.predict(probs, classes, threshold) != classes.index(decision.NORMAL)
+    result["binary"] = metrics.binary_metrics(np.array([t != decision.NORMAL for t in truth]),
+                                              decision.pneumonia_probability(probs, classes), called)
     result["note"] = "the folder is labelled normal/pneumonia only: binary view of the model's classes"
     return result
 

@@ -1,4 +1,4 @@
-"""Metrics, calibration and threshold rules of the training job (``training_job/metrics.py``)."""
+"""Metrics, calibration and decision rules of the training job (``metrics.py``, ``decision.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sklearn import metrics as skm
 from cxr import jobcode
 
 m = jobcode.load("metrics")
+decision = jobcode.load("decision")
 CLASSES = ["bacterial", "normal", "viral"]
 
 
@@ -24,9 +25,9 @@ def overconfident(n: int = 600, seed: int = 0):
 
 def test_temperature_scaling_reduces_calibration_error_and_nll():
     logits, y = overconfident()
-    t = m.fit_temperature(logits, y)
+    t = m.fit_temperature(logits, y, CLASSES)
     assert t > 1.5  # softened
-    before, after = m.softmax(logits), m.softmax(logits, t)
+    before, after = decision.softmax(logits), decision.softmax(logits, t)
     assert m.expected_calibration_error(after, y) < m.expected_calibration_error(before, y) / 2
     assert skm.log_loss(y, after, labels=[0, 1, 2]) < skm.log_loss(y, before, labels=[0, 1, 2])
     assert (after.argmax(1) == before.argmax(1)).all()  # calibration never changes a decision
@@ -34,7 +35,7 @@ def test_temperature_scaling_reduces_calibration_error_and_nll():
 
 def test_metrics_match_sklearn_and_binary_view_folds_subtypes():
     logits, y = overconfident(seed=1)
-    probs = m.softmax(logits)
+    probs = decision.softmax(logits)
     out = m.classification_metrics(y, probs, CLASSES)
     assert out["accuracy"] == pytest.approx(skm.accuracy_score(y, probs.argmax(1)))
     assert out["macro_f1"] == pytest.approx(skm.f1_score(y, probs.argmax(1), average="macro"))
@@ -60,5 +61,30 @@ def test_threshold_only_kept_when_it_clearly_helps():
 
 def test_threshold_changes_only_the_normal_decision():
     probs = np.array([[0.30, 0.45, 0.25], [0.10, 0.60, 0.30]])
-    assert m.predict(probs, CLASSES).tolist() == [1, 1]
-    assert m.predict(probs, CLASSES, threshold=0.5).tolist() == [0, 1]  # 0.55 >= 0.5 -> most likely subtype
+    assert decision.predict(probs, CLASSES).tolist() == [1, 1]
+    assert decision.predict(probs, CLASSES, threshold=0.5).tolist() == [0, 1]  # 0.55 >= 0.5 -> most likely subtype
+
+
+def test_subtype_prior_keeps_p_pneumonia_and_splits_it_by_the_training_mix():
+    prior = decision.subtype_prior({"bacterial": 200, "normal": 93, "viral": 100})
+    assert prior == pytest.approx({"bacterial": 2 / 3, "viral": 1 / 3})
+    logits = np.array([[1.0, 0.5, 1.0], [0.2, 2.0, 0.9], [-1.0, 0.0, 0.4]])
+    plain, weighted = decision.softmax(logits), decision.probabilities(logits, CLASSES, 1.0, prior)
+    assert weighted.sum(axis=1) == pytest.approx(np.ones(3))
+    assert weighted[:, 1] == pytest.approx(plain[:, 1])  # normal vs pneumonia untouched
+    assert weighted[0, 0] / weighted[0, 2] == pytest.approx(2.0)  # equal scores: the mix decides
+    assert decision.predict(weighted, CLASSES).tolist()[0] == 0
+    # a binary model, or a split with one sub-type, has nothing to re-weight
+    assert decision.subtype_prior({"normal": 10, "pneumonia": 30}) is None
+    assert decision.subtype_prior({"normal": 10, "bacterial": 30, "viral": 0}) is None
+
+
+def test_temperature_is_fitted_to_the_probabilities_served():
+    logits, y = overconfident(seed=2)
+    prior = {"bacterial": 0.7, "viral": 0.3}
+    t = m.fit_temperature(logits, y, CLASSES, prior)
+
+    def nll(temperature):
+        return skm.log_loss(y, decision.probabilities(logits, CLASSES, temperature, prior), labels=[0, 1, 2])
+
+    assert nll(t) <= min(nll(t * 0.9), nll(t * 1.1))

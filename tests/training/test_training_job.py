@@ -23,7 +23,8 @@ ROOT_IMAGING = jobcode.TRAINING_JOB.parent / "lambdas" / "domain" / "imaging.py"
 def test_every_artifact_is_written(trained):
     model = trained / "model"
     for name in ("model.pt", "model.onnx", "model.json", "metrics.json", "report/confusion_matrix.png",
-                 "report/roc.png", "report/reliability.png", "code/inference.py", "code/imaging.py"):
+                 "report/roc.png", "report/reliability.png", "code/inference.py", "code/imaging.py",
+                 "code/decision.py"):
         assert (model / name).is_file(), name
     code_imaging = model / "code" / "imaging.py"
     assert not code_imaging.is_symlink() and code_imaging.read_bytes() == ROOT_IMAGING.read_bytes()
@@ -32,6 +33,8 @@ def test_every_artifact_is_written(trained):
     assert config["resize_policy"] == "squash" and config["image_size"] == 32
     assert config["temperature"] > 0 and len(config["data_fingerprint"]) == 64
     assert config["onnx_max_abs_diff"] < 1e-3
+    assert set(config["subtype_prior"]) == {"bacterial", "viral"}
+    assert sum(config["subtype_prior"].values()) == pytest.approx(1.0)
     metrics = json.loads((model / "metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "roc_auc", "ece", "calibration", "validation"):
         assert key in metrics, key

@@ -7,8 +7,9 @@ figure describes the decisions actually served. Plain numpy: the endpoint has no
 Each step's parameter is recorded in ``model.json``:
 
 1. ``temperature``: ``softmax(logits / T)``, T fitted on validation (calibration).
-2. ``subtype_prior``: training weights the loss by class, so the network ranks pneumonia sub-types
-   as if they were equally common. The probability of pneumonia is kept as it is, and its split
+2. ``subtype_prior``: training weights the loss by class (``class-weighting balanced``, the
+   default; an unweighted loss gets none), so the network ranks pneumonia sub-types as if they
+   were equally common. The probability of pneumonia is kept as it is, and its split
    between sub-types is re-weighted by their mix in the training split (Bayes' rule), since
    bacterial pneumonia is about twice as common as viral. On eight Kermany runs
    (``bench/subtype_prior.py``): test-split three-class accuracy +1.2 points on average (-0.1 to

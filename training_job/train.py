@@ -331,7 +331,9 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     val_logits = trainer.logits(splits["validation"], model)
     val_y = splits["validation"].targets.numpy()
     train_counts = np.bincount(splits["train"].targets.numpy(), minlength=len(classes))
-    prior = decision.subtype_prior(dict(zip(classes, train_counts.tolist(), strict=True)))
+    # Only a class-weighted loss scores the sub-types as equally common; an unweighted one has the mix in already.
+    prior = (decision.subtype_prior(dict(zip(classes, train_counts.tolist(), strict=True)))
+             if args.class_weighting == "balanced" else None)
     temperature = m.fit_temperature(val_logits, val_y, classes, prior)
     val_probs = decision.probabilities(val_logits, classes, temperature, prior)
     threshold = m.choose_threshold(val_probs, val_y, classes)

@@ -185,3 +185,12 @@ def test_sigterm_saves_a_checkpoint_and_the_restarted_job_resumes_from_it(staged
     assert restarted.returncode == 0, restarted.stdout[-2000:] + restarted.stderr[-2000:]
     assert f'"resumed_from": "{saved[-1].name}", "global_step": {step}' in restarted.stdout
     assert (tmp_path / "model" / "model.onnx").is_file()
+
+
+def test_an_unweighted_loss_gets_no_subtype_prior(staged, tmp_path):
+    """Its scores already carry the training mix: re-weighting by it again would count it twice."""
+    from conftest import TINY_HPS
+
+    model_dir = training_run.run_training_job(staged.channels, TINY_HPS | {"class-weighting": "none", "epochs": 1},
+                                              tmp_path / "job")
+    assert json.loads((model_dir / "model.json").read_text())["subtype_prior"] is None

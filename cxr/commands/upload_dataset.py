@@ -1,4 +1,4 @@
-"""`cxr upload-dataset DIR`: validate locally with the ingest rules, then upload in parallel, resumably."""
+"""`cxr upload-dataset DIR | --manifest CSV`: validate with the ingest rules, then upload in parallel, resumably."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from cxr import operations, target
+from cxr import manifest, operations, target
 from cxr.commands import check
 from cxr.errors import UsageError, UserError
 from infra import wiring
@@ -16,9 +16,13 @@ from lambdas.domain import labels, layout
 def register(subparsers) -> None:
     parser = subparsers.add_parser("upload-dataset", help="upload a labelled folder of X-rays to the data bucket",
                                    description=__doc__.splitlines()[0] + " DIR is the Kaggle layout "
-                                   "(train|val|test/<LABEL>/...) or any folder-per-label tree.")
-    parser.add_argument("folder", type=Path, metavar="DIR")
-    parser.add_argument("--dataset", default=None, help="dataset name (default: the folder's name)")
+                                   "(train|val|test/<LABEL>/...) or any folder-per-label tree; or a CSV "
+                                   "manifest of [set,]uri,label rows as AutoML Vision imports (uri: s3://bucket/key, "
+                                   "copied inside S3, or a path relative to the CSV).")
+    parser.add_argument("folder", type=Path, metavar="DIR", nargs="?")
+    parser.add_argument("--manifest", type=Path, metavar="FILE.csv", help="a CSV manifest instead of DIR")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name (default: the folder's name, or the manifest's file name)")
     parser.add_argument("--workers", type=int, default=8, help="parallel uploads")
     parser.add_argument("--dry-run", action="store_true", help="validate and list what would be uploaded")
     target.add_arguments(parser)
@@ -26,6 +30,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if (args.folder is None) == (args.manifest is None):
+        raise UsageError("give either a folder DIR or --manifest FILE.csv")
+    if args.manifest is not None:
+        return upload_manifest(args)
     folder: Path = args.folder
     if not folder.is_dir():
         raise UsageError(f"not a folder: {folder}")
@@ -65,6 +73,55 @@ def run(args) -> int:
     print(f"uploaded {len(todo)} files; each upload is preprocessed by the ingest Lambda "
           f"(see processed/{dataset}/ and quarantine/)")
     return 0
+
+
+def upload_manifest(args) -> int:
+    """Local files are checked and uploaded as a folder's are; S3 objects are copied to their raw key,
+    where ingest judges them (and quarantines with a reason) like any upload."""
+    if not args.manifest.is_file():
+        raise UsageError(f"no such manifest: {args.manifest}")
+    dataset = args.dataset or args.manifest.stem
+    keys = manifest.plan(manifest.read(args.manifest), dataset)
+    local = [entry for entry in keys if not entry.in_s3]
+    verdicts = {entry: check.check_file(Path(entry.source), keys[entry].split("/")[2:]) for entry in local}
+    rejected = {entry: v for entry, v in verdicts.items() if v.status != "accepted"}
+    for entry, v in rejected.items():
+        print(f"  skipped line {entry.line} {entry.source}: {v.code}: {v.reason}")
+    planned = {entry: key for entry, key in keys.items() if entry not in rejected}
+    if not planned:
+        raise UserError(f"none of the {len(keys)} images in {args.manifest} is an acceptable X-ray")
+    deployment = target.resolve(args)
+    s3, bucket = deployment.client("s3"), deployment.bucket(wiring.DATA)
+    sources = {entry: source_etag(s3, entry) for entry in planned if entry.in_s3}
+    existing = remote_checksums(s3, bucket, f"{layout.RAW}{dataset}/")
+    todo = {entry: key for entry, key in planned.items()
+            if existing.get(key) != (sources[entry] if entry.in_s3 else md5_hex(Path(entry.source)))}
+    print(f"{args.manifest}: {len(keys)} images ({len(keys) - len(local)} in S3, {len(local)} local, "
+          f"{len(rejected)} rejected locally); s3://{bucket}/{layout.RAW}{dataset}/: "
+          f"{len(planned) - len(todo)} already there, {len(todo)} to send")
+    if args.dry_run:
+        for entry, key in todo.items():
+            print(f"  would {'copy' if entry.in_s3 else 'upload'} {entry.source} -> {key}")
+        return 0
+    for entry, key in todo.items():
+        if entry.in_s3:
+            source_bucket, source_key = entry.bucket_and_key()
+            s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key})
+    operations.upload_files(s3, bucket, [(Path(e.source), k) for e, k in todo.items() if not e.in_s3],
+                            args.workers, progress_bar)
+    print(f"sent {len(todo)} images; each is preprocessed by the ingest Lambda "
+          f"(see processed/{dataset}/ and quarantine/)")
+    return 0
+
+
+def source_etag(s3, entry: manifest.Entry) -> str:
+    """The source object's ETag, which a copy keeps; a missing or unreadable source stops everything first."""
+    source_bucket, source_key = entry.bucket_and_key()
+    try:
+        return s3.head_object(Bucket=source_bucket, Key=source_key)["ETag"].strip('"')
+    except s3.exceptions.ClientError as error:
+        raise UserError(f"line {entry.line}: cannot read {entry.source}: "
+                        f"{error.response['Error'].get('Message') or error.response['Error']['Code']}") from None
 
 
 def dataset_name(folder: Path) -> str:

@@ -78,6 +78,35 @@ def test_life_cycle_across_separate_commands(env, dataset):
     assert "endpoint cxr-local: InService" in table.stdout and "1 predictions" in table.stdout
 
 
+def test_a_csv_manifest_is_ingested_like_a_folder(env, dataset, tmp_path):
+    def processed() -> int:
+        status = cxr(env, "status", "--local", "--json")
+        assert status.returncode == 0, status.stderr
+        return json.loads(status.stdout)["counts"]["processed images"]
+
+    before = processed()
+    normal, pneumonia = min((dataset / "NORMAL").glob("IM-*")), min((dataset / "PNEUMONIA").glob("*virus*"))
+    csv_path = tmp_path / "imported.csv"
+    csv_path.write_text(f"TRAIN,{normal},normal\nTRAIN,{pneumonia},viral\nTEST,{tmp_path / 'gone.png'},normal\n")
+    refused = cxr(env, "upload-dataset", "--manifest", str(csv_path), "--local")
+    assert refused.returncode == 1 and "line 3: no such file" in refused.stderr and processed() == before
+
+    import boto3  # an archive bucket in the offline cloud, as a PACS export would be in S3
+
+    url = json.loads((Path(env["CXR_LOCAL_DIR"]) / "server.json").read_text())["url"]
+    archive = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id="local", aws_secret_access_key="local")
+    archive.create_bucket(Bucket="pacs-export")
+    archive.put_object(Bucket="pacs-export", Key="2026/11/person77_bacteria_1.jpeg",
+                       Body=min((dataset / "PNEUMONIA").glob("*bacteria*")).read_bytes())
+    csv_path.write_text(f"TRAIN,{normal},normal\nTRAIN,{pneumonia},viral\n"
+                        "VALIDATION,s3://pacs-export/2026/11/person77_bacteria_1.jpeg,bacterial\n")
+    sent = cxr(env, "upload-dataset", "--manifest", str(csv_path), "--local")
+    assert sent.returncode == 0, sent.stderr
+    assert "3 to send" in sent.stdout and processed() == before + 3  # the S3 copy is ingested too
+    assert archive.head_object(Bucket="pacs-export", Key="2026/11/person77_bacteria_1.jpeg")  # source kept
+
+
 def test_actionable_errors_are_one_line(tmp_path):
     env = {**os.environ, "CXR_LOCAL_DIR": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}
     not_running = cxr(env, "status", "--local")

@@ -3,7 +3,8 @@
 ``handler`` creates the SageMaker model and an endpoint configuration (serverless by default,
 realtime or asynchronous instances as options) and creates or updates the endpoint;
 ``status_handler`` is polled by the state machine's wait loop and, once the endpoint serves the
-new configuration, writes its name to the SSM parameter the predict Lambda reads. Both are
+new configuration, writes its name to the SSM parameter the predict Lambda reads and retires the
+models and configurations of older deployments (the one served before is kept for a rollback). Both are
 plain boto3 so the same state machine runs in moto's Step Functions engine, where only Lambda
 tasks execute code. Every step is idempotent: Step Functions retries them.
 """
@@ -23,6 +24,10 @@ from lambdas import aws
 logger = Logger(service="cxr-deploy-model")
 
 VARIANT = "AllTraffic"
+ENDPOINT_TAG = "cxr:endpoint"
+"""Tags each model and configuration with the endpoint it was made for: retirement touches no other stage's."""
+KEEP_PREVIOUS = 1
+"""Deployments kept besides the serving one, newest first: enough to roll back by hand."""
 BUSY = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting", "UpdateRollbackFailed"})
 _INSTANCE_STORAGE = re.compile(r"^ml\.(?:[a-z]+\d+[a-z]*d[a-z]*|g5|g6|g6e|p5|p5e|p5en)\.")
 """Families with local NVMe storage, where SageMaker refuses an endpoint KMS key (the disk is encrypted by hardware)."""
@@ -142,7 +147,7 @@ def handler(event: dict, context) -> dict:
     settings = DeploySettings.from_env(os.environ)
     name = str(event["model_name"])
     sagemaker = aws.client("sagemaker")
-    tags = [{"Key": "run_id", "Value": str(event["run_id"])}]
+    tags = [{"Key": "run_id", "Value": str(event["run_id"])}, {"Key": ENDPOINT_TAG, "Value": settings.endpoint_name}]
     _create(sagemaker.create_model, **model_definition(settings, name, event["model_artifact"]), Tags=tags)
     _create(sagemaker.create_endpoint_config, **endpoint_config_definition(settings, name, name), Tags=tags)
     endpoint = describe_endpoint(settings.endpoint_name)
@@ -181,7 +186,45 @@ def status_handler(event: dict, context) -> dict:
         raise EndpointDeploymentFailed(
             endpoint.get("FailureReason") or f"endpoint still serves {endpoint['EndpointConfigName']}")
     ready = status == "InService"
-    if ready:
-        aws.client("ssm").put_parameter(Name=os.environ["ENDPOINT_PARAMETER"], Value=endpoint_name,
-                                        Type="String", Overwrite=True)
-    return {**event, "status": status, "ready": ready}
+    if not ready:
+        return {**event, "status": status, "ready": False}
+    aws.client("ssm").put_parameter(Name=os.environ["ENDPOINT_PARAMETER"], Value=endpoint_name,
+                                    Type="String", Overwrite=True)
+    try:
+        retired = retire_old_deployments(endpoint_name, config_name, KEEP_PREVIOUS)
+    except ClientError as exc:  # housekeeping: the new model serves either way, so report instead of failing
+        logger.warning("could not retire old deployments", extra={"error": str(exc)})
+        return {**event, "status": status, "ready": True, "retired": [], "retire_error": str(exc)}
+    return {**event, "status": status, "ready": True, "retired": retired}
+
+
+def retire_old_deployments(endpoint_name: str, serving: str, keep: int) -> list[str]:
+    """Delete the models and configurations made for this endpoint, except the one serving and the
+    ``keep`` newest before it (a rollback is one ``update_endpoint`` away). Names deleted, oldest last."""
+    sagemaker = aws.client("sagemaker")
+    ours = []
+    for page in sagemaker.get_paginator("list_endpoint_configs").paginate(SortBy="CreationTime",
+                                                                           SortOrder="Descending"):
+        for config in page["EndpointConfigs"]:
+            if config["EndpointConfigName"] == serving:
+                continue
+            tags = sagemaker.list_tags(ResourceArn=config["EndpointConfigArn"])["Tags"]
+            if {"Key": ENDPOINT_TAG, "Value": endpoint_name} in tags:
+                ours.append(config["EndpointConfigName"])
+    retired = ours[keep:]
+    for name in retired:  # each model is named after its configuration (handler)
+        _delete(sagemaker.delete_endpoint_config, EndpointConfigName=name)
+        _delete(sagemaker.delete_model, ModelName=name)
+    if retired:
+        logger.info("retired old deployments", extra={"endpoint": endpoint_name, "retired": retired})
+    return retired
+
+
+def _delete(call, **kwargs) -> None:
+    """Delete a named resource, treating "not found" as done (a retried attempt)."""
+    try:
+        call(**kwargs)
+    except ClientError as exc:
+        if aws.error_code(exc) == "ValidationException" and "not find" in str(exc).lower():
+            return
+        raise

@@ -82,6 +82,13 @@ class TrainingPipelineStack(Stack):
         self.status.function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:DescribeEndpoint"],
             resources=[self.format_arn(service="sagemaker", resource="endpoint", resource_name=endpoint_name)]))
+        job = f"{wiring.TRAINING_JOB_PREFIX}-*"
+        self.status.function.add_to_role_policy(iam.PolicyStatement(  # retiring old deployments
+            actions=["sagemaker:ListEndpointConfigs"], resources=["*"]))
+        self.status.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["sagemaker:ListTags", "sagemaker:DeleteEndpointConfig", "sagemaker:DeleteModel"],
+            resources=[self.format_arn(service="sagemaker", resource="endpoint-config", resource_name=job),
+                       self.format_arn(service="sagemaker", resource="model", resource_name=job)]))
         self.status.function.add_to_role_policy(iam.PolicyStatement(
             actions=["ssm:PutParameter"],
             resources=[self.format_arn(service="ssm", resource="parameter", resource_name=parameter_name.lstrip("/"))]))
@@ -275,6 +282,11 @@ class TrainingPipelineStack(Stack):
                     f"AwsSolutions-IAM5[Resource::{arn.format(service='sagemaker', resource='training-job/' + job)}]")
         acknowledge(self.deploy.role, "Models and endpoint configurations are named after each run's training job; the "
                     "cxr- prefix scopes them to this project.",
+                    *(f"AwsSolutions-IAM5[Resource::{arn.format(service='sagemaker', resource=kind + '/' + job)}]"
+                      for kind in ("model", "endpoint-config")))
+        acknowledge(self.status.role, "sagemaker:ListEndpointConfigs has no resource-level permissions; deletion is "
+                    "limited to cxr- models and configurations, and the function deletes only those tagged with this "
+                    "stage's endpoint.", "AwsSolutions-IAM5[Resource::*]",
                     *(f"AwsSolutions-IAM5[Resource::{arn.format(service='sagemaker', resource=kind + '/' + job)}]"
                       for kind in ("model", "endpoint-config")))
         for role, kind in ((self.training_role, "TrainingJobs"), (self.model_role, "Endpoints")):

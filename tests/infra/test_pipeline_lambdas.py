@@ -184,3 +184,35 @@ def test_instance_endpoint_configs(mode, instance, kms):
     assert variant["InstanceType"] == instance and "ServerlessConfig" not in variant
     assert ("KmsKeyId" in config) is kms
     assert ("AsyncInferenceConfig" in config) is (mode == "async")
+
+
+def test_a_served_deployment_retires_all_but_the_previous_one_of_its_endpoint(deploy_env, lambda_context):
+    from lambdas import deploy_model
+
+    sm = boto3.client("sagemaker")
+    settings = deploy_model.DeploySettings.from_env(deploy_env)
+    for name, endpoint in (("cxr-0-a", "cxr-test"), ("cxr-0-other", "cxr-prod"), ("cxr-0-b", "cxr-test"),
+                           ("cxr-0-c", "cxr-test"), ("cxr-0-d", "cxr-test")):  # oldest first
+        tags = [{"Key": deploy_model.ENDPOINT_TAG, "Value": endpoint}]
+        sm.create_model(**deploy_model.model_definition(settings, name, "s3://cxr-data/m.tar.gz"), Tags=tags)
+        sm.create_endpoint_config(**deploy_model.endpoint_config_definition(settings, name, name), Tags=tags)
+    sm.create_endpoint(EndpointName="cxr-test", EndpointConfigName="cxr-0-d")
+
+    status = deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": "cxr-0-d"},
+                                         lambda_context)
+    assert status["ready"] is True and status["retired"] == ["cxr-0-b", "cxr-0-a"]
+    left = {c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]}
+    assert left == {"cxr-0-d", "cxr-0-c", "cxr-0-other"}  # serving, its predecessor, another stage's
+    assert {m["ModelName"] for m in sm.list_models()["Models"]} == left
+    again = deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": "cxr-0-d"},
+                                        lambda_context)
+    assert again["retired"] == []  # a retried poll finds nothing more to do
+
+
+def test_the_deploy_step_tags_what_it_creates_with_its_endpoint(deploy_env, lambda_context):
+    from lambdas import deploy_model
+
+    deploy("a", lambda_context)
+    sm = boto3.client("sagemaker")
+    arn = sm.describe_endpoint_config(EndpointConfigName="cxr-0-a")["EndpointConfigArn"]
+    assert {"Key": deploy_model.ENDPOINT_TAG, "Value": "cxr-test"} in sm.list_tags(ResourceArn=arn)["Tags"]

@@ -19,6 +19,7 @@ NO_RESOURCE_LEVEL = {
     "xray:GetSamplingTargets": "X-Ray has no resource-level permissions",
     "ecr:GetAuthorizationToken": "ECR log-in has no resource-level permissions",
     "cloudwatch:PutMetricData": "no resource-level permissions (limited by a namespace condition)",
+    "sagemaker:ListEndpointConfigs": "SageMaker list actions have no resource-level permissions",
     "logs:CreateLogDelivery": "Step Functions log delivery",
     "logs:GetLogDelivery": "Step Functions log delivery",
     "logs:UpdateLogDelivery": "Step Functions log delivery",

@@ -46,8 +46,8 @@ def read(path: Path) -> list[Entry]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         for line, row in enumerate(csv.reader(handle), 1):
             row = [cell.strip() for cell in row]
-            if not any(row) or row[0].startswith("#"):
-                continue
+            if not any(row) or row[0].startswith("#") or (line == 1 and row[-1].lower() == "label"):
+                continue  # blank, comment, or a header row (``set,uri,label``)
             try:
                 entry = _entry(line, row, path.parent)
             except ValueError as error:

@@ -36,7 +36,7 @@ def test_rows_map_to_the_folder_layout_ingest_reads(tmp_path):
     for path in (tmp_path / "a" / "person3_virus_7.jpeg", tmp_path / "b" / "person3_virus_7.jpeg"):
         path.write_bytes(corpus.jpeg())
     csv_path = tmp_path / "wards.csv"
-    csv_path.write_text("# exported from PACS\n"
+    csv_path.write_text("set,uri,label\n# exported from PACS\n"
                         "TRAIN,s3://bucket/x/IM-0001-0001.jpeg,normal\n"
                         "s3://bucket/y/person1_bacteria_2.jpeg,bacterial\n"
                         "test,a/person3_virus_7.jpeg,viral\n"

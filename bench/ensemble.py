@@ -58,6 +58,14 @@ def logits(model_dir: Path, channel: Path, views: list) -> tuple[np.ndarray, np.
     return torch.cat(out).numpy(), split.targets.numpy(), config
 
 
+def shared_channels(runs: list[Path]) -> Path:
+    """The first run's staged channels, which every run must have been trained on."""
+    fingerprints = {json.loads((run / "model" / "model.json").read_text())["data_fingerprint"] for run in runs}
+    if len(fingerprints) > 1:  # another split would have trained on this one's test images
+        raise SystemExit("the runs were trained on different splits: use the same data and split seed for all")
+    return runs[0] / "work" / "channels"
+
+
 def accuracy(probs: np.ndarray, labels: np.ndarray, config: dict) -> float:
     """With the model's own decision rule (sub-type prior and threshold, as served)."""
     return float((decision.predict(probs, config["classes"], config.get("threshold")) == labels).mean())
@@ -68,10 +76,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    channel = args.runs[0] / "work" / "channels" / "test"
-    fingerprints = {json.loads((run / "model" / "model.json").read_text())["data_fingerprint"] for run in args.runs}
-    if len(fingerprints) > 1:  # another split would have trained on this one's test images
-        raise SystemExit("the runs were trained on different splits: use the same data and split seed for all")
+    channel = shared_channels(args.runs) / "test"
     single, tta, configs = {}, {}, {}
     for run in args.runs:
         z, labels, configs[str(run)] = logits(run / "model", channel, VIEWS[:1])

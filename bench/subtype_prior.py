@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ensemble import data, decision, logits  # noqa: E402
+from ensemble import VIEWS, data, decision, logits, shared_channels  # noqa: E402
 
 from cxr import jobcode  # noqa: E402
 
@@ -37,7 +37,7 @@ def score(val: tuple, test: tuple, classes: list[str], prior: dict | None) -> di
         "temperature": temperature, "threshold": threshold,
         "validation_accuracy": float((decision.predict(pv, classes, threshold) == yv).mean()),
         "test_accuracy": float((decision.predict(pt, classes, threshold) == yt).mean()),
-        "test_nll": float(-np.log(np.clip(pt[np.arange(len(yt)), yt], 1e-12, None)).mean()),
+        "test_nll": metrics.negative_log_likelihood(pt, yt),
     }
 
 
@@ -46,14 +46,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    channels = args.runs[0] / "work" / "channels"
-    fingerprints = {json.loads((run / "model" / "model.json").read_text())["data_fingerprint"] for run in args.runs}
-    if len(fingerprints) > 1:
-        raise SystemExit("the runs were trained on different splits: use the same data and split seed for all")
+    channels = shared_channels(args.runs)
     result = {}
     for run in args.runs:
-        val_z, val_y, config = logits(run / "model", channels / "validation", [(1.0, 0.0, 0.0)])
-        test_z, test_y, _ = logits(run / "model", channels / "test", [(1.0, 0.0, 0.0)])
+        val_z, val_y, config = logits(run / "model", channels / "validation", VIEWS[:1])
+        test_z, test_y, _ = logits(run / "model", channels / "test", VIEWS[:1])
         classes = config["classes"]
         counts = collections.Counter(record["label"] for record in data.read_records(channels / "train"))
         prior = decision.subtype_prior({label: counts[label] for label in classes})

@@ -36,8 +36,7 @@ class Entry:
         return self.source.startswith("s3://")
 
     def bucket_and_key(self) -> tuple[str, str]:
-        bucket, _, key = self.source[len("s3://"):].partition("/")
-        return bucket, key
+        return layout.split_s3_uri(self.source)
 
 
 def read(path: Path) -> list[Entry]:
@@ -79,8 +78,8 @@ def _entry(line: int, row: list[str], base: Path) -> Entry:
     if not LABEL.match(label) or label.lower() in labels.SPLITS:
         raise ValueError(f"label {label!r} must be letters, digits, '_' or '-' and not a split name")
     if uri.startswith("s3://"):
-        bucket, _, key = uri[len("s3://"):].partition("/")
-        if not bucket or not key or key.endswith("/"):
+        _, key = layout.split_s3_uri(uri)  # a URI without a bucket raises here, naming it
+        if not key or key.endswith("/"):
             raise ValueError(f"{uri!r} is not an s3://bucket/key of one object")
         source = uri
     elif "://" in uri:

@@ -41,6 +41,11 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict]:
     return out
 
 
+def negative_log_likelihood(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean -log p(true class), the quantity temperature fitting minimises."""
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray, classes: list[str],
                     prior: dict[str, float] | None = None) -> float:
     """Temperature minimising the validation negative log-likelihood of the probabilities served
@@ -48,8 +53,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, classes: list[str],
     logits = np.asarray(logits, dtype=np.float64)
 
     def nll(log_t: float) -> float:
-        p = probabilities(logits, classes, float(np.exp(log_t)), prior)
-        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+        return negative_log_likelihood(probabilities(logits, classes, float(np.exp(log_t)), prior), y)
 
     lo, hi = np.log(0.05), np.log(20.0)
     ratio = (np.sqrt(5) - 1) / 2

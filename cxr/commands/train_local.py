@@ -20,13 +20,12 @@ from pathlib import Path
 from cxr import training_run
 from cxr.arguments import key_values
 from cxr.errors import UsageError
-from cxr.packaging import pretrained_weights
+from cxr.packaging import pretrained_bundle
 
 SMALL_SIDE = 64
 """Images whose median stored side is at most this use the ``small`` preset."""
 PRESETS = {
-    "x-ray": {"architecture": "efficientnet_lite2", "image-size": 160, "epochs": 5, "batch-size": 32, "lr": 1e-3,
-              "ema-decay": 0.99},
+    "x-ray": {},  # train.py's own defaults, which the pipeline runs too: one recipe, measured in bench/RESULTS.md
     "small": {"architecture": "compact", "image-size": 28, "epochs": 20, "batch-size": 128, "lr": 3e-3, "width": 32,
               "augment": "light"},
 }
@@ -86,13 +85,13 @@ def run(args) -> int:
     hps = hyperparameters(args, PRESETS[preset_name])
     channels = dict(staged.channels)
     with tempfile.TemporaryDirectory() as scratch:
-        weights = None if args.no_pretrained else pretrained_weights(hps["architecture"])
+        weights = None if args.no_pretrained else pretrained_bundle()  # the pipeline's channel, as it ships
         if weights is not None:
             channel = Path(scratch) / "pretrained"
             channel.mkdir()
             (channel / weights.name).symlink_to(weights)
             channels["pretrained"] = channel
-        print(json.dumps({"preset": preset_name, "hyperparameters": hps,
+        print(json.dumps({"preset": preset_name, "flags": hps,  # the job prints every setting in effect
                           "pretrained": weights.name if weights else None}), flush=True)
         model_dir = training_run.run_training_job(channels, hps, args.out, sourcedir=args.sourcedir,
                                                   stream=None if args.quiet else sys.stdout)

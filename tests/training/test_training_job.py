@@ -194,3 +194,20 @@ def test_an_unweighted_loss_gets_no_subtype_prior(staged, tmp_path):
     model_dir = training_run.run_training_job(staged.channels, TINY_HPS | {"class-weighting": "none", "epochs": 1},
                                               tmp_path / "job")
     assert json.loads((model_dir / "model.json").read_text())["subtype_prior"] is None
+
+
+def test_the_weight_average_weighs_every_step_seen_and_not_the_start():
+    """Bias-corrected EMA: after n steps, step i carries (1 - d) d^(n-i) / (1 - d^n); short runs ship their steps."""
+    from torch.optim.swa_utils import AveragedModel
+
+    train = jobcode.load("train")
+    decay, steps = 0.99, [torch.full((3,), float(i)) for i in range(1, 6)]
+    model = torch.nn.Linear(3, 1, bias=False)
+    average = AveragedModel(model, multi_avg_fn=train.bias_corrected_ema(decay))
+    for weights in steps:
+        model.weight.data.copy_(weights)
+        average.update_parameters(model)
+    n = len(steps)
+    expected = sum((1 - decay) * decay ** (n - i) * w for i, w in enumerate(steps, 1)) / (1 - decay ** n)
+    assert torch.allclose(average.module.weight.data[0], expected)
+    assert expected[0] > 2.9  # about the plain mean 3.0; an uncorrected EMA would still sit near 1.1

@@ -60,19 +60,7 @@ def run(args) -> int:
             print(f"  skipped {v.path}: {v.code}: {v.reason}")
     deployment = target.resolve(args)
     s3, bucket = deployment.client("s3"), deployment.bucket(wiring.DATA)
-    existing = remote_checksums(s3, bucket, prefix)
-    plan = [(path, keys[path]) for path, _ in accepted]
-    todo = [(path, key) for path, key in plan if existing.get(key) != md5_hex(path)]
-    print(f"s3://{bucket}/{prefix}: {len(plan) - len(todo)} already uploaded with the same checksum, "
-          f"{len(todo)} to upload")
-    if args.dry_run:
-        for path, key in todo:
-            print(f"  would upload {path} -> {key}")
-        return 0
-    operations.upload_files(s3, bucket, todo, args.workers, progress_bar)
-    print(f"uploaded {len(todo)} files; each upload is preprocessed by the ingest Lambda "
-          f"(see processed/{dataset}/ and quarantine/)")
-    return 0
+    return send(args, s3, bucket, prefix, [(keys[path], path, md5_hex(path)) for path, _ in accepted], dataset)
 
 
 def upload_manifest(args) -> int:
@@ -92,24 +80,32 @@ def upload_manifest(args) -> int:
         raise UserError(f"none of the {len(keys)} images in {args.manifest} is an acceptable X-ray")
     deployment = target.resolve(args)
     s3, bucket = deployment.client("s3"), deployment.bucket(wiring.DATA)
-    sources = {entry: source_etag(s3, entry) for entry in planned if entry.in_s3}
-    existing = remote_checksums(s3, bucket, f"{layout.RAW}{dataset}/")
-    todo = {entry: key for entry, key in planned.items()
-            if existing.get(key) != (sources[entry] if entry.in_s3 else md5_hex(Path(entry.source)))}
+    items = [(key, entry.source, source_etag(s3, entry)) if entry.in_s3 else
+             (key, Path(entry.source), md5_hex(Path(entry.source))) for entry, key in planned.items()]
     print(f"{args.manifest}: {len(keys)} images ({len(keys) - len(local)} in S3, {len(local)} local, "
-          f"{len(rejected)} rejected locally); s3://{bucket}/{layout.RAW}{dataset}/: "
-          f"{len(planned) - len(todo)} already there, {len(todo)} to send")
+          f"{len(rejected)} rejected locally)")
+    return send(args, s3, bucket, f"{layout.RAW}{dataset}/", items, dataset)
+
+
+def send(args, s3, bucket: str, prefix: str, items: list[tuple[str, Path | str, str]], dataset: str) -> int:
+    """Send each ``(raw key, source, checksum)`` unless an object with that checksum is there already
+    (resumable), or list what would be sent (``--dry-run``). A local ``Path`` is uploaded; an
+    ``s3://`` source is copied inside S3, its checksum being its ETag, which a copy keeps."""
+    existing = remote_checksums(s3, bucket, prefix)
+    todo = [(key, source) for key, source, checksum in items if existing.get(key) != checksum]
+    print(f"s3://{bucket}/{prefix}: {len(items) - len(todo)} already there with the same checksum, "
+          f"{len(todo)} to send")
     if args.dry_run:
-        for entry, key in todo.items():
-            print(f"  would {'copy' if entry.in_s3 else 'upload'} {entry.source} -> {key}")
+        for key, source in todo:
+            print(f"  would {'upload' if isinstance(source, Path) else 'copy'} {source} -> {key}")
         return 0
-    for entry, key in todo.items():
-        if entry.in_s3:
-            source_bucket, source_key = entry.bucket_and_key()
+    for key, source in todo:
+        if not isinstance(source, Path):
+            source_bucket, source_key = layout.split_s3_uri(source)
             s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key})
-    operations.upload_files(s3, bucket, [(Path(e.source), k) for e, k in todo.items() if not e.in_s3],
+    operations.upload_files(s3, bucket, [(source, key) for key, source in todo if isinstance(source, Path)],
                             args.workers, progress_bar)
-    print(f"sent {len(todo)} images; each is preprocessed by the ingest Lambda "
+    print(f"sent {len(todo)} files; each is preprocessed by the ingest Lambda "
           f"(see processed/{dataset}/ and quarantine/)")
     return 0
 

@@ -91,7 +91,7 @@ def test_upload_copies_s3_sources_and_uploads_local_files_resumably(deployment, 
     assert s3.get_object(Bucket=SOURCE, Key="2026/IM-0007-0001.jpeg")["Body"].read() == corpus.jpeg(seed=1)
 
     assert upload_dataset.run(args(csv_path)) == 0  # nothing changed: nothing sent again
-    assert "2 already there, 0 to send" in capsys.readouterr().out
+    assert "2 already there with the same checksum, 0 to send" in capsys.readouterr().out
 
 
 def test_a_missing_s3_source_stops_before_anything_is_sent(deployment, tmp_path):

@@ -43,12 +43,12 @@ def cxr(env, *args, timeout=600):
 def test_life_cycle_across_separate_commands(env, dataset):
     dry = cxr(env, "upload-dataset", str(dataset), "--local", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "42 valid" in dry.stdout and "1 rejected locally" in dry.stdout and "42 to upload" in dry.stdout
+    assert "42 valid" in dry.stdout and "1 rejected locally" in dry.stdout and "42 to send" in dry.stdout
 
     upload = cxr(env, "upload-dataset", str(dataset), "--local")
     assert upload.returncode == 0, upload.stderr
     again = cxr(env, "upload-dataset", str(dataset), "--local")  # resumable: nothing new to send
-    assert "42 already uploaded with the same checksum, 0 to upload" in again.stdout
+    assert "42 already there with the same checksum, 0 to send" in again.stdout
 
     train = cxr(env, "train", "--dataset", "wards", "--run-id", "cli-run", "--local", *QUICK)
     assert train.returncode == 0, train.stdout + train.stderr

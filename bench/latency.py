@@ -81,7 +81,7 @@ def main() -> None:
 
     def model_input():
         stored = imaging.open_stored(imaging.normalise(data).png)
-        return imaging.to_model_input(stored, config["image_size"], config["resize_policy"])[None, None]
+        return inference.model_input(stored, config)
 
     x = model_input()
     tensor = torch.from_numpy(x)

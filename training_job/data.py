@@ -44,7 +44,8 @@ def classes_of(records: list[dict]) -> list[str]:
     return sorted({r["label"] for r in records})
 
 
-def load_split(channel_dir: Path, classes: list[str], size: int, policy: str, threads: int = 4) -> Split:
+def load_split(channel_dir: Path, classes: list[str], size: int, policy: str, threads: int = 4,
+               intensity: str = "linear") -> Split:
     records = read_records(channel_dir)
     unknown = {r["label"] for r in records} - set(classes)
     if unknown:
@@ -52,7 +53,7 @@ def load_split(channel_dir: Path, classes: list[str], size: int, policy: str, th
 
     def load(record: dict) -> np.ndarray:
         png = (channel_dir / record["key"]).read_bytes()
-        return imaging.to_model_input(imaging.open_stored(png), size, policy).astype(np.float16)
+        return imaging.to_model_input(imaging.open_stored(png), size, policy, intensity).astype(np.float16)
 
     with ThreadPoolExecutor(threads) as pool:
         arrays = list(pool.map(load, records))

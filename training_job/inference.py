@@ -83,7 +83,8 @@ def input_fn(body: bytes | str, content_type: str, context=None) -> Request:
 
 
 def model_input(image: Image.Image, config: dict) -> np.ndarray:
-    return imaging.to_model_input(image, config["image_size"], config["resize_policy"])[None, None]
+    return imaging.to_model_input(image, config["image_size"], config["resize_policy"],
+                                  config.get("intensity", "linear"))[None, None]  # older models: linear
 
 
 def predict_fn(request: Request, model: Model, context=None) -> dict:

@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("architecture", default="efficientnet_lite2", choices=networks.ARCHITECTURES)
     add("image-size", type=int, default=160, help="model input side in pixels")
     add("resize-policy", default="squash", choices=imaging.RESIZE_POLICIES)
+    add("intensity", default="linear", choices=imaging.INTENSITY_POLICIES,
+        help="grey levels as stored, or histogram-equalised per image (recorded in model.json)")
     add("width", type=int, default=32, help="base channel width of compact/resnet")
     add("dropout", type=float, default=0.2)
     add("epochs", type=int, default=5)
@@ -192,7 +194,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
             "config": {k: getattr(self.args, k) for k in ("architecture", "image_size", "epochs", "batch_size",
-                                                           "seed", "lr", "ema_decay")},
+                                                           "seed", "lr", "ema_decay", "intensity")},
         }
         partial = path.with_suffix(".partial")
         torch.save(payload, partial)
@@ -317,7 +319,7 @@ def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str
     records = {name: data.read_records(Path(d)) for name, d in channel_dirs.items()}
     classes = classes_hint or data.classes_of(records["train"] + records["validation"])
     threads = max(1, torch.get_num_threads())
-    splits = {name: data.load_split(Path(d), classes, args.image_size, args.resize_policy, threads)
+    splits = {name: data.load_split(Path(d), classes, args.image_size, args.resize_policy, threads, args.intensity)
               for name, d in channel_dirs.items()}
     return splits, classes
 
@@ -392,10 +394,11 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "width": args.width,
         "image_size": args.image_size,
         "resize_policy": args.resize_policy,
+        "intensity": args.intensity,
         "input": {"shape": [1, 1, args.image_size, args.image_size], "dtype": "float32", "range": [0.0, 1.0],
                   "channels": "grayscale"},
-        "normalisation": "stored PNG (imaging.normalise) -> imaging.to_model_input(size, resize_policy) / 255; "
-                         "per-image standardisation inside the network",
+        "normalisation": "stored PNG (imaging.normalise) -> imaging.to_model_input(size, resize_policy, intensity) "
+                         "/ 255; per-image standardisation inside the network",
         "temperature": temperature,
         "subtype_prior": prior,
         "subtype_prior_rule": "p(pneumonia) kept, its split between sub-types re-weighted by their training mix "

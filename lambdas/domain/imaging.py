@@ -38,6 +38,8 @@ STORED_MAX_SIDE = 256
 """Longest side of the stored PNG; images are never enlarged."""
 ALLOWED_FORMATS = ("JPEG", "PNG")
 RESIZE_POLICIES = ("squash", "pad")
+INTENSITY_POLICIES = ("linear", "equalize")
+"""How stored grey levels reach a model: as stored, or histogram-equalised (recorded in ``model.json``)."""
 ALPHA_POLICY = "composite onto black (transparent regions carry no signal, like unexposed film)"
 
 _SIGNATURES = (  # formats we can name in a rejection without decoding them
@@ -112,16 +114,22 @@ def open_stored(png: bytes) -> Image.Image:
     return image.convert("L") if image.mode != "L" else image
 
 
-def to_model_input(image: Image.Image, size: int, policy: str) -> np.ndarray:
+def to_model_input(image: Image.Image, size: int, policy: str, intensity: str = "linear") -> np.ndarray:
     """Resize a stored grayscale image to the model's ``size`` square, as ``float32`` in [0, 1].
 
     ``squash`` stretches to the square (the geometry of Kermany's published 224 px copies);
-    ``pad`` keeps the aspect ratio and centres the image on black.
+    ``pad`` keeps the aspect ratio and centres the image on black. ``equalize`` first spreads the
+    image's own grey levels evenly over 0-255 (Pillow's histogram equalisation), which undoes any
+    monotone contrast curve: X-rays from another machine or export look alike to the model.
     """
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy {policy!r}; expected one of {RESIZE_POLICIES}")
+    if intensity not in INTENSITY_POLICIES:
+        raise ValueError(f"unknown intensity policy {intensity!r}; expected one of {INTENSITY_POLICIES}")
     if image.mode != "L":
         image = image.convert("L")
+    if intensity == "equalize":
+        image = ImageOps.equalize(image)
     if policy == "squash":
         resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     else:

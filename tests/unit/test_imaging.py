@@ -111,6 +111,18 @@ def test_model_input_policies(policy):
         imaging.to_model_input(stored, 64, "crop")
 
 
+def test_equalized_input_does_not_depend_on_the_acquisition_contrast_curve():
+    """Another machine's exposure (a monotone curve on the grey levels) gives the same model input."""
+    stored = Image.fromarray(corpus.chest_like(256, 200))
+    flatter = stored.point(lambda v: round(60 + 120 * (v / 255) ** 1.6))  # darker, low-contrast, gamma-bent
+    same, other = (imaging.to_model_input(image, 64, "squash", "equalize") for image in (stored, flatter))
+    linear = [imaging.to_model_input(image, 64, "squash") for image in (stored, flatter)]
+    assert np.abs(same - other).mean() < np.abs(linear[0] - linear[1]).mean() / 4  # only quantisation is left
+    assert same.max() - same.min() > 0.9  # spread over the whole range
+    with pytest.raises(ValueError, match="intensity"):
+        imaging.to_model_input(stored, 64, "squash", "clahe")
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(min_size=0, max_size=4096))
 def test_random_bytes_are_rejected_never_crash(data):

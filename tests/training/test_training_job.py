@@ -211,3 +211,23 @@ def test_the_weight_average_weighs_every_step_seen_and_not_the_start():
     expected = sum((1 - decay) * decay ** (n - i) * w for i, w in enumerate(steps, 1)) / (1 - decay ** n)
     assert torch.allclose(average.module.weight.data[0], expected)
     assert expected[0] > 2.9  # about the plain mean 3.0; an uncorrected EMA would still sit near 1.1
+
+
+def test_a_model_trained_on_equalised_input_is_served_equalised_input(staged, tmp_path):
+    """``intensity`` travels in model.json, and the handler feeds the network what training fed it."""
+    from conftest import TINY_HPS
+
+    model_dir = training_run.run_training_job(staged.channels, TINY_HPS | {"intensity": "equalize", "epochs": 1},
+                                              tmp_path / "job")
+    inference = jobcode.load("inference", model_dir / "code")
+    config = inference.model_fn(str(model_dir)).config
+    assert config["intensity"] == "equalize"
+    stored = inference.imaging.open_stored(inference.imaging.normalise(
+        encode(xray("viral", np.random.default_rng(4), size=(300, 240)), "PNG")).png)
+    size, policy = config["image_size"], config["resize_policy"]
+    served = inference.model_input(stored, config)[0, 0]
+    np.testing.assert_array_equal(served, inference.imaging.to_model_input(stored, size, policy, "equalize"))
+    assert not np.array_equal(served, inference.imaging.to_model_input(stored, size, policy))
+    older = {k: v for k, v in config.items() if k != "intensity"}  # models from before the policy existed
+    np.testing.assert_array_equal(inference.model_input(stored, older)[0, 0],
+                                  inference.imaging.to_model_input(stored, size, policy))

@@ -64,8 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("architecture", default="efficientnet_lite2", choices=networks.ARCHITECTURES)
     add("image-size", type=int, default=160, help="model input side in pixels")
     add("resize-policy", default="squash", choices=imaging.RESIZE_POLICIES)
-    add("intensity", default="linear", choices=imaging.INTENSITY_POLICIES,
-        help="grey levels as stored, or histogram-equalised per image (recorded in model.json)")
+    add("intensity", default="equalize", choices=imaging.INTENSITY_POLICIES,
+        help="histogram-equalised per image (undoes a machine's contrast curve), or grey levels as stored; "
+             "recorded in model.json")
     add("width", type=int, default=32, help="base channel width of compact/resnet")
     add("dropout", type=float, default=0.2)
     add("epochs", type=int, default=5)

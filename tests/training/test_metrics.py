@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -45,6 +47,18 @@ def test_metrics_match_sklearn_and_binary_view_folds_subtypes():
     assert out["binary"]["accuracy"] == pytest.approx((truth == called).mean())
     assert out["binary"]["roc_auc"] == pytest.approx(skm.roc_auc_score(truth, 1 - probs[:, 1]))
     assert out["binary"]["sensitivity"] == pytest.approx(called[truth].mean())
+    assert out["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, probs.argmax(1)))
+
+
+def test_a_folder_without_one_class_is_scored_quietly():
+    """The 16 samples have no viral X-ray; predicting viral for one is an error, not a warning."""
+    y = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.eye(3)[[0, 2, 0, 1, 1, 1]] * 0.9 + 0.1 / 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = m.classification_metrics(y, probs, CLASSES)
+    assert out["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert out["roc_auc"] is None and out["per_class"]["viral"]["support"] == 0
 
 
 def test_threshold_only_kept_when_it_clearly_helps():

@@ -48,7 +48,7 @@ def logits(model_dir: Path, channel: Path, views: list) -> tuple[np.ndarray, np.
     model, config = artifact.load_torch_model(model_dir)
     model.to(memory_format=torch.channels_last)
     split = data.load_split(channel, config["classes"], config["image_size"], config["resize_policy"],
-                            torch.get_num_threads(), config.get("intensity", "linear"))
+                            torch.get_num_threads(), intensity=config.get("intensity", "linear"))  # older: linear
     out = []
     for start in range(0, len(split), 32):
         x = split.images[start: start + 32].float()

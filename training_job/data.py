@@ -44,8 +44,10 @@ def classes_of(records: list[dict]) -> list[str]:
     return sorted({r["label"] for r in records})
 
 
-def load_split(channel_dir: Path, classes: list[str], size: int, policy: str, threads: int = 4,
-               intensity: str = "linear") -> Split:
+def load_split(channel_dir: Path, classes: list[str], size: int, policy: str, threads: int = 4, *,
+               intensity: str) -> Split:
+    """Every image of a channel as the model sees it; ``intensity`` has no default on purpose: the
+    model's own policy (``model.json``) must be passed, or a model would be scored on other input."""
     records = read_records(channel_dir)
     unknown = {r["label"] for r in records} - set(classes)
     if unknown:

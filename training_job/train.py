@@ -320,7 +320,8 @@ def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str
     records = {name: data.read_records(Path(d)) for name, d in channel_dirs.items()}
     classes = classes_hint or data.classes_of(records["train"] + records["validation"])
     threads = max(1, torch.get_num_threads())
-    splits = {name: data.load_split(Path(d), classes, args.image_size, args.resize_policy, threads, args.intensity)
+    splits = {name: data.load_split(Path(d), classes, args.image_size, args.resize_policy, threads,
+                                    intensity=args.intensity)
               for name, d in channel_dirs.items()}
     return splits, classes
 

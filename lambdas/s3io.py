@@ -1,4 +1,4 @@
-"""S3 reads and writes the handlers share: JSON records, versioned downloads, newest-event-wins writes."""
+"""S3 reads and writes the handlers share: JSON records, current and versioned reads, tombstones."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import imaging, layout
+from lambdas.domain import imaging, layout, source_state
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,42 @@ class SourceObject:
         return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "size": self.size}
 
 
+@dataclass(frozen=True)
+class CurrentObject:
+    """A key's current version, its body not yet read (a too-large upload is refused from its size)."""
+
+    version_id: str | None
+    size: int
+    metadata: dict[str, str]
+    body: object
+
+    def read(self) -> bytes:
+        return self.body.read()
+
+    def close(self) -> None:
+        """Let go of the connection when the body was never read (a rejected key or size)."""
+        self.body.close()
+
+
+def current_object(bucket: str, key: str) -> CurrentObject | None:
+    """The key's current version (GetObject without a version id), or None when it is deleted or gone."""
+    try:
+        response = aws.client("s3").get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if aws.is_missing(exc):  # a delete marker answers 404 NoSuchKey, as does a key that never was
+            return None
+        raise
+    version = response.get("VersionId")
+    return CurrentObject(version_id=None if version in (None, "null") else version,
+                         size=int(response.get("ContentLength", 0)), metadata=response.get("Metadata", {}),
+                         body=response["Body"])
+
+
+def tombstone(bucket: str, key: str) -> None:
+    """Retire an output: a delete without a version id, so a versioned bucket keeps every version."""
+    aws.client("s3").delete_object(Bucket=bucket, Key=key)
+
+
 def download(bucket: str, key: str, version_id: str | None) -> bytes:
     """The exact version the event announced; a vanished object is a permanent rejection."""
     kwargs = {"Bucket": bucket, "Key": key}
@@ -73,6 +109,10 @@ def put_json(bucket: str, key: str, document: dict) -> None:
     aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
 
 
+def put_png(bucket: str, key: str, png: bytes) -> None:
+    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")
+
+
 def put_json_if_newest(bucket: str, key: str, document: dict, sequencer: str) -> bool:
     """Write ``document`` (stamped with the S3 event's sequencer) unless a newer event already wrote ``key``.
 
@@ -86,5 +126,5 @@ def put_json_if_newest(bucket: str, key: str, document: dict, sequencer: str) ->
 
 
 def sequencer_rank(sequencer: str) -> str:
-    """S3's rule for one key's sequencers: right-pad the shorter with zeros, then compare as strings."""
-    return sequencer.upper().ljust(64, "0")
+    """S3's order of one key's sequencers (see :func:`lambdas.domain.source_state.sequencer_rank`); "" sorts first."""
+    return source_state.sequencer_rank(sequencer) if sequencer else ""

@@ -54,3 +54,20 @@ def lambda_context():
     from cxr.local.context import LambdaContext
 
     return LambdaContext(function_name="preprocess")
+
+
+@pytest.fixture
+def state_table(aws, monkeypatch):
+    """The source-state table, as infra.wiring describes it, named in the handlers' environment."""
+    import boto3
+
+    from infra import wiring
+
+    spec = wiring.SOURCE_STATE_TABLE
+    keys = [(spec.partition_key, "HASH"), (spec.sort_key, "RANGE")]
+    boto3.client("dynamodb").create_table(
+        TableName="cxr-source-state", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys])
+    monkeypatch.setenv(spec.env_var, "cxr-source-state")
+    return "cxr-source-state"

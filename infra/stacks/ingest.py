@@ -1,15 +1,17 @@
-"""Ingest: the preprocess Lambda on every object created under the data bucket's ``raw/``."""
+"""Ingest: the preprocess Lambda on every object created or removed under the data bucket's ``raw/``."""
 
 from __future__ import annotations
 
 from aws_cdk import Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from infra import wiring
 from infra.components.access import allow_objects
-from infra.components.buckets import imported_bucket
+from infra.components.buckets import bucket_arn, imported_bucket
 from infra.components.function import ServiceFunction
 from infra.components.trigger import add_trigger
 from infra.config import Config
@@ -18,16 +20,23 @@ from lambdas.domain import layout
 
 class IngestStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, key: kms.IKey, topic: sns.ITopic,
-                 **kwargs):
+                 state_table: dynamodb.ITable, **kwargs):
         super().__init__(scope, construct_id, **kwargs)
         spec = wiring.PREPROCESS
         data_bucket = imported_bucket(self, spec.trigger.bucket, config.stage)
         self.preprocess = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic,
-                                          environment={wiring.ENV_DATA_BUCKET: data_bucket.bucket_name})
+                                          environment={wiring.ENV_DATA_BUCKET: data_bucket.bucket_name,
+                                                       wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
         function = self.preprocess.function
-        # reads the announced upload, its own sidecars (duplicates) and rejection records (newest event wins);
-        # writes outputs and rejection records; never deletes
-        allow_objects(function, spec.trigger.bucket, config.stage, key,
-                      read=[spec.trigger.prefix, layout.PROCESSED, layout.QUARANTINE],
+        # reads the current version of an upload; writes its outputs and tombstones superseded ones (a delete
+        # without a version id: every version stays); never deletes anything under raw/
+        allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix],
                       write=[layout.PROCESSED, layout.QUARANTINE])
+        arn = bucket_arn(spec.trigger.bucket, config.stage)
+        function.add_to_role_policy(iam.PolicyStatement(
+            actions=["s3:DeleteObject"], resources=[f"{arn}/{layout.PROCESSED}*", f"{arn}/{layout.QUARANTINE}*"]))
+        function.add_to_role_policy(iam.PolicyStatement(  # events, leases, outcomes and identical-pixel claims
+            actions=["dynamodb:GetItem", "dynamodb:UpdateItem"], resources=[state_table.table_arn]))
+        function.add_to_role_policy(iam.PolicyStatement(  # the table's customer-managed key, through DynamoDB
+            actions=["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey"], resources=[key.key_arn]))
         add_trigger(data_bucket, function, spec.trigger)

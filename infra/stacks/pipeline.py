@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -40,7 +41,7 @@ REQUEST_DEFAULTS = {"hyperparameters": {}}
 
 class TrainingPipelineStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, key: kms.IKey, topic: sns.ITopic,
-                 training_code: Path, pretrained_weights: Path | None, **kwargs):
+                 training_code: Path, pretrained_weights: Path | None, state_table: dynamodb.ITable, **kwargs):
         super().__init__(scope, construct_id, **kwargs)
         stage = config.stage
         data_bucket = bucket_name(wiring.DATA, stage)
@@ -58,9 +59,13 @@ class TrainingPipelineStack(Stack):
         def function(spec: wiring.Function, environment: dict) -> ServiceFunction:
             return ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic, environment=environment)
 
-        self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket})
-        allow_objects(self.prepare.function, wiring.DATA, stage, key, read=[layout.PROCESSED], list_=[layout.PROCESSED],
-                      write=[layout.MANIFESTS])
+        self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket,
+                                                         wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
+        allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS])
+        self.prepare.function.add_to_role_policy(iam.PolicyStatement(  # the dataset's current records, page by page
+            actions=["dynamodb:Query"], resources=[state_table.table_arn]))
+        self.prepare.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["kms:Decrypt", "kms:DescribeKey"], resources=[key.key_arn]))
         self.evaluate = function(wiring.EVALUATE_MODEL, {
             wiring.ENV_DATA_BUCKET: data_bucket,
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate), sort_keys=True),

@@ -1,4 +1,4 @@
-"""Storage: the customer-managed key, the data / inference / access-log buckets and the notification topic."""
+"""Storage: the customer-managed key, the data / inference / access-log buckets, source-state table, topic."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from constructs import Construct
 
 from infra import wiring
 from infra.components.buckets import access_log_bucket, secure_bucket
+from infra.components.tables import table
 from infra.config import Config
 from lambdas.domain import layout
 
@@ -38,6 +39,9 @@ class StorageStack(Stack):
         )
         self.inference = secure_bucket(self, wiring.INFERENCE, config.stage, key=self.key,
                                        access_logs=self.access_logs)
+        # one current outcome per source key of both buckets (lambdas.domain.source_state); derived from the
+        # buckets, so it goes with the stack and `cxr fsck --repair` rebuilds it over retained buckets
+        self.source_state = table(self, wiring.SOURCE_STATE_TABLE, key=self.key, removal=RemovalPolicy.DESTROY)
         self.topic = sns.Topic(self, "Notifications", master_key=self.key, enforce_ssl=True,
                                display_name=f"cxr {config.stage}")
         if config.notification_email:

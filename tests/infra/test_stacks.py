@@ -88,12 +88,16 @@ def test_s3_triggers_filter_on_the_prefix_only(synth, spec):
     notifications = synth.resources("Custom::S3BucketNotifications", part)
     assert len(notifications) == 1
     (props,) = (n["Properties"] for n in notifications.values())
-    (config,) = props["NotificationConfiguration"]["LambdaFunctionConfigurations"]
-    assert config["Events"] == ["s3:ObjectCreated:*"]
-    assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": spec.trigger.prefix}]
-    assert spec.trigger.prefix in (layout.RAW, layout.INCOMING)
+    configs = props["NotificationConfiguration"]["LambdaFunctionConfigurations"]
+    assert [c["Events"] for c in configs] == [[event] for event in spec.trigger.events]
     function_id = next(iter(synth.resources("AWS::Lambda::Function", part)))
-    assert config["LambdaFunctionArn"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    for config in configs:
+        assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": spec.trigger.prefix}]
+        assert config["LambdaFunctionArn"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    assert spec.trigger.prefix in (layout.RAW, layout.INCOMING)
+    assert wiring.OBJECT_CREATED in spec.trigger.events
+    if spec is wiring.PREPROCESS:  # a deleted upload retires its outputs
+        assert wiring.OBJECT_REMOVED in spec.trigger.events
     assert props["BucketName"] == {"Fn::Join": ["", [f"cxr-dev-{spec.trigger.bucket}-", {"Ref": "AWS::AccountId"}, "-",
                                                       {"Ref": "AWS::Region"}]]}
 

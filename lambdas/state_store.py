@@ -1,0 +1,234 @@
+"""The source-state table (DynamoDB): observe events, hold a key's lease, commit its outcome, claim pixels.
+
+The rules are in :mod:`lambdas.domain.source_state`; this module is their storage. Every write that
+decides something is a single conditional write, which DynamoDB applies atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from botocore.exceptions import ClientError
+
+from lambdas import aws
+from lambdas.domain import source_state
+from lambdas.domain.source_state import Claim
+
+NEW = "new"
+"""An event newer than any seen for its key."""
+PENDING = "pending"
+"""Seen before, but the work it asked for is not done yet (an invocation failed or is still running)."""
+LEASE_MARGIN_S = 5
+"""Added to an invocation's deadline for the lease: clocks of Lambda hosts differ by far less."""
+SAFETY_S = 10
+"""A holder that has less time than this left hands the key back and fails, so that Lambda retries."""
+
+
+class LeaseLost(RuntimeError):
+    """Another invocation took the key's lease: this one must stop writing (it outlived its deadline)."""
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    bucket: str
+    key: str
+
+    @property
+    def item_key(self) -> dict:
+        return {"pk": {"S": source_state.partition(self.bucket, self.key)},
+                "sk": {"S": source_state.source_sort_key(self.key)}}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A key's record as read at the start of a round, with the counters the round must see unchanged."""
+
+    seen: str | None
+    nudges: int | None
+    record: dict | None
+
+
+class StateStore:
+    def __init__(self, table: str):
+        self.table = table
+        self.client = aws.client("dynamodb")
+
+    # --- events ----------------------------------------------------------------------------------
+    def observe(self, ref: SourceRef, rank: str) -> str:
+        """Raise ``seen`` to the event's rank: NEW, or DUPLICATE / SUPERSEDED (no work), or PENDING."""
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=ref.item_key, UpdateExpression="SET seen = :rank",
+                ConditionExpression="attribute_not_exists(seen) OR seen < :rank",
+                ExpressionAttributeValues={":rank": {"S": rank}},
+            )
+            return NEW
+        except ClientError as exc:
+            if aws.error_code(exc) != "ConditionalCheckFailedException":
+                raise
+        item = self._item(ref)
+        if _pending(item) or item.get("done", {}).get("S", "") < rank:
+            return PENDING
+        return source_state.DUPLICATE if item["seen"]["S"] == rank else source_state.SUPERSEDED
+
+    def nudge(self, ref: SourceRef) -> None:
+        """Ask for the key to be derived again (a repair, or a change among its identical-pixel peers)."""
+        self.client.update_item(TableName=self.table, Key=ref.item_key, UpdateExpression="ADD nudges :one",
+                                ExpressionAttributeValues={":one": {"N": "1"}})
+
+    # --- the lease -------------------------------------------------------------------------------
+    def acquire(self, ref: SourceRef, until_s: float) -> str | None:
+        """The key's lease until ``until_s`` (epoch seconds), or None while another invocation holds it."""
+        owner = uuid.uuid4().hex
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=ref.item_key, UpdateExpression="SET #owner = :owner, lease_until = :until",
+                ConditionExpression="attribute_not_exists(#owner) OR lease_until < :now",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}, ":until": {"N": f"{until_s:.3f}"},
+                                           ":now": {"N": f"{time.time():.3f}"}},
+            )
+        except ClientError as exc:
+            if aws.error_code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return owner
+
+    def snapshot(self, ref: SourceRef) -> Snapshot:
+        item = self._item(ref)
+        record = json.loads(item["record"]["S"]) if "record" in item else None
+        nudges = int(item["nudges"]["N"]) if "nudges" in item else None
+        return Snapshot(item.get("seen", {}).get("S"), nudges, record)
+
+    def commit(self, ref: SourceRef, owner: str, snapshot: Snapshot, record: dict) -> bool:
+        """Store the derived record; release the lease unless an event or nudge arrived since ``snapshot``.
+
+        Returns True when released; False when the holder must derive again (it keeps the lease).
+        """
+        names = {"#owner": "owner"}
+        values = {":owner": {"S": owner}, ":record": {"S": json.dumps(record, sort_keys=True)},
+                  ":outcome": {"S": record["outcome"]}, ":done": {"S": snapshot.seen or ""},
+                  ":settled": {"N": str(snapshot.nudges or 0)}, ":at": {"S": datetime.now(UTC).isoformat()}}
+        update = "SET #record = :record, outcome = :outcome, done = :done, settled = :settled, updated_at = :at"
+        names["#record"] = "record"
+        unchanged = ["#owner = :owner",
+                     "seen = :done" if snapshot.seen is not None else "attribute_not_exists(seen)",
+                     "nudges = :settled" if snapshot.nudges is not None else "attribute_not_exists(nudges)"]
+        try:
+            self.client.update_item(TableName=self.table, Key=ref.item_key,
+                                    UpdateExpression=update + " REMOVE #owner, lease_until",
+                                    ConditionExpression=" AND ".join(unchanged),
+                                    ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+            return True
+        except ClientError as exc:
+            if aws.error_code(exc) != "ConditionalCheckFailedException":
+                raise
+        try:  # something arrived meanwhile: keep what was derived, keep the lease, go again
+            self.client.update_item(TableName=self.table, Key=ref.item_key, UpdateExpression=update,
+                                    ConditionExpression="#owner = :owner", ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=values)
+        except ClientError as exc:
+            if aws.error_code(exc) == "ConditionalCheckFailedException":
+                raise LeaseLost(f"lost the lease of {source_state.partition(ref.bucket, ref.key)}") from None
+            raise
+        return False
+
+    def release(self, ref: SourceRef, owner: str) -> None:
+        """Hand the key back after a failure, so that a retry or the next event can take it at once."""
+        try:
+            self.client.update_item(TableName=self.table, Key=ref.item_key,
+                                    UpdateExpression="REMOVE #owner, lease_until",
+                                    ConditionExpression="#owner = :owner", ExpressionAttributeNames={"#owner": "owner"},
+                                    ExpressionAttributeValues={":owner": {"S": owner}})
+        except ClientError as exc:
+            if aws.error_code(exc) != "ConditionalCheckFailedException":
+                raise
+
+    # --- identical pixels ------------------------------------------------------------------------
+    def claim(self, ref: SourceRef, content_hash: str, claim: Claim) -> dict[str, Claim]:
+        """Register ``ref`` as holding these pixels; returns every claim of the group, this one included."""
+        item = self.client.update_item(
+            TableName=self.table, Key=self._group_key(ref, content_hash), UpdateExpression="SET #claim = :claim",
+            ExpressionAttributeNames={"#claim": source_state.CLAIM_PREFIX + ref.key},
+            ExpressionAttributeValues={":claim": {"M": {"label": {"S": claim.label},
+                                                        "authority": {"S": claim.authority}}}},
+            ReturnValues="ALL_NEW",
+        )["Attributes"]
+        return _claims(item)
+
+    def unclaim(self, ref: SourceRef, content_hash: str) -> dict[str, Claim]:
+        """Withdraw ``ref``'s claim; returns the claims that remain."""
+        item = self.client.update_item(
+            TableName=self.table, Key=self._group_key(ref, content_hash), UpdateExpression="REMOVE #claim",
+            ExpressionAttributeNames={"#claim": source_state.CLAIM_PREFIX + ref.key}, ReturnValues="ALL_NEW",
+        ).get("Attributes", {})
+        return _claims(item)
+
+    # --- reading ---------------------------------------------------------------------------------
+    def records(self, bucket: str, dataset: str) -> Iterator[dict]:
+        """Every source record of a dataset (strongly consistent, page by page), each with ``pending``."""
+        paginator = self.client.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self.table, ConsistentRead=True,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :src)",
+            ExpressionAttributeValues={":pk": {"S": source_state.dataset_partition(bucket, dataset)},
+                                       ":src": {"S": source_state.SOURCE_PREFIX}},
+        )
+        for page in pages:
+            for item in page["Items"]:
+                if "record" in item:
+                    yield {**json.loads(item["record"]["S"]), "pending": _pending(item)}
+                elif "seen" in item or "nudges" in item:  # observed, never derived
+                    key = item["sk"]["S"].removeprefix(source_state.SOURCE_PREFIX)
+                    yield {"outcome": None, "source": {"bucket": bucket, "key": key, "version_id": None},
+                           "pending": True}
+
+    def _item(self, ref: SourceRef) -> dict:
+        return self.client.get_item(TableName=self.table, Key=ref.item_key, ConsistentRead=True).get("Item", {})
+
+    @staticmethod
+    def _group_key(ref: SourceRef, content_hash: str) -> dict:
+        return {"pk": {"S": source_state.partition(ref.bucket, ref.key)},
+                "sk": {"S": source_state.group_sort_key(content_hash)}}
+
+
+def reconcile(store: StateStore, ref: SourceRef, derive: Callable[[SourceRef, dict | None], dict],
+              context) -> str:
+    """Derive ``ref`` under its lease until no event or nudge arrived meanwhile; returns the outcome or DEFERRED.
+
+    ``derive(ref, previous_record)`` looks at the key's current version, writes its outputs,
+    retires the previous record's, and returns the new record.
+    """
+    until = time.time() + context.get_remaining_time_in_millis() / 1000 + LEASE_MARGIN_S
+    owner = store.acquire(ref, until)
+    if owner is None:
+        return source_state.DEFERRED
+    try:
+        while True:
+            snapshot = store.snapshot(ref)
+            record = derive(ref, snapshot.record)
+            if store.commit(ref, owner, snapshot, record):
+                return record["outcome"]
+            if context.get_remaining_time_in_millis() < SAFETY_S * 1000:
+                raise aws.TransientError("the key keeps changing; handing it back for a retry")
+    except BaseException:
+        store.release(ref, owner)
+        raise
+
+
+def _pending(item: dict) -> bool:
+    done = item.get("done", {}).get("S")
+    if "record" not in item or done is None:
+        return True
+    settled = int(item.get("settled", {}).get("N", "0"))
+    return item.get("seen", {}).get("S", "") > done or int(item.get("nudges", {}).get("N", "0")) > settled
+
+
+def _claims(item: dict) -> dict[str, Claim]:
+    return {name.removeprefix(source_state.CLAIM_PREFIX): Claim(value["M"]["label"]["S"], value["M"]["authority"]["S"])
+            for name, value in item.items() if name.startswith(source_state.CLAIM_PREFIX)}

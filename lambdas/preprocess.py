@@ -21,7 +21,7 @@ from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
 from lambdas.domain.source_state import Claim
 from lambdas.s3io import SourceObject
-from lambdas.state_store import NEW, PENDING, SourceRef, StateStore, reconcile
+from lambdas.state_store import SourceRef, StateStore, lease_deadline, reconcile
 
 logger = Logger(service="cxr-preprocess")
 metrics = Metrics(namespace="CxrServerless", service="cxr-preprocess")
@@ -71,15 +71,16 @@ class Ingest:
 
     def handle(self, source: SourceObject) -> str:
         """One event: its count (``accepted``, ``rejected``, ``removed``, duplicate, superseded or deferred)."""
-        ref = SourceRef(source.bucket, source.key)
+        ref, lease = SourceRef(source.bucket, source.key), None
         if source.sequencer:
-            seen = self.store.observe(ref, source_state.sequencer_rank(source.sequencer))
-            if seen not in (NEW, PENDING):
-                logger.info("no new work", key_ref=source.ref, outcome=seen)
-                return seen
+            no_work, lease = self.store.arrive(ref, source_state.sequencer_rank(source.sequencer),
+                                               lease_deadline(self.context))
+            if no_work:
+                logger.info("no new work", key_ref=source.ref, outcome=no_work)
+                return no_work
         else:  # nothing to order by (`cxr fsck --repair`): derive the key again
             self.store.nudge(ref)
-        outcome = reconcile(self.store, ref, self.derive, self.context)
+        outcome = reconcile(self.store, ref, self.derive, self.context, lease)
         return COUNTED.get(outcome, outcome)
 
     def derive(self, ref: SourceRef, previous: dict | None) -> dict:

@@ -19,10 +19,6 @@ from lambdas import aws
 from lambdas.domain import source_state
 from lambdas.domain.source_state import Claim
 
-NEW = "new"
-"""An event newer than any seen for its key."""
-PENDING = "pending"
-"""Seen before, but the work it asked for is not done yet (an invocation failed or is still running)."""
 LEASE_MARGIN_S = 5
 """Added to an invocation's deadline for the lease: clocks of Lambda hosts differ by far less."""
 SAFETY_S = 10
@@ -53,28 +49,58 @@ class Snapshot:
     record: dict | None
 
 
+@dataclass(frozen=True)
+class Lease:
+    owner: str
+    snapshot: Snapshot
+
+
 class StateStore:
     def __init__(self, table: str):
         self.table = table
         self.client = aws.client("dynamodb")
 
     # --- events ----------------------------------------------------------------------------------
-    def observe(self, ref: SourceRef, rank: str) -> str:
-        """Raise ``seen`` to the event's rank: NEW, or DUPLICATE / SUPERSEDED (no work), or PENDING."""
+    def arrive(self, ref: SourceRef, rank: str, until_s: float) -> tuple[str | None, Lease | None]:
+        """An event of rank ``rank``: the key's lease to derive it, or why there is nothing to do.
+
+        Returns (None, lease) for work; (DUPLICATE or SUPERSEDED, None) when the event is covered;
+        (DEFERRED, None) when another invocation holds the key (it goes round again: ``seen`` moved).
+        The common case, a new event for a free key, is one conditional write.
+        """
+        owner = uuid.uuid4().hex
+        try:
+            item = self.client.update_item(
+                TableName=self.table, Key=ref.item_key,
+                UpdateExpression="SET seen = :rank, #owner = :owner, lease_until = :until",
+                ConditionExpression="(attribute_not_exists(seen) OR seen < :rank) AND "
+                                    "(attribute_not_exists(#owner) OR lease_until < :now)",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":rank": {"S": rank}, **_lease_values(owner, until_s)},
+                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )["Attributes"]
+            return None, Lease(owner, _snapshot(item))
+        except ClientError as exc:
+            if aws.error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            item = exc.response.get("Item", {})
+        if item.get("seen", {}).get("S", "") < rank:  # newer, but the key is held: raise seen, then try again
+            self._raise_seen(ref, rank)
+        elif not _pending(item) and item["done"]["S"] >= rank:
+            return (source_state.DUPLICATE if item["seen"]["S"] == rank else source_state.SUPERSEDED), None
+        lease = self.acquire(ref, until_s)  # a Lambda retry after a failure, or a holder that just let go
+        return (None, lease) if lease else (source_state.DEFERRED, None)
+
+    def _raise_seen(self, ref: SourceRef, rank: str) -> None:
         try:
             self.client.update_item(
                 TableName=self.table, Key=ref.item_key, UpdateExpression="SET seen = :rank",
                 ConditionExpression="attribute_not_exists(seen) OR seen < :rank",
                 ExpressionAttributeValues={":rank": {"S": rank}},
             )
-            return NEW
         except ClientError as exc:
             if aws.error_code(exc) != "ConditionalCheckFailedException":
                 raise
-        item = self._item(ref)
-        if _pending(item) or item.get("done", {}).get("S", "") < rank:
-            return PENDING
-        return source_state.DUPLICATE if item["seen"]["S"] == rank else source_state.SUPERSEDED
 
     def nudge(self, ref: SourceRef) -> None:
         """Ask for the key to be derived again (a repair, or a change among its identical-pixel peers)."""
@@ -82,28 +108,24 @@ class StateStore:
                                 ExpressionAttributeValues={":one": {"N": "1"}})
 
     # --- the lease -------------------------------------------------------------------------------
-    def acquire(self, ref: SourceRef, until_s: float) -> str | None:
-        """The key's lease until ``until_s`` (epoch seconds), or None while another invocation holds it."""
+    def acquire(self, ref: SourceRef, until_s: float) -> Lease | None:
+        """The key's lease until ``until_s`` (epoch seconds) with its record, or None while another holds it."""
         owner = uuid.uuid4().hex
         try:
-            self.client.update_item(
+            item = self.client.update_item(
                 TableName=self.table, Key=ref.item_key, UpdateExpression="SET #owner = :owner, lease_until = :until",
                 ConditionExpression="attribute_not_exists(#owner) OR lease_until < :now",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={":owner": {"S": owner}, ":until": {"N": f"{until_s:.3f}"},
-                                           ":now": {"N": f"{time.time():.3f}"}},
-            )
+                ExpressionAttributeNames={"#owner": "owner"}, ExpressionAttributeValues=_lease_values(owner, until_s),
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
         except ClientError as exc:
             if aws.error_code(exc) == "ConditionalCheckFailedException":
                 return None
             raise
-        return owner
+        return Lease(owner, _snapshot(item))
 
     def snapshot(self, ref: SourceRef) -> Snapshot:
-        item = self._item(ref)
-        record = json.loads(item["record"]["S"]) if "record" in item else None
-        nudges = int(item["nudges"]["N"]) if "nudges" in item else None
-        return Snapshot(item.get("seen", {}).get("S"), nudges, record)
+        return _snapshot(self._item(ref))
 
     def commit(self, ref: SourceRef, owner: str, snapshot: Snapshot, record: dict) -> bool:
         """Store the derived record; release the lease unless an event or nudge arrived since ``snapshot``.
@@ -197,28 +219,43 @@ class StateStore:
                 "sk": {"S": source_state.group_sort_key(content_hash)}}
 
 
-def reconcile(store: StateStore, ref: SourceRef, derive: Callable[[SourceRef, dict | None], dict],
-              context) -> str:
+def lease_deadline(context) -> float:
+    """Epoch seconds past which this invocation cannot be running: its lease may lapse then."""
+    return time.time() + context.get_remaining_time_in_millis() / 1000 + LEASE_MARGIN_S
+
+
+def reconcile(store: StateStore, ref: SourceRef, derive: Callable[[SourceRef, dict | None], dict], context,
+              lease: Lease | None = None) -> str:
     """Derive ``ref`` under its lease until no event or nudge arrived meanwhile; returns the outcome or DEFERRED.
 
     ``derive(ref, previous_record)`` looks at the key's current version, writes its outputs,
-    retires the previous record's, and returns the new record.
+    retires the previous record's, and returns the new record. Without ``lease``, takes it first.
     """
-    until = time.time() + context.get_remaining_time_in_millis() / 1000 + LEASE_MARGIN_S
-    owner = store.acquire(ref, until)
-    if owner is None:
+    lease = lease or store.acquire(ref, lease_deadline(context))
+    if lease is None:
         return source_state.DEFERRED
+    owner, snapshot = lease.owner, lease.snapshot
     try:
         while True:
-            snapshot = store.snapshot(ref)
             record = derive(ref, snapshot.record)
             if store.commit(ref, owner, snapshot, record):
                 return record["outcome"]
             if context.get_remaining_time_in_millis() < SAFETY_S * 1000:
                 raise aws.TransientError("the key keeps changing; handing it back for a retry")
+            snapshot = store.snapshot(ref)
     except BaseException:
         store.release(ref, owner)
         raise
+
+
+def _lease_values(owner: str, until_s: float) -> dict:
+    return {":owner": {"S": owner}, ":until": {"N": f"{until_s:.3f}"}, ":now": {"N": f"{time.time():.3f}"}}
+
+
+def _snapshot(item: dict) -> Snapshot:
+    record = json.loads(item["record"]["S"]) if "record" in item else None
+    nudges = int(item["nudges"]["N"]) if "nudges" in item else None
+    return Snapshot(item.get("seen", {}).get("S"), nudges, record)
 
 
 def _pending(item: dict) -> bool:

@@ -58,16 +58,9 @@ def lambda_context():
 
 @pytest.fixture
 def state_table(aws, monkeypatch):
-    """The source-state table, as infra.wiring describes it, named in the handlers' environment."""
-    import boto3
-
+    """The source-state table, named in the handlers' environment."""
     from infra import wiring
+    from ingested import create_state_table
 
-    spec = wiring.SOURCE_STATE_TABLE
-    keys = [(spec.partition_key, "HASH"), (spec.sort_key, "RANGE")]
-    boto3.client("dynamodb").create_table(
-        TableName="cxr-source-state", BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
-        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys])
-    monkeypatch.setenv(spec.env_var, "cxr-source-state")
+    monkeypatch.setenv(wiring.ENV_SOURCE_STATE_TABLE, create_state_table("cxr-source-state"))
     return "cxr-source-state"

@@ -12,6 +12,8 @@ from infra import wiring
 
 from .nag import acknowledge
 
+EVENT_TYPES = {wiring.OBJECT_CREATED: s3.EventType.OBJECT_CREATED, wiring.OBJECT_REMOVED: s3.EventType.OBJECT_REMOVED}
+
 
 def add_trigger(bucket: s3.IBucket, function: lambda_.IFunction, trigger: wiring.Trigger) -> None:
     """Subscribe ``function`` to the trigger's events (created, and removed where wired) under its prefix.
@@ -20,7 +22,7 @@ def add_trigger(bucket: s3.IBucket, function: lambda_.IFunction, trigger: wiring
     the function and the storage stack does not depend on its consumers (which would be a cycle).
     """
     for event in trigger.events:
-        bucket.add_event_notification(s3.EventType(event), notifications.LambdaDestination(function),
+        bucket.add_event_notification(EVENT_TYPES[event], notifications.LambdaDestination(function),
                                       s3.NotificationKeyFilter(prefix=trigger.prefix))
     for child in Stack.of(bucket).node.children:
         if child.node.id.startswith("BucketNotificationsHandler"):

@@ -1,0 +1,82 @@
+"""1,000 random ingest histories (the property test's, at ten times its count) and the time each takes.
+
+Run: `.venv/bin/python bench/ingest_histories.py [--histories N] [--seed S] [--json FILE]`.
+Each history (a few uploads, overwrites and deletes of three keys, each event delivered one to three
+times, in any order, some deliveries racing on two threads) is played against moto with the real
+preprocess handler and checked as ``tests/handlers/test_histories.py`` checks it: every key ends as
+its newest version alone gives, PrepareDataset sees exactly the trainable set, outputs are exactly
+the current ones, nothing under ``raw/`` is lost. Prints CPU and wall seconds per history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_REGION": "us-east-1", "POWERTOOLS_METRICS_NAMESPACE": "CxrServerless",
+                    "POWERTOOLS_LOG_LEVEL": "WARNING"}.items():
+    os.environ[name] = value  # never reach AWS; the handlers' info logs would drown the figures
+os.environ.pop("AWS_PROFILE", None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--histories", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0, help="which 1,000: hypothesis draws them from this seed")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    import contextlib
+    import io
+
+    from hypothesis import HealthCheck, given, seed, settings
+    from moto import mock_aws
+
+    import histories
+    from lambdas import aws
+
+    cpu, wall = [], []
+
+    @seed(args.seed)
+    @settings(max_examples=args.histories, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(history=histories.histories())
+    def play(history):
+        started_cpu, started = time.process_time(), time.perf_counter()
+        replay = histories.Replay()
+        replay.play(history)
+        replay.check(history)
+        cpu.append(time.process_time() - started_cpu)
+        wall.append(time.perf_counter() - started)
+
+    with mock_aws(), histories.atomic_dynamodb(), contextlib.redirect_stdout(io.StringIO()):  # the metrics' JSON
+        aws.reset_clients()
+        play()
+    figures = {
+        "histories": len(cpu),
+        "cpu_s_per_history": {"mean": round(statistics.mean(cpu), 3), "p95": round(_p95(cpu), 3),
+                              "max": round(max(cpu), 3)},
+        "wall_s_per_history": {"mean": round(statistics.mean(wall), 3), "p95": round(_p95(wall), 3),
+                               "max": round(max(wall), 3)},
+        "load_average": os.getloadavg()[0],
+        "seed": args.seed,
+    }
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+
+
+def _p95(values: list[float]) -> float:
+    return sorted(values)[int(0.95 * (len(values) - 1))]
+
+
+if __name__ == "__main__":
+    main()

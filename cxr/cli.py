@@ -15,6 +15,7 @@ from cxr.commands import (
     demo,
     deploy,
     evaluate,
+    fsck,
     import_medmnist,
     local,
     predict,
@@ -27,7 +28,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            deploy, teardown)
+            fsck, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

@@ -56,9 +56,9 @@ class Lease:
 
 
 class StateStore:
-    def __init__(self, table: str):
+    def __init__(self, table: str, client=None):
         self.table = table
-        self.client = aws.client("dynamodb")
+        self.client = client or aws.client("dynamodb")
 
     # --- events ----------------------------------------------------------------------------------
     def arrive(self, ref: SourceRef, rank: str, until_s: float) -> tuple[str | None, Lease | None]:

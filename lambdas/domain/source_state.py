@@ -257,12 +257,17 @@ def check_dataset(current: Mapping[str, str | None], records: Mapping[str, Mappi
     ``stray_sources``: for each present output no record owns, the source key it names (None if unknown).
     """
     present = set(present)
+    owned_by = defaultdict(list)
+    for name, source in stray_sources.items():
+        owned_by[source or name].append(name)
     findings = []
     for key in sorted(set(current) | set(records)):
         version, record = current.get(key), records.get(key)
         if record is None:
-            if version is not None:
-                findings.append(Finding(key, MISSING, "no state record"))
+            unowned = sorted(owned_by.pop(key, []))
+            if version is not None or unowned:
+                findings.append(Finding(key, MISSING, "no state record" + (
+                    f"; outputs without one: {', '.join(unowned)}" if unowned else "")))
             continue
         if record.get("pending"):
             findings.append(Finding(key, STALE, "events not yet handled (an invocation failed or is running)"))
@@ -276,12 +281,8 @@ def check_dataset(current: Mapping[str, str | None], records: Mapping[str, Mappi
         for name in outputs(record):
             if name not in present:
                 findings.append(Finding(key, MISSING, f"{name} does not exist"))
-    owned_by = defaultdict(list)
-    for name, source in stray_sources.items():
-        owned_by[source or name].append(name)
     for key, names in sorted(owned_by.items()):
         record = records.get(key)
         has_current = record is not None and any(n in present for n in outputs(record))
-        problem = DUPLICATED if has_current else STALE
-        findings.append(Finding(key, problem, "not current: " + ", ".join(sorted(names))))
+        findings.append(Finding(key, DUPLICATED if has_current else STALE, "not current: " + ", ".join(sorted(names))))
     return findings

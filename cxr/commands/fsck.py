@@ -137,20 +137,7 @@ def preprocess_function(deployment: target.Target) -> str:
     """The preprocess function's name: by its local name on the offline cloud, from CloudFormation on AWS."""
     if deployment.is_local:
         return LocalNames(deployment.stage).function(wiring.PREPROCESS)
-    stack = wiring.stack_name(deployment.stage, "Ingest")
-    try:
-        paginator = deployment.client("cloudformation").get_paginator("list_stack_resources")
-        for page in paginator.paginate(StackName=stack):
-            for resource in page["StackResourceSummaries"]:
-                if (resource["ResourceType"] == "AWS::Lambda::Function"
-                        and resource["LogicalResourceId"].startswith(wiring.PREPROCESS.id)):
-                    return resource["PhysicalResourceId"]
-    except ClientError as exc:
-        if "does not exist" in str(exc):
-            raise UserError(f"stack {stack} is not deployed in {deployment.region}: run `cxr deploy`, or pass the "
-                            "right --region / --stage") from None
-        raise
-    raise UserError(f"stack {stack} has no preprocess function: redeploy with `cxr deploy`")
+    return deployment.stack_resource("Ingest", "AWS::Lambda::Function", logical_prefix=wiring.PREPROCESS.id)
 
 
 def print_report(report: dict) -> None:

@@ -11,8 +11,8 @@ so that Lambda retries the event.
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
 from lambdas import aws, s3io
@@ -24,7 +24,7 @@ from lambdas.s3io import SourceObject
 from lambdas.state_store import SourceRef, StateStore, lease_deadline, reconcile
 
 logger = Logger(service="cxr-preprocess")
-metrics = Metrics(namespace="CxrServerless", service="cxr-preprocess")
+METRICS_NAMESPACE, SERVICE = "CxrServerless", "cxr-preprocess"
 
 COUNTED = {source_state.PROCESSED: "accepted", source_state.QUARANTINED: "rejected",
            source_state.DELETED: "removed"}
@@ -33,7 +33,6 @@ METRICS = {"accepted": "ImagesAccepted", "rejected": "ImagesRejected", "removed"
            source_state.DUPLICATE: "DuplicateEvents", source_state.SUPERSEDED: "SupersededEvents"}
 
 
-@metrics.log_metrics
 @logger.inject_lambda_context(log_event=False)
 @event_source(data_class=S3Event)
 def handler(event: S3Event, context) -> dict:
@@ -55,12 +54,19 @@ def handler(event: S3Event, context) -> dict:
                 raise
             outcomes["transient"] += 1
             logger.warning("transient AWS error, the event will be retried", key_ref=source.ref, error=str(exc))
-    for name, metric in METRICS.items():
-        metrics.add_metric(name=metric, unit=MetricUnit.Count, value=outcomes[name])
+    _publish(outcomes)
     if outcomes["transient"]:
         # Whole-event retry is safe: finished records count as duplicates and do no work.
         raise aws.TransientError(f"{outcomes['transient']} record(s) hit transient AWS errors")
     return outcomes
+
+
+def _publish(outcomes: dict) -> None:
+    """The invocation's counts as one EMF document, from a metric set of its own (the handler is reentrant)."""
+    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    for name, metric in METRICS.items():
+        metrics.add_metric(name=metric, unit=MetricUnit.Count, value=outcomes[name])
+    metrics.flush_metrics()
 
 
 class Ingest:

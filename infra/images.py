@@ -84,6 +84,7 @@ class PinnedImage:
     python: str
     """The image's Python as its release data states it; must be ``PY_TAG`` (tests)."""
     release: str
+    """The DLC release data the tag, the Python and the dates were read from."""
 
     @property
     def minor(self) -> str:

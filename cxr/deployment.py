@@ -152,7 +152,8 @@ def retained_resources(tgt: Target) -> list[Retained]:
         found.append(Retained(BUCKET, name, role, problem))
         if key_id and key_id not in keys:
             keys.append(key_id)
-    return found + [_key(tgt, key_id) for key_id in keys]
+    by_arn = {key.name: key for key in (_key(tgt, key_id) for key_id in keys)}  # an id and an ARN: one key
+    return found + list(by_arn.values())
 
 
 def adopt_overrides(retained: list[Retained]) -> dict[str, str]:

@@ -30,26 +30,26 @@ STORAGE = wiring.stack_name(STAGE, "Storage")
 ALL_ROLES = ",".join(sorted(wiring.BUCKETS))
 
 
-def storage_template(outdir, config: Config) -> str:
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    """The storage stack as `cxr deploy` synthesizes it: (normal, adopting every bucket and ``PLACEHOLDER_KEY``)."""
     from infra.app import make_app
     from infra.stacks.storage import StorageStack
 
-    app = make_app(outdir=str(outdir))
-    stack = StorageStack(app, STORAGE, config=config)
-    template = app.synth().get_stack_by_name(stack.stack_name).template
-    for resource in template["Resources"].values():
-        if resource["Type"] == "AWS::KMS::Key":  # moto 5.2.5 keeps a template's KeyPolicy object unserialised
-            resource["Properties"]["KeyPolicy"] = json.dumps(asl.resolve(resource["Properties"]["KeyPolicy"], PSEUDO))
-    return json.dumps(template)
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory):
-    """(normal, adopting every bucket and the key named ``PLACEHOLDER_KEY``), as `cxr deploy` synthesizes them."""
-    normal = storage_template(tmp_path_factory.mktemp("normal"), Config(stage=STAGE))
-    adopting = storage_template(tmp_path_factory.mktemp("adopt"), Config.from_values(
-        {"stage": STAGE, "adopt_buckets": ALL_ROLES, "adopt_key_arn": PLACEHOLDER_KEY}))
-    return normal, adopting
+    app = make_app(outdir=str(tmp_path_factory.mktemp("cdk.out")))
+    adopting = Config.from_values({"stage": STAGE, "adopt_buckets": ALL_ROLES, "adopt_key_arn": PLACEHOLDER_KEY})
+    stacks = [StorageStack(app, id_, stack_name=STORAGE, config=config)
+              for id_, config in (("Normal", Config(stage=STAGE)), ("Adopting", adopting))]
+    assembly = app.synth()
+    bodies = []
+    for stack in stacks:
+        template = assembly.get_stack_artifact(stack.artifact_id).template
+        for resource in template["Resources"].values():
+            if resource["Type"] == "AWS::KMS::Key":  # moto 5.2.5 keeps a template's KeyPolicy object unserialised
+                resource["Properties"]["KeyPolicy"] = json.dumps(asl.resolve(resource["Properties"]["KeyPolicy"],
+                                                                             PSEUDO))
+        bodies.append(json.dumps(template))
+    return tuple(bodies)
 
 
 @pytest.fixture

@@ -1,17 +1,21 @@
 """The narrow points where the offline cloud makes moto *execute* what it otherwise only records.
 
 moto keeps the AWS APIs' state but runs Lambda code only in Docker (absent here), completes
-SageMaker training jobs instantly with no artifact, and crashes on a binary InvokeEndpoint body.
-Each hook below replaces exactly one moto function with a real local execution, and two add the
-SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob); ``check()`` fails loudly the moment
-a pinned-moto upgrade moves a hooked function or starts implementing a missing action (tests call it).
+SageMaker training jobs instantly with no artifact, crashes on a binary InvokeEndpoint body, and
+answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever the endpoint, and
+gives every object an MD5 ETag, which S3 does not under SSE-KMS. Each hook below replaces exactly
+one moto function with a real local execution or AWS's behaviour, and two add the SageMaker actions
+moto lacks (UpdateEndpoint, StopTrainingJob); ``check()`` fails loudly the moment a pinned-moto
+upgrade moves a hooked function or starts implementing a missing action (tests call it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import random
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
@@ -19,6 +23,7 @@ from unittest import mock
 from urllib.parse import quote_plus, unquote
 
 import moto.awslambda.models as lambda_models
+import moto.s3.models as s3_models
 import moto.s3.notifications as s3_notifications
 import moto.sagemaker.models as sagemaker_models
 import moto.sagemaker.responses as sagemaker_responses
@@ -35,10 +40,18 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (s3_notifications, "_invoke_awslambda", ("account_id", "event_body", "fn_arn", "region_name")),
     (sagemaker_models.SageMakerModelBackend, "create_training_job", ("self", "training_job_name")),
     (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", ("self",)),
+    (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", ("self",)),
     (runtime_responses.SageMakerRuntimeResponse, "setup_class", ("self", "request", "full_url", "headers",
                                                                  "use_raw_body")),
+    (s3_models.FakeKey, "etag", ("self",)),  # a property: its getter's parameters
 )
 
+
+HOOKED_PROPERTIES = {(s3_models.FakeKey, "etag")}
+"""Hook points that are properties in moto (replaced by a property, so they must stay one)."""
+
+SSE_KMS = ("aws:kms", "aws:kms:dsse")
+"""``x-amz-server-side-encryption`` values whose objects S3 gives an ETag that is not the MD5 of the data."""
 
 MISSING_ACTIONS: tuple[tuple[Any, str], ...] = (
     (sagemaker_responses.SageMakerResponse, "update_endpoint"),
@@ -65,6 +78,9 @@ class Executors(Protocol):
     def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         """Serve a request with the real inference handler of the endpoint's model."""
 
+    def invoke_endpoint_async(self, request: Any) -> tuple[str, str]:
+        """Queue a request on an asynchronous endpoint: (output location, failure location)."""
+
 
 def check() -> None:
     """Raise if the installed moto no longer has the functions we hook, with the signatures we rely on."""
@@ -76,6 +92,11 @@ def check() -> None:
         target = getattr(owner, name, None)
         if target is None:
             raise RuntimeError(f"moto {MOTO_VERSION}: {owner.__name__}.{name} is gone; the local mode cannot hook it")
+        if (owner, name) in HOOKED_PROPERTIES:
+            target = inspect.getattr_static(owner, name)
+            if not isinstance(target, property):
+                raise RuntimeError(f"moto: {owner.__name__}.{name} is no longer a property")
+            target = target.fget
         actual = tuple(inspect.signature(target).parameters)
         if actual[: len(params)] != params:
             raise RuntimeError(f"moto: {owner.__name__}.{name}{actual} no longer starts with {params}")
@@ -91,6 +112,14 @@ def installed(executors: Executors):
     with ExitStack() as stack:
         for owner, name, replacement in _replacements(executors):
             stack.enter_context(mock.patch.object(owner, name, replacement, create=(owner, name) in MISSING_ACTIONS))
+        yield
+
+
+@contextmanager
+def aws_etags():
+    """Only the ETag hook: for tests of code that reads ETags, without the rest of the offline cloud."""
+    check()
+    with mock.patch.object(s3_models.FakeKey, "etag", AWS_ETAG):
         yield
 
 
@@ -149,9 +178,31 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
                 headers.get("accept", "application/json"),
             )
         except EndpointError as exc:
-            error = json.dumps({"__type": exc.code, "message": str(exc)})
-            return exc.status, {"Content-Type": "application/json", "x-amzn-ErrorType": exc.code}, error
+            return _error_response(exc)
         return 200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}, body
+
+    def invoke_endpoint_async(self):
+        """InvokeEndpointAsync: the request is queued on the endpoint's real handler, its result written to S3."""
+        from cxr.local.endpoints import AsyncRequest, EndpointError
+
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        inference_id = headers.get("x-amzn-sagemaker-inference-id") or str(uuid.uuid4())
+        request = AsyncRequest(
+            endpoint_name=unquote(self.path.split("/")[2]),  # /endpoints/<name>/async-invocations
+            input_location=headers.get("x-amzn-sagemaker-inputlocation", ""),
+            content_type=headers.get("x-amzn-sagemaker-content-type", "application/octet-stream"),
+            accept=headers.get("x-amzn-sagemaker-accept", "application/json"),
+            inference_id=inference_id,
+            filename=headers.get("x-amzn-sagemaker-filename"),
+            path_extension=headers.get("x-amzn-sagemaker-s3outputpathextension"),
+        )
+        try:
+            output, failure = executors.invoke_endpoint_async(request)
+        except EndpointError as exc:
+            return _error_response(exc)
+        headers = {"X-Amzn-SageMaker-OutputLocation": output, "X-Amzn-SageMaker-FailureLocation": failure,
+                   "status": 202}  # the status moto sends (see _error_response); AWS answers 202 Accepted
+        return 202, headers, json.dumps({"InferenceId": inference_id})
 
     original_setup = runtime_responses.SageMakerRuntimeResponse.setup_class
 
@@ -184,6 +235,7 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         return "{}"
 
     return [
+        (s3_models.FakeKey, "etag", AWS_ETAG),
         (sagemaker_responses.SageMakerResponse, "update_endpoint", update_endpoint),
         (sagemaker_responses.SageMakerResponse, "stop_training_job", stop_training_job),
         (runtime_responses.SageMakerRuntimeResponse, "setup_class", setup_raw),
@@ -192,7 +244,42 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         (s3_notifications, "_invoke_awslambda", invoke_async),
         (sagemaker_models.SageMakerModelBackend, "create_training_job", create_training_job),
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
+        (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
     ]
+
+
+def _error_response(exc) -> tuple[int, dict, str]:
+    """A SageMaker Runtime error as the service sends it: the error name in the body and in x-amzn-ErrorType.
+
+    moto takes a response's status from its ``status`` header (``BaseResponse._transform_response``), not
+    from the tuple: without it every error would reach the client as a 200.
+    """
+    error = json.dumps({"__type": exc.code, "message": str(exc)})
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": exc.code, "status": exc.status}
+    return exc.status, headers, error
+
+
+_moto_etag = s3_models.FakeKey.etag
+
+
+def _aws_etag(key) -> str:
+    """S3's ETag: the MD5 of the data only for single-part objects in plaintext or SSE-S3.
+
+    "Objects created by the PUT Object, POST Object, or Copy operation [...] and are encrypted by
+    SSE-C or SSE-KMS, have ETags that are not an MD5 digest of their object data" (S3 API
+    Reference, ``Object.ETag``). moto gives them all an MD5, so code that compares ETags with
+    digests passes here and fails on AWS; this gives SSE-KMS objects an opaque ETag instead, fixed
+    per object version (derived from the version, its write time and the key, never the data alone).
+    Multipart objects keep moto's ``<md5 of part md5s>-<parts>``, not a data MD5 either.
+    """
+    if key._etag is None and key.encryption in SSE_KMS:
+        data_md5 = _moto_etag.fget(key)
+        identity = f"{key.kms_key_id}|{key.bucket_name}|{key.name}|{key.version_id}|{key.last_modified.isoformat()}"
+        key._etag = hashlib.md5(f"{identity}|{data_md5}".encode(), usedforsecurity=False).hexdigest()
+    return _moto_etag.fget(key)
+
+
+AWS_ETAG = property(_aws_etag)
 
 
 _sequencer = random.Random(0).randrange(1 << 40)

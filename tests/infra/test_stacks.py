@@ -88,13 +88,14 @@ def test_s3_triggers_filter_on_the_prefix_only(synth, spec):
     notifications = synth.resources("Custom::S3BucketNotifications", part)
     assert len(notifications) == 1
     (props,) = (n["Properties"] for n in notifications.values())
-    configs = props["NotificationConfiguration"]["LambdaFunctionConfigurations"]
+    [function_id] = [lid for lid, f in synth.resources("AWS::Lambda::Function", part).items()
+                     if f["Properties"].get("Handler") == spec.handler]
+    configs = [c for c in props["NotificationConfiguration"]["LambdaFunctionConfigurations"]
+               if c["LambdaFunctionArn"] == {"Fn::GetAtt": [function_id, "Arn"]}]
     assert [c["Events"] for c in configs] == [[event] for event in spec.trigger.events]
-    function_id = next(iter(synth.resources("AWS::Lambda::Function", part)))
     for config in configs:
         assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": spec.trigger.prefix}]
-        assert config["LambdaFunctionArn"] == {"Fn::GetAtt": [function_id, "Arn"]}
-    assert spec.trigger.prefix in (layout.RAW, layout.INCOMING)
+    assert spec.trigger.prefix in (layout.RAW, layout.INCOMING, layout.ASYNC_OUTPUT)
     assert wiring.OBJECT_CREATED in spec.trigger.events
     if spec is wiring.PREPROCESS:  # a deleted upload retires its outputs
         assert wiring.OBJECT_REMOVED in spec.trigger.events
@@ -119,11 +120,12 @@ def test_functions_match_the_shared_wiring(synth, spec):
 
 def test_asynchronous_functions_bound_retries_and_keep_failed_events(synth):
     configs = synth.resources("AWS::Lambda::EventInvokeConfig")
-    assert len(configs) == 2  # preprocess and predict
+    triggered = [spec for spec in wiring.FUNCTIONS.values() if spec.trigger]
+    assert len(configs) == len(triggered) == 3  # preprocess, predict and the asynchronous endpoint's completion
     for config in configs.values():
         assert config["Properties"]["MaximumRetryAttempts"] == 2
         assert 60 <= config["Properties"]["MaximumEventAgeInSeconds"] <= 6 * 3600
-    for spec in (wiring.PREPROCESS, wiring.PREDICT):
+    for spec in triggered:
         (props,) = [f["Properties"] for f in synth.resources("AWS::Lambda::Function").values()
                     if f["Properties"]["Handler"] == spec.handler]
         assert "TargetArn" in props["DeadLetterConfig"]
@@ -213,7 +215,9 @@ def test_training_image_comes_from_a_region_mapping_not_a_literal(synth):
     template = synth.template("pipeline")
     (mapping,) = template["Mappings"].values()
     assert len(mapping) >= 30 and "us-east-1" in mapping and "cn-north-1" in mapping
-    assert mapping["cn-north-1"][images.TRAINING_GPU].endswith(".amazonaws.com.cn/pytorch-training:2.8.0-gpu-py312")
+    assert mapping == images.image_table()  # the generated table, every region
+    training = mapping["cn-north-1"][images.TRAINING_GPU]
+    assert training.endswith(".amazonaws.com.cn/pytorch:2.13-cu133-amzn2023-sagemaker")
     text = json.dumps(template["Resources"])
     assert "763104351884" not in text  # no URI typed into a resource: every use goes through Fn::FindInMap
     assert '"Fn::FindInMap"' in text

@@ -51,7 +51,7 @@ def main() -> None:
     @given(history=histories.histories())
     def play(history):
         started_cpu, started = time.process_time(), time.perf_counter()
-        replay = histories.Replay()
+        replay = histories.IngestReplay()
         replay.play(history)
         replay.check(history)
         cpu.append(time.process_time() - started_cpu)

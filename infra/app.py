@@ -57,7 +57,7 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
     common = dict(config=config, key=storage.key, topic=storage.topic)
     ingest = IngestStack(app, name("Ingest"), state_table=storage.source_state, **common,
                          description="cxr: preprocessing of uploads under raw/")
-    inference = InferenceStack(app, name("Inference"), **common,
+    inference = InferenceStack(app, name("Inference"), state_table=storage.source_state, **common,
                                description="cxr: predictions for images under incoming/")
     pipeline = TrainingPipelineStack(app, name("TrainingPipeline"), training_code=training_code,
                                      state_table=storage.source_state,

@@ -147,8 +147,8 @@ PREDICT = Function(
     memory_mb=1769,
     timeout_s=360,  # the endpoint call's worst case with retries (lambdas.aws.endpoint_call_budget_s), plus a minute
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
-                 ENV_UNCERTAINTY_BAND, ENV_ENDPOINT_MODE),
-    trigger=Trigger(INFERENCE, layout.INCOMING),
+                 ENV_UNCERTAINTY_BAND, ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE),
+    trigger=Trigger(INFERENCE, layout.INCOMING, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # a delete retires it
     service="cxr-predict",
 )
 COMPLETE_PREDICTION = Function(
@@ -156,7 +156,7 @@ COMPLETE_PREDICTION = Function(
     handler="lambdas.complete_prediction.handler",
     memory_mb=512,
     timeout_s=60,
-    environment=(ENV_PREDICTIONS_TABLE, ENV_UNCERTAINTY_BAND),
+    environment=(ENV_PREDICTIONS_TABLE, ENV_UNCERTAINTY_BAND, ENV_SOURCE_STATE_TABLE),
     trigger=Trigger(INFERENCE, layout.ASYNC_OUTPUT),
     service="cxr-predict",  # the same predictions, so the same metrics the dashboard reads
 )

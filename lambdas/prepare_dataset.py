@@ -62,7 +62,7 @@ def build_summary(result: splits.SplitResult, dataset: str, run_id: str, classes
 
 def load_items(table: str, bucket: str, dataset: str) -> list[splits.Item]:
     """The images a run may train on: the dataset's current records, as the source-state table holds them."""
-    view = source_state.training_view(StateStore(table).records(bucket, dataset))
+    view = source_state.training_view(StateStore(table).records(source_state.dataset_partition(bucket, dataset)))
     return [splits.Item(key=i.key, label=i.label, patient_id=i.patient_id, content_hash=i.content_hash,
                         user_split=i.split) for i in view]
 

@@ -21,7 +21,7 @@ from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
 from lambdas.domain.source_state import Claim
 from lambdas.s3io import SourceObject
-from lambdas.state_store import SourceRef, StateStore, lease_deadline, reconcile
+from lambdas.state_store import SourceRef, StateStore, handle, reconcile
 
 logger = Logger(service="cxr-preprocess")
 METRICS_NAMESPACE, SERVICE = "CxrServerless", "cxr-preprocess"
@@ -77,16 +77,10 @@ class Ingest:
 
     def handle(self, source: SourceObject) -> str:
         """One event: its count (``accepted``, ``rejected``, ``removed``, duplicate, superseded or deferred)."""
-        ref, lease = SourceRef(source.bucket, source.key), None
-        if source.sequencer:
-            no_work, lease = self.store.arrive(ref, source_state.sequencer_rank(source.sequencer),
-                                               lease_deadline(self.context))
-            if no_work:
-                logger.info("no new work", key_ref=source.ref, outcome=no_work)
-                return no_work
-        else:  # nothing to order by (`cxr fsck --repair`): derive the key again
-            self.store.nudge(ref)
-        outcome = reconcile(self.store, ref, self.derive, self.context, lease)
+        outcome = handle(self.store, SourceRef(source.bucket, source.key), source.sequencer, self.derive,
+                         self.context)
+        if outcome not in COUNTED:
+            logger.info("no new work", key_ref=source.ref, outcome=outcome)
         return COUNTED.get(outcome, outcome)
 
     def derive(self, ref: SourceRef, previous: dict | None) -> dict:

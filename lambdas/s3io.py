@@ -74,6 +74,24 @@ def current_object(bucket: str, key: str) -> CurrentObject | None:
                          body=response["Body"])
 
 
+@dataclass(frozen=True)
+class CurrentVersion:
+    version_id: str | None
+    size: int
+
+
+def current_version(bucket: str, key: str) -> CurrentVersion | None:
+    """The key's current version as HeadObject sees it (nothing read), or None when it is deleted or gone."""
+    try:
+        head = aws.client("s3").head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if aws.is_missing(exc):  # a delete marker answers 404, as does a key that never was
+            return None
+        raise
+    version = head.get("VersionId")
+    return CurrentVersion(None if version in (None, "null") else version, int(head.get("ContentLength", 0)))
+
+
 def tombstone(bucket: str, key: str) -> None:
     """Retire an output: a delete without a version id, so a versioned bucket keeps every version."""
     aws.client("s3").delete_object(Bucket=bucket, Key=key)

@@ -192,14 +192,14 @@ class StateStore:
         return _claims(item)
 
     # --- reading ---------------------------------------------------------------------------------
-    def records(self, bucket: str, dataset: str) -> Iterator[dict]:
-        """Every source record of a dataset (strongly consistent, page by page), each with ``pending``."""
+    def records(self, partition: str) -> Iterator[dict]:
+        """Every source record of a partition (a dataset's, or ``incoming``), strongly consistent, page by page,
+        each with ``pending`` (events or nudges not derived yet)."""
         paginator = self.client.get_paginator("query")
         pages = paginator.paginate(
             TableName=self.table, ConsistentRead=True,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :src)",
-            ExpressionAttributeValues={":pk": {"S": source_state.dataset_partition(bucket, dataset)},
-                                       ":src": {"S": source_state.SOURCE_PREFIX}},
+            ExpressionAttributeValues={":pk": {"S": partition}, ":src": {"S": source_state.SOURCE_PREFIX}},
         )
         for page in pages:
             for item in page["Items"]:
@@ -207,8 +207,8 @@ class StateStore:
                     yield {**json.loads(item["record"]["S"]), "pending": _pending(item)}
                 elif "seen" in item or "nudges" in item:  # observed, never derived
                     key = item["sk"]["S"].removeprefix(source_state.SOURCE_PREFIX)
-                    yield {"outcome": None, "source": {"bucket": bucket, "key": key, "version_id": None},
-                           "pending": True}
+                    yield {"outcome": None, "pending": True,
+                           "source": {"bucket": partition.split("/", 1)[0], "key": key, "version_id": None}}
 
     def _item(self, ref: SourceRef) -> dict:
         return self.client.get_item(TableName=self.table, Key=ref.item_key, ConsistentRead=True).get("Item", {})
@@ -217,6 +217,23 @@ class StateStore:
     def _group_key(ref: SourceRef, content_hash: str) -> dict:
         return {"pk": {"S": source_state.partition(ref.bucket, ref.key)},
                 "sk": {"S": source_state.group_sort_key(content_hash)}}
+
+
+def handle(store: StateStore, ref: SourceRef, sequencer: str, derive: Callable[[SourceRef, dict | None], dict],
+           context) -> str:
+    """One S3 event for ``ref``: the outcome derived, or why there was nothing to do (duplicate, ...).
+
+    An event without a sequencer (``cxr fsck --repair``, an asynchronous result landing) orders nothing:
+    it nudges the key, which is then derived like any other.
+    """
+    lease = None
+    if sequencer:
+        no_work, lease = store.arrive(ref, source_state.sequencer_rank(sequencer), lease_deadline(context))
+        if no_work:
+            return no_work
+    else:
+        store.nudge(ref)
+    return reconcile(store, ref, derive, context, lease)
 
 
 def lease_deadline(context) -> float:

@@ -1,18 +1,21 @@
-"""Random histories of one dataset's uploads, overwrites and deletes, delivered as S3 delivers them.
+"""Random histories of uploads, overwrites and deletes of a few keys, delivered as S3 delivers them.
 
-Shared by the property test (``tests/handlers/test_histories.py``, in ``make test``) and the
-benchmark (``bench/ingest_histories.py``). A history is a few operations on a handful of keys
-(tiny images, broken files, identical pixels under another label); each operation's event is
-delivered one to three times, at any point after the operation, some deliveries two at a time on
-two threads. After the events drain, every key's state must be what its newest version alone
-gives (identical pixels under two labels being a conflict), PrepareDataset must see exactly the
-trainable set, the outputs in S3 must be exactly the current ones, and no version under ``raw/``
-may be lost.
+Shared by the property tests (``tests/handlers/test_histories.py``, in ``make test``) and the
+benchmark (``bench/ingest_histories.py``). A history is a few operations on three keys (tiny images,
+broken files, identical pixels under another label); each operation's event is delivered one to
+three times, at any point after the operation, some deliveries two at a time on two threads, some
+while the next operation happens. It is played against ``raw/`` and the real preprocess handler
+(:class:`IngestReplay`) or ``incoming/`` and the real predict handler (:class:`PredictReplay`).
+After the events drain, every key's state must be what its newest version alone gives (identical
+pixels under two labels being a conflict in a dataset), the outputs in S3 must be exactly the
+current ones, PrepareDataset must see exactly the trainable set, and no version of an upload may
+be lost.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -31,12 +34,13 @@ from cxr.local import s3_events
 from cxr.local.context import LambdaContext
 from infra import wiring
 from ingested import create_state_table
-from lambdas import aws, prepare_dataset, preprocess
+from lambdas import aws, predict, prepare_dataset, preprocess
 from lambdas.domain import imaging, layout, source_state
 from lambdas.state_store import StateStore
 
 DATASET = "ds"
-KEYS = (f"raw/{DATASET}/NORMAL/a.png", f"raw/{DATASET}/NORMAL/b.png", f"raw/{DATASET}/PNEUMONIA/c.png")
+RAW_KEYS = (f"raw/{DATASET}/NORMAL/a.png", f"raw/{DATASET}/NORMAL/b.png", f"raw/{DATASET}/PNEUMONIA/c.png")
+INCOMING_KEYS = ("incoming/a.png", "incoming/b.png", "incoming/ward/a.png")
 DELETE = "delete"
 
 
@@ -56,8 +60,8 @@ def contents() -> dict[str, bytes]:
 
 @dataclass(frozen=True)
 class History:
-    operations: tuple[tuple[str, str], ...]
-    """(key, content name or DELETE), performed in this order."""
+    operations: tuple[tuple[int, str], ...]
+    """(key number 0-2, content name or DELETE), performed in this order."""
     steps: tuple[tuple[str, tuple[int, ...]], ...]
     """("op", (i,)) performs operation i; ("deliver", (i,)) or ("pair", (i, j)) delivers their events (a pair on
     two threads at once); ("race", (i, j)) delivers event j while, on another thread, operation i is performed
@@ -66,7 +70,7 @@ class History:
 
 @st.composite
 def histories(draw, max_operations: int = 6) -> History:
-    operations = tuple(draw(st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from([*contents(), DELETE])),
+    operations = tuple(draw(st.lists(st.tuples(st.integers(0, 2), st.sampled_from([*contents(), DELETE])),
                                      min_size=1, max_size=max_operations)))
     undelivered = {i: draw(st.integers(1, 3)) for i in range(len(operations))}  # duplicates: up to 3 deliveries
     steps, performed = [], 0
@@ -117,21 +121,54 @@ def atomic_dynamodb():
 
 
 class Replay:
-    """A fresh bucket and state table in the active moto account, and the history played into them."""
+    """A fresh bucket and state table in the active moto account, and a history played into them.
+
+    Subclasses name the keys, the handler, and what each key's newest version alone must give.
+    """
+
+    keys: tuple[str, ...] = ()
+    uploads = ""
+    """The prefix of the uploads: none of their versions may be lost."""
+    outputs: tuple[str, ...] = ()
+    """The prefixes of the outputs: exactly the current records' must exist there."""
 
     def __init__(self):
-        n = next(_names)
-        self.bucket = f"history-{n}"
+        self.n = next(_names)
+        self.bucket = f"history-{self.n}"
         self.s3 = aws.client("s3")
         self.s3.create_bucket(Bucket=self.bucket)
         self.s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
-        self.table = create_state_table(f"history-{n}")
-        self.events: list[dict] = []
-        self.versions: list[str] = []
-        """Every version id and delete marker written under raw/, in order."""
+        self.environment = {wiring.ENV_SOURCE_STATE_TABLE: create_state_table(f"history-{self.n}")}
+        self.store = StateStore(f"history-{self.n}")
+        self.events: list[dict | None] = []
+        self.versions: list[str | None] = []
+        """Every version id and delete marker written, operation by operation (None: nothing happened)."""
 
+    # --- what subclasses provide --------------------------------------------------------------------
+    partition = ""
+
+    def handler(self, event: dict, context) -> dict:
+        raise NotImplementedError
+
+    def expected(self, history: History) -> dict[str, tuple[str, str | None, str | None]]:
+        """Key -> (outcome, detail, version id) from each key's newest version alone."""
+        raise NotImplementedError
+
+    def check_detail(self, record: dict, detail: str | None) -> None:
+        raise NotImplementedError
+
+    def check_more(self, expected: dict, records: dict) -> None:
+        """Whatever else must agree with the records."""
+
+    @contextmanager
+    def running(self):
+        """What the handler needs around it while the history plays."""
+        with mock.patch.dict("os.environ", self.environment):
+            yield
+
+    # --- playing ------------------------------------------------------------------------------------
     def play(self, history: History) -> None:
-        with mock.patch.dict("os.environ", {wiring.ENV_SOURCE_STATE_TABLE: self.table}):
+        with self.running():
             for kind, indices in history.steps:
                 if kind == "op":
                     self._perform(*history.operations[indices[0]])
@@ -148,9 +185,9 @@ class Replay:
 
                     self._together(functools.partial(self._deliver, delivered), perform_and_deliver)
 
-    def _perform(self, key: str, content: str) -> None:
+    def _perform(self, slot: int, content: str) -> None:
         """Write to S3 and keep the event S3 sends for it (events[i] and versions[i] belong to operation i)."""
-        index = len(self.events)
+        index, key = len(self.events), self.keys[slot]
         self.events.append(None)
         self.versions.append(None)
         if content == DELETE:
@@ -170,7 +207,7 @@ class Replay:
     def _deliver(self, index: int) -> dict | None:
         if self.events[index] is None:
             return None
-        return preprocess.handler(s3_events.event(self.events[index]), LambdaContext(function_name="preprocess"))
+        return self.handler(s3_events.event(self.events[index]), LambdaContext(function_name="history"))
 
     @staticmethod
     def _together(*calls) -> None:
@@ -192,12 +229,52 @@ class Replay:
             raise errors[0]
 
     # --- what must hold once the events have drained ---------------------------------------------
+    def newest(self, history: History) -> dict[str, tuple[str, str | None]]:
+        """Key -> (content name or DELETE, version id) of the last operation that happened to it."""
+        return {self.keys[slot]: (content, self.versions[i]) for i, (slot, content) in enumerate(history.operations)
+                if self.events[i] is not None}
+
+    def check(self, history: History) -> None:
+        """Each key's record is current and what its newest version alone gives; outputs are exactly current."""
+        expected = self.expected(history)
+        records = {r["source"]["key"]: r for r in self.store.records(self.partition)}
+        assert set(records) == set(expected), (sorted(records), sorted(expected))
+        for key, (outcome, detail, version) in expected.items():
+            record = records[key]
+            assert not record["pending"], key
+            assert (record["outcome"], record["source"]["version_id"]) == (outcome, version), (key, record, expected)
+            self.check_detail(record, detail)
+        current_outputs = {name for r in records.values() for name in source_state.outputs(r)}
+        assert set().union(*(self._listed(prefix) for prefix in self.outputs)) == current_outputs
+        listing = self.s3.list_object_versions(Bucket=self.bucket, Prefix=self.uploads)
+        kept = [v["VersionId"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
+        assert sorted(kept) == sorted(v for v in self.versions if v)  # no upload was lost
+        self.check_more(expected, records)
+
+    def _listed(self, prefix: str) -> set[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    def _json(self, key: str) -> dict:
+        return json.loads(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+
+class IngestReplay(Replay):
+    """``raw/`` and the preprocess handler; PrepareDataset's view checked too."""
+
+    keys, uploads, outputs = RAW_KEYS, layout.RAW, (layout.PROCESSED, layout.QUARANTINE)
+
+    @property
+    def partition(self) -> str:
+        return source_state.dataset_partition(self.bucket, DATASET)
+
+    def handler(self, event: dict, context) -> dict:
+        return preprocess.handler(event, context)
+
     def expected(self, history: History) -> dict[str, tuple[str, str | None, str | None]]:
         """Key -> (outcome, content hash or reason, version id): each key's newest version alone, then conflicts."""
-        newest = {key: (content, self.versions[i]) for i, (key, content) in enumerate(history.operations)
-                  if self.events[i] is not None}
         expected = {key: (source_state.DELETED, None, None) if content == DELETE else (*verdict(content), version)
-                    for key, (content, version) in newest.items()}
+                    for key, (content, version) in self.newest(history).items()}
         labels = defaultdict(set)
         for key, (outcome, detail, _) in expected.items():
             if outcome == source_state.PROCESSED:
@@ -207,40 +284,87 @@ class Replay:
                 expected[key] = (source_state.QUARANTINED, source_state.CONFLICTING_LABELS, version)
         return expected
 
-    def check(self, history: History) -> None:
-        expected = self.expected(history)
-        records = {r["source"]["key"]: r for r in StateStore(self.table).records(self.bucket, DATASET)}
-        assert set(records) == set(expected), (sorted(records), sorted(expected))
-        for key, (outcome, detail, version) in expected.items():
-            record = records[key]
-            assert not record["pending"], key
-            assert (record["outcome"], record["source"]["version_id"]) == (outcome, version), (key, record, expected)
-            if outcome == source_state.PROCESSED:
-                assert record["image"]["content_hash"] == detail, key
-            elif outcome == source_state.QUARANTINED:
-                assert record["reason"] == detail, (key, record["reason"], detail)
-        trainable = trainable_keys(expected)
-        view = prepare_dataset.load_items(self.table, self.bucket, DATASET)
-        assert sorted(i.key for i in view) == sorted(records[k]["image"]["processed_key"] for k in trainable)
-        current_outputs = {name for r in records.values() for name in source_state.outputs(r)}
-        assert self._listed(layout.PROCESSED) | self._listed(layout.QUARANTINE) == current_outputs
-        for key, record in records.items():
-            if record["outcome"] == source_state.PROCESSED:
-                sidecar = self._json(record["image"]["metadata_key"])
-                assert sidecar["source"]["version_id"] == record["source"]["version_id"], key
-        listing = self.s3.list_object_versions(Bucket=self.bucket, Prefix=layout.RAW)
-        kept = [v["VersionId"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
-        assert sorted(kept) == sorted(v for v in self.versions if v)  # nothing under raw/ was lost
+    def check_detail(self, record: dict, detail: str | None) -> None:
+        if record["outcome"] == source_state.PROCESSED:
+            assert record["image"]["content_hash"] == detail, record
+            sidecar = self._json(record["image"]["metadata_key"])
+            assert sidecar["source"]["version_id"] == record["source"]["version_id"], record
+        elif record["outcome"] == source_state.QUARANTINED:
+            assert record["reason"] == detail, record
 
-    def _listed(self, prefix: str) -> set[str]:
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+    def check_more(self, expected: dict, records: dict) -> None:
+        view = prepare_dataset.load_items(self.environment[wiring.ENV_SOURCE_STATE_TABLE], self.bucket, DATASET)
+        assert sorted(i.key for i in view) == sorted(records[k]["image"]["processed_key"]
+                                                     for k in trainable_keys(expected))
 
-    def _json(self, key: str) -> dict:
-        return json.loads(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
-    def close(self) -> None:
-        aws.reset_clients()
+class PredictReplay(Replay):
+    """``incoming/`` and the predict handler, against a stand-in endpoint that labels each PNG by its digest."""
+
+    keys, uploads, outputs = INCOMING_KEYS, layout.INCOMING, (layout.PREDICTIONS, layout.REJECTED)
+
+    def __init__(self):
+        super().__init__()
+        for name, schema in (("predictions", (("pk", "HASH"), ("sk", "RANGE"))), ("idempotency", (("id", "HASH"),))):
+            aws.client("dynamodb").create_table(
+                TableName=f"{name}-{self.n}", BillingMode="PAY_PER_REQUEST",
+                KeySchema=[{"AttributeName": a, "KeyType": t} for a, t in schema],
+                AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a, _ in schema])
+        aws.client("ssm").put_parameter(Name="/history/endpoint", Value="history", Type="String", Overwrite=True)
+        self.environment |= {wiring.ENV_PREDICTIONS_TABLE: f"predictions-{self.n}",
+                             wiring.ENV_IDEMPOTENCY_TABLE: f"idempotency-{self.n}",
+                             wiring.ENV_ENDPOINT_PARAMETER: "/history/endpoint"}
+
+    @property
+    def partition(self) -> str:
+        return source_state.partition(self.bucket, layout.INCOMING)
+
+    def handler(self, event: dict, context) -> dict:
+        return predict.handler(event, context)
+
+    @contextmanager
+    def running(self):
+        with super().running(), mock.patch.object(predict, "invoke_endpoint", endpoint):
+            yield
+
+    def expected(self, history: History) -> dict[str, tuple[str, str | None, str | None]]:
+        """Key -> (outcome, label or reason, version id): each key's newest version alone."""
+        expected = {}
+        for key, (content, version) in self.newest(history).items():
+            if content == DELETE:
+                expected[key] = (source_state.DELETED, None, None)
+            elif verdict(content)[0] == source_state.PROCESSED:
+                expected[key] = (source_state.PREDICTED, label_of(imaging.normalise(contents()[content]).png), version)
+            else:
+                expected[key] = (source_state.REJECTED, verdict(content)[1], version)
+        return expected
+
+    def check_detail(self, record: dict, detail: str | None) -> None:
+        if record["outcome"] == source_state.PREDICTED:
+            prediction = self._json(layout.prediction_key(record["source"]["key"]))
+            assert (prediction["label"], prediction["source"]["version_id"]) == (
+                detail, record["source"]["version_id"]), record
+        elif record["outcome"] == source_state.REJECTED:
+            assert record["reason"] == detail, record
+
+    def check_more(self, expected: dict, records: dict) -> None:
+        items = aws.client("dynamodb").scan(TableName=self.environment[wiring.ENV_PREDICTIONS_TABLE])["Items"]
+        recorded = {(i["pk"]["S"].split("/", 1)[1], i["sk"]["S"]) for i in items}
+        for key, (outcome, _, version) in expected.items():
+            if outcome == source_state.PREDICTED:
+                assert (key, version) in recorded  # the audit trail holds every current prediction
+
+
+def label_of(png: bytes) -> str:
+    return ("normal", "bacterial", "viral")[hashlib.sha256(png).digest()[0] % 3]
+
+
+def endpoint(name: str, png: bytes) -> tuple[bytes, float]:
+    """A stand-in for the endpoint call: a prediction that depends on the image only."""
+    label = label_of(png)
+    answer = {"label": label, "confidence": 0.9, "probabilities": {label: 0.9}, "pneumonia_probability": 0.5,
+              "model_id": "history"}
+    return json.dumps(answer).encode(), 1.0
 
 
 @functools.cache

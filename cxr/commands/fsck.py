@@ -76,7 +76,8 @@ class Ingest:
 
     def check(self, dataset: str) -> list[Finding]:
         self.current = dict(self._current_versions(f"{layout.RAW}{dataset}/"))
-        records = {r["source"]["key"]: r for r in self.store.records(self.bucket, dataset)}
+        partition = source_state.dataset_partition(self.bucket, dataset)
+        records = {r["source"]["key"]: r for r in self.store.records(partition)}
         present = {*self._listed(f"{layout.PROCESSED}{dataset}/"),
                    *self._listed(f"{layout.QUARANTINE}{layout.RAW}{dataset}/")}
         owned = {name for record in records.values() for name in source_state.outputs(record)}

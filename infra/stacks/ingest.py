@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from aws_cdk import Stack
 from aws_cdk import aws_dynamodb as dynamodb
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from infra import wiring
 from infra.components.access import allow_objects
-from infra.components.buckets import bucket_arn, imported_bucket
+from infra.components.buckets import imported_bucket
 from infra.components.function import ServiceFunction
+from infra.components.tables import allow_items
 from infra.components.trigger import add_trigger
 from infra.config import Config
 from lambdas.domain import layout
@@ -31,12 +31,7 @@ class IngestStack(Stack):
         # reads the current version of an upload; writes its outputs and tombstones superseded ones (a delete
         # without a version id: every version stays); never deletes anything under raw/
         allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix],
-                      write=[layout.PROCESSED, layout.QUARANTINE])
-        arn = bucket_arn(spec.trigger.bucket, config.stage)
-        function.add_to_role_policy(iam.PolicyStatement(
-            actions=["s3:DeleteObject"], resources=[f"{arn}/{layout.PROCESSED}*", f"{arn}/{layout.QUARANTINE}*"]))
-        function.add_to_role_policy(iam.PolicyStatement(  # events, leases, outcomes and identical-pixel claims
-            actions=["dynamodb:GetItem", "dynamodb:UpdateItem"], resources=[state_table.table_arn]))
-        function.add_to_role_policy(iam.PolicyStatement(  # the table's customer-managed key, through DynamoDB
-            actions=["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey"], resources=[key.key_arn]))
+                      write=[layout.PROCESSED, layout.QUARANTINE], tombstone=[layout.PROCESSED, layout.QUARANTINE])
+        # events, leases, outcomes and identical-pixel claims
+        allow_items(function, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
         add_trigger(data_bucket, function, spec.trigger)

@@ -28,6 +28,7 @@ from infra.components.buckets import bucket_name
 from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
 from infra.components.retention import retention
+from infra.components.tables import allow_items
 from infra.components.training import TrainingJob
 from infra.config import Config
 from lambdas.domain import layout
@@ -62,10 +63,7 @@ class TrainingPipelineStack(Stack):
         self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket,
                                                          wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
         allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS])
-        self.prepare.function.add_to_role_policy(iam.PolicyStatement(  # the dataset's current records, page by page
-            actions=["dynamodb:Query"], resources=[state_table.table_arn]))
-        self.prepare.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["kms:Decrypt", "kms:DescribeKey"], resources=[key.key_arn]))
+        allow_items(self.prepare.function, state_table, key, "dynamodb:Query")  # the dataset's current records
         self.evaluate = function(wiring.EVALUATE_MODEL, {
             wiring.ENV_DATA_BUCKET: data_bucket,
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate), sort_keys=True),

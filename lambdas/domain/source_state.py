@@ -63,6 +63,8 @@ QUARANTINED = "quarantined"
 DELETED = "deleted"
 PREDICTED = "predicted"
 REJECTED = "rejected"
+SUBMITTED = "submitted"
+"""Queued on an asynchronous endpoint: nothing is current until its result lands."""
 
 # What an event amounted to, as handlers count it.
 DUPLICATE = "duplicate"

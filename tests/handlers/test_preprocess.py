@@ -56,7 +56,8 @@ def sidecars() -> list[dict]:
 
 
 def records(dataset: str = "ds") -> dict[str, dict]:
-    return {r["source"]["key"]: r for r in StateStore("cxr-source-state").records(BUCKET, dataset)}
+    partition = source_state.dataset_partition(BUCKET, dataset)
+    return {r["source"]["key"]: r for r in StateStore("cxr-source-state").records(partition)}
 
 
 def counts(**nonzero) -> dict:

@@ -40,7 +40,8 @@ def ingest(cloud, monkeypatch):
 
 
 def record_of(ingest, key: str) -> dict:
-    return next(r for r in ingest.store.records(ingest.bucket, DATASET) if r["source"]["key"] == key)
+    records = ingest.store.records(source_state.dataset_partition(ingest.bucket, DATASET))
+    return next(r for r in records if r["source"]["key"] == key)
 
 
 def test_an_intact_dataset_is_consistent(ingest, capsys):

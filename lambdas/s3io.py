@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import imaging, layout, source_state
+from lambdas.domain import imaging, layout
 
 
 @dataclass(frozen=True)
@@ -129,20 +129,3 @@ def put_json(bucket: str, key: str, document: dict) -> None:
 
 def put_png(bucket: str, key: str, png: bytes) -> None:
     aws.client("s3").put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")
-
-
-def put_json_if_newest(bucket: str, key: str, document: dict, sequencer: str) -> bool:
-    """Write ``document`` (stamped with the S3 event's sequencer) unless a newer event already wrote ``key``.
-
-    Makes the final state independent of the order in which S3 delivers events for one key.
-    """
-    existing = read_json(bucket, key)
-    if existing is not None and sequencer_rank(existing.get("sequencer", "")) > sequencer_rank(sequencer):
-        return False
-    put_json(bucket, key, {**document, "sequencer": sequencer})
-    return True
-
-
-def sequencer_rank(sequencer: str) -> str:
-    """S3's order of one key's sequencers (see :func:`lambdas.domain.source_state.sequencer_rank`); "" sorts first."""
-    return source_state.sequencer_rank(sequencer) if sequencer else ""

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from cxr.packaging import TRAINING_JOB
+from infra.packaging import TRAINING_JOB
 
 
 def load(name: str, directory: Path = TRAINING_JOB) -> ModuleType:

@@ -22,7 +22,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr import operations, packaging
+from cxr import operations
+from infra import packaging
 from lambdas import prepare_dataset
 from lambdas.domain import imaging, labels, layout, splits
 

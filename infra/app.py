@@ -12,10 +12,10 @@ from pathlib import Path
 from aws_cdk import App, Tags, Validations
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
 
-from cxr.packaging import build_sourcedir, pretrained_bundle
 from infra import wiring
 from infra.components.nag import acknowledge
 from infra.config import Config, ConfigError
+from infra.packaging import build_sourcedir, pretrained_bundle
 from infra.stacks.inference import InferenceStack
 from infra.stacks.ingest import IngestStack
 from infra.stacks.monitoring import MonitoringStack

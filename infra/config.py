@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.images import is_accelerated
+
 ENDPOINT_MODES = ("serverless", "realtime", "async")
 PROFILES = ("default", "demo")
 ARCHITECTURES = ("x86_64", "arm64")
@@ -47,7 +49,8 @@ class Config:
     endpoint_mode: str = "serverless"
     serverless_memory_mb: int = 3072
     serverless_max_concurrency: int = 5
-    endpoint_instance_type: str = "ml.g4dn.xlarge"
+    endpoint_instance_type: str = "ml.c6i.large"
+    """Realtime and async endpoints: a CPU instance (2 vCPU, 4 GiB), as inference.py runs ONNX Runtime on the CPU."""
     training_instance_type: str = "ml.g4dn.xlarge"
     training_spot: bool = True
     training_pretrained: bool = True
@@ -81,6 +84,10 @@ class Config:
         for name in ("endpoint_instance_type", "training_instance_type"):
             if not getattr(self, name).startswith("ml."):
                 problems.append(f"{name} must be a SageMaker instance type (ml.*)")
+        if is_accelerated(self.endpoint_instance_type):
+            problems.append(f"endpoint_instance_type {self.endpoint_instance_type} pays for a GPU or accelerator the "
+                            "model never uses (inference.py runs ONNX Runtime on the CPU): choose a CPU type such as "
+                            "ml.c6i.large")
         if not 600 <= self.training_max_runtime_s <= 28 * 24 * 3600:
             problems.append("training_max_runtime_s must be in 600..2419200")
         if not 1 <= self.training_volume_gb <= 16384:

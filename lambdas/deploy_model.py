@@ -71,7 +71,7 @@ class DeploySettings:
             mode=mode,
             serverless_memory_mb=int(env.get("SERVERLESS_MEMORY_MB", "3072")),
             serverless_max_concurrency=int(env.get("SERVERLESS_MAX_CONCURRENCY", "5")),
-            instance_type=env.get("ENDPOINT_INSTANCE_TYPE", "ml.g4dn.xlarge"),
+            instance_type=env.get("ENDPOINT_INSTANCE_TYPE", "ml.c6i.large"),  # CPU: the model runs on the CPU only
             async_output_uri=env.get("ASYNC_OUTPUT_URI") or None,
         )
         if mode == "async" and not settings.async_output_uri:

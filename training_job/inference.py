@@ -31,8 +31,29 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "application/x-image", "a
 JSON_TYPE = "application/json"
 
 
-class BadRequest(ValueError):
-    """The request cannot be served (wrong content type, rejected image): a 4xx, not a crash."""
+try:  # the serving toolkit answers this class with its status code; anything else it answers with 500
+    from sagemaker_inference.errors import BaseInferenceToolkitError
+except ImportError:  # the offline cloud and `cxr evaluate` load this file without the toolkit
+
+    class BaseInferenceToolkitError(Exception):
+        def __init__(self, status_code: int, message: str, phrase: str):
+            self.status_code, self.message, self.phrase = status_code, message, phrase
+            super().__init__(status_code, message, phrase)
+
+
+class BadRequest(BaseInferenceToolkitError, ValueError):
+    """The request cannot be served (wrong content type, rejected image): HTTP 400, not a 500 crash.
+
+    ``sagemaker_inference``'s transformer sets the status of a ``BaseInferenceToolkitError`` it catches
+    (the reason phrase is ``phrase``, the body starts with ``message``); the runtime then reports
+    ``ModelError`` "Received client error (400) from primary with message ...".
+    """
+
+    def __init__(self, message: str):
+        super().__init__(400, message, message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass

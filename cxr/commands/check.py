@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,13 +41,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    missing = [str(p) for p in args.paths if not p.exists()]
+    missing = [str(p) for p in args.paths if not os.path.lexists(p)]  # a dangling link or loop gets a verdict
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
-    files = list(iter_files(args.paths))
-    if not files:
+    verdicts = [entry if isinstance(entry, Verdict) else check_file(entry) for entry in walk(args.paths)]
+    if not verdicts:
         raise UsageError("no files found under the given paths")
-    verdicts = [check_file(path) for path in files]
     if args.json:
         json.dump([asdict(v) for v in verdicts], sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -53,25 +55,58 @@ def run(args) -> int:
     return 0 if all(v.status == "accepted" for v in verdicts) else 1
 
 
-def iter_files(paths: list[Path]):
-    """Files in argument order; folders recursively in sorted order, hidden entries skipped."""
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(
-                p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)
-            )
-        else:
+def walk(paths: list[Path]):
+    """Files to check, in argument order, folders depth-first in sorted order, hidden entries skipped.
+
+    Folder links are followed (a label folder is often a link to where the images live). What cannot
+    be walked is a verdict of its own instead of a silent gap: a link loop, a dangling link, a folder
+    or file that cannot be read.
+    """
+    stack = [(path, ()) for path in reversed(paths)]
+    while stack:
+        path, ancestors = stack.pop()
+        try:
+            info = path.stat()  # follows links
+        except OSError as exc:
+            yield _unwalkable(path, exc)
+            continue
+        if not stat.S_ISDIR(info.st_mode):
             yield path
+            continue
+        identity = (info.st_dev, info.st_ino)
+        if identity in ancestors:
+            yield _rejected(path, "symlink_loop", "a folder link that leads back to a folder above it (not followed)")
+            continue
+        try:
+            with os.scandir(path) as entries:
+                names = sorted(entry.name for entry in entries if not entry.name.startswith("."))
+        except OSError as exc:
+            yield _rejected(path, "unreadable", f"cannot list the folder ({exc.strerror or exc})")
+            continue
+        stack.extend((path / name, (*ancestors, identity)) for name in reversed(names))
+
+
+def _unwalkable(path: Path, exc: OSError) -> Verdict:
+    if exc.errno == errno.ELOOP:
+        return _rejected(path, "symlink_loop", "the link leads round in a loop, to no file")
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        return _rejected(path, "broken_symlink", f"the link points to {os.readlink(path)}, which does not exist")
+    return _rejected(path, "unreadable", f"cannot read it ({exc.strerror or exc})")
+
+
+def _rejected(path: Path, code: str, reason: str) -> Verdict:
+    return Verdict(path=str(path), status="rejected", code=code, reason=reason)
 
 
 def check_file(path: Path, key_parts: list[str] | None = None) -> Verdict:
     """The verdict ingest would give this file: label from its folders, then the normaliser.
 
-    ``key_parts`` are the folders and name it will have under ``raw/<dataset>/`` (default: its own path).
+    ``key_parts`` are the folders and name it will have under ``raw/<dataset>/`` (default: its own path,
+    as given: a link is labelled by the folder it sits in, not by its target's).
     """
     verdict = Verdict(path=str(path), status="rejected")
     try:
-        info = labels.describe(key_parts or path.resolve().parts[-3:])
+        info = labels.describe(key_parts or Path(os.path.abspath(path)).parts[-3:])
         verdict.label, verdict.patient_id = info.label, info.patient_id
         imaging.check_upload_size(path.stat().st_size)
         image = imaging.normalise(path.read_bytes())

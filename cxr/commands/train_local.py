@@ -20,7 +20,7 @@ from pathlib import Path
 from cxr import training_run
 from cxr.arguments import key_values
 from cxr.errors import UsageError
-from cxr.packaging import pretrained_bundle
+from infra.packaging import pretrained_bundle
 
 SMALL_SIDE = 64
 """Images whose median stored side is at most this use the ``small`` preset."""

@@ -60,8 +60,11 @@ class LocalEndpoints:
             prediction = handler.predict_fn(request, loaded.model)
             payload, produced = handler.output_fn(prediction, accept)
         except getattr(handler, "BadRequest", ValueError) as exc:
-            # The PyTorch toolkit answers a handler exception with an error status; the runtime reports ModelError.
-            raise EndpointError("ModelError", f"Received client error (400) from primary: {exc}", 424) from None
+            # The serving toolkit answers the handler's BadRequest with its status (400); the runtime wraps any
+            # container error as ModelError (HTTP 424) naming that status.
+            status = getattr(exc, "status_code", 400)
+            raise EndpointError("ModelError", f'Received client error ({status}) from primary with message "{exc}"',
+                                424) from None
         return (payload.encode() if isinstance(payload, str) else payload), produced
 
     def _load(self, model_data_url: str) -> LoadedModel:

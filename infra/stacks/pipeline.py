@@ -69,7 +69,7 @@ class TrainingPipelineStack(Stack):
         self.deploy = function(wiring.DEPLOY_MODEL, {
             wiring.ENV_SAGEMAKER_ROLE_ARN: self.model_role.role_arn,
             wiring.ENV_KMS_KEY_ARN: key.key_arn,
-            wiring.ENV_INFERENCE_IMAGE: self.images.inference(config.endpoint_mode, config.endpoint_instance_type),
+            wiring.ENV_INFERENCE_IMAGE: self.images.uri(images.INFERENCE_CPU),  # inference.py runs on the CPU only
             wiring.ENV_ENDPOINT_NAME: endpoint_name,
             wiring.ENV_ENDPOINT_MODE: config.endpoint_mode,
             wiring.ENV_SERVERLESS_MEMORY_MB: str(config.serverless_memory_mb),
@@ -228,8 +228,7 @@ class TrainingPipelineStack(Stack):
                         description="cxr SageMaker models and endpoints")
         allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.MODELS])
         allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, write=[wiring.ASYNC_OUTPUT_PREFIX])
-        gpu = self.config.endpoint_mode != "serverless" and images.is_gpu_instance(self.config.endpoint_instance_type)
-        self._allow_container(role, images.INFERENCE_GPU if gpu else images.INFERENCE_CPU, "Endpoints")
+        self._allow_container(role, images.INFERENCE_CPU, "Endpoints")
         role.add_to_policy(iam.PolicyStatement(  # asynchronous results are encrypted with the key as this role
             actions=["kms:Encrypt"], resources=[self.key.key_arn]))
         return role

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import re
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +45,31 @@ RESIZE_POLICIES = ("squash", "pad")
 INTENSITY_POLICIES = ("linear", "equalize")
 """How stored grey levels reach a model: as stored, or histogram-equalised (recorded in ``model.json``)."""
 ALPHA_POLICY = "composite onto black (transparent regions carry no signal, like unexposed film)"
+JPEG_MIN_PIXELS_PER_BYTE = 512
+"""Floor on a JPEG's scan data, checked from the header before decoding: one byte per 512 pixels.
+
+A complete Huffman-coded JPEG spends at least one bit on every 8x8 block (its DC code), so none falls
+below this (an arithmetic-coded one could, but not with an X-ray's noise in it); the provided X-rays
+carry 31x more or above (``bench/normalise_provided.py``). A 1.2 KB file declaring 7000x7000 is a
+cut-off or crafted file, rejected before 49 MP are allocated."""
+DEFLATE_MAX_RATIO = 1032
+"""Deflate's ceiling (a 258-byte match in two 1-bit codes): a PNG's IDAT holds at least 1/1032 of its rows."""
+FILL_FRACTION = 1 / 16
+"""A JPEG whose bottom sixteenth is exactly libjpeg's fill is truncated (``_check_jpeg_fill``).
+
+The provided X-rays have no bottom row at the fill value; their real uniform borders (collimated
+film) are black, up to 7 % of the rows."""
+_JPEG_FILL = {"L": (128,), "CMYK": (127, 127, 127, 127)}
+"""What libjpeg writes where scan data is missing (all-zero blocks: mid-grey; Pillow inverts Adobe CMYK)."""
+_JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""A marker that ends entropy-coded data: 0xFF not followed by a stuffed zero, a restart code or a fill byte."""
+_JPEG_STANDALONE = {0x01, 0xD8}
+"""Markers without a length field (TEM, SOI); the marker search already passes over restart markers."""
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+"""Samples per pixel by PNG colour type (grey, RGB, palette, grey+alpha, RGBA)."""
+_STRIP_PIXELS = 1 << 20
+"""Mode conversion runs a strip of about a megapixel at a time, so its temporaries stay small."""
 
 _SIGNATURES = (  # formats we can name in a rejection without decoding them
     (b"%PDF", "PDF document"),
@@ -97,13 +126,15 @@ def normalise(data: bytes) -> NormalisedImage:
     """Validate untrusted bytes and return the stored form, or raise :class:`RejectedImage`."""
     check_upload_size(len(data))
     fmt = _sniff_format(data)
+    payload = _walk_png(data) if fmt == "PNG" else _walk_jpeg(data)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image, original = _decode(data, fmt)
-    pixels = _to_grayscale_array(image)
-    if int(pixels.max()) == int(pixels.min()):
+        gray, original = _decode(data, fmt, payload)
+    low, high = gray.getextrema()
+    if low == high:
         raise RejectedImage("blank", "the image has no contrast: every pixel has the same value")
-    stored = _shrink(Image.fromarray(pixels))
+    stored = _shrink(gray)
+    stored.info = {}  # nothing of the upload's metadata (ICC, EXIF, text) reaches the stored PNG
     return _encode(stored, original)
 
 
@@ -161,30 +192,134 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def _decode(data: bytes, fmt: str) -> tuple[Image.Image, tuple[int, int, str, str]]:
-    """Open with the allow-list, check the header against the caps, then decode fully."""
+@dataclass(frozen=True)
+class _Payload:
+    """The compressed pixel data found by walking a file's structure, and the least a complete file holds."""
+
+    size: int
+    minimum: int
+
+
+def _truncated(message: str) -> RejectedImage:
+    return RejectedImage("truncated", f"{message}: the file was cut short (re-export or re-upload it whole)")
+
+
+def _walk_png(data: bytes) -> _Payload:
+    """Check every chunk's CRC-32 up to IEND, which must be there; sum the IDAT bytes.
+
+    Pillow checks no CRC of IEND, and none of ancillary chunks when told to load truncated images:
+    this walk does not depend on either (PNG spec, section 5.3: the CRC covers chunk type and data).
+    """
+    view, pos, idat, raw = memoryview(data), 8, 0, 0
+    while True:
+        if pos + 12 > len(data):
+            raise _truncated("the PNG ends before its IEND chunk")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        name, end = kind.decode("ascii", "replace"), pos + 12 + length
+        if end > len(data):
+            raise _truncated(f"the PNG ends inside its {name} chunk")
+        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+            raise RejectedImage("corrupt", f"the PNG's {name} chunk fails its CRC-32 check: the file is damaged")
+        if kind == b"IHDR" and length >= 10:
+            width, height, depth, colour = struct.unpack_from(">IIBB", data, pos + 8)
+            raw = height * ((width * depth * _PNG_CHANNELS.get(colour, 1) + 7) // 8)
+        elif kind == b"IDAT":
+            idat += length
+        elif kind == b"IEND":
+            return _Payload(idat, raw // DEFLATE_MAX_RATIO)
+        pos = end
+
+
+def _walk_jpeg(data: bytes) -> _Payload:
+    """Follow the markers to an end-of-image marker that comes after scan data; sum the scan bytes.
+
+    Pillow reports a file cut inside its scans only when the decoder runs dry, and cannot see a cut
+    closed by an appended EOI (libjpeg then fills the rest; see ``_check_jpeg_fill``).
+    """
+    pos, scans, scan_bytes, pixels = 2, 0, 0, 0
+    while True:
+        found = _JPEG_NEXT_MARKER.search(data, pos)  # libjpeg, too, skips stray bytes between segments
+        if found is None:
+            raise _truncated("the JPEG ends without its end-of-image marker")
+        marker, start = data[found.end() - 1], found.end()
+        if marker == 0xD9:
+            if not scans:
+                raise _truncated("the JPEG ends before any image data")
+            return _Payload(scan_bytes, math.ceil(pixels / JPEG_MIN_PIXELS_PER_BYTE))
+        if marker in _JPEG_STANDALONE:
+            pos = start
+            continue
+        end = start + int.from_bytes(data[start : start + 2], "big")
+        if start + 2 > len(data) or end > len(data):
+            raise _truncated("the JPEG ends inside a marker segment")
+        if marker in _JPEG_SOF and end - start >= 7:
+            height, width = struct.unpack_from(">HH", data, start + 3)
+            pixels = height * width
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+            following = _JPEG_NEXT_MARKER.search(data, end)
+            pos = following.start() if following else len(data)
+            scans, scan_bytes = scans + 1, scan_bytes + pos - end
+        else:
+            pos = end
+
+
+def _decode(data: bytes, fmt: str, payload: _Payload) -> tuple[Image.Image, tuple[int, int, str, str]]:
+    """Open with the allow-list, check the header against the caps, decode, return upright 8-bit grayscale."""
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
         width, height = image.size
         original = (width, height, fmt, image.mode)
         _check_geometry(width, height)
+        if payload.size < payload.minimum:
+            raise _truncated(
+                f"the header declares {width}x{height} but the file holds {payload.size:,} bytes of image data, "
+                f"under the {payload.minimum:,} any complete {fmt} of that size needs"
+            )
         if getattr(image, "n_frames", 1) > 1:
             raise RejectedImage("animated", f"animated {fmt} with {image.n_frames} frames, not a single X-ray")
-        if fmt == "PNG":
-            image.verify()  # chunk CRCs: catches corruption that decoding alone can miss
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-        elif image.mode in ("RGB", "L"):
+        if fmt == "JPEG" and image.mode in ("RGB", "L"):
             # DCT-domain downscaling: decodes large JPEGs at 1/2..1/8 scale, still >= 2x the stored size.
             image.draft("L", (2 * STORED_MAX_SIDE, 2 * STORED_MAX_SIDE))
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if fmt == "JPEG":
+            _check_jpeg_fill(image)
+        gray = _to_grayscale(image)
+        if gray is not image:
+            gray.info["exif"] = image.getexif().tobytes()  # the orientation, for the transpose below
+        ImageOps.exif_transpose(gray, in_place=True)  # on the 8-bit copy: a quarter of an RGBA original
     except RejectedImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RejectedImage("too_many_pixels", f"the header declares more than {MAX_PIXELS:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        raise RejectedImage("corrupt", f"the {fmt} data is truncated or corrupt ({_short(exc)})") from None
-    return image, original
+        if "truncated" in str(exc).lower():  # Pillow: "image file is truncated", "truncated PNG file"
+            raise _truncated(f"the {fmt} decoder ran out of data ({_short(exc)})") from None
+        raise RejectedImage("corrupt", f"the {fmt} data is corrupt ({_short(exc)})") from None
+    return gray, original
+
+
+def _check_jpeg_fill(image: Image.Image) -> None:
+    """Reject a JPEG whose bottom rows are exactly the decoder's fill below real content.
+
+    A JPEG cut short and closed with an end-of-image marker decodes without an error: libjpeg gives
+    every block past the cut all-zero coefficients, a uniform mid-grey. A real film's uniform border
+    is not exactly that value over whole rows.
+    """
+    fill = _JPEG_FILL.get(image.mode)
+    if fill is None:
+        return
+    width, height = image.size
+    rows = math.ceil(height * FILL_FRACTION)
+    flat = tuple((value, value) for value in fill)
+    if _band_extrema(image.crop((0, height - rows, width, height))) == flat and _band_extrema(image) != flat:
+        raise _truncated(
+            f"the bottom {FILL_FRACTION:.0%} or more of the rows is the JPEG decoder's uniform grey fill, not X-ray"
+        )
+
+
+def _band_extrema(image: Image.Image) -> tuple[tuple[int, int], ...]:
+    extrema = image.getextrema()
+    return extrema if len(image.getbands()) > 1 else (extrema,)
 
 
 def _check_geometry(width: int, height: int) -> None:
@@ -198,30 +333,41 @@ def _check_geometry(width: int, height: int) -> None:
         raise RejectedImage("bad_aspect", f"{width}x{height} is longer than {MAX_ASPECT:g}:1, not a chest X-ray")
 
 
-def _to_grayscale_array(image: Image.Image) -> np.ndarray:
-    """Any decoded mode to 8-bit grayscale: alpha composited on black, high bit depths rescaled."""
-    mode = image.mode
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
-        rgba = image.convert("RGBA")
+def _to_grayscale(image: Image.Image) -> Image.Image:
+    """Any decoded mode to 8-bit grayscale, a strip of rows at a time (bounded temporaries at any size)."""
+    if image.mode == "L":
+        return image
+    convert = _sixteen_to_eight_bits(image) if image.mode == "I;16" else _strip_to_grayscale
+    gray = Image.new("L", image.size)
+    rows = max(1, _STRIP_PIXELS // image.width)
+    for top in range(0, image.height, rows):
+        box = (0, top, image.width, min(image.height, top + rows))
+        gray.paste(convert(image.crop(box)), box[:2])
+    return gray
+
+
+def _strip_to_grayscale(strip: Image.Image) -> Image.Image:
+    """Alpha composited on black; palette via RGB(A); CMYK, YCbCr, 1, RGB via RGB to ITU-R 601 luma."""
+    if strip.mode == "P":
+        strip = strip.convert("RGBA" if "transparency" in strip.info else "RGB")
+    if strip.mode in ("LA", "RGBA"):
+        rgba = strip.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(black, rgba).convert("L")
-    elif mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return _rescale_to_uint8(np.asarray(image))
-    elif mode != "L":
-        image = image.convert("RGB").convert("L")  # CMYK, YCbCr, LAB, HSV, 1, RGB
-    return np.asarray(image, dtype=np.uint8)
+        return Image.alpha_composite(black, rgba).convert("L")
+    return strip.convert("RGB").convert("L")
 
 
-def _rescale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Map the image's own value range onto 0..255 (a 12-bit X-ray in a 16-bit file stays visible)."""
-    values = values.astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+def _sixteen_to_eight_bits(image: Image.Image):
+    """Map the image's own value range onto 0..255 by a 65,536-entry table (a 12-bit X-ray stays visible).
+
+    The range is measured first (Pillow's extrema, no copy); each strip is then one table lookup into
+    uint8, where float64 arithmetic over the whole image took 1.5 GB for a 7700x7700 PNG.
+    """
+    low, high = image.getextrema()
+    scale = 255.0 / (high - low) if high > low else 0.0
+    table = np.round(np.clip(np.arange(65536, dtype=np.float64) - low, 0, None) * scale).clip(0, 255)
+    table = table.astype(np.uint8)
+    return lambda strip: Image.fromarray(table[np.asarray(strip)])
 
 
 def _shrink(image: Image.Image) -> Image.Image:

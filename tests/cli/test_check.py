@@ -1,6 +1,7 @@
 """`cxr check` on the bundled X-rays and on a folder of broken files."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,85 @@ def test_unlabelled_file_reports_reason(tmp_path, capsys, depth):
     (path / "x.png").write_bytes(corpus.png())
     status, [record] = run_json(capsys, path / "x.png" if depth == "file" else path)
     assert status == 1 and record["code"] == "unlabelled"
+
+
+def sample(name: str = "NORMAL2-IM-1427-0001.jpeg") -> Path:
+    return SAMPLES / "NORMAL" / name
+
+
+def test_a_linked_file_is_labelled_by_the_folder_it_sits_in(tmp_path, capsys):
+    """Ingest labels the key it is uploaded under, which is the link's path, not its target's."""
+    (tmp_path / "PNEUMONIA").mkdir()
+    (tmp_path / "PNEUMONIA" / "person7_virus_1.jpeg").symlink_to(sample())
+    status, [record] = run_json(capsys, tmp_path)
+    assert status == 0 and record["label"] == "viral" and record["patient_id"] == "7"
+    assert record["path"] == str(tmp_path / "PNEUMONIA" / "person7_virus_1.jpeg")
+
+
+def test_linked_folders_are_followed_and_labelled_by_the_link(tmp_path, capsys):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "IM-0001-0001.jpeg").write_bytes(sample().read_bytes())
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "NORMAL").symlink_to(store, target_is_directory=True)
+    status, [record] = run_json(capsys, dataset)
+    assert status == 0 and record["label"] == "normal" and record["path"].endswith("dataset/NORMAL/IM-0001-0001.jpeg")
+
+
+def test_link_loops_and_dangling_links_get_verdicts_and_the_rest_is_still_checked(tmp_path, capsys):
+    normal = tmp_path / "NORMAL"
+    normal.mkdir()
+    (normal / "IM-0001-0001.jpeg").symlink_to(sample())
+    (normal / "up").symlink_to(tmp_path, target_is_directory=True)  # a folder loop: NORMAL/up/NORMAL/up/...
+    (normal / "self.jpeg").symlink_to(normal / "self.jpeg")  # a link to itself: ELOOP
+    (normal / "gone.jpeg").symlink_to(tmp_path / "deleted.jpeg")
+    status, records = run_json(capsys, tmp_path)
+    verdicts = {Path(r["path"]).name: (r["status"], r["code"]) for r in records}
+    assert status == 1 and verdicts == {
+        "IM-0001-0001.jpeg": ("accepted", None),
+        "up": ("rejected", "symlink_loop"),
+        "self.jpeg": ("rejected", "symlink_loop"),
+        "gone.jpeg": ("rejected", "broken_symlink"),
+    }
+    assert all(r["reason"] for r in records if r["status"] == "rejected")
+    status, [record] = run_json(capsys, normal / "self.jpeg")  # named as an argument: a verdict, not "no such file"
+    assert status == 1 and record["code"] == "symlink_loop"
+
+
+def test_unreadable_folders_and_files_get_verdicts(tmp_path, capsys, monkeypatch):
+    """chmod 000 stops a normal user; root reads through it, so as root the listing is refused by hand."""
+    for label in ("NORMAL", "PNEUMONIA", "BACTERIAL"):
+        (tmp_path / label).mkdir()
+    (tmp_path / "NORMAL" / "IM-0001-0001.jpeg").write_bytes(sample().read_bytes())
+    (tmp_path / "PNEUMONIA" / "person1_virus_1.jpeg").write_bytes(sample().read_bytes())
+    locked_file = tmp_path / "BACTERIAL" / "person2_bacteria_2.jpeg"
+    locked_file.write_bytes(sample().read_bytes())
+    locked = tmp_path / "PNEUMONIA"
+    locked.chmod(0)
+    locked_file.chmod(0)
+    try:
+        if os.geteuid() == 0:  # root: permission bits do not apply
+            scandir, read_bytes = os.scandir, Path.read_bytes
+
+            def refusing_scandir(path):
+                if Path(path) == locked:
+                    raise PermissionError(13, "Permission denied", str(path))
+                return scandir(path)
+
+            def refusing_read_bytes(self):
+                if self == locked_file:
+                    raise PermissionError(13, "Permission denied", str(self))
+                return read_bytes(self)
+
+            monkeypatch.setattr(os, "scandir", refusing_scandir)
+            monkeypatch.setattr(Path, "read_bytes", refusing_read_bytes)
+        status, records = run_json(capsys, tmp_path)
+    finally:
+        locked.chmod(0o755)
+        locked_file.chmod(0o644)
+    verdicts = {Path(r["path"]).name: r for r in records}
+    assert status == 1 and set(verdicts) == {"IM-0001-0001.jpeg", "PNEUMONIA", "person2_bacteria_2.jpeg"}
+    assert verdicts["IM-0001-0001.jpeg"]["status"] == "accepted"
+    for name in ("PNEUMONIA", "person2_bacteria_2.jpeg"):
+        assert verdicts[name]["code"] == "unreadable" and "Permission denied" in verdicts[name]["reason"]

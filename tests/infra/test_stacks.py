@@ -209,7 +209,9 @@ def test_training_image_comes_from_a_region_mapping_not_a_literal(synth):
     template = synth.template("pipeline")
     (mapping,) = template["Mappings"].values()
     assert len(mapping) >= 30 and "us-east-1" in mapping and "cn-north-1" in mapping
-    assert mapping["cn-north-1"][images.TRAINING_GPU].endswith(".amazonaws.com.cn/pytorch-training:2.8.0-gpu-py312")
+    assert mapping == images.image_table()  # the generated table, every region
+    training = mapping["cn-north-1"][images.TRAINING_GPU]
+    assert training.endswith(".amazonaws.com.cn/pytorch:2.13-cu133-amzn2023-sagemaker")
     text = json.dumps(template["Resources"])
     assert "763104351884" not in text  # no URI typed into a resource: every use goes through Fn::FindInMap
     assert '"Fn::FindInMap"' in text

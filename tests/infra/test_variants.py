@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 VARIANT = {
     "stage": "prod",
     "endpoint_mode": "async",
-    "endpoint_instance_type": "ml.g4dn.xlarge",
+    "endpoint_instance_type": "ml.m5.xlarge",
     "training_instance_type": "ml.p3.2xlarge",
     "training_spot": False,
     "reserved_concurrency": 5,
@@ -56,10 +56,11 @@ def test_training_without_spot_on_an_instance_without_nvme_gets_a_volume_key(var
     assert "pretrained" not in {c["ChannelName"] for c in params["InputDataConfig"]}
 
 
-def test_async_endpoints_use_the_gpu_image_and_an_output_location(variant):
+def test_async_endpoints_use_the_cpu_image_and_an_output_location(variant):
     env = functions(variant["pipeline"])[wiring.DEPLOY_MODEL.handler]["Environment"]["Variables"]
     assert env[wiring.ENV_ENDPOINT_MODE] == "async"
-    assert env[wiring.ENV_INFERENCE_IMAGE]["Fn::FindInMap"][2] == images.INFERENCE_GPU
+    assert env[wiring.ENV_INFERENCE_IMAGE]["Fn::FindInMap"][2] == images.INFERENCE_CPU  # inference.py: CPU only
+    assert env[wiring.ENV_ENDPOINT_INSTANCE_TYPE] == "ml.m5.xlarge"
     assert env[wiring.ENV_ENDPOINT_NAME] == "cxr-prod"
 
 

@@ -71,7 +71,7 @@ def test_upload_train_deploy_predict(cloud, dataset):
     summary = upload(cloud, dataset)
     assert summary.processed == 42  # a broken upload is quarantined while the rest of the batch proceeds
     [(key, reason)] = summary.quarantined.items()
-    assert key.endswith("IM-9999-0001-broken.jpeg") and reason.startswith("corrupt")
+    assert key.endswith("IM-9999-0001-broken.jpeg") and reason.startswith("truncated")
     inbox = notifications(cloud)
 
     run = run_pipeline(cloud, "run-1", QUICK)

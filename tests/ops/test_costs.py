@@ -21,7 +21,7 @@ def flat(value: float) -> costs.Price:
 PRICES = {
     "sagemaker_serverless_gb_second": flat(0.00002),
     "sagemaker_serverless_data_gb": flat(0.016),
-    "sagemaker_hosting_hour.ml.g4dn.xlarge": flat(0.7364),
+    "sagemaker_hosting_hour.ml.c6i.large": flat(0.102),
     "sagemaker_training_hour.ml.g4dn.xlarge": flat(0.7364),
     "sagemaker_spot_saving": flat(0.7),
     "lambda_request": flat(0.2e-6),
@@ -37,7 +37,7 @@ PRICES = {
 
 def inputs(**overrides) -> costs.Inputs:
     values = dict(per_month=10_000, endpoint_mode="serverless", serverless_memory_mb=3072,
-                  endpoint_instance_type="ml.g4dn.xlarge", training_instance_type="ml.g4dn.xlarge",
+                  endpoint_instance_type="ml.c6i.large", training_instance_type="ml.g4dn.xlarge",
                   training_hours=2.0, training_spot=True,
                   lambda_memory_mb=2048, lambda_architecture="x86_64", latency=LATENCY)
     return costs.Inputs(**(values | overrides))
@@ -75,9 +75,9 @@ def test_always_on_options_bill_730_hours():
     estimates = {e.name: e for e in costs.serving_estimates(PRICES, inputs())}
     assert estimates["Rekognition Custom Labels"].per_month == pytest.approx(4.0 * 730)
     assert estimates["Vertex AI AutoML image"].per_month == pytest.approx(1.375 * 730)
-    realtime = estimates["cxr, realtime endpoint ml.g4dn.xlarge"]
+    realtime = estimates["cxr, realtime endpoint ml.c6i.large"]
     path = sum(costs.predict_path_per_prediction(PRICES, inputs()).values()) * 10_000
-    assert realtime.per_month == pytest.approx(0.7364 * 730 + path)
+    assert realtime.per_month == pytest.approx(0.102 * 730 + path)
     assert realtime.per_1000 == pytest.approx(realtime.per_month / 10)
 
 
@@ -89,8 +89,8 @@ def test_serverless_total_is_the_sum_of_its_line_items():
 
 
 @pytest.mark.parametrize("mode, configured", [("serverless", "cxr, serverless endpoint"),
-                                              ("realtime", "cxr, realtime endpoint ml.g4dn.xlarge"),
-                                              ("async", "cxr, realtime endpoint ml.g4dn.xlarge")])
+                                              ("realtime", "cxr, realtime endpoint ml.c6i.large"),
+                                              ("async", "cxr, realtime endpoint ml.c6i.large")])
 def test_the_configured_endpoint_mode_is_marked(mode, configured):
     estimates = costs.serving_estimates(PRICES, inputs(endpoint_mode=mode))
     assert [e.name for e in estimates if e.configured] == [configured]
@@ -173,7 +173,7 @@ def test_cost_json_uses_the_configuration_the_measurement_and_the_prices(capsys)
     assert ours["items"]["endpoint compute"] == pytest.approx(2 * measured["endpoint_ms"] / 1000 * 0.00002)
     assert ours["per_month"] == pytest.approx(ours["per_1000"] * 20)
     assert "serverless_memory_mb" in report["sources"]["configuration"]
-    assert [e["name"] for e in report["serving"] if e["configured"]] == ["cxr, realtime endpoint ml.g4dn.xlarge"]
+    assert [e["name"] for e in report["serving"] if e["configured"]] == ["cxr, realtime endpoint ml.c6i.large"]
     assert set(report["prices"]) == costs.price_names(costs.Inputs(**{
         **report["inputs"], "latency": LATENCY}))
     assert all(p["source"].startswith("https://") and p["as_of"] for p in report["prices"].values())
@@ -182,7 +182,7 @@ def test_cost_json_uses_the_configuration_the_measurement_and_the_prices(capsys)
 def test_cost_table_names_every_option_and_its_sources(capsys):
     assert main(["cost", "--training-hours", "1.5"]) == 0
     out = capsys.readouterr().out
-    for text in ("cxr, serverless endpoint", "realtime endpoint ml.g4dn.xlarge", "Rekognition Custom Labels",
+    for text in ("cxr, serverless endpoint", "realtime endpoint ml.c6i.large", "Rekognition Custom Labels",
                  "Vertex AI AutoML image", "1.5 h", "training_hours: --training-hours",
                  "bench/results/latency.json", "https://aws.amazon.com/sagemaker-ai/pricing/"):
         assert text in out
@@ -190,7 +190,8 @@ def test_cost_table_names_every_option_and_its_sources(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["cost", "-c", "serverless_memory_mb=1000"], "serverless_memory_mb"),
-    (["cost", "-c", "endpoint_instance_type=ml.p3.2xlarge"], "no price 'sagemaker_hosting_hour.ml.p3.2xlarge'"),
+    (["cost", "-c", "endpoint_instance_type=ml.m5.4xlarge"], "no price 'sagemaker_hosting_hour.ml.m5.4xlarge'"),
+    (["cost", "-c", "endpoint_instance_type=ml.g4dn.xlarge"], "endpoint_instance_type ml.g4dn.xlarge pays for a GPU"),
     (["cost", "--latency", "/nonexistent/latency.json"], "no latency measurement"),
 ])
 def test_cost_errors_are_one_line(argv, message, capsys):

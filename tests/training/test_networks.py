@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cxr import jobcode
-from cxr.packaging import pretrained_weights
+from infra.packaging import pretrained_weights
 
 networks = jobcode.load("networks")
 train = jobcode.load("train")
@@ -50,7 +50,7 @@ def test_the_channel_file_named_after_the_network_is_chosen(tmp_path):
 
 def test_the_pipeline_bundle_gives_each_network_its_own_weights(tmp_path):
     """The pipeline's channel is one zip of every installed network's weights."""
-    from cxr.packaging import pretrained_bundle
+    from infra.packaging import pretrained_bundle
 
     bundle = pretrained_bundle(tmp_path / "cache")
     assert pretrained_bundle(tmp_path / "cache").read_bytes() == bundle.read_bytes()  # stable asset hash

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from synthetic import encode, xray
 
-from cxr import packaging
+from infra import packaging
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +47,6 @@ def test_sourcedir_holds_the_code_the_wheels_and_an_offline_requirements_file(so
     assert {w for w in serving if w.endswith(".whl")} <= wheels
     assert packaging.build_sourcedir(sourcedir.parent / "again", python_version=f"{sys.version_info[0]}."
                                      f"{sys.version_info[1]}").read_bytes() == sourcedir.read_bytes()
-
-
-def test_training_image_uri_comes_from_the_sdk_table():
-    uri = packaging.training_image_uri("eu-west-1")
-    assert f"pytorch-training:{packaging.FRAMEWORK_VERSION}-gpu-py312" in uri
 
 
 def test_sagemaker_training_toolkit_runs_train_py_from_the_sourcedir(sourcedir, staged, tmp_path):
@@ -102,25 +97,34 @@ class Context:
     def set_response_status(self, code, phrase): self.status = (code, phrase)
     def set_response_content_type(self, index, value): self.content_type = value
 
-model_dir, image = sys.argv[1], open(sys.argv[2], "rb").read()
+model_dir = sys.argv[1]
 service = HandlerService()
-context = Context(model_dir, {"Content-Type": "image/jpeg", "Accept": "application/json"})
-service.initialize(context)
-response = service.handle([{"body": image}], context)
-print(json.dumps({"status": context.status, "content_type": context.content_type, "body": response[0]}))
+for path in sys.argv[2:]:  # one request per file, each with its own context as the model server gives it
+    context = Context(model_dir, {"Content-Type": "image/jpeg", "Accept": "application/json"})
+    service.initialize(context)
+    response = service.handle([{"body": open(path, "rb").read()}], context)
+    body = response[0].decode() if isinstance(response[0], bytes) else response[0]
+    print(json.dumps({"status": context.status, "content_type": context.content_type, "body": body}))
 """
 
 
-def test_sagemaker_inference_toolkit_serves_the_model_dir(trained, tmp_path):
-    image = tmp_path / "xray.jpeg"
+def test_sagemaker_inference_toolkit_serves_the_model_dir_and_answers_a_rejected_input_with_400(trained, tmp_path):
+    image, pdf = tmp_path / "xray.jpeg", tmp_path / "scan.jpeg"
     image.write_bytes(encode(xray("bacterial", np.random.default_rng(1), size=(320, 260)), "JPEG"))
+    pdf.write_bytes(b"%PDF-1.4\n" + bytes(2048))  # sent as image/jpeg: the normaliser rejects it by its bytes
     env = {**os.environ, "PYTHONPATH": str(trained / "model" / "code")}
-    run = subprocess.run([sys.executable, "-c", SERVE, str(trained / "model"), str(image)], env=env,
+    run = subprocess.run([sys.executable, "-c", SERVE, str(trained / "model"), str(image), str(pdf)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result, rejected = (json.loads(line) for line in run.stdout.strip().splitlines()[-2:])
     assert result["status"] is None, result  # no error status was set
     assert result["content_type"] == "application/json"
     prediction = json.loads(result["body"])
     assert prediction["label"] in ("bacterial", "normal", "viral")
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    code, phrase = rejected["status"]
+    assert code == 400, rejected  # a client error, not the toolkit's 500 for an unexpected exception
+    assert phrase.startswith("unsupported_format: PDF") and "Traceback" not in phrase
+    reason = rejected["body"].splitlines()[0]  # the toolkit's body: the message, then its own traceback
+    assert reason.startswith("unsupported_format: PDF") and "Traceback" not in reason

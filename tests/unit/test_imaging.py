@@ -1,13 +1,14 @@
 """The normaliser: its output contract, every rejection reason, and property tests."""
 
 import io
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFile
 
 import corpus
 from lambdas.domain import imaging
@@ -46,6 +47,84 @@ def test_size_cap_is_checked_without_reading():
     with pytest.raises(imaging.RejectedImage) as caught:
         imaging.check_upload_size(0)
     assert caught.value.code == "empty"
+
+
+@pytest.mark.parametrize("kind", [b"IHDR", b"IDAT", b"tEXt", b"IEND"])
+def test_every_png_chunk_crc_is_checked(kind):
+    """Pillow never checks IEND's CRC; the normaliser checks every chunk's before decoding."""
+    imaging.normalise(corpus.png_with_text())  # whole, it is accepted
+    with pytest.raises(imaging.RejectedImage) as caught:
+        imaging.normalise(corpus.png_bad_crc(kind))
+    assert caught.value.code == "corrupt" and kind.decode() in caught.value.message
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "CMYK"])
+@pytest.mark.parametrize("keep", [0.3, 0.85])
+def test_jpeg_cut_short_and_closed_with_an_end_marker_is_truncated(mode, keep):
+    """It decodes without an error (libjpeg fills the rest with grey); the fill below the content gives it away."""
+    with pytest.raises(imaging.RejectedImage) as caught:
+        imaging.normalise(corpus.jpeg_cut_then_closed(keep, mode))
+    assert caught.value.code == "truncated" and "fill" in caught.value.message
+
+
+@pytest.mark.parametrize("border", [0, 255])
+def test_uniform_film_borders_are_not_taken_for_a_fill(border):
+    """A collimated film's uniform edge is black or white, not the decoder's exact mid-grey."""
+    result = imaging.normalise(corpus.jpeg_cut_then_closed(keep=2.0, border=border))  # keep > 1: nothing cut
+    pixels = np.asarray(assert_output_contract(result, (320, 256)))
+    assert np.abs(pixels[-20:].astype(int) - border).max() <= 2  # the border survived, the image was accepted
+
+
+def test_an_all_grey_jpeg_is_blank_not_truncated():
+    with pytest.raises(imaging.RejectedImage) as caught:
+        imaging.normalise(corpus.encode(Image.new("L", (64, 64), 128), "JPEG"))
+    assert caught.value.code == "blank"
+
+
+@pytest.mark.parametrize(
+    "data", [corpus.jpeg_declaring(7000, 7000), corpus.png_bomb_header(7000, 7000)], ids=["jpeg", "png"]
+)
+def test_a_large_header_on_a_small_file_is_rejected_before_decoding(data, monkeypatch):
+    """1.2 KB cannot hold 49 MP of X-ray: rejected from the header, before 49 MP are allocated."""
+    assert len(data) < 2000
+
+    def no_decoding(self):
+        raise AssertionError("decoded a file the header alone rules out")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(imaging.RejectedImage, match="7000x7000") as caught:
+        imaging.normalise(data)
+    assert caught.value.code == "truncated"
+
+
+def test_sixteen_bit_conversion_is_exact():
+    """The table lookup gives what float64 arithmetic gave: round((v - min) * 255 / (max - min))."""
+    data = corpus.png_16bit(240, 200)  # small enough to be stored unresampled
+    values = np.asarray(Image.open(io.BytesIO(data))).astype(np.float64)
+    expected = np.round((values - values.min()) * (255.0 / (values.max() - values.min()))).astype(np.uint8)
+    stored = np.asarray(Image.open(io.BytesIO(imaging.normalise(data).png)))
+    assert np.array_equal(stored, expected)
+
+
+def test_sixteen_bit_conversion_makes_no_full_size_numpy_copies():
+    """9 MP of 16-bit grey: float64 copies of it took 72 MB each; strips through a table stay a few MB."""
+    data = corpus.png_16bit_large(3000)
+    tracemalloc.start()
+    try:
+        imaging.normalise(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3000 * 3000, f"numpy/Python peak {peak / 2**20:.1f} MB for a 9 MP image"
+
+
+def test_exif_orientation_survives_the_mode_conversion():
+    """RGBA is converted to grayscale before the transpose (a quarter of the memory): the orientation must follow."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgba = Image.fromarray(corpus.chest_like(240, 160)).convert("RGBA")
+    result = imaging.normalise(corpus.encode(rgba, "PNG", exif=exif.tobytes()))
+    assert (result.width, result.height) == (160, 240)
 
 
 def test_sixteen_bit_is_rescaled_not_clipped():

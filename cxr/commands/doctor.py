@@ -26,6 +26,7 @@ from botocore.exceptions import (
 
 from cxr import deployment, quotas, target
 from cxr.commands.deploy import BOOTSTRAP_PARAMETER
+from infra import images
 from infra.config import Config
 
 OK, WARNING, BLOCKER = "ok", "warning", "blocker"
@@ -127,9 +128,9 @@ def diagnose(tgt: target.Target, config: Config, saved: quotas.QuotaSource | Non
     if saved is not None or not tgt.is_local:
         findings += quota_findings(config, saved or quotas.ServiceQuotasApi(tgt.client("service-quotas")), tgt.region)
     else:
-        findings.append(Finding("quotas", OK, "not applicable: the offline cloud trains and serves on this machine "
-                                              "(--quotas FILE checks a saved listing)"))
-    return findings
+        findings.append(Finding("quota", OK, "not applicable: the offline cloud trains and serves on this machine "
+                                             "(--quotas FILE checks a saved listing)"))
+    return findings + image_findings(today)
 
 
 def bootstrap(tgt: target.Target) -> Finding:
@@ -195,6 +196,14 @@ def quota_findings(config: Config, source: quotas.QuotaSource, region: str) -> l
         else:
             findings.append(Finding("quota", WARNING, f"{about}; {need.recommended} needed for {need.later}", fix))
     return findings
+
+
+def image_findings(today: datetime.date) -> list[Finding]:
+    """A pinned container image AWS no longer patches still deploys: a warning, with what to move to."""
+    expired = images.past_end_of_patch(today)
+    if not expired:
+        return [Finding("images", OK, f"every pinned container image is patched on {today.isoformat()}")]
+    return [Finding("images", WARNING, line) for line in expired]
 
 
 def request_command(code: str, value: int, region: str) -> str:

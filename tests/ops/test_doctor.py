@@ -19,13 +19,14 @@ from cxr.cli import main
 from cxr.commands import deploy, doctor
 from infra.config import Config
 
-TODAY = datetime.date(2026, 12, 1)
+TODAY = datetime.date(2026, 1, 1)
+"""Both pinned images are patched on this day (infra/images.py's support table)."""
 ACCOUNT, REGION = "123456789012", "us-east-1"
 SPOT_G4DN = "ml.g4dn.xlarge for spot training job usage"
-ENDPOINT_G4DN = "ml.g4dn.xlarge for endpoint usage"
+ENDPOINT_C6I = "ml.c6i.large for endpoint usage"
 # L-944F78BB and L-96300102 are the codes public material gives for these two quotas; the others are made up:
 # the command reads codes from the listing, never from a table.
-CODES = {SPOT_G4DN: "L-944F78BB", quotas.SERVERLESS_CONCURRENCY: "L-96300102", ENDPOINT_G4DN: "L-1194D53C",
+CODES = {SPOT_G4DN: "L-944F78BB", quotas.SERVERLESS_CONCURRENCY: "L-96300102", ENDPOINT_C6I: "L-1194D53C",
          "ml.g4dn.xlarge for training job usage": "L-3F53BA1C", "ml.m5.large for training job usage": "L-7A2E5D21",
          "ml.m5.large for endpoint usage": "L-0F7A3BB4"}
 
@@ -87,7 +88,7 @@ def levels(findings) -> dict[str, list[str]]:
 def test_an_all_green_account_has_only_ok_findings(tgt, bootstrapped):
     account = Account(applied=[GREEN])
     findings = doctor.diagnose(tgt, Config(), account.source(), today=TODAY)
-    assert levels(findings) == {"ok": ["bootstrap", "quota", "quota"]}
+    assert levels(findings) == {"ok": ["bootstrap", "quota", "quota", "images"]}
     assert f"'{SPOT_G4DN}' is 2 (L-944F78BB)" in findings[1].message
     account.stubber.assert_no_pending_responses()
 
@@ -107,7 +108,7 @@ def test_a_fresh_account_reads_defaults_and_zero_spot_quota_blocks_with_the_requ
 
 def test_on_demand_training_and_a_realtime_endpoint_look_up_their_own_quotas(tgt, bootstrapped):
     config = Config(training_spot=False, endpoint_mode="realtime")
-    account = Account(applied=[[quota("ml.g4dn.xlarge for training job usage", 1), quota(ENDPOINT_G4DN, 1)]])
+    account = Account(applied=[[quota("ml.g4dn.xlarge for training job usage", 1), quota(ENDPOINT_C6I, 1)]])
     findings = doctor.diagnose(tgt, config, account.source(), today=TODAY)
     [training, endpoint] = [f for f in findings if f.check == "quota"]
     assert training.level == "ok" and "'ml.g4dn.xlarge for training job usage' is 1" in training.message
@@ -133,6 +134,19 @@ def test_an_instance_type_without_a_quota_and_unreadable_quotas_are_warnings(tgt
     denied.stubber.add_client_error("list_service_quotas", "AccessDeniedException", "not authorized")
     [finding] = doctor.quota_findings(Config(), denied.source(), REGION)
     assert finding.level == "warning" and "servicequotas:ListServiceQuotas" in finding.fix
+
+
+def test_an_image_past_its_end_of_patch_is_a_warning_that_names_the_way_out(tgt, bootstrapped):
+    def images(today):
+        return [f for f in doctor.diagnose(tgt, Config(), Account(applied=[GREEN]).source(), today=today)
+                if f.check == "images"]
+
+    [patched] = images(datetime.date(2026, 6, 30))  # the serving image's last patched day
+    assert patched.level == "ok" and patched.message == "every pinned container image is patched on 2026-06-30"
+    [serving] = images(datetime.date(2026, 7, 1))
+    assert serving.level == "warning"
+    assert serving.message.startswith("serving image pytorch 2.6.0 (py312) passed its end of patch on 2026-06-30; ")
+    assert [f.message.split()[0] for f in images(datetime.date(2027, 8, 1))] == ["training", "serving"]
 
 
 def test_a_missing_bootstrap_blocks_with_the_bootstrap_command(tgt):

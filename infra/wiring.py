@@ -36,6 +36,8 @@ ENV_SERVERLESS_MEMORY_MB = "SERVERLESS_MEMORY_MB"
 ENV_SERVERLESS_MAX_CONCURRENCY = "SERVERLESS_MAX_CONCURRENCY"
 ENV_ENDPOINT_INSTANCE_TYPE = "ENDPOINT_INSTANCE_TYPE"
 ENV_ASYNC_OUTPUT_URI = "ASYNC_OUTPUT_URI"
+ENV_RESOURCE_PREFIX = "RESOURCE_PREFIX"
+"""The stage's SageMaker name prefix (:func:`resource_prefix`): the only models and configurations touched."""
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
 METRICS_NAMESPACE = "CxrServerless"
 
@@ -131,12 +133,24 @@ PREDICT = Function(
     id="Predict",
     handler="lambdas.predict.handler",
     memory_mb=1769,
-    timeout_s=120,  # a serverless endpoint's cold start can take a minute
+    timeout_s=360,  # the endpoint call's worst case with retries (lambdas.aws.endpoint_call_budget_s), plus a minute
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
-                 ENV_UNCERTAINTY_BAND),
+                 ENV_UNCERTAINTY_BAND, ENV_ENDPOINT_MODE),
     trigger=Trigger(INFERENCE, layout.INCOMING),
     service="cxr-predict",
 )
+COMPLETE_PREDICTION = Function(
+    id="CompletePrediction",
+    handler="lambdas.complete_prediction.handler",
+    memory_mb=512,
+    timeout_s=60,
+    environment=(ENV_PREDICTIONS_TABLE, ENV_UNCERTAINTY_BAND),
+    trigger=Trigger(INFERENCE, layout.ASYNC_OUTPUT),
+    service="cxr-predict",  # the same predictions, so the same metrics the dashboard reads
+)
+"""Asynchronous endpoints (endpoint_mode=async) write each result under ``async-output/``: this finishes the
+prediction the predict function submitted. Deployed in every mode (it costs nothing while idle), so the
+stacks and the offline cloud have one set of functions."""
 PREPARE_DATASET = Function(
     id="PrepareDataset",
     handler="lambdas.prepare_dataset.handler",
@@ -168,11 +182,12 @@ ENDPOINT_STATUS = Function(
     handler="lambdas.deploy_model.status_handler",
     memory_mb=256,
     timeout_s=30,
-    environment=(ENV_ENDPOINT_PARAMETER,),
+    environment=(ENV_ENDPOINT_PARAMETER, ENV_RESOURCE_PREFIX),
     service="cxr-endpoint-status",
 )
 FUNCTIONS: dict[str, Function] = {
-    f.id: f for f in (PREPROCESS, PREDICT, PREPARE_DATASET, EVALUATE_MODEL, DEPLOY_MODEL, ENDPOINT_STATUS)
+    f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, DEPLOY_MODEL,
+                      ENDPOINT_STATUS)
 }
 
 
@@ -244,9 +259,26 @@ TASK_FUNCTIONS = {
 }
 """Which function each Lambda task state invokes."""
 TRAINING_JOB_PREFIX = "cxr"
-"""Training job names are ``cxr-<attempt>-<uuid>``: unique per attempt, as SageMaker requires; the
-deployed model and endpoint configuration take the training job's name."""
-ASYNC_OUTPUT_PREFIX = "async/"
+"""What every stage's SageMaker names begin with (``cxr-``); a stage's own names begin with :func:`resource_prefix`."""
+SAGEMAKER_NAME_MAX = 63
+"""SageMaker's limit on training job, model and endpoint configuration names (``[a-zA-Z0-9](-*[a-zA-Z0-9])*``)."""
+
+
+def resource_prefix(stage: str) -> str:
+    """``cxr-<length of stage><stage>-``: what this stage's training jobs, models and configurations are named with.
+
+    Training jobs are ``<prefix><attempt>-<uuid>`` (unique per attempt, as SageMaker requires); the deployed
+    model and endpoint configuration take the job's name. IAM grants ``<prefix>*``, so no stage's prefix may
+    begin another stage's names: ``cxr-<stage>-`` would not do, since stages may contain ``-`` and ``cxr-dev-*``
+    would match stage ``dev-x``'s ``cxr-dev-x-...``. The length makes the prefix self-delimiting: the digits end
+    where the stage begins (stages start with a letter) and say where it ends, so two stages' prefixes are never
+    one the start of the other. A separator stages cannot contain is not available: SageMaker names allow only
+    letters, digits and ``-``, stages use all but upper case, and SageMaker lower-cases names in its ARNs.
+    """
+    return f"{TRAINING_JOB_PREFIX}-{len(stage)}{stage}-"
+
+
+ASYNC_OUTPUT_PREFIX = layout.ASYNC_OUTPUT
 """Inference bucket prefix for asynchronous endpoint outputs (endpoint_mode=async)."""
 TRAINING_CODE_CHANNEL = "code"
 TRAINING_INTEGRATION = "arn:aws:states:::sagemaker:createTrainingJob.sync"

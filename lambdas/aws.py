@@ -19,6 +19,20 @@ from botocore.exceptions import (
 )
 
 RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+ENDPOINT_READ_TIMEOUT_S = 70
+"""InvokeEndpoint gives the model container 60 s to answer, and AWS's API reference says to set the SDK's socket
+timeout to 70 s for a model that may take 50-60 s (the old 30 s cut a serverless cold start short). A cold start
+(model download and container start, which SageMaker allows 3 minutes) that outlasts the call ends in
+``ModelNotReadyException`` ("a serverless endpoint variant's resources are still being provisioned ... try your
+request again", SageMaker Runtime's error reference) or a read timeout: botocore retries the timeout, and the
+predict Lambda raises the error so that Lambda retries the event a minute later."""
+ENDPOINT_ATTEMPTS = 3
+ENDPOINT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": ENDPOINT_ATTEMPTS}, connect_timeout=5,
+                         read_timeout=ENDPOINT_READ_TIMEOUT_S)
+"""SageMaker Runtime's client: three attempts in all (the first and two retries), each allowed the whole 60 s."""
+MAX_BACKOFF_S = 20 + 5
+"""The longest pause between two attempts in botocore's standard mode (20 s cap, plus up to 5 s of retry-after)."""
+_CONFIGS = {"sagemaker-runtime": ENDPOINT_CONFIG}
 
 _TRANSIENT_CODES = frozenset(
     {
@@ -46,7 +60,13 @@ class TransientError(RuntimeError):
 
 @functools.cache
 def client(service: str):
-    return boto3.client(service, config=RETRY_CONFIG)
+    return boto3.client(service, config=_CONFIGS.get(service, RETRY_CONFIG))
+
+
+def endpoint_call_budget_s() -> float:
+    """The longest one endpoint call can take with its retries: what the predict Lambda's timeout must exceed."""
+    per_attempt = ENDPOINT_CONFIG.connect_timeout + ENDPOINT_CONFIG.read_timeout
+    return ENDPOINT_ATTEMPTS * per_attempt + (ENDPOINT_ATTEMPTS - 1) * MAX_BACKOFF_S
 
 
 def reset_clients() -> None:

@@ -20,6 +20,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from lambdas import aws
+from lambdas.domain import layout
 
 logger = Logger(service="cxr-deploy-model")
 
@@ -115,10 +116,17 @@ def endpoint_config_definition(settings: DeploySettings, name: str, model_name: 
     if settings.mode == "serverless" or not has_instance_storage(settings.instance_type):
         config["KmsKeyId"] = settings.kms_key_arn
     if settings.mode == "async":
-        config["AsyncInferenceConfig"] = {
-            "OutputConfig": {"S3OutputPath": settings.async_output_uri, "KmsKeyId": settings.kms_key_arn},
-        }
+        config["AsyncInferenceConfig"] = {"OutputConfig": {
+            "S3OutputPath": settings.async_output_uri,
+            "S3FailurePath": async_failure_uri(settings.async_output_uri),
+            "KmsKeyId": settings.kms_key_arn,
+        }}
     return config
+
+
+def async_failure_uri(output_uri: str) -> str:
+    """The output path's ``failures/`` folder (``layout.ASYNC_FAILURES``): where the completion sees failures too."""
+    return f"{output_uri.rstrip('/')}/{layout.ASYNC_FAILURES.removeprefix(layout.ASYNC_OUTPUT)}"
 
 
 def _create(call, **kwargs) -> None:
@@ -191,26 +199,33 @@ def status_handler(event: dict, context) -> dict:
     aws.client("ssm").put_parameter(Name=os.environ["ENDPOINT_PARAMETER"], Value=endpoint_name,
                                     Type="String", Overwrite=True)
     try:
-        retired = retire_old_deployments(endpoint_name, config_name, KEEP_PREVIOUS)
+        retired = retire_old_deployments(endpoint_name, config_name, KEEP_PREVIOUS, os.environ["RESOURCE_PREFIX"])
     except ClientError as exc:  # housekeeping: the new model serves either way, so report instead of failing
         logger.warning("could not retire old deployments", extra={"error": str(exc)})
         return {**event, "status": status, "ready": True, "retired": [], "retire_error": str(exc)}
     return {**event, "status": status, "ready": True, "retired": retired}
 
 
-def retire_old_deployments(endpoint_name: str, serving: str, keep: int) -> list[str]:
+def retire_old_deployments(endpoint_name: str, serving: str, keep: int, prefix: str) -> list[str]:
     """Delete the models and configurations made for this endpoint, except the one serving and the
-    ``keep`` newest before it (a rollback is one ``update_endpoint`` away). Names deleted, oldest last."""
+    ``keep`` newest before it (a rollback is one ``update_endpoint`` away). Names deleted, oldest last.
+
+    Only configurations named with this stage's ``prefix`` are looked at (``NameContains`` narrows the
+    listing, then the exact prefix): the role may read tags and delete only those, and a configuration of
+    another stage or application must never stop or widen the clean-up.
+    """
     sagemaker = aws.client("sagemaker")
     ours = []
-    for page in sagemaker.get_paginator("list_endpoint_configs").paginate(SortBy="CreationTime",
-                                                                           SortOrder="Descending"):
+    pages = sagemaker.get_paginator("list_endpoint_configs").paginate(
+        NameContains=prefix, SortBy="CreationTime", SortOrder="Descending")
+    for page in pages:
         for config in page["EndpointConfigs"]:
-            if config["EndpointConfigName"] == serving:
+            name = config["EndpointConfigName"]
+            if name == serving or not name.startswith(prefix):
                 continue
             tags = sagemaker.list_tags(ResourceArn=config["EndpointConfigArn"])["Tags"]
             if {"Key": ENDPOINT_TAG, "Value": endpoint_name} in tags:
-                ours.append(config["EndpointConfigName"])
+                ours.append(name)
     retired = ours[keep:]
     for name in retired:  # each model is named after its configuration (handler)
         _delete(sagemaker.delete_endpoint_config, EndpointConfigName=name)

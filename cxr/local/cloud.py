@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 
 from cxr.local import functions, hooks, pipeline
-from cxr.local.endpoints import LocalEndpoints
+from cxr.local.endpoints import AsyncRequest, LocalEndpoints
 from cxr.local.names import ACCOUNT, REGION, LocalNames
 from cxr.local.training import LocalTrainingJobs
 from infra import wiring
@@ -94,7 +94,8 @@ class LocalCloud:
             wiring.ENV_SERVERLESS_MEMORY_MB: str(config.serverless_memory_mb),
             wiring.ENV_SERVERLESS_MAX_CONCURRENCY: str(config.serverless_max_concurrency),
             wiring.ENV_ENDPOINT_INSTANCE_TYPE: config.endpoint_instance_type,
-            wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{self.names.bucket(wiring.INFERENCE)}/async/",
+            wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{self.names.bucket(wiring.INFERENCE)}/{wiring.ASYNC_OUTPUT_PREFIX}",
+            wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(config.stage),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,
@@ -184,6 +185,9 @@ class LocalCloud:
 
     def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         return self.endpoints.invoke(endpoint_name, body, content_type, accept)
+
+    def invoke_endpoint_async(self, request: AsyncRequest) -> tuple[str, str]:
+        return self.endpoints.invoke_async(request)
 
 
 def stand_in_code() -> bytes:

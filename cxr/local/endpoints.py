@@ -3,6 +3,12 @@
 An endpoint resolves as SageMaker resolves it: endpoint -> endpoint config -> model ->
 ``ModelDataUrl``; the ``model.tar.gz`` is fetched from (local) S3, unpacked once, and its own
 handler functions are loaded from ``code/`` in the order the PyTorch inference toolkit calls them.
+
+An endpoint configuration with ``AsyncInferenceConfig`` makes an asynchronous endpoint, as on AWS:
+it refuses ``InvokeEndpoint`` with ``ValidationError`` and serves ``InvokeEndpointAsync``, reading the
+input from S3 and writing the answer (or the failure) where the configuration and request say, on a
+worker thread, after or before the call returns ("The processing of the inference request may or may
+not complete before you receive a response", InvokeEndpointAsync's API reference).
 """
 
 from __future__ import annotations
@@ -20,6 +26,21 @@ from typing import Any
 import boto3
 
 from lambdas.domain.layout import split_s3_uri
+
+
+@dataclass(frozen=True)
+class AsyncRequest:
+    """What InvokeEndpointAsync's headers carry."""
+
+    endpoint_name: str
+    input_location: str
+    content_type: str
+    accept: str
+    inference_id: str
+    filename: str | None = None
+    """The result's object name (default ``<inference id>.out``)."""
+    path_extension: str | None = None
+    """Appended to the configuration's output path."""
 
 
 class EndpointError(Exception):
@@ -44,6 +65,51 @@ class LocalEndpoints:
         self._lock = threading.Lock()
 
     def invoke(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
+        config = self._config(endpoint_name)
+        if config.get("AsyncInferenceConfig"):
+            raise EndpointError("ValidationError", f"Endpoint {endpoint_name} is an asynchronous endpoint: it takes "
+                                "InvokeEndpointAsync with the input in S3, not InvokeEndpoint.", 400)
+        return self._serve(config, body, content_type, accept)
+
+    def invoke_async(self, request: AsyncRequest) -> tuple[str, str]:
+        """Queue ``request``; returns where its result and its failure will be written."""
+        config = self._config(request.endpoint_name)
+        if not config.get("AsyncInferenceConfig"):
+            raise EndpointError("ValidationError", f"Endpoint {request.endpoint_name} is not an asynchronous "
+                                "endpoint: it takes InvokeEndpoint.", 400)
+        try:
+            split_s3_uri(request.input_location)
+        except ValueError:
+            raise EndpointError("ValidationError", f"InputLocation {request.input_location!r} is not an S3 URI",
+                                400) from None
+        output = config["AsyncInferenceConfig"]["OutputConfig"]
+        output_uri = _location(output["S3OutputPath"], request.path_extension,
+                               request.filename or f"{request.inference_id}.out")
+        failure_uri = _location(output.get("S3FailurePath") or output["S3OutputPath"], request.path_extension,
+                                f"{request.inference_id}-error.out")
+        worker = threading.Thread(target=self._complete, args=(config, request, output_uri, failure_uri,
+                                                               output.get("KmsKeyId")),
+                                  name=f"async-inference-{request.inference_id}", daemon=True)
+        worker.start()
+        return output_uri, failure_uri
+
+    def _complete(self, config: dict, request: AsyncRequest, output_uri: str, failure_uri: str,
+                  kms_key_id: str | None) -> None:
+        """Run one queued request and write its answer, or why it failed, as the asynchronous endpoint does."""
+        s3 = boto3.client("s3")
+        try:
+            bucket, key = split_s3_uri(request.input_location)
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            payload, _ = self._serve(config, body, request.content_type, request.accept)
+            target = output_uri
+        except Exception as exc:  # any failure becomes the failure object, as SageMaker writes it
+            payload, target = f"{type(exc).__name__}: {exc}".encode(), failure_uri
+        bucket, key = split_s3_uri(target)
+        encryption = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+        s3.put_object(Bucket=bucket, Key=key, Body=payload, **encryption)
+
+    def _config(self, endpoint_name: str) -> dict:
+        """The configuration an endpoint that can take requests serves."""
         sagemaker = boto3.client("sagemaker")
         try:
             endpoint = sagemaker.describe_endpoint(EndpointName=endpoint_name)
@@ -51,8 +117,10 @@ class LocalEndpoints:
             raise EndpointError("ValidationError", f"Endpoint {endpoint_name} not found.", 400) from None
         if endpoint["EndpointStatus"] not in ("InService", "Updating"):
             raise EndpointError("ValidationError", f"Endpoint {endpoint_name} is {endpoint['EndpointStatus']}", 400)
-        config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
-        model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+        return sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+
+    def _serve(self, config: dict, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
+        model = boto3.client("sagemaker").describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
         loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"])
         handler = loaded.handler
         try:
@@ -90,3 +158,9 @@ class LocalEndpoints:
         sys.modules[spec.name] = handler  # dataclasses look their module up while the module runs
         spec.loader.exec_module(handler)
         return LoadedModel(handler=handler, model=handler.model_fn(str(model_dir)), model_dir=model_dir)
+
+
+def _location(path: str, extension: str | None, name: str) -> str:
+    """``<output path>[/<extension>]/<name>``."""
+    parts = [path.rstrip("/"), *([extension.strip("/")] if extension else []), name]
+    return "/".join(parts)

@@ -1,7 +1,8 @@
 """The narrow points where the offline cloud makes moto *execute* what it otherwise only records.
 
 moto keeps the AWS APIs' state but runs Lambda code only in Docker (absent here), completes
-SageMaker training jobs instantly with no artifact, and crashes on a binary InvokeEndpoint body.
+SageMaker training jobs instantly with no artifact, crashes on a binary InvokeEndpoint body, and
+answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever the endpoint.
 Each hook below replaces exactly one moto function with a real local execution, and two add the
 SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob); ``check()`` fails loudly the moment
 a pinned-moto upgrade moves a hooked function or starts implementing a missing action (tests call it).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import random
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
@@ -35,6 +37,7 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (s3_notifications, "_invoke_awslambda", ("account_id", "event_body", "fn_arn", "region_name")),
     (sagemaker_models.SageMakerModelBackend, "create_training_job", ("self", "training_job_name")),
     (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", ("self",)),
+    (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", ("self",)),
     (runtime_responses.SageMakerRuntimeResponse, "setup_class", ("self", "request", "full_url", "headers",
                                                                  "use_raw_body")),
 )
@@ -64,6 +67,9 @@ class Executors(Protocol):
 
     def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         """Serve a request with the real inference handler of the endpoint's model."""
+
+    def invoke_endpoint_async(self, request: Any) -> tuple[str, str]:
+        """Queue a request on an asynchronous endpoint: (output location, failure location)."""
 
 
 def check() -> None:
@@ -149,9 +155,31 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
                 headers.get("accept", "application/json"),
             )
         except EndpointError as exc:
-            error = json.dumps({"__type": exc.code, "message": str(exc)})
-            return exc.status, {"Content-Type": "application/json", "x-amzn-ErrorType": exc.code}, error
+            return _error_response(exc)
         return 200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}, body
+
+    def invoke_endpoint_async(self):
+        """InvokeEndpointAsync: the request is queued on the endpoint's real handler, its result written to S3."""
+        from cxr.local.endpoints import AsyncRequest, EndpointError
+
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        inference_id = headers.get("x-amzn-sagemaker-inference-id") or str(uuid.uuid4())
+        request = AsyncRequest(
+            endpoint_name=unquote(self.path.split("/")[2]),  # /endpoints/<name>/async-invocations
+            input_location=headers.get("x-amzn-sagemaker-inputlocation", ""),
+            content_type=headers.get("x-amzn-sagemaker-content-type", "application/octet-stream"),
+            accept=headers.get("x-amzn-sagemaker-accept", "application/json"),
+            inference_id=inference_id,
+            filename=headers.get("x-amzn-sagemaker-filename"),
+            path_extension=headers.get("x-amzn-sagemaker-s3outputpathextension"),
+        )
+        try:
+            output, failure = executors.invoke_endpoint_async(request)
+        except EndpointError as exc:
+            return _error_response(exc)
+        headers = {"X-Amzn-SageMaker-OutputLocation": output, "X-Amzn-SageMaker-FailureLocation": failure,
+                   "status": 202}  # the status moto sends (see _error_response); AWS answers 202 Accepted
+        return 202, headers, json.dumps({"InferenceId": inference_id})
 
     original_setup = runtime_responses.SageMakerRuntimeResponse.setup_class
 
@@ -192,7 +220,19 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         (s3_notifications, "_invoke_awslambda", invoke_async),
         (sagemaker_models.SageMakerModelBackend, "create_training_job", create_training_job),
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
+        (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
     ]
+
+
+def _error_response(exc) -> tuple[int, dict, str]:
+    """A SageMaker Runtime error as the service sends it: the error name in the body and in x-amzn-ErrorType.
+
+    moto takes a response's status from its ``status`` header (``BaseResponse._transform_response``), not
+    from the tuple: without it every error would reach the client as a 200.
+    """
+    error = json.dumps({"__type": exc.code, "message": str(exc)})
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": exc.code, "status": exc.status}
+    return exc.status, headers, error
 
 
 _sequencer = random.Random(0).randrange(1 << 40)

@@ -2,7 +2,7 @@
 
 Written as the ASL itself (a ``CustomState``) because CDK's ``SageMakerCreateTrainingJob`` has no
 spot, checkpoint or inter-container encryption settings; the IAM statements are the ones AWS
-documents for this integration, scoped to ``cxr-*`` jobs and one passed role.
+documents for this integration, scoped to the stage's jobs (``wiring.resource_prefix``) and one passed role.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket
 
     return {
         "TrainingJobName.$":
-            f"States.Format('{wiring.TRAINING_JOB_PREFIX}-{{}}-{{}}', $$.State.RetryCount, States.UUID())",
+            f"States.Format('{wiring.resource_prefix(config.stage)}{{}}-{{}}', $$.State.RetryCount, States.UUID())",
         "RoleArn": role_arn,
         "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
         # the SDK's script-mode contract; values JSON-encoded as the SDK does, the request's own merged in
@@ -94,6 +94,7 @@ class TrainingJob(Construct):
             code=code, pretrained=pretrained)
         self.role = role
         self.key = key
+        self.stage = config.stage
         self.state = sfn.CustomState(self, wiring.TRAIN_STATE, state_json={
             "Type": "Task",
             "Resource": RESOURCE,
@@ -105,7 +106,7 @@ class TrainingJob(Construct):
     def grant_run(self, principal: iam.IGrantable) -> None:
         stack = Stack.of(self)
         jobs = stack.format_arn(service="sagemaker", resource="training-job",
-                                resource_name=f"{wiring.TRAINING_JOB_PREFIX}-*")
+                                resource_name=f"{wiring.resource_prefix(self.stage)}*")
         principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(
             actions=["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
                      "sagemaker:AddTags"],

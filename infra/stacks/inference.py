@@ -1,4 +1,8 @@
-"""Inference: the predict Lambda on ``incoming/``, the endpoint-name parameter and the prediction tables."""
+"""Inference: the predict Lambda on ``incoming/``, the endpoint-name parameter and the prediction tables.
+
+With ``endpoint_mode=async`` the predict Lambda queues each request (input under ``async-input/``) and
+the CompletePrediction Lambda, triggered by the result under ``async-output/``, writes the record.
+"""
 
 from __future__ import annotations
 
@@ -33,24 +37,39 @@ class InferenceStack(Stack):
         self.predictions = table(self, wiring.PREDICTIONS_TABLE, key=key, removal=RemovalPolicy.RETAIN)
         self.idempotency = table(self, wiring.IDEMPOTENCY_TABLE, key=key, removal=RemovalPolicy.DESTROY)
         spec = wiring.PREDICT
+        band = ",".join(str(v) for v in config.uncertainty_band)
         self.predict = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic, environment={
             wiring.ENV_INFERENCE_BUCKET: inference_bucket.bucket_name,
             wiring.ENV_ENDPOINT_PARAMETER: self.endpoint_parameter.parameter_name,
             wiring.ENV_PREDICTIONS_TABLE: self.predictions.table_name,
             wiring.ENV_IDEMPOTENCY_TABLE: self.idempotency.table_name,
-            wiring.ENV_UNCERTAINTY_BAND: ",".join(str(v) for v in config.uncertainty_band),
+            wiring.ENV_UNCERTAINTY_BAND: band,
+            wiring.ENV_ENDPOINT_MODE: config.endpoint_mode,
         })
         function = self.predict.function
+        asynchronous = config.endpoint_mode == "async"
+        queued = [layout.ASYNC_INPUT, layout.ASYNC_REQUESTS] if asynchronous else []
         allow_objects(function, spec.trigger.bucket, config.stage, key,
                       read=[spec.trigger.prefix, layout.PREDICTIONS, layout.REJECTED],
-                      write=[layout.PREDICTIONS, layout.REJECTED])
+                      write=[layout.PREDICTIONS, layout.REJECTED, *queued])
         self.endpoint_parameter.grant_read(function)
-        function.add_to_role_policy(iam.PolicyStatement(
-            actions=["dynamodb:PutItem"], resources=[self.predictions.table_arn]))
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
             resources=[self.idempotency.table_arn]))
-        function.add_to_role_policy(iam.PolicyStatement(
-            actions=["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"],
+        function.add_to_role_policy(iam.PolicyStatement(  # an asynchronous endpoint refuses InvokeEndpoint
+            actions=["sagemaker:InvokeEndpointAsync" if asynchronous else "sagemaker:InvokeEndpoint"],
             resources=[self.format_arn(service="sagemaker", resource="endpoint", resource_name=self.endpoint_name)]))
         add_trigger(inference_bucket, function, spec.trigger)
+
+        complete = wiring.COMPLETE_PREDICTION
+        self.complete = ServiceFunction(self, complete, config=config, key=key, alarm_topic=topic, environment={
+            wiring.ENV_PREDICTIONS_TABLE: self.predictions.table_name,
+            wiring.ENV_UNCERTAINTY_BAND: band,
+        })
+        allow_objects(self.complete.function, complete.trigger.bucket, config.stage, key,
+                      read=[complete.trigger.prefix, layout.ASYNC_REQUESTS, layout.PREDICTIONS],
+                      write=[layout.PREDICTIONS])
+        add_trigger(inference_bucket, self.complete.function, complete.trigger)
+        for writer in (function, self.complete.function):  # both paths end in the same record
+            writer.add_to_role_policy(iam.PolicyStatement(
+                actions=["dynamodb:PutItem"], resources=[self.predictions.table_arn]))

@@ -78,17 +78,16 @@ class TrainingPipelineStack(Stack):
             wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{inference_bucket}/{wiring.ASYNC_OUTPUT_PREFIX}",
         })
         self._allow_deploy(self.deploy.function, endpoint_name)
-        self.status = function(wiring.ENDPOINT_STATUS, {wiring.ENV_ENDPOINT_PARAMETER: parameter_name})
+        self.status = function(wiring.ENDPOINT_STATUS, {wiring.ENV_ENDPOINT_PARAMETER: parameter_name,
+                                                        wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(stage)})
         self.status.function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:DescribeEndpoint"],
             resources=[self.format_arn(service="sagemaker", resource="endpoint", resource_name=endpoint_name)]))
-        job = f"{wiring.TRAINING_JOB_PREFIX}-*"
         self.status.function.add_to_role_policy(iam.PolicyStatement(  # retiring old deployments
             actions=["sagemaker:ListEndpointConfigs"], resources=["*"]))
         self.status.function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:ListTags", "sagemaker:DeleteEndpointConfig", "sagemaker:DeleteModel"],
-            resources=[self.format_arn(service="sagemaker", resource="endpoint-config", resource_name=job),
-                       self.format_arn(service="sagemaker", resource="model", resource_name=job)]))
+            resources=self._stage_resources("endpoint-config", "model")))
         self.status.function.add_to_role_policy(iam.PolicyStatement(
             actions=["ssm:PutParameter"],
             resources=[self.format_arn(service="ssm", resource="parameter", resource_name=parameter_name.lstrip("/"))]))
@@ -227,10 +226,12 @@ class TrainingPipelineStack(Stack):
         role = iam.Role(self, "ModelRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker models and endpoints")
         allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.MODELS])
-        allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, write=[wiring.ASYNC_OUTPUT_PREFIX])
         self._allow_container(role, images.INFERENCE_CPU, "Endpoints")
-        role.add_to_policy(iam.PolicyStatement(  # asynchronous results are encrypted with the key as this role
-            actions=["kms:Encrypt"], resources=[self.key.key_arn]))
+        if self.config.endpoint_mode == "async":  # each request's input in S3, its result (or failure) back to S3
+            allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.ASYNC_INPUT],
+                          write=[layout.ASYNC_OUTPUT])
+            role.add_to_policy(iam.PolicyStatement(  # asynchronous results are encrypted with the key as this role
+                actions=["kms:Encrypt"], resources=[self.key.key_arn]))
         return role
 
     def _allow_container(self, role: iam.Role, column: str, log_kind: str) -> None:
@@ -247,18 +248,21 @@ class TrainingPipelineStack(Stack):
             actions=["cloudwatch:PutMetricData"], resources=["*"],
             conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "aws/sagemaker/*"]}}))
 
+    def _stage_resources(self, *kinds: str) -> list[str]:
+        """ARN patterns of this stage's SageMaker resources of each kind (``<kind>/cxr-<n><stage>-*``)."""
+        pattern = f"{wiring.resource_prefix(self.config.stage)}*"
+        return [self.format_arn(service="sagemaker", resource=kind, resource_name=pattern) for kind in kinds]
+
     def _allow_deploy(self, function, endpoint_name: str) -> None:
-        prefix = f"{wiring.TRAINING_JOB_PREFIX}-*"
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:CreateModel", "sagemaker:CreateEndpointConfig", "sagemaker:AddTags",
                      "sagemaker:DescribeEndpointConfig", "sagemaker:DescribeModel"],
-            resources=[self.format_arn(service="sagemaker", resource="model", resource_name=prefix),
-                       self.format_arn(service="sagemaker", resource="endpoint-config", resource_name=prefix)]))
+            resources=self._stage_resources("model", "endpoint-config")))
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DeleteEndpoint",
                      "sagemaker:DescribeEndpoint", "sagemaker:AddTags"],
             resources=[self.format_arn(service="sagemaker", resource="endpoint", resource_name=endpoint_name),
-                       self.format_arn(service="sagemaker", resource="endpoint-config", resource_name=prefix)]))
+                       *self._stage_resources("endpoint-config")]))
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["iam:PassRole"], resources=[self.model_role.role_arn],
             conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}))
@@ -275,19 +279,23 @@ class TrainingPipelineStack(Stack):
                         f"AwsSolutions-IAM5[Resource::<{self.resolve(self.get_logical_id(f.function.node.default_child))}.Arn>:*]"
                         for f in (self.prepare, self.evaluate, self.deploy, self.status)))
         arn = "arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"
-        job = f"{wiring.TRAINING_JOB_PREFIX}-*"
-        acknowledge(machine_role, "Training job names are generated per attempt (unique, as SageMaker requires); the "
-                    "cxr- prefix scopes them to this project.",
-                    f"AwsSolutions-IAM5[Resource::{arn.format(service='sagemaker', resource='training-job/' + job)}]")
-        acknowledge(self.deploy.role, "Models and endpoint configurations are named after each run's training job; the "
-                    "cxr- prefix scopes them to this project.",
-                    *(f"AwsSolutions-IAM5[Resource::{arn.format(service='sagemaker', resource=kind + '/' + job)}]"
-                      for kind in ("model", "endpoint-config")))
-        acknowledge(self.status.role, "sagemaker:ListEndpointConfigs has no resource-level permissions; deletion is "
-                    "limited to cxr- models and configurations, and the function deletes only those tagged with this "
-                    "stage's endpoint.", "AwsSolutions-IAM5[Resource::*]",
-                    *(f"AwsSolutions-IAM5[Resource::{arn.format(service='sagemaker', resource=kind + '/' + job)}]"
-                      for kind in ("model", "endpoint-config")))
+        job = f"{wiring.resource_prefix(self.config.stage)}*"
+
+        def stage_findings(*kinds: str) -> list[str]:
+            return [f"AwsSolutions-IAM5[Resource::{arn.format(service='sagemaker', resource=kind + '/' + job)}]"
+                    for kind in kinds]
+
+        scope = (f"the {job[:-1]} prefix scopes them to this stage (wiring.resource_prefix: no other stage's "
+                 "names start with it).")
+        acknowledge(machine_role, "Training job names are generated per attempt (unique, as SageMaker requires); "
+                    + scope, *stage_findings("training-job"))
+        acknowledge(self.deploy.role, "Models and endpoint configurations are named after each run's training job; "
+                    + scope, *stage_findings("model", "endpoint-config"))
+        acknowledge(self.status.role, "sagemaker:ListEndpointConfigs has no resource-level permissions (the function "
+                    "lists by name prefix); tags are read and deletions made only for this stage's models and "
+                    "configurations, and only those tagged with its endpoint are deleted. Models and configurations "
+                    "are named after each run's training job; " + scope, "AwsSolutions-IAM5[Resource::*]",
+                    *stage_findings("model", "endpoint-config"))
         for role, kind in ((self.training_role, "TrainingJobs"), (self.model_role, "Endpoints")):
             acknowledge(role, "SageMaker writes one log stream per job or instance into its fixed log group.",
                         "AwsSolutions-IAM5[Resource::"

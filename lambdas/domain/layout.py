@@ -19,6 +19,15 @@ CHECKPOINTS = "checkpoints/"
 INCOMING = "incoming/"
 PREDICTIONS = "predictions/"
 REJECTED = "rejected/"
+# inference bucket, asynchronous endpoints (endpoint_mode=async)
+ASYNC_INPUT = "async-input/"
+"""The normalised PNG an asynchronous endpoint reads (its ``InputLocation``): the model role reads only this."""
+ASYNC_REQUESTS = "async-requests/"
+"""What the predict function knew when it submitted a request (source object, endpoint), for the completion."""
+ASYNC_OUTPUT = "async-output/"
+"""The endpoint configuration's ``S3OutputPath``: each result lands here and triggers the completion."""
+ASYNC_FAILURES = f"{ASYNC_OUTPUT}failures/"
+"""The configuration's ``S3FailurePath``: under the output prefix, so a failure reaches the completion too."""
 
 ERROR_SUFFIX = ".error.json"
 

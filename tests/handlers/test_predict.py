@@ -118,7 +118,8 @@ def test_uncertain_prediction_is_referred(endpoint, lambda_context):
 
 def test_bad_input_is_rejected_with_reason_and_kept(endpoint, lambda_context):
     records = [upload("incoming/report.pdf", corpus.minimal_pdf()), upload("incoming/empty.png", b"")]
-    assert invoke(lambda_context, *records) == {"predicted": 0, "rejected": 2, "skipped": 0, "transient": 0}
+    assert invoke(lambda_context, *records) == {"predicted": 0, "submitted": 0, "rejected": 2, "skipped": 0,
+                                                "transient": 0}
     assert read_json("rejected/report.pdf.error.json")["reason"] == "unsupported_format"
     assert read_json("rejected/empty.png.error.json")["reason"] == "empty"
     listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="incoming/")["Contents"]
@@ -168,3 +169,15 @@ def test_missing_configuration_fails_loudly(inference, lambda_context, monkeypat
     monkeypatch.delenv("ENDPOINT_PARAMETER")
     with pytest.raises(RuntimeError, match="ENDPOINT_PARAMETER"):
         invoke(lambda_context, upload("incoming/c.png", corpus.png()))
+
+
+def test_the_endpoint_call_outlasts_the_invocation_limit_and_the_function_outlasts_its_retries():
+    from infra import wiring
+
+    config = aws.client("sagemaker-runtime").meta.config
+    # InvokeEndpoint gives the model 60 s; AWS's API reference: set the SDK socket timeout to 70 s for such a model
+    assert config.read_timeout >= 70
+    worst = config.retries["total_max_attempts"] * (config.connect_timeout + config.read_timeout) + (
+        config.retries["total_max_attempts"] - 1) * aws.MAX_BACKOFF_S
+    assert worst == aws.endpoint_call_budget_s()
+    assert wiring.PREDICT.timeout_s >= worst + 60  # a minute for the download, normalisation and writes

@@ -13,6 +13,9 @@ import pytest
 from infra import wiring
 from infra.config import DEFAULT_GATE
 
+PREFIX = wiring.resource_prefix("test")
+"""Stage ``test``'s SageMaker names, as the Train state makes them."""
+
 METRICS = {
     "accuracy": 0.88,
     "macro_f1": 0.86,
@@ -107,6 +110,7 @@ def deploy_env(aws, monkeypatch):
         wiring.ENV_SERVERLESS_MAX_CONCURRENCY: "3",
         wiring.ENV_ENDPOINT_INSTANCE_TYPE: "ml.g4dn.xlarge",
         wiring.ENV_ENDPOINT_PARAMETER: "/cxr/test/endpoint-name",
+        wiring.ENV_RESOURCE_PREFIX: PREFIX,
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -117,7 +121,7 @@ def deploy(run: str, lambda_context) -> dict:
     from lambdas import deploy_model
 
     return deploy_model.handler(
-        {"run_id": run, "model_name": f"cxr-0-{run}", "model_artifact": f"s3://cxr-data/models/{run}/model.tar.gz"},
+        {"run_id": run, "model_name": f"{PREFIX}0-{run}", "model_artifact": f"s3://cxr-data/models/{run}/model.tar.gz"},
         lambda_context,
     )
 
@@ -132,10 +136,10 @@ def test_first_deploy_creates_a_serverless_endpoint_then_the_parameter(deploy_en
     assert out["action"] == "created"
     assert sent[0]["EnableNetworkIsolation"] is False  # serverless refuses it (moto does not store it: the request)
     sm = boto3.client("sagemaker")
-    config = sm.describe_endpoint_config(EndpointConfigName="cxr-0-a")
+    config = sm.describe_endpoint_config(EndpointConfigName=f"{PREFIX}0-a")
     assert config["ProductionVariants"][0]["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 3}
     assert config["KmsKeyId"] == deploy_env[wiring.ENV_KMS_KEY_ARN]
-    model = sm.describe_model(ModelName="cxr-0-a")
+    model = sm.describe_model(ModelName=f"{PREFIX}0-a")
     assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://cxr-data/models/a/model.tar.gz"
     assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     status = deploy_model.status_handler(out, lambda_context)
@@ -158,7 +162,7 @@ def test_next_deploy_updates_the_same_endpoint(deploy_env, lambda_context):
     aws.client("sagemaker").meta.events.register("before-call.sagemaker.UpdateEndpoint", update_endpoint)
     out = deploy("b", lambda_context)
     assert out["action"] == "updated"
-    assert updates == [{"EndpointName": "cxr-test", "EndpointConfigName": "cxr-0-b"}]
+    assert updates == [{"EndpointName": "cxr-test", "EndpointConfigName": f"{PREFIX}0-b"}]
 
 
 def test_a_rolled_back_update_fails_the_deployment(deploy_env, lambda_context):
@@ -166,7 +170,8 @@ def test_a_rolled_back_update_fails_the_deployment(deploy_env, lambda_context):
 
     deploy("a", lambda_context)
     with pytest.raises(deploy_model.EndpointDeploymentFailed):
-        deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": "cxr-0-b"}, lambda_context)
+        deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": f"{PREFIX}0-b"},
+                                    lambda_context)
 
 
 @pytest.mark.parametrize(
@@ -186,25 +191,65 @@ def test_instance_endpoint_configs(mode, instance, kms):
     assert ("AsyncInferenceConfig" in config) is (mode == "async")
 
 
-def test_a_served_deployment_retires_all_but_the_previous_one_of_its_endpoint(deploy_env, lambda_context):
+@pytest.fixture
+def iam_stand_in():
+    """moto evaluates no IAM: refuse, as AWS would, every SageMaker call the status role's grant does not cover.
+
+    The grant (``infra/stacks/pipeline.py``, checked against the synthesized policy in
+    tests/infra/test_stage_names.py): ListTags, DeleteEndpointConfig and DeleteModel on this stage's
+    ``endpoint-config/<prefix>*`` and ``model/<prefix>*``; ListEndpointConfigs and DescribeEndpoint
+    are not resource-scoped here. Records every call made on a named resource.
+    """
+    from lambdas import aws
+
+    scoped = {"ListTags": ("ResourceArn", None), "DeleteEndpointConfig": ("EndpointConfigName", "endpoint-config"),
+              "DeleteModel": ("ModelName", "model")}
+    calls = []
+
+    def check(model, params, **_):
+        if model.name not in scoped:
+            return None
+        field, kind = scoped[model.name]
+        value = json.loads(params["body"])[field]
+        target = value if kind is None else f"arn:aws:sagemaker:us-east-1:123456789012:{kind}/{value}"
+        calls.append((model.name, target))
+        name = target.rsplit("/", 1)[1]
+        if target.split(":")[5].split("/")[0] in ("endpoint-config", "model") and name.startswith(PREFIX):
+            return None
+        error = {"Code": "AccessDeniedException", "Message": f"not authorized to perform sagemaker:{model.name} "
+                 f"on resource: {target}"}
+        return SimpleNamespace(status_code=400), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+    aws.client("sagemaker").meta.events.register("before-call.sagemaker.*", check)
+    yield calls
+    aws.client("sagemaker").meta.events.unregister("before-call.sagemaker.*", check)
+
+
+def test_a_served_deployment_retires_all_but_the_previous_one_of_its_endpoint(deploy_env, lambda_context,
+                                                                               iam_stand_in):
     from lambdas import deploy_model
 
     sm = boto3.client("sagemaker")
     settings = deploy_model.DeploySettings.from_env(deploy_env)
-    for name, endpoint in (("cxr-0-a", "cxr-test"), ("cxr-0-other", "cxr-prod"), ("cxr-0-b", "cxr-test"),
-                           ("cxr-0-c", "cxr-test"), ("cxr-0-d", "cxr-test")):  # oldest first
-        tags = [{"Key": deploy_model.ENDPOINT_TAG, "Value": endpoint}]
+    other_stage = wiring.resource_prefix("test-x")  # a stage whose name starts with this one's
+    deployments = ((f"{PREFIX}0-a", "cxr-test"), (f"{other_stage}0-x", "cxr-test-x"), ("someone-elses-config", None),
+                   (f"{PREFIX}0-b", "cxr-test"), ("cxr-0-before-stage-names", "cxr-test"),
+                   (f"{PREFIX}0-c", "cxr-test"), (f"{PREFIX}0-d", "cxr-test"))  # oldest first
+    for name, endpoint in deployments:
+        tags = [{"Key": deploy_model.ENDPOINT_TAG, "Value": endpoint}] if endpoint else []
         sm.create_model(**deploy_model.model_definition(settings, name, "s3://cxr-data/m.tar.gz"), Tags=tags)
         sm.create_endpoint_config(**deploy_model.endpoint_config_definition(settings, name, name), Tags=tags)
-    sm.create_endpoint(EndpointName="cxr-test", EndpointConfigName="cxr-0-d")
+    sm.create_endpoint(EndpointName="cxr-test", EndpointConfigName=f"{PREFIX}0-d")
 
-    status = deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": "cxr-0-d"},
+    status = deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": f"{PREFIX}0-d"},
                                          lambda_context)
-    assert status["ready"] is True and status["retired"] == ["cxr-0-b", "cxr-0-a"]
+    assert "retire_error" not in status  # no call outside the grant: a foreign configuration cannot stop it
+    assert status["ready"] is True and status["retired"] == [f"{PREFIX}0-b", f"{PREFIX}0-a"]
+    assert all(target.rsplit("/", 1)[1].startswith(PREFIX) for _, target in iam_stand_in)
     left = {c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]}
-    assert left == {"cxr-0-d", "cxr-0-c", "cxr-0-other"}  # serving, its predecessor, another stage's
+    assert left == {name for name, _ in deployments} - {f"{PREFIX}0-a", f"{PREFIX}0-b"}
     assert {m["ModelName"] for m in sm.list_models()["Models"]} == left
-    again = deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": "cxr-0-d"},
+    again = deploy_model.status_handler({"endpoint_name": "cxr-test", "endpoint_config_name": f"{PREFIX}0-d"},
                                         lambda_context)
     assert again["retired"] == []  # a retried poll finds nothing more to do
 
@@ -214,5 +259,5 @@ def test_the_deploy_step_tags_what_it_creates_with_its_endpoint(deploy_env, lamb
 
     deploy("a", lambda_context)
     sm = boto3.client("sagemaker")
-    arn = sm.describe_endpoint_config(EndpointConfigName="cxr-0-a")["EndpointConfigArn"]
+    arn = sm.describe_endpoint_config(EndpointConfigName=f"{PREFIX}0-a")["EndpointConfigArn"]
     assert {"Key": deploy_model.ENDPOINT_TAG, "Value": "cxr-test"} in sm.list_tags(ResourceArn=arn)["Tags"]

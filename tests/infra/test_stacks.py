@@ -88,12 +88,13 @@ def test_s3_triggers_filter_on_the_prefix_only(synth, spec):
     notifications = synth.resources("Custom::S3BucketNotifications", part)
     assert len(notifications) == 1
     (props,) = (n["Properties"] for n in notifications.values())
-    (config,) = props["NotificationConfiguration"]["LambdaFunctionConfigurations"]
+    [function_id] = [lid for lid, f in synth.resources("AWS::Lambda::Function", part).items()
+                     if f["Properties"].get("Handler") == spec.handler]
+    (config,) = [c for c in props["NotificationConfiguration"]["LambdaFunctionConfigurations"]
+                 if c["LambdaFunctionArn"] == {"Fn::GetAtt": [function_id, "Arn"]}]
     assert config["Events"] == ["s3:ObjectCreated:*"]
     assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": spec.trigger.prefix}]
-    assert spec.trigger.prefix in (layout.RAW, layout.INCOMING)
-    function_id = next(iter(synth.resources("AWS::Lambda::Function", part)))
-    assert config["LambdaFunctionArn"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    assert spec.trigger.prefix in (layout.RAW, layout.INCOMING, layout.ASYNC_OUTPUT)
     assert props["BucketName"] == {"Fn::Join": ["", [f"cxr-dev-{spec.trigger.bucket}-", {"Ref": "AWS::AccountId"}, "-",
                                                       {"Ref": "AWS::Region"}]]}
 
@@ -115,11 +116,12 @@ def test_functions_match_the_shared_wiring(synth, spec):
 
 def test_asynchronous_functions_bound_retries_and_keep_failed_events(synth):
     configs = synth.resources("AWS::Lambda::EventInvokeConfig")
-    assert len(configs) == 2  # preprocess and predict
+    triggered = [spec for spec in wiring.FUNCTIONS.values() if spec.trigger]
+    assert len(configs) == len(triggered) == 3  # preprocess, predict and the asynchronous endpoint's completion
     for config in configs.values():
         assert config["Properties"]["MaximumRetryAttempts"] == 2
         assert 60 <= config["Properties"]["MaximumEventAgeInSeconds"] <= 6 * 3600
-    for spec in (wiring.PREPROCESS, wiring.PREDICT):
+    for spec in triggered:
         (props,) = [f["Properties"] for f in synth.resources("AWS::Lambda::Function").values()
                     if f["Properties"]["Handler"] == spec.handler]
         assert "TargetArn" in props["DeadLetterConfig"]

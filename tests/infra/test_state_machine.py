@@ -135,6 +135,7 @@ def cloud(synth, monkeypatch):
             wiring.ENV_ENDPOINT_INSTANCE_TYPE: "ml.g4dn.xlarge",
             wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{INFERENCE}/{wiring.ASYNC_OUTPUT_PREFIX}",
             wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(STAGE),
+            wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(STAGE),
         }
         zipped = io.BytesIO()
         with zipfile.ZipFile(zipped, "w") as archive:
@@ -240,7 +241,7 @@ def test_a_good_model_is_deployed_and_published(cloud):
     output = json.loads(execution["output"])
     assert output["evaluation"]["passed"] is True
     job = output["training"]["TrainingJobName"]
-    assert job.startswith(f"{wiring.TRAINING_JOB_PREFIX}-0-")
+    assert job.startswith(f"{wiring.resource_prefix(STAGE)}0-")  # the stage's own names, which its IAM grants
     assert output["endpoint"]["ready"] is True
     endpoint = boto3.client("sagemaker").describe_endpoint(EndpointName=wiring.endpoint_name(STAGE))
     assert endpoint["EndpointConfigName"] == job

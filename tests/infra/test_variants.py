@@ -83,3 +83,61 @@ def test_the_notification_address_is_subscribed(variant):
     (subscription,) = [r["Properties"] for r in variant["storage"]["Resources"].values()
                        if r["Type"] == "AWS::SNS::Subscription"]
     assert subscription == {**subscription, "Protocol": "email", "Endpoint": "ops@example.org"}
+
+
+def role_statements(template: dict, role_id: str) -> list[dict]:
+    return [s for r in template["Resources"].values()
+            if r["Type"] == "AWS::IAM::Policy" and {"Ref": role_id} in r["Properties"]["Roles"]
+            for s in r["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def function_statements(template: dict, handler: str) -> list[dict]:
+    [function] = [r for r in template["Resources"].values()
+                  if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == handler]
+    return role_statements(template, function["Properties"]["Role"]["Fn::GetAtt"][0])
+
+
+def model_role_statements(template: dict) -> list[dict]:
+    [role_id] = [lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Role"
+                 and r["Properties"].get("Description") == "cxr SageMaker models and endpoints"]
+    return role_statements(template, role_id)
+
+
+def granted(statements: list[dict], action: str) -> str:
+    """The resources ``action`` is allowed on, as text (bucket ARNs are joins with the account and region)."""
+    return json.dumps([s["Resource"] for s in statements
+                       if action in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])])
+
+
+def test_async_mode_queues_requests_through_s3_with_the_permissions_each_side_needs(variant, synth):
+    from lambdas.domain import layout
+
+    predict = function_statements(variant["inference"], wiring.PREDICT.handler)
+    assert "endpoint/cxr-prod" in granted(predict, "sagemaker:InvokeEndpointAsync")
+    assert granted(predict, "sagemaker:InvokeEndpoint") == "[]"  # an asynchronous endpoint refuses it
+    assert layout.ASYNC_INPUT in granted(predict, "s3:PutObject")
+    assert layout.ASYNC_REQUESTS in granted(predict, "s3:PutObject")
+    assert functions(variant["inference"])[wiring.PREDICT.handler]["Environment"]["Variables"][
+        wiring.ENV_ENDPOINT_MODE] == "async"
+
+    [notifications] = [r["Properties"] for r in variant["inference"]["Resources"].values()
+                       if r["Type"] == "Custom::S3BucketNotifications"]
+    prefixes = {c["Filter"]["Key"]["FilterRules"][0]["Value"]
+                for c in notifications["NotificationConfiguration"]["LambdaFunctionConfigurations"]}
+    assert prefixes == {layout.INCOMING, layout.ASYNC_OUTPUT}
+    complete = function_statements(variant["inference"], wiring.COMPLETE_PREDICTION.handler)
+    for prefix in (layout.ASYNC_OUTPUT, layout.ASYNC_REQUESTS):
+        assert prefix in granted(complete, "s3:GetObject")
+    assert layout.PREDICTIONS in granted(complete, "s3:PutObject")
+    assert "PredictionsTable" in granted(complete, "dynamodb:PutItem")
+
+    model = model_role_statements(variant["pipeline"])
+    assert layout.ASYNC_INPUT in granted(model, "s3:GetObject")
+    assert layout.ASYNC_OUTPUT in granted(model, "s3:PutObject")  # results, and failures under it
+    assert granted(model, "kms:Encrypt") != "[]" and granted(model, "kms:GenerateDataKey") != "[]"
+
+    serverless = function_statements(synth.template("inference"), wiring.PREDICT.handler)
+    assert granted(serverless, "sagemaker:InvokeEndpointAsync") == "[]"
+    assert "endpoint/cxr-dev" in granted(serverless, "sagemaker:InvokeEndpoint")
+    assert "async" not in granted(serverless, "s3:PutObject")
+    assert f"cxr-dev-{wiring.INFERENCE}-" not in json.dumps(model_role_statements(synth.template("pipeline")))

@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,14 +109,18 @@ def test_the_guide_runs_against_the_offline_cloud(workdir):
                               text=True, timeout=600, check=False)
 
     ran = []
+    started = time.monotonic()
     up = cxr("local", "up", "--quality-gate", ANY_MODEL)
+    print(f"{time.monotonic() - started:6.1f} s  cxr local up (the account's stand-in)")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         for command in guide_commands(readme()):
             if command.aws_only:
                 continue
             args = offline(command.argv)
+            started = time.monotonic()
             result = cxr(*args)
+            print(f"{time.monotonic() - started:6.1f} s  cxr {shlex.join(args)}")  # shown by pytest -rP
             assert result.returncode == 0, f"{command.line}\n-> cxr {shlex.join(args)}\n{result.stdout}{result.stderr}"
             ran.append((args[0], result.stdout))
     finally:

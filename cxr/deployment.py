@@ -4,6 +4,10 @@ The configuration is cdk.json's ``context.cxr`` with ``-c KEY=VALUE`` overrides 
 the same :class:`infra.config.Config` the CDK app reads; overrides reach the app as top-level CDK
 context keys (``-c endpoint_mode=async``), which ``Config.from_context`` applies over cdk.json's
 object. Every command is validated here first, so a bad value fails in one line before CDK starts.
+
+What an earlier teardown retained (the buckets and their KMS key) is found here too
+(:func:`retained_resources`), so that a deployment adopts it instead of failing on a bucket name
+that exists (:func:`adopt_overrides`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,16 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
+from cxr import billable
 from cxr.arguments import key_values
 from cxr.errors import UserError
+from cxr.target import Target
+from infra import wiring
 from infra.config import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,3 +110,150 @@ def stage_overrides(args) -> dict[str, str]:
     if args.stage:
         overrides["stage"] = args.stage
     return overrides
+
+
+BUCKET, KEY = billable.BUCKET, "key"
+
+
+@dataclass(frozen=True)
+class Retained:
+    """A resource of the stage that outlived its stack: kept by ``DeletionPolicy: Retain`` at a teardown."""
+
+    kind: str
+    """:data:`BUCKET` or :data:`KEY`."""
+    name: str
+    """The bucket's name, or the key's ARN."""
+    role: str = ""
+    """The bucket's role in ``infra.wiring.BUCKETS`` ("" for the key)."""
+    problem: str = ""
+    """Why a deployment cannot adopt it as it is ("" when it can), with the way out."""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}" + (f": {self.problem}" if self.problem else "")
+
+
+def retained_resources(tgt: Target) -> list[Retained]:
+    """The stage's buckets that exist outside its storage stack, then the KMS key their default encryption
+    names (the key that encrypts their objects), each with what would stop a deployment from adopting it.
+
+    A bucket the stack owns is deployed, not retained; one that exists without it was kept by a teardown
+    (its name is derived from stage, account and region, so CloudFormation could not create it again). The
+    key is found through the buckets rather than by its alias: ``alias/cxr-<stage>`` was the stack's and was
+    deleted with it. Used by `cxr deploy` (adoption) and `cxr doctor` (a report before the first deploy).
+    """
+    owned = _storage_stack_resources(tgt)
+    s3 = tgt.client("s3")
+    found, keys = [], []
+    for role in wiring.BUCKETS:
+        name = tgt.bucket(role)
+        if name in owned or not _bucket_exists(s3, name):
+            continue
+        key_id, problem = (None, "") if role == wiring.ACCESS_LOGS else _bucket_key(s3, name)
+        found.append(Retained(BUCKET, name, role, problem))
+        if key_id and key_id not in keys:
+            keys.append(key_id)
+    by_arn = {key.name: key for key in (_key(tgt, key_id) for key_id in keys)}  # an id and an ARN: one key
+    return found + list(by_arn.values())
+
+
+def adopt_overrides(retained: list[Retained]) -> dict[str, str]:
+    """The CDK context that makes the stacks adopt ``retained`` (``infra/stacks/storage.py``); raises with
+    every reason when something cannot be adopted as it is."""
+    problems = [str(item) for item in retained if item.problem]
+    keys = [item.name for item in retained if item.kind == KEY]
+    if len(keys) > 1:
+        problems.append(f"the retained buckets are encrypted with {len(keys)} different keys ({', '.join(keys)}): "
+                        "a deployment uses one")
+    if problems:
+        raise UserError("cannot adopt what an earlier teardown retained: " + "; ".join(problems))
+    overrides = {}
+    roles = sorted(item.role for item in retained if item.kind == BUCKET)
+    if roles:
+        overrides["adopt_buckets"] = ",".join(roles)
+    if keys:
+        overrides["adopt_key_arn"] = keys[0]
+    return overrides
+
+
+def _storage_stack_resources(tgt: Target) -> set[str]:
+    """Physical ids of what the stage's storage stack holds now (none when it does not exist)."""
+    stack = wiring.stack_name(tgt.stage, "Storage")
+    try:
+        pages = tgt.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=stack)
+        return {r.get("PhysicalResourceId", "") for page in pages for r in page["StackResourceSummaries"]
+                if not r["ResourceStatus"].startswith("DELETE_")}
+    except ClientError as exc:
+        if "does not exist" in str(exc):
+            return set()
+        raise
+
+
+def _bucket_exists(s3, name: str) -> bool:
+    try:
+        s3.head_bucket(Bucket=name)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("404", "NoSuchBucket"):
+            return False
+        raise UserError(f"bucket {name} exists but cannot be read with these credentials "
+                        f"({exc.response['Error']['Code']}): is it another account's?") from None
+    return True
+
+
+def _bucket_key(s3, name: str) -> tuple[str | None, str]:
+    """The KMS key of the bucket's default encryption, or a problem: the stacks encrypt it with their key."""
+    try:
+        rules = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]["Rules"]
+    except ClientError as exc:
+        return None, f"cannot read its encryption ({exc.response['Error']['Code']})"
+    default = rules[0].get("ApplyServerSideEncryptionByDefault", {}) if rules else {}
+    if default.get("SSEAlgorithm") != "aws:kms" or not default.get("KMSMasterKeyID"):
+        return None, (f"its default encryption is {default.get('SSEAlgorithm', 'none')}, not SSE-KMS with a key of "
+                      "its own: adopt it only as the stacks left it")
+    return default["KMSMasterKeyID"], ""
+
+
+def _key(tgt: Target, key_id: str) -> Retained:
+    """The key, with what would keep the new stacks from using it."""
+    kms = tgt.client("kms")
+    try:
+        metadata = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    except ClientError as exc:
+        return Retained(KEY, key_id, problem=f"the retained buckets' key cannot be described "
+                                             f"({exc.response['Error']['Code']}): their objects cannot be read")
+    arn, state = metadata["Arn"], metadata["KeyState"]
+    if metadata.get("KeyManager") != "CUSTOMER":
+        return Retained(KEY, arn, problem="an AWS managed key: the stacks need their customer managed key")
+    if state == "PendingDeletion":
+        return Retained(KEY, arn, problem=f"scheduled for deletion: run `aws kms cancel-key-deletion --key-id {arn}` "
+                                          f"and `aws kms enable-key --key-id {arn}`")
+    if state != "Enabled":
+        return Retained(KEY, arn, problem=f"{state}: run `aws kms enable-key --key-id {arn}`")
+    policy = json.loads(kms.get_key_policy(KeyId=arn, PolicyName="default")["Policy"])
+    return Retained(KEY, arn, problem=_key_policy_problem(policy, arn))
+
+
+def _key_policy_problem(policy: dict, arn: str) -> str:
+    """What the new stacks need of a key policy they cannot change (an adopted key is not theirs).
+
+    Their roles get the key in identity policies, which count only when the key policy gives the
+    account itself the key ("Allowing access to the AWS account and enabling IAM policies", AWS KMS
+    developer guide); the services' statements let CloudWatch Logs and alarms encrypt with it.
+    """
+    _, partition, _, _, account, _ = arn.split(":", 5)
+    statements = policy.get("Statement", [])
+    statements = statements if isinstance(statements, list) else [statements]
+    root = {f"arn:{partition}:iam::{account}:root", account}
+    delegates = any(
+        st.get("Effect") == "Allow" and "kms:*" in _as_list(st.get("Action"))
+        and root & set(_as_list((st.get("Principal") or {}).get("AWS"))) for st in statements)
+    if not delegates:
+        return (f"its key policy does not give account {account} the key (kms:* for its root), so the new roles' "
+                "IAM policies could not use it")
+    missing = sorted(set(wiring.KEY_SERVICE_STATEMENTS) - {st.get("Sid") for st in statements})
+    if missing:
+        return f"its key policy lacks the statements {', '.join(missing)} that let CloudWatch use the key"
+    return ""
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value] if value is not None else []

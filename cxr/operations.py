@@ -28,15 +28,24 @@ def upload_dataset(s3, bucket: str, folder: Path, dataset: str, workers: int = 4
     return [key for _, key in items]
 
 
+def sha256_base64(data: bytes) -> str:
+    """A SHA-256 digest in the form S3 takes and returns it (``ChecksumSHA256``)."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
 def upload_files(s3, bucket: str, items: list[tuple[Path, str]], workers: int,
                  progress: Callable[[int, int], None] = lambda done, total: None) -> None:
-    """Parallel single-part uploads (X-rays are under the 30 MiB cap), each checked by S3 against its MD5."""
+    """Parallel single-part uploads (X-rays are under the 30 MiB cap), each with its SHA-256.
+
+    S3 verifies the digest against what it received (BadDigest otherwise) and stores it as the
+    object's full-object ``ChecksumSHA256``, which ``HeadObject(ChecksumMode="ENABLED")`` returns
+    whatever the bucket's encryption: the ETag is no MD5 under SSE-KMS, the checksum is the data's.
+    """
 
     def upload(item: tuple[Path, str]) -> None:
         path, key = item
         body = path.read_bytes()
-        digest = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
-        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentMD5=digest)
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=sha256_base64(body))
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for done, _ in enumerate(pool.map(upload, items), 1):

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra import wiring
 from infra.images import is_accelerated
 
 ENDPOINT_MODES = ("serverless", "realtime", "async")
@@ -35,6 +36,7 @@ DEMO_GATE: dict[str, float] = {"accuracy": 0.50, "binary.roc_auc": 0.70}
 """The demo trains for minutes on a small subset on a CPU: it must beat chance clearly, no more."""
 
 _STAGE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -65,6 +67,10 @@ class Config:
     log_retention_days: int = 365
     quarantine_expiry_days: int = 90
     checkpoint_expiry_days: int = 14
+    adopt_key_arn: str | None = None
+    """A KMS key an earlier teardown retained: the stacks use it instead of creating one (`cxr deploy` sets it)."""
+    adopt_buckets: tuple[str, ...] = ()
+    """Bucket roles (``infra.wiring.BUCKETS``) whose retained buckets are referenced instead of created."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -105,6 +111,14 @@ class Config:
             problems.append(f"log_retention_days must be one of CloudWatch's {LOG_RETENTION_DAYS}")
         if self.quarantine_expiry_days < 1 or self.checkpoint_expiry_days < 1:
             problems.append("expiry days must be positive")
+        if self.adopt_key_arn is not None and not _KEY_ARN.match(self.adopt_key_arn):
+            problems.append("adopt_key_arn must be a KMS key ARN")
+        unknown = set(self.adopt_buckets) - set(wiring.BUCKETS)
+        if unknown:
+            problems.append(f"adopt_buckets must name bucket roles among {', '.join(wiring.BUCKETS)}")
+        if set(self.adopt_buckets) - {wiring.ACCESS_LOGS} and self.adopt_key_arn is None:
+            problems.append("adopting the data or inference bucket needs adopt_key_arn: its objects stay "
+                            "encrypted under their key")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -147,7 +161,7 @@ _INTS = {"serverless_memory_mb", "serverless_max_concurrency", "training_max_run
 
 def _coerce(name: str, value: Any) -> Any:
     """Context given on the command line arrives as strings; cdk.json gives JSON types."""
-    if value in ("", "none", "null") and name in {"notification_email", "reserved_concurrency"}:
+    if value in ("", "none", "null") and name in {"notification_email", "reserved_concurrency", "adopt_key_arn"}:
         return None
     try:
         if name in _INTS:
@@ -161,6 +175,9 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "quality_gate":
             gate = json.loads(value) if isinstance(value, str) else value
             return {str(k): float(v) for k, v in gate.items()}
+        if name == "adopt_buckets":
+            roles = value.split(",") if isinstance(value, str) else value
+            return tuple(sorted(str(role) for role in roles if role))
         if name == "uncertainty_band":
             low, high = value.split(",") if isinstance(value, str) else value
             return (float(low), float(high))

@@ -66,6 +66,10 @@ BUCKETS: dict[str, Bucket] = {
     )
 }
 
+KEY_SERVICE_STATEMENTS = ("CloudWatchLogs", "CloudWatchAlarms")
+"""Sids of the stage key's policy statements that let CloudWatch Logs and alarms use the key: written by
+the storage stack, required of a key a deployment adopts from an earlier teardown (no stack rewrites it)."""
+
 
 @dataclass(frozen=True)
 class Table:

@@ -2,7 +2,8 @@
 
 The configuration (cdk.json, -c overrides, --stage) is validated, the CDK CLI's presence,
 the credentials and the region are checked, and so is the CDK bootstrap of the account and region
-(--bootstrap does it), each failing in one line; then `cdk deploy --all` runs.
+(--bootstrap does it), each failing in one line; buckets and their KMS key retained by an earlier
+`cxr teardown` are found and adopted (named, not created again); then `cdk deploy --all` runs.
 """
 
 from __future__ import annotations
@@ -67,11 +68,19 @@ def run(args) -> int:
         if status:
             raise UserError(f"cdk bootstrap failed with exit status {status}: its output above says why")
     overrides["stage"] = tgt.stage
+    retained = deployment.retained_resources(tgt)
+    overrides |= deployment.adopt_overrides(retained)
+    deployment.project_config(overrides)
+    for item in retained:
+        print(f"re-adopting the {item.kind} {item.name}, retained by an earlier teardown")
     status = deployment.run_cdk(deployment.deploy_command(overrides, args.profile), tgt.region)
     if status:
         raise UserError(f"cdk deploy failed with exit status {status}: its output above says why "
                         f"(`cxr teardown --stage {tgt.stage}` removes a partial deployment)")
     print(f"deployed stage {tgt.stage} to account {tgt.account}, {tgt.region}")
+    if retained:
+        print("re-adopted from an earlier teardown (data readable again): "
+              + ", ".join(f"{item.kind} {item.name}" for item in retained))
     print(f"data bucket:      {tgt.bucket(wiring.DATA)}")
     print(f"inference bucket: {tgt.bucket(wiring.INFERENCE)}")
     print("next: cxr upload-dataset DIR, then cxr train")

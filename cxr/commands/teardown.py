@@ -4,8 +4,8 @@ CloudFormation removes what the stacks own (`cdk destroy --all --force`); the pi
 endpoint, endpoint configurations and models are created by a Lambda, so they are found and
 deleted through the SageMaker API first, after running executions and training jobs are
 stopped (a running pipeline would deploy again). Data buckets and the predictions table are
-retained by the stacks and kept unless `--delete-data`. Exit status 1 when anything that
-must go is still there afterwards.
+retained by the stacks and kept unless `--delete-data`; the next `cxr deploy` adopts the kept
+buckets and their KMS key. Exit status 1 when anything that must go is still there afterwards.
 """
 
 from __future__ import annotations
@@ -122,3 +122,6 @@ def print_report(report: Report, tgt: target.Target) -> None:
             print(f"  {leftover}")
     if not tgt.is_local:
         print("The stacks also retain the stage's KMS key and log groups (see infra/README.md).")
+        if report.kept:
+            print(f"`cxr deploy --stage {tgt.stage}` adopts the kept buckets and their key again: the data stays "
+                  "readable.")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr import manifest, operations, target
@@ -60,7 +61,7 @@ def run(args) -> int:
             print(f"  skipped {v.path}: {v.code}: {v.reason}")
     deployment = target.resolve(args)
     s3, bucket = deployment.client("s3"), deployment.bucket(wiring.DATA)
-    return send(args, s3, bucket, prefix, [(keys[path], path, md5_hex(path)) for path, _ in accepted], dataset)
+    return send(args, s3, bucket, prefix, [local_item(keys[path], path) for path, _ in accepted], dataset)
 
 
 def upload_manifest(args) -> int:
@@ -80,44 +81,95 @@ def upload_manifest(args) -> int:
         raise UserError(f"none of the {len(keys)} images in {args.manifest} is an acceptable X-ray")
     deployment = target.resolve(args)
     s3, bucket = deployment.client("s3"), deployment.bucket(wiring.DATA)
-    items = [(key, entry.source, source_etag(s3, entry)) if entry.in_s3 else
-             (key, Path(entry.source), md5_hex(Path(entry.source))) for entry, key in planned.items()]
+    items = [s3_item(s3, key, entry) if entry.in_s3 else local_item(key, Path(entry.source))
+             for entry, key in planned.items()]
     print(f"{args.manifest}: {len(keys)} images ({len(keys) - len(local)} in S3, {len(local)} local, "
           f"{len(rejected)} rejected locally)")
     return send(args, s3, bucket, f"{layout.RAW}{dataset}/", items, dataset)
 
 
-def send(args, s3, bucket: str, prefix: str, items: list[tuple[str, Path | str, str]], dataset: str) -> int:
-    """Send each ``(raw key, source, checksum)`` unless an object with that checksum is there already
-    (resumable), or list what would be sent (``--dry-run``). A local ``Path`` is uploaded; an
-    ``s3://`` source is copied inside S3, its checksum being its ETag, which a copy keeps."""
-    existing = remote_checksums(s3, bucket, prefix)
-    todo = [(key, source) for key, source, checksum in items if existing.get(key) != checksum]
+@dataclass(frozen=True)
+class Item:
+    """One object to send to ``key``: a local file, or an S3 object copied inside S3."""
+
+    key: str
+    source: Path | str
+    """A local ``Path``, or an ``s3://bucket/key`` URI."""
+    size: int
+    fingerprint: str
+    """What proves the object at ``key`` holds this source: a file's SHA-256 (base64, as S3 reports
+    ``ChecksumSHA256``), or an S3 source's ETag, which the copy records in its metadata."""
+
+
+SOURCE_ETAG = "cxr-source-etag"
+"""User metadata of a copied object: the ETag of the source object version it was copied from."""
+
+
+def local_item(key: str, path: Path) -> Item:
+    data = path.read_bytes()
+    return Item(key, path, len(data), operations.sha256_base64(data))
+
+
+def s3_item(s3, key: str, entry: manifest.Entry) -> Item:
+    """The source object's size and ETag; a missing or unreadable source stops everything first."""
+    source_bucket, source_key = entry.bucket_and_key()
+    try:
+        head = s3.head_object(Bucket=source_bucket, Key=source_key)
+    except s3.exceptions.ClientError as error:
+        raise UserError(f"line {entry.line}: cannot read {entry.source}: "
+                        f"{error.response['Error'].get('Message') or error.response['Error']['Code']}") from None
+    return Item(key, entry.source, head["ContentLength"], head["ETag"].strip('"'))
+
+
+def send(args, s3, bucket: str, prefix: str, items: list[Item], dataset: str) -> int:
+    """Send each item unless the object at its key holds it already (resumable), or list what would be
+    sent (``--dry-run``). A local ``Path`` is uploaded with its SHA-256; an ``s3://`` source is copied
+    inside S3 and the copy records the source's ETag (:data:`SOURCE_ETAG`)."""
+    there = already_there(s3, bucket, prefix, items, args.workers)
+    todo = [item for item in items if item.key not in there]
     print(f"s3://{bucket}/{prefix}: {len(items) - len(todo)} already there with the same checksum, "
           f"{len(todo)} to send")
     if args.dry_run:
-        for key, source in todo:
-            print(f"  would {'upload' if isinstance(source, Path) else 'copy'} {source} -> {key}")
+        for item in todo:
+            print(f"  would {'upload' if isinstance(item.source, Path) else 'copy'} {item.source} -> {item.key}")
         return 0
-    for key, source in todo:
-        if not isinstance(source, Path):
-            source_bucket, source_key = layout.split_s3_uri(source)
-            s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key})
-    operations.upload_files(s3, bucket, [(source, key) for key, source in todo if isinstance(source, Path)],
+    for item in todo:
+        if not isinstance(item.source, Path):
+            source_bucket, source_key = layout.split_s3_uri(item.source)
+            s3.copy_object(Bucket=bucket, Key=item.key, CopySource={"Bucket": source_bucket, "Key": source_key},
+                           Metadata={SOURCE_ETAG: item.fingerprint}, MetadataDirective="REPLACE")
+    operations.upload_files(s3, bucket, [(item.source, item.key) for item in todo if isinstance(item.source, Path)],
                             args.workers, progress_bar)
     print(f"sent {len(todo)} files; each is preprocessed by the ingest Lambda "
           f"(see processed/{dataset}/ and quarantine/)")
     return 0
 
 
-def source_etag(s3, entry: manifest.Entry) -> str:
-    """The source object's ETag, which a copy keeps; a missing or unreadable source stops everything first."""
-    source_bucket, source_key = entry.bucket_and_key()
-    try:
-        return s3.head_object(Bucket=source_bucket, Key=source_key)["ETag"].strip('"')
-    except s3.exceptions.ClientError as error:
-        raise UserError(f"line {entry.line}: cannot read {entry.source}: "
-                        f"{error.response['Error'].get('Message') or error.response['Error']['Code']}") from None
+def already_there(s3, bucket: str, prefix: str, items: list[Item], workers: int) -> set[str]:
+    """Keys whose object already holds its item, judged without ETags: under SSE-KMS (the data bucket's
+    encryption) S3's ETag is not the MD5 of the data, nor is a copy's ETag its source's.
+
+    One listing gives the keys and sizes there; each key of the right size gets a ``HeadObject`` with
+    ``ChecksumMode=ENABLED`` (ListObjectsV2 names a checksum's algorithm, never its value): a file
+    matches the object's full-object ``ChecksumSHA256``, a copy its :data:`SOURCE_ETAG`. A composite
+    checksum (``<digest>-<parts>``, from a multipart upload by another tool) is a digest of part
+    digests, not of the file, so such an object is sent again and then holds a full-object one.
+    Reading a checksum of an SSE-KMS object needs ``kms:Decrypt`` on its key (HeadObject).
+    """
+    sizes = {obj["Key"]: obj["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                                             Prefix=prefix)
+             for obj in page.get("Contents", [])}
+    candidates = [item for item in items if sizes.get(item.key) == item.size]
+
+    def holds(item: Item) -> bool:
+        head = s3.head_object(Bucket=bucket, Key=item.key, ChecksumMode="ENABLED")
+        if isinstance(item.source, Path):
+            full_object = head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+            return full_object and head.get("ChecksumSHA256") == item.fingerprint
+        return head.get("Metadata", {}).get(SOURCE_ETAG) == item.fingerprint
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return {item.key for item, held in zip(candidates, pool.map(holds, candidates), strict=True) if held}
 
 
 def dataset_name(folder: Path) -> str:
@@ -130,17 +182,6 @@ def key_prefix(folder: Path, dataset: str) -> str:
     """``raw/<dataset>/``, keeping a split folder given as DIR (``.../train``) in the keys."""
     split = folder.resolve().name if folder.resolve().name.lower() in labels.SPLITS else None
     return f"{layout.RAW}{dataset}/" + (f"{split}/" if split else "")
-
-
-def md5_hex(path: Path) -> str:
-    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
-
-
-def remote_checksums(s3, bucket: str, prefix: str) -> dict[str, str]:
-    """Key -> MD5 of what is already there (a single-part upload's ETag is its MD5)."""
-    paginator = s3.get_paginator("list_objects_v2")
-    return {obj["Key"]: obj["ETag"].strip('"') for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-            for obj in page.get("Contents", [])}
 
 
 def progress_bar(done: int, total: int) -> None:

@@ -2,14 +2,16 @@
 
 moto keeps the AWS APIs' state but runs Lambda code only in Docker (absent here), completes
 SageMaker training jobs instantly with no artifact, crashes on a binary InvokeEndpoint body, and
-answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever the endpoint.
-Each hook below replaces exactly one moto function with a real local execution, and two add the
-SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob); ``check()`` fails loudly the moment
-a pinned-moto upgrade moves a hooked function or starts implementing a missing action (tests call it).
+answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever the endpoint, and
+gives every object an MD5 ETag, which S3 does not under SSE-KMS. Each hook below replaces exactly
+one moto function with a real local execution or AWS's behaviour, and two add the SageMaker actions
+moto lacks (UpdateEndpoint, StopTrainingJob); ``check()`` fails loudly the moment a pinned-moto
+upgrade moves a hooked function or starts implementing a missing action (tests call it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import random
@@ -21,6 +23,7 @@ from unittest import mock
 from urllib.parse import quote_plus, unquote
 
 import moto.awslambda.models as lambda_models
+import moto.s3.models as s3_models
 import moto.s3.notifications as s3_notifications
 import moto.sagemaker.models as sagemaker_models
 import moto.sagemaker.responses as sagemaker_responses
@@ -40,8 +43,15 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", ("self",)),
     (runtime_responses.SageMakerRuntimeResponse, "setup_class", ("self", "request", "full_url", "headers",
                                                                  "use_raw_body")),
+    (s3_models.FakeKey, "etag", ("self",)),  # a property: its getter's parameters
 )
 
+
+HOOKED_PROPERTIES = {(s3_models.FakeKey, "etag")}
+"""Hook points that are properties in moto (replaced by a property, so they must stay one)."""
+
+SSE_KMS = ("aws:kms", "aws:kms:dsse")
+"""``x-amz-server-side-encryption`` values whose objects S3 gives an ETag that is not the MD5 of the data."""
 
 MISSING_ACTIONS: tuple[tuple[Any, str], ...] = (
     (sagemaker_responses.SageMakerResponse, "update_endpoint"),
@@ -82,6 +92,11 @@ def check() -> None:
         target = getattr(owner, name, None)
         if target is None:
             raise RuntimeError(f"moto {MOTO_VERSION}: {owner.__name__}.{name} is gone; the local mode cannot hook it")
+        if (owner, name) in HOOKED_PROPERTIES:
+            target = inspect.getattr_static(owner, name)
+            if not isinstance(target, property):
+                raise RuntimeError(f"moto: {owner.__name__}.{name} is no longer a property")
+            target = target.fget
         actual = tuple(inspect.signature(target).parameters)
         if actual[: len(params)] != params:
             raise RuntimeError(f"moto: {owner.__name__}.{name}{actual} no longer starts with {params}")
@@ -97,6 +112,14 @@ def installed(executors: Executors):
     with ExitStack() as stack:
         for owner, name, replacement in _replacements(executors):
             stack.enter_context(mock.patch.object(owner, name, replacement, create=(owner, name) in MISSING_ACTIONS))
+        yield
+
+
+@contextmanager
+def aws_etags():
+    """Only the ETag hook: for tests of code that reads ETags, without the rest of the offline cloud."""
+    check()
+    with mock.patch.object(s3_models.FakeKey, "etag", AWS_ETAG):
         yield
 
 
@@ -212,6 +235,7 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         return "{}"
 
     return [
+        (s3_models.FakeKey, "etag", AWS_ETAG),
         (sagemaker_responses.SageMakerResponse, "update_endpoint", update_endpoint),
         (sagemaker_responses.SageMakerResponse, "stop_training_job", stop_training_job),
         (runtime_responses.SageMakerRuntimeResponse, "setup_class", setup_raw),
@@ -233,6 +257,29 @@ def _error_response(exc) -> tuple[int, dict, str]:
     error = json.dumps({"__type": exc.code, "message": str(exc)})
     headers = {"Content-Type": "application/json", "x-amzn-ErrorType": exc.code, "status": exc.status}
     return exc.status, headers, error
+
+
+_moto_etag = s3_models.FakeKey.etag
+
+
+def _aws_etag(key) -> str:
+    """S3's ETag: the MD5 of the data only for single-part objects in plaintext or SSE-S3.
+
+    "Objects created by the PUT Object, POST Object, or Copy operation [...] and are encrypted by
+    SSE-C or SSE-KMS, have ETags that are not an MD5 digest of their object data" (S3 API
+    Reference, ``Object.ETag``). moto gives them all an MD5, so code that compares ETags with
+    digests passes here and fails on AWS; this gives SSE-KMS objects an opaque ETag instead, fixed
+    per object version (derived from the version, its write time and the key, never the data alone).
+    Multipart objects keep moto's ``<md5 of part md5s>-<parts>``, not a data MD5 either.
+    """
+    if key._etag is None and key.encryption in SSE_KMS:
+        data_md5 = _moto_etag.fget(key)
+        identity = f"{key.kms_key_id}|{key.bucket_name}|{key.name}|{key.version_id}|{key.last_modified.isoformat()}"
+        key._etag = hashlib.md5(f"{identity}|{data_md5}".encode(), usedforsecurity=False).hexdigest()
+    return _moto_etag.fget(key)
+
+
+AWS_ETAG = property(_aws_etag)
 
 
 _sequencer = random.Random(0).randrange(1 << 40)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import Annotations, Aws, Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -10,6 +11,8 @@ from constructs import Construct
 from infra import wiring
 
 from .nag import acknowledge
+
+MINIMUM_TLS_VERSION = 1.2
 
 
 def bucket_name(role: str, stage: str) -> str:
@@ -53,7 +56,7 @@ def secure_bucket(
         bucket_key_enabled=True,
         versioned=True,
         enforce_ssl=True,
-        minimum_tls_version=1.2,
+        minimum_tls_version=MINIMUM_TLS_VERSION,
         block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
         object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
         server_access_logs_bucket=access_logs,
@@ -80,7 +83,7 @@ def access_log_bucket(scope: Construct, stage: str, *, retention_days: int) -> s
         encryption=s3.BucketEncryption.S3_MANAGED,
         versioned=True,
         enforce_ssl=True,
-        minimum_tls_version=1.2,
+        minimum_tls_version=MINIMUM_TLS_VERSION,
         block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
         object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
         lifecycle_rules=[s3.LifecycleRule(id="ExpireLogs", expiration=Duration.days(retention_days),
@@ -92,3 +95,59 @@ def access_log_bucket(scope: Construct, stage: str, *, retention_days: int) -> s
     acknowledge(bucket, "Logs are rebuilt by S3 itself; replicating them to a second region adds cost, not safety.",
                 "HIPAA.Security-S3BucketReplicationEnabled")
     return bucket
+
+
+
+def adopted_bucket(scope: Construct, role: str, stage: str) -> tuple[s3.IBucket, s3.BucketPolicy]:
+    """A bucket an earlier teardown retained (data kept), referenced by its derived name instead of created.
+
+    Its configuration (encryption, versioning, lifecycle, access logs, public access block) stayed
+    with it; its policy was a resource of the deleted stack and went with it, so the statements
+    :func:`secure_bucket` gets from CDK (SSL only, TLS 1.2 or later) are written here again. The
+    policy is returned so that log delivery can be allowed into it (:func:`allow_log_delivery`).
+    """
+    bucket = imported_bucket(scope, role, stage)
+    policy = s3.BucketPolicy(scope, f"{wiring.BUCKETS[role].construct_id}Policy", bucket=bucket)
+    objects = [bucket.bucket_arn, bucket.arn_for_objects("*")]
+    policy.document.add_statements(
+        iam.PolicyStatement(effect=iam.Effect.DENY, principals=[iam.AnyPrincipal()], actions=["s3:*"],
+                            resources=objects, conditions={"Bool": {"aws:SecureTransport": "false"}}),
+        iam.PolicyStatement(effect=iam.Effect.DENY, principals=[iam.AnyPrincipal()], actions=["s3:*"],
+                            resources=objects,
+                            conditions={"NumericLessThan": {"s3:TlsVersion": MINIMUM_TLS_VERSION}}),
+    )
+    acknowledge(policy, "The first statement denies every request without TLS to the bucket and its objects; "
+                "cdk-nag matches a policy to its bucket only through a Ref, and this bucket is referenced by its "
+                "derived name (tests/infra/test_adopt.py checks the statement).",
+                "AwsSolutions-S10", "HIPAA.Security-S3BucketSSLRequestsOnly")
+    return bucket, policy
+
+
+def allow_log_delivery(access_logs: s3.IBucket, policy: s3.BucketPolicy | None, source_role: str,
+                       stage: str) -> None:
+    """What CDK writes for a bucket it creates with ``server_access_logs_bucket`` when either side is adopted
+    (CDK can add it only when both are its own): S3 log delivery may put the source's logs under its prefix.
+
+    ``policy`` is the adopted access-log bucket's (:func:`adopted_bucket`); None when that bucket is created
+    here and keeps its own policy.
+    """
+    source = wiring.BUCKETS[source_role].construct_id
+    statement = iam.PolicyStatement(
+        principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")], actions=["s3:PutObject"],
+        resources=[access_logs.arn_for_objects(f"{source}/*")],
+        conditions={"ArnLike": {"aws:SourceArn": bucket_arn(source_role, stage)},
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}})
+    if policy is not None:
+        policy.document.add_statements(statement)
+        return
+    access_logs.add_to_resource_policy(statement)
+    acknowledge(access_logs, "This is the server access log target of the adopted buckets (cdk-nag sees only buckets "
+                "the stack creates); a log bucket logging into itself would loop.",
+                "AwsSolutions-S1", "HIPAA.Security-S3BucketLoggingEnabled")
+
+
+def acknowledge_imported_log_target(bucket: s3.IBucket) -> None:
+    """CDK warns that it cannot write log delivery into an imported target's policy; :func:`allow_log_delivery` does."""
+    Annotations.of(bucket).acknowledge_warning(
+        "@aws-cdk/aws-s3:accessLogsPolicyNotAdded",
+        "the adopted access-log bucket's policy is written by infra.components.buckets.allow_log_delivery")

@@ -1,4 +1,13 @@
-"""Storage: the customer-managed key, the data / inference / access-log buckets and the notification topic."""
+"""Storage: the customer-managed key, the data / inference / access-log buckets and the notification topic.
+
+The key and the buckets are retained when the stack is deleted (data is never lost with a
+teardown). A later deployment adopts them (``adopt_key_arn`` / ``adopt_buckets``, which `cxr deploy`
+sets from what it finds in the account): they are referenced by ARN and derived name, never created
+again (CloudFormation refuses a bucket name that exists), and what the deleted stack owned beside
+them (bucket policies, the key's alias) is created again. Other stacks grant the key's use in
+their roles' identity policies, which the key policy's account statement lets IAM decide, so an
+adopted key needs no policy change for new roles.
+"""
 
 from __future__ import annotations
 
@@ -11,42 +20,73 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from infra import wiring
-from infra.components.buckets import access_log_bucket, secure_bucket
+from infra.components.buckets import (
+    access_log_bucket,
+    acknowledge_imported_log_target,
+    adopted_bucket,
+    allow_log_delivery,
+    secure_bucket,
+)
 from infra.config import Config
 from lambdas.domain import layout
+
+
+def key_alias(stage: str) -> str:
+    return f"alias/cxr-{stage}"
 
 
 class StorageStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, **kwargs):
         super().__init__(scope, construct_id, **kwargs)
-        self.key = kms.Key(
-            self, "Key", enable_key_rotation=True, alias=f"alias/cxr-{config.stage}",
-            description="cxr: data, inference, logs, queues, tables, training volumes and endpoints",
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-        self._allow_services(self.key)
-        self.access_logs = access_log_bucket(self, config.stage, retention_days=config.log_retention_days)
-        self.data = secure_bucket(
-            self, wiring.DATA, config.stage, key=self.key, access_logs=self.access_logs,
-            lifecycle_rules=[
-                s3.LifecycleRule(id="ExpireQuarantine", prefix=layout.QUARANTINE,
-                                 expiration=Duration.days(config.quarantine_expiry_days)),
-                s3.LifecycleRule(id="ExpireCheckpoints", prefix=layout.CHECKPOINTS,
-                                 expiration=Duration.days(config.checkpoint_expiry_days),
-                                 noncurrent_version_expiration=Duration.days(1)),
-            ],
-        )
-        self.inference = secure_bucket(self, wiring.INFERENCE, config.stage, key=self.key,
-                                       access_logs=self.access_logs)
+        stage, adopted = config.stage, set(config.adopt_buckets)
+        if config.adopt_key_arn:
+            self.key: kms.IKey = kms.Key.from_key_arn(self, "Key", config.adopt_key_arn)
+            kms.Alias(self, "KeyAlias", alias_name=key_alias(stage), target_key=self.key)
+        else:
+            self.key = kms.Key(
+                self, "Key", enable_key_rotation=True, alias=key_alias(stage),
+                description="cxr: data, inference, logs, queues, tables, training volumes and endpoints",
+                removal_policy=RemovalPolicy.RETAIN,
+            )
+            self._allow_services(self.key)
+        logs_policy = None
+        if wiring.ACCESS_LOGS in adopted:
+            self.access_logs, logs_policy = adopted_bucket(self, wiring.ACCESS_LOGS, stage)
+        else:
+            self.access_logs = access_log_bucket(self, stage, retention_days=config.log_retention_days)
+        lifecycle = {wiring.DATA: [
+            s3.LifecycleRule(id="ExpireQuarantine", prefix=layout.QUARANTINE,
+                             expiration=Duration.days(config.quarantine_expiry_days)),
+            s3.LifecycleRule(id="ExpireCheckpoints", prefix=layout.CHECKPOINTS,
+                             expiration=Duration.days(config.checkpoint_expiry_days),
+                             noncurrent_version_expiration=Duration.days(1)),
+        ], wiring.INFERENCE: []}
+        buckets = {}
+        for role, rules in lifecycle.items():
+            if role in adopted:
+                buckets[role], _ = adopted_bucket(self, role, stage)
+            else:
+                buckets[role] = secure_bucket(self, role, stage, key=self.key, access_logs=self.access_logs,
+                                              lifecycle_rules=rules)
+                if logs_policy is not None:
+                    acknowledge_imported_log_target(buckets[role])
+            if adopted & {role, wiring.ACCESS_LOGS}:  # CDK writes log delivery only between two buckets of its own
+                allow_log_delivery(self.access_logs, logs_policy, role, stage)
+        self.data, self.inference = buckets[wiring.DATA], buckets[wiring.INFERENCE]
         self.topic = sns.Topic(self, "Notifications", master_key=self.key, enforce_ssl=True,
                                display_name=f"cxr {config.stage}")
         if config.notification_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(config.notification_email))
 
     def _allow_services(self, key: kms.Key) -> None:
-        """Services that encrypt with the key on the account's behalf: log groups and alarm notifications."""
+        """Services that encrypt with the key on the account's behalf: log groups and alarm notifications.
+
+        An adopted key keeps the statements it was created with (``wiring.KEY_SERVICE_STATEMENTS``);
+        `cxr deploy` checks they are there, since no stack can write a key policy it does not own.
+        """
+        logs_sid, alarms_sid = wiring.KEY_SERVICE_STATEMENTS
         key.add_to_resource_policy(iam.PolicyStatement(
-            sid="CloudWatchLogs",
+            sid=logs_sid,
             principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
             actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
             resources=["*"],  # in a key policy, "*" is this key
@@ -54,7 +94,7 @@ class StorageStack(Stack):
                                     f"arn:{self.partition}:logs:{self.region}:{self.account}:log-group:*"}},
         ))
         key.add_to_resource_policy(iam.PolicyStatement(
-            sid="CloudWatchAlarms",
+            sid=alarms_sid,
             principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
             actions=["kms:Decrypt", "kms:GenerateDataKey*"],
             resources=["*"],

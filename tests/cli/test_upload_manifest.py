@@ -1,8 +1,13 @@
-"""`cxr upload-dataset --manifest`: AutoML-style CSV rows become the raw keys ingest reads (moto)."""
+"""`cxr upload-dataset`: folders and AutoML-style CSV rows become the raw keys ingest reads, resumably (moto).
+
+The buckets are SSE-KMS encrypted and moto's ETags are made AWS's (not the MD5 of the data under
+SSE-KMS, :mod:`cxr.local.hooks`), so a resume that compared ETags with digests would send everything again.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 
 import boto3
@@ -12,6 +17,7 @@ import corpus
 from cxr import manifest, target
 from cxr.commands import upload_dataset
 from cxr.errors import UsageError, UserError
+from cxr.local import hooks
 
 SOURCE = "hospital-pacs-export"
 
@@ -20,14 +26,46 @@ SOURCE = "hospital-pacs-export"
 def deployment(aws, monkeypatch):
     deployment = target.Target(session=boto3.Session(), stage="dev", account="123456789012", region="us-east-1")
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=deployment.bucket("data"))
-    s3.create_bucket(Bucket=SOURCE)
+    key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    for bucket in (deployment.bucket("data"), SOURCE):
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [{
+            "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key},
+            "BucketKeyEnabled": True}]})
     monkeypatch.setattr(target, "resolve", lambda args: deployment)
-    return deployment
+    with hooks.aws_etags():
+        yield deployment
 
 
 def args(csv_path, **extra):
     return argparse.Namespace(folder=None, manifest=csv_path, dataset=None, workers=2, dry_run=False, **extra)
+
+
+def sent(capsys) -> str:
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "to send" in line]
+    return line.split(": ", 1)[1]
+
+
+def test_a_folder_upload_resumes_by_checksum_and_resends_a_changed_file(deployment, tmp_path, capsys):
+    folder = tmp_path / "wards"
+    for label, seed in (("NORMAL", 1), ("NORMAL", 2), ("PNEUMONIA", 3)):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        (folder / label / f"IM-000{seed}-0001.jpeg").write_bytes(corpus.jpeg(seed=seed))
+    folder_args = argparse.Namespace(folder=folder, manifest=None, dataset=None, workers=2, dry_run=False)
+    assert upload_dataset.run(folder_args) == 0
+    assert sent(capsys) == "0 already there with the same checksum, 3 to send"
+    assert upload_dataset.run(folder_args) == 0
+    assert sent(capsys) == "3 already there with the same checksum, 0 to send"
+    s3, key = boto3.client("s3"), "raw/wards/NORMAL/IM-0001-0001.jpeg"
+    head = s3.head_object(Bucket=deployment.bucket("data"), Key=key, ChecksumMode="ENABLED")
+    assert head["ETag"].strip('"') != hashlib.md5(corpus.jpeg(seed=1)).hexdigest()  # SSE-KMS: not the data's MD5
+    assert head["ChecksumSHA256"] == upload_dataset.operations.sha256_base64(corpus.jpeg(seed=1))
+
+    (folder / "NORMAL" / "IM-0001-0001.jpeg").write_bytes(corpus.jpeg(seed=4))  # same name, new content
+    assert upload_dataset.run(folder_args) == 0
+    assert sent(capsys) == "2 already there with the same checksum, 1 to send"
+    body = s3.get_object(Bucket=deployment.bucket("data"), Key=key)["Body"].read()
+    assert body == corpus.jpeg(seed=4)
 
 
 def test_rows_map_to_the_folder_layout_ingest_reads(tmp_path):
@@ -92,6 +130,12 @@ def test_upload_copies_s3_sources_and_uploads_local_files_resumably(deployment, 
 
     assert upload_dataset.run(args(csv_path)) == 0  # nothing changed: nothing sent again
     assert "2 already there with the same checksum, 0 to send" in capsys.readouterr().out
+
+    s3.put_object(Bucket=SOURCE, Key="2026/IM-0007-0001.jpeg", Body=corpus.jpeg(seed=2))  # a re-exported source
+    assert upload_dataset.run(args(csv_path)) == 0
+    assert "1 already there with the same checksum, 1 to send" in capsys.readouterr().out
+    copied = s3.get_object(Bucket=bucket, Key="raw/wards/train/NORMAL/IM-0007-0001.jpeg")["Body"].read()
+    assert copied == corpus.jpeg(seed=2)
 
 
 def test_a_missing_s3_source_stops_before_anything_is_sent(deployment, tmp_path):

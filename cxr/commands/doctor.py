@@ -1,8 +1,8 @@
 """`cxr doctor`: check an AWS account before the first deploy, one line per finding.
 
 Credentials, region, the CDK bootstrap, the SageMaker quotas the configured instance types use,
-what an earlier teardown retained, and container images past their end of patching: each is ok,
-a warning, or a blocker with its fix. Exit status 1 when anything blocks a deploy or the first
+what an earlier teardown retained (`cxr deploy` re-adopts it), and container images past their end
+of patching: each is ok, a warning, or a blocker with its fix. Exit status 1 when anything blocks a deploy or the first
 training run.
 """
 
@@ -26,6 +26,7 @@ from botocore.exceptions import (
 
 from cxr import deployment, quotas, target
 from cxr.commands.deploy import BOOTSTRAP_PARAMETER
+from cxr.errors import UserError
 from infra import images
 from infra.config import Config
 
@@ -130,6 +131,11 @@ def diagnose(tgt: target.Target, config: Config, saved: quotas.QuotaSource | Non
     else:
         findings.append(Finding("quota", OK, "not applicable: the offline cloud trains and serves on this machine "
                                              "(--quotas FILE checks a saved listing)"))
+    if tgt.is_local:
+        findings.append(Finding("retained", OK, "not applicable: the offline cloud has no stacks; its buckets live "
+                                                "as long as it runs"))
+    else:
+        findings += retained_findings(tgt)
     return findings + image_findings(today)
 
 
@@ -195,6 +201,28 @@ def quota_findings(config: Config, source: quotas.QuotaSource, region: str) -> l
             findings.append(Finding("quota", BLOCKER, about, fix))
         else:
             findings.append(Finding("quota", WARNING, f"{about}; {need.recommended} needed for {need.later}", fix))
+    return findings
+
+
+def retained_findings(tgt: target.Target) -> list[Finding]:
+    """What an earlier teardown kept: `cxr deploy` re-adopts it (a warning), unless something stops that (a blocker)."""
+    where = f"stage {tgt.stage} in {tgt.region}"
+    try:
+        retained = deployment.retained_resources(tgt)
+    except UserError as exc:  # a bucket with the stage's name that these credentials cannot read
+        return [Finding("retained", BLOCKER, str(exc), "pass the --stage, --region and --profile of your deployment")]
+    if not retained:
+        return [Finding("retained", OK, f"nothing of {where} is left from an earlier teardown")]
+    findings = [Finding("retained", BLOCKER, f"{item.kind} {item.name}, kept by an earlier teardown of {where}, "
+                                             "cannot be re-adopted", item.problem) if item.problem else
+                Finding("retained", WARNING, f"{item.kind} {item.name} was kept by an earlier teardown of {where}: "
+                                             "`cxr deploy` re-adopts it, and the data it holds or encrypts is "
+                                             "readable again") for item in retained]
+    try:
+        deployment.adopt_overrides(retained)
+    except UserError as exc:
+        if not any(item.problem for item in retained):  # a problem across them, such as two keys
+            findings.append(Finding("retained", BLOCKER, str(exc)))
     return findings
 
 

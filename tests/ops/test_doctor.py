@@ -17,6 +17,7 @@ from botocore.stub import Stubber
 from cxr import quotas, target
 from cxr.cli import main
 from cxr.commands import deploy, doctor
+from infra import wiring
 from infra.config import Config
 
 TODAY = datetime.date(2026, 1, 1)
@@ -88,7 +89,7 @@ def levels(findings) -> dict[str, list[str]]:
 def test_an_all_green_account_has_only_ok_findings(tgt, bootstrapped):
     account = Account(applied=[GREEN])
     findings = doctor.diagnose(tgt, Config(), account.source(), today=TODAY)
-    assert levels(findings) == {"ok": ["bootstrap", "quota", "quota", "images"]}
+    assert levels(findings) == {"ok": ["bootstrap", "quota", "quota", "retained", "images"]}
     assert f"'{SPOT_G4DN}' is 2 (L-944F78BB)" in findings[1].message
     account.stubber.assert_no_pending_responses()
 
@@ -134,6 +135,53 @@ def test_an_instance_type_without_a_quota_and_unreadable_quotas_are_warnings(tgt
     denied.stubber.add_client_error("list_service_quotas", "AccessDeniedException", "not authorized")
     [finding] = doctor.quota_findings(Config(), denied.source(), REGION)
     assert finding.level == "warning" and "servicequotas:ListServiceQuotas" in finding.fix
+
+
+def retained_data_bucket(tgt, *, encryption: str = "aws:kms") -> tuple[str, str]:
+    """The data bucket and its key as a teardown without --delete-data leaves them: no storage stack around them."""
+    statements = [{"Sid": "Root", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                   "Action": "kms:*", "Resource": "*"}]
+    statements += [{"Sid": sid, "Effect": "Allow", "Principal": {"Service": f"logs.{REGION}.amazonaws.com"},
+                    "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:GenerateDataKey*"], "Resource": "*"}
+                   for sid in wiring.KEY_SERVICE_STATEMENTS]
+    key = boto3.client("kms").create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": statements}))
+    key_arn, bucket = key["KeyMetadata"]["Arn"], tgt.bucket(wiring.DATA)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    default = {"SSEAlgorithm": encryption} | ({"KMSMasterKeyID": key_arn} if encryption == "aws:kms" else {})
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
+        {"ApplyServerSideEncryptionByDefault": default, "BucketKeyEnabled": True}]})
+    return bucket, key_arn
+
+
+def test_retained_bucket_and_key_are_warnings_that_say_the_redeploy_re_adopts_them(tgt, bootstrapped, tmp_path,
+                                                                                      capsys):
+    bucket, key_arn = retained_data_bucket(tgt)
+    retained = doctor.retained_findings(tgt)
+    assert [(f.level, f.message.split(" was kept")[0]) for f in retained] == [
+        ("warning", f"bucket {bucket}"), ("warning", f"key {key_arn}")]
+    assert all("`cxr deploy` re-adopts it" in f.message for f in retained)
+    # warnings only: the command still exits 0
+    assert main(["doctor", "--region", REGION, "--quotas", str(saved_listing(tmp_path, *GREEN))]) == 0
+    assert f"warning  retained     bucket {bucket} was kept by an earlier teardown of stage dev in us-east-1: " \
+           "`cxr deploy` re-adopts it" in capsys.readouterr().out
+
+
+def test_a_retained_bucket_a_deploy_cannot_adopt_blocks_with_the_reason(tgt):
+    bucket, _ = retained_data_bucket(tgt, encryption="AES256")
+    [finding] = doctor.retained_findings(tgt)
+    assert finding.level == "blocker" and finding.message.startswith(f"bucket {bucket}, kept by an earlier teardown")
+    assert finding.fix.startswith("its default encryption is AES256, not SSE-KMS")
+
+
+def test_buckets_of_a_deployed_storage_stack_are_not_retained(tgt):
+    bucket = tgt.bucket(wiring.DATA)
+    boto3.client("cloudformation").create_stack(StackName=wiring.stack_name("dev", "Storage"), TemplateBody=json.dumps(
+        {"Resources": {"Data": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": bucket}}}}))
+    assert boto3.client("s3").head_bucket(Bucket=bucket)
+    [finding] = doctor.retained_findings(tgt)
+    assert (finding.level, finding.message) == ("ok", "nothing of stage dev in us-east-1 is left from an earlier "
+                                                      "teardown")
 
 
 def test_an_image_past_its_end_of_patch_is_a_warning_that_names_the_way_out(tgt, bootstrapped):

@@ -219,13 +219,15 @@ def test_a_toolkit_stack_without_its_version_parameter_or_too_old_a_version_bloc
 @pytest.mark.slow
 def test_the_pinned_cdk_library_needs_no_newer_bootstrap_than_the_check_accepts(tmp_path):
     """Synthesizes with the pinned aws-cdk-lib and the app's flags: a library upgrade that raises the bar fails here."""
-    from aws_cdk import Stack, aws_s3_assets
+    from aws_cdk import Stack, aws_s3_assets, aws_sns
 
     from infra.app import make_app
 
     app = make_app(outdir=str(tmp_path / "cdk.out"))
     (tmp_path / "asset.txt").write_text("x")
-    aws_s3_assets.Asset(Stack(app, "Probe"), "File", path=str(tmp_path / "asset.txt"))
+    probe = Stack(app, "Probe")
+    aws_s3_assets.Asset(probe, "File", path=str(tmp_path / "asset.txt"))
+    aws_sns.Topic(probe, "Topic")  # a template needs one resource
     app.synth()
     manifest = json.loads((tmp_path / "cdk.out" / "manifest.json").read_text())
     required = {artifact["properties"]["requiresBootstrapStackVersion"]

@@ -19,7 +19,6 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     NoCredentialsError,
-    NoRegionError,
     PartialCredentialsError,
     ProfileNotFound,
 )
@@ -52,6 +51,14 @@ class Finding:
         return f"{self.level:<8} {self.check:<12} {self.message}" + (f"; fix: {self.fix}" if self.fix else "")
 
 
+OFFLINE_BOOTSTRAP = Finding("bootstrap", OK, "the offline cloud needs no CDK bootstrap (it is built from the "
+                                             "synthesized templates)")
+OFFLINE_QUOTAS = Finding("quota", OK, "not applicable: the offline cloud trains and serves on this machine "
+                                      "(--quotas FILE checks a saved listing)")
+OFFLINE_RETAINED = Finding("retained", OK, "not applicable: the offline cloud has no stacks; its buckets live as "
+                                           "long as it runs")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "doctor",
@@ -77,7 +84,8 @@ def run(args) -> int:
     else:
         tgt, findings = connect(args.profile, args.region, config.stage)
     if tgt is not None:
-        findings += diagnose(tgt, config, saved, today=datetime.date.today())
+        findings += diagnose(tgt, config, saved)
+    findings += image_findings(datetime.date.today())
     report(findings, as_json=args.json)
     return 1 if any(f.level == BLOCKER for f in findings) else 0
 
@@ -104,8 +112,6 @@ def connect(profile: str | None, region: str | None, stage: str) -> tuple[target
     except (NoCredentialsError, PartialCredentialsError):
         return None, [*findings, Finding("credentials", BLOCKER, "no AWS credentials found",
                                          "`aws configure` (or `aws sso login`, or set AWS_PROFILE)")]
-    except NoRegionError:  # pragma: no cover - the region was checked above
-        return None, findings
     except ClientError as exc:
         return None, [*findings, Finding("credentials", BLOCKER,
                                          f"AWS refused the credentials: {exc.response['Error'].get('Message', exc)}",
@@ -117,26 +123,15 @@ def connect(profile: str | None, region: str | None, stage: str) -> tuple[target
     return target.Target(session=session, stage=stage, account=identity["Account"], region=region), findings
 
 
-def diagnose(tgt: target.Target, config: Config, saved: quotas.QuotaSource | None, *,
-             today: datetime.date) -> list[Finding]:
-    """Every check after the credentials; ``saved`` replaces the Service Quotas API when given."""
-    findings = []
-    if tgt.is_local:
-        findings.append(Finding("bootstrap", OK, "the offline cloud needs no CDK bootstrap (it is built from the "
-                                                 "synthesized templates)"))
+def diagnose(tgt: target.Target, config: Config, saved: quotas.QuotaSource | None) -> list[Finding]:
+    """The account checks after the credentials; ``saved`` replaces the Service Quotas API when given."""
+    local = tgt.is_local
+    findings = [OFFLINE_BOOTSTRAP if local else bootstrap(tgt)]
+    if local and saved is None:
+        findings.append(OFFLINE_QUOTAS)
     else:
-        findings.append(bootstrap(tgt))
-    if saved is not None or not tgt.is_local:
         findings += quota_findings(config, saved or quotas.ServiceQuotasApi(tgt.client("service-quotas")), tgt.region)
-    else:
-        findings.append(Finding("quota", OK, "not applicable: the offline cloud trains and serves on this machine "
-                                             "(--quotas FILE checks a saved listing)"))
-    if tgt.is_local:
-        findings.append(Finding("retained", OK, "not applicable: the offline cloud has no stacks; its buckets live "
-                                                "as long as it runs"))
-    else:
-        findings += retained_findings(tgt)
-    return findings + image_findings(today)
+    return findings + ([OFFLINE_RETAINED] if local else retained_findings(tgt))
 
 
 def bootstrap(tgt: target.Target) -> Finding:

@@ -20,8 +20,6 @@ from cxr.commands import deploy, doctor
 from infra import wiring
 from infra.config import Config
 
-TODAY = datetime.date(2026, 1, 1)
-"""Both pinned images are patched on this day (infra/images.py's support table)."""
 ACCOUNT, REGION = "123456789012", "us-east-1"
 SPOT_G4DN = "ml.g4dn.xlarge for spot training job usage"
 ENDPOINT_C6I = "ml.c6i.large for endpoint usage"
@@ -88,8 +86,8 @@ def levels(findings) -> dict[str, list[str]]:
 
 def test_an_all_green_account_has_only_ok_findings(tgt, bootstrapped):
     account = Account(applied=[GREEN])
-    findings = doctor.diagnose(tgt, Config(), account.source(), today=TODAY)
-    assert levels(findings) == {"ok": ["bootstrap", "quota", "quota", "retained", "images"]}
+    findings = doctor.diagnose(tgt, Config(), account.source())
+    assert levels(findings) == {"ok": ["bootstrap", "quota", "quota", "retained"]}
     assert f"'{SPOT_G4DN}' is 2 (L-944F78BB)" in findings[1].message
     account.stubber.assert_no_pending_responses()
 
@@ -99,7 +97,7 @@ def test_a_fresh_account_reads_defaults_and_zero_spot_quota_blocks_with_the_requ
     unrelated = quota("ml.m5.large for training job usage", 15)
     account = Account(applied=[[unrelated], [quota("ml.m5.large for endpoint usage", 4)]],
                       defaults=[[unrelated], [quota(SPOT_G4DN, 0), quota(quotas.SERVERLESS_CONCURRENCY, 10)]])
-    findings = doctor.diagnose(tgt, Config(), account.source(), today=TODAY)
+    findings = doctor.diagnose(tgt, Config(), account.source())
     account.stubber.assert_no_pending_responses()
     [blocker] = [f for f in findings if f.level == "blocker"]
     assert blocker.message.startswith(f"'{SPOT_G4DN}' is 0 (L-944F78BB)")
@@ -110,7 +108,7 @@ def test_a_fresh_account_reads_defaults_and_zero_spot_quota_blocks_with_the_requ
 def test_on_demand_training_and_a_realtime_endpoint_look_up_their_own_quotas(tgt, bootstrapped):
     config = Config(training_spot=False, endpoint_mode="realtime")
     account = Account(applied=[[quota("ml.g4dn.xlarge for training job usage", 1), quota(ENDPOINT_C6I, 1)]])
-    findings = doctor.diagnose(tgt, config, account.source(), today=TODAY)
+    findings = doctor.diagnose(tgt, config, account.source())
     [training, endpoint] = [f for f in findings if f.check == "quota"]
     assert training.level == "ok" and "'ml.g4dn.xlarge for training job usage' is 1" in training.message
     # one instance serves the first model; the blue/green update to the next needs two
@@ -120,14 +118,14 @@ def test_on_demand_training_and_a_realtime_endpoint_look_up_their_own_quotas(tgt
 
 def test_serverless_concurrency_below_the_configured_maximum_blocks(tgt, bootstrapped, tmp_path):
     source = quotas.SavedListing(saved_listing(tmp_path, quota(SPOT_G4DN, 1), quota(quotas.SERVERLESS_CONCURRENCY, 10)))
-    findings = doctor.diagnose(tgt, Config(serverless_max_concurrency=20), source, today=TODAY)
+    findings = doctor.diagnose(tgt, Config(serverless_max_concurrency=20), source)
     [blocker] = [f for f in findings if f.level == "blocker"]
     assert "serverless_max_concurrency=20" in blocker.message and "--desired-value 20" in blocker.fix
 
 
 def test_an_instance_type_without_a_quota_and_unreadable_quotas_are_warnings(tgt, bootstrapped):
     account = Account(applied=[GREEN], defaults=[[]])
-    findings = doctor.diagnose(tgt, Config(training_instance_type="ml.g9.xlarge"), account.source(), today=TODAY)
+    findings = doctor.diagnose(tgt, Config(training_instance_type="ml.g9.xlarge"), account.source())
     [missing] = [f for f in findings if f.level == "warning"]
     assert "no quota named 'ml.g9.xlarge for spot training job usage' in us-east-1" in missing.message
 
@@ -184,17 +182,13 @@ def test_buckets_of_a_deployed_storage_stack_are_not_retained(tgt):
                                                       "teardown")
 
 
-def test_an_image_past_its_end_of_patch_is_a_warning_that_names_the_way_out(tgt, bootstrapped):
-    def images(today):
-        return [f for f in doctor.diagnose(tgt, Config(), Account(applied=[GREEN]).source(), today=today)
-                if f.check == "images"]
-
-    [patched] = images(datetime.date(2026, 6, 30))  # the serving image's last patched day
+def test_an_image_past_its_end_of_patch_is_a_warning_that_names_the_way_out():
+    [patched] = doctor.image_findings(datetime.date(2026, 6, 30))  # the serving image's last patched day
     assert patched.level == "ok" and patched.message == "every pinned container image is patched on 2026-06-30"
-    [serving] = images(datetime.date(2026, 7, 1))
+    [serving] = doctor.image_findings(datetime.date(2026, 7, 1))
     assert serving.level == "warning"
     assert serving.message.startswith("serving image pytorch 2.6.0 (py312) passed its end of patch on 2026-06-30; ")
-    assert [f.message.split()[0] for f in images(datetime.date(2027, 8, 1))] == ["training", "serving"]
+    assert [f.message.split()[0] for f in doctor.image_findings(datetime.date(2027, 8, 1))] == ["training", "serving"]
 
 
 def test_a_missing_bootstrap_blocks_with_the_bootstrap_command(tgt):
@@ -270,6 +264,7 @@ def test_missing_credentials_or_region_block_and_stop_the_account_checks(capsys,
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ok       region       eu-west-1")
     assert out[1].startswith("blocker  credentials  no AWS credentials found")
+    assert out[2].split()[1] == "images"  # the project's own checks still run; the account's cannot
     assert main(["doctor", "--region", "eu-west-9"]) == 1
     assert "'eu-west-9' is not a region where SageMaker is offered" in capsys.readouterr().out
     assert main(["doctor", "--profile", "nobody"]) == 1

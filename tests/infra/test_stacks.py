@@ -225,8 +225,10 @@ def test_every_task_retries_and_catches_into_the_failure_notification(synth):
         assert task["Retry"], name
         (catch,) = task["Catch"]
         assert catch["ErrorEquals"] == ["States.ALL"]
-        expected = wiring.FAILED_STATE if name == wiring.NOTIFY_FAILURE_STATE else wiring.NOTIFY_FAILURE_STATE
+        expected = {wiring.NOTIFY_FAILURE_STATE: wiring.FAILED_STATE,  # Train's failures decide on a retry first
+                    wiring.TRAIN_STATE: wiring.TRAINING_RETRYABLE_STATE}.get(name, wiring.NOTIFY_FAILURE_STATE)
         assert catch["Next"] == expected
+    assert states[wiring.TRAINING_RETRYABLE_STATE]["Default"] == wiring.NOTIFY_FAILURE_STATE
     assert states[wiring.FAILED_STATE]["Type"] == "Fail"
     assert any("EndpointBusy" in r["ErrorEquals"] for r in tasks[wiring.DEPLOY_STATE]["Retry"])
 

@@ -51,32 +51,32 @@ TRANSIENT_TRAINING_CAUSES = ("ThrottlingException", "Rate exceeded", "ServiceUna
 reasons of a job SageMaker could not run for want of capacity or its own fault (``States.TaskFailed``)."""
 
 
-def _valid_request() -> sfn.Condition:
-    """``run_id`` and ``dataset`` strings, ``hyperparameters`` absent or an object.
+def _request_rules() -> list[tuple[sfn.Condition, bool]]:
+    """RequestComplete's rules in order, each with whether a match is a valid request.
 
-    Choice rules have no object test: an object is what is present and neither null, string, number,
-    boolean nor a list with a first item. An empty list passes (nothing in the Choice language sees it)
-    and fails at Train's merge. Presence is checked first in each ``And``/``Or``, which stop at the first
-    deciding rule, since a type test on a missing path is itself an error on AWS.
+    Valid: ``run_id`` and ``dataset`` strings, ``hyperparameters`` absent or an object. A type test on a
+    missing path is itself an error on AWS, so each rule tests only what earlier rules proved present
+    (rules are taken in order; nothing here relies on ``And``/``Or`` stopping early). Choice rules have no
+    object test: an object is what is neither null, string, number, boolean nor a list with a first item.
+    An empty list passes (nothing in the Choice language sees it) and fails at Train's merge.
     """
-    def string(path: str) -> sfn.Condition:
-        return sfn.Condition.and_(sfn.Condition.is_present(path), sfn.Condition.is_string(path))
-
-    hyperparameters = "$.request.hyperparameters"
-    return sfn.Condition.and_(
-        string("$.request.run_id"), string("$.request.dataset"),
-        sfn.Condition.or_(sfn.Condition.is_not_present(hyperparameters), sfn.Condition.and_(
-            sfn.Condition.is_not_null(hyperparameters), sfn.Condition.is_not_string(hyperparameters),
-            sfn.Condition.is_not_numeric(hyperparameters), sfn.Condition.is_not_boolean(hyperparameters),
-            sfn.Condition.is_not_present(f"{hyperparameters}[0]"))))
+    run_id, dataset, hyperparameters = "$.request.run_id", "$.request.dataset", "$.request.hyperparameters"
+    when = sfn.Condition
+    return [
+        (when.or_(when.is_not_present(run_id), when.is_not_present(dataset)), False),
+        (when.or_(when.is_not_string(run_id), when.is_not_string(dataset)), False),
+        (when.is_not_present(hyperparameters), True),
+        (when.and_(when.is_not_null(hyperparameters), when.is_not_string(hyperparameters),
+                   when.is_not_numeric(hyperparameters), when.is_not_boolean(hyperparameters),
+                   when.is_not_present(f"{hyperparameters}[0]")), True),
+    ]
 
 
 def _transient_training_failure() -> sfn.Condition:
-    """Train failed for a transient reason (by its cause) and has retries left."""
+    """Train failed for a transient reason (by its cause, which an earlier rule found present), retries left."""
     cause = "$.error.Cause"
     return sfn.Condition.and_(
         sfn.Condition.number_less_than("$.retries.train", TRAINING_RETRIES),
-        sfn.Condition.is_present(cause), sfn.Condition.is_string(cause),
         sfn.Condition.or_(*(sfn.Condition.string_matches(cause, f"*{text}*") for text in TRANSIENT_TRAINING_CAUSES)))
 
 
@@ -199,6 +199,7 @@ class TrainingPipelineStack(Stack):
         }, "$.dataset")
         train = self.training.state
         retry_training = (sfn.Choice(scope, wiring.TRAINING_RETRYABLE_STATE)
+                          .when(sfn.Condition.is_not_present("$.error.Cause"), notify_failure)
                           .when(_transient_training_failure(), sfn.Pass(
                               scope, wiring.COUNT_TRAINING_RETRY_STATE, result_path="$.retries",
                               parameters={"train.$": "States.MathAdd($.retries.train, 1)"})
@@ -249,10 +250,11 @@ class TrainingPipelineStack(Stack):
         invalid = guard(publish(wiring.NOTIFY_INVALID_REQUEST_STATE, "training request refused",
                                 failure({"Error": "InvalidRequest", "Cause": INVALID_REQUEST_CAUSE})), sns_transient)
         invalid.next(sfn.Fail(scope, wiring.INVALID_REQUEST_STATE, error="InvalidRequest", cause=INVALID_REQUEST_CAUSE))
-        return read_request.next(sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
-                                 .when(_valid_request(), apply_defaults.next(prepare).next(train).next(evaluate)
-                                       .next(gate))
-                                 .otherwise(invalid))
+        apply_defaults.next(prepare).next(train).next(evaluate).next(gate)
+        check = sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
+        for condition, valid in _request_rules():
+            check.when(condition, apply_defaults if valid else invalid)
+        return read_request.next(check.otherwise(invalid))
 
     def _training_role(self) -> iam.Role:
         """What the training job itself may do: read its data and code, write its model and checkpoints."""

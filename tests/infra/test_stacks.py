@@ -241,7 +241,8 @@ def test_state_names_and_task_functions_match_the_shared_wiring(synth):
     while name not in path and name in states:  # follow the success path: Next, the gate's pass, the loop's exit
         path.append(name)
         state = states[name]
-        name = state.get("Next") or (state["Choices"][0]["Next"] if state["Type"] == "Choice" else None)
+        name = state.get("Next") or next((c["Next"] for c in state.get("Choices", [])
+                                          if c["Next"] in wiring.STATE_ORDER), None)
     assert tuple(path) == wiring.STATE_ORDER
     assert states[wiring.ENDPOINT_READY_STATE]["Default"] == wiring.WAIT_STATE
     assert states[wiring.WAIT_STATE]["Next"] == wiring.ENDPOINT_STATUS_STATE

@@ -222,8 +222,13 @@ STATE_MACHINE_ID = "TrainingPipeline"
 READ_REQUEST_STATE = "ReadRequest"
 VALID_REQUEST_STATE = "RequestComplete"
 INVALID_REQUEST_STATE = "InvalidRequest"
+NOTIFY_INVALID_REQUEST_STATE = "NotifyInvalidRequest"
+APPLY_DEFAULTS_STATE = "ApplyDefaults"
 PREPARE_DATASET_STATE = "PrepareDataset"
 TRAIN_STATE = "Train"
+TRAINING_RETRYABLE_STATE = "TrainingRetryable"
+COUNT_TRAINING_RETRY_STATE = "CountTrainingRetry"
+WAIT_TO_RETRY_TRAINING_STATE = "WaitToRetryTraining"
 EVALUATE_STATE = "Evaluate"
 GATE_STATE = "PassesGate"
 DEPLOY_STATE = "Deploy"
@@ -238,6 +243,7 @@ FAILED_STATE = "PipelineFailed"
 STATE_ORDER = (
     READ_REQUEST_STATE,
     VALID_REQUEST_STATE,
+    APPLY_DEFAULTS_STATE,
     PREPARE_DATASET_STATE,
     TRAIN_STATE,
     EVALUATE_STATE,
@@ -252,9 +258,11 @@ STATE_ORDER = (
 
 A model below the gate goes ``PassesGate`` -> ``NotifyRejected`` -> ``NotDeployed`` (succeeds: the
 previous endpoint keeps serving); any error goes to ``NotifyFailure`` -> ``PipelineFailed``.
-Execution input: ``{"run_id", "dataset", "hyperparameters"?: {name: string}}``; an input without
-``run_id`` or ``dataset`` ends at once in ``InvalidRequest`` (error ``InvalidRequest``), before
-anything runs."""
+Execution input: ``{"run_id": string, "dataset": string, "hyperparameters"?: {name: string}}``; any
+other shape goes ``RequestComplete`` -> ``NotifyInvalidRequest`` -> ``InvalidRequest`` (error
+``InvalidRequest``) before anything runs. A transient training failure (throttling, service
+unavailable, capacity) goes ``Train`` -> ``TrainingRetryable`` -> ``CountTrainingRetry`` ->
+``WaitToRetryTraining`` -> ``Train``, a bounded number of times; any other goes to ``NotifyFailure``."""
 TASK_FUNCTIONS = {
     PREPARE_DATASET_STATE: PREPARE_DATASET.id,
     EVALUATE_STATE: EVALUATE_MODEL.id,

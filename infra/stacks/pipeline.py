@@ -1,6 +1,7 @@
 """Training pipeline: a Step Functions state machine from dataset to a serving endpoint, with a quality gate.
 
-ReadRequest -> PrepareDataset (Lambda) -> Train (SageMaker, RUN_JOB) -> Evaluate (Lambda) -> PassesGate
+ReadRequest -> RequestComplete (else NotifyInvalidRequest -> InvalidRequest) -> ApplyDefaults -> PrepareDataset
+(Lambda) -> Train (SageMaker, RUN_JOB; a transient failure waits and runs again) -> Evaluate (Lambda) -> PassesGate
 -> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again)
 -> NotifyDeployed. Every task retries what is transient and catches everything else into
 NotifyFailure -> PipelineFailed, so a failure notifies and deploys nothing. State names come from ``infra.wiring``.
@@ -36,6 +37,47 @@ LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lam
 """Lambda's own failures and the handlers' ``lambdas.aws.TransientError``; other errors are final."""
 WAIT_SECONDS = 30
 REQUEST_DEFAULTS = {"hyperparameters": {}}
+"""Merged under the execution input by ``ApplyDefaults``: a JSON value in the definition. Inside an intrinsic's
+string literal AWS reserves ``'{}\\`` (unescaped, the definition is refused: Step Functions Developer Guide,
+"Reserved characters in intrinsic functions"), and moto's engine fails on the escaped form."""
+INVALID_REQUEST_CAUSE = ('the execution input must be {"run_id": "...", "dataset": "...", '
+                         '"hyperparameters": {"name": "value", ...} (optional)}')
+TRAINING_RETRIES = 3
+TRAINING_RETRY_SECONDS = 120
+TRANSIENT_TRAINING_CAUSES = ("ThrottlingException", "Rate exceeded", "ServiceUnavailable", "InternalFailure",
+                             "InternalServerError", "CapacityError")
+"""What a transient Train failure's cause says: SageMaker's error codes for throttling and service faults
+(reported as ``SageMaker.AmazonSageMakerException``, the name validation errors share), and the failure
+reasons of a job SageMaker could not run for want of capacity or its own fault (``States.TaskFailed``)."""
+
+
+def _request_rules() -> list[tuple[sfn.Condition, bool]]:
+    """RequestComplete's rules in order, each with whether a match is a valid request.
+
+    Valid: ``run_id`` and ``dataset`` strings, ``hyperparameters`` absent or an object. A type test on a
+    missing path is itself an error on AWS, so each rule tests only what earlier rules proved present
+    (rules are taken in order; nothing here relies on ``And``/``Or`` stopping early). Choice rules have no
+    object test: an object is what is neither null, string, number, boolean nor a list with a first item.
+    An empty list passes (nothing in the Choice language sees it) and fails at Train's merge.
+    """
+    run_id, dataset, hyperparameters = "$.request.run_id", "$.request.dataset", "$.request.hyperparameters"
+    when = sfn.Condition
+    return [
+        (when.or_(when.is_not_present(run_id), when.is_not_present(dataset)), False),
+        (when.or_(when.is_not_string(run_id), when.is_not_string(dataset)), False),
+        (when.is_not_present(hyperparameters), True),
+        (when.and_(when.is_not_null(hyperparameters), when.is_not_string(hyperparameters),
+                   when.is_not_numeric(hyperparameters), when.is_not_boolean(hyperparameters),
+                   when.is_not_present(f"{hyperparameters}[0]")), True),
+    ]
+
+
+def _transient_training_failure() -> sfn.Condition:
+    """Train failed for a transient reason (by its cause, which an earlier rule found present), retries left."""
+    cause = "$.error.Cause"
+    return sfn.Condition.and_(
+        sfn.Condition.number_less_than("$.retries.train", TRAINING_RETRIES),
+        sfn.Condition.or_(*(sfn.Condition.string_matches(cause, f"*{text}*") for text in TRANSIENT_TRAINING_CAUSES)))
 
 
 class TrainingPipelineStack(Stack):
@@ -115,22 +157,26 @@ class TrainingPipelineStack(Stack):
         scope = Construct(self, "States")  # state names are construct ids: keep them apart from the functions'
         failed = sfn.Fail(scope, wiring.FAILED_STATE, error="PipelineFailed",
                           cause="A step failed; see the NotifyFailure message and the execution history")
-        notify_failure = tasks.SnsPublish(
-            scope, wiring.NOTIFY_FAILURE_STATE, topic=self.topic,
-            subject=f"cxr {self.config.stage}: training pipeline failed",
-            message=sfn.TaskInput.from_object({"outcome": "failed", "request": sfn.JsonPath.object_at("$.request"),
-                                               "error": sfn.JsonPath.object_at("$.error")}),
-            result_path=sfn.JsonPath.DISCARD,
-        )
-        notify_failure.add_retry(errors=["SNS.SdkClientException", "SNS.InternalErrorException", "States.Timeout"],
-                                 max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+        sns_transient = {"errors": ["SNS.SdkClientException", "SNS.InternalErrorException"], "max_attempts": 3,
+                         "interval": Duration.seconds(5), "backoff_rate": 2}
+
+        def publish(state: str, subject: str, message: dict) -> tasks.SnsPublish:
+            return tasks.SnsPublish(scope, state, topic=self.topic, subject=f"cxr {self.config.stage}: {subject}",
+                                    message=sfn.TaskInput.from_object(message), result_path=sfn.JsonPath.DISCARD)
+
+        def failure(error) -> dict:
+            return {"outcome": "failed", "request": sfn.JsonPath.object_at("$.request"), "error": error}
+
+        notify_failure = publish(wiring.NOTIFY_FAILURE_STATE, "training pipeline failed",
+                                 failure(sfn.JsonPath.object_at("$.error")))
+        notify_failure.add_retry(**{**sns_transient, "errors": [*sns_transient["errors"], "States.Timeout"]})
         notify_failure.add_catch(failed, result_path="$.notify_error")
         notify_failure.next(failed)
 
-        def guard(task: sfn.TaskStateBase | sfn.CustomState, retry: dict | None = None):
+        def guard(task: sfn.TaskStateBase | sfn.CustomState, retry: dict | None = None, catch: sfn.IChainable = None):
             task.add_retry(**(retry or {"errors": LAMBDA_TRANSIENT, "max_attempts": 3,
                                         "interval": Duration.seconds(5), "backoff_rate": 2}))
-            task.add_catch(notify_failure, errors=["States.ALL"], result_path="$.error")
+            task.add_catch(catch or notify_failure, errors=["States.ALL"], result_path="$.error")
             return task
 
         def invoke(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
@@ -139,16 +185,31 @@ class TrainingPipelineStack(Stack):
                 payload_response_only=True, retry_on_service_exceptions=False, result_path=result_path,
             ))
 
+        # The defaults are a JSON value of the definition, merged after the request's shape is checked, so that
+        # no intrinsic holds them as a string literal (see REQUEST_DEFAULTS) and no merge meets a non-object.
         read_request = sfn.Pass(scope, wiring.READ_REQUEST_STATE, parameters={
-            "request.$": f"States.JsonMerge(States.StringToJson('{json.dumps(REQUEST_DEFAULTS)}'), $, false)",
-            "code": self.training.code_hyperparameters,
-        })
+            "request.$": "$", "defaults": REQUEST_DEFAULTS, "code": self.training.code_hyperparameters})
+        apply_defaults = sfn.Pass(scope, wiring.APPLY_DEFAULTS_STATE, parameters={
+            "request.$": "States.JsonMerge($.defaults, $.request, false)", "code.$": "$.code",
+            "retries": {"train": 0}})
         prepare = invoke(wiring.PREPARE_DATASET_STATE, self.prepare, {
             "run_id": sfn.JsonPath.string_at("$.request.run_id"),
             "dataset": sfn.JsonPath.string_at("$.request.dataset"),
         }, "$.dataset")
-        train = guard(self.training.state, {"errors": ["SageMaker.AmazonSageMakerException"], "max_attempts": 3,
-                                            "interval": Duration.seconds(60), "backoff_rate": 2})
+        train = self.training.state
+        retry_training = (sfn.Choice(scope, wiring.TRAINING_RETRYABLE_STATE)
+                          .when(sfn.Condition.is_not_present("$.error.Cause"), notify_failure)
+                          .when(_transient_training_failure(), sfn.Pass(
+                              scope, wiring.COUNT_TRAINING_RETRY_STATE, result_path="$.retries",
+                              parameters={"train.$": "States.MathAdd($.retries.train, 1)"})
+                                .next(sfn.Wait(scope, wiring.WAIT_TO_RETRY_TRAINING_STATE,
+                                               time=sfn.WaitTime.duration(Duration.seconds(TRAINING_RETRY_SECONDS))))
+                                .next(train))
+                          .otherwise(notify_failure))
+        # Quota errors have a name of their own; everything else SageMaker refuses (throttling and validation
+        # alike) is SageMaker.AmazonSageMakerException, which only the cause tells apart: TrainingRetryable.
+        guard(train, {"errors": ["SageMaker.ResourceLimitExceededException"], "max_attempts": 3,
+                      "interval": Duration.seconds(60), "backoff_rate": 2}, catch=retry_training)
         artifact = sfn.JsonPath.string_at("$.training.ModelArtifacts.S3ModelArtifacts")
         evaluate = invoke(wiring.EVALUATE_STATE, self.evaluate,
                           {"run_id": sfn.JsonPath.string_at("$.request.run_id"), "model_artifact": artifact},
@@ -165,28 +226,17 @@ class TrainingPipelineStack(Stack):
             "endpoint_name": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
             "endpoint_config_name": sfn.JsonPath.string_at("$.deployment.endpoint_config_name"),
         }, "$.endpoint")
-        notify_deployed = guard(tasks.SnsPublish(
-            scope, wiring.NOTIFY_DEPLOYED_STATE, topic=self.topic, subject=f"cxr {self.config.stage}: model deployed",
-            message=sfn.TaskInput.from_object({
-                "outcome": "deployed", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
-                "endpoint": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
-                "model": sfn.JsonPath.string_at("$.deployment.model_name"),
-                "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
-            }),
-            result_path=sfn.JsonPath.DISCARD,
-        ), {"errors": ["SNS.SdkClientException", "SNS.InternalErrorException"], "max_attempts": 3,
-            "interval": Duration.seconds(5), "backoff_rate": 2})
-        notify_rejected = guard(tasks.SnsPublish(
-            scope, wiring.NOTIFY_REJECTED_STATE, topic=self.topic,
-            subject=f"cxr {self.config.stage}: model below the quality gate, not deployed",
-            message=sfn.TaskInput.from_object({
-                "outcome": "rejected", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
-                "failures": sfn.JsonPath.list_at("$.evaluation.failures"),
-                "report": sfn.JsonPath.string_at("$.evaluation.report_uri"),
-            }),
-            result_path=sfn.JsonPath.DISCARD,
-        ), {"errors": ["SNS.SdkClientException", "SNS.InternalErrorException"], "max_attempts": 3,
-            "interval": Duration.seconds(5), "backoff_rate": 2})
+        notify_deployed = guard(publish(wiring.NOTIFY_DEPLOYED_STATE, "model deployed", {
+            "outcome": "deployed", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+            "endpoint": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
+            "model": sfn.JsonPath.string_at("$.deployment.model_name"),
+            "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
+        }), sns_transient)
+        notify_rejected = guard(publish(wiring.NOTIFY_REJECTED_STATE, "model below the quality gate, not deployed", {
+            "outcome": "rejected", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+            "failures": sfn.JsonPath.list_at("$.evaluation.failures"),
+            "report": sfn.JsonPath.string_at("$.evaluation.report_uri"),
+        }), sns_transient)
         ready = (sfn.Choice(scope, wiring.ENDPOINT_READY_STATE)
                  .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), notify_deployed)
                  .otherwise(wait.next(status)))
@@ -194,16 +244,16 @@ class TrainingPipelineStack(Stack):
                 .when(sfn.Condition.boolean_equals("$.evaluation.passed", True), deploy.next(status).next(ready))
                 .otherwise(notify_rejected.next(sfn.Succeed(scope, wiring.NOT_DEPLOYED_STATE,
                                                             comment="the previous endpoint keeps serving"))))
-        # A missing field would otherwise fail the first task's input path with States.Runtime, which no
-        # Catch sees: check the request first and fail with a message that names the contract.
-        invalid = sfn.Fail(scope, wiring.INVALID_REQUEST_STATE, error="InvalidRequest",
-                           cause='the execution input must be {"run_id": "...", "dataset": "...", '
-                                 '"hyperparameters": {...} (optional)}')
-        complete = sfn.Condition.and_(sfn.Condition.is_present("$.request.run_id"),
-                                      sfn.Condition.is_present("$.request.dataset"))
-        return read_request.next(sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
-                                 .when(complete, prepare.next(train).next(evaluate).next(gate))
-                                 .otherwise(invalid))
+        # A request of another shape would fail a later input path or intrinsic with States.Runtime, which no
+        # Catch sees: check it first, notify, and fail with a message that names the contract.
+        invalid = guard(publish(wiring.NOTIFY_INVALID_REQUEST_STATE, "training request refused",
+                                failure({"Error": "InvalidRequest", "Cause": INVALID_REQUEST_CAUSE})), sns_transient)
+        invalid.next(sfn.Fail(scope, wiring.INVALID_REQUEST_STATE, error="InvalidRequest", cause=INVALID_REQUEST_CAUSE))
+        apply_defaults.next(prepare).next(train).next(evaluate).next(gate)
+        check = sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
+        for condition, valid in _request_rules():
+            check.when(condition, apply_defaults if valid else invalid)
+        return read_request.next(check.otherwise(invalid))
 
     def _training_role(self) -> iam.Role:
         """What the training job itself may do: read its data and code, write its model and checkpoints."""

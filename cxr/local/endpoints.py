@@ -19,6 +19,7 @@ from typing import Any
 
 import boto3
 
+from cxr.local.iam_trace import acting_as
 from lambdas.domain.layout import split_s3_uri
 
 
@@ -53,7 +54,8 @@ class LocalEndpoints:
             raise EndpointError("ValidationError", f"Endpoint {endpoint_name} is {endpoint['EndpointStatus']}", 400)
         config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
         model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
-        loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"])
+        with acting_as(model["ExecutionRoleArn"]):  # the container fetches its artifact as the model's role
+            loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"])
         handler = loaded.handler
         try:
             request = handler.input_fn(body, content_type)

@@ -104,7 +104,7 @@ def test_the_sync_integration_gets_what_aws_documents_for_it(deployment, train_r
     needed = {c.action for c in calls if c.principal == NAMES.state_machine_role_arn}
     assert {"sagemaker:CreateTrainingJob", "sagemaker:ListTags", "sagemaker:AddTags", "iam:PassRole",
             "events:PutRule", "events:PutTargets", "events:DescribeRule"} <= needed
-    assert denials == []
+    assert [d for d in denials if d.startswith(NAMES.state_machine_role_arn.rsplit("/", 1)[1])] == []
 
 
 def test_a_deployed_model_may_log_to_its_endpoints_log_group(synthesized, deployment):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import inspect
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import unquote, urlparse
 
+import boto3
 import botocore.client
 
 from cxr.local.names import ACCOUNT
@@ -127,8 +129,7 @@ class Recorder:
         if found is None:
             self.add(call(principal, f"unmapped:{source}", "*", source))
             return
-        self.add(*(Call(principal, action, resource, tuple(sorted(context.items())), source)
-                   for action, resource, context in found))
+        self.add(*(call(principal, action, resource, source, **context) for action, resource, context in found))
         if service == "sagemaker":
             self._sagemaker_implied(principal, region, operation, params, source)
 
@@ -137,8 +138,6 @@ class Recorder:
 
         ``skip_functions``: Lambda tasks that stand in locally for a service integration (recorded elsewhere).
         """
-        import boto3
-
         sfn = boto3.client("stepfunctions", region_name=state_machine_arn.split(":")[3])
         role = sfn.describe_state_machine(stateMachineArn=state_machine_arn)["roleArn"]
         self.event("state-machine", role, state_machine=state_machine_arn)
@@ -225,6 +224,8 @@ def recording(*, sync_callers: frozenset[str] = frozenset()) -> Iterator[Recorde
     global _active
     recorder = Recorder(sync_callers=sync_callers)
     original_call = botocore.client.BaseClient._make_api_call
+    if tuple(inspect.signature(original_call).parameters) != ("self", "operation_name", "api_params"):
+        raise RuntimeError("botocore's BaseClient._make_api_call changed: the IAM trace cannot record calls")
     original_submit = concurrent.futures.ThreadPoolExecutor.submit
 
     def make_api_call(client, operation_name, api_params):

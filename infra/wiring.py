@@ -217,6 +217,15 @@ def endpoint_name(stage: str) -> str:
     return f"cxr-{stage}"
 
 
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+"""Where SageMaker training containers log (https://docs.aws.amazon.com/sagemaker/latest/dg/logging-cloudwatch.html)."""
+
+
+def endpoint_log_group(endpoint_name: str) -> str:
+    """Where an endpoint's containers log: one group per endpoint, a stream per variant and instance."""
+    return f"/aws/sagemaker/Endpoints/{endpoint_name}"
+
+
 # The training pipeline (Step Functions).
 STATE_MACHINE_ID = "TrainingPipeline"
 READ_REQUEST_STATE = "ReadRequest"
@@ -292,6 +301,10 @@ def resource_prefix(stage: str) -> str:
 
 ASYNC_OUTPUT_PREFIX = layout.ASYNC_OUTPUT
 """Inference bucket prefix for asynchronous endpoint outputs (endpoint_mode=async)."""
+TRAINING_ROLE_ID = "TrainingRole"
+"""Construct id of the role SageMaker training jobs run as (the offline cloud names its stand-in after it)."""
+MODEL_ROLE_ID = "ModelRole"
+"""Construct id of the role deployed models run as."""
 TRAINING_CODE_CHANNEL = "code"
 TRAINING_INTEGRATION = "arn:aws:states:::sagemaker:createTrainingJob.sync"
 """The Train state's resource: SageMaker CreateTrainingJob with the RUN_JOB (``.sync``) pattern."""

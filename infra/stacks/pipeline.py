@@ -28,7 +28,7 @@ from infra.components.buckets import bucket_name
 from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
 from infra.components.retention import retention
-from infra.components.training import TrainingJob
+from infra.components.training import TrainingJob, has_volume_key
 from infra.config import Config
 from lambdas.domain import layout
 
@@ -257,26 +257,37 @@ class TrainingPipelineStack(Stack):
 
     def _training_role(self) -> iam.Role:
         """What the training job itself may do: read its data and code, write its model and checkpoints."""
-        role = iam.Role(self, "TrainingRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+        role = iam.Role(self, wiring.TRAINING_ROLE_ID, assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker training jobs")
         allow_objects(role, wiring.DATA, self.config.stage, self.key,
                       read=[layout.PROCESSED, layout.MANIFESTS, layout.CHECKPOINTS],
                       write=[layout.MODELS, layout.CHECKPOINTS], list_=[layout.CHECKPOINTS])
+        assets = [asset for asset in (self.code, self.pretrained) if asset]
         role.add_to_policy(iam.PolicyStatement(  # the code archive (and weights), exactly, in CDK's asset bucket
             actions=["s3:GetObject"],
-            resources=[f"arn:{self.partition}:s3:::{asset.s3_bucket_name}/{asset.s3_object_key}"
-                       for asset in (self.code, self.pretrained) if asset]))
-        self._allow_container(role, images.TRAINING_GPU, "TrainingJobs")
+            resources=[f"arn:{self.partition}:s3:::{asset.s3_bucket_name}/{asset.s3_object_key}" for asset in assets]))
+        role.add_to_policy(iam.PolicyStatement(  # S3Prefix channels are listed first, with the object's key as prefix
+            actions=["s3:ListBucket"], resources=[f"arn:{self.partition}:s3:::{assets[0].s3_bucket_name}"],
+            conditions={"StringEquals": {"s3:prefix": [asset.s3_object_key for asset in assets]}}))
+        self._allow_container(role, images.TRAINING_GPU, wiring.TRAINING_LOG_GROUP)
         role.add_to_policy(iam.PolicyStatement(  # SageMaker encrypts the job's outputs with the key as this role
             actions=["kms:Encrypt"], resources=[self.key.key_arn]))
+        if has_volume_key(self.config):
+            # "If you specify a volume KMS key in the resource configuration of your training job, add
+            # kms:CreateGrant" to the execution role (SageMaker Developer Guide, CreateTrainingJob API:
+            # Execution Role Permissions); SageMaker creates the grant for the job's EBS volume.
+            role.add_to_policy(iam.PolicyStatement(
+                actions=["kms:CreateGrant"], resources=[self.key.key_arn],
+                conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}}))
         return role
 
     def _model_role(self) -> iam.Role:
         """What a deployed model may do: read its artifact (and write asynchronous results)."""
-        role = iam.Role(self, "ModelRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+        role = iam.Role(self, wiring.MODEL_ROLE_ID, assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker models and endpoints")
         allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.MODELS])
-        self._allow_container(role, images.INFERENCE_CPU, "Endpoints")
+        self._allow_container(role, images.INFERENCE_CPU,
+                              wiring.endpoint_log_group(wiring.endpoint_name(self.config.stage)))
         if self.config.endpoint_mode == "async":  # each request's input in S3, its result (or failure) back to S3
             allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.ASYNC_INPUT],
                           write=[layout.ASYNC_OUTPUT])
@@ -284,16 +295,17 @@ class TrainingPipelineStack(Stack):
                 actions=["kms:Encrypt"], resources=[self.key.key_arn]))
         return role
 
-    def _allow_container(self, role: iam.Role, column: str, log_kind: str) -> None:
+    def _allow_container(self, role: iam.Role, column: str, log_group: str) -> None:
+        """Pull the image, write the container's log group (both ARN shapes CloudWatch Logs authorizes) and metrics."""
         role.add_to_policy(iam.PolicyStatement(
             actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
             resources=[self.images.repository_arn(column)]))
         role.add_to_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
         role.add_to_policy(iam.PolicyStatement(
             actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-            resources=[self.format_arn(service="logs", resource="log-group",
-                                       resource_name=f"/aws/sagemaker/{log_kind}:*",
-                                       arn_format=ArnFormat.COLON_RESOURCE_NAME)]))
+            resources=[self.format_arn(service="logs", resource="log-group", resource_name=name,
+                                       arn_format=ArnFormat.COLON_RESOURCE_NAME) for name in (log_group,
+                                                                                              f"{log_group}:*")]))
         role.add_to_policy(iam.PolicyStatement(
             actions=["cloudwatch:PutMetricData"], resources=["*"],
             conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "aws/sagemaker/*"]}}))
@@ -323,7 +335,8 @@ class TrainingPipelineStack(Stack):
     def _acknowledge(self) -> None:
         machine_role = self.state_machine.role
         acknowledge(machine_role, "Step Functions log delivery (logs:*LogDelivery*, DescribeResourcePolicies) and "
-                    "X-Ray have no resource-level permissions.", "AwsSolutions-IAM5[Resource::*]")
+                    "X-Ray have no resource-level permissions; sagemaker:ListTags is on * in AWS's documented policy "
+                    "for createTrainingJob.sync.", "AwsSolutions-IAM5[Resource::*]")
         acknowledge(machine_role, "CDK's Lambda task grant includes the function's versions and aliases (ARN:*) of "
                     "exactly these functions.", *(
                         f"AwsSolutions-IAM5[Resource::<{self.resolve(self.get_logical_id(f.function.node.default_child))}.Arn>:*]"
@@ -346,10 +359,10 @@ class TrainingPipelineStack(Stack):
                     "configurations, and only those tagged with its endpoint are deleted. Models and configurations "
                     "are named after each run's training job; " + scope, "AwsSolutions-IAM5[Resource::*]",
                     *stage_findings("model", "endpoint-config"))
-        for role, kind in ((self.training_role, "TrainingJobs"), (self.model_role, "Endpoints")):
+        endpoint_logs = wiring.endpoint_log_group(wiring.endpoint_name(self.config.stage))
+        for role, group in ((self.training_role, wiring.TRAINING_LOG_GROUP), (self.model_role, endpoint_logs)):
             acknowledge(role, "SageMaker writes one log stream per job or instance into its fixed log group.",
-                        "AwsSolutions-IAM5[Resource::"
-                        f"{arn.format(service='logs', resource='log-group:/aws/sagemaker/' + kind + ':*')}]")
+                        f"AwsSolutions-IAM5[Resource::{arn.format(service='logs', resource=f'log-group:{group}:*')}]")
         reason_ecr = ("ecr:GetAuthorizationToken has no resource-level permissions; image pulls themselves are "
                       "scoped to the one PyTorch repository.")
         reason_metrics = ("cloudwatch:PutMetricData has no resource-level permissions; it is limited to SageMaker's "

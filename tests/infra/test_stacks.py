@@ -20,6 +20,8 @@ NO_RESOURCE_LEVEL = {
     "ecr:GetAuthorizationToken": "ECR log-in has no resource-level permissions",
     "cloudwatch:PutMetricData": "no resource-level permissions (limited by a namespace condition)",
     "sagemaker:ListEndpointConfigs": "SageMaker list actions have no resource-level permissions",
+    "sagemaker:ListTags": "AWS's documented policy for createTrainingJob.sync grants it on * (the integration's "
+                          "own call, on resources it does not name)",
     "logs:CreateLogDelivery": "Step Functions log delivery",
     "logs:GetLogDelivery": "Step Functions log delivery",
     "logs:UpdateLogDelivery": "Step Functions log delivery",

@@ -167,6 +167,10 @@ def test_lifecycle_expires_quarantine_and_checkpoints(synth):
     assert rules["ExpireQuarantine"]["Prefix"] == layout.QUARANTINE
     assert rules["ExpireCheckpoints"]["Prefix"] == layout.CHECKPOINTS
     assert rules["ExpireQuarantine"]["ExpirationInDays"] == 90
+    (inference,) = [b for lid, b in synth.resources("AWS::S3::Bucket").items() if lid.startswith("InferenceBucket")]
+    expiring = {r["Prefix"]: r["ExpirationInDays"] for r in inference["Properties"]["LifecycleConfiguration"]["Rules"]
+                if "Prefix" in r}
+    assert expiring == dict.fromkeys((layout.ASYNC_INPUT, layout.ASYNC_REQUESTS, layout.ASYNC_OUTPUT), 7)
 
 
 def test_tables_and_parameter_match_the_shared_wiring(synth):

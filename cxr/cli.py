@@ -14,6 +14,7 @@ from cxr.commands import (
     cost,
     demo,
     deploy,
+    doctor,
     evaluate,
     import_medmnist,
     local,
@@ -27,7 +28,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            deploy, teardown)
+            doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

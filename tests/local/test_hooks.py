@@ -93,7 +93,7 @@ def test_stop_training_job_action_exists_on_the_offline_cloud(cloud):
 def test_endpoint_instance_types_are_aws_own_list_not_motos(cloud, instance_type, accepted):
     """moto 5.2.5 refuses ml.c6i.large, the realtime default AWS serves; the offline cloud checks botocore's enum."""
     sagemaker = boto3.client("sagemaker")
-    sagemaker.create_model(ModelName="m", ExecutionRoleArn=cloud.names.sagemaker_role_arn,
+    sagemaker.create_model(ModelName="m", ExecutionRoleArn=cloud.names.model_role_arn,
                            PrimaryContainer={"Image": "local/cxr-inference:latest"})
     create = lambda: sagemaker.create_endpoint_config(  # noqa: E731
         EndpointConfigName="c", ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "m",

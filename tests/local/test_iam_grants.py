@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 CONFIG = Config(stage="iam", training_instance_type="ml.m5.xlarge")
 NAMES = LocalNames(CONFIG.stage)
 KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/00000000-0000-0000-0000-000000000000"
-JOB = "cxr-0-3f1c2b61-0000-4000-8000-000000000000"
+JOB = f"{wiring.resource_prefix(CONFIG.stage)}0-3f1c2b61-0000-4000-8000-000000000000"
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml requirements/*.txt
 	$(PY) -c "import torch, PIL, aws_cdk, moto; assert torch.__version__.startswith('2.13.0')"
 	touch $(STAMP)
 
-# The CDK CLI (`npx cdk synth|deploy`), pinned by package-lock.json; not needed by the tests themselves.
+# The CDK CLI (`npx cdk synth|deploy`) and asl-validator (tests/infra/test_asl_checks.py), pinned by
+# package-lock.json.
 $(CDK_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(CDK_STAMP)

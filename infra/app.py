@@ -63,8 +63,8 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
                                      state_table=storage.source_state,
                                      pretrained_weights=pretrained, **common,
                                      description="cxr: dataset -> SageMaker training -> quality gate -> endpoint")
-    functions = [ingest.preprocess, inference.predict, pipeline.prepare, pipeline.evaluate, pipeline.deploy,
-                 pipeline.status]
+    functions = [ingest.preprocess, inference.predict, inference.complete, pipeline.prepare, pipeline.evaluate,
+                 pipeline.deploy, pipeline.status]
     monitoring = MonitoringStack(app, name("Monitoring"), config=config, topic=storage.topic,
                                  functions=functions, state_machine=pipeline.state_machine,
                                  description="cxr: dashboard and alarms")

@@ -67,6 +67,8 @@ class Config:
     log_retention_days: int = 365
     quarantine_expiry_days: int = 90
     checkpoint_expiry_days: int = 14
+    async_expiry_days: int = 7
+    """Asynchronous endpoints' request copies and results (``async-*/``), kept for inspection after use."""
     adopt_key_arn: str | None = None
     """A KMS key an earlier teardown retained: the stacks use it instead of creating one (`cxr deploy` sets it)."""
     adopt_buckets: tuple[str, ...] = ()
@@ -109,7 +111,7 @@ class Config:
             problems.append("reserved_concurrency must be a positive number or unset")
         if self.log_retention_days not in LOG_RETENTION_DAYS:
             problems.append(f"log_retention_days must be one of CloudWatch's {LOG_RETENTION_DAYS}")
-        if self.quarantine_expiry_days < 1 or self.checkpoint_expiry_days < 1:
+        if min(self.quarantine_expiry_days, self.checkpoint_expiry_days, self.async_expiry_days) < 1:
             problems.append("expiry days must be positive")
         if self.adopt_key_arn is not None and not _KEY_ARN.match(self.adopt_key_arn):
             problems.append("adopt_key_arn must be a KMS key ARN")
@@ -156,7 +158,8 @@ class Config:
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
                       3288, 3653)
 _INTS = {"serverless_memory_mb", "serverless_max_concurrency", "training_max_runtime_s", "training_volume_gb",
-         "reserved_concurrency", "log_retention_days", "quarantine_expiry_days", "checkpoint_expiry_days"}
+         "reserved_concurrency", "log_retention_days", "quarantine_expiry_days", "checkpoint_expiry_days",
+         "async_expiry_days"}
 
 
 def _coerce(name: str, value: Any) -> Any:

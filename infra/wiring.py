@@ -225,13 +225,27 @@ def endpoint_name(stage: str) -> str:
     return f"cxr-{stage}"
 
 
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+"""Where SageMaker training containers log (https://docs.aws.amazon.com/sagemaker/latest/dg/logging-cloudwatch.html)."""
+
+
+def endpoint_log_group(endpoint_name: str) -> str:
+    """Where an endpoint's containers log: one group per endpoint, a stream per variant and instance."""
+    return f"/aws/sagemaker/Endpoints/{endpoint_name}"
+
+
 # The training pipeline (Step Functions).
 STATE_MACHINE_ID = "TrainingPipeline"
 READ_REQUEST_STATE = "ReadRequest"
 VALID_REQUEST_STATE = "RequestComplete"
 INVALID_REQUEST_STATE = "InvalidRequest"
+NOTIFY_INVALID_REQUEST_STATE = "NotifyInvalidRequest"
+APPLY_DEFAULTS_STATE = "ApplyDefaults"
 PREPARE_DATASET_STATE = "PrepareDataset"
 TRAIN_STATE = "Train"
+TRAINING_RETRYABLE_STATE = "TrainingRetryable"
+COUNT_TRAINING_RETRY_STATE = "CountTrainingRetry"
+WAIT_TO_RETRY_TRAINING_STATE = "WaitToRetryTraining"
 EVALUATE_STATE = "Evaluate"
 GATE_STATE = "PassesGate"
 DEPLOY_STATE = "Deploy"
@@ -246,6 +260,7 @@ FAILED_STATE = "PipelineFailed"
 STATE_ORDER = (
     READ_REQUEST_STATE,
     VALID_REQUEST_STATE,
+    APPLY_DEFAULTS_STATE,
     PREPARE_DATASET_STATE,
     TRAIN_STATE,
     EVALUATE_STATE,
@@ -260,9 +275,11 @@ STATE_ORDER = (
 
 A model below the gate goes ``PassesGate`` -> ``NotifyRejected`` -> ``NotDeployed`` (succeeds: the
 previous endpoint keeps serving); any error goes to ``NotifyFailure`` -> ``PipelineFailed``.
-Execution input: ``{"run_id", "dataset", "hyperparameters"?: {name: string}}``; an input without
-``run_id`` or ``dataset`` ends at once in ``InvalidRequest`` (error ``InvalidRequest``), before
-anything runs."""
+Execution input: ``{"run_id": string, "dataset": string, "hyperparameters"?: {name: string}}``; any
+other shape goes ``RequestComplete`` -> ``NotifyInvalidRequest`` -> ``InvalidRequest`` (error
+``InvalidRequest``) before anything runs. A transient training failure (throttling, service
+unavailable, capacity) goes ``Train`` -> ``TrainingRetryable`` -> ``CountTrainingRetry`` ->
+``WaitToRetryTraining`` -> ``Train``, a bounded number of times; any other goes to ``NotifyFailure``."""
 TASK_FUNCTIONS = {
     PREPARE_DATASET_STATE: PREPARE_DATASET.id,
     EVALUATE_STATE: EVALUATE_MODEL.id,
@@ -292,6 +309,10 @@ def resource_prefix(stage: str) -> str:
 
 ASYNC_OUTPUT_PREFIX = layout.ASYNC_OUTPUT
 """Inference bucket prefix for asynchronous endpoint outputs (endpoint_mode=async)."""
+TRAINING_ROLE_ID = "TrainingRole"
+"""Construct id of the role SageMaker training jobs run as (the offline cloud names its stand-in after it)."""
+MODEL_ROLE_ID = "ModelRole"
+"""Construct id of the role deployed models run as."""
 TRAINING_CODE_CHANNEL = "code"
 TRAINING_INTEGRATION = "arn:aws:states:::sagemaker:createTrainingJob.sync"
 """The Train state's resource: SageMaker CreateTrainingJob with the RUN_JOB (``.sync``) pattern."""

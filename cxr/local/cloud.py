@@ -69,9 +69,10 @@ class LocalCloud:
             )
         boto3.client("sns", region_name=REGION).create_topic(Name=self.names.topic)
         trust = json.dumps({"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "sagemaker.amazonaws.com"]},
+            {"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "sagemaker.amazonaws.com",
+                                                          "states.amazonaws.com"]},
              "Action": "sts:AssumeRole"}]})
-        for arn in (self.names.lambda_role_arn, self.names.sagemaker_role_arn):
+        for arn in self.names.roles:  # one per principal: the IAM trace tells them apart by it
             iam.create_role(RoleName=arn.rsplit("/", 1)[1], AssumeRolePolicyDocument=trust)
         for function in wiring.FUNCTIONS.values():
             self._create_function(function)
@@ -97,7 +98,7 @@ class LocalCloud:
             wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(config.stage),
             wiring.ENV_UNCERTAINTY_BAND: f"{config.uncertainty_band[0]},{config.uncertainty_band[1]}",
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate)),
-            wiring.ENV_SAGEMAKER_ROLE_ARN: self.names.sagemaker_role_arn,
+            wiring.ENV_SAGEMAKER_ROLE_ARN: self.names.model_role_arn,
             wiring.ENV_KMS_KEY_ARN: self.kms_key_arn,
             wiring.ENV_INFERENCE_IMAGE: "local/cxr-inference:latest",
             wiring.ENV_ENDPOINT_NAME: wiring.endpoint_name(config.stage),
@@ -120,7 +121,7 @@ class LocalCloud:
         client.create_function(
             FunctionName=self.names.function(function),
             Runtime="python3.12",
-            Role=self.names.lambda_role_arn,
+            Role=self.names.function_role_arn(function),
             Handler=function.handler,
             Code={"ZipFile": stand_in_code()},
             Timeout=function.timeout_s,
@@ -163,19 +164,21 @@ class LocalCloud:
         """Create the synthesized training state machine on moto; returns its ARN."""
         pipeline.publish_file_assets(synthesized, ACCOUNT, REGION)
         boto3.client("lambda", region_name=REGION).create_function(
-            FunctionName=self.names.training_task, Runtime="python3.12", Role=self.names.lambda_role_arn,
+            # stands in for the state machine's SageMaker integration, so it acts as the state machine's role
+            FunctionName=self.names.training_task, Runtime="python3.12", Role=self.names.state_machine_role_arn,
             Handler="cxr.local.training_task.handler", Code={"ZipFile": stand_in_code()}, Timeout=900,
         )
         values = pipeline.reference_values(synthesized, self.names, ACCOUNT, REGION, self.kms_key_arn)
         definition = pipeline.definition(synthesized, values, self.names.training_task_arn)
         machine = boto3.client("stepfunctions", region_name=REGION).create_state_machine(
-            name=self.names.state_machine, definition=definition, roleArn=self.names.lambda_role_arn
+            name=self.names.state_machine, definition=definition, roleArn=self.names.state_machine_role_arn
         )
         self.state_machine_arn = machine["stateMachineArn"]
         return self.state_machine_arn
 
     # --- executors the moto hooks call ----------------------------------------------------------
     def run_function(self, function: Any, event: Any) -> tuple[Any, str | None]:
+        stand_in = function.function_name == self.names.training_task
         return functions.run(
             function.handler,
             event,
@@ -184,7 +187,9 @@ class LocalCloud:
             self.lambda_log,
             memory_mb=int(function.memory_size),
             timeout_s=int(function.timeout),
-            exclusive=function.function_name != self.names.training_task,
+            exclusive=not stand_in,
+            principal=function.role,
+            runtime=not stand_in,
         )
 
     def dead_letter_queue(self, function: Any) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import boto3
 
+from cxr.local.iam_trace import acting_as
 from lambdas.domain.layout import split_s3_uri
 
 
@@ -97,16 +98,18 @@ class LocalEndpoints:
                   kms_key_id: str | None) -> None:
         """Run one queued request and write its answer, or why it failed, as the asynchronous endpoint does."""
         s3 = boto3.client("s3")
-        try:
-            bucket, key = split_s3_uri(request.input_location)
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            payload, _ = self._serve(config, body, request.content_type, request.accept)
-            target = output_uri
-        except Exception as exc:  # any failure becomes the failure object, as SageMaker writes it
-            payload, target = f"{type(exc).__name__}: {exc}".encode(), failure_uri
-        bucket, key = split_s3_uri(target)
-        encryption = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
-        s3.put_object(Bucket=bucket, Key=key, Body=payload, **encryption)
+        model = boto3.client("sagemaker").describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+        with acting_as(model["ExecutionRoleArn"]):  # the container reads the input and writes the result as its role
+            try:
+                bucket, key = split_s3_uri(request.input_location)
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                payload, _ = self._serve(config, body, request.content_type, request.accept)
+                target = output_uri
+            except Exception as exc:  # any failure becomes the failure object, as SageMaker writes it
+                payload, target = f"{type(exc).__name__}: {exc}".encode(), failure_uri
+            bucket, key = split_s3_uri(target)
+            encryption = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+            s3.put_object(Bucket=bucket, Key=key, Body=payload, **encryption)
 
     def _config(self, endpoint_name: str) -> dict:
         """The configuration an endpoint that can take requests serves."""
@@ -121,7 +124,8 @@ class LocalEndpoints:
 
     def _serve(self, config: dict, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         model = boto3.client("sagemaker").describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
-        loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"])
+        with acting_as(model["ExecutionRoleArn"]):  # the container fetches its artifact as the model's role
+            loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"])
         handler = loaded.handler
         try:
             request = handler.input_fn(body, content_type)

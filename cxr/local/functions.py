@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from aws_lambda_powertools import Logger
 
+from cxr.local import iam_trace
 from cxr.local.context import LambdaContext
 
 _LOCK = threading.RLock()
@@ -67,17 +68,20 @@ def routed_stdout():
 
 
 def run(handler_path: str, event: Any, environment: dict[str, str], name: str, log: TextIO,
-        memory_mb: int = 1024, timeout_s: int = 300, exclusive: bool = True) -> tuple[Any, str | None]:
+        memory_mb: int = 1024, timeout_s: int = 300, exclusive: bool = True, principal: str | None = None,
+        runtime: bool = True) -> tuple[Any, str | None]:
     """Call ``module.attr`` with ``event``; returns (result, None) or (error payload, error type).
 
     What the function prints or logs goes to ``log``, as Lambda sends it to CloudWatch Logs.
     ``exclusive`` calls hold a lock while the function's environment is applied; a function that
-    reads no environment (the local training task) runs alongside the others.
+    reads no environment (the local training task) runs alongside the others. The handler's AWS
+    calls are ``principal``'s (its role; :mod:`cxr.local.iam_trace`); ``runtime=False`` for a local
+    stand-in of a service integration, which has no Lambda runtime (logs, traces) of its own.
     """
     module_name, attribute = handler_path.rsplit(".", 1)
     context = LambdaContext(function_name=name, memory_limit_in_mb=memory_mb, timeout_seconds=timeout_s)
     with (_LOCK if exclusive else nullcontext(), environment_applied(environment if exclusive else {}),
-          _printing_to(log)):
+          _printing_to(log), iam_trace.acting_as(principal, lambda_function=name if runtime else None)):
         try:
             module = importlib.import_module(module_name)
             with _logs_to(module, log):

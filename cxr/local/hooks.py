@@ -11,6 +11,7 @@ upgrade moves a hooked function or starts implementing a missing action (tests c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -44,6 +45,7 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (runtime_responses.SageMakerRuntimeResponse, "setup_class", ("self", "request", "full_url", "headers",
                                                                  "use_raw_body")),
     (s3_models.FakeKey, "etag", ("self",)),  # a property: its getter's parameters
+    (sagemaker_models.FakeEndpointConfig, "validate_instance_type", ("self", "instance_type")),
 )
 
 
@@ -235,6 +237,7 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         return "{}"
 
     return [
+        (sagemaker_models.FakeEndpointConfig, "validate_instance_type", validate_hosting_instance_type),
         (s3_models.FakeKey, "etag", AWS_ETAG),
         (sagemaker_responses.SageMakerResponse, "update_endpoint", update_endpoint),
         (sagemaker_responses.SageMakerResponse, "stop_training_job", stop_training_job),
@@ -246,6 +249,26 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
     ]
+
+
+def validate_hosting_instance_type(self, instance_type: str) -> None:
+    """CreateEndpointConfig's instance types as AWS lists them: botocore's ``ProductionVariantInstanceType`` enum.
+
+    moto 5.2.5 accepts only an old subset (no ``ml.c6i.*``, the configuration's default), so it would refuse
+    what AWS serves; the enum in the service model is AWS's own list, and an unknown type is still refused.
+    """
+    if instance_type not in _hosting_instance_types():
+        raise SageMakerValidationError(
+            message=f"Value '{instance_type}' at 'instanceType' failed to satisfy constraint: "
+                    "Member must satisfy enum value set of ProductionVariantInstanceType")
+
+
+@functools.cache
+def _hosting_instance_types() -> frozenset[str]:
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return frozenset(model.shape_for("ProductionVariantInstanceType").enum)
 
 
 def _error_response(exc) -> tuple[int, dict, str]:

@@ -54,10 +54,32 @@ class LocalNames:
     def topic_arn(self) -> str:
         return f"arn:aws:sns:{REGION}:{ACCOUNT}:{self.topic}"
 
-    @property
-    def lambda_role_arn(self) -> str:
-        return f"arn:aws:iam::{ACCOUNT}:role/cxr-{self.stage}-lambda"
+    def generated(self, *construct_ids: str) -> str:
+        """The name of a resource the stacks leave unnamed, from its construct path below the stack."""
+        return "-".join((f"cxr-{self.stage}", *construct_ids))
+
+    def role_arn(self, *construct_ids: str) -> str:
+        """One role per synthesized role (``("Preprocess", "Role")``): each principal keeps its own ARN,
+        so the IAM trace (:mod:`cxr.local.iam_trace`) tells them apart."""
+        return f"arn:aws:iam::{ACCOUNT}:role/{self.generated(*construct_ids)}"
+
+    def function_role_arn(self, function: wiring.Function) -> str:
+        return self.role_arn(function.id, "Role")
 
     @property
-    def sagemaker_role_arn(self) -> str:
-        return f"arn:aws:iam::{ACCOUNT}:role/cxr-{self.stage}-sagemaker"
+    def state_machine_role_arn(self) -> str:
+        return self.role_arn(wiring.STATE_MACHINE_ID, "Role")
+
+    @property
+    def training_role_arn(self) -> str:
+        return self.role_arn(wiring.TRAINING_ROLE_ID)
+
+    @property
+    def model_role_arn(self) -> str:
+        return self.role_arn(wiring.MODEL_ROLE_ID)
+
+    @property
+    def roles(self) -> list[str]:
+        """Every role the offline cloud creates: the functions', the state machine's and SageMaker's two."""
+        return [*(self.function_role_arn(f) for f in wiring.FUNCTIONS.values()), self.state_machine_role_arn,
+                self.training_role_arn, self.model_role_arn]

@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 
+from cxr.local.references import LocalValues
 from infra import asl, wiring
 from infra.config import Config
 
@@ -66,11 +67,11 @@ def definition(synthesized: Synthesized, values: dict[str, Any], training_task_a
 def reference_values(synthesized: Synthesized, names, account: str, region: str, kms_key_arn: str) -> dict[str, Any]:
     """Each reference of the definition mapped to the local resource with the same role."""
     expression = asl.definition_expression(synthesized.templates, wiring.STATE_MACHINE_ID)
+    local = LocalValues(synthesized.templates, names, kms_key_arn)
     values: dict[str, Any] = {"AWS::Region": region, "AWS::AccountId": account, **PSEUDO}
     for reference in asl.references(synthesized.templates, expression):
-        if reference.logical_id is None:
-            continue
-        values[reference.name] = _local_value(reference, names, kms_key_arn)
+        if reference.logical_id is not None:
+            values[reference.name] = local[reference.name]
     return values
 
 
@@ -100,21 +101,6 @@ def localize_training_task(state_machine: dict, function_arn: str) -> dict:
     if rewritten != 1:
         raise ValueError(f"expected exactly one {wiring.TRAINING_INTEGRATION} task, found {rewritten}")
     return state_machine
-
-
-def _local_value(reference: asl.Reference, names, kms_key_arn: str) -> str:
-    parts = (reference.path or "").split("/")
-    kind, attribute = reference.resource_type, reference.attribute
-    if kind == "AWS::Lambda::Function":
-        [function] = [f for f in wiring.FUNCTIONS.values() if f.id in parts]
-        return names.function_arn(function)
-    if kind == "AWS::IAM::Role" and attribute == "Arn":
-        return names.sagemaker_role_arn
-    if kind == "AWS::KMS::Key":
-        return kms_key_arn if attribute == "Arn" else kms_key_arn.rsplit("/", 1)[1]
-    if kind == "AWS::SNS::Topic" and attribute is None:
-        return names.topic_arn
-    raise asl.UnresolvedReference(f"the local mode has no stand-in for {reference.name} ({kind}, {reference.path})")
 
 
 def _substitute(text: str, account: str, region: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 
 from cxr import training_run
+from cxr.local.iam_trace import acting_as
 from lambdas.domain.layout import split_s3_uri
 
 CONTAINER_ROOT = "/opt/ml/"
@@ -92,6 +93,10 @@ class LocalTrainingJobs:
             process.send_signal(signal.SIGTERM)
 
     def _run(self, job: Any) -> None:
+        with acting_as(job.role_arn):  # SageMaker reads the channels and writes the outputs as the job's role
+            self._run_as_role(job)
+
+    def _run_as_role(self, job: Any) -> None:
         job_dir = self.workdir / job.training_job_name
         try:
             job_dir.mkdir(parents=True, exist_ok=True)

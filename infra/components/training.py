@@ -2,7 +2,8 @@
 
 Written as the ASL itself (a ``CustomState``) because CDK's ``SageMakerCreateTrainingJob`` has no
 spot, checkpoint or inter-container encryption settings; the IAM statements are the ones AWS
-documents for this integration, scoped to the stage's jobs (``wiring.resource_prefix``) and one passed role.
+documents for this integration (https://docs.aws.amazon.com/step-functions/latest/dg/sagemaker-iam.html),
+scoped to the stage's jobs (``wiring.resource_prefix``) and one passed role where the documented policy allows a scope.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ PRETRAINED_CHANNEL = "pretrained"
 EVENTS_RULE = "StepFunctionsGetEventsForSageMakerTrainingJobsRule"
 
 
+def has_volume_key(config: Config) -> bool:
+    """The job's volume gets the stage key, except on NVMe instances: SageMaker refuses one there (hardware
+    encrypts the disk)."""
+    return not has_instance_storage(config.training_instance_type)
+
+
 def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket_name: str, key_arn: str,
                             code: s3_assets.Asset, pretrained: s3_assets.Asset | None) -> dict:
     resources = {"InstanceType": config.training_instance_type, "InstanceCount": 1,
                  "VolumeSizeInGB": config.training_volume_gb}
-    if not has_instance_storage(config.training_instance_type):
-        resources["VolumeKmsKeyId"] = key_arn  # NVMe instances encrypt their disks in hardware and refuse a key
+    if has_volume_key(config):
+        resources["VolumeKmsKeyId"] = key_arn
     stopping = {"MaxRuntimeInSeconds": config.training_max_runtime_s}
     if config.training_spot:
         stopping["MaxWaitTimeInSeconds"] = config.spot_max_wait_s
@@ -111,6 +118,8 @@ class TrainingJob(Construct):
             actions=["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
                      "sagemaker:AddTags"],
             resources=[jobs]))
+        principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(  # on "*" as AWS documents it
+            actions=["sagemaker:ListTags"], resources=["*"]))
         principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(
             actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
             resources=[stack.format_arn(service="events", resource="rule", resource_name=EVENTS_RULE)]))

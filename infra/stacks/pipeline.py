@@ -1,6 +1,7 @@
 """Training pipeline: a Step Functions state machine from dataset to a serving endpoint, with a quality gate.
 
-ReadRequest -> PrepareDataset (Lambda) -> Train (SageMaker, RUN_JOB) -> Evaluate (Lambda) -> PassesGate
+ReadRequest -> RequestComplete (else NotifyInvalidRequest -> InvalidRequest) -> ApplyDefaults -> PrepareDataset
+(Lambda) -> Train (SageMaker, RUN_JOB; a transient failure waits and runs again) -> Evaluate (Lambda) -> PassesGate
 -> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again)
 -> NotifyDeployed. Every task retries what is transient and catches everything else into
 NotifyFailure -> PipelineFailed, so a failure notifies and deploys nothing. State names come from ``infra.wiring``.
@@ -29,7 +30,7 @@ from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
 from infra.components.retention import retention
 from infra.components.tables import allow_items
-from infra.components.training import TrainingJob
+from infra.components.training import TrainingJob, has_volume_key
 from infra.config import Config
 from lambdas.domain import layout
 
@@ -38,6 +39,47 @@ LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lam
 """Lambda's own failures and the handlers' ``lambdas.aws.TransientError``; other errors are final."""
 WAIT_SECONDS = 30
 REQUEST_DEFAULTS = {"hyperparameters": {}}
+"""Merged under the execution input by ``ApplyDefaults``: a JSON value in the definition. Inside an intrinsic's
+string literal AWS reserves ``'{}\\`` (unescaped, the definition is refused: Step Functions Developer Guide,
+"Reserved characters in intrinsic functions"), and moto's engine fails on the escaped form."""
+INVALID_REQUEST_CAUSE = ('the execution input must be {"run_id": "...", "dataset": "...", '
+                         '"hyperparameters": {"name": "value", ...} (optional)}')
+TRAINING_RETRIES = 3
+TRAINING_RETRY_SECONDS = 120
+TRANSIENT_TRAINING_CAUSES = ("ThrottlingException", "Rate exceeded", "ServiceUnavailable", "InternalFailure",
+                             "InternalServerError", "CapacityError")
+"""What a transient Train failure's cause says: SageMaker's error codes for throttling and service faults
+(reported as ``SageMaker.AmazonSageMakerException``, the name validation errors share), and the failure
+reasons of a job SageMaker could not run for want of capacity or its own fault (``States.TaskFailed``)."""
+
+
+def _request_rules() -> list[tuple[sfn.Condition, bool]]:
+    """RequestComplete's rules in order, each with whether a match is a valid request.
+
+    Valid: ``run_id`` and ``dataset`` strings, ``hyperparameters`` absent or an object. A type test on a
+    missing path is itself an error on AWS, so each rule tests only what earlier rules proved present
+    (rules are taken in order; nothing here relies on ``And``/``Or`` stopping early). Choice rules have no
+    object test: an object is what is neither null, string, number, boolean nor a list with a first item.
+    An empty list passes (nothing in the Choice language sees it) and fails at Train's merge.
+    """
+    run_id, dataset, hyperparameters = "$.request.run_id", "$.request.dataset", "$.request.hyperparameters"
+    when = sfn.Condition
+    return [
+        (when.or_(when.is_not_present(run_id), when.is_not_present(dataset)), False),
+        (when.or_(when.is_not_string(run_id), when.is_not_string(dataset)), False),
+        (when.is_not_present(hyperparameters), True),
+        (when.and_(when.is_not_null(hyperparameters), when.is_not_string(hyperparameters),
+                   when.is_not_numeric(hyperparameters), when.is_not_boolean(hyperparameters),
+                   when.is_not_present(f"{hyperparameters}[0]")), True),
+    ]
+
+
+def _transient_training_failure() -> sfn.Condition:
+    """Train failed for a transient reason (by its cause, which an earlier rule found present), retries left."""
+    cause = "$.error.Cause"
+    return sfn.Condition.and_(
+        sfn.Condition.number_less_than("$.retries.train", TRAINING_RETRIES),
+        sfn.Condition.or_(*(sfn.Condition.string_matches(cause, f"*{text}*") for text in TRANSIENT_TRAINING_CAUSES)))
 
 
 class TrainingPipelineStack(Stack):
@@ -118,22 +160,26 @@ class TrainingPipelineStack(Stack):
         scope = Construct(self, "States")  # state names are construct ids: keep them apart from the functions'
         failed = sfn.Fail(scope, wiring.FAILED_STATE, error="PipelineFailed",
                           cause="A step failed; see the NotifyFailure message and the execution history")
-        notify_failure = tasks.SnsPublish(
-            scope, wiring.NOTIFY_FAILURE_STATE, topic=self.topic,
-            subject=f"cxr {self.config.stage}: training pipeline failed",
-            message=sfn.TaskInput.from_object({"outcome": "failed", "request": sfn.JsonPath.object_at("$.request"),
-                                               "error": sfn.JsonPath.object_at("$.error")}),
-            result_path=sfn.JsonPath.DISCARD,
-        )
-        notify_failure.add_retry(errors=["SNS.SdkClientException", "SNS.InternalErrorException", "States.Timeout"],
-                                 max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+        sns_transient = {"errors": ["SNS.SdkClientException", "SNS.InternalErrorException"], "max_attempts": 3,
+                         "interval": Duration.seconds(5), "backoff_rate": 2}
+
+        def publish(state: str, subject: str, message: dict) -> tasks.SnsPublish:
+            return tasks.SnsPublish(scope, state, topic=self.topic, subject=f"cxr {self.config.stage}: {subject}",
+                                    message=sfn.TaskInput.from_object(message), result_path=sfn.JsonPath.DISCARD)
+
+        def failure(error) -> dict:
+            return {"outcome": "failed", "request": sfn.JsonPath.object_at("$.request"), "error": error}
+
+        notify_failure = publish(wiring.NOTIFY_FAILURE_STATE, "training pipeline failed",
+                                 failure(sfn.JsonPath.object_at("$.error")))
+        notify_failure.add_retry(**{**sns_transient, "errors": [*sns_transient["errors"], "States.Timeout"]})
         notify_failure.add_catch(failed, result_path="$.notify_error")
         notify_failure.next(failed)
 
-        def guard(task: sfn.TaskStateBase | sfn.CustomState, retry: dict | None = None):
+        def guard(task: sfn.TaskStateBase | sfn.CustomState, retry: dict | None = None, catch: sfn.IChainable = None):
             task.add_retry(**(retry or {"errors": LAMBDA_TRANSIENT, "max_attempts": 3,
                                         "interval": Duration.seconds(5), "backoff_rate": 2}))
-            task.add_catch(notify_failure, errors=["States.ALL"], result_path="$.error")
+            task.add_catch(catch or notify_failure, errors=["States.ALL"], result_path="$.error")
             return task
 
         def invoke(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
@@ -142,16 +188,31 @@ class TrainingPipelineStack(Stack):
                 payload_response_only=True, retry_on_service_exceptions=False, result_path=result_path,
             ))
 
+        # The defaults are a JSON value of the definition, merged after the request's shape is checked, so that
+        # no intrinsic holds them as a string literal (see REQUEST_DEFAULTS) and no merge meets a non-object.
         read_request = sfn.Pass(scope, wiring.READ_REQUEST_STATE, parameters={
-            "request.$": f"States.JsonMerge(States.StringToJson('{json.dumps(REQUEST_DEFAULTS)}'), $, false)",
-            "code": self.training.code_hyperparameters,
-        })
+            "request.$": "$", "defaults": REQUEST_DEFAULTS, "code": self.training.code_hyperparameters})
+        apply_defaults = sfn.Pass(scope, wiring.APPLY_DEFAULTS_STATE, parameters={
+            "request.$": "States.JsonMerge($.defaults, $.request, false)", "code.$": "$.code",
+            "retries": {"train": 0}})
         prepare = invoke(wiring.PREPARE_DATASET_STATE, self.prepare, {
             "run_id": sfn.JsonPath.string_at("$.request.run_id"),
             "dataset": sfn.JsonPath.string_at("$.request.dataset"),
         }, "$.dataset")
-        train = guard(self.training.state, {"errors": ["SageMaker.AmazonSageMakerException"], "max_attempts": 3,
-                                            "interval": Duration.seconds(60), "backoff_rate": 2})
+        train = self.training.state
+        retry_training = (sfn.Choice(scope, wiring.TRAINING_RETRYABLE_STATE)
+                          .when(sfn.Condition.is_not_present("$.error.Cause"), notify_failure)
+                          .when(_transient_training_failure(), sfn.Pass(
+                              scope, wiring.COUNT_TRAINING_RETRY_STATE, result_path="$.retries",
+                              parameters={"train.$": "States.MathAdd($.retries.train, 1)"})
+                                .next(sfn.Wait(scope, wiring.WAIT_TO_RETRY_TRAINING_STATE,
+                                               time=sfn.WaitTime.duration(Duration.seconds(TRAINING_RETRY_SECONDS))))
+                                .next(train))
+                          .otherwise(notify_failure))
+        # Quota errors have a name of their own; everything else SageMaker refuses (throttling and validation
+        # alike) is SageMaker.AmazonSageMakerException, which only the cause tells apart: TrainingRetryable.
+        guard(train, {"errors": ["SageMaker.ResourceLimitExceededException"], "max_attempts": 3,
+                      "interval": Duration.seconds(60), "backoff_rate": 2}, catch=retry_training)
         artifact = sfn.JsonPath.string_at("$.training.ModelArtifacts.S3ModelArtifacts")
         evaluate = invoke(wiring.EVALUATE_STATE, self.evaluate,
                           {"run_id": sfn.JsonPath.string_at("$.request.run_id"), "model_artifact": artifact},
@@ -168,28 +229,17 @@ class TrainingPipelineStack(Stack):
             "endpoint_name": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
             "endpoint_config_name": sfn.JsonPath.string_at("$.deployment.endpoint_config_name"),
         }, "$.endpoint")
-        notify_deployed = guard(tasks.SnsPublish(
-            scope, wiring.NOTIFY_DEPLOYED_STATE, topic=self.topic, subject=f"cxr {self.config.stage}: model deployed",
-            message=sfn.TaskInput.from_object({
-                "outcome": "deployed", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
-                "endpoint": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
-                "model": sfn.JsonPath.string_at("$.deployment.model_name"),
-                "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
-            }),
-            result_path=sfn.JsonPath.DISCARD,
-        ), {"errors": ["SNS.SdkClientException", "SNS.InternalErrorException"], "max_attempts": 3,
-            "interval": Duration.seconds(5), "backoff_rate": 2})
-        notify_rejected = guard(tasks.SnsPublish(
-            scope, wiring.NOTIFY_REJECTED_STATE, topic=self.topic,
-            subject=f"cxr {self.config.stage}: model below the quality gate, not deployed",
-            message=sfn.TaskInput.from_object({
-                "outcome": "rejected", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
-                "failures": sfn.JsonPath.list_at("$.evaluation.failures"),
-                "report": sfn.JsonPath.string_at("$.evaluation.report_uri"),
-            }),
-            result_path=sfn.JsonPath.DISCARD,
-        ), {"errors": ["SNS.SdkClientException", "SNS.InternalErrorException"], "max_attempts": 3,
-            "interval": Duration.seconds(5), "backoff_rate": 2})
+        notify_deployed = guard(publish(wiring.NOTIFY_DEPLOYED_STATE, "model deployed", {
+            "outcome": "deployed", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+            "endpoint": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
+            "model": sfn.JsonPath.string_at("$.deployment.model_name"),
+            "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
+        }), sns_transient)
+        notify_rejected = guard(publish(wiring.NOTIFY_REJECTED_STATE, "model below the quality gate, not deployed", {
+            "outcome": "rejected", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+            "failures": sfn.JsonPath.list_at("$.evaluation.failures"),
+            "report": sfn.JsonPath.string_at("$.evaluation.report_uri"),
+        }), sns_transient)
         ready = (sfn.Choice(scope, wiring.ENDPOINT_READY_STATE)
                  .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), notify_deployed)
                  .otherwise(wait.next(status)))
@@ -197,39 +247,50 @@ class TrainingPipelineStack(Stack):
                 .when(sfn.Condition.boolean_equals("$.evaluation.passed", True), deploy.next(status).next(ready))
                 .otherwise(notify_rejected.next(sfn.Succeed(scope, wiring.NOT_DEPLOYED_STATE,
                                                             comment="the previous endpoint keeps serving"))))
-        # A missing field would otherwise fail the first task's input path with States.Runtime, which no
-        # Catch sees: check the request first and fail with a message that names the contract.
-        invalid = sfn.Fail(scope, wiring.INVALID_REQUEST_STATE, error="InvalidRequest",
-                           cause='the execution input must be {"run_id": "...", "dataset": "...", '
-                                 '"hyperparameters": {...} (optional)}')
-        complete = sfn.Condition.and_(sfn.Condition.is_present("$.request.run_id"),
-                                      sfn.Condition.is_present("$.request.dataset"))
-        return read_request.next(sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
-                                 .when(complete, prepare.next(train).next(evaluate).next(gate))
-                                 .otherwise(invalid))
+        # A request of another shape would fail a later input path or intrinsic with States.Runtime, which no
+        # Catch sees: check it first, notify, and fail with a message that names the contract.
+        invalid = guard(publish(wiring.NOTIFY_INVALID_REQUEST_STATE, "training request refused",
+                                failure({"Error": "InvalidRequest", "Cause": INVALID_REQUEST_CAUSE})), sns_transient)
+        invalid.next(sfn.Fail(scope, wiring.INVALID_REQUEST_STATE, error="InvalidRequest", cause=INVALID_REQUEST_CAUSE))
+        apply_defaults.next(prepare).next(train).next(evaluate).next(gate)
+        check = sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
+        for condition, valid in _request_rules():
+            check.when(condition, apply_defaults if valid else invalid)
+        return read_request.next(check.otherwise(invalid))
 
     def _training_role(self) -> iam.Role:
         """What the training job itself may do: read its data and code, write its model and checkpoints."""
-        role = iam.Role(self, "TrainingRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+        role = iam.Role(self, wiring.TRAINING_ROLE_ID, assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker training jobs")
         allow_objects(role, wiring.DATA, self.config.stage, self.key,
                       read=[layout.PROCESSED, layout.MANIFESTS, layout.CHECKPOINTS],
                       write=[layout.MODELS, layout.CHECKPOINTS], list_=[layout.CHECKPOINTS])
+        assets = [asset for asset in (self.code, self.pretrained) if asset]
         role.add_to_policy(iam.PolicyStatement(  # the code archive (and weights), exactly, in CDK's asset bucket
             actions=["s3:GetObject"],
-            resources=[f"arn:{self.partition}:s3:::{asset.s3_bucket_name}/{asset.s3_object_key}"
-                       for asset in (self.code, self.pretrained) if asset]))
-        self._allow_container(role, images.TRAINING_GPU, "TrainingJobs")
+            resources=[f"arn:{self.partition}:s3:::{asset.s3_bucket_name}/{asset.s3_object_key}" for asset in assets]))
+        role.add_to_policy(iam.PolicyStatement(  # S3Prefix channels are listed first, with the object's key as prefix
+            actions=["s3:ListBucket"], resources=[f"arn:{self.partition}:s3:::{assets[0].s3_bucket_name}"],
+            conditions={"StringEquals": {"s3:prefix": [asset.s3_object_key for asset in assets]}}))
+        self._allow_container(role, images.TRAINING_GPU, wiring.TRAINING_LOG_GROUP)
         role.add_to_policy(iam.PolicyStatement(  # SageMaker encrypts the job's outputs with the key as this role
             actions=["kms:Encrypt"], resources=[self.key.key_arn]))
+        if has_volume_key(self.config):
+            # "If you specify a volume KMS key in the resource configuration of your training job, add
+            # kms:CreateGrant" to the execution role (SageMaker Developer Guide, CreateTrainingJob API:
+            # Execution Role Permissions); SageMaker creates the grant for the job's EBS volume.
+            role.add_to_policy(iam.PolicyStatement(
+                actions=["kms:CreateGrant"], resources=[self.key.key_arn],
+                conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}}))
         return role
 
     def _model_role(self) -> iam.Role:
         """What a deployed model may do: read its artifact (and write asynchronous results)."""
-        role = iam.Role(self, "ModelRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+        role = iam.Role(self, wiring.MODEL_ROLE_ID, assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker models and endpoints")
         allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.MODELS])
-        self._allow_container(role, images.INFERENCE_CPU, "Endpoints")
+        self._allow_container(role, images.INFERENCE_CPU,
+                              wiring.endpoint_log_group(wiring.endpoint_name(self.config.stage)))
         if self.config.endpoint_mode == "async":  # each request's input in S3, its result (or failure) back to S3
             allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.ASYNC_INPUT],
                           write=[layout.ASYNC_OUTPUT])
@@ -237,16 +298,17 @@ class TrainingPipelineStack(Stack):
                 actions=["kms:Encrypt"], resources=[self.key.key_arn]))
         return role
 
-    def _allow_container(self, role: iam.Role, column: str, log_kind: str) -> None:
+    def _allow_container(self, role: iam.Role, column: str, log_group: str) -> None:
+        """Pull the image, write the container's log group (both ARN shapes CloudWatch Logs authorizes) and metrics."""
         role.add_to_policy(iam.PolicyStatement(
             actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
             resources=[self.images.repository_arn(column)]))
         role.add_to_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
         role.add_to_policy(iam.PolicyStatement(
             actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-            resources=[self.format_arn(service="logs", resource="log-group",
-                                       resource_name=f"/aws/sagemaker/{log_kind}:*",
-                                       arn_format=ArnFormat.COLON_RESOURCE_NAME)]))
+            resources=[self.format_arn(service="logs", resource="log-group", resource_name=name,
+                                       arn_format=ArnFormat.COLON_RESOURCE_NAME) for name in (log_group,
+                                                                                              f"{log_group}:*")]))
         role.add_to_policy(iam.PolicyStatement(
             actions=["cloudwatch:PutMetricData"], resources=["*"],
             conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "aws/sagemaker/*"]}}))
@@ -276,7 +338,8 @@ class TrainingPipelineStack(Stack):
     def _acknowledge(self) -> None:
         machine_role = self.state_machine.role
         acknowledge(machine_role, "Step Functions log delivery (logs:*LogDelivery*, DescribeResourcePolicies) and "
-                    "X-Ray have no resource-level permissions.", "AwsSolutions-IAM5[Resource::*]")
+                    "X-Ray have no resource-level permissions; sagemaker:ListTags is on * in AWS's documented policy "
+                    "for createTrainingJob.sync.", "AwsSolutions-IAM5[Resource::*]")
         acknowledge(machine_role, "CDK's Lambda task grant includes the function's versions and aliases (ARN:*) of "
                     "exactly these functions.", *(
                         f"AwsSolutions-IAM5[Resource::<{self.resolve(self.get_logical_id(f.function.node.default_child))}.Arn>:*]"
@@ -299,10 +362,10 @@ class TrainingPipelineStack(Stack):
                     "configurations, and only those tagged with its endpoint are deleted. Models and configurations "
                     "are named after each run's training job; " + scope, "AwsSolutions-IAM5[Resource::*]",
                     *stage_findings("model", "endpoint-config"))
-        for role, kind in ((self.training_role, "TrainingJobs"), (self.model_role, "Endpoints")):
+        endpoint_logs = wiring.endpoint_log_group(wiring.endpoint_name(self.config.stage))
+        for role, group in ((self.training_role, wiring.TRAINING_LOG_GROUP), (self.model_role, endpoint_logs)):
             acknowledge(role, "SageMaker writes one log stream per job or instance into its fixed log group.",
-                        "AwsSolutions-IAM5[Resource::"
-                        f"{arn.format(service='logs', resource='log-group:/aws/sagemaker/' + kind + ':*')}]")
+                        f"AwsSolutions-IAM5[Resource::{arn.format(service='logs', resource=f'log-group:{group}:*')}]")
         reason_ecr = ("ecr:GetAuthorizationToken has no resource-level permissions; image pulls themselves are "
                       "scoped to the one PyTorch repository.")
         reason_metrics = ("cloudwatch:PutMetricData has no resource-level permissions; it is limited to SageMaker's "

@@ -61,7 +61,12 @@ class StorageStack(Stack):
             s3.LifecycleRule(id="ExpireCheckpoints", prefix=layout.CHECKPOINTS,
                              expiration=Duration.days(config.checkpoint_expiry_days),
                              noncurrent_version_expiration=Duration.days(1)),
-        ], wiring.INFERENCE: []}
+        ], wiring.INFERENCE: [  # an asynchronous request's copies serve it once; the prediction record stays
+            s3.LifecycleRule(id=f"Expire{''.join(part.title() for part in prefix.strip('/').split('-'))}",
+                             prefix=prefix, expiration=Duration.days(config.async_expiry_days),
+                             noncurrent_version_expiration=Duration.days(1))
+            for prefix in (layout.ASYNC_INPUT, layout.ASYNC_REQUESTS, layout.ASYNC_OUTPUT)
+        ]}
         buckets = {}
         for role, rules in lifecycle.items():
             if role in adopted:

@@ -20,6 +20,8 @@ NO_RESOURCE_LEVEL = {
     "ecr:GetAuthorizationToken": "ECR log-in has no resource-level permissions",
     "cloudwatch:PutMetricData": "no resource-level permissions (limited by a namespace condition)",
     "sagemaker:ListEndpointConfigs": "SageMaker list actions have no resource-level permissions",
+    "sagemaker:ListTags": "AWS's documented policy for createTrainingJob.sync grants it on * (the integration's "
+                          "own call, on resources it does not name)",
     "logs:CreateLogDelivery": "Step Functions log delivery",
     "logs:GetLogDelivery": "Step Functions log delivery",
     "logs:UpdateLogDelivery": "Step Functions log delivery",
@@ -169,6 +171,10 @@ def test_lifecycle_expires_quarantine_and_checkpoints(synth):
     assert rules["ExpireQuarantine"]["Prefix"] == layout.QUARANTINE
     assert rules["ExpireCheckpoints"]["Prefix"] == layout.CHECKPOINTS
     assert rules["ExpireQuarantine"]["ExpirationInDays"] == 90
+    (inference,) = [b for lid, b in synth.resources("AWS::S3::Bucket").items() if lid.startswith("InferenceBucket")]
+    expiring = {r["Prefix"]: r["ExpirationInDays"] for r in inference["Properties"]["LifecycleConfiguration"]["Rules"]
+                if "Prefix" in r}
+    assert expiring == dict.fromkeys((layout.ASYNC_INPUT, layout.ASYNC_REQUESTS, layout.ASYNC_OUTPUT), 7)
 
 
 def test_tables_and_parameter_match_the_shared_wiring(synth):
@@ -233,8 +239,10 @@ def test_every_task_retries_and_catches_into_the_failure_notification(synth):
         assert task["Retry"], name
         (catch,) = task["Catch"]
         assert catch["ErrorEquals"] == ["States.ALL"]
-        expected = wiring.FAILED_STATE if name == wiring.NOTIFY_FAILURE_STATE else wiring.NOTIFY_FAILURE_STATE
+        expected = {wiring.NOTIFY_FAILURE_STATE: wiring.FAILED_STATE,  # Train's failures decide on a retry first
+                    wiring.TRAIN_STATE: wiring.TRAINING_RETRYABLE_STATE}.get(name, wiring.NOTIFY_FAILURE_STATE)
         assert catch["Next"] == expected
+    assert states[wiring.TRAINING_RETRYABLE_STATE]["Default"] == wiring.NOTIFY_FAILURE_STATE
     assert states[wiring.FAILED_STATE]["Type"] == "Fail"
     assert any("EndpointBusy" in r["ErrorEquals"] for r in tasks[wiring.DEPLOY_STATE]["Retry"])
 
@@ -247,7 +255,8 @@ def test_state_names_and_task_functions_match_the_shared_wiring(synth):
     while name not in path and name in states:  # follow the success path: Next, the gate's pass, the loop's exit
         path.append(name)
         state = states[name]
-        name = state.get("Next") or (state["Choices"][0]["Next"] if state["Type"] == "Choice" else None)
+        name = state.get("Next") or next((c["Next"] for c in state.get("Choices", [])
+                                          if c["Next"] in wiring.STATE_ORDER), None)
     assert tuple(path) == wiring.STATE_ORDER
     assert states[wiring.ENDPOINT_READY_STATE]["Default"] == wiring.WAIT_STATE
     assert states[wiring.WAIT_STATE]["Next"] == wiring.ENDPOINT_STATUS_STATE

@@ -4,7 +4,8 @@ Lambda tasks run the real handlers: moto executes Lambda code only in Docker, so
 ``LambdaFunction._invoke_lambda`` (what moto's ``Invoke`` calls), routed to the function's handler
 with the environment moto recorded for it. moto refuses SageMaker's ``createTrainingJob.sync``
 (the first test shows it); the other runs apply the local mode's one rewrite of that state
-(``cxr.local.pipeline.localize_training_task``) with a stand-in job that writes a model archive.
+(``cxr.local.pipeline.localize_training_task``) with a stand-in job that writes a model archive, or fails
+as SageMaker does (a refused request is ``SageMaker.AmazonSageMakerException``, throttling and validation alike).
 """
 
 from __future__ import annotations
@@ -37,17 +38,38 @@ GOOD = {"accuracy": 0.9, "macro_f1": 0.88,
         "binary": {"accuracy": 0.95, "roc_auc": 0.98, "sensitivity": 0.96, "specificity": 0.9}}
 
 
+STAND_IN_CALLS: list[dict] = []
+"""Each Train attempt's event, in order (the tests clear it)."""
+REFUSALS = {
+    "throttled": "ThrottlingException: Rate exceeded (Service: AmazonSageMaker; Status Code: 400; "
+                 "Error Code: ThrottlingException)",
+    "invalid": "ValidationException: 1 validation error detected: Value 'ml.x' at 'resourceConfig.instanceType' "
+               "failed to satisfy constraint (Service: AmazonSageMaker; Status Code: 400; "
+               "Error Code: ValidationException)",
+}
+
+
 def training_stand_in(event, context):
-    """What the SageMaker job leaves behind: ``model.tar.gz`` (with metrics.json) under the output path."""
+    """What the SageMaker job leaves behind: ``model.tar.gz`` (with metrics.json) under the output path.
+
+    Outcomes ``throttled`` and ``invalid`` refuse every attempt as CreateTrainingJob does;
+    ``throttled-once`` refuses the first attempt only.
+    """
+    from cxr.local.training_task import SageMakerApiError
+
+    STAND_IN_CALLS.append(event)
+    outcome = os.environ["STAND_IN_OUTCOME"]
+    if outcome in REFUSALS or (outcome == "throttled-once" and len(STAND_IN_CALLS) == 1):
+        raise SageMakerApiError(REFUSALS[outcome.removesuffix("-once")])
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in event["InputDataConfig"]}
     s3 = boto3.client("s3")
     for name in ("train", "validation", "test"):
         bucket, key = channels[name].removeprefix("s3://").split("/", 1)
         manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         assert manifest[0]["prefix"] == f"s3://{DATA}/" and len(manifest) > 1
-    if os.environ["STAND_IN_OUTCOME"] == "fail":
+    if outcome == "fail":
         raise RuntimeError("AlgorithmError: training diverged")
-    metrics = GOOD if os.environ["STAND_IN_OUTCOME"] == "good" else {**GOOD, "accuracy": 0.4}
+    metrics = {**GOOD, "accuracy": 0.4} if outcome == "weak" else GOOD
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         data = json.dumps(metrics).encode()
@@ -74,7 +96,8 @@ def run_handler(function, event):
                 result = getattr(importlib.import_module(module), attribute)(event, LambdaContextStub(function))
             return json.dumps(result), False, ""
         except Exception as exc:  # what the Lambda runtime reports for an unhandled exception
-            return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}), True, ""
+            error_type = getattr(exc, "error_type", type(exc).__name__)  # as cxr.local.functions reports it
+            return json.dumps({"errorType": error_type, "errorMessage": str(exc)}), True, ""
 
 
 class LambdaContextStub:
@@ -173,12 +196,14 @@ class Cloud:
     def __init__(self, templates, values, arns, role, queue):
         self.templates, self.values, self.arns, self.role, self.queue = templates, values, arns, role, queue
 
-    def state_machine(self, localize: bool) -> str:
+    def state_machine(self, localize: bool, training_retry_wait_s: int | None = None) -> str:
         definition = json.loads(asl.definition(self.templates, self.values, wiring.STATE_MACHINE_ID))
         if localize:
             from cxr.local.pipeline import localize_training_task
 
             definition = localize_training_task(definition, self.arns[TRAINING])
+        if training_retry_wait_s is not None:  # moto's engine really waits
+            definition["States"][wiring.WAIT_TO_RETRY_TRAINING_STATE]["Seconds"] = training_retry_wait_s
         name = f"pipeline-{'local' if localize else 'synthesized'}"
         return boto3.client("stepfunctions").create_state_machine(
             name=name, definition=json.dumps(definition), roleArn=self.role)["stateMachineArn"]
@@ -188,6 +213,7 @@ class Cloud:
             FunctionName=TRAINING, Environment={"Variables": {"STAND_IN_OUTCOME": outcome}})
         sfn = boto3.client("stepfunctions")
         request = {"run_id": run_id, "dataset": "kermany"} if request is None else request
+        STAND_IN_CALLS.clear()
         execution = sfn.start_execution(stateMachineArn=state_machine, name=run_id,
                                         input=json.dumps(request))["executionArn"]
         deadline = time.monotonic() + 60
@@ -195,6 +221,11 @@ class Cloud:
             assert time.monotonic() < deadline, "the execution did not finish"
             time.sleep(0.2)
         return described
+
+    @staticmethod
+    def entered(execution: dict) -> list[str]:
+        history = boto3.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])
+        return [e["stateEnteredEventDetails"]["name"] for e in history["events"] if "stateEnteredEventDetails" in e]
 
     def notifications(self) -> list[dict]:
         messages = boto3.client("sqs").receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10)
@@ -223,10 +254,9 @@ def test_moto_refuses_the_synchronous_training_integration(cloud):
     assert execution["status"] == "FAILED"
     reason = execution.get("cause", "") + execution.get("error", "")
     assert "Unsupported sync callback procedure" in reason and "sagemaker:createTrainingJob.sync" in reason
-    history = boto3.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
-    entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
-    assert entered == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE,
-                       wiring.PREPARE_DATASET_STATE]  # Train aborts the engine itself
+    assert cloud.entered(execution) == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE,
+                                        wiring.APPLY_DEFAULTS_STATE,
+                                        wiring.PREPARE_DATASET_STATE]  # Train aborts the engine itself
     assert nothing_deployed()
 
 
@@ -274,15 +304,96 @@ def test_a_failure_notifies_and_deploys_nothing(cloud, outcome):
     assert nothing_deployed()
 
 
-@pytest.mark.parametrize("request_", [{"dataset": "kermany"}, {"run_id": "run-x"}, {}])
-def test_an_incomplete_request_fails_at_once_with_the_contract(cloud, request_):
-    """Without the check a missing field failed the first task's input path with an uncatchable States.Runtime."""
+@pytest.mark.parametrize("request_", [
+    {"dataset": "kermany"}, {"run_id": "run-x"}, {},
+    {"run_id": 7, "dataset": "kermany"}, {"run_id": "run-x", "dataset": None},
+    *({"run_id": "run-x", "dataset": "kermany", "hyperparameters": value}
+      for value in ("epochs=2", ["epochs", "2"], 2, True, None)),
+    ["run-x", "kermany"],
+])
+def test_a_request_of_another_shape_is_refused_and_notified(cloud, request_):
+    """Issue 13, item 10: a non-object ``hyperparameters`` failed Train's merge with States.Runtime, which no
+    Catch sees; a missing field failed the first task's input path the same way. Now the request is checked
+    first, the refusal is notified, and the execution fails with InvalidRequest and the contract as cause."""
     seed_dataset()
-    execution = cloud.run(cloud.state_machine(localize=True), "run-incomplete", request=request_)
+    execution = cloud.run(cloud.state_machine(localize=True), "run-invalid", request=request_)
     assert execution["status"] == "FAILED"
-    assert execution["error"] == "InvalidRequest" and '"run_id"' in execution["cause"]
-    history = boto3.client("stepfunctions").get_execution_history(executionArn=execution["executionArn"])["events"]
-    entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
-    assert entered == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE, wiring.INVALID_REQUEST_STATE]
+    assert execution.get("error") == "InvalidRequest" and '"run_id"' in execution["cause"], execution
+    assert cloud.entered(execution) == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE,
+                                        wiring.NOTIFY_INVALID_REQUEST_STATE, wiring.INVALID_REQUEST_STATE]
+    (message,) = cloud.notifications()
+    assert message == {"outcome": "failed", "request": request_,
+                       "error": {"Error": "InvalidRequest", "Cause": execution["cause"]}}
     assert not boto3.client("s3").list_objects_v2(Bucket=DATA, Prefix=layout.MANIFESTS).get("KeyCount")
     assert nothing_deployed()
+
+
+@pytest.mark.parametrize("hyperparameters", [None, {}, {"epochs": "2"}])
+def test_defaults_fill_what_the_request_leaves_out(cloud, hyperparameters):
+    seed_dataset()
+    request = {"run_id": "run-defaults", "dataset": "kermany"}
+    if hyperparameters is not None:
+        request["hyperparameters"] = hyperparameters
+    execution = cloud.run(cloud.state_machine(localize=True), "run-defaults", request=request)
+    assert execution["status"] == "SUCCEEDED", execution
+    (call,) = STAND_IN_CALLS
+    code = {"sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level"}
+    assert set(call["HyperParameters"]) == code | set(hyperparameters or {})
+    assert json.loads(execution["output"])["request"]["hyperparameters"] == (hyperparameters or {})
+
+
+def test_a_throttled_training_job_is_started_again(cloud):
+    seed_dataset()
+    execution = cloud.run(cloud.state_machine(localize=True, training_retry_wait_s=0), "run-throttled-once",
+                          outcome="throttled-once")
+    assert execution["status"] == "SUCCEEDED", execution
+    assert cloud.entered(execution).count(wiring.TRAIN_STATE) == 2
+    assert len({call["TrainingJobName"] for call in STAND_IN_CALLS}) == 2  # a new name per attempt
+    (message,) = cloud.notifications()
+    assert message["outcome"] == "deployed"
+
+
+def test_throttling_is_retried_a_bounded_number_of_times_then_notified(cloud):
+    from infra.stacks.pipeline import TRAINING_RETRIES
+
+    seed_dataset()
+    execution = cloud.run(cloud.state_machine(localize=True, training_retry_wait_s=0), "run-throttled",
+                          outcome="throttled")
+    assert execution["status"] == "FAILED"
+    entered = cloud.entered(execution)
+    assert entered.count(wiring.TRAIN_STATE) == 1 + TRAINING_RETRIES
+    assert entered.count(wiring.WAIT_TO_RETRY_TRAINING_STATE) == TRAINING_RETRIES
+    assert entered[-2:] == [wiring.NOTIFY_FAILURE_STATE, wiring.FAILED_STATE]
+    (message,) = cloud.notifications()
+    assert message["error"]["Error"] == "SageMaker.AmazonSageMakerException"
+    assert "ThrottlingException" in message["error"]["Cause"]
+    assert nothing_deployed()
+
+
+def test_a_validation_error_is_not_retried(cloud):
+    """Issue 13, item 10: Train retried SageMaker.AmazonSageMakerException, validation errors included, three
+    times over seven minutes; a refused request now notifies at once."""
+    seed_dataset()
+    execution = cloud.run(cloud.state_machine(localize=True), "run-invalid-job", outcome="invalid")
+    assert execution["status"] == "FAILED"
+    entered = cloud.entered(execution)
+    assert entered.count(wiring.TRAIN_STATE) == 1 and wiring.WAIT_TO_RETRY_TRAINING_STATE not in entered
+    (message,) = cloud.notifications()
+    assert message["error"]["Error"] == "SageMaker.AmazonSageMakerException"
+    assert "ValidationException" in message["error"]["Cause"]
+    assert len(STAND_IN_CALLS) == 1
+
+
+def test_train_retries_by_name_only_what_has_a_transient_name(synth):
+    """SageMaker reports throttling and validation errors under one name: a Retry on it retries both."""
+    from infra.stacks.pipeline import TRANSIENT_TRAINING_CAUSES
+
+    templates = list(synth.templates.values())
+    expression = asl.definition_expression(templates, wiring.STATE_MACHINE_ID)
+    values = {r.name: r.name for r in asl.references(templates, expression)}
+    values.update({"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws"})
+    states = json.loads(asl.definition(templates, values, wiring.STATE_MACHINE_ID))["States"]
+    retried = {name for retry in states[wiring.TRAIN_STATE]["Retry"] for name in retry["ErrorEquals"]}
+    assert retried == {"SageMaker.ResourceLimitExceededException"}
+    assert not any(text in REFUSALS["invalid"] for text in TRANSIENT_TRAINING_CAUSES)
+    assert any(text in REFUSALS["throttled"] for text in TRANSIENT_TRAINING_CAUSES)

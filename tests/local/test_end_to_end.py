@@ -1,6 +1,8 @@
 """The offline cloud end to end: uploads -> preprocess -> the synthesized pipeline -> endpoint -> predictions.
 
-Tiny generated datasets and a few training epochs keep it fast.
+Tiny generated datasets and a few training epochs keep it fast. Every AWS call each principal makes
+is recorded and checked against the IAM policies the CDK app synthesized (:mod:`cxr.local.iam_trace`,
+:mod:`cxr.local.iam_deployment`); the last test proves each permission the runs used is needed.
 """
 
 import json
@@ -12,6 +14,9 @@ import pytest
 import corpus
 from cxr import operations
 from cxr.local import cloud as local_cloud
+from cxr.local import iam_trace
+from cxr.local.iam_deployment import Deployment, summary
+from cxr.local.names import LocalNames
 from infra import wiring
 from infra.config import Config
 
@@ -29,12 +34,32 @@ def dataset(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def traces() -> list:
+    """(deployment, calls) of each run in this module, for the permission mutation test."""
+    return []
+
+
 @pytest.fixture
-def cloud(synthesized, tmp_path):
+def cloud(synthesized, tmp_path, traces):
+    """An offline cloud whose principals' calls must all be allowed by the synthesized policies."""
     config = Config.demo(stage="e2e", quality_gate=ANY_MODEL)
-    with local_cloud.start(config, tmp_path / "local") as running:
+    names = LocalNames(config.stage)
+    with (iam_trace.recording(sync_callers=frozenset({names.state_machine_role_arn})) as recorder,
+          local_cloud.start(config, tmp_path / "local") as running):
         running.install_pipeline(synthesized)
         yield running
+        recorder.record_executions(running.state_machine_arn,
+                                   skip_functions=frozenset({running.names.training_task_arn}))
+        deployment = Deployment.from_templates(
+            synthesized.templates, running.names, running.kms_key_arn,
+            {running.names.function(f): running.environment(f) for f in wiring.FUNCTIONS.values()})
+    calls = deployment.expand(recorder.calls, recorder.events)
+    iam_trace.save(tmp_path / "iam-trace.json", calls, list(recorder.events))
+    traces.append((deployment, calls))
+    print(f"IAM trace ({tmp_path / 'iam-trace.json'}): distinct actions per role {summary(calls)}")
+    denials = deployment.check(calls)
+    assert not denials, "the synthesized policies refuse:\n" + "\n".join(map(str, denials))
 
 
 def notifications(cloud) -> str:
@@ -77,8 +102,8 @@ def test_upload_train_deploy_predict(cloud, dataset):
     run = run_pipeline(cloud, "run-1", QUICK)
 
     assert run["status"] == "SUCCEEDED", run
-    assert run["states"][:5] == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE, wiring.PREPARE_DATASET_STATE,
-                                 wiring.TRAIN_STATE, wiring.EVALUATE_STATE]
+    assert run["states"][:6] == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE, wiring.APPLY_DEFAULTS_STATE,
+                                 wiring.PREPARE_DATASET_STATE, wiring.TRAIN_STATE, wiring.EVALUATE_STATE]
     assert run["states"][-1] == wiring.NOTIFY_DEPLOYED_STATE
     [message] = messages(inbox)
     assert message["outcome"] == "deployed" and message["run_id"] == "run-1"
@@ -145,3 +170,19 @@ def test_a_better_model_replaces_the_endpoint_one_below_the_gate_does_not(cloud,
     assert sagemaker.describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))["EndpointConfigName"] == serving
     after = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], prefix="after/")[xray]
     assert after["status"] == "predicted" and after["model_id"] == before["model_id"]
+
+
+def test_every_permission_the_runs_used_is_needed(traces):
+    """Taking any one (role, action) the runs needed out of the synthesized policies fails the check, naming it."""
+    if not traces:
+        pytest.skip("needs this module's end-to-end runs (run the whole module)")
+    needed = {(c.principal, c.action) for _, calls in traces for c in calls
+              if c.principal.startswith("arn:aws:iam::")}
+    for principal, action in sorted(needed):
+        denied = []
+        for deployment, calls in traces:
+            denied += [d for d in deployment.without(principal, action).check(calls)
+                       if (d.call.principal, d.call.action) == (principal, action)]
+        assert denied, f"{principal} keeps working without {action}"
+        assert action in str(denied[0]) and principal.rsplit("/", 1)[1] in str(denied[0])
+    print(f"{len(needed)} (role, action) pairs, each needed")

@@ -86,3 +86,20 @@ def test_stop_training_job_action_exists_on_the_offline_cloud(cloud):
 
     with pytest.raises(ClientError, match="Could not find training job"):
         boto3.client("sagemaker").stop_training_job(TrainingJobName="cxr-0-missing")
+
+
+@pytest.mark.parametrize("instance_type, accepted", [("ml.c6i.large", True), ("ml.m5.xlarge", True),
+                                                     ("ml.c6i.nonsense", False)])
+def test_endpoint_instance_types_are_aws_own_list_not_motos(cloud, instance_type, accepted):
+    """moto 5.2.5 refuses ml.c6i.large, the realtime default AWS serves; the offline cloud checks botocore's enum."""
+    sagemaker = boto3.client("sagemaker")
+    sagemaker.create_model(ModelName="m", ExecutionRoleArn=cloud.names.model_role_arn,
+                           PrimaryContainer={"Image": "local/cxr-inference:latest"})
+    create = lambda: sagemaker.create_endpoint_config(  # noqa: E731
+        EndpointConfigName="c", ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "m",
+                                                     "InstanceType": instance_type, "InitialInstanceCount": 1}])
+    if accepted:
+        create()
+    else:
+        with pytest.raises(sagemaker.exceptions.ClientError, match="ProductionVariantInstanceType"):
+            create()

@@ -16,6 +16,7 @@ from cxr.commands import (
     deploy,
     doctor,
     evaluate,
+    fsck,
     import_medmnist,
     local,
     predict,
@@ -28,7 +29,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            doctor, deploy, teardown)
+            fsck, doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

@@ -22,10 +22,12 @@ GB = 1024**3
 S3_PUTS_PER_PREDICTION = 2
 """The client's upload to ``incoming/`` and the prediction JSON (``lambdas/predict.py``)."""
 S3_GETS_PER_PREDICTION = 2
-"""The uploaded version, and the existing prediction read by ``put_json_if_newest`` (a miss is billed too)."""
-DYNAMODB_WRITE_UNITS = 2 + 2
+"""The key's current version (HeadObject, billed as a GET) and its download."""
+DYNAMODB_WRITE_UNITS = 2 + 2 + 3
 """Powertools idempotency writes its in-progress record, then the completion (small items: one unit each); the
-predictions item took 986 bytes in the offline demo with short keys, so two units once keys are longer."""
+predictions item took 986 bytes in the offline demo with short keys, so two units once keys are longer; the
+key's source-state record: the event's conditional write (one unit for a new key), then the outcome, which
+carries the prediction (two units)."""
 
 
 NOT_COUNTED = ("S3 storage (GB-months of uploads and predictions)", "CloudWatch logs, metrics and alarms",

@@ -91,27 +91,33 @@ def follow_execution(sfn, execution_arn: str, poll_seconds: float = 0.5,
 
 def predict_files(s3, bucket: str, files: list[Path], timeout_s: float = 120.0,
                   prefix: str = "") -> dict[Path, dict]:
-    """Upload each file under ``incoming/`` and wait for its prediction or rejection record."""
+    """Upload each file to a key of its own (``incoming/<prefix><n>/<name>``) and wait for that version's outcome.
+
+    Two files with one name never share a key, and an outcome counts only when it names the version
+    this call uploaded (another upload to the key would have its own).
+    """
     pending = {}
-    for path in files:
-        key = f"{layout.INCOMING}{prefix}{path.name}"
-        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
-        pending[path] = key
+    for index, path in enumerate(files):
+        key = f"{layout.INCOMING}{prefix}{index:04d}/{path.name}"
+        version = s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes()).get("VersionId")
+        pending[path] = (key, version)
     results: dict[Path, dict] = {}
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
-        for path, key in list(pending.items()):
+        for path, (key, version) in list(pending.items()):
             outcomes = ((layout.prediction_key(key), "predicted"), (layout.rejected_key(key), "rejected"))
             for result_key, status in outcomes:
                 try:
-                    body = s3.get_object(Bucket=bucket, Key=result_key)["Body"].read()
+                    record = json.loads(s3.get_object(Bucket=bucket, Key=result_key)["Body"].read())
                 except s3.exceptions.NoSuchKey:
                     continue
-                results[path] = {"status": status, "key": result_key, **json.loads(body)}
+                if version is not None and record.get("source", {}).get("version_id") != version:
+                    continue
+                results[path] = {"status": status, "key": result_key, **record}
                 del pending[path]
                 break
         if pending:
             time.sleep(0.5)
-    for path, key in pending.items():
+    for path, (key, _) in pending.items():
         results[path] = {"status": "timeout", "key": key}
     return results

@@ -73,19 +73,24 @@ class Target:
                 if machine["name"] == name:
                     return machine["stateMachineArn"]
             raise UserError(f"the offline cloud has no state machine {name}: restart it with `cxr local up`")
-        stack = wiring.stack_name(self.stage, "TrainingPipeline")
+        return self.stack_resource("TrainingPipeline", "AWS::StepFunctions::StateMachine")
+
+    def stack_resource(self, part: str, resource_type: str, logical_prefix: str = "") -> str:
+        """The physical id of a deployed stack's resource of this type (whose logical id starts so)."""
+        stack = wiring.stack_name(self.stage, part)
         try:
             paginator = self.client("cloudformation").get_paginator("list_stack_resources")
             for page in paginator.paginate(StackName=stack):
                 for resource in page["StackResourceSummaries"]:
-                    if resource["ResourceType"] == "AWS::StepFunctions::StateMachine":
+                    if (resource["ResourceType"] == resource_type
+                            and resource["LogicalResourceId"].startswith(logical_prefix)):
                         return resource["PhysicalResourceId"]
         except ClientError as exc:
             if "does not exist" in str(exc):
                 raise UserError(f"stack {stack} is not deployed in {self.region} (account {self.account}): "
                                 "run `cxr deploy`, or pass the right --region / --stage") from None
             raise
-        raise UserError(f"stack {stack} has no state machine: redeploy with `cxr deploy`")
+        raise UserError(f"stack {stack} has no {resource_type}: redeploy with `cxr deploy`")
 
 
 def resolve(args) -> Target:

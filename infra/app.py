@@ -55,11 +55,12 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
     storage = StorageStack(app, name("Storage"), config=config,
                            description="cxr: KMS key, data / inference / access-log buckets, notifications")
     common = dict(config=config, key=storage.key, topic=storage.topic)
-    ingest = IngestStack(app, name("Ingest"), **common,
+    ingest = IngestStack(app, name("Ingest"), state_table=storage.source_state, **common,
                          description="cxr: preprocessing of uploads under raw/")
-    inference = InferenceStack(app, name("Inference"), **common,
+    inference = InferenceStack(app, name("Inference"), state_table=storage.source_state, **common,
                                description="cxr: predictions for images under incoming/")
     pipeline = TrainingPipelineStack(app, name("TrainingPipeline"), training_code=training_code,
+                                     state_table=storage.source_state,
                                      pretrained_weights=pretrained, **common,
                                      description="cxr: dataset -> SageMaker training -> quality gate -> endpoint")
     functions = [ingest.preprocess, inference.predict, inference.complete, pipeline.prepare, pipeline.evaluate,

@@ -38,6 +38,7 @@ ENV_ENDPOINT_INSTANCE_TYPE = "ENDPOINT_INSTANCE_TYPE"
 ENV_ASYNC_OUTPUT_URI = "ASYNC_OUTPUT_URI"
 ENV_RESOURCE_PREFIX = "RESOURCE_PREFIX"
 """The stage's SageMaker name prefix (:func:`resource_prefix`): the only models and configurations touched."""
+ENV_SOURCE_STATE_TABLE = "SOURCE_STATE_TABLE"
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
 METRICS_NAMESPACE = "CxrServerless"
 
@@ -84,7 +85,9 @@ PREDICTIONS_TABLE = Table("PredictionsTable", ENV_PREDICTIONS_TABLE, partition_k
 """Generic key names so the predict Lambda shapes its records (source object / version) freely."""
 IDEMPOTENCY_TABLE = Table("IdempotencyTable", ENV_IDEMPOTENCY_TABLE, partition_key="id", ttl_attribute="expiration")
 """The key and TTL attribute names Powertools' DynamoDB idempotency layer uses by default."""
-TABLES: dict[str, Table] = {t.id: t for t in (PREDICTIONS_TABLE, IDEMPOTENCY_TABLE)}
+SOURCE_STATE_TABLE = Table("SourceStateTable", ENV_SOURCE_STATE_TABLE, partition_key="pk", sort_key="sk")
+"""One current outcome per source key, and identical-pixel groups (lambdas.domain.source_state)."""
+TABLES: dict[str, Table] = {t.id: t for t in (PREDICTIONS_TABLE, IDEMPOTENCY_TABLE, SOURCE_STATE_TABLE)}
 
 
 ASYNC_RETRIES = 2
@@ -94,12 +97,17 @@ MAX_EVENT_AGE_S = 6 * 3600
 LOG_LEVEL = "INFO"
 
 
+OBJECT_CREATED = "s3:ObjectCreated:*"
+OBJECT_REMOVED = "s3:ObjectRemoved:*"
+
+
 @dataclass(frozen=True)
 class Trigger:
-    """An S3 ``ObjectCreated`` notification: every object under ``prefix`` (no suffix filter)."""
+    """S3 notifications for every object under ``prefix`` (no suffix filter), one configuration per event type."""
 
     bucket: str
     prefix: str
+    events: tuple[str, ...] = (OBJECT_CREATED,)
 
 
 @dataclass(frozen=True)
@@ -129,8 +137,8 @@ PREPROCESS = Function(
     handler="lambdas.preprocess.handler",
     memory_mb=1769,  # one full vCPU: decoding a 30 MB upload is CPU-bound
     timeout_s=60,
-    environment=(ENV_DATA_BUCKET,),
-    trigger=Trigger(DATA, layout.RAW),
+    environment=(ENV_DATA_BUCKET, ENV_SOURCE_STATE_TABLE),
+    trigger=Trigger(DATA, layout.RAW, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # deletes retire outputs too
     service="cxr-preprocess",
 )
 PREDICT = Function(
@@ -139,8 +147,8 @@ PREDICT = Function(
     memory_mb=1769,
     timeout_s=360,  # the endpoint call's worst case with retries (lambdas.aws.endpoint_call_budget_s), plus a minute
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
-                 ENV_UNCERTAINTY_BAND, ENV_ENDPOINT_MODE),
-    trigger=Trigger(INFERENCE, layout.INCOMING),
+                 ENV_UNCERTAINTY_BAND, ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE),
+    trigger=Trigger(INFERENCE, layout.INCOMING, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # a delete retires it
     service="cxr-predict",
 )
 COMPLETE_PREDICTION = Function(
@@ -148,7 +156,7 @@ COMPLETE_PREDICTION = Function(
     handler="lambdas.complete_prediction.handler",
     memory_mb=512,
     timeout_s=60,
-    environment=(ENV_PREDICTIONS_TABLE, ENV_UNCERTAINTY_BAND),
+    environment=(ENV_PREDICTIONS_TABLE, ENV_UNCERTAINTY_BAND, ENV_SOURCE_STATE_TABLE),
     trigger=Trigger(INFERENCE, layout.ASYNC_OUTPUT),
     service="cxr-predict",  # the same predictions, so the same metrics the dashboard reads
 )
@@ -160,7 +168,7 @@ PREPARE_DATASET = Function(
     handler="lambdas.prepare_dataset.handler",
     memory_mb=1024,
     timeout_s=600,  # lists and splits every processed image of a dataset
-    environment=(ENV_DATA_BUCKET,),
+    environment=(ENV_DATA_BUCKET, ENV_SOURCE_STATE_TABLE),
     service="cxr-prepare-dataset",
 )
 EVALUATE_MODEL = Function(

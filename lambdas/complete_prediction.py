@@ -2,10 +2,12 @@
 
 The predict function queued the request (:func:`lambdas.predict.submit_async`) with what the record
 needs in ``async-requests/<id>.json``; the endpoint writes its answer to ``async-output/<id>.out``,
-whose S3 event lands here. The record, ``predictions/<key>.json`` and the DynamoDB item, is written
-by the very function the synchronous path uses, so the contract is one. A failure the endpoint
-writes under ``async-output/failures/`` is raised: Lambda retries, then the event waits in the
-dead-letter queue and the error alarm fires, as a synchronous model error ends.
+whose S3 event lands here. The version's DynamoDB item is written by the very function the
+synchronous path uses, so the contract is one; then the ``incoming/`` key is derived again, under
+its lease, as the predict function derives it: ``predictions/<key>.json`` becomes current only if
+that version is still the key's current one (a newer upload or a delete has its own outcome). A
+failure the endpoint writes under ``async-output/failures/`` is raised: Lambda retries, then the
+event waits in the dead-letter queue and the error alarm fires, as a synchronous model error ends.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
 from lambdas import aws, predict, s3io
 from lambdas.domain import layout
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
+from lambdas.state_store import SourceRef, handle
 
-logger, metrics = predict.logger, predict.metrics  # one service: the predictions are the predict function's
+logger = predict.logger  # one service: the predictions are the predict function's
 
 
 class AsyncInferenceFailed(RuntimeError):
@@ -32,12 +34,12 @@ class UnknownAsyncResult(RuntimeError):
     """A result without the request it answers (written by something other than the predict function)."""
 
 
-@metrics.log_metrics
 @logger.inject_lambda_context(log_event=False)
 @event_source(data_class=S3Event)
 def handler(event: S3Event, context) -> dict:
     settings = Settings.from_env()
-    settings.require("predictions_table")
+    settings.require("predictions_table", "source_state_table")
+    predictions = predict.Predictions(settings, context, submits=False)
     outcomes = {"predicted": 0, "skipped": 0}
     for record in event.records:
         result = SourceObject.from_record(record)
@@ -47,21 +49,24 @@ def handler(event: S3Event, context) -> dict:
         if result.key.startswith(layout.ASYNC_FAILURES):
             raise AsyncInferenceFailed(f"the endpoint failed a request ({layout.file_name(result.key)}): "
                                        f"{_read(result)[:500].decode(errors='replace')}")
-        complete(result, _landed_at(record.event_time), settings)
+        prediction = complete(result, _landed_at(record.event_time), settings)
+        source = prediction["source"]
+        handle(predictions.store, SourceRef(source["bucket"], source["key"]), "", predictions.derive, context)
+        predictions.latencies.append(prediction["latency_ms"]["total"])
         outcomes["predicted"] += 1
-    metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=outcomes["predicted"])
+    predict.publish(outcomes, predictions.latencies)
     return outcomes
 
 
 def complete(result: SourceObject, landed_at: float, settings: Settings) -> dict:
-    """Record the prediction one result object answers; returns the record."""
+    """Record the prediction one result object answers (the version's DynamoDB item); returns the record."""
     name = layout.file_name(result.key)
     request = name.removesuffix(predict.ASYNC_RESULT_SUFFIX)
     context = s3io.read_json(result.bucket, predict.request_key(request))
     if name == request or context is None:
         raise UnknownAsyncResult(f"no request {predict.request_key(request)} for the result {name}")
     source = context["source"]
-    obj = SourceObject(source["bucket"], source["key"], source["size"], source["version_id"], context["sequencer"])
+    obj = SourceObject(source["bucket"], source["key"], source["size"], source["version_id"], "")
     answer = predict.parse_answer(_read(result))
     latency = {"endpoint": round(1000 * (landed_at - context["submitted_at"]), 1),
                "total": round(1000 * (time.time() - context["started_at"]), 1)}

@@ -1,12 +1,15 @@
-"""Predict Lambda: S3 ``incoming/`` uploads -> endpoint -> ``predictions/<key>.json`` and a DynamoDB record.
+"""Predict Lambda: S3 ``incoming/`` events -> one current outcome per key: predicted, rejected, submitted, deleted.
 
 The image goes through the one normaliser before the endpoint sees it (bad input gets
 ``rejected/<key>.error.json``, the original stays). The endpoint's name is read from SSM, so a
-newly deployed model needs no change here. Each (bucket, key, version) is predicted once:
-Powertools idempotency on DynamoDB absorbs duplicate deliveries, and S3 sequencers decide which
-version's prediction ``predictions/<key>.json`` shows when events arrive out of order.
-Throttling and endpoint errors are retried by botocore, then raised so Lambda retries the event
-and finally hands it to the on-failure destination.
+newly deployed model needs no change here. As in ingest (:mod:`lambdas.domain.source_state`), any
+event for a key, created or removed, means "derive this key from its current version" under the
+key's lease in the source-state table: ``predictions/<key>.json`` and ``rejected/<key>.error.json``
+are never both current, and the previous outcome is tombstoned. Each (bucket, key, version) is sent
+to the endpoint once (Powertools idempotency on DynamoDB, and the record of the version reused);
+the DynamoDB item per version is the audit trail and is never retired. Throttling and endpoint
+errors are retried by botocore, then raised so Lambda retries the event and finally hands it to
+the on-failure destination.
 
 An asynchronous endpoint (``ENDPOINT_MODE=async``) takes only ``InvokeEndpointAsync`` with the input
 in S3: the PNG goes to ``async-input/``, what the record needs to ``async-requests/``, and
@@ -23,8 +26,8 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.idempotency import (
@@ -37,12 +40,13 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from lambdas import aws, s3io
-from lambdas.domain import imaging, layout
+from lambdas.domain import imaging, layout, source_state
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
+from lambdas.state_store import SourceRef, StateStore, handle
 
 logger = Logger(service="cxr-predict")
-metrics = Metrics(namespace="CxrServerless", service="cxr-predict")
+METRICS_NAMESPACE, SERVICE = "CxrServerless", "cxr-predict"
 IDEMPOTENCY = IdempotencyConfig(event_key_jmespath="[bucket, key, version_id]", expires_after_seconds=7 * 24 * 3600)
 ENDPOINT_CACHE_SECONDS = 60
 ENDPOINT_ERROR_CODES = frozenset({"ModelError", "ModelNotReadyException", "InternalDependencyException"})
@@ -54,34 +58,114 @@ class EndpointResponseError(RuntimeError):
     """The endpoint answered with something that is not a prediction: retried, then dead-lettered."""
 
 
-@metrics.log_metrics
 @logger.inject_lambda_context(log_event=False)
 @event_source(data_class=S3Event)
 def handler(event: S3Event, context) -> dict:
     settings = Settings.from_env()
-    settings.require("predictions_table", "idempotency_table", "endpoint_parameter")
+    settings.require("predictions_table", "idempotency_table", "endpoint_parameter", "source_state_table")
     IDEMPOTENCY.register_lambda_context(context)
-    outcomes = {"predicted": 0, "submitted": 0, "rejected": 0, "skipped": 0, "transient": 0}
+    predictions = Predictions(settings, context)
+    outcomes = dict.fromkeys(("predicted", "submitted", "rejected", "removed", source_state.DUPLICATE,
+                              source_state.SUPERSEDED, source_state.DEFERRED, "skipped", "transient"), 0)
     for record in event.records:
         source = SourceObject.from_record(record)
-        if not record.event_name.startswith("ObjectCreated") or not source.key.startswith(layout.INCOMING):
+        if not record.event_name.startswith(("ObjectCreated", "ObjectRemoved")) or not source.key.startswith(
+                layout.INCOMING) or source.key.endswith("/"):
             outcomes["skipped"] += 1
             continue
         try:
-            predict_once = _idempotent_predict(settings.idempotency_table)
-            result = predict_once(source=source.describe() | {"sequencer": source.sequencer})
+            outcome = handle(predictions.store, SourceRef(source.bucket, source.key), source.sequencer,
+                             predictions.derive, context)
         except Exception as exc:
             if not _retriable(exc):
                 raise
             outcomes["transient"] += 1
             logger.warning("prediction will be retried", key_ref=source.ref, error=type(exc).__name__)
             continue
-        outcomes[result["status"]] += 1
-    metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=outcomes["predicted"])
-    metrics.add_metric(name="PredictionsRejected", unit=MetricUnit.Count, value=outcomes["rejected"])
+        outcomes[COUNTED.get(outcome, outcome)] += 1
+    publish(outcomes, predictions.latencies)
     if outcomes["transient"]:
         raise aws.TransientError(f"{outcomes['transient']} record(s) failed transiently; completed ones are idempotent")
     return outcomes
+
+
+COUNTED = {source_state.PREDICTED: "predicted", source_state.SUBMITTED: "submitted",
+           source_state.REJECTED: "rejected", source_state.DELETED: "removed"}
+"""Outcome kind -> the handler's count for it."""
+
+
+def publish(outcomes: dict, latencies: list[float]) -> None:
+    """The invocation's counts and latencies as one EMF document, from a metric set of its own (reentrant)."""
+    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    for name, metric in (("predicted", "Predictions"), ("rejected", "PredictionsRejected"),
+                         (source_state.DUPLICATE, "DuplicateEvents"), (source_state.SUPERSEDED, "SupersededEvents")):
+        if name in outcomes:
+            metrics.add_metric(name=metric, unit=MetricUnit.Count, value=outcomes[name])
+    for latency in latencies:
+        metrics.add_metric(name="PredictLatency", unit=MetricUnit.Milliseconds, value=latency)
+    metrics.flush_metrics()
+
+
+class Predictions:
+    """One invocation's view of the source-state table, the idempotent endpoint call and the settings.
+
+    ``submits``: whether deriving a key may send its current version to the endpoint (the predict
+    function); CompletePrediction only records results that landed and leaves new versions to it.
+    """
+
+    def __init__(self, settings: Settings, context, submits: bool = True):
+        self.settings, self.context, self.submits = settings, context, submits
+        self.store = StateStore(settings.source_state_table)
+        self.latencies: list[float] = []
+
+    def derive(self, ref: SourceRef, previous: dict | None) -> dict:
+        """The key's outcome from its current version; writes what it owns, tombstones what it no longer owns."""
+        current = s3io.current_version(ref.bucket, ref.key)
+        record = (_removed(ref) if current is None else
+                  self._outcome(SourceObject(ref.bucket, ref.key, current.size, current.version_id, ""), previous))
+        if record["outcome"] == source_state.PREDICTED:
+            s3io.put_json(ref.bucket, layout.prediction_key(ref.key), record["prediction"])
+        elif record["outcome"] == source_state.REJECTED:
+            s3io.put_json(ref.bucket, layout.rejected_key(ref.key), source_state.error_document(record))
+        if previous is not None:
+            for name in set(source_state.outputs(previous)) - set(source_state.outputs(record)):
+                s3io.tombstone(ref.bucket, name)
+        logger.info(record["outcome"], key_ref=layout.key_ref(ref.bucket, ref.key), outcome=record["outcome"],
+                    reason=record.get("reason"))
+        return record
+
+    def _outcome(self, obj: SourceObject, previous: dict | None) -> dict:
+        """One version, one outcome: a version already predicted or rejected is not sent again."""
+        source = obj.describe()
+        same = previous is not None and previous["source"].get("version_id") == obj.version_id
+        if same and previous["outcome"] in (source_state.PREDICTED, source_state.REJECTED):
+            return previous
+        if (same and previous["outcome"] == source_state.SUBMITTED) or not self.submits:
+            # only an asynchronous result that has landed can change it; new versions are the predict function's
+            return _completed(source, self.settings) or previous or {"outcome": source_state.SUBMITTED,
+                                                                     "source": source}
+        result = _idempotent_predict(self.settings.idempotency_table)(source=source)
+        if result["status"] == "rejected":
+            return {"outcome": source_state.REJECTED, "source": source, "reason": result["reason"],
+                    "message": result["message"]}
+        if result["status"] == "submitted":
+            return _completed(source, self.settings) or {"outcome": source_state.SUBMITTED, "source": source}
+        self.latencies.append(result["prediction"]["latency_ms"]["total"])
+        return {"outcome": source_state.PREDICTED, "source": source, "prediction": result["prediction"]}
+
+
+def _removed(ref: SourceRef) -> dict:
+    return {"outcome": source_state.DELETED, "source": {"bucket": ref.bucket, "key": ref.key, "version_id": None,
+                                                         "size": 0}}
+
+
+def _completed(source: dict, settings: Settings) -> dict | None:
+    """The predicted record of a version whose asynchronous result has landed (its DynamoDB item), if it has."""
+    item = aws.client("dynamodb").get_item(TableName=settings.predictions_table, ConsistentRead=True, Key={
+        "pk": {"S": f"{source['bucket']}/{source['key']}"}, "sk": {"S": source["version_id"] or "null"}}).get("Item")
+    if item is None:
+        return None
+    return {"outcome": source_state.PREDICTED, "source": source, "prediction": json.loads(item["record"]["S"])}
 
 
 @functools.cache
@@ -94,27 +178,23 @@ def _idempotent_predict(table_name: str):
 
 
 def predict_object(source: dict) -> dict:
-    """Normalise, predict and record one uploaded object; returns a small status summary."""
+    """Normalise and predict one version, or queue it: ``rejected``, ``predicted`` (with the record), ``submitted``."""
     settings = Settings.from_env()
-    obj = SourceObject(source["bucket"], source["key"], source["size"], source["version_id"], source["sequencer"])
+    obj = SourceObject(source["bucket"], source["key"], source["size"], source["version_id"], "")
     started, started_at = time.perf_counter(), time.time()
     try:
         imaging.check_upload_size(obj.size, settings.max_upload_bytes)
         image = imaging.normalise(s3io.download(obj.bucket, obj.key, obj.version_id))
     except imaging.RejectedImage as exc:
-        document = {"source": obj.describe(), "reason": exc.code, "message": exc.message}
-        s3io.put_json_if_newest(obj.bucket, layout.rejected_key(obj.key), document, obj.sequencer)
-        logger.info("rejected", key_ref=obj.ref, reason=exc.code, outcome="rejected")
-        return {"status": "rejected", "reason": exc.code}
+        return {"status": "rejected", "reason": exc.code, "message": exc.message}
     endpoint = parameters.get_parameter(settings.endpoint_parameter, max_age=ENDPOINT_CACHE_SECONDS)
     if os.environ.get("ENDPOINT_MODE") == "async":
         submit_async(obj, endpoint, image.png, started_at)
-        logger.info("submitted", key_ref=obj.ref, outcome="submitted")
         return {"status": "submitted"}
     body, endpoint_ms = invoke_endpoint(endpoint, image.png)
     latency = {"endpoint": endpoint_ms, "total": round(1000 * (time.perf_counter() - started), 1)}
-    prediction = record_prediction(obj, parse_answer(body), endpoint, settings, latency)
-    return {"status": "predicted", "label": prediction["label"]}
+    return {"status": "predicted", "prediction": record_prediction(obj, parse_answer(body), endpoint, settings,
+                                                                   latency)}
 
 
 def invoke_endpoint(endpoint: str, png: bytes) -> tuple[bytes, float]:
@@ -150,8 +230,7 @@ def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float
     """
     request = request_id(obj)
     s3io.put_json(obj.bucket, request_key(request), {
-        "source": obj.describe(), "sequencer": obj.sequencer, "endpoint": endpoint, "started_at": started_at,
-        "submitted_at": time.time(),
+        "source": obj.describe(), "endpoint": endpoint, "started_at": started_at, "submitted_at": time.time(),
     })
     input_key = f"{layout.ASYNC_INPUT}{request}.png"
     aws.client("s3").put_object(Bucket=obj.bucket, Key=input_key, Body=png, ContentType="image/png")
@@ -179,14 +258,13 @@ def parse_answer(body: bytes) -> dict:
 
 
 def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: Settings, latency: dict) -> dict:
-    """Write ``predictions/<key>.json`` (unless a newer version wrote it) and the DynamoDB item: both modes end here."""
+    """The version's DynamoDB item (the audit trail), which both modes write; ``predictions/<key>.json`` is the
+    key's current outcome, written when the key is derived."""
     prediction = prediction_record(obj, answer, endpoint, settings.uncertainty_band)
     prediction["latency_ms"] = latency
-    s3io.put_json_if_newest(obj.bucket, layout.prediction_key(obj.key), prediction, obj.sequencer)
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
-    metrics.add_metric(name="PredictLatency", unit=MetricUnit.Milliseconds, value=latency["total"])
-    logger.info("predicted", key_ref=obj.ref, label=prediction["label"], outcome="predicted",
-                refer=prediction["refer_to_radiologist"], latency_ms=latency)
+    logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
+                latency_ms=latency)
     return prediction
 
 

@@ -1,7 +1,9 @@
 """PrepareDataset Lambda (training pipeline): processed images -> split manifests for the training job.
 
-Input ``{"run_id", "dataset"[, "validation_fraction", "test_fraction", "seed"]}``. Reads every
-``processed/<dataset>/**.json`` sidecar written by ingest, splits with :mod:`lambdas.domain.splits`
+Input ``{"run_id", "dataset"[, "validation_fraction", "test_fraction", "seed"]}``. Reads the dataset's
+current source records from the source-state table (page by page; never a bucket listing, which
+would also find superseded outputs), keeps what :func:`lambdas.domain.source_state.training_view`
+allows (processed, identical pixels once, no label conflict), splits with :mod:`lambdas.domain.splits`
 and writes, for each of train/validation/test, ``manifests/<run>/<split>.jsonl`` (one record per
 image) and ``manifests/<run>/<split>.manifest`` (a SageMaker ``ManifestFile``: the PNGs plus the
 jsonl, so a channel lands as ``<channel>/<key>``), then ``manifests/<run>/summary.json``.
@@ -12,16 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 from aws_lambda_powertools import Logger
 
 from lambdas import aws
-from lambdas.domain import labels, layout, splits
+from lambdas.domain import labels, layout, source_state, splits
+from lambdas.state_store import StateStore
 
 logger = Logger(service="cxr-prepare-dataset")
-
-READ_THREADS = 32  # sidecars are small: the listing is latency-bound, not bandwidth-bound
 
 
 class DatasetError(ValueError):
@@ -60,32 +60,18 @@ def build_summary(result: splits.SplitResult, dataset: str, run_id: str, classes
     }
 
 
-def load_items(bucket: str, dataset: str) -> list[splits.Item]:
-    """Every accepted image of the dataset, from the sidecars ingest writes after each PNG."""
-    s3 = aws.client("s3")
-    prefix = f"{layout.PROCESSED}{dataset}/"
-    sidecars = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        sidecars += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
-
-    def read(key: str) -> splits.Item:
-        meta = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        return splits.Item(
-            key=meta.get("processed_key") or key.removesuffix(".json") + ".png",
-            label=meta["label"],
-            patient_id=meta.get("patient_id"),
-            content_hash=meta["content_hash"],
-            user_split=meta.get("split"),
-        )
-
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        return list(pool.map(read, sidecars))
+def load_items(table: str, bucket: str, dataset: str) -> list[splits.Item]:
+    """The images a run may train on: the dataset's current records, as the source-state table holds them."""
+    view = source_state.training_view(StateStore(table).records(source_state.dataset_partition(bucket, dataset)))
+    return [splits.Item(key=i.key, label=i.label, patient_id=i.patient_id, content_hash=i.content_hash,
+                        user_split=i.split) for i in view]
 
 
-def prepare(bucket: str, run_id: str, dataset: str, validation_fraction=0.15, test_fraction=0.15, seed=0) -> dict:
-    items = load_items(bucket, dataset)
+def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fraction=0.15, test_fraction=0.15,
+            seed=0) -> dict:
+    items = load_items(table, bucket, dataset)
     if not items:
-        raise DatasetError(f"no processed images under {layout.PROCESSED}{dataset}/: upload a dataset first")
+        raise DatasetError(f"no processed images in dataset {dataset!r} (raw/{dataset}/): upload a dataset first")
     classes = labels.class_set({i.label for i in items})
     if len(classes) < 2:
         raise DatasetError(f"the dataset has a single class {classes}: at least two are needed")
@@ -121,9 +107,9 @@ def prepare(bucket: str, run_id: str, dataset: str, validation_fraction=0.15, te
 
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict, context) -> dict:
-    bucket = os.environ["DATA_BUCKET"]
     output = prepare(
-        bucket,
+        os.environ["SOURCE_STATE_TABLE"],
+        os.environ["DATA_BUCKET"],
         run_id=str(event["run_id"]),
         dataset=str(event["dataset"]),
         validation_fraction=float(event.get("validation_fraction", 0.15)),

@@ -1,103 +1,174 @@
-"""Preprocess Lambda: S3 ``raw/`` uploads -> labelled, normalised ``processed/`` PNGs, or quarantine.
+"""Preprocess Lambda: S3 ``raw/`` events -> one current outcome per key: a processed image, quarantine, or deleted.
 
-Nothing a user uploads is ever lost: the original stays in ``raw/`` and every rejection leaves
-``quarantine/<key>.error.json`` with a reason. Bad images are permanent errors (recorded, not
-raised, so Lambda does not retry them); AWS throttling and timeouts are raised so it does.
-Outputs are content-addressed and written with deterministic tie-breaks, so duplicate and
-reordered deliveries converge on the same final state.
+Any event for a key (created or removed, in any order, delivered any number of times) means
+"derive this key again from its current version"; the rules and why are in
+:mod:`lambdas.domain.source_state`. A processed key owns ``processed/<dataset>/<label>/<id>.png``
+and its ``.json`` sidecar; a rejected one owns ``quarantine/<key>.error.json`` with the reason;
+a deleted one owns nothing. Outputs of an older outcome are tombstoned; the original stays in
+``raw/``. Bad images are recorded, not raised (no retry); AWS throttling and timeouts are raised
+so that Lambda retries the event.
 """
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
 from lambdas import aws, s3io
-from lambdas.domain import imaging, layout
+from lambdas.domain import imaging, layout, source_state
 from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
+from lambdas.domain.source_state import Claim
 from lambdas.s3io import SourceObject
+from lambdas.state_store import SourceRef, StateStore, handle, reconcile
 
 logger = Logger(service="cxr-preprocess")
-metrics = Metrics(namespace="CxrServerless", service="cxr-preprocess")
+METRICS_NAMESPACE, SERVICE = "CxrServerless", "cxr-preprocess"
+
+COUNTED = {source_state.PROCESSED: "accepted", source_state.QUARANTINED: "rejected",
+           source_state.DELETED: "removed"}
+"""Outcome kind -> the handler's count (and metric) for it."""
+METRICS = {"accepted": "ImagesAccepted", "rejected": "ImagesRejected", "removed": "ImagesRemoved",
+           source_state.DUPLICATE: "DuplicateEvents", source_state.SUPERSEDED: "SupersededEvents"}
 
 
-@metrics.log_metrics
 @logger.inject_lambda_context(log_event=False)
 @event_source(data_class=S3Event)
 def handler(event: S3Event, context) -> dict:
     settings = Settings.from_env()
-    outcomes = {"accepted": 0, "rejected": 0, "skipped": 0, "transient": 0}
+    settings.require("source_state_table")
+    ingest = Ingest(StateStore(settings.source_state_table), settings, context)
+    outcomes = dict.fromkeys(("accepted", "rejected", "removed", source_state.DUPLICATE, source_state.SUPERSEDED,
+                              source_state.DEFERRED, "skipped", "transient"), 0)
     for record in event.records:
         source = SourceObject.from_record(record)
-        if not record.event_name.startswith("ObjectCreated") or source.key.endswith("/"):
+        if not record.event_name.startswith(("ObjectCreated", "ObjectRemoved")) or not source.key.startswith(
+                layout.RAW) or source.key.endswith("/"):
             outcomes["skipped"] += 1
             continue
         try:
-            outcomes[process(source, settings)] += 1
+            outcomes[ingest.handle(source)] += 1
         except Exception as exc:
             if not aws.is_transient(exc):
                 raise
             outcomes["transient"] += 1
             logger.warning("transient AWS error, the event will be retried", key_ref=source.ref, error=str(exc))
-    metrics.add_metric(name="ImagesAccepted", unit=MetricUnit.Count, value=outcomes["accepted"])
-    metrics.add_metric(name="ImagesRejected", unit=MetricUnit.Count, value=outcomes["rejected"])
+    _publish(outcomes)
     if outcomes["transient"]:
-        # Whole-event retry is safe: finished records rewrite identical content-addressed objects.
+        # Whole-event retry is safe: finished records count as duplicates and do no work.
         raise aws.TransientError(f"{outcomes['transient']} record(s) hit transient AWS errors")
     return outcomes
 
 
-def process(source: SourceObject, settings: Settings) -> str:
-    """Handle one uploaded object; returns ``accepted``, ``rejected`` or ``skipped``."""
+def _publish(outcomes: dict) -> None:
+    """The invocation's counts as one EMF document, from a metric set of its own (the handler is reentrant)."""
+    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    for name, metric in METRICS.items():
+        metrics.add_metric(name=metric, unit=MetricUnit.Count, value=outcomes[name])
+    metrics.flush_metrics()
+
+
+class Ingest:
+    """One invocation's view of the state table and settings."""
+
+    def __init__(self, store: StateStore, settings: Settings, context):
+        self.store, self.settings, self.context = store, settings, context
+
+    def handle(self, source: SourceObject) -> str:
+        """One event: its count (``accepted``, ``rejected``, ``removed``, duplicate, superseded or deferred)."""
+        outcome = handle(self.store, SourceRef(source.bucket, source.key), source.sequencer, self.derive,
+                         self.context)
+        if outcome not in COUNTED:
+            logger.info("no new work", key_ref=source.ref, outcome=outcome)
+        return COUNTED.get(outcome, outcome)
+
+    def derive(self, ref: SourceRef, previous: dict | None) -> dict:
+        """The key's outcome from its current version; writes what it owns and retires what it no longer owns."""
+        current = s3io.current_object(ref.bucket, ref.key)
+        if current is None:
+            record, png = _deleted(ref), None
+        else:
+            try:
+                record, png = _examine(ref, current, self.settings)
+            finally:
+                current.close()
+        record, peers = self._settle_claims(ref, previous, record)
+        if record["outcome"] == source_state.PROCESSED:
+            s3io.put_png(ref.bucket, record["image"]["processed_key"], png)
+            s3io.put_json(ref.bucket, record["image"]["metadata_key"], source_state.sidecar(record))  # after the PNG
+        elif record["outcome"] == source_state.QUARANTINED:
+            s3io.put_json(ref.bucket, layout.quarantine_key(ref.key), source_state.error_document(record))
+        if previous is not None:
+            for name in set(source_state.outputs(previous)) - set(source_state.outputs(record)):
+                s3io.tombstone(ref.bucket, name)
+        for peer in sorted(peers):  # identical pixels elsewhere: their outcome may have changed with ours
+            peer_ref = SourceRef(ref.bucket, peer)
+            self.store.nudge(peer_ref)
+            reconcile(self.store, peer_ref, self.derive, self.context)
+        logger.info(record["outcome"], key_ref=layout.key_ref(ref.bucket, ref.key), outcome=record["outcome"],
+                    reason=record.get("reason"))
+        return record
+
+    def _settle_claims(self, ref: SourceRef, previous: dict | None, record: dict) -> tuple[dict, set[str]]:
+        """Register the record's pixels, withdraw its older claim; quarantine it if labels disagree.
+
+        Returns the record (quarantined as ``conflicting_labels`` when so decided) and the keys to nudge.
+        """
+        old, new = (previous or {}).get("claim"), record.get("claim")
+        peers: set[str] = set()
+        if old and old != new:
+            peers |= set(self.store.unclaim(ref, old["content_hash"]))
+        if not new:
+            return record, peers
+        claims = self.store.claim(ref, new["content_hash"], Claim(new["label"], new["authority"]))
+        if old != new:
+            peers |= set(claims) - {ref.key}
+        verdict = source_state.resolve_group(claims)[ref.key]
+        if not verdict.trains:
+            record = {**record, "outcome": source_state.QUARANTINED, "reason": verdict.reason,
+                      "message": verdict.message(new["label"]), "conflicts_with": list(verdict.others)}
+        return record, peers
+
+
+def _deleted(ref: SourceRef) -> dict:
+    return {"outcome": source_state.DELETED, "source": {"bucket": ref.bucket, "key": ref.key, "version_id": None,
+                                                         "size": 0}}
+
+
+def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) -> tuple[dict, bytes | None]:
+    """Processed or quarantined, for the key's current version; the PNG when processed."""
+    source = {"bucket": ref.bucket, "key": ref.key, "version_id": current.version_id, "size": current.size}
     try:
-        dataset, info = layout.parse_raw_key(source.key)
-        imaging.check_upload_size(source.size, settings.max_upload_bytes)
-        image = imaging.normalise(s3io.download(source.bucket, source.key, source.version_id))
+        dataset, info = layout.parse_raw_key(ref.key)
+        imaging.check_upload_size(current.size, settings.max_upload_bytes)
+        image = imaging.normalise(current.read())
     except imaging.RejectedImage as exc:
-        return _quarantine(source, exc.code, exc.message)
+        return _quarantined(source, exc.code, exc.message), None
     except (layout.KeyLayoutError, UnlabelledError) as exc:
-        return _quarantine(source, "unlabelled", str(exc))
+        return _quarantined(source, "unlabelled", str(exc)), None
+    image_id = source_state.output_id(ref.key, image.content_hash)
+    authority = source_state.REVIEW if current.metadata.get(source_state.REVIEW_METADATA) else source_state.FOLDER
     record = {
-        "source": source.describe(),
-        "dataset": dataset,
-        "label": info.label,
-        "patient_id": info.patient_id,
-        "split": info.split,
-        "image_id": image.image_id,
-        "content_hash": image.content_hash,
-        "processed_key": layout.processed_key(dataset, info.label, image.image_id),
-        "stored": {"width": image.width, "height": image.height, "format": "PNG", "mode": "L"},
-        "original": {
-            "width": image.original_width,
-            "height": image.original_height,
-            "format": image.original_format,
-            "mode": image.original_mode,
+        "outcome": source_state.PROCESSED,
+        "source": source,
+        "image": {
+            "dataset": dataset,
+            "label": info.label,
+            "patient_id": info.patient_id,
+            "split": info.split,
+            "image_id": image_id,
+            "content_hash": image.content_hash,
+            "processed_key": layout.processed_key(dataset, info.label, image_id),
+            "metadata_key": layout.processed_metadata_key(dataset, info.label, image_id),
+            "stored": {"width": image.width, "height": image.height, "format": "PNG", "mode": "L"},
+            "original": {"width": image.original_width, "height": image.original_height,
+                         "format": image.original_format, "mode": image.original_mode},
         },
+        "claim": {"content_hash": image.content_hash, "label": info.label, "authority": authority},
     }
-    metadata_key = layout.processed_metadata_key(dataset, info.label, image.image_id)
-    existing = s3io.read_json(source.bucket, metadata_key)
-    if existing is not None and _source_rank(existing["source"]) <= _source_rank(record["source"]):
-        logger.info("already processed", key_ref=source.ref, image_id=image.image_id, outcome="duplicate")
-        return "accepted"
-    s3 = aws.client("s3")
-    s3.put_object(Bucket=source.bucket, Key=record["processed_key"], Body=image.png, ContentType="image/png")
-    s3io.put_json(source.bucket, metadata_key, record)  # written last: its presence means the PNG is complete
-    logger.info("accepted", key_ref=source.ref, label=info.label, image_id=image.image_id, outcome="accepted")
-    return "accepted"
+    return record, image.png
 
 
-def _quarantine(source: SourceObject, code: str, message: str) -> str:
-    """Record why an object was rejected; the newest S3 event for a key wins, whatever the delivery order."""
-    document = {"source": source.describe(), "reason": code, "message": message}
-    if not s3io.put_json_if_newest(source.bucket, layout.quarantine_key(source.key), document, source.sequencer):
-        logger.info("older rejection ignored", key_ref=source.ref, reason=code, outcome="rejected")
-        return "rejected"
-    logger.info("rejected", key_ref=source.ref, reason=code, outcome="rejected")
-    return "rejected"
-
-
-def _source_rank(source: dict) -> tuple[str, str]:
-    """Deterministic choice between different uploads with identical pixels: the smallest key wins."""
-    return (source["key"], source.get("version_id") or "")
+def _quarantined(source: dict, code: str, message: str) -> dict:
+    return {"outcome": source_state.QUARANTINED, "source": source, "reason": code, "message": message}

@@ -1,4 +1,4 @@
-"""S3 reads and writes the handlers share: JSON records, versioned downloads, newest-event-wins writes."""
+"""S3 reads and writes the handlers share: JSON records, current and versioned reads, tombstones."""
 
 from __future__ import annotations
 
@@ -43,6 +43,60 @@ class SourceObject:
         return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "size": self.size}
 
 
+@dataclass(frozen=True)
+class CurrentObject:
+    """A key's current version, its body not yet read (a too-large upload is refused from its size)."""
+
+    version_id: str | None
+    size: int
+    metadata: dict[str, str]
+    body: object
+
+    def read(self) -> bytes:
+        return self.body.read()
+
+    def close(self) -> None:
+        """Let go of the connection when the body was never read (a rejected key or size)."""
+        self.body.close()
+
+
+def current_object(bucket: str, key: str) -> CurrentObject | None:
+    """The key's current version (GetObject without a version id), or None when it is deleted or gone."""
+    try:
+        response = aws.client("s3").get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if aws.is_missing(exc):  # a delete marker answers 404 NoSuchKey, as does a key that never was
+            return None
+        raise
+    version = response.get("VersionId")
+    return CurrentObject(version_id=None if version in (None, "null") else version,
+                         size=int(response.get("ContentLength", 0)), metadata=response.get("Metadata", {}),
+                         body=response["Body"])
+
+
+@dataclass(frozen=True)
+class CurrentVersion:
+    version_id: str | None
+    size: int
+
+
+def current_version(bucket: str, key: str) -> CurrentVersion | None:
+    """The key's current version as HeadObject sees it (nothing read), or None when it is deleted or gone."""
+    try:
+        head = aws.client("s3").head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if aws.is_missing(exc):  # a delete marker answers 404, as does a key that never was
+            return None
+        raise
+    version = head.get("VersionId")
+    return CurrentVersion(None if version in (None, "null") else version, int(head.get("ContentLength", 0)))
+
+
+def tombstone(bucket: str, key: str) -> None:
+    """Retire an output: a delete without a version id, so a versioned bucket keeps every version."""
+    aws.client("s3").delete_object(Bucket=bucket, Key=key)
+
+
 def download(bucket: str, key: str, version_id: str | None) -> bytes:
     """The exact version the event announced; a vanished object is a permanent rejection."""
     kwargs = {"Bucket": bucket, "Key": key}
@@ -73,18 +127,5 @@ def put_json(bucket: str, key: str, document: dict) -> None:
     aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
 
 
-def put_json_if_newest(bucket: str, key: str, document: dict, sequencer: str) -> bool:
-    """Write ``document`` (stamped with the S3 event's sequencer) unless a newer event already wrote ``key``.
-
-    Makes the final state independent of the order in which S3 delivers events for one key.
-    """
-    existing = read_json(bucket, key)
-    if existing is not None and sequencer_rank(existing.get("sequencer", "")) > sequencer_rank(sequencer):
-        return False
-    put_json(bucket, key, {**document, "sequencer": sequencer})
-    return True
-
-
-def sequencer_rank(sequencer: str) -> str:
-    """S3's rule for one key's sequencers: right-pad the shorter with zeros, then compare as strings."""
-    return sequencer.upper().ljust(64, "0")
+def put_png(bucket: str, key: str, png: bytes) -> None:
+    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")

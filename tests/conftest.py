@@ -54,3 +54,13 @@ def lambda_context():
     from cxr.local.context import LambdaContext
 
     return LambdaContext(function_name="preprocess")
+
+
+@pytest.fixture
+def state_table(aws, monkeypatch):
+    """The source-state table, named in the handlers' environment."""
+    from infra import wiring
+    from ingested import create_state_table
+
+    monkeypatch.setenv(wiring.ENV_SOURCE_STATE_TABLE, create_state_table("cxr-source-state"))
+    return "cxr-source-state"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 from cxr import operations, target
@@ -32,14 +33,18 @@ def run(args) -> int:
     if args.direct:
         results = {path: predict_direct(deployment, path) for path in args.files}
     else:
-        prefix = time.strftime("cli-%Y%m%d-%H%M%S/", time.gmtime())
         results = operations.predict_files(deployment.client("s3"), deployment.bucket(wiring.INFERENCE),
-                                           args.files, timeout_s=args.timeout, prefix=prefix)
+                                           args.files, timeout_s=args.timeout, prefix=run_prefix())
     if args.json:
         print(json.dumps([{"file": str(path), **result} for path, result in results.items()], indent=1))
     else:
         print_table(results)
     return 0 if all(r["status"] == "predicted" for r in results.values()) else 1
+
+
+def run_prefix() -> str:
+    """This run's own folder under ``incoming/``: the time for people, a random part so two runs never meet."""
+    return time.strftime("cli-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8] + "/"
 
 
 def predict_direct(deployment: target.Target, path: Path) -> dict:

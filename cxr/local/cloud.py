@@ -15,7 +15,7 @@ from typing import Any
 
 import boto3
 
-from cxr.local import functions, hooks, pipeline
+from cxr.local import functions, hooks, pipeline, removal_events
 from cxr.local.endpoints import AsyncRequest, LocalEndpoints
 from cxr.local.names import ACCOUNT, REGION, LocalNames
 from cxr.local.training import LocalTrainingJobs
@@ -108,6 +108,7 @@ class LocalCloud:
             wiring.ENV_ENDPOINT_INSTANCE_TYPE: config.endpoint_instance_type,
             wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{self.names.bucket(wiring.INFERENCE)}/{wiring.ASYNC_OUTPUT_PREFIX}",
             wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(config.stage),
+            wiring.ENV_SOURCE_STATE_TABLE: self.names.table(wiring.SOURCE_STATE_TABLE),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,
@@ -143,13 +144,14 @@ class LocalCloud:
         for function in wiring.FUNCTIONS.values():
             if function.trigger is None:
                 continue
-            by_bucket.setdefault(function.trigger.bucket, []).append(
+            by_bucket.setdefault(function.trigger.bucket, []).extend(
                 {
-                    "Id": function.id,
+                    "Id": function.id + event.split(":")[1],  # PreprocessObjectCreated, ...
                     "LambdaFunctionArn": self.names.function_arn(function),
-                    "Events": ["s3:ObjectCreated:*"],
+                    "Events": [event],
                     "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": function.trigger.prefix}]}},
                 }
+                for event in function.trigger.events
             )
         s3 = boto3.client("s3", region_name=REGION)
         for role, configurations in by_bucket.items():
@@ -226,7 +228,7 @@ def start(config: Config, workdir: Path):
         try:
             with (functions.environment_applied(dict.fromkeys(REGION_VARIABLES, REGION)),  # as Lambda sets them
                   mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), hooks.installed(cloud),
-                  functions.routed_stdout()):
+                  removal_events.installed(), functions.routed_stdout()):
                 cloud.provision()
                 yield cloud
         finally:

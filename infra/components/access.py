@@ -20,9 +20,12 @@ def allow_objects(
     read: Iterable[str] = (),
     write: Iterable[str] = (),
     list_: Iterable[str] = (),
+    tombstone: Iterable[str] = (),
 ) -> None:
-    """Read (any version), write and list objects of a bucket role under prefixes, with the key uses that implies."""
-    read, write, list_ = list(read), list(write), list(list_)
+    """Read (any version), write, list and tombstone objects of a bucket role under prefixes, with the key uses
+    that implies. Tombstoning is ``s3:DeleteObject`` without ``s3:DeleteObjectVersion``: a delete marker on a
+    versioned bucket, every version kept."""
+    read, write, list_, tombstone = list(read), list(write), list(list_), list(tombstone)
     arn = bucket_arn(bucket, stage)
     role = principal.grant_principal
     if read:
@@ -31,6 +34,9 @@ def allow_objects(
     if write:
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:PutObject"], resources=[f"{arn}/{prefix}*" for prefix in write]))
+    if tombstone:
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:DeleteObject"], resources=[f"{arn}/{prefix}*" for prefix in tombstone]))
     if list_:
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:ListBucket"], resources=[arn],
@@ -43,4 +49,4 @@ def allow_objects(
     acknowledge(role, "Object access is scoped to the key prefixes of infra.wiring / lambdas.domain.layout; object "
                 "names under a prefix are data (dataset, label, content hash), so they cannot be listed in a policy.",
                 *(f"AwsSolutions-IAM5[Resource::{nag_bucket_arn(bucket, stage)}/{prefix}*]"
-                  for prefix in sorted(set(read + write))))
+                  for prefix in sorted(set(read + write + tombstone))))

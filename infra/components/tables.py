@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
@@ -30,3 +31,15 @@ def table(scope: Construct, spec: wiring.Table, *, key: kms.IKey, removal: Remov
     acknowledge(created, "Point-in-time recovery gives continuous backups for 35 days; an AWS Backup plan on top "
                 "is an organisation-level choice this stack does not impose.", "HIPAA.Security-DynamoDBInBackupPlan")
     return created
+
+
+WRITES = frozenset({"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"})
+
+
+def allow_items(principal: iam.IGrantable, table: dynamodb.ITable, key: kms.IKey, *actions: str) -> None:
+    """Item actions on a table, with the uses of its customer-managed key they imply (made through DynamoDB)."""
+    role = principal.grant_principal
+    role.add_to_principal_policy(iam.PolicyStatement(actions=list(actions), resources=[table.table_arn]))
+    key_actions = ["kms:Decrypt", "kms:DescribeKey"] + (["kms:Encrypt", "kms:GenerateDataKey"]
+                                                        if WRITES & set(actions) else [])
+    role.add_to_principal_policy(iam.PolicyStatement(actions=key_actions, resources=[key.key_arn]))

@@ -1,4 +1,4 @@
-"""An S3 ``ObjectCreated`` notification from ``infra.wiring``: a prefix filter only, no suffix."""
+"""S3 notifications from ``infra.wiring``: the trigger's event types, a prefix filter only, no suffix."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ from infra import wiring
 
 from .nag import acknowledge
 
+EVENT_TYPES = {wiring.OBJECT_CREATED: s3.EventType.OBJECT_CREATED, wiring.OBJECT_REMOVED: s3.EventType.OBJECT_REMOVED}
+
 
 def add_trigger(bucket: s3.IBucket, function: lambda_.IFunction, trigger: wiring.Trigger) -> None:
-    """Subscribe ``function`` to every object created under the trigger's prefix.
+    """Subscribe ``function`` to the trigger's events (created, and removed where wired) under its prefix.
 
     ``bucket`` is imported into the function's stack, so CDK's notification resource lives beside
     the function and the storage stack does not depend on its consumers (which would be a cycle).
     """
-    bucket.add_event_notification(s3.EventType.OBJECT_CREATED, notifications.LambdaDestination(function),
-                                  s3.NotificationKeyFilter(prefix=trigger.prefix))
+    for event in trigger.events:
+        bucket.add_event_notification(EVENT_TYPES[event], notifications.LambdaDestination(function),
+                                      s3.NotificationKeyFilter(prefix=trigger.prefix))
     for child in Stack.of(bucket).node.children:
         if child.node.id.startswith("BucketNotificationsHandler"):
             _acknowledge_notification_handler(child)

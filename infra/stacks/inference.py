@@ -1,5 +1,9 @@
 """Inference: the predict Lambda on ``incoming/``, the endpoint-name parameter and the prediction tables.
 
+Like ingest, the predict function keeps one current outcome per ``incoming/`` key in the source-state
+table (``lambdas.domain.source_state``): it tombstones a superseded prediction or rejection (a delete
+without a version id) and never deletes anything under ``incoming/``.
+
 With ``endpoint_mode=async`` the predict Lambda queues each request (input under ``async-input/``) and
 the CompletePrediction Lambda, triggered by the result under ``async-output/``, writes the record.
 """
@@ -7,6 +11,7 @@ the CompletePrediction Lambda, triggered by the result under ``async-output/``, 
 from __future__ import annotations
 
 from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
@@ -17,7 +22,7 @@ from infra import wiring
 from infra.components.access import allow_objects
 from infra.components.buckets import imported_bucket
 from infra.components.function import ServiceFunction
-from infra.components.tables import table
+from infra.components.tables import allow_items, table
 from infra.components.trigger import add_trigger
 from infra.config import Config
 from lambdas.domain import layout
@@ -25,7 +30,7 @@ from lambdas.domain import layout
 
 class InferenceStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, key: kms.IKey, topic: sns.ITopic,
-                 **kwargs):
+                 state_table: dynamodb.ITable, **kwargs):
         super().__init__(scope, construct_id, **kwargs)
         inference_bucket = imported_bucket(self, wiring.PREDICT.trigger.bucket, config.stage)
         self.endpoint_name = wiring.endpoint_name(config.stage)
@@ -45,13 +50,14 @@ class InferenceStack(Stack):
             wiring.ENV_IDEMPOTENCY_TABLE: self.idempotency.table_name,
             wiring.ENV_UNCERTAINTY_BAND: band,
             wiring.ENV_ENDPOINT_MODE: config.endpoint_mode,
+            wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
         })
         function = self.predict.function
         asynchronous = config.endpoint_mode == "async"
         queued = [layout.ASYNC_INPUT, layout.ASYNC_REQUESTS] if asynchronous else []
-        allow_objects(function, spec.trigger.bucket, config.stage, key,
-                      read=[spec.trigger.prefix, layout.PREDICTIONS, layout.REJECTED],
-                      write=[layout.PREDICTIONS, layout.REJECTED, *queued])
+        allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix],
+                      write=[layout.PREDICTIONS, layout.REJECTED, *queued],
+                      tombstone=[layout.PREDICTIONS, layout.REJECTED])
         self.endpoint_parameter.grant_read(function)
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
@@ -65,11 +71,13 @@ class InferenceStack(Stack):
         self.complete = ServiceFunction(self, complete, config=config, key=key, alarm_topic=topic, environment={
             wiring.ENV_PREDICTIONS_TABLE: self.predictions.table_name,
             wiring.ENV_UNCERTAINTY_BAND: band,
+            wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
         })
         allow_objects(self.complete.function, complete.trigger.bucket, config.stage, key,
-                      read=[complete.trigger.prefix, layout.ASYNC_REQUESTS, layout.PREDICTIONS],
-                      write=[layout.PREDICTIONS])
+                      read=[complete.trigger.prefix, layout.ASYNC_REQUESTS, spec.trigger.prefix],
+                      write=[layout.PREDICTIONS, layout.REJECTED], tombstone=[layout.PREDICTIONS, layout.REJECTED])
         add_trigger(inference_bucket, self.complete.function, complete.trigger)
-        for writer in (function, self.complete.function):  # both paths end in the same record
-            writer.add_to_role_policy(iam.PolicyStatement(
-                actions=["dynamodb:PutItem"], resources=[self.predictions.table_arn]))
+        for writer in (function, self.complete.function):  # both paths end in the same record and current outcome
+            # the version's item, and a landed asynchronous result; each key's events, lease and current outcome
+            allow_items(writer, self.predictions, key, "dynamodb:PutItem", "dynamodb:GetItem")
+            allow_items(writer, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")

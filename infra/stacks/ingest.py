@@ -1,8 +1,9 @@
-"""Ingest: the preprocess Lambda on every object created under the data bucket's ``raw/``."""
+"""Ingest: the preprocess Lambda on every object created or removed under the data bucket's ``raw/``."""
 
 from __future__ import annotations
 
 from aws_cdk import Stack
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
@@ -11,6 +12,7 @@ from infra import wiring
 from infra.components.access import allow_objects
 from infra.components.buckets import imported_bucket
 from infra.components.function import ServiceFunction
+from infra.components.tables import allow_items
 from infra.components.trigger import add_trigger
 from infra.config import Config
 from lambdas.domain import layout
@@ -18,16 +20,18 @@ from lambdas.domain import layout
 
 class IngestStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, key: kms.IKey, topic: sns.ITopic,
-                 **kwargs):
+                 state_table: dynamodb.ITable, **kwargs):
         super().__init__(scope, construct_id, **kwargs)
         spec = wiring.PREPROCESS
         data_bucket = imported_bucket(self, spec.trigger.bucket, config.stage)
         self.preprocess = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic,
-                                          environment={wiring.ENV_DATA_BUCKET: data_bucket.bucket_name})
+                                          environment={wiring.ENV_DATA_BUCKET: data_bucket.bucket_name,
+                                                       wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
         function = self.preprocess.function
-        # reads the announced upload, its own sidecars (duplicates) and rejection records (newest event wins);
-        # writes outputs and rejection records; never deletes
-        allow_objects(function, spec.trigger.bucket, config.stage, key,
-                      read=[spec.trigger.prefix, layout.PROCESSED, layout.QUARANTINE],
-                      write=[layout.PROCESSED, layout.QUARANTINE])
+        # reads the current version of an upload; writes its outputs and tombstones superseded ones (a delete
+        # without a version id: every version stays); never deletes anything under raw/
+        allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix],
+                      write=[layout.PROCESSED, layout.QUARANTINE], tombstone=[layout.PROCESSED, layout.QUARANTINE])
+        # events, leases, outcomes and identical-pixel claims
+        allow_items(function, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
         add_trigger(data_bucket, function, spec.trigger)

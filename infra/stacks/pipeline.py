@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -28,6 +29,7 @@ from infra.components.buckets import bucket_name
 from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
 from infra.components.retention import retention
+from infra.components.tables import allow_items
 from infra.components.training import TrainingJob, has_volume_key
 from infra.config import Config
 from lambdas.domain import layout
@@ -82,7 +84,7 @@ def _transient_training_failure() -> sfn.Condition:
 
 class TrainingPipelineStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, key: kms.IKey, topic: sns.ITopic,
-                 training_code: Path, pretrained_weights: Path | None, **kwargs):
+                 training_code: Path, pretrained_weights: Path | None, state_table: dynamodb.ITable, **kwargs):
         super().__init__(scope, construct_id, **kwargs)
         stage = config.stage
         data_bucket = bucket_name(wiring.DATA, stage)
@@ -100,9 +102,10 @@ class TrainingPipelineStack(Stack):
         def function(spec: wiring.Function, environment: dict) -> ServiceFunction:
             return ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic, environment=environment)
 
-        self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket})
-        allow_objects(self.prepare.function, wiring.DATA, stage, key, read=[layout.PROCESSED], list_=[layout.PROCESSED],
-                      write=[layout.MANIFESTS])
+        self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket,
+                                                         wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
+        allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS])
+        allow_items(self.prepare.function, state_table, key, "dynamodb:Query")  # the dataset's current records
         self.evaluate = function(wiring.EVALUATE_MODEL, {
             wiring.ENV_DATA_BUCKET: data_bucket,
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate), sort_keys=True),

@@ -1,4 +1,4 @@
-"""Storage: the customer-managed key, the data / inference / access-log buckets and the notification topic.
+"""Storage: the customer-managed key, the data / inference / access-log buckets, source-state table, topic.
 
 The key and the buckets are retained when the stack is deleted (data is never lost with a
 teardown). A later deployment adopts them (``adopt_key_arn`` / ``adopt_buckets``, which `cxr deploy`
@@ -27,6 +27,7 @@ from infra.components.buckets import (
     allow_log_delivery,
     secure_bucket,
 )
+from infra.components.tables import table
 from infra.config import Config
 from lambdas.domain import layout
 
@@ -78,6 +79,9 @@ class StorageStack(Stack):
             if adopted & {role, wiring.ACCESS_LOGS}:  # CDK writes log delivery only between two buckets of its own
                 allow_log_delivery(self.access_logs, logs_policy, role, stage)
         self.data, self.inference = buckets[wiring.DATA], buckets[wiring.INFERENCE]
+        # one current outcome per source key of both buckets (lambdas.domain.source_state); derived from the
+        # buckets, so it goes with the stack and `cxr fsck --repair` rebuilds it over retained buckets
+        self.source_state = table(self, wiring.SOURCE_STATE_TABLE, key=self.key, removal=RemovalPolicy.DESTROY)
         self.topic = sns.Topic(self, "Notifications", master_key=self.key, enforce_ssl=True,
                                display_name=f"cxr {config.stage}")
         if config.notification_email:

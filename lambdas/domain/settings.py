@@ -19,6 +19,7 @@ class Settings:
     endpoint_parameter: str | None
     max_upload_bytes: int
     uncertainty_band: tuple[float, float]
+    source_state_table: str | None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -34,6 +35,7 @@ class Settings:
             endpoint_parameter=env.get("ENDPOINT_PARAMETER"),
             max_upload_bytes=max_bytes,
             uncertainty_band=parse_band(env.get("UNCERTAINTY_BAND")),
+            source_state_table=env.get("SOURCE_STATE_TABLE"),
         )
 
     def require(self, *names: str) -> None:

@@ -24,7 +24,7 @@ ANSWER = {
 
 
 @pytest.fixture
-def inference(aws, monkeypatch):
+def inference(aws, state_table, monkeypatch):
     s3, ddb = boto3.client("s3"), boto3.client("dynamodb")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -90,6 +90,17 @@ def invoke(lambda_context, *records):
     return predict.handler(s3_events.event(*records), lambda_context)
 
 
+def counts(**nonzero) -> dict:
+    return {"predicted": 0, "submitted": 0, "rejected": 0, "removed": 0, "duplicate": 0, "superseded": 0,
+            "deferred": 0, "skipped": 0, "transient": 0, **nonzero}
+
+
+def current(prefix: str) -> list[str]:
+    """Current objects under a prefix (tombstoned ones are hidden by their delete markers)."""
+    listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
 def test_happy_path_writes_prediction_json_and_dynamodb_record(endpoint, lambda_context):
     body = corpus.jpeg(800, 600)
     answer(endpoint, png=imaging.normalise(body).png)  # the endpoint receives the normalised PNG
@@ -118,8 +129,7 @@ def test_uncertain_prediction_is_referred(endpoint, lambda_context):
 
 def test_bad_input_is_rejected_with_reason_and_kept(endpoint, lambda_context):
     records = [upload("incoming/report.pdf", corpus.minimal_pdf()), upload("incoming/empty.png", b"")]
-    assert invoke(lambda_context, *records) == {"predicted": 0, "submitted": 0, "rejected": 2, "skipped": 0,
-                                                "transient": 0}
+    assert invoke(lambda_context, *records) == counts(rejected=2)
     assert read_json("rejected/report.pdf.error.json")["reason"] == "unsupported_format"
     assert read_json("rejected/empty.png.error.json")["reason"] == "empty"
     listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="incoming/")["Contents"]
@@ -138,13 +148,54 @@ def test_duplicate_events_invoke_the_endpoint_once(endpoint, lambda_context):
 def test_reordered_versions_show_the_newest(endpoint, lambda_context):
     older = upload("incoming/v.png", corpus.png(seed=1))
     newer = upload("incoming/v.png", corpus.png(seed=2))
-    answer(endpoint, ANSWER | {"model_id": "for-newer"})
-    answer(endpoint, ANSWER | {"model_id": "for-older"})
-    invoke(lambda_context, newer)
-    invoke(lambda_context, older)
-    assert read_json("predictions/v.png.json")["model_id"] == "for-newer"
-    items = boto3.client("dynamodb").scan(TableName="predictions")["Items"]
-    assert len(items) == 2  # one record per version
+    answer(endpoint, ANSWER | {"model_id": "for-newer"})  # one call: the older version is never current again
+    assert invoke(lambda_context, newer) == counts(predicted=1)
+    assert invoke(lambda_context, older) == counts(superseded=1)
+    prediction = read_json("predictions/v.png.json")
+    assert prediction["model_id"] == "for-newer"
+    assert prediction["source"]["version_id"] == newer["s3"]["object"]["versionId"]
+    assert len(boto3.client("dynamodb").scan(TableName="predictions")["Items"]) == 1
+
+
+@pytest.mark.parametrize("order", ["in order", "newest first"])
+def test_a_good_version_then_a_bad_one_leaves_only_the_rejection(endpoint, lambda_context, order):
+    good = upload("incoming/x.png", corpus.png())
+    if order == "in order":
+        answer(endpoint)
+        invoke(lambda_context, good)
+        assert current("predictions/") == ["predictions/x.png.json"]
+    bad = upload("incoming/x.png", corpus.minimal_pdf())
+    invoke(lambda_context, *((bad, good) if order == "newest first" else (bad,)))
+    assert current("predictions/") == [] and current("rejected/") == ["rejected/x.png.error.json"]
+    assert read_json("rejected/x.png.error.json")["source"]["version_id"] == bad["s3"]["object"]["versionId"]
+
+
+def test_a_bad_version_then_a_good_one_leaves_only_the_prediction(endpoint, lambda_context):
+    invoke(lambda_context, upload("incoming/x.png", b""))
+    answer(endpoint)
+    good = upload("incoming/x.png", corpus.png())
+    assert invoke(lambda_context, good) == counts(predicted=1)
+    assert current("rejected/") == [] and current("predictions/") == ["predictions/x.png.json"]
+    assert read_json("predictions/x.png.json")["source"]["version_id"] == good["s3"]["object"]["versionId"]
+
+
+def test_a_delete_retires_the_prediction_and_keeps_its_record(endpoint, lambda_context):
+    answer(endpoint)
+    invoke(lambda_context, upload("incoming/x.png", corpus.png()))
+    marker = boto3.client("s3").delete_object(Bucket=BUCKET, Key="incoming/x.png")["VersionId"]
+    removed = s3_events.object_created_record(BUCKET, "incoming/x.png", 0, version_id=marker,
+                                              event_name="ObjectRemoved:DeleteMarkerCreated")
+    assert invoke(lambda_context, removed) == counts(removed=1)
+    assert current("predictions/") == []
+    assert len(boto3.client("dynamodb").scan(TableName="predictions")["Items"]) == 1  # the audit trail stays
+    versions = boto3.client("s3").list_object_versions(Bucket=BUCKET, Prefix="incoming/")["Versions"]
+    assert len(versions) == 1  # the upload itself is kept
+
+
+def test_a_duplicate_delivery_is_counted_as_duplicate(endpoint, lambda_context):
+    answer(endpoint)
+    record = upload("incoming/d.png", corpus.png())
+    assert invoke(lambda_context, record, record) == counts(predicted=1, duplicate=1)
 
 
 def test_endpoint_throttling_is_raised_for_retry_then_succeeds(endpoint, lambda_context):

@@ -57,8 +57,9 @@ def test_invalid_settings_are_refused_with_their_name(values, message):
 
 
 def test_wiring_takes_prefixes_from_the_layout_module():
-    assert wiring.PREPROCESS.trigger == wiring.Trigger(wiring.DATA, layout.RAW)
-    assert wiring.PREDICT.trigger == wiring.Trigger(wiring.INFERENCE, layout.INCOMING)
+    both = (wiring.OBJECT_CREATED, wiring.OBJECT_REMOVED)  # a delete retires the key's outcome
+    assert wiring.PREPROCESS.trigger == wiring.Trigger(wiring.DATA, layout.RAW, events=both)
+    assert wiring.PREDICT.trigger == wiring.Trigger(wiring.INFERENCE, layout.INCOMING, events=both)
     assert set(wiring.TASK_FUNCTIONS.values()) <= set(wiring.FUNCTIONS)
     assert len(set(wiring.STATE_ORDER)) == len(wiring.STATE_ORDER)
     assert wiring.BUCKETS[wiring.DATA].name("dev", "123456789012", "eu-west-1") == "cxr-dev-data-123456789012-eu-west-1"

@@ -92,11 +92,15 @@ def test_s3_triggers_filter_on_the_prefix_only(synth, spec):
     (props,) = (n["Properties"] for n in notifications.values())
     [function_id] = [lid for lid, f in synth.resources("AWS::Lambda::Function", part).items()
                      if f["Properties"].get("Handler") == spec.handler]
-    (config,) = [c for c in props["NotificationConfiguration"]["LambdaFunctionConfigurations"]
-                 if c["LambdaFunctionArn"] == {"Fn::GetAtt": [function_id, "Arn"]}]
-    assert config["Events"] == ["s3:ObjectCreated:*"]
-    assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": spec.trigger.prefix}]
+    configs = [c for c in props["NotificationConfiguration"]["LambdaFunctionConfigurations"]
+               if c["LambdaFunctionArn"] == {"Fn::GetAtt": [function_id, "Arn"]}]
+    assert [c["Events"] for c in configs] == [[event] for event in spec.trigger.events]
+    for config in configs:
+        assert config["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": spec.trigger.prefix}]
     assert spec.trigger.prefix in (layout.RAW, layout.INCOMING, layout.ASYNC_OUTPUT)
+    assert wiring.OBJECT_CREATED in spec.trigger.events
+    if spec is wiring.PREPROCESS:  # a deleted upload retires its outputs
+        assert wiring.OBJECT_REMOVED in spec.trigger.events
     assert props["BucketName"] == {"Fn::Join": ["", [f"cxr-dev-{spec.trigger.bucket}-", {"Ref": "AWS::AccountId"}, "-",
                                                       {"Ref": "AWS::Region"}]]}
 

@@ -24,6 +24,7 @@ import boto3
 import pytest
 
 from infra import asl, wiring
+from ingested import create_state_table, ingest, kermany_like
 from lambdas.domain import layout
 
 pytestmark = pytest.mark.slow
@@ -135,6 +136,7 @@ def cloud(synth, monkeypatch):
         for bucket in (DATA, INFERENCE):
             s3.create_bucket(Bucket=bucket)
             s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        monkeypatch.setenv(wiring.ENV_SOURCE_STATE_TABLE, create_state_table("source-state"))  # for seed_dataset
         key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
         topic = boto3.client("sns").create_topic(Name="notifications")["TopicArn"]
         sqs = boto3.client("sqs")
@@ -159,6 +161,7 @@ def cloud(synth, monkeypatch):
             wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{INFERENCE}/{wiring.ASYNC_OUTPUT_PREFIX}",
             wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(STAGE),
             wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(STAGE),
+            wiring.ENV_SOURCE_STATE_TABLE: "source-state",
         }
         zipped = io.BytesIO()
         with zipfile.ZipFile(zipped, "w") as archive:
@@ -230,15 +233,8 @@ class Cloud:
 
 
 def seed_dataset(patients: int = 24) -> None:
-    """Sidecars as ingest writes them: two classes, one image per patient."""
-    s3 = boto3.client("s3")
-    for i in range(patients):
-        label = "normal" if i % 2 else "bacterial"
-        image_id = f"{i:064x}"
-        record = {"label": label, "patient_id": str(i), "content_hash": image_id, "split": None,
-                  "processed_key": layout.processed_key("kermany", label, image_id)}
-        s3.put_object(Bucket=DATA, Key=layout.processed_metadata_key("kermany", label, image_id),
-                      Body=json.dumps(record).encode())
+    """A dataset as ingest leaves it: two classes, one image per patient."""
+    ingest(DATA, kermany_like(patients, labels=("bacterial", "normal"), prefix="raw/kermany/"))
 
 
 def nothing_deployed() -> bool:

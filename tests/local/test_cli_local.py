@@ -49,6 +49,8 @@ def test_life_cycle_across_separate_commands(env, dataset):
     assert upload.returncode == 0, upload.stderr
     again = cxr(env, "upload-dataset", str(dataset), "--local")  # resumable: nothing new to send
     assert "42 already there with the same checksum, 0 to send" in again.stdout
+    fsck = cxr(env, "fsck", "--dataset", "wards", "--local")  # ingest's state agrees with the uploads
+    assert fsck.returncode == 0 and "consistent" in fsck.stdout, fsck.stdout + fsck.stderr
 
     train = cxr(env, "train", "--dataset", "wards", "--run-id", "cli-run", "--local", *QUICK)
     assert train.returncode == 0, train.stdout + train.stderr

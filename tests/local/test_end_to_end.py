@@ -120,7 +120,8 @@ def test_upload_train_deploy_predict(cloud, dataset):
         assert prediction["status"] == "predicted" and prediction["endpoint"] == wiring.endpoint_name("e2e")
         assert prediction["label"] in ("bacterial", "normal", "viral")
         assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-4
-        assert prediction["source"]["key"] == f"incoming/{path.name}"
+        assert prediction["source"]["key"].startswith("incoming/") and prediction["source"]["key"].endswith(
+            f"/{path.name}")
     assert results[Path("README.md")]["status"] == "rejected"
     items = boto3.client("dynamodb").scan(TableName=cloud.names.table(wiring.PREDICTIONS_TABLE))["Items"]
     assert len(items) == 2

@@ -38,9 +38,9 @@ def test_one_prediction_makes_the_requests_the_cost_model_bills(endpoint, lambda
     assert invoke(lambda_context, record)["predicted"] == 1
 
     s3 = Counter(operation for service, operation, _ in calls if service == "s3")
-    assert s3["GetObject"] == costs.S3_GETS_PER_PREDICTION
+    assert s3["HeadObject"] + s3["GetObject"] == costs.S3_GETS_PER_PREDICTION  # HEAD is billed as a GET
     assert s3["PutObject"] + 1 == costs.S3_PUTS_PER_PREDICTION
-    assert set(s3) == {"GetObject", "PutObject"}
+    assert set(s3) == {"HeadObject", "GetObject", "PutObject"}
 
     dynamodb = [(operation, params) for service, operation, params in calls if service == "dynamodb"]
     assert {operation for operation, _ in dynamodb} <= {"PutItem", "UpdateItem"}  # no reads billed
@@ -49,4 +49,4 @@ def test_one_prediction_makes_the_requests_the_cost_model_bills(endpoint, lambda
         item = params.get("Item") or params.get("ExpressionAttributeValues", {})
         units += max(1, math.ceil(item_bytes(item) / 1024))
     assert units <= costs.DYNAMODB_WRITE_UNITS
-    assert len(dynamodb) == 3  # idempotency in progress, its completion, the predictions item
+    assert len(dynamodb) == 5  # the event, idempotency in progress and done, the predictions item, the outcome

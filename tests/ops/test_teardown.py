@@ -116,7 +116,8 @@ def test_delete_data_empties_every_version_and_removes_buckets_and_table(target,
     assert (billable.BUCKET, "emptied and deleted") in removed and (billable.TABLE, "deleted") in removed
     names = {b["Name"] for b in target.client("s3").list_buckets()["Buckets"]}
     assert not names & {target.bucket(role) for role in wiring.BUCKETS}
-    assert target.client("dynamodb").list_tables()["TableNames"] == [f"cxr-{STAGE}-{wiring.IDEMPOTENCY_TABLE.id}"]
+    assert sorted(target.client("dynamodb").list_tables()["TableNames"]) == [  # the stacks delete these (DESTROY)
+        f"cxr-{STAGE}-{table.id}" for table in (wiring.IDEMPOTENCY_TABLE, wiring.SOURCE_STATE_TABLE)]
 
 
 def test_a_second_teardown_finds_nothing_to_remove(target, deployed):

@@ -1,4 +1,4 @@
-"""PrepareDataset on moto: the manifests the training job and the state machine rely on."""
+"""PrepareDataset on moto: manifests from the dataset's current records, as the real ingest leaves them."""
 
 from __future__ import annotations
 
@@ -7,35 +7,35 @@ import json
 import boto3
 import pytest
 
-from lambdas import prepare_dataset
-
-
-def put_processed(bucket: str, dataset: str, label: str, image_id: str, patient: str | None, split=None):
-    s3 = boto3.client("s3")
-    key = f"processed/{dataset}/{label}/{image_id}.png"
-    s3.put_object(Bucket=bucket, Key=key, Body=b"\x89PNG fake")
-    meta = {"label": label, "patient_id": patient, "split": split, "content_hash": image_id * 2,
-            "processed_key": key, "source": {"key": f"raw/{dataset}/x/{image_id}.jpeg"}}
-    s3.put_object(Bucket=bucket, Key=f"processed/{dataset}/{label}/{image_id}.json", Body=json.dumps(meta).encode())
-    return key
+import corpus
+from ingested import ingest, kermany_like, remove
+from lambdas import aws, prepare_dataset
+from lambdas.domain import imaging
 
 
 @pytest.fixture
-def dataset(data_bucket):
-    keys = {}
-    for p in range(60):
-        label = ("normal", "bacterial", "viral")[p % 3]
-        for i in range(2):
-            keys[put_processed(data_bucket, "kermany", label, f"{p:04d}{i}", str(p), "train")] = str(p)
-    for v in range(4):  # a Kaggle-sized val/: replaced
-        put_processed(data_bucket, "kermany", "normal", f"v{v:03d}", f"v{v}", "val")
-    put_processed(data_bucket, "other", "normal", "zzzz", "1")  # another dataset: not listed
-    return data_bucket, keys
+def dataset(data_bucket, state_table, monkeypatch):
+    monkeypatch.setenv("DATA_BUCKET", data_bucket)
+    uploads = kermany_like(30, per_patient=2)
+    uploads |= kermany_like(4, labels=("normal",), prefix="raw/kermany/val/", first=100)  # Kaggle-sized: replaced
+    uploads |= kermany_like(2, prefix="raw/other/", first=200)  # another dataset: not listed
+    assert ingest(data_bucket, uploads)["accepted"] == len(uploads)
+    return data_bucket
 
 
-def test_handler_writes_jsonl_manifests_and_summary(dataset, lambda_context, monkeypatch):
-    bucket, keys = dataset
-    monkeypatch.setenv("DATA_BUCKET", bucket)
+def manifest_sources(bucket: str, run_id: str, out: dict) -> dict[str, list[dict]]:
+    """Split -> the jsonl records of its manifest."""
+    s3 = boto3.client("s3")
+    by_split = {}
+    for split in out["channels"]:
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"manifests/{run_id}/{split}.manifest")["Body"].read())
+        lines = s3.get_object(Bucket=bucket, Key=manifest[-1])["Body"].read().decode().splitlines()
+        by_split[split] = [json.loads(line) for line in lines]
+    return by_split
+
+
+def test_handler_writes_jsonl_manifests_and_summary(dataset, lambda_context):
+    bucket = dataset
     out = prepare_dataset.handler({"run_id": "r1", "dataset": "kermany", "seed": 4}, lambda_context)
     assert out["classes"] == ["bacterial", "normal", "viral"]
     assert set(out["channels"]) == {"train", "validation", "test"}
@@ -55,25 +55,61 @@ def test_handler_writes_jsonl_manifests_and_summary(dataset, lambda_context, mon
             s3.head_object(Bucket=bucket, Key=r["key"])  # every listed image exists
         seen_keys += [r["key"] for r in records]
         patients_by_split[split] = {r["patient_id"] for r in records}
-    assert len(seen_keys) == len(set(seen_keys)) == 124
+    assert len(seen_keys) == len(set(seen_keys)) == 64
     assert not patients_by_split["train"] & patients_by_split["validation"]
     assert not patients_by_split["train"] & patients_by_split["test"]
     summary = json.loads(s3.get_object(Bucket=bucket, Key="manifests/r1/summary.json")["Body"].read())
     assert summary["classes"] == out["classes"]
-    assert sum(summary["images"].values()) == 124
+    assert sum(summary["images"].values()) == 64
     assert any("too few" in note for note in summary["split_method"])
     assert summary["counts"]["train"]["normal"] > 0
 
 
-def test_binary_run_when_no_subtypes(data_bucket, lambda_context, monkeypatch):
+def test_only_current_outcomes_reach_the_manifests(dataset, lambda_context):
+    """Overwritten, broken, deleted and conflicting uploads leave nothing stale for training to read."""
+    bucket, s3 = dataset, boto3.client("s3")
+    folder = "raw/kermany/train/NORMAL/"
+    overwritten, broken, deleted, copied = (f"{folder}IM-{p:04d}-0000.png" for p in (0, 3, 6, 9))
+    old_pixels = imaging.normalise(s3.get_object(Bucket=bucket, Key=overwritten)["Body"].read()).content_hash
+    new_pixels = imaging.normalise(corpus.png(40, 32, seed=777)).content_hash
+    copy = s3.get_object(Bucket=bucket, Key=copied)["Body"].read()
+    ingest(bucket, {overwritten: corpus.png(40, 32, seed=777), broken: corpus.minimal_pdf(),
+                    "raw/kermany/train/PNEUMONIA/person9999_virus_1.png": copy})  # same pixels, labelled viral
+    remove(bucket, deleted)
+
+    out = prepare_dataset.handler({"run_id": "r2", "dataset": "kermany"}, lambda_context)
+    records = [r for rs in manifest_sources(bucket, "r2", out).values() for r in rs]
+    hashes = {r["content_hash"] for r in records}
+    assert new_pixels in hashes and old_pixels not in hashes
+    assert imaging.normalise(copy).content_hash not in hashes
+    for gone in (broken, deleted):
+        assert imaging.normalise(corpus.png(40, 32, seed=1000 * int(gone[-13:-9]))).content_hash not in hashes
+    assert len(records) == 64 - 3
+
+
+def test_records_are_read_page_by_page(dataset, lambda_context, monkeypatch):
+    pages = []
+
+    def small_pages(params, **kwargs):
+        params["Limit"] = 7
+        pages.append(params.get("ExclusiveStartKey"))
+
+    aws.client("dynamodb").meta.events.register("provide-client-params.dynamodb.Query", small_pages)
+    try:
+        out = prepare_dataset.handler({"run_id": "r3", "dataset": "kermany"}, lambda_context)
+    finally:
+        aws.client("dynamodb").meta.events.unregister("provide-client-params.dynamodb.Query", small_pages)
+    assert sum(out["images"].values()) == 64 and len(pages) > 64 // 7
+
+
+def test_binary_run_when_no_subtypes(data_bucket, state_table, lambda_context, monkeypatch):
     monkeypatch.setenv("DATA_BUCKET", data_bucket)
-    for p in range(20):
-        put_processed(data_bucket, "mnist", ("normal", "pneumonia")[p % 2], f"{p:05d}", None)
+    ingest(data_bucket, kermany_like(20, labels=("normal", "pneumonia"), prefix="raw/mnist/"))
     out = prepare_dataset.handler({"run_id": "r2", "dataset": "mnist"}, lambda_context)
     assert out["classes"] == ["normal", "pneumonia"]
 
 
-def test_missing_dataset_is_a_clear_error(data_bucket, lambda_context, monkeypatch):
+def test_missing_dataset_is_a_clear_error(data_bucket, state_table, lambda_context, monkeypatch):
     monkeypatch.setenv("DATA_BUCKET", data_bucket)
     with pytest.raises(prepare_dataset.DatasetError, match="no processed images"):
         prepare_dataset.handler({"run_id": "r3", "dataset": "nothing"}, lambda_context)

@@ -85,7 +85,7 @@ def test_an_upload_is_predicted_through_the_asynchronous_endpoint(cloud):
     [prediction] = operations.predict_files(s3, bucket, [XRAY], timeout_s=60).values()
     assert prediction["status"] == "predicted", prediction
     assert prediction["endpoint"] == wiring.endpoint_name(STAGE)
-    assert prediction["source"]["key"] == f"incoming/{XRAY.name}"
+    assert prediction["source"]["key"] == f"incoming/0000/{XRAY.name}"  # each file of a call has its own key
     assert prediction["label"] in ("bacterial", "normal", "viral")
     assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-4
     results = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=layout.ASYNC_OUTPUT)["Contents"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ class LocalCloud:
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # moto's ASL engine logs an ERROR for every Choice rule that tests an absent path (IsPresent false,
+        # as AWS evaluates it): noise on the terminal; real failures are in the execution history.
+        logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
         self.names = LocalNames(self.config.stage)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.training_jobs = LocalTrainingJobs(self.workdir)

@@ -60,10 +60,15 @@ class MonitoringStack(Stack):
                     period=PERIOD, label="S3 events"),
                 _app_metric("ImagesAccepted", preprocess, label="accepted"),
                 _app_metric("ImagesRejected", preprocess, label="rejected (quarantine)"),
+                _app_metric("ImagesRemoved", preprocess, label="removed (key deleted)"),
+                _app_metric("DuplicateEvents", preprocess, label="duplicate deliveries"),
+                _app_metric("SupersededEvents", preprocess, label="superseded (a newer version decides)"),
             ]),
             cloudwatch.GraphWidget(title="Predictions", width=8, left=[
                 _app_metric("Predictions", predict, label="predicted"),
                 _app_metric("PredictionsRejected", predict, label="rejected input"),
+                _app_metric("DuplicateEvents", predict, label="duplicate deliveries"),
+                _app_metric("SupersededEvents", predict, label="superseded (a newer version decides)"),
             ]),
             cloudwatch.GraphWidget(title="Predict latency (ms)", width=8, left=[
                 _app_metric("PredictLatency", predict, "p50", "p50"),

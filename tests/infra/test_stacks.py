@@ -328,7 +328,8 @@ def test_monitoring_alarms_notify_and_the_dashboard_covers_the_flow(synth):
     assert all(a["Properties"]["AlarmActions"] for a in alarms.values())
     (dashboard,) = synth.resources("AWS::CloudWatch::Dashboard", "monitoring").values()
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
-    for metric in ("ImagesRejected", "Predictions", "PredictLatency", "Invocation5XXErrors", "ExecutionsFailed"):
+    for metric in ("ImagesRejected", "ImagesRemoved", "DuplicateEvents", "SupersededEvents", "Predictions",
+                   "PredictLatency", "Invocation5XXErrors", "ExecutionsFailed"):
         assert metric in body
 
 

@@ -1,10 +1,12 @@
 """What a stage leaves behind that CloudFormation does not remove, found through the APIs, and its clean-up.
 
 The pipeline's Lambda creates the endpoint ``cxr-<stage>`` and a model and an endpoint
-configuration per deployment, named after the training job (``cxr-<attempt>-<uuid>``, no stage
-in the name): a model is this stage's when its artifact lies in this stage's data bucket, a
-configuration when it serves one of those models (or, once the model is gone, when its training
-job wrote to that bucket). Running pipeline executions and in-progress training jobs are billed
+configuration per deployment, named after the training job (``cxr-<n><stage>-<attempt>-<uuid>``,
+``wiring.resource_prefix``; before that, ``cxr-<attempt>-<uuid>`` with no stage in the name). The
+search keeps the project-wide ``cxr-`` prefix so that resources named the old way are still found,
+and decides ownership by data, not by name: a model is this stage's when its artifact lies in this
+stage's data bucket, a configuration when it serves one of those models (or, once the model is gone,
+when its training job wrote to that bucket). Running pipeline executions and in-progress training jobs are billed
 until stopped. Buckets and the predictions table are retained by the stacks on purpose: they
 are kept unless ``delete_data`` is asked, and reported either way.
 """

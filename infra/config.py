@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra import wiring
-from infra.images import is_accelerated
+from infra.images import is_accelerated, is_arm
 
 ENDPOINT_MODES = ("serverless", "realtime", "async")
 PROFILES = ("default", "demo")
@@ -96,6 +96,9 @@ class Config:
             problems.append(f"endpoint_instance_type {self.endpoint_instance_type} pays for a GPU or accelerator the "
                             "model never uses (inference.py runs ONNX Runtime on the CPU): choose a CPU type such as "
                             "ml.c6i.large")
+        if is_arm(self.endpoint_instance_type):
+            problems.append(f"endpoint_instance_type {self.endpoint_instance_type} is a Graviton (arm64) type; the "
+                            "serving image is built for x86_64: choose an x86 CPU type such as ml.c6i.large")
         if not 600 <= self.training_max_runtime_s <= 28 * 24 * 3600:
             problems.append("training_max_runtime_s must be in 600..2419200")
         if not 1 <= self.training_volume_gb <= 16384:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,12 @@ def is_accelerated(instance_type: str) -> bool:
     """True for GPU and AWS-accelerator instance types (``ml.g4dn.xlarge``, ``ml.inf2.xlarge``)."""
     family = instance_type.split(".")[1] if instance_type.count(".") >= 2 else ""
     return family.startswith(ACCELERATED_FAMILIES)
+
+
+def is_arm(instance_type: str) -> bool:
+    """True for Graviton instance types (``ml.c7g.large``, ``ml.m6gd.xlarge``): the serving image is x86_64 only."""
+    family = instance_type.split(".")[1] if instance_type.count(".") >= 2 else ""
+    return bool(re.fullmatch(r"[a-z]+\d+g[a-z]*", family))
 
 
 def support(image: PinnedImage) -> Support:

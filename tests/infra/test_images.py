@@ -120,3 +120,7 @@ def test_endpoints_default_to_a_cpu_instance_and_refuse_accelerators():
         with pytest.raises(ConfigError, match="endpoint_instance_type"):
             Config.from_values({"endpoint_mode": "realtime", "endpoint_instance_type": accelerated})
     assert Config.from_values({"endpoint_instance_type": "ml.m5.xlarge"}).endpoint_instance_type == "ml.m5.xlarge"
+    for graviton in ("ml.c7g.large", "ml.m6gd.xlarge", "ml.c6gn.large"):  # the serving image is x86_64 only
+        with pytest.raises(ConfigError, match="Graviton"):
+            Config.from_values({"endpoint_mode": "realtime", "endpoint_instance_type": graviton})
+    assert not any(images.is_arm(t) for t in ("ml.g4dn.xlarge", "ml.c6i.large", "ml.m5d.xlarge", "ml.inf2.xlarge"))

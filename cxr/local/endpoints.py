@@ -70,7 +70,7 @@ class LocalEndpoints:
         if config.get("AsyncInferenceConfig"):
             raise EndpointError("ValidationError", f"Endpoint {endpoint_name} is an asynchronous endpoint: it takes "
                                 "InvokeEndpointAsync with the input in S3, not InvokeEndpoint.", 400)
-        return self._serve(config, body, content_type, accept)
+        return self._serve(self._model(config), body, content_type, accept)
 
     def invoke_async(self, request: AsyncRequest) -> tuple[str, str]:
         """Queue ``request``; returns where its result and its failure will be written."""
@@ -98,12 +98,12 @@ class LocalEndpoints:
                   kms_key_id: str | None) -> None:
         """Run one queued request and write its answer, or why it failed, as the asynchronous endpoint does."""
         s3 = boto3.client("s3")
-        model = boto3.client("sagemaker").describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+        model = self._model(config)
         with acting_as(model["ExecutionRoleArn"]):  # the container reads the input and writes the result as its role
             try:
                 bucket, key = split_s3_uri(request.input_location)
                 body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                payload, _ = self._serve(config, body, request.content_type, request.accept)
+                payload, _ = self._serve(model, body, request.content_type, request.accept)
                 target = output_uri
             except Exception as exc:  # any failure becomes the failure object, as SageMaker writes it
                 payload, target = f"{type(exc).__name__}: {exc}".encode(), failure_uri
@@ -122,8 +122,12 @@ class LocalEndpoints:
             raise EndpointError("ValidationError", f"Endpoint {endpoint_name} is {endpoint['EndpointStatus']}", 400)
         return sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
 
-    def _serve(self, config: dict, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
-        model = boto3.client("sagemaker").describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    @staticmethod
+    def _model(config: dict) -> dict:
+        """The model the configuration's (one) variant serves, as DescribeModel gives it."""
+        return boto3.client("sagemaker").describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+
+    def _serve(self, model: dict, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         with acting_as(model["ExecutionRoleArn"]):  # the container fetches its artifact as the model's role
             loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"])
         handler = loaded.handler

@@ -143,7 +143,7 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         obj["key"] = quote_plus(key.name, safe="/")
         if getattr(bucket, "is_versioned", False) and getattr(key, "version_id", None):
             obj["versionId"] = key.version_id
-        obj["sequencer"] = _next_sequencer()
+        obj["sequencer"] = next_sequencer()
         event["Records"][0]["userIdentity"] = {"principalId": "AWS:LOCAL"}
         return event
 
@@ -308,7 +308,8 @@ AWS_ETAG = property(_aws_etag)
 _sequencer = random.Random(0).randrange(1 << 40)
 
 
-def _next_sequencer() -> str:
+def next_sequencer() -> str:
+    """The sequencer of the next S3 event the offline cloud delivers: increasing across creates and removals."""
     global _sequencer
     _sequencer += 1
     return f"{_sequencer:016X}"

@@ -57,7 +57,7 @@ def _notify(account_id: str, bucket, key_name: str, version_id: str, event_name:
     for notification in configuration.cloud_function if configuration else []:
         if notification.matches(f"s3:{event_name}", key_name):
             record = s3_events.object_created_record(bucket.name, key_name, 0, version_id=version_id,
-                                                     sequencer=hooks._next_sequencer(), region=bucket.region_name,
+                                                     sequencer=hooks.next_sequencer(), region=bucket.region_name,
                                                      event_name=event_name)
             s3_notifications._invoke_awslambda(account_id, s3_events.event(record), notification.arn,
                                                notification.arn.split(":")[3])

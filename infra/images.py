@@ -107,16 +107,19 @@ SERVING = PinnedImage("serving", INFERENCE_CPU, "pytorch", "inference", "2.6.0",
 PINNED = (TRAINING, SERVING)
 
 
+def _family(instance_type: str) -> str:
+    """``c6i`` of ``ml.c6i.large`` ("" for a malformed type)."""
+    return instance_type.split(".")[1] if instance_type.count(".") >= 2 else ""
+
+
 def is_accelerated(instance_type: str) -> bool:
     """True for GPU and AWS-accelerator instance types (``ml.g4dn.xlarge``, ``ml.inf2.xlarge``)."""
-    family = instance_type.split(".")[1] if instance_type.count(".") >= 2 else ""
-    return family.startswith(ACCELERATED_FAMILIES)
+    return _family(instance_type).startswith(ACCELERATED_FAMILIES)
 
 
 def is_arm(instance_type: str) -> bool:
     """True for Graviton instance types (``ml.c7g.large``, ``ml.m6gd.xlarge``): the serving image is x86_64 only."""
-    family = instance_type.split(".")[1] if instance_type.count(".") >= 2 else ""
-    return bool(re.fullmatch(r"[a-z]+\d+g[a-z]*", family))
+    return bool(re.fullmatch(r"[a-z]+\d+g[a-z]*", _family(instance_type)))
 
 
 def support(image: PinnedImage) -> Support:

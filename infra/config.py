@@ -35,6 +35,12 @@ The three-class and binary floors are issue 3's accuracy targets on the held-out
 DEMO_GATE: dict[str, float] = {"accuracy": 0.50, "binary.roc_auc": 0.70}
 """The demo trains for minutes on a small subset on a CPU: it must beat chance clearly, no more."""
 
+RETIRED: dict[str, str] = {
+    "uncertainty_band": "the referral band now follows each model's own threshold: set the training "
+                        "hyperparameter referral-margin (log-odds around the threshold) instead",
+}
+"""Settings that existed once, and what replaces them, so an older ``cdk.json`` is told why it is refused."""
+
 _STAGE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 _KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -60,7 +66,6 @@ class Config:
     training_max_runtime_s: int = 4 * 3600
     training_volume_gb: int = 50
     quality_gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
-    uncertainty_band: tuple[float, float] = (0.2, 0.8)
     notification_email: str | None = None
     reserved_concurrency: int | None = None
     lambda_architecture: str = "x86_64"
@@ -105,9 +110,6 @@ class Config:
             problems.append("training_volume_gb must be in 1..16384")
         if not self.quality_gate or not all(0.0 <= v <= 1.0 for v in self.quality_gate.values()):
             problems.append("quality_gate must map metric paths to minimums in [0, 1]")
-        low, high = self.uncertainty_band
-        if not 0.0 <= low <= high <= 1.0:
-            problems.append("uncertainty_band must be (low, high) with 0 <= low <= high <= 1")
         if self.notification_email is not None and not _EMAIL.match(self.notification_email):
             problems.append("notification_email is not an e-mail address")
         if self.reserved_concurrency is not None and self.reserved_concurrency < 1:
@@ -151,7 +153,9 @@ class Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(known)
         if unknown:
-            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+            others = sorted(unknown - RETIRED.keys())
+            raise ConfigError("; ".join([f"{name}: {RETIRED[name]}" for name in sorted(unknown & RETIRED.keys())]
+                                        + ([f"unknown settings: {', '.join(others)}"] if others else [])))
         kwargs = {name: _coerce(name, value) for name, value in values.items()}
         if kwargs.get("profile") == "demo":
             kwargs.setdefault("quality_gate", dict(DEMO_GATE))
@@ -184,9 +188,6 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "adopt_buckets":
             roles = value.split(",") if isinstance(value, str) else value
             return tuple(sorted(str(role) for role in roles if role))
-        if name == "uncertainty_band":
-            low, high = value.split(",") if isinstance(value, str) else value
-            return (float(low), float(high))
     except (TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{name}: cannot read {value!r}") from exc
     return value

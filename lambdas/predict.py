@@ -51,6 +51,11 @@ IDEMPOTENCY = IdempotencyConfig(event_key_jmespath="[bucket, key, version_id]", 
 ENDPOINT_CACHE_SECONDS = 60
 ENDPOINT_ERROR_CODES = frozenset({"ModelError", "ModelNotReadyException", "InternalDependencyException"})
 RESPONSE_FIELDS = ("label", "confidence", "probabilities", "pneumonia_probability", "model_id")
+REFERRAL_FIELDS = ("refer_to_radiologist", "referral_reasons", "threshold", "referral_band")
+"""The model's own decision rule (``training_job/decision.py``): the endpoint applies it, this function records it."""
+MODEL_WITHOUT_RULE = "model_without_referral_rule"
+"""Reason recorded for an endpoint whose code predates the rule (no referral in its answer): referred, never
+labelled quietly."""
 ASYNC_RESULT_SUFFIX = ".out"
 
 
@@ -260,7 +265,7 @@ def parse_answer(body: bytes) -> dict:
 def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: Settings, latency: dict) -> dict:
     """The version's DynamoDB item (the audit trail), which both modes write; ``predictions/<key>.json`` is the
     key's current outcome, written when the key is derived."""
-    prediction = prediction_record(obj, answer, endpoint, settings.uncertainty_band)
+    prediction = prediction_record(obj, answer, endpoint)
     prediction["latency_ms"] = latency
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
     logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
@@ -268,17 +273,20 @@ def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: 
     return prediction
 
 
-def prediction_record(source: SourceObject, answer: dict, endpoint: str, band: tuple[float, float]) -> dict:
-    """The prediction contract (ARCHITECTURE.md, "Prediction record")."""
-    pneumonia = float(answer["pneumonia_probability"])
+def prediction_record(source: SourceObject, answer: dict, endpoint: str) -> dict:
+    """The prediction contract (README, "Prediction record"): the referral is the endpoint's, decided by the
+    model's own rule, never a second rule here."""
+    pneumonia = answer["pneumonia_probability"]
+    referral = {name: answer[name] for name in REFERRAL_FIELDS} if "refer_to_radiologist" in answer else {
+        "refer_to_radiologist": True, "referral_reasons": [MODEL_WITHOUT_RULE], "threshold": None,
+        "referral_band": None}
     return {
         "source": source.describe(),
         "label": answer["label"],
         "confidence": float(answer["confidence"]),
         "probabilities": {k: float(v) for k, v in answer["probabilities"].items()},
-        "pneumonia_probability": pneumonia,
-        "refer_to_radiologist": band[0] <= pneumonia <= band[1],
-        "uncertainty_band": list(band),
+        "pneumonia_probability": None if pneumonia is None else float(pneumonia),
+        **referral,
         "model_id": answer["model_id"],
         "endpoint": endpoint,
         "predicted_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -296,6 +304,7 @@ def _dynamodb_item(prediction: dict) -> dict:
         "confidence": plain["confidence"],
         "pneumonia_probability": plain["pneumonia_probability"],
         "refer_to_radiologist": plain["refer_to_radiologist"],
+        "referral_reasons": plain["referral_reasons"],
         "model_id": plain["model_id"],
         "predicted_at": plain["predicted_at"],
         "record": json.dumps(prediction, sort_keys=True),

@@ -3,8 +3,10 @@
 Serves ``model.onnx`` with ONNX Runtime (vendored in ``code/wheels``: endpoints have no internet)
 and imports neither torch nor boto3, so a cold start is ONNX Runtime's load and nothing more.
 Every input goes through the one normaliser (``imaging.py``, shipped beside this file), then the
-resize policy recorded in ``model.json``, exactly as at training time; logits become probabilities
-and a label through ``decision.py`` (also shipped here), the rule every training figure used.
+resize policy recorded in ``model.json``, exactly as at training time; logits become probabilities,
+a label and the referral (``refer_to_radiologist`` with the ``referral_reasons`` that fired, the
+``threshold`` and ``referral_band`` in force) through ``decision.py`` (also shipped here), the rule
+every training figure used.
 
 Requests: ``image/png`` or ``image/jpeg`` bytes (raw uploads or the stored, preprocessed PNG), or
 ``application/json`` ``{"image": "<base64>", "explain": true}`` to also receive a class-activation
@@ -115,18 +117,22 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
     logits, cams = model.session.run(None, {"image": model_input(stored, config)})
     probs = decision.model_probabilities(logits[0], config)
     classes = model.classes
-    index = int(decision.predict(probs, classes, config.get("threshold")))
+    decided = decision.decide(probs, classes, config)
     result = {
-        "label": classes[index],
-        "confidence": float(probs[index]),
+        "label": decided.label,
+        "confidence": decided.confidence,
         "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
         "pneumonia_probability": (float(decision.pneumonia_probability(probs, classes))
                                   if decision.NORMAL in classes else None),
+        "refer_to_radiologist": decided.refer,
+        "referral_reasons": decided.reasons,
+        "threshold": decided.threshold,
+        "referral_band": decided.band,
         "model_id": model.model_id,
         "content_hash": request.image.content_hash,
     }
     if request.explain:
-        result["explanation"] = explanation(stored, cams[0, index], config["resize_policy"])
+        result["explanation"] = explanation(stored, cams[0, decided.index], config["resize_policy"])
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
     return result
 

@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="validate and ship a bias-corrected exponential moving average of the weights (0: the raw weights)")
     add("class-weighting", default="balanced", choices=("balanced", "none"))
     add("augment", default="strong", choices=augment.STRENGTHS)
+    add("referral-margin", type=float, default=decision.DEFAULT_MARGIN,
+        help="refer to a radiologist while p(pneumonia) is within this many log-odds of the threshold "
+             "(decision.py; log 4: [0.2, 0.8] at threshold 0.5); recorded in model.json")
     add("patience", type=int, default=3, help="epochs without validation improvement before stopping")
     add("seed", type=int, default=0)
     add("precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
@@ -96,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.train or not args.validation:
         p.error("the train and validation channels are required (SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION)")
+    if not (math.isfinite(args.referral_margin) and args.referral_margin > 0):
+        p.error(f"--referral-margin must be a positive number of log-odds, got {args.referral_margin}")
     return args
 
 
@@ -364,13 +369,14 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     temperature = m.fit_temperature(val_logits, val_y, classes, prior)
     val_probs = decision.probabilities(val_logits, classes, temperature, prior)
     threshold = m.choose_threshold(val_probs, val_y, classes)
-    validation = m.classification_metrics(val_y, val_probs, classes, threshold)
+    rule = decision.Rule.for_classes(classes, threshold, args.referral_margin)
+    validation = m.classification_metrics(val_y, val_probs, classes, rule)
     evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
     eval_logits = trainer.logits(splits[evaluated_on], model) if evaluated_on == "test" else val_logits
     eval_y = splits[evaluated_on].targets.numpy()
     probs_before = decision.probabilities(eval_logits, classes, 1.0, prior)
     probs = decision.probabilities(eval_logits, classes, temperature, prior)
-    result = m.classification_metrics(eval_y, probs, classes, threshold)
+    result = m.classification_metrics(eval_y, probs, classes, rule)
     reliability_before, reliability_after = m.reliability(probs_before, eval_y), m.reliability(probs, eval_y)
     result.update(
         evaluated_on=evaluated_on,
@@ -406,7 +412,10 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "subtype_prior_rule": "p(pneumonia) kept, its split between sub-types re-weighted by their training mix "
                               "(decision.py); null: none",
         "threshold": threshold,
-        "threshold_rule": "p(pneumonia) >= threshold calls pneumonia (chosen on validation); null: argmax",
+        "threshold_rule": "p(pneumonia) >= threshold calls pneumonia (chosen on validation); null: 0.5 "
+                          "(argmax without a normal class)",
+        "referral_margin": rule.margin,
+        "referral_rule": decision.RULE,
         "onnx": artifact.ONNX_FILE,
         "onnx_outputs": ["logits", "cams"],
         "onnx_max_abs_diff": onnx_diff,

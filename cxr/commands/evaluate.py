@@ -2,8 +2,10 @@
 
 Runs the model's own ``code/inference.py`` (ONNX Runtime, the one normaliser, the recorded resize
 policy, temperature and threshold) on every image, then the training job's ``metrics.py``, so the
-figures are computed exactly as ``metrics.json`` computes them. A binary folder (normal and
-pneumonia) scored by a three-class model gives the binary view only.
+figures are computed exactly as ``metrics.json`` computes them; the labels and referrals come from the
+model's own ``code/decision.py``, the rule its endpoint serves: the referral rate, its reasons and the
+accuracy on the images not referred are reported. A binary folder (normal and pneumonia) scored by a
+three-class model gives the binary view only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr import jobcode
+from cxr.commands.predict import rule_text
 from cxr.errors import UsageError
 from cxr.training_run import iter_images
 from lambdas.domain import labels
@@ -103,7 +106,7 @@ def evaluate(model_dir: Path, data_dir: Path) -> dict:
     by_path = {str(p): label for p, label in images}
     probs, kept, config = score(model_dir, [p for p, _ in images])
     metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
-    classes, threshold = config["classes"], config.get("threshold")
+    classes, rule = config["classes"], decision.Rule.of(config)
     truth = [by_path[p] for p in kept]
     result = {"model": str(model_dir), "data": str(data_dir), "model_id": config.get("model_id")}
     try:
@@ -111,13 +114,15 @@ def evaluate(model_dir: Path, data_dir: Path) -> dict:
     except KeyError:
         y = None
     if y is not None:
-        result.update(metrics.classification_metrics(y, probs, classes, threshold))
+        result.update(metrics.classification_metrics(y, probs, classes, rule))
         return result
     if decision.NORMAL not in classes or not set(truth) <= {decision.NORMAL, *labels.SUBTYPES, labels.PNEUMONIA}:
         raise UsageError(f"the folder's labels {sorted(set(truth))} do not match the model's classes {classes}")
-    called = decision.predict(probs, classes, threshold) != classes.index(decision.NORMAL)
-    result["binary"] = metrics.binary_metrics(np.array([t != decision.NORMAL for t in truth]),
-                                              decision.pneumonia_probability(probs, classes), called)
+    decided = decision.decide_all(probs, classes, rule)
+    called = decided.index != classes.index(decision.NORMAL)
+    sick = np.array([t != decision.NORMAL for t in truth])
+    result["binary"] = metrics.binary_metrics(sick, decision.pneumonia_probability(probs, classes), called)
+    result["decision"] = metrics.referral_metrics(called == sick, decided, rule)
     result["note"] = "the folder is labelled normal/pneumonia only: binary view of the model's classes"
     return result
 
@@ -135,6 +140,11 @@ def print_result(result: dict) -> None:
         b = result["binary"]
         print(f"binary (pneumonia vs normal): accuracy {b['accuracy']:.4f}  ROC-AUC {_f(b['roc_auc'])}  "
               f"sensitivity {_f(b['sensitivity'])}  specificity {_f(b['specificity'])}")
+    d = result["decision"]
+    reasons = ", ".join(f"{name} {n}" for name, n in d["reasons"].items() if n) or "none"
+    print(f"referred to a radiologist: {d['referred']} ({_f(d['referral_rate'])}; {reasons}); accuracy on the "
+          f"{'binary view of the ' if 'accuracy' not in result else ''}images not referred "
+          f"{_f(d['unreferred_accuracy'])}; near-threshold rule: {rule_text(d['threshold'], d['band'])}")
 
 
 def _f(value) -> str:

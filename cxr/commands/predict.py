@@ -69,6 +69,25 @@ def print_table(results: dict[Path, dict]) -> None:
         if r["status"] != "predicted":
             print(f"{path.name:<36} {r['status']}: {r.get('reason', '')} {r.get('message', '')}")
             continue
-        refer = r.get("refer_to_radiologist")
-        print(f"{path.name:<36} {r['label']:<10} {r['confidence']:>10.3f} {r['pneumonia_probability']:>12.3f}  "
-              f"{'-' if refer is None else ('yes' if refer else 'no')}")
+        print(f"{path.name:<36} {r['label']:<10} {r['confidence']:>10.3f} {probability(r['pneumonia_probability'])}  "
+              f"{referral(r)}")
+
+
+def probability(value: float | None) -> str:
+    """p(pneumonia), which a model without a normal class does not have."""
+    return f"{'-':>12}" if value is None else f"{value:>12.3f}"
+
+
+def rule_text(threshold: float | None, band: list[float] | None) -> str:
+    """The model's threshold on p(pneumonia) and the band around it that is referred."""
+    if threshold is None or band is None:
+        return "no binary threshold"
+    return f"p(pneumonia) in [{band[0]:.3f}, {band[1]:.3f}] around the threshold {threshold:.3f}"
+
+
+def referral(record: dict) -> str:
+    """``yes (near_threshold, ...)`` with the rules that fired, or ``no``: the model's own decision rule."""
+    if record.get("refer_to_radiologist") is None:
+        return "-"
+    reasons = record.get("referral_reasons") or []
+    return f"yes ({', '.join(reasons)})" if record["refer_to_radiologist"] else "no"

@@ -87,7 +87,8 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> fl
 
     gain = balanced(score >= threshold) - balanced(score >= DEFAULT_THRESHOLD)
     resolution = 1.0 / min(int(is_pneumonia.sum()), int((1 - is_pneumonia).sum()))
-    return threshold if gain > resolution else None
+    # 0 or 1 would call every image one class, and leave no log-odds band around it to refer
+    return threshold if gain > resolution and 0.0 < threshold < 1.0 else None
 
 
 def _auc(y_binary: np.ndarray, score: np.ndarray) -> float | None:

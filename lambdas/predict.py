@@ -269,7 +269,7 @@ def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: 
     prediction["latency_ms"] = latency
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
     logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
-                latency_ms=latency)
+                referral_reasons=prediction["referral_reasons"], latency_ms=latency)
     return prediction
 
 

@@ -62,7 +62,7 @@ def test_referral_band_follows_the_threshold_and_refers_a_label_that_disagrees()
     assert default == pytest.approx((0.2, 0.8))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make setup installs Debian's package)")
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make setup installs Debian's chromium)")
 def test_report_renders_in_headless_chromium(trained, tiny_dataset, tmp_path):
     out = tmp_path / "report.html"
     assert cli.main(["evaluate", "--model", str(trained / "model"), "--data", str(tiny_dataset),
@@ -72,6 +72,18 @@ def test_report_renders_in_headless_chromium(trained, tiny_dataset, tmp_path):
     assert checked["images"] >= 1 and checked["broken"] == []
     assert checked["console_errors"] == [] and checked["failed_requests"] == [] and checked["requests"] == []
     assert checked["missing_sections"] == [] and checked["charts"] >= 4
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make setup installs Debian's chromium)")
+def test_the_browser_check_sees_broken_images_requests_and_console_errors(tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><html><body><section id="summary"></section>'
+                    '<img alt="bad" src="data:image/png;base64,AAAA"><img alt="remote" src="http://127.0.0.1:9/x.png">'
+                    "<script>console.error('boom')</script></body></html>")
+    checked = check_in_browser(page, tmp_path / "broken.png")
+    assert checked["broken"] == ["bad", "remote"] and checked["requests"] == ["http://127.0.0.1:9/x.png"]
+    assert checked["failed_requests"] == ["http://127.0.0.1:9/x.png"] and "boom" in checked["console_errors"]
+    assert "summary" not in checked["missing_sections"] and "cases" in checked["missing_sections"]
 
 
 def check_in_browser(page_path: Path, screenshot: Path) -> dict:

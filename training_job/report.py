@@ -24,7 +24,7 @@ from sklearn import metrics as skm
 
 REPORT_FILE = "report.html"
 MAX_CASES = 150
-"""Thumbnails shown at most (errors first): about 8 kB each, so a page stays near a megabyte."""
+"""Thumbnails shown at most, shared between the groups: about 8 kB each, so a page stays near a megabyte."""
 THUMBNAIL_SIDE = 192
 DEFAULT_BAND_HALF_WIDTH = 0.3
 """Until the shared decision rule lands: the band is the threshold (0.5 without one) +- 0.3, the
@@ -92,9 +92,11 @@ def _path(xs, ys) -> str:
 
 def chart(title: str, xlabel: str, ylabel: str, series: list[tuple[str, object, object]], *,
           points: list[tuple[str, float, float]] = (), vline: tuple[str, float] | None = None,
-          band: tuple[float, float] | None = None, diagonal: bool = False, dots: bool = False) -> str:
-    """A unit-square line chart as an inline ``<svg>``: named series, marked points, one vertical
-    line (the threshold) and one shaded x-interval (the referral band)."""
+          band: tuple[float, float] | None = None, diagonal: bool = False, dots: bool = False,
+          bars: list[tuple[float, float, float, int]] = ()) -> str:
+    """A unit-square chart as an inline ``<svg>``: named series (lines, or markers with ``dots``),
+    marked points, one vertical line (the threshold), one shaded x-interval (the referral band) and
+    bars ``(low, high, height, count)`` labelled with their count (a reliability diagram's bins)."""
     out = [f'<svg viewBox="0 0 {CHART_W} {CHART_H}" role="img" aria-label="{html.escape(title)}">',
            f"<title>{html.escape(title)}</title>"]
     if band:
@@ -107,6 +109,11 @@ def chart(title: str, xlabel: str, ylabel: str, series: list[tuple[str, object, 
         out.append(f'<text x="{_x(0) - 5:.1f}" y="{_y(t) + 4:.1f}" text-anchor="end">{t:.1f}</text>')
     out.append(f'<rect x="{_x(0)}" y="{_y(1)}" width="{_x(1) - _x(0)}" height="{_y(0) - _y(1)}" fill="none" '
                'stroke="#444"/>')
+    for low, high, height, count in bars:
+        out.append(f'<rect x="{_x(low) + 1:.1f}" y="{_y(height):.1f}" width="{_x(high) - _x(low) - 2:.1f}" '
+                   f'height="{_y(0) - _y(height):.1f}" fill="#bbdefb" stroke="#64b5f6"/>')
+        out.append(f'<text x="{(_x(low) + _x(high)) / 2:.1f}" y="{_y(height) - 3:.1f}" text-anchor="middle">'
+                   f"{count}</text>")
     if diagonal:
         out.append(f'<path d="{_path([0, 1], [0, 1])}" stroke="#999" stroke-dasharray="4 3" fill="none"/>')
     if vline:
@@ -115,16 +122,19 @@ def chart(title: str, xlabel: str, ylabel: str, series: list[tuple[str, object, 
     legend = []
     for i, (name, xs, ys) in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
-        out.append(f'<path d="{_path(xs, ys)}" stroke="{colour}" stroke-width="2" fill="none"/>')
         if dots:
-            out += [f'<circle cx="{_x(a):.1f}" cy="{_y(b):.1f}" r="3" fill="{colour}"/>'
+            out += [f'<circle cx="{_x(a):.1f}" cy="{_y(b):.1f}" r="3.5" fill="{colour}"/>'
                     for a, b in zip(xs, ys, strict=True)]
+        else:
+            out.append(f'<path d="{_path(xs, ys)}" stroke="{colour}" stroke-width="2" fill="none"/>')
         legend.append((name, colour))
     for name, a, b in points:
         out.append(f'<circle cx="{_x(a):.1f}" cy="{_y(b):.1f}" r="5" fill="none" stroke="#000" stroke-width="2"/>')
         legend.append((name, "#000"))
     if vline:
         legend.append((vline[0], "#000"))
+    if bars:
+        legend.append(("bars: accuracy of each confidence bin, served (images in the bin above)", "#1976d2"))
     if band:
         legend.append((f"shaded: referral band [{band[0]:.2f}, {band[1]:.2f}]", "#b08800"))
     out.append(f'<text x="{(_x(0) + _x(1)) / 2:.1f}" y="{CHART_H - 8}" text-anchor="middle">'
@@ -142,6 +152,10 @@ def _f(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _when(iso: str | None) -> str:
+    return f"{iso[:19].replace('T', ' ')} UTC" if iso else "not recorded"
+
+
 def _header(ev: Evaluation, result: dict) -> str:
     cfg = ev.config
     sizes = ", ".join(f"{name} {n}" for name, n in (cfg.get("data") or {}).items()) or "not recorded"
@@ -151,10 +165,10 @@ def _header(ev: Evaluation, result: dict) -> str:
             ("threshold on p(pneumonia)", _f(cfg.get("threshold")) if cfg.get("threshold") is not None
              else "none (most probable class)"),
             ("referral band on p(pneumonia)", band), ("temperature", _f(cfg.get("temperature"))),
-            ("model trained", cfg.get("finished")), ("report written", ev.created)]
+            ("model trained", _when(cfg.get("finished"))), ("report written", _when(ev.created))]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     summary = [("accuracy", result["accuracy"]), ("balanced accuracy", result["balanced_accuracy"]),
-               ("macro-F1", result["macro_f1"]), ("ROC-AUC", result["roc_auc"]), ("ECE", result["ece"])]
+               ("macro-F1", result["macro_f1"]), ("ROC-AUC (all classes)", result["roc_auc"]), ("ECE", result["ece"])]
     if "binary" in result:
         b = result["binary"]
         summary += [("sensitivity (pneumonia)", b["sensitivity"]), ("specificity", b["specificity"]),
@@ -225,20 +239,18 @@ def _binary_charts(ev: Evaluation) -> str:
 
 def _reliability(ev: Evaluation) -> str:
     series = []
-    views = [("before temperature scaling", ev.probs_uncalibrated), ("served (calibrated)", ev.probs)]
-    counts = []
+    views = [("served (calibrated)", ev.probs), ("before temperature scaling", ev.probs_uncalibrated)]
     for name, probs in views:
-        if probs is None:
-            continue
-        bins = [b for b in m.reliability(probs, ev.y) if b["count"]]
-        series.append((f"{name}: ECE {m.expected_calibration_error(probs, ev.y):.3f}",
-                       [b["confidence"] for b in bins], [b["accuracy"] for b in bins]))
-        counts = bins
-    table = "".join(f"<td>{b['low']:.1f}-{b['high']:.1f}: {b['count']}</td>" for b in counts)
-    svg = chart("Reliability: accuracy against confidence", "confidence (probability of the most probable class)",
-                "accuracy", series, diagonal=True, dots=True)
-    return (f'<section id="reliability"><h2>Reliability diagram</h2><div class="charts">{svg}</div>'
-            f'<p>Images per confidence bin (served):</p><table class="grid"><tr>{table}</tr></table></section>')
+        if probs is not None:
+            bins = [b for b in m.reliability(probs, ev.y) if b["count"]]
+            series.append((f"{name}: mean confidence and accuracy per bin, ECE "
+                           f"{m.expected_calibration_error(probs, ev.y):.3f}",
+                           [b["confidence"] for b in bins], [b["accuracy"] for b in bins]))
+    bars = [(b["low"], b["high"], b["accuracy"], b["count"]) for b in m.reliability(ev.probs, ev.y) if b["count"]]
+    svg = chart("Reliability: accuracy against confidence", "confidence (probability of the label's class)",
+                "accuracy", series, diagonal=True, dots=True, bars=bars)
+    return (f'<section id="reliability"><h2>Reliability diagram</h2><p>A calibrated model\'s dots lie on the '
+            f'diagonal; bins with few images say little.</p><div class="charts">{svg}</div></section>')
 
 
 def _thumbnail(png: bytes) -> str:
@@ -249,34 +261,49 @@ def _thumbnail(png: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _figure(ev: Evaluation, i: int, label: int, tags: list[str]) -> str:
+    classes = ev.config["classes"]
+    p = (f"<br>p(pneumonia) {decision.pneumonia_probability(ev.probs[i], classes):.3f}"
+         if decision.NORMAL in classes else "")
+    badges = "".join(f'<span class="tag {t}">{t}</span>' for t in tags)
+    return (f'<figure class="{" ".join(tags)}"><img src="{_thumbnail(ev.overlay(i, label))}" '
+            f'alt="X-ray {ev.content_hashes[i][:12]} with heat map"><figcaption><code>{ev.content_hashes[i][:16]}'
+            f"</code> {badges}<br>truth <b>{html.escape(classes[ev.y[i]])}</b>, label "
+            f"<b>{html.escape(classes[label])}</b><br>p(label) {ev.probs[i, label]:.3f}{p}</figcaption></figure>")
+
+
 def _cases(ev: Evaluation) -> str:
+    """Thumbnails in three groups, each capped and most confident first: a confident error is what a
+    reviewer must see, and capping each group keeps the referred cases from being crowded out."""
     classes = ev.config["classes"]
     pred = decision.predict(ev.probs, classes, ev.config.get("threshold"))
     wrong = pred != ev.y
-    shown = [int(i) for i in np.flatnonzero(wrong | ev.referred)]
-    # errors first, the most confident errors first of all: those are what a reviewer must see
-    shown.sort(key=lambda i: (not wrong[i], -float(ev.probs[i, pred[i]])))
-    has_normal = decision.NORMAL in classes
-    figures = []
-    for i in shown[:MAX_CASES]:
-        tags = (["wrong"] if wrong[i] else []) + (["referred"] if ev.referred[i] else [])
-        p = f"p(pneumonia) {decision.pneumonia_probability(ev.probs[i], classes):.3f}" if has_normal else ""
-        figures.append(
-            f'<figure class="{" ".join(tags)}"><img src="{_thumbnail(ev.overlay(i, int(pred[i])))}" '
-            f'alt="X-ray {ev.content_hashes[i][:12]} with heat map"><figcaption><code>{ev.content_hashes[i][:16]}'
-            f"</code><br>truth <b>{html.escape(classes[ev.y[i]])}</b>, label <b>{html.escape(classes[pred[i]])}</b> "
-            f"({ev.probs[i, pred[i]]:.3f})<br>{p} {' '.join(tags)}</figcaption></figure>")
-    note = (f"{int(wrong.sum())} misclassified, {int(ev.referred.sum())} referred, {len(shown)} images in all"
-            + (f"; the first {MAX_CASES} shown (errors first, most confident first)" if len(shown) > MAX_CASES else ""))
+    if decision.NORMAL in classes:
+        normal = classes.index(decision.NORMAL)
+        binary_wrong = wrong & ((pred == normal) | (ev.y == normal))
+        groups = [("Pneumonia against normal: missed or false pneumonia", binary_wrong),
+                  ("Wrong pneumonia sub-type", wrong & ~binary_wrong)]
+    else:
+        groups = [("Misclassified", wrong)]
+    groups.append(("Referred, label right", ev.referred & ~wrong))
+    cap = MAX_CASES // len(groups)
+    sections = []
+    for title, members in groups:
+        order = sorted(np.flatnonzero(members).tolist(), key=lambda i: -float(ev.probs[i, pred[i]]))
+        tags = {i: [t for t, on in (("wrong", wrong[i]), ("referred", ev.referred[i])) if on] for i in order[:cap]}
+        figures = [_figure(ev, i, int(pred[i]), tags[i]) for i in order[:cap]]
+        shown = f"the {cap} most confident shown" if len(order) > cap else "all shown"
+        sections.append(f"<h3>{html.escape(title)}: {len(order)} ({shown})</h3>"
+                        f'<div class="thumbs">{"".join(figures)}</div>')
     return ('<section id="cases"><h2>Misclassified and referred images</h2><p>Each with the class-activation heat '
             "map of the label given (where the network looked), named by the first 16 hex digits of its content "
-            f'hash (SHA-256 of the stored image), never by file name. {note}.</p><div class="thumbs">'
-            f"{''.join(figures)}</div></section>")
+            f"hash (SHA-256 of the stored image), never by file name. {int(wrong.sum())} misclassified, "
+            f"{int(ev.referred.sum())} referred.</p>{''.join(sections)}</section>")
 
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ccc}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ccc}h3{font-size:15px}
 table.facts th{text-align:left;padding-right:16px;font-weight:600}
 table.grid{border-collapse:collapse}table.grid td,table.grid th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 table.confusion td{min-width:70px}small{opacity:.75}
@@ -289,6 +316,8 @@ svg .title{font-size:12px;font-weight:600}ul.legend{margin:2px 0 0 40px;padding:
 figure{margin:0;width:192px;font-size:11px;border:2px solid #ddd;padding:4px}
 figure.wrong{border-color:#c62828}figure.referred:not(.wrong){border-color:#f0b400}
 figure img{width:192px;height:auto;display:block}
+.tag{font-size:10px;padding:0 4px;border-radius:3px;color:#fff}.tag.wrong{background:#c62828}
+.tag.referred{background:#b08800}
 """
 
 

@@ -111,7 +111,7 @@ def chart(title: str, xlabel: str, ylabel: str, series: list[tuple[str, object, 
                'stroke="#444"/>')
     for low, high, height, count in bars:
         out.append(f'<rect x="{_x(low) + 1:.1f}" y="{_y(height):.1f}" width="{_x(high) - _x(low) - 2:.1f}" '
-                   f'height="{_y(0) - _y(height):.1f}" fill="#bbdefb" stroke="#64b5f6"/>')
+                   f'height="{_y(0) - _y(height):.1f}" fill="#e0e0e0" stroke="#9e9e9e"/>')
         out.append(f'<text x="{(_x(low) + _x(high)) / 2:.1f}" y="{_y(height) - 3:.1f}" text-anchor="middle">'
                    f"{count}</text>")
     if diagonal:
@@ -134,7 +134,7 @@ def chart(title: str, xlabel: str, ylabel: str, series: list[tuple[str, object, 
     if vline:
         legend.append((vline[0], "#000"))
     if bars:
-        legend.append(("bars: accuracy of each confidence bin, served (images in the bin above)", "#1976d2"))
+        legend.append(("grey bars: accuracy of each confidence bin, served (images in the bin above)", "#616161"))
     if band:
         legend.append((f"shaded: referral band [{band[0]:.2f}, {band[1]:.2f}]", "#b08800"))
     out.append(f'<text x="{(_x(0) + _x(1)) / 2:.1f}" y="{CHART_H - 8}" text-anchor="middle">'
@@ -281,8 +281,9 @@ def _cases(ev: Evaluation) -> str:
     if decision.NORMAL in classes:
         normal = classes.index(decision.NORMAL)
         binary_wrong = wrong & ((pred == normal) | (ev.y == normal))
-        groups = [("Pneumonia against normal: missed or false pneumonia", binary_wrong),
-                  ("Wrong pneumonia sub-type", wrong & ~binary_wrong)]
+        groups = [("Pneumonia against normal: missed or false pneumonia", binary_wrong)]
+        if len(classes) > 2:
+            groups.append(("Wrong pneumonia sub-type", wrong & ~binary_wrong))
     else:
         groups = [("Misclassified", wrong)]
     groups.append(("Referred, label right", ev.referred & ~wrong))
@@ -292,7 +293,7 @@ def _cases(ev: Evaluation) -> str:
         order = sorted(np.flatnonzero(members).tolist(), key=lambda i: -float(ev.probs[i, pred[i]]))
         tags = {i: [t for t, on in (("wrong", wrong[i]), ("referred", ev.referred[i])) if on] for i in order[:cap]}
         figures = [_figure(ev, i, int(pred[i]), tags[i]) for i in order[:cap]]
-        shown = f"the {cap} most confident shown" if len(order) > cap else "all shown"
+        shown = f"the {cap} most confident shown" if len(order) > cap else "all shown" if order else "none"
         sections.append(f"<h3>{html.escape(title)}: {len(order)} ({shown})</h3>"
                         f'<div class="thumbs">{"".join(figures)}</div>')
     return ('<section id="cases"><h2>Misclassified and referred images</h2><p>Each with the class-activation heat '

@@ -69,10 +69,12 @@ def test_report_renders_in_headless_chromium(trained, tiny_dataset, tmp_path):
     assert cli.main(["evaluate", "--model", str(trained / "model"), "--data", str(tiny_dataset),
                      "--report", str(out)]) == 0
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    checked = check_in_browser(out, SCREENSHOTS / "tiny-model.png")
-    assert checked["images"] >= 1 and checked["broken"] == []
-    assert checked["console_errors"] == [] and checked["failed_requests"] == [] and checked["requests"] == []
-    assert checked["missing_sections"] == [] and checked["charts"] >= 4
+    for page, screenshot in ((out, "tiny-model-evaluate.png"),
+                             (trained / "model" / "report" / "report.html", "tiny-model-training.png")):
+        checked = check_in_browser(page, SCREENSHOTS / screenshot)
+        assert checked["images"] >= 1 and checked["broken"] == [], page
+        assert checked["console_errors"] == [] and checked["failed_requests"] == [] and checked["requests"] == []
+        assert checked["missing_sections"] == [] and checked["charts"] >= 4
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make setup installs Debian's chromium)")

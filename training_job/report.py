@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,9 +27,10 @@ REPORT_FILE = "report.html"
 MAX_CASES = 150
 """Thumbnails shown at most, shared between the groups: about 8 kB each, so a page stays near a megabyte."""
 THUMBNAIL_SIDE = 192
-DEFAULT_BAND_HALF_WIDTH = 0.3
-"""Until the shared decision rule lands: the band is the threshold (0.5 without one) +- 0.3, the
-width of the fixed [0.2, 0.8] band it replaces, so a probability near the threshold is referred."""
+REFERRAL_MARGIN = math.log(4)
+"""Until the shared decision rule lands: refer while the odds of pneumonia are within a factor of 4 of
+the threshold's odds (0.5 without one), which at 0.5 is the fixed [0.2, 0.8] band it replaces. In
+odds, not probability: a threshold of 0.83 +- 0.3 would refer every confident pneumonia."""
 
 CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 360, 300, 48, 14, 30, 42
 COLOURS = ("#c62828", "#1565c0", "#2e7d32", "#6a1b9a")
@@ -45,9 +47,9 @@ def referrals(probs: np.ndarray, classes: list[str], config: dict) -> tuple[np.n
     disagrees = pred != probs.argmax(axis=-1)
     if decision.NORMAL not in classes:
         return disagrees, None
-    centre = config.get("threshold")
-    centre = 0.5 if centre is None else centre
-    band = (max(0.0, centre - DEFAULT_BAND_HALF_WIDTH), min(1.0, centre + DEFAULT_BAND_HALF_WIDTH))
+    threshold = min(max(0.5 if config.get("threshold") is None else config["threshold"], 1e-6), 1 - 1e-6)
+    centre = math.log(threshold / (1 - threshold))
+    band = tuple(float(1 / (1 + math.exp(-(centre + d)))) for d in (-REFERRAL_MARGIN, REFERRAL_MARGIN))
     score = decision.pneumonia_probability(probs, classes)
     return disagrees | ((score >= band[0]) & (score <= band[1])), band
 

@@ -59,6 +59,9 @@ def test_referral_band_follows_the_threshold_and_refers_a_label_that_disagrees()
     assert band[0] < 0.55 < band[1] and band[0] > 0.1 and band[1] < 0.97
     # p(pneumonia) 0.10 is outside; 0.55 is at the threshold, labelled bacterial while normal is most probable
     assert referred.tolist() == [False, True, False]
+    # a high threshold keeps a band short of 1: a confident pneumonia is not referred
+    _, high = report.referrals(probs, classes, {"classes": classes, "threshold": 0.834})
+    assert 0.5 < high[0] < 0.834 < high[1] < 0.97
     _, default = report.referrals(probs, classes, {"classes": classes, "threshold": None})
     assert default == pytest.approx((0.2, 0.8))
 

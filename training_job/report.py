@@ -36,6 +36,11 @@ CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 360, 300, 48, 14, 30, 42
 COLOURS = ("#c62828", "#1565c0", "#2e7d32", "#6a1b9a")
 
 
+def _logit(p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def referrals(probs: np.ndarray, classes: list[str], config: dict) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Which cases the model refers to a radiologist, and the band on p(pneumonia) that refers.
 
@@ -47,8 +52,7 @@ def referrals(probs: np.ndarray, classes: list[str], config: dict) -> tuple[np.n
     disagrees = pred != probs.argmax(axis=-1)
     if decision.NORMAL not in classes:
         return disagrees, None
-    threshold = min(max(0.5 if config.get("threshold") is None else config["threshold"], 1e-6), 1 - 1e-6)
-    centre = math.log(threshold / (1 - threshold))
+    centre = float(_logit(0.5 if config.get("threshold") is None else config["threshold"]))
     band = tuple(float(1 / (1 + math.exp(-(centre + d)))) for d in (-REFERRAL_MARGIN, REFERRAL_MARGIN))
     score = decision.pneumonia_probability(probs, classes)
     return disagrees | ((score >= band[0]) & (score <= band[1])), band
@@ -275,27 +279,34 @@ def _figure(ev: Evaluation, i: int, label: int, tags: list[str]) -> str:
 
 
 def _cases(ev: Evaluation) -> str:
-    """Thumbnails in three groups, each capped and most confident first: a confident error is what a
-    reviewer must see, and capping each group keeps the referred cases from being crowded out."""
+    """Thumbnails in groups, each capped: errors most confident first (a confident error is what a
+    reviewer must see), referred cases closest to a coin toss first; a cap per group keeps the
+    referred cases from being crowded out by the errors."""
     classes = ev.config["classes"]
     pred = decision.predict(ev.probs, classes, ev.config.get("threshold"))
     wrong = pred != ev.y
+    confident = ("most confident", lambda i: -float(ev.probs[i, pred[i]]))
+    groups = []
     if decision.NORMAL in classes:
         normal = classes.index(decision.NORMAL)
         binary_wrong = wrong & ((pred == normal) | (ev.y == normal))
-        groups = [("Pneumonia against normal: missed or false pneumonia", binary_wrong)]
+        groups.append(("Pneumonia against normal: missed or false pneumonia", binary_wrong, confident))
         if len(classes) > 2:
-            groups.append(("Wrong pneumonia sub-type", wrong & ~binary_wrong))
+            groups.append(("Wrong pneumonia sub-type", wrong & ~binary_wrong, confident))
+        threshold = 0.5 if ev.config.get("threshold") is None else ev.config["threshold"]
+        odds = np.abs(_logit(decision.pneumonia_probability(ev.probs, classes)) - _logit(threshold))
+        uncertain = ("closest to the threshold", lambda i: float(odds[i]))
     else:
-        groups = [("Misclassified", wrong)]
-    groups.append(("Referred, label right", ev.referred & ~wrong))
+        groups.append(("Misclassified", wrong, confident))
+        uncertain = ("least confident", lambda i: float(ev.probs[i, pred[i]]))
+    groups.append(("Referred, label right", ev.referred & ~wrong, uncertain))
     cap = MAX_CASES // len(groups)
     sections = []
-    for title, members in groups:
-        order = sorted(np.flatnonzero(members).tolist(), key=lambda i: -float(ev.probs[i, pred[i]]))
+    for title, members, (order_name, key) in groups:
+        order = sorted(np.flatnonzero(members).tolist(), key=key)
         tags = {i: [t for t, on in (("wrong", wrong[i]), ("referred", ev.referred[i])) if on] for i in order[:cap]}
         figures = [_figure(ev, i, int(pred[i]), tags[i]) for i in order[:cap]]
-        shown = f"the {cap} most confident shown" if len(order) > cap else "all shown" if order else "none"
+        shown = f"the {cap} {order_name} shown" if len(order) > cap else "all shown" if order else "none"
         sections.append(f"<h3>{html.escape(title)}: {len(order)} ({shown})</h3>"
                         f'<div class="thumbs">{"".join(figures)}</div>')
     return ('<section id="cases"><h2>Misclassified and referred images</h2><p>Each with the class-activation heat '

@@ -104,7 +104,7 @@ def check_in_browser(page_path: Path, screenshot: Path) -> dict:
         page.on("pageerror", lambda e: console.append(str(e)))
         page.on("requestfailed", lambda r: failed.append(r.url))
         page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
-        page.goto(page_path.as_uri(), wait_until="load")
+        page.goto(page_path.resolve().as_uri(), wait_until="load")
         broken = page.eval_on_selector_all("img", "els => els.filter(e => !e.complete || e.naturalWidth === 0)"
                                                   ".map(e => e.alt)")
         found = {

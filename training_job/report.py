@@ -311,7 +311,7 @@ def _cases(ev: Evaluation) -> str:
                         f'<div class="thumbs">{"".join(figures)}</div>')
     return ('<section id="cases"><h2>Misclassified and referred images</h2><p>Each with the class-activation heat '
             "map of the label given (where the network looked), named by the first 16 hex digits of its content "
-            f"hash (SHA-256 of the stored image), never by file name. {int(wrong.sum())} misclassified, "
+            f"hash (the SHA-256 prediction records carry), never by file name. {int(wrong.sum())} misclassified, "
             f"{int(ev.referred.sum())} referred.</p>{''.join(sections)}</section>")
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, PartialCredentialsError
 
 from cxr.errors import UserError
@@ -54,8 +55,8 @@ class Target:
     def is_local(self) -> bool:
         return self.endpoint_url is not None
 
-    def client(self, service: str):
-        return self.session.client(service, region_name=self.region, endpoint_url=self.endpoint_url)
+    def client(self, service: str, config: Config | None = None):
+        return self.session.client(service, region_name=self.region, endpoint_url=self.endpoint_url, config=config)
 
     def bucket(self, role: str) -> str:
         return wiring.BUCKETS[role].name(self.stage, self.account, self.region)

@@ -1,9 +1,10 @@
 """Evaluate Lambda (training pipeline): the quality gate on the trained model's own ``metrics.json``.
 
 Reads ``metrics.json`` straight out of ``model.tar.gz`` on S3 (streamed: the archive also holds the
-weights), compares the configured metrics with their minimums, writes the metrics and the verdict
-to ``reports/<run>/`` and returns the verdict for the state machine's Choice state. A model
-that misses the gate is a result, not an error; an artifact without metrics is an error.
+weights), compares the configured metrics with their minimums, writes the metrics, the verdict and
+the model's HTML evaluation report (``report/report.html`` in the archive) to ``reports/<run>/``
+and returns the verdict for the state machine's Choice state. A model that misses the gate is a
+result, not an error; an artifact without metrics is an error.
 
 Whatever the configured minimums, a model must record the decision rule its endpoint applies
 (``metrics.json`` ``decision``, written by ``training_job/decision.py``): a positive log-odds margin
@@ -29,6 +30,8 @@ from lambdas.domain import layout
 logger = Logger(service="cxr-evaluate-model")
 
 METRICS_FILE = "metrics.json"
+REPORT_MEMBER = f"report/{layout.REPORT_HTML}"
+"""Written by ``training_job/train.py`` into the model directory (``report.REPORT_FILE``)."""
 
 
 class ModelArtifactError(RuntimeError):
@@ -45,19 +48,25 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_metrics(bucket: str, key: str) -> dict:
-    """``metrics.json`` from the top of a gzipped tar on S3, read as a stream."""
+def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None]:
+    """``metrics.json`` and the HTML evaluation report (None in archives older than it) from a
+    gzipped tar on S3, read as one stream: the weights between them are never held in memory."""
     body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    found: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=body, mode="r|gz") as archive:
             for member in archive:
-                if member.isfile() and member.name.removeprefix("./") == METRICS_FILE:
-                    return json.load(archive.extractfile(member))
+                name = member.name.removeprefix("./")
+                if member.isfile() and name in (METRICS_FILE, REPORT_MEMBER):
+                    found[name] = archive.extractfile(member).read()
+        metrics = json.loads(found[METRICS_FILE]) if METRICS_FILE in found else None
     except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
         raise ModelArtifactError(f"cannot read {METRICS_FILE} from the model archive: {exc}") from exc
     finally:
         body.close()
-    raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
+    if metrics is None:
+        raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
+    return metrics, found.get(REPORT_MEMBER)
 
 
 def metric(metrics: Mapping, path: str) -> float | None:
@@ -124,14 +133,17 @@ def handler(event: dict, context) -> dict:
     run_id = str(event["run_id"])
     bucket, key = parse_s3_uri(event["model_artifact"])
     gate = load_gate(os.environ)
-    metrics = read_metrics(bucket, key)
+    metrics, report_html = read_artifact(bucket, key)
     verdict = judge(metrics, gate)
     report = {"run_id": run_id, "model_artifact": event["model_artifact"], **verdict}
     s3 = aws.client("s3")
     data_bucket = os.environ["DATA_BUCKET"]
-    s3.put_object(Bucket=data_bucket, Key=f"{layout.REPORTS}{run_id}/{METRICS_FILE}",
+    s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, METRICS_FILE),
                   Body=json.dumps(metrics, indent=2).encode(), ContentType="application/json")
-    s3.put_object(Bucket=data_bucket, Key=f"{layout.REPORTS}{run_id}/gate.json",
+    s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, "gate.json"),
                   Body=json.dumps(report, indent=2).encode(), ContentType="application/json")
+    if report_html is not None:
+        s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, layout.REPORT_HTML), Body=report_html,
+                      ContentType="text/html; charset=utf-8")
     logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"]})
     return {**report, "report_uri": f"s3://{data_bucket}/{layout.REPORTS}{run_id}/"}

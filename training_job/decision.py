@@ -176,16 +176,21 @@ def decide_all(probs: np.ndarray, classes: list[str], rule: Rule,
     probs = np.asarray(probs, dtype=np.float64)
     index = predict(probs, classes, rule.threshold)
     chosen = np.take_along_axis(probs, index[:, None], axis=-1)[:, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if rule.threshold is None:  # no binary view: the decision is the argmax, its boundary the runner-up
-            top = np.sort(probs, axis=-1)
-            distance = np.log(top[:, -1]) - np.log(top[:, -2])
-        else:
-            distance = np.abs(_logit(pneumonia_probability(probs, classes)) - _logit(rule.threshold))
     ood = np.zeros(len(probs), bool) if out_of_distribution is None else np.asarray(out_of_distribution, bool)
-    return Decisions(index, {NEAR_THRESHOLD: distance < rule.margin,
+    return Decisions(index, {NEAR_THRESHOLD: distance_to_threshold(probs, classes, rule) < rule.margin,
                              LABEL_NOT_MOST_PROBABLE: chosen < probs.max(axis=-1),
                              OUT_OF_DISTRIBUTION: ood})
+
+
+def distance_to_threshold(probs: np.ndarray, classes: list[str], rule: Rule) -> np.ndarray:
+    """Log-odds between each row's p(pneumonia) and the threshold; without a normal class, between the two
+    most probable classes (the argmax's own boundary)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if rule.threshold is None:
+            top = np.sort(probs, axis=-1)
+            return np.log(top[:, -1]) - np.log(top[:, -2])
+        return np.abs(_logit(pneumonia_probability(probs, classes)) - _logit(rule.threshold))
 
 
 def decide(probs: np.ndarray, classes: list[str], config: dict, out_of_distribution: bool = False) -> Decision:

@@ -10,11 +10,14 @@ three-class model gives the binary view only.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -37,6 +40,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model directory or model.tar.gz")
     parser.add_argument("--data", required=True, type=Path, help="labelled folder of PNG/JPEG X-rays")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--report", type=Path, metavar="OUT.html",
+                        help="also write the evaluation report (one self-contained HTML page) there")
     parser.set_defaults(run=run)
 
 
@@ -47,7 +52,7 @@ def run(args) -> int:
         raise UsageError(f"no such folder: {args.data}")
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = open_model(args.model, Path(scratch))
-        result = evaluate(model_dir, args.data)
+        result = evaluate(model_dir, args.data, args.report)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -76,14 +81,33 @@ def labelled_images(data_dir: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def score(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, list[str], dict]:
+@dataclass
+class Scored:
+    """The model's output on the files the normaliser accepted, in order."""
+
+    probs: np.ndarray
+    paths: list[Path]
+    content_hashes: list[str]
+    cams: np.ndarray  # (n, classes, h, w) class-activation maps
+    config: dict
+    inference: ModuleType  # the model's own handler module
+
+    def overlay(self, i: int, k: int) -> bytes:
+        """Image ``i`` as stored, with the heat map of class ``k`` drawn on it (PNG bytes)."""
+        stored = self.inference.imaging.open_stored(self.inference.input_fn(self.paths[i].read_bytes(), "image/png")
+                                                    .image.png)
+        explained = self.inference.explanation(stored, self.cams[i, k], self.config["resize_policy"])
+        return base64.b64decode(explained["overlay_png"])
+
+
+def score(model_dir: Path, files: list[Path]) -> Scored:
     """Calibrated class probabilities for each file, through the model's own handler code."""
     inference = jobcode.load("inference", model_dir / "code")
     model = inference.model_fn(str(model_dir))
     config = model.config
-    rows, rejected = [], []
+    kept, hashes, logits, cams, rejected = [], [], [], [], []
     for start in range(0, len(files), BATCH):
-        batch, kept = [], []
+        batch = []
         for path in files[start: start + BATCH]:
             try:
                 request = inference.input_fn(path.read_bytes(), "image/png")
@@ -92,22 +116,26 @@ def score(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, list[str], di
                 continue
             batch.append(inference.model_input(inference.imaging.open_stored(request.image.png), config)[0])
             kept.append(path)
+            hashes.append(request.image.content_hash)
         if batch:
-            logits = model.session.run(["logits"], {"image": np.stack(batch)})[0]
-            rows += list(zip(kept, logits, strict=True))
+            batch_logits, batch_cams = model.session.run(["logits", "cams"], {"image": np.stack(batch)})
+            logits.append(batch_logits)
+            cams.append(batch_cams)
     if rejected:
         print(f"{len(rejected)} images rejected by the normaliser:\n  " + "\n  ".join(rejected), file=sys.stderr)
-    probs = jobcode.load("decision").model_probabilities(np.stack([r[1] for r in rows]), config)
-    return probs, [str(r[0]) for r in rows], config
+    probs = jobcode.load("decision").model_probabilities(np.concatenate(logits), config)
+    return Scored(probs, kept, hashes, np.concatenate(cams), config, inference)
 
 
-def evaluate(model_dir: Path, data_dir: Path) -> dict:
+def evaluate(model_dir: Path, data_dir: Path, report_path: Path | None = None) -> dict:
+    """The metrics of the model on the folder; with ``report_path``, the HTML evaluation report there too."""
     images = labelled_images(data_dir)
-    by_path = {str(p): label for p, label in images}
-    probs, kept, config = score(model_dir, [p for p, _ in images])
+    by_path = {p: label for p, label in images}
+    scored = score(model_dir, [p for p, _ in images])
+    probs, config = scored.probs, scored.config
     metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
     classes, rule = config["classes"], decision.Rule.of(config)
-    truth = [by_path[p] for p in kept]
+    truth = [by_path[p] for p in scored.paths]
     result = {"model": str(model_dir), "data": str(data_dir), "model_id": config.get("model_id")}
     try:
         y = np.array([classes.index(labels.training_label(t, classes)) for t in truth])
@@ -115,7 +143,12 @@ def evaluate(model_dir: Path, data_dir: Path) -> dict:
         y = None
     if y is not None:
         result.update(metrics.classification_metrics(y, probs, classes, rule))
+        if report_path:
+            write_report(scored, y, data_dir.name, report_path)
+            result["report"] = str(report_path)
         return result
+    if report_path:
+        raise UsageError(f"--report needs the model's own labels {classes}; the folder has {sorted(set(truth))}")
     if decision.NORMAL not in classes or not set(truth) <= {decision.NORMAL, *labels.SUBTYPES, labels.PNEUMONIA}:
         raise UsageError(f"the folder's labels {sorted(set(truth))} do not match the model's classes {classes}")
     decided = decision.decide_all(probs, classes, rule)
@@ -125,6 +158,16 @@ def evaluate(model_dir: Path, data_dir: Path) -> dict:
     result["decision"] = metrics.referral_metrics(called == sick, decided, rule)
     result["note"] = "the folder is labelled normal/pneumonia only: binary view of the model's classes"
     return result
+
+
+def write_report(scored: Scored, y: np.ndarray, name: str, path: Path) -> None:
+    report = jobcode.load("report")
+    referred, band = report.referrals(scored.probs, scored.config["classes"], scored.config)
+    page = report.render(report.Evaluation(
+        config=scored.config, evaluated_on=f"folder {name}", y=y, probs=scored.probs,
+        content_hashes=scored.content_hashes, overlay=scored.overlay, referred=referred, band=band))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
 
 
 def print_result(result: dict) -> None:
@@ -145,6 +188,8 @@ def print_result(result: dict) -> None:
     print(f"referred to a radiologist: {d['referred']} ({_f(d['referral_rate'])}; {reasons}); accuracy on the "
           f"{'binary view of the ' if 'accuracy' not in result else ''}images not referred "
           f"{_f(d['unreferred_accuracy'])}; near-threshold rule: {rule_text(d['threshold'], d['band'])}")
+    if "report" in result:
+        print(f"report: {result['report']}")
 
 
 def _f(value) -> str:

@@ -62,6 +62,22 @@ def test_gate_passes_a_good_model_and_writes_the_report(evaluate_env, lambda_con
     assert json.loads(stored) == METRICS
 
 
+def test_the_evaluation_report_in_the_archive_is_published_beside_the_verdict(evaluate_env, lambda_context):
+    from lambdas import evaluate_model
+
+    page = b"<!DOCTYPE html><html><body>report</body></html>"
+    # SageMaker tars the model directory: report/ may come after the weights, metrics.json before or after
+    uri = put_model(evaluate_env, {"./metrics.json": json.dumps(METRICS).encode(), "model.pt": b"\0" * 200_000,
+                                   "./report/report.html": page})
+    evaluate_model.handler({"run_id": "run-3", "model_artifact": uri}, lambda_context)
+    stored = boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-3/report.html")
+    assert stored["Body"].read() == page and stored["ContentType"].startswith("text/html")
+    uri = put_model(evaluate_env, {"metrics.json": json.dumps(METRICS).encode()}, key="models/run-4/j/model.tar.gz")
+    evaluate_model.handler({"run_id": "run-4", "model_artifact": uri}, lambda_context)  # older archives: no report
+    listed = boto3.client("s3").list_objects_v2(Bucket=evaluate_env, Prefix="reports/run-4/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == ["reports/run-4/gate.json", "reports/run-4/metrics.json"]
+
+
 def test_gate_rejects_low_and_missing_metrics(evaluate_env, lambda_context):
     from lambdas import evaluate_model
 

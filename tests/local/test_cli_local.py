@@ -65,6 +65,8 @@ def test_life_cycle_across_separate_commands(env, dataset):
     assert report["runs"][0]["run_id"] == "cli-run" and report["runs"][0]["status"] == "SUCCEEDED"
     assert report["endpoint"]["status"] == "InService" and report["endpoint"]["run_id"] == "cli-run"
     assert report["model_metrics"]["accuracy"] is not None
+    # training wrote the evaluation report, the Evaluate step published it, status copied it out of the cloud
+    assert Path(report["model_report"]).read_text().startswith("<!DOCTYPE html>")
     assert report["counts"]["processed images"] == 42
 
     xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))

@@ -4,6 +4,11 @@ Reads ``metrics.json`` straight out of ``model.tar.gz`` on S3 (streamed: the arc
 weights), compares the configured metrics with their minimums, writes the metrics and the verdict
 to ``reports/<run>/`` and returns the verdict for the state machine's Choice state. A model
 that misses the gate is a result, not an error; an artifact without metrics is an error.
+
+The same stream gives the archive's SHA-256 (``artifact_sha256``): this is the first step that sees
+the packed artifact whole (the training script writes what goes into it, SageMaker packs it), so the
+digest is taken here, recorded in the report and handed to the deploy step, which stamps it on the
+SageMaker model; every prediction then names the exact bytes that produced it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Mapping
 from aws_lambda_powertools import Logger
 
 from lambdas import aws
-from lambdas.domain import layout
+from lambdas.domain import audit, layout
 
 logger = Logger(service="cxr-evaluate-model")
 
@@ -37,19 +42,24 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_metrics(bucket: str, key: str) -> dict:
-    """``metrics.json`` from the top of a gzipped tar on S3, read as a stream."""
+def read_artifact(bucket: str, key: str) -> tuple[dict, str]:
+    """``metrics.json`` from a gzipped tar on S3 and the SHA-256 of the whole object, in one streamed read."""
     body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    stream, metrics = audit.DigestingReader(body), None
     try:
-        with tarfile.open(fileobj=body, mode="r|gz") as archive:
+        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
             for member in archive:
                 if member.isfile() and member.name.removeprefix("./") == METRICS_FILE:
-                    return json.load(archive.extractfile(member))
+                    metrics = json.load(archive.extractfile(member))
+                    break
+        digest = stream.drain()
     except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
         raise ModelArtifactError(f"cannot read {METRICS_FILE} from the model archive: {exc}") from exc
     finally:
         body.close()
-    raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
+    if metrics is None:
+        raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
+    return metrics, digest
 
 
 def metric(metrics: Mapping, path: str) -> float | None:
@@ -88,18 +98,20 @@ def load_gate(env: Mapping[str, str]) -> dict[str, float]:
 
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict, context) -> dict:
-    """Input ``{"run_id", "model_artifact": "s3://.../model.tar.gz"}``; output the verdict."""
+    """Input ``{"run_id", "model_artifact": "s3://.../model.tar.gz"}``; output the verdict and the artifact's digest."""
     run_id = str(event["run_id"])
     bucket, key = parse_s3_uri(event["model_artifact"])
     gate = load_gate(os.environ)
-    metrics = read_metrics(bucket, key)
+    metrics, digest = read_artifact(bucket, key)
     verdict = judge(metrics, gate)
-    report = {"run_id": run_id, "model_artifact": event["model_artifact"], **verdict}
+    report = {"run_id": run_id, "model_artifact": event["model_artifact"], "artifact_sha256": digest,
+              "code_version": os.environ.get(audit.CODE_VERSION_VARIABLE, audit.UNKNOWN), **verdict}
     s3 = aws.client("s3")
     data_bucket = os.environ["DATA_BUCKET"]
     s3.put_object(Bucket=data_bucket, Key=f"{layout.REPORTS}{run_id}/{METRICS_FILE}",
                   Body=json.dumps(metrics, indent=2).encode(), ContentType="application/json")
     s3.put_object(Bucket=data_bucket, Key=f"{layout.REPORTS}{run_id}/gate.json",
                   Body=json.dumps(report, indent=2).encode(), ContentType="application/json")
-    logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"]})
+    logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"],
+                                       "artifact_sha256": digest})
     return {**report, "report_uri": f"s3://{data_bucket}/{layout.REPORTS}{run_id}/"}

@@ -22,6 +22,7 @@ from cxr.local.names import ACCOUNT, REGION, LocalNames
 from cxr.local.training import LocalTrainingJobs
 from infra import wiring
 from infra.config import Config
+from infra.version import code_version
 
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -58,7 +59,9 @@ class LocalCloud:
         ]
         for bucket in wiring.BUCKETS.values():
             name = self.names.bucket(bucket.role)
-            s3.create_bucket(Bucket=name)
+            # as infra/components/buckets.py: Object Lock on the predictions' bucket, no default retention
+            s3.create_bucket(Bucket=name, **({"ObjectLockEnabledForBucket": True}
+                                             if bucket.role == wiring.PREDICTIONS_BUCKET else {}))
             s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
             s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
                 "Rules": [self._default_encryption(bucket.role)]})
@@ -113,6 +116,8 @@ class LocalCloud:
             wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{self.names.bucket(wiring.INFERENCE)}/{wiring.ASYNC_OUTPUT_PREFIX}",
             wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(config.stage),
             wiring.ENV_SOURCE_STATE_TABLE: self.names.table(wiring.SOURCE_STATE_TABLE),
+            wiring.ENV_CODE_VERSION: code_version(),
+            wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,

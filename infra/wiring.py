@@ -81,16 +81,30 @@ the storage stack, required of a key a deployment adopts from an earlier teardow
 
 
 @dataclass(frozen=True)
+class Index:
+    """A global secondary index (string keys, every attribute projected)."""
+
+    name: str
+    partition_key: str
+    sort_key: str | None = None
+
+
+@dataclass(frozen=True)
 class Table:
     id: str
     env_var: str
     partition_key: str
     sort_key: str | None = None
     ttl_attribute: str | None = None
+    indexes: tuple[Index, ...] = ()
 
 
-PREDICTIONS_TABLE = Table("PredictionsTable", ENV_PREDICTIONS_TABLE, partition_key="pk", sort_key="sk")
-"""Generic key names so the predict Lambda shapes its records (source object / version) freely."""
+CONTENT_HASH_INDEX = Index("ContentHash", partition_key="content_hash", sort_key="predicted_at")
+"""Every prediction of one image (its normalised pixels' hash), oldest first: what `cxr audit HASH` queries."""
+PREDICTIONS_TABLE = Table("PredictionsTable", ENV_PREDICTIONS_TABLE, partition_key="pk", sort_key="sk",
+                          indexes=(CONTENT_HASH_INDEX,))
+"""Generic key names so the predict Lambda shapes its records (source object / version) freely; one item per
+version, the audit trail (retained on teardown, unlike the source-state table, which is derived and rebuilt)."""
 IDEMPOTENCY_TABLE = Table("IdempotencyTable", ENV_IDEMPOTENCY_TABLE, partition_key="id", ttl_attribute="expiration")
 """The key and TTL attribute names Powertools' DynamoDB idempotency layer uses by default."""
 SOURCE_STATE_TABLE = Table("SourceStateTable", ENV_SOURCE_STATE_TABLE, partition_key="pk", sort_key="sk")

@@ -67,12 +67,16 @@ class LocalCloud:
                 "Rules": [self._default_encryption(bucket.role)]})
         ddb = boto3.client("dynamodb", region_name=REGION)
         for table in wiring.TABLES.values():
-            keys = [(table.partition_key, "HASH")] + ([(table.sort_key, "RANGE")] if table.sort_key else [])
+            indexes = [{"IndexName": index.name, "KeySchema": _key_schema(index.partition_key, index.sort_key),
+                        "Projection": {"ProjectionType": "ALL"}} for index in table.indexes]
+            attributes = {a["AttributeName"] for schema in [_key_schema(table.partition_key, table.sort_key)]
+                          + [i["KeySchema"] for i in indexes] for a in schema}
             ddb.create_table(
                 TableName=self.names.table(table),
-                KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
-                AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys],
+                KeySchema=_key_schema(table.partition_key, table.sort_key),
+                AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in sorted(attributes)],
                 BillingMode="PAY_PER_REQUEST",
+                **({"GlobalSecondaryIndexes": indexes} if indexes else {}),
             )
         boto3.client("sns", region_name=REGION).create_topic(Name=self.names.topic)
         trust = json.dumps({"Version": "2012-10-17", "Statement": [
@@ -215,6 +219,11 @@ class LocalCloud:
 
     def invoke_endpoint_async(self, request: AsyncRequest) -> tuple[str, str]:
         return self.endpoints.invoke_async(request)
+
+
+def _key_schema(partition_key: str, sort_key: str | None) -> list[dict[str, str]]:
+    return [{"AttributeName": partition_key, "KeyType": "HASH"}] + (
+        [{"AttributeName": sort_key, "KeyType": "RANGE"}] if sort_key else [])
 
 
 def stand_in_code() -> bytes:

@@ -77,8 +77,8 @@ class Trail:
             bucket, key = self._locate(subject)
             keys, hashes = [(bucket, key)], set()
             items = list(self._items_of_key(bucket, key)) if key.startswith(layout.INCOMING) else []
-        for bucket, key in keys:
-            trail["uploads"].append(self._upload(bucket, key))
+        uploads = (self._upload(bucket, key) for bucket, key in keys)
+        trail["uploads"] = [u for u in uploads if u["versions"] or "ingest" in u or "outcome" in u]
         for upload in trail["uploads"]:
             image = (upload.get("ingest") or {}).get("image")
             if image:
@@ -191,21 +191,32 @@ class Trail:
     # --- models and runs ---------------------------------------------------------------------------------------
     def _model(self, model_id: str, digest: str) -> dict:
         model: dict = {"model_id": model_id, "artifact_sha256": digest, "sagemaker_model": None, "run": None}
+        described = self._sagemaker_model(model_id, digest)
         run_id = None
-        sagemaker = self.deployment.client("sagemaker")
-        try:
-            described = sagemaker.describe_model(ModelName=model_id)
-        except ClientError:
-            described = None  # retired (the endpoint-status step keeps the serving model and the one before)
         if described is not None:
-            tags = {t["Key"]: t["Value"] for t in sagemaker.list_tags(ResourceArn=described["ModelArn"])["Tags"]}
-            environment = described["PrimaryContainer"].get("Environment", {})
-            model["sagemaker_model"] = {"model_data_url": described["PrimaryContainer"]["ModelDataUrl"],
-                                        "artifact_sha256": tags.get(audit.ARTIFACT_TAG)
-                                        or environment.get(audit.ARTIFACT_SHA256_VARIABLE)}
-            run_id = tags.get("run_id")
+            model["sagemaker_model"] = {"name": described["ModelName"],
+                                        "model_data_url": described["PrimaryContainer"]["ModelDataUrl"],
+                                        "artifact_sha256": described["tags"].get(audit.ARTIFACT_TAG)}
+            run_id = described["tags"].get("run_id")
         model["run"] = self._run(run_id, digest)
         return model
+
+    def _sagemaker_model(self, model_id: str, digest: str) -> dict | None:
+        """The SageMaker model that served it: named ``model_id`` (the pipeline names models after their training
+        job, as model.json does), else the stage's model tagged with the digest; None once retired (the endpoint
+        status step keeps the serving model and the one before)."""
+        sagemaker = self.deployment.client("sagemaker")
+        names = [model_id] + [m["ModelName"] for page in sagemaker.get_paginator("list_models").paginate(
+            NameContains=wiring.resource_prefix(self.deployment.stage)) for m in page["Models"]]
+        for name in dict.fromkeys(names):
+            try:
+                described = sagemaker.describe_model(ModelName=name)
+            except ClientError:
+                continue
+            tags = {t["Key"]: t["Value"] for t in sagemaker.list_tags(ResourceArn=described["ModelArn"])["Tags"]}
+            if name == model_id or tags.get(audit.ARTIFACT_TAG) == digest:
+                return {**described, "tags": tags}
+        return None
 
     def _run(self, run_id: str | None, digest: str) -> dict | None:
         """The gate report of the run that made this artifact: by the model's tag, else by the digest it records."""
@@ -267,8 +278,8 @@ def print_trail(trail: dict) -> None:
     for model in trail["models"]:
         print(f"\nmodel {model['model_id']}  artifact sha256 {model['artifact_sha256']}")
         sm = model["sagemaker_model"]
-        print(f"  SageMaker model: {sm['model_data_url']} (tagged sha256 {sm['artifact_sha256']})" if sm else
-              "  SageMaker model: retired (no longer in SageMaker)")
+        print(f"  SageMaker model {sm['name']}: {sm['model_data_url']} (tagged sha256 {sm['artifact_sha256']})"
+              if sm else "  SageMaker model: retired (no longer in SageMaker)")
         run = model["run"]
         if run is None:
             print("  training run: no gate report names this artifact")

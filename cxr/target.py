@@ -76,6 +76,12 @@ class Target:
             raise UserError(f"the offline cloud has no state machine {name}: restart it with `cxr local up`")
         return self.stack_resource("TrainingPipeline", "AWS::StepFunctions::StateMachine")
 
+    def function_name(self, spec: wiring.Function, part: str) -> str:
+        """A function's name: by its local name on the offline cloud, from CloudFormation (stack ``part``) on AWS."""
+        if self.is_local:
+            return LocalNames(self.stage).function(spec)
+        return self.stack_resource(part, "AWS::Lambda::Function", logical_prefix=spec.id)
+
     def stack_resource(self, part: str, resource_type: str, logical_prefix: str = "") -> str:
         """The physical id of a deployed stack's resource of this type (whose logical id starts so)."""
         stack = wiring.stack_name(self.stage, part)

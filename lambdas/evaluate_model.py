@@ -6,6 +6,11 @@ the model's HTML evaluation report (``report/report.html`` in the archive) to ``
 and returns the verdict for the state machine's Choice state. A model that misses the gate is a
 result, not an error; an artifact without metrics is an error.
 
+The same stream gives the archive's SHA-256 (``artifact_sha256``): this is the first step that sees
+the packed artifact whole (the training script writes what goes into it, SageMaker packs it), so the
+digest is taken here, recorded in the report and handed to the deploy step, which stamps it on the
+SageMaker model; every prediction then names the exact bytes that produced it.
+
 Whatever the configured minimums, a model must record the decision rule its endpoint applies
 (``metrics.json`` ``decision``, written by ``training_job/decision.py``): a positive log-odds margin
 and, with a binary view, a threshold inside (0, 1) lying in its referral band. A model that
@@ -25,7 +30,7 @@ from collections.abc import Mapping
 from aws_lambda_powertools import Logger
 
 from lambdas import aws
-from lambdas.domain import layout
+from lambdas.domain import audit, layout
 
 logger = Logger(service="cxr-evaluate-model")
 
@@ -48,25 +53,26 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None]:
-    """``metrics.json`` and the HTML evaluation report (None in archives older than it) from a
-    gzipped tar on S3, read as one stream: the weights between them are never held in memory."""
+def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None, str]:
+    """``metrics.json``, the HTML evaluation report (None in archives older than it) and the SHA-256 of
+    the whole object from a gzipped tar on S3, in one streamed read: the weights are never held in memory."""
     body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
-    found: dict[str, bytes] = {}
+    stream, found = audit.DigestingReader(body), {}
     try:
-        with tarfile.open(fileobj=body, mode="r|gz") as archive:
+        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
             for member in archive:
                 name = member.name.removeprefix("./")
                 if member.isfile() and name in (METRICS_FILE, REPORT_MEMBER):
                     found[name] = archive.extractfile(member).read()
         metrics = json.loads(found[METRICS_FILE]) if METRICS_FILE in found else None
+        digest = stream.drain()
     except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
         raise ModelArtifactError(f"cannot read {METRICS_FILE} from the model archive: {exc}") from exc
     finally:
         body.close()
     if metrics is None:
         raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
-    return metrics, found.get(REPORT_MEMBER)
+    return metrics, found.get(REPORT_MEMBER), digest
 
 
 def metric(metrics: Mapping, path: str) -> float | None:
@@ -129,13 +135,14 @@ def load_gate(env: Mapping[str, str]) -> dict[str, float]:
 
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict, context) -> dict:
-    """Input ``{"run_id", "model_artifact": "s3://.../model.tar.gz"}``; output the verdict."""
+    """Input ``{"run_id", "model_artifact": "s3://.../model.tar.gz"}``; output the verdict and the artifact's digest."""
     run_id = str(event["run_id"])
     bucket, key = parse_s3_uri(event["model_artifact"])
     gate = load_gate(os.environ)
-    metrics, report_html = read_artifact(bucket, key)
+    metrics, report_html, digest = read_artifact(bucket, key)
     verdict = judge(metrics, gate)
-    report = {"run_id": run_id, "model_artifact": event["model_artifact"], **verdict}
+    report = {"run_id": run_id, "model_artifact": event["model_artifact"], "artifact_sha256": digest,
+              "code_version": os.environ.get(audit.CODE_VERSION_VARIABLE, audit.UNKNOWN), **verdict}
     s3 = aws.client("s3")
     data_bucket = os.environ["DATA_BUCKET"]
     s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, METRICS_FILE),
@@ -145,5 +152,6 @@ def handler(event: dict, context) -> dict:
     if report_html is not None:
         s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, layout.REPORT_HTML), Body=report_html,
                       ContentType="text/html; charset=utf-8")
-    logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"]})
+    logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"],
+                                       "artifact_sha256": digest})
     return {**report, "report_uri": f"s3://{data_bucket}/{layout.REPORTS}{run_id}/"}

@@ -8,6 +8,11 @@ a label and the referral (``refer_to_radiologist`` with the ``referral_reasons``
 ``threshold`` and ``referral_band`` in force) through ``decision.py`` (also shipped here), the rule
 every training figure used.
 
+Each answer names the artifact that produced it: ``artifact_sha256`` is the packed archive's digest,
+which the deploy step puts in the container's environment (``CXR_ARTIFACT_SHA256``), and every call
+writes one JSON line to stdout (the endpoint's CloudWatch log group): content hash, model id, artifact
+digest, label and referral, never the input itself or anything naming a patient.
+
 Requests: ``image/png`` or ``image/jpeg`` bytes (raw uploads or the stored, preprocessed PNG), or
 ``application/json`` ``{"image": "<base64>", "explain": true}`` to also receive a class-activation
 heat-map overlay showing where the model looked.
@@ -29,6 +34,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+ARTIFACT_SHA256_VARIABLE = "CXR_ARTIFACT_SHA256"
+"""Set by the deploy step (``lambdas.domain.audit``); absent when the model is served outside a deployment."""
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "application/x-image", "application/octet-stream")
 JSON_TYPE = "application/json"
 
@@ -63,6 +70,7 @@ class Model:
     session: ort.InferenceSession
     config: dict
     model_id: str
+    artifact_sha256: str | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -82,7 +90,8 @@ def model_fn(model_dir: str, context=None) -> Model:
     options.intra_op_num_threads = int(os.environ.get("CXR_ONNX_THREADS", "0"))  # 0: one per core
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(model_dir / config["onnx"]), options, providers=["CPUExecutionProvider"])
-    return Model(session, config, config.get("model_id", model_dir.name))
+    return Model(session, config, config.get("model_id", model_dir.name),
+                 os.environ.get(ARTIFACT_SHA256_VARIABLE) or None)
 
 
 def input_fn(body: bytes | str, content_type: str, context=None) -> Request:
@@ -130,11 +139,22 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
         "referral_band": decided.band,
         "model_id": model.model_id,
         "content_hash": request.image.content_hash,
+        "artifact_sha256": model.artifact_sha256,
     }
     if request.explain:
         result["explanation"] = explanation(stored, cams[0, decided.index], config["resize_policy"])
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    log_call(result)
     return result
+
+
+def log_call(result: dict) -> None:
+    """One structured line per call on stdout, which SageMaker sends to the endpoint's log group."""
+    print(json.dumps({"event": "cxr.prediction", "content_hash": result["content_hash"],
+                      "model_id": result["model_id"], "artifact_sha256": result["artifact_sha256"],
+                      "label": result["label"], "refer_to_radiologist": result["refer_to_radiologist"],
+                      "referral_reasons": result["referral_reasons"], "threshold": result["threshold"],
+                      "referral_band": result["referral_band"]}, sort_keys=True), flush=True)
 
 
 def output_fn(prediction: dict, accept: str | None, context=None) -> tuple[str, str]:

@@ -17,6 +17,10 @@ class Settings:
     endpoint_parameter: str | None
     max_upload_bytes: int
     source_state_table: str | None
+    code_version: str = ""
+    """The code the function was packaged from (``CXR_CODE_VERSION``), recorded in each prediction."""
+    prediction_retention_days: int = 0
+    """Object Lock retention of each prediction JSON (``PREDICTION_RETENTION_DAYS``); 0: none."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -32,6 +36,8 @@ class Settings:
             endpoint_parameter=env.get("ENDPOINT_PARAMETER"),
             max_upload_bytes=max_bytes,
             source_state_table=env.get("SOURCE_STATE_TABLE"),
+            code_version=env.get("CXR_CODE_VERSION", ""),
+            prediction_retention_days=int(env.get("PREDICTION_RETENTION_DAYS") or 0),
         )
 
     def require(self, *names: str) -> None:

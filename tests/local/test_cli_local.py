@@ -80,6 +80,12 @@ def test_life_cycle_across_separate_commands(env, dataset):
     assert direct_record["probabilities"] == pytest.approx(record["probabilities"], abs=1e-6)
     for field in ("label", "refer_to_radiologist", "referral_reasons", "threshold", "referral_band"):
         assert direct_record[field] == record[field], field  # one rule, the model's, on both paths
+    digest = record["audit"]["artifact_sha256"]
+    assert len(digest) == 64 and direct_record["audit"]["artifact_sha256"] == digest
+    assert direct_record["audit"]["content_hash"] == record["audit"]["content_hash"]
+    audited = cxr(env, "audit", record["source"]["key"], "--local")  # the trail back to the run's gate
+    assert audited.returncode == 0, audited.stderr
+    assert digest in audited.stdout and "training run cli-run" in audited.stdout and "matches" in audited.stdout
 
     table = cxr(env, "status", "--local")
     assert "endpoint cxr-local: InService" in table.stdout and "1 predictions" in table.stdout

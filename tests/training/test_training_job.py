@@ -108,6 +108,23 @@ def test_handler_round_trips_png_and_jpeg(handler):
     assert results["PNG"]["pneumonia_probability"] == pytest.approx(results["JPEG"]["pneumonia_probability"], abs=0.1)
 
 
+def test_each_answer_names_its_artifact_and_each_call_logs_one_line(trained, monkeypatch, capsys):
+    """The deploy step's CXR_ARTIFACT_SHA256 comes back in the answer; stdout (the endpoint's log group) gets one
+    JSON line per call with the content hash, model, digest and decision, and nothing else about the input."""
+    inference = jobcode.load("inference", trained / "model" / "code")
+    monkeypatch.setenv("CXR_ARTIFACT_SHA256", "c0" * 32)
+    model = inference.model_fn(str(trained / "model"))
+    upload = encode(xray("normal", np.random.default_rng(9), size=(200, 180)), "PNG")
+    capsys.readouterr()
+    result = inference.predict_fn(inference.input_fn(upload, "image/png"), model)
+    assert result["artifact_sha256"] == "c0" * 32
+    [line] = capsys.readouterr().out.splitlines()
+    logged = json.loads(line)
+    assert logged["content_hash"] == result["content_hash"] and logged["artifact_sha256"] == "c0" * 32
+    assert logged["model_id"] == result["model_id"] and logged["label"] == result["label"]
+    assert "refer_to_radiologist" in logged and "probabilities" not in logged
+
+
 def test_the_stored_png_predicts_exactly_like_the_upload(handler):
     inference, model = handler
     upload = encode(xray("viral", np.random.default_rng(9), size=(400, 320)), "PNG")

@@ -100,10 +100,3 @@ def test_cluster_proxies_hold_out_each_rank_once():
     for p in folds:
         assert {ranks[i.key] for i in p.test} == {int(p.name[-1])}
         assert proxies.leaked_groups(p) == set()
-
-
-def test_cut_from_train_is_the_split_train_local_makes():
-    items = [_item(i, "normal" if i % 4 else "bacterial", i // 3) for i in range(80)]
-    proxy = proxies.cut_from_train(items, seed=2)
-    result = splits.split_items(items, 0.15, 0.15, 2)
-    assert proxy.parts() == result.splits

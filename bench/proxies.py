@@ -119,7 +119,8 @@ def build_proxies(work: Path, items: list[splits.Item], clusters: int,
             hashes = set(pool.map(_content_hash, files, chunksize=32)) - {None}
         held = {i.key for i in items if i.content_hash in hashes}
         found.append(proxies.held_out("acquisition", f"{len(held)} images of {acquisition.name} held out "
-                                      "(another acquisition), beside unseen pneumonias", items, held))
+                                      "(another acquisition), beside unseen pneumonias", items, held,
+                                      every_held_image=True))
     for proxy in found:
         leaked = proxies.leaked_groups(proxy)
         if leaked:

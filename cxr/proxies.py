@@ -129,22 +129,30 @@ class Proxy:
 
 
 def held_out(name: str, description: str, items: Iterable[splits.Item], held: set[str], seed: int = 0,
-             companion_fraction: float = 0.15) -> Proxy:
+             companion_fraction: float = 0.15, every_held_image: bool = False) -> Proxy:
     """Hold out the groups most of whose images are in ``held`` (keys); train and validate on the rest.
 
+    With ``every_held_image``, every held image is scored instead: a group with any held image
+    leaves training; its other images are scored too when their class is not a held class, else set
+    aside (neither trained nor scored). Kermany's ``NORMAL2-IM-0383`` shares patient id 0383 with
+    ``IM-0383`` and ``person0383_...``: the normal is set aside, the pneumonia scored.
     The test part is the held-out groups plus, for the classes they lack, a patient-grouped
     ``companion_fraction`` of the rest (an acquisition of normals is scored beside unseen pneumonias).
     """
     items = sorted(set(items), key=lambda i: i.key)
+    held_labels = {i.label for i in items if i.key in held}
     held_groups, rest = [], []
     for members in splits.merge_groups(items):
         inside = sum(i.key in held for i in members)
-        (held_groups if inside * 2 > len(members) else rest).append(members)
+        if every_held_image and inside:
+            held_groups.append([i for i in members if i.key in held or i.label not in held_labels])
+        else:
+            (held_groups if inside * 2 > len(members) else rest).append(members)
     test = [i for members in held_groups for i in members]
     if not test:
         raise ValueError(f"proxy {name}: nothing held out")
     rest_items = [i for members in rest for i in members]
-    missing = {i.label for i in rest_items} - {i.label for i in test}
+    missing = {i.label for i in rest_items} - held_labels
     # The rest's own val/ or test/ folders play no part: the proxy decides every split.
     pool = [splits.Item(i.key, i.label, i.patient_id, i.content_hash) for i in rest_items]
     dealt = splits.split_items(pool, 0.15, companion_fraction if missing else 0.0, seed).splits

@@ -100,3 +100,19 @@ def test_cluster_proxies_hold_out_each_rank_once():
     for p in folds:
         assert {ranks[i.key] for i in p.test} == {int(p.name[-1])}
         assert proxies.leaked_groups(p) == set()
+
+
+def test_acquisition_hold_out_can_score_every_held_image_and_set_aside_their_group_mates():
+    # held image k0000 shares patient p7 with two unheld images: by majority it would be trained on
+    items = [_item(0, "normal", 7), _item(1, "normal", 7), _item(2, "normal", 7), _item(3, "viral", 7)]
+    items += [_item(10 + i, "normal", 100 + i) for i in range(20)]
+    items += [_item(40 + i, "viral", 200 + i) for i in range(40)]
+    majority = proxies.held_out("a", "d", items, {"k0000", "k0010"})
+    assert "k0000" in {i.key for i in majority.train + majority.validation}
+    every = proxies.held_out("a", "d", items, {"k0000", "k0010"}, every_held_image=True)
+    assert {"k0000", "k0010"} <= {i.key for i in every.test}
+    used = {i.key for i in every.train + every.validation + every.test}
+    assert not used & {"k0001", "k0002"}  # the group mates of a held class are set aside, not trained on
+    assert "k0003" in {i.key for i in every.test}  # the pneumonia of the same patient is scored
+    assert proxies.leaked_groups(every) == set()
+

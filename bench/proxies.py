@@ -178,7 +178,8 @@ def _at(score: np.ndarray, truth: np.ndarray, threshold: float | None) -> dict:
     if threshold is None:
         return {"threshold": None}
     called = score >= threshold
-    return {"threshold": float(threshold), "sensitivity": float(called[truth].mean()),
+    return {"threshold": float(threshold), "accuracy": float((called == truth).mean()),
+            "sensitivity": float(called[truth].mean()),
             "specificity": float((~called[~truth]).mean()) if (~truth).any() else None}
 
 
@@ -189,19 +190,24 @@ def summarise(results: dict[str, dict[str, dict]]) -> dict:
     metrics = jobcode.load("metrics")
     table = {}
     for recipe, by_proxy in results.items():
+        sets = [(np.array(r["scores"]["p_pneumonia"]), np.array(r["scores"]["pneumonia"]).astype(bool))
+                for r in by_proxy.values()]
+        rule = {name: _at(*pair, r["validation_operating_point"].get("threshold"))
+                for (name, r), pair in zip(by_proxy.items(), sets, strict=True)}
         rows = {name: {"accuracy": r["accuracy"], "binary_accuracy": r["binary"]["accuracy"],
                        "auc": r["binary"]["roc_auc"], "sensitivity": r["binary"]["sensitivity"],
                        "specificity": r["binary"]["specificity"],
                        "specificity_at_sensitivity_0.95": r["specificity_at_sensitivity"].get("specificity"),
-                       "validation_point": r["validation_operating_point"],
+                       "validation_point": rule[name],
+                       **{f"validation_rule_{k}": rule[name].get(k) for k in ("accuracy", "sensitivity",
+                                                                               "specificity")},
                        "n": r["n"]["test"], "train_seconds": r["train_seconds"]}
                 for name, r in by_proxy.items()}
-        sets = [(np.array(r["scores"]["p_pneumonia"]), np.array(r["scores"]["pneumonia"]).astype(bool))
-                for r in by_proxy.values()]
         shared = metrics.sensitivity_threshold(sets, MIN_SENSITIVITY)
         worst = {key: min(_none_low(row[key]) for row in rows.values())
                  for key in ("accuracy", "binary_accuracy", "auc", "sensitivity", "specificity",
-                             "specificity_at_sensitivity_0.95")}
+                             "specificity_at_sensitivity_0.95", "validation_rule_accuracy",
+                             "validation_rule_sensitivity", "validation_rule_specificity")}
         worst_proxy = min(rows, key=lambda name: _none_low(rows[name]["specificity_at_sensitivity_0.95"]))
         table[recipe] = {"proxies": rows, "worst": worst, "worst_proxy": worst_proxy,
                          "worst_proxy_threshold": shared,

@@ -175,18 +175,20 @@ def load_pretrained(model: Classifier, state: dict[str, torch.Tensor]) -> list[s
 
 
 class Exported(nn.Module):
-    """Export wrapper: logits plus per-class activation maps, the two ONNX outputs inference uses.
+    """Export wrapper: logits, per-class activation maps and pooled features, the ONNX outputs inference uses.
 
     ``cams[n, k]`` is the classifier's class-``k`` weights applied at every position of the last
     feature map (a 1x1 convolution), so its spatial mean plus the bias is exactly logit ``k``.
+    ``features[n]`` is the last feature map's global average (what the classifier reads), which the
+    out-of-distribution guard (``ood.py``) measures its distance on.
     """
 
     def __init__(self, model: Classifier):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.features(x)
         weight = self.model.classifier.weight[:, :, None, None]
         cams = F.conv2d(features, weight)
-        return cams.mean(dim=(2, 3)) + self.model.classifier.bias, cams
+        return cams.mean(dim=(2, 3)) + self.model.classifier.bias, cams, features.mean(dim=(2, 3))

@@ -47,7 +47,7 @@ def export_onnx(model: Classifier, size: int, path: Path) -> None:
 
 def check_onnx(model: Classifier, path: Path, images: torch.Tensor) -> float:
     """Largest absolute logit difference between ONNX Runtime and torch on real images; raises if the
-    logits or the pooled features are off."""
+    logits or the guard's features are off."""
     import onnxruntime as ort
 
     model = model.float().eval()
@@ -59,7 +59,7 @@ def check_onnx(model: Classifier, path: Path, images: torch.Tensor) -> float:
     if not np.allclose(got, logits, atol=1e-3, rtol=1e-3):
         raise RuntimeError(f"ONNX export disagrees with torch: max |logit difference| {diff:.2e}")
     if not np.allclose(got_features, features, atol=1e-3, rtol=1e-3):
-        raise RuntimeError("ONNX export disagrees with torch on the pooled features: "
+        raise RuntimeError("ONNX export disagrees with torch on the guard features: "
                            f"max |difference| {np.abs(got_features - features).max():.2e}")
     return diff
 

@@ -148,7 +148,7 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
 
 
 def out_of_distribution(guard: ood.Guard | None, features: np.ndarray | None) -> dict:
-    """The guard's verdict on one input's pooled features; an artifact without a guard gives no score."""
+    """The guard's verdict on one input's stage statistics; an artifact without a guard gives no score."""
     if guard is None or features is None:
         return {"score": None, "threshold": None, "flagged": False,
                 "note": "this model artifact predates the out-of-distribution guard: no score"}

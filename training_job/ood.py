@@ -1,11 +1,14 @@
-"""Out-of-distribution guard: how far an input's pooled network features lie from the training X-rays.
+"""Out-of-distribution guard: how far an input's network features lie from the training X-rays.
 
 A classifier answers every input with a class; a photograph or a document scan gets "normal" or
 "pneumonia" as readily as an X-ray. The guard scores each input by its Mahalanobis distance to the
 nearest class mean of the training split's features, with one covariance shared by the classes
 (Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
 Attacks", NeurIPS 2018), shrunk towards a scaled identity by the Ledoit-Wolf rule because the
-features (up to 1,280) are nearly as many as the training images. The threshold is the validation
+features (a few hundred) come near the number of training images. The features are the spatial mean
+and standard deviation of the network's intermediate stages (``networks.Exported``): on the
+``bench/ood_guard.py`` corpus they refused far more non-X-rays than the pooled last layer the
+classifier reads (bench/RESULTS.md). The threshold is the validation
 split's own score quantile, so at most ``VALIDATION_RATE`` of in-distribution validation X-rays are
 flagged; scores above it are referred with reason ``out_of_distribution``.
 

@@ -315,13 +315,11 @@ class Trainer:
 
 
 @torch.no_grad()
-def pooled_features(model: networks.Classifier, images: torch.Tensor, to_device=lambda x: x) -> np.ndarray:
-    """The pooled penultimate features (the ONNX ``features`` output) of fp32 images, 64 at a time."""
+def guard_features(model: networks.Classifier, images: torch.Tensor, to_device=lambda x: x) -> np.ndarray:
+    """The stage statistics (the ONNX ``features`` output) of fp32 images, 64 at a time."""
     model.eval()
-    out = [np.zeros((0, model.classifier.in_features), dtype=np.float32)]
-    for start in range(0, len(images), 64):
-        batch = model.features(to_device(images[start: start + 64].float()))
-        out.append(batch.mean(dim=(2, 3)).float().cpu().numpy())
+    out = [model.features_and_statistics(to_device(images[start: start + 64].float()))[1].float().cpu().numpy()
+           for start in range(0, len(images), 64)]
     return np.concatenate(out)
 
 
@@ -329,7 +327,7 @@ def fit_guard(model: networks.Classifier, splits: dict[str, data.Split], model_d
               to_device=lambda x: x) -> ood.Guard:
     """Fit the out-of-distribution guard on the chosen model's training-split features (threshold on the
     validation split) and write ``ood.npz`` into ``model_dir``."""
-    train, validation = (pooled_features(model, splits[name].images, to_device) for name in ("train", "validation"))
+    train, validation = (guard_features(model, splits[name].images, to_device) for name in ("train", "validation"))
     guard = ood.fit(train, splits["train"].targets.numpy(), validation)
     guard.save(model_dir / ood.FILE)
     return guard

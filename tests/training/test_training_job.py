@@ -78,7 +78,9 @@ def test_onnx_matches_torch_on_every_output(trained):
     with torch.no_grad():
         logits, cams, features = networks.Exported(model)(x)
         assert torch.allclose(logits, model(x), atol=1e-5)  # the class maps average back to the logits
-        assert torch.allclose(model.classifier(features), logits, atol=1e-5)  # the features are what it reads
+        last, statistics = model.features_and_statistics(x)
+        assert torch.equal(last, model.features(x)) and torch.equal(statistics, features)
+        assert features.shape == (5, 2 * (8 + 16 + 32))  # mean and spread of the three stages of `compact`
     session = ort.InferenceSession(str(trained / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [output.name for output in session.get_outputs()] == ["logits", "cams", "features"]
     got_logits, got_cams, got_features = session.run(None, {"image": x.numpy()})

@@ -3,7 +3,7 @@
 Usage::
 
     python bench/ood_guard.py fit RUN_DIR OUT_DIR      # a model dir without the guard -> OUT_DIR/model with it
-    python bench/ood_guard.py measure MODEL_DIR [--holdout DIR] [--out results.json]
+    python bench/ood_guard.py measure MODEL_DIR --holdout NAME=DIR [--holdout NAME=DIR ...] [--out results.json]
 
 ``fit`` is for models trained before the guard existed (``cxr train-local --out RUN_DIR``): it copies
 ``RUN_DIR/model``, re-exports the ONNX graph with the ``features`` output and fits the guard with the
@@ -13,8 +13,8 @@ split, as training now does. ``RUN_DIR`` is only read.
 ``measure`` sends every image through the endpoint handler (``code/inference.py``: the one normaliser,
 then the model and the guard). An image is *refused* when the normaliser rejects it or the guard
 flags it. Non-X-rays come from :func:`corpus`, by category; in-distribution X-rays the guard was not
-fitted on are the 16 full-resolution samples and ``--holdout`` (a folder of X-rays; the acquisition
-hold-out's normals when ``/work/models/holdout`` exists, else the run's own test split).
+fitted on are the 16 full-resolution samples and each ``--holdout`` folder (the acquisition hold-out's
+normals for a model trained without them, a run's own test split).
 
 The corpus is built from what packages ship (scikit-image's and Matplotlib's sample images, taken
 from their wheels, ``pip download``-ed into ``.cache/ood-corpus`` when not installed; scikit-learn's
@@ -343,15 +343,21 @@ def verdict(inference, model, data: bytes) -> dict:
         return {"outcome": "rejected", "code": str(exc).split(":")[0]}
     answer = inference.predict_fn(request, model)
     guard = answer["out_of_distribution"]
-    return {"outcome": "referred" if guard["flagged"] else "accepted", "score": guard["score"],
-            "label": answer["label"]}
+    return {"outcome": "referred" if guard["flagged"] else "accepted", "label": answer["label"],
+            "score_over_threshold": guard["score"] / guard["threshold"]}
+
+
+def margin(verdicts: list[dict], pick) -> float | None:
+    """The extreme score / threshold among the images the guard scored (not rejected at ingest)."""
+    ratios = [v["score_over_threshold"] for v in verdicts if "score_over_threshold" in v]
+    return round(pick(ratios), 3) if ratios else None
 
 
 def refused_share(verdicts: list[dict]) -> float:
     return sum(v["outcome"] != "accepted" for v in verdicts) / max(1, len(verdicts))
 
 
-def measure(model_dir: Path, holdout: Path, holdout_name: str, download: bool = True) -> dict:
+def measure(model_dir: Path, holdouts: dict[str, Path], download: bool = True) -> dict:
     inference, model = handler(model_dir)
     if model.guard is None:
         raise SystemExit(f"{model_dir} has no out-of-distribution guard: run `fit` first")
@@ -364,13 +370,15 @@ def measure(model_dir: Path, holdout: Path, holdout_name: str, download: bool = 
             **summary(items)[category], "refused": refused_share(rows),
             "rejected_at_ingest": Counter(r["code"] for r in rows if r["outcome"] == "rejected"),
             "referred_by_guard": sum(r["outcome"] == "referred" for r in rows),
+            "lowest_score_over_threshold": margin(rows, min),
             "accepted": [r["name"] for r in rows if r["outcome"] == "accepted"],
         }
     in_distribution = {}
-    for name, folder in (("samples16", SAMPLES16), (holdout_name, holdout)):
+    for name, folder in {"samples16": SAMPLES16, **holdouts}.items():
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpeg", ".jpg"))
         verdicts = [verdict(inference, model, p.read_bytes()) for p in files]
         in_distribution[name] = {"images": len(files), "referred_or_rejected": refused_share(verdicts),
+                                 "highest_score_over_threshold": margin(verdicts, max),
                                  "flagged": [p.name for p, v in zip(files, verdicts, strict=True)
                                              if v["outcome"] != "accepted"][:20]}
     return {
@@ -391,14 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("out_dir", type=Path)
     run = sub.add_parser("measure")
     run.add_argument("model_dir", type=Path)
-    run.add_argument("--holdout", type=Path, required=True, help="folder of in-distribution X-rays not fitted on")
-    run.add_argument("--holdout-name", default="holdout")
+    run.add_argument("--holdout", action="append", default=[], metavar="NAME=DIR",
+                     help="a folder of in-distribution X-rays the guard was not fitted on (repeatable)")
     run.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "fit":
         print(fit_existing(args.run_dir, args.out_dir))
         return 0
-    result = measure(args.model_dir, args.holdout, args.holdout_name)
+    holdouts = {name: Path(folder) for name, folder in (item.split("=", 1) for item in args.holdout)}
+    result = measure(args.model_dir, holdouts)
     text = json.dumps(result, indent=1, default=dict)
     if args.out:
         args.out.write_text(text + "\n")

@@ -40,7 +40,7 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from lambdas import aws, s3io
-from lambdas.domain import imaging, layout, source_state
+from lambdas.domain import audit, imaging, layout, source_state
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
 from lambdas.state_store import SourceRef, StateStore, handle
@@ -129,8 +129,9 @@ class Predictions:
         current = s3io.current_version(ref.bucket, ref.key)
         record = (_removed(ref) if current is None else
                   self._outcome(SourceObject(ref.bucket, ref.key, current.size, current.version_id, ""), previous))
-        if record["outcome"] == source_state.PREDICTED:
-            s3io.put_json(ref.bucket, layout.prediction_key(ref.key), record["prediction"])
+        if record["outcome"] == source_state.PREDICTED:  # the record is kept: Object Lock retention when configured
+            s3io.put_json(ref.bucket, layout.prediction_key(ref.key), record["prediction"],
+                          retain_until=audit.retain_until(self.settings.prediction_retention_days))
         elif record["outcome"] == source_state.REJECTED:
             s3io.put_json(ref.bucket, layout.rejected_key(ref.key), source_state.error_document(record))
         if previous is not None:
@@ -269,9 +270,11 @@ def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: 
     key's current outcome, written when the key is derived."""
     prediction = prediction_record(obj, answer, endpoint, settings.uncertainty_band)
     prediction["latency_ms"] = latency
+    prediction["audit"] = audit.fields(answer, code_version=settings.code_version, band=settings.uncertainty_band)
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
     logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
-                latency_ms=latency)
+                latency_ms=latency, content_hash=prediction["audit"]["content_hash"],
+                artifact_sha256=prediction["audit"]["artifact_sha256"])
     return prediction
 
 
@@ -319,6 +322,8 @@ def _dynamodb_item(prediction: dict) -> dict:
         "predicted_at": plain["predicted_at"],
         "record": json.dumps(prediction, sort_keys=True),
     }
+    trail = plain.get("audit") or {}
+    item |= {name: trail[name] for name in ("content_hash", "artifact_sha256", "code_version") if trail.get(name)}
     serializer = TypeSerializer()
     return {name: serializer.serialize(value) for name, value in item.items()}
 

@@ -20,6 +20,7 @@ autocast with channels-last tensors when the CPU has bf16 instructions.
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import io
 import json
@@ -40,6 +41,7 @@ import augment
 import data
 import decision
 import imaging
+import inference
 import metrics as m
 import networks
 import numpy as np
@@ -442,16 +444,34 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     (model_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     report_dir = model_dir / "report"
     report_dir.mkdir(exist_ok=True)
-    report.confusion_matrix_png(result["confusion_matrix"], classes, report_dir / "confusion_matrix.png")
-    if m.NORMAL in classes:
-        report.roc_png(eval_y, probs, classes, report_dir / "roc.png")
-    report.reliability_png(reliability_before, reliability_after, report_dir / "reliability.png")
+    channel = Path(args.test if evaluated_on == "test" else args.validation)
+    write_report(model, splits[evaluated_on], f"{evaluated_on} split", channel, config, probs, probs_before,
+                 report_dir / report.REPORT_FILE)
     artifact.write_code_dir(source_dir, model_dir)
     output_dir = Path(args.output_data_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_dir / "metrics.json", output_dir / "metrics.json")
     shutil.copytree(report_dir, output_dir / "report", dirs_exist_ok=True)
     return result
+
+
+def write_report(model: torch.nn.Module, split: data.Split, name: str, channel: Path, config: dict,
+                 probs: np.ndarray, probs_before: np.ndarray, path: Path) -> None:
+    """The evaluation report of the split the metrics describe, heat maps drawn on the stored PNGs."""
+    exported = networks.Exported(model).eval()
+
+    def overlay(i: int, k: int) -> bytes:
+        with torch.no_grad():
+            cam = exported(split.images[i: i + 1].float())[1][0, k].numpy()
+        stored = imaging.open_stored((channel / split.records[i]["key"]).read_bytes())
+        return base64.b64decode(inference.explanation(stored, cam, config["resize_policy"])["overlay_png"])
+
+    referred, band = report.referrals(probs, config["classes"], config)
+    evaluation = report.Evaluation(
+        config=config, evaluated_on=name, y=split.targets.numpy(),
+        probs=probs, content_hashes=[r["content_hash"] for r in split.records], overlay=overlay,
+        referred=referred, band=band, probs_uncalibrated=probs_before)
+    path.write_text(report.render(evaluation))
 
 
 def main(argv: list[str] | None = None) -> int:

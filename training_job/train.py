@@ -45,6 +45,7 @@ import inference
 import metrics as m
 import networks
 import numpy as np
+import ood
 import report
 import torch
 from torch.nn import functional as F
@@ -315,6 +316,25 @@ class Trainer:
         self.model.load_state_dict(self.best_weights)
 
 
+@torch.no_grad()
+def guard_features(model: networks.Classifier, images: torch.Tensor, to_device=lambda x: x) -> np.ndarray:
+    """The stage statistics (the ONNX ``features`` output) of fp32 images, 64 at a time."""
+    model.eval()
+    out = [model.features_and_statistics(to_device(images[start: start + 64].float()))[1].float().cpu().numpy()
+           for start in range(0, len(images), 64)]
+    return np.concatenate(out)
+
+
+def fit_guard(model: networks.Classifier, splits: dict[str, data.Split], model_dir: Path,
+              to_device=lambda x: x) -> ood.Guard:
+    """Fit the out-of-distribution guard on the chosen model's training-split features (threshold on the
+    validation split) and write ``ood.npz`` into ``model_dir``."""
+    train, validation = (guard_features(model, splits[name].images, to_device) for name in ("train", "validation"))
+    guard = ood.fit(train, splits["train"].targets.numpy(), validation)
+    guard.save(model_dir / ood.FILE)
+    return guard
+
+
 def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str, data.Split], list[str]]:
     channel_dirs = {"train": args.train, "validation": args.validation}
     if args.test and Path(args.test).exists():
@@ -390,6 +410,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     artifact.export_onnx(model, args.image_size, model_dir / artifact.ONNX_FILE)
     sample = splits[evaluated_on].images[:8].float()
     onnx_diff = artifact.check_onnx(model, model_dir / artifact.ONNX_FILE, sample)
+    guard = fit_guard(model, splits, model_dir, trainer.to_device)
     fingerprint = data.fingerprint({k: v for k, v in splits.items() if k != "test"})
     config = {
         "model_id": f"cxr-{args.architecture}-{fingerprint[:12]}-{extra['finished'][:19].replace(':', '')}",
@@ -410,7 +431,8 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "threshold": threshold,
         "threshold_rule": "p(pneumonia) >= threshold calls pneumonia (chosen on validation); null: argmax",
         "onnx": artifact.ONNX_FILE,
-        "onnx_outputs": ["logits", "cams"],
+        "onnx_outputs": artifact.ONNX_OUTPUTS,
+        "out_of_distribution": guard.describe(),
         "onnx_max_abs_diff": onnx_diff,
         "weights": "model.pt",
         "data_fingerprint": fingerprint,

@@ -5,13 +5,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 CDK_STAMP := node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup synth test demo bench lint clean
 
-setup: $(STAMP) $(CDK_STAMP)
+setup: $(STAMP) $(CDK_STAMP) $(CHROMIUM)
 
 $(STAMP): pyproject.toml requirements/*.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +27,12 @@ $(STAMP): pyproject.toml requirements/*.txt
 $(CDK_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(CDK_STAMP)
+
+# Headless Chromium for the evaluation report's browser test (tests/training/test_report.py), from Debian's
+# packages: Playwright cannot download its own browsers without internet.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium
 
 synth: setup
 	npx cdk synth --quiet

@@ -8,7 +8,8 @@ and decides ownership by data, not by name: a model is this stage's when its art
 stage's data bucket, a configuration when it serves one of those models (or, once the model is gone,
 when its training job wrote to that bucket). Running pipeline executions and in-progress training jobs are billed
 until stopped. Buckets and the predictions table are retained by the stacks on purpose: they
-are kept unless ``delete_data`` is asked, and reported either way.
+are kept unless ``delete_data`` is asked, and reported either way; even then, versions under S3 Object
+Lock (prediction JSON) are never bypassed: they, and their bucket, are reported as kept.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
@@ -227,6 +229,8 @@ def clean(target: Target, leftovers: list[Leftover], *, delete_data: bool) -> li
             continue
         try:
             action = _remove(target, leftover)
+        except LockedVersions as exc:  # the bucket stays, with everything Object Lock does not hold deleted
+            outcomes.append(Outcome(leftover, False, f"kept, locked: {exc}"))
         except Exception as exc:  # reported, and the verification lists it as left: the rest still goes
             outcomes.append(Outcome(leftover, False, f"failed: {type(exc).__name__}: {exc}"))
         else:
@@ -261,8 +265,26 @@ def _remove(target: Target, leftover: Leftover) -> str:
     raise ValueError(f"no clean-up for {leftover.kind}")
 
 
+class LockedVersions(RuntimeError):
+    """Versions under S3 Object Lock that a teardown left: it never bypasses a retention period."""
+
+    def __init__(self, bucket: str, locked: list[dict]):
+        self.bucket, self.locked = bucket, locked
+        latest = max((v["retain_until"] for v in locked if v["retain_until"]), default=None)
+        modes = sorted({v["mode"] for v in locked if v["mode"]})
+        super().__init__(
+            f"{len(locked)} version(s) under Object Lock ({', '.join(modes) or 'legal hold'}) kept"
+            + (f", locked until {latest:%Y-%m-%d}" if latest else "")
+            + "; not bypassed: delete them after that date, or on purpose as someone allowed "
+            "s3:BypassGovernanceRetention (aws s3api delete-object --bypass-governance-retention ...)")
+
+
 def delete_bucket(s3, bucket: str, attempts: int = 3) -> None:
-    """Empty, then delete; server access logs of the emptying can land in between, so empty again and retry."""
+    """Empty, then delete; server access logs of the emptying can land in between, so empty again and retry.
+
+    Versions under Object Lock (prediction JSON, ``infra/README.md``) cannot be deleted before their date
+    without ``BypassGovernanceRetention``, which a teardown never sends: they stay, and so does the bucket,
+    reported with :class:`LockedVersions`."""
     for attempt in range(attempts):
         empty_bucket(s3, bucket)
         try:
@@ -274,16 +296,44 @@ def delete_bucket(s3, bucket: str, attempts: int = 3) -> None:
 
 
 def empty_bucket(s3, bucket: str) -> int:
-    """Delete every version and delete marker (a versioned bucket is empty only then); returns how many."""
-    deleted = 0
+    """Delete every version and delete marker (a versioned bucket is empty only then); returns how many.
+
+    Raises :class:`LockedVersions` after deleting everything else when Object Lock refused some versions;
+    any other refusal raises at once."""
+    deleted, locked = 0, []
     for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
         objects = [{"Key": v["Key"], "VersionId": v["VersionId"]}
                    for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
         for start in range(0, len(objects), 1000):
             batch = objects[start:start + 1000]
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-            deleted += len(batch)
+            errors = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors", [])
+            for error in errors:
+                # AWS names the version; moto 5.2.5 leaves VersionId out, so look at the batch's versions of the key
+                versions = ([error["VersionId"]] if error.get("VersionId") else
+                            [o["VersionId"] for o in batch if o["Key"] == error["Key"]])
+                denied = error.get("Code") == "AccessDenied"
+                locks = [_lock(s3, bucket, error["Key"], v) for v in versions] if denied else []
+                if not any(locks):
+                    raise RuntimeError(f"cannot delete s3://{bucket}/{error.get('Key')} version "
+                                       f"{error.get('VersionId')}: {error.get('Code')}: {error.get('Message')}")
+                locked += [lock for lock in locks if lock and lock not in locked]
+            deleted += len(batch) - len(errors)
+    if locked:
+        raise LockedVersions(bucket, locked)
     return deleted
+
+
+def _lock(s3, bucket: str, key: str, version_id: str) -> dict | None:
+    """The Object Lock that refused a version's delete (DeleteObjects answers AccessDenied), or None if none did."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key, VersionId=version_id)
+    except ClientError:  # deleted after all (a delete marker, or another version of the key)
+        return None
+    mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+    held = head.get("ObjectLockLegalHoldStatus") == "ON"
+    if not held and not (until and until > datetime.now(UTC)):
+        return None
+    return {"key": key, "version_id": version_id, "mode": mode, "retain_until": until}
 
 
 def wait_until_gone(target: Target, kinds: tuple[str, ...], timeout_s: float, sleep: Callable = time.sleep,

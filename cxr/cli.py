@@ -10,6 +10,7 @@ import os
 import sys
 
 from cxr.commands import (
+    audit,
     check,
     cost,
     demo,
@@ -29,7 +30,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            fsck, doctor, deploy, teardown)
+            fsck, audit, doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

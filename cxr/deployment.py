@@ -175,6 +175,40 @@ def adopt_overrides(retained: list[Retained]) -> dict[str, str]:
     return overrides
 
 
+def enable_object_lock(tgt: Target, retained: list[Retained], config: Config) -> list[str]:
+    """Turn S3 Object Lock on for an adopted predictions bucket created without it (by stacks older than the audit
+    trail), when the configuration locks prediction JSON: every locked write would fail there ("Bucket is missing
+    ObjectLockConfiguration"). S3 allows it on an existing versioned bucket (PutObjectLockConfiguration with
+    ``ObjectLockEnabled``, no default rule, as the stacks create it); it cannot be turned off again. Returns the
+    buckets changed."""
+    if not config.retention_days:
+        return []
+    s3, enabled = tgt.client("s3"), []
+    for item in retained:
+        if item.kind != BUCKET or item.role != wiring.PREDICTIONS_BUCKET or _object_lock_enabled(s3, item.name):
+            continue
+        try:
+            s3.put_object_lock_configuration(Bucket=item.name,
+                                             ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
+        except ClientError as exc:
+            raise UserError(f"the retained bucket {item.name} has no S3 Object Lock, which prediction_retention_days="
+                            f"{config.retention_days} needs, and enabling it failed "
+                            f"({exc.response['Error'].get('Message', exc)}); enable versioning on it, or deploy with "
+                            "-c prediction_retention_days=0") from None
+        enabled.append(item.name)
+    return enabled
+
+
+def _object_lock_enabled(s3, bucket: str) -> bool:
+    try:
+        configuration = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ObjectLockConfigurationNotFoundError":
+            return False
+        raise
+    return configuration.get("ObjectLockEnabled") == "Enabled"
+
+
 def _storage_stack_resources(tgt: Target) -> set[str]:
     """Physical ids of what the stage's storage stack holds now (none when it does not exist)."""
     stack = wiring.stack_name(tgt.stage, "Storage")

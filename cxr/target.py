@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, PartialCredentialsError
 
 from cxr.errors import UserError
@@ -54,8 +55,8 @@ class Target:
     def is_local(self) -> bool:
         return self.endpoint_url is not None
 
-    def client(self, service: str):
-        return self.session.client(service, region_name=self.region, endpoint_url=self.endpoint_url)
+    def client(self, service: str, config: Config | None = None):
+        return self.session.client(service, region_name=self.region, endpoint_url=self.endpoint_url, config=config)
 
     def bucket(self, role: str) -> str:
         return wiring.BUCKETS[role].name(self.stage, self.account, self.region)
@@ -74,6 +75,12 @@ class Target:
                     return machine["stateMachineArn"]
             raise UserError(f"the offline cloud has no state machine {name}: restart it with `cxr local up`")
         return self.stack_resource("TrainingPipeline", "AWS::StepFunctions::StateMachine")
+
+    def function_name(self, spec: wiring.Function, part: str) -> str:
+        """A function's name: by its local name on the offline cloud, from CloudFormation (stack ``part``) on AWS."""
+        if self.is_local:
+            return LocalNames(self.stage).function(spec)
+        return self.stack_resource(part, "AWS::Lambda::Function", logical_prefix=spec.id)
 
     def stack_resource(self, part: str, resource_type: str, logical_prefix: str = "") -> str:
         """The physical id of a deployed stack's resource of this type (whose logical id starts so)."""

@@ -35,6 +35,10 @@ The three-class and binary floors are issue 3's accuracy targets on the held-out
 DEMO_GATE: dict[str, float] = {"accuracy": 0.50, "binary.roc_auc": 0.70}
 """The demo trains for minutes on a small subset on a CPU: it must beat chance clearly, no more."""
 
+PROD_RETENTION_DAYS = 2192
+"""Six years (HIPAA keeps required documentation six years, 45 CFR 164.316(b)(2)); governance mode, so an
+administrator with ``s3:BypassGovernanceRetention`` can still remove a record on purpose."""
+
 _STAGE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 _KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -69,6 +73,9 @@ class Config:
     checkpoint_expiry_days: int = 14
     async_expiry_days: int = 7
     """Asynchronous endpoints' request copies and results (``async-*/``), kept for inspection after use."""
+    prediction_retention_days: int | None = None
+    """S3 Object Lock retention (governance mode) of each prediction JSON, in days; 0 turns it off. Unset:
+    :data:`PROD_RETENTION_DAYS` for stage ``prod``, 0 for any other (``Config.retention_days``)."""
     adopt_key_arn: str | None = None
     """A KMS key an earlier teardown retained: the stacks use it instead of creating one (`cxr deploy` sets it)."""
     adopt_buckets: tuple[str, ...] = ()
@@ -116,6 +123,8 @@ class Config:
             problems.append(f"log_retention_days must be one of CloudWatch's {LOG_RETENTION_DAYS}")
         if min(self.quarantine_expiry_days, self.checkpoint_expiry_days, self.async_expiry_days) < 1:
             problems.append("expiry days must be positive")
+        if self.prediction_retention_days is not None and not 0 <= self.prediction_retention_days <= 36500:
+            problems.append("prediction_retention_days must be in 0..36500 (S3 Object Lock allows up to 100 years)")
         if self.adopt_key_arn is not None and not _KEY_ARN.match(self.adopt_key_arn):
             problems.append("adopt_key_arn must be a KMS key ARN")
         unknown = set(self.adopt_buckets) - set(wiring.BUCKETS)
@@ -126,6 +135,13 @@ class Config:
                             "encrypted under their key")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def retention_days(self) -> int:
+        """Object Lock days in force for prediction JSON: the setting, else on for ``prod`` only."""
+        if self.prediction_retention_days is not None:
+            return self.prediction_retention_days
+        return PROD_RETENTION_DAYS if self.stage == "prod" else 0
 
     @property
     def spot_max_wait_s(self) -> int:
@@ -162,12 +178,13 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
                       3288, 3653)
 _INTS = {"serverless_memory_mb", "serverless_max_concurrency", "training_max_runtime_s", "training_volume_gb",
          "reserved_concurrency", "log_retention_days", "quarantine_expiry_days", "checkpoint_expiry_days",
-         "async_expiry_days"}
+         "async_expiry_days", "prediction_retention_days"}
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Context given on the command line arrives as strings; cdk.json gives JSON types."""
-    if value in ("", "none", "null") and name in {"notification_email", "reserved_concurrency", "adopt_key_arn"}:
+    if value in ("", "none", "null") and name in {"notification_email", "reserved_concurrency", "adopt_key_arn",
+                                                     "prediction_retention_days"}:
         return None
     try:
         if name in _INTS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lambdas.domain import layout
+from lambdas.domain import audit, layout
 
 # Bucket roles: construct ids are the role names in CamelCase (see ``Bucket.construct_id``).
 DATA = "data"
@@ -39,6 +39,10 @@ ENV_ASYNC_OUTPUT_URI = "ASYNC_OUTPUT_URI"
 ENV_RESOURCE_PREFIX = "RESOURCE_PREFIX"
 """The stage's SageMaker name prefix (:func:`resource_prefix`): the only models and configurations touched."""
 ENV_SOURCE_STATE_TABLE = "SOURCE_STATE_TABLE"
+ENV_CODE_VERSION = audit.CODE_VERSION_VARIABLE
+"""The project version and git commit the app was synthesized from (``infra.version.code_version``)."""
+ENV_PREDICTION_RETENTION_DAYS = "PREDICTION_RETENTION_DAYS"
+"""Days of S3 Object Lock retention (governance mode) on each prediction JSON; 0: none."""
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
 METRICS_NAMESPACE = "CxrServerless"
 
@@ -67,9 +71,22 @@ BUCKETS: dict[str, Bucket] = {
     )
 }
 
+PREDICTIONS_BUCKET = INFERENCE
+"""The bucket holding ``predictions/``: created with S3 Object Lock enabled (no default retention), so each
+prediction JSON can be written with a retention period of its own (``PREDICTION_RETENTION_DAYS``)."""
+
 KEY_SERVICE_STATEMENTS = ("CloudWatchLogs", "CloudWatchAlarms")
 """Sids of the stage key's policy statements that let CloudWatch Logs and alarms use the key: written by
 the storage stack, required of a key a deployment adopts from an earlier teardown (no stack rewrites it)."""
+
+
+@dataclass(frozen=True)
+class Index:
+    """A global secondary index (string keys, every attribute projected)."""
+
+    name: str
+    partition_key: str
+    sort_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,10 +96,15 @@ class Table:
     partition_key: str
     sort_key: str | None = None
     ttl_attribute: str | None = None
+    indexes: tuple[Index, ...] = ()
 
 
-PREDICTIONS_TABLE = Table("PredictionsTable", ENV_PREDICTIONS_TABLE, partition_key="pk", sort_key="sk")
-"""Generic key names so the predict Lambda shapes its records (source object / version) freely."""
+CONTENT_HASH_INDEX = Index("ContentHash", partition_key="content_hash", sort_key="predicted_at")
+"""Every prediction of one image (its normalised pixels' hash), oldest first: what `cxr audit HASH` queries."""
+PREDICTIONS_TABLE = Table("PredictionsTable", ENV_PREDICTIONS_TABLE, partition_key="pk", sort_key="sk",
+                          indexes=(CONTENT_HASH_INDEX,))
+"""Generic key names so the predict Lambda shapes its records (source object / version) freely; one item per
+version, the audit trail (retained on teardown, unlike the source-state table, which is derived and rebuilt)."""
 IDEMPOTENCY_TABLE = Table("IdempotencyTable", ENV_IDEMPOTENCY_TABLE, partition_key="id", ttl_attribute="expiration")
 """The key and TTL attribute names Powertools' DynamoDB idempotency layer uses by default."""
 SOURCE_STATE_TABLE = Table("SourceStateTable", ENV_SOURCE_STATE_TABLE, partition_key="pk", sort_key="sk")
@@ -147,7 +169,8 @@ PREDICT = Function(
     memory_mb=1769,
     timeout_s=360,  # the endpoint call's worst case with retries (lambdas.aws.endpoint_call_budget_s), plus a minute
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
-                 ENV_UNCERTAINTY_BAND, ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE),
+                 ENV_UNCERTAINTY_BAND, ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE, ENV_CODE_VERSION,
+                 ENV_PREDICTION_RETENTION_DAYS),
     trigger=Trigger(INFERENCE, layout.INCOMING, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # a delete retires it
     service="cxr-predict",
 )
@@ -156,7 +179,8 @@ COMPLETE_PREDICTION = Function(
     handler="lambdas.complete_prediction.handler",
     memory_mb=512,
     timeout_s=60,
-    environment=(ENV_PREDICTIONS_TABLE, ENV_UNCERTAINTY_BAND, ENV_SOURCE_STATE_TABLE),
+    environment=(ENV_PREDICTIONS_TABLE, ENV_UNCERTAINTY_BAND, ENV_SOURCE_STATE_TABLE, ENV_CODE_VERSION,
+                 ENV_PREDICTION_RETENTION_DAYS),
     trigger=Trigger(INFERENCE, layout.ASYNC_OUTPUT),
     service="cxr-predict",  # the same predictions, so the same metrics the dashboard reads
 )
@@ -176,7 +200,7 @@ EVALUATE_MODEL = Function(
     handler="lambdas.evaluate_model.handler",
     memory_mb=512,
     timeout_s=120,
-    environment=(ENV_DATA_BUCKET, ENV_QUALITY_GATE),
+    environment=(ENV_DATA_BUCKET, ENV_QUALITY_GATE, ENV_CODE_VERSION),
     service="cxr-evaluate-model",
 )
 DEPLOY_MODEL = Function(
@@ -186,7 +210,7 @@ DEPLOY_MODEL = Function(
     timeout_s=60,
     environment=(ENV_SAGEMAKER_ROLE_ARN, ENV_KMS_KEY_ARN, ENV_INFERENCE_IMAGE, ENV_ENDPOINT_NAME, ENV_ENDPOINT_MODE,
                  ENV_SERVERLESS_MEMORY_MB, ENV_SERVERLESS_MAX_CONCURRENCY, ENV_ENDPOINT_INSTANCE_TYPE,
-                 ENV_ASYNC_OUTPUT_URI),
+                 ENV_ASYNC_OUTPUT_URI, ENV_CODE_VERSION),
     service="cxr-deploy-model",
 )
 ENDPOINT_STATUS = Function(

@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import layout
+from lambdas.domain import audit, layout
 
 logger = Logger(service="cxr-deploy-model")
 
@@ -80,8 +80,13 @@ class DeploySettings:
         return settings
 
 
-def model_definition(settings: DeploySettings, name: str, model_data_url: str) -> dict:
+def model_definition(settings: DeploySettings, name: str, model_data_url: str, *, artifact_sha256: str | None = None,
+                     code_version: str = "") -> dict:
     """The model as the SageMaker PyTorch serving container loads it: ``code/inference.py`` inside the archive.
+
+    The archive's SHA-256 (taken by the Evaluate step) and the deploying code's version go into the
+    container's environment: ``inference.py`` returns the digest with every answer, so each prediction
+    names the exact artifact behind it.
 
     Instance endpoints run it network-isolated; serverless endpoints refuse network isolation (a
     documented limit of Serverless Inference), and the model needs no network there either: its
@@ -97,6 +102,8 @@ def model_definition(settings: DeploySettings, name: str, model_data_url: str) -
                 "SAGEMAKER_PROGRAM": "inference.py",
                 "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
                 "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                **({audit.ARTIFACT_SHA256_VARIABLE: artifact_sha256} if artifact_sha256 else {}),
+                audit.CODE_VERSION_VARIABLE: code_version or audit.UNKNOWN,
             },
         },
         "EnableNetworkIsolation": settings.mode != "serverless",
@@ -151,12 +158,16 @@ def describe_endpoint(name: str) -> dict | None:
 
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict, context) -> dict:
-    """Input ``{"run_id", "model_name", "model_artifact"}`` (model name: the training job's, unique per run)."""
+    """Input ``{"run_id", "model_name", "model_artifact", "artifact_sha256"}`` (model name: the training job's, unique
+    per run; the digest: the Evaluate step's)."""
     settings = DeploySettings.from_env(os.environ)
-    name = str(event["model_name"])
+    name, digest = str(event["model_name"]), str(event["artifact_sha256"])
     sagemaker = aws.client("sagemaker")
-    tags = [{"Key": "run_id", "Value": str(event["run_id"])}, {"Key": ENDPOINT_TAG, "Value": settings.endpoint_name}]
-    _create(sagemaker.create_model, **model_definition(settings, name, event["model_artifact"]), Tags=tags)
+    tags = [{"Key": "run_id", "Value": str(event["run_id"])}, {"Key": ENDPOINT_TAG, "Value": settings.endpoint_name},
+            {"Key": audit.ARTIFACT_TAG, "Value": digest}]
+    model = model_definition(settings, name, event["model_artifact"], artifact_sha256=digest,
+                             code_version=os.environ.get(audit.CODE_VERSION_VARIABLE, ""))
+    _create(sagemaker.create_model, **model, Tags=tags)
     _create(sagemaker.create_endpoint_config, **endpoint_config_definition(settings, name, name), Tags=tags)
     endpoint = describe_endpoint(settings.endpoint_name)
     if endpoint is None:
@@ -176,7 +187,7 @@ def handler(event: dict, context) -> dict:
     logger.info("deploying", extra={"endpoint": settings.endpoint_name, "config": name, "action": action,
                                     "mode": settings.mode})
     return {"endpoint_name": settings.endpoint_name, "endpoint_config_name": name, "model_name": name,
-            "mode": settings.mode, "action": action}
+            "mode": settings.mode, "action": action, "artifact_sha256": digest}
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -1,9 +1,15 @@
 """Evaluate Lambda (training pipeline): the quality gate on the trained model's own ``metrics.json``.
 
 Reads ``metrics.json`` straight out of ``model.tar.gz`` on S3 (streamed: the archive also holds the
-weights), compares the configured metrics with their minimums, writes the metrics and the verdict
-to ``reports/<run>/`` and returns the verdict for the state machine's Choice state. A model
-that misses the gate is a result, not an error; an artifact without metrics is an error.
+weights), compares the configured metrics with their minimums, writes the metrics, the verdict and
+the model's HTML evaluation report (``report/report.html`` in the archive) to ``reports/<run>/``
+and returns the verdict for the state machine's Choice state. A model that misses the gate is a
+result, not an error; an artifact without metrics is an error.
+
+The same stream gives the archive's SHA-256 (``artifact_sha256``): this is the first step that sees
+the packed artifact whole (the training script writes what goes into it, SageMaker packs it), so the
+digest is taken here, recorded in the report and handed to the deploy step, which stamps it on the
+SageMaker model; every prediction then names the exact bytes that produced it.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from collections.abc import Mapping
 from aws_lambda_powertools import Logger
 
 from lambdas import aws
-from lambdas.domain import layout
+from lambdas.domain import audit, layout
 
 logger = Logger(service="cxr-evaluate-model")
 
 METRICS_FILE = "metrics.json"
+REPORT_MEMBER = f"report/{layout.REPORT_HTML}"
+"""Written by ``training_job/train.py`` into the model directory (``report.REPORT_FILE``)."""
 
 
 class ModelArtifactError(RuntimeError):
@@ -37,19 +45,26 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_metrics(bucket: str, key: str) -> dict:
-    """``metrics.json`` from the top of a gzipped tar on S3, read as a stream."""
+def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None, str]:
+    """``metrics.json``, the HTML evaluation report (None in archives older than it) and the SHA-256 of
+    the whole object from a gzipped tar on S3, in one streamed read: the weights are never held in memory."""
     body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    stream, found = audit.DigestingReader(body), {}
     try:
-        with tarfile.open(fileobj=body, mode="r|gz") as archive:
+        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
             for member in archive:
-                if member.isfile() and member.name.removeprefix("./") == METRICS_FILE:
-                    return json.load(archive.extractfile(member))
+                name = member.name.removeprefix("./")
+                if member.isfile() and name in (METRICS_FILE, REPORT_MEMBER):
+                    found[name] = archive.extractfile(member).read()
+        metrics = json.loads(found[METRICS_FILE]) if METRICS_FILE in found else None
+        digest = stream.drain()
     except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
         raise ModelArtifactError(f"cannot read {METRICS_FILE} from the model archive: {exc}") from exc
     finally:
         body.close()
-    raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
+    if metrics is None:
+        raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
+    return metrics, found.get(REPORT_MEMBER), digest
 
 
 def metric(metrics: Mapping, path: str) -> float | None:
@@ -88,18 +103,23 @@ def load_gate(env: Mapping[str, str]) -> dict[str, float]:
 
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict, context) -> dict:
-    """Input ``{"run_id", "model_artifact": "s3://.../model.tar.gz"}``; output the verdict."""
+    """Input ``{"run_id", "model_artifact": "s3://.../model.tar.gz"}``; output the verdict and the artifact's digest."""
     run_id = str(event["run_id"])
     bucket, key = parse_s3_uri(event["model_artifact"])
     gate = load_gate(os.environ)
-    metrics = read_metrics(bucket, key)
+    metrics, report_html, digest = read_artifact(bucket, key)
     verdict = judge(metrics, gate)
-    report = {"run_id": run_id, "model_artifact": event["model_artifact"], **verdict}
+    report = {"run_id": run_id, "model_artifact": event["model_artifact"], "artifact_sha256": digest,
+              "code_version": os.environ.get(audit.CODE_VERSION_VARIABLE, audit.UNKNOWN), **verdict}
     s3 = aws.client("s3")
     data_bucket = os.environ["DATA_BUCKET"]
-    s3.put_object(Bucket=data_bucket, Key=f"{layout.REPORTS}{run_id}/{METRICS_FILE}",
+    s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, METRICS_FILE),
                   Body=json.dumps(metrics, indent=2).encode(), ContentType="application/json")
-    s3.put_object(Bucket=data_bucket, Key=f"{layout.REPORTS}{run_id}/gate.json",
+    s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, "gate.json"),
                   Body=json.dumps(report, indent=2).encode(), ContentType="application/json")
-    logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"]})
+    if report_html is not None:
+        s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, layout.REPORT_HTML), Body=report_html,
+                      ContentType="text/html; charset=utf-8")
+    logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"],
+                                       "artifact_sha256": digest})
     return {**report, "report_uri": f"s3://{data_bucket}/{layout.REPORTS}{run_id}/"}

@@ -40,7 +40,7 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from lambdas import aws, s3io
-from lambdas.domain import imaging, layout, source_state
+from lambdas.domain import audit, imaging, layout, source_state
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
 from lambdas.state_store import SourceRef, StateStore, handle
@@ -83,7 +83,7 @@ def handler(event: S3Event, context) -> dict:
             logger.warning("prediction will be retried", key_ref=source.ref, error=type(exc).__name__)
             continue
         outcomes[COUNTED.get(outcome, outcome)] += 1
-    publish(outcomes, predictions.latencies)
+    publish(outcomes, predictions.latencies, predictions.out_of_distribution)
     if outcomes["transient"]:
         raise aws.TransientError(f"{outcomes['transient']} record(s) failed transiently; completed ones are idempotent")
     return outcomes
@@ -94,9 +94,14 @@ COUNTED = {source_state.PREDICTED: "predicted", source_state.SUBMITTED: "submitt
 """Outcome kind -> the handler's count for it."""
 
 
-def publish(outcomes: dict, latencies: list[float]) -> None:
-    """The invocation's counts and latencies as one EMF document, from a metric set of its own (reentrant)."""
+def publish(outcomes: dict, latencies: list[float], out_of_distribution: int = 0) -> None:
+    """The invocation's counts and latencies as one EMF document, from a metric set of its own (reentrant).
+
+    ``OutOfDistribution`` counts the new predictions whose input the model's guard flagged (always
+    emitted, zero included, so that its rate against ``Predictions`` is defined; the alarm is in
+    ``infra/stacks/monitoring.py``)."""
     metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    metrics.add_metric(name="OutOfDistribution", unit=MetricUnit.Count, value=out_of_distribution)
     for name, metric in (("predicted", "Predictions"), ("rejected", "PredictionsRejected"),
                          (source_state.DUPLICATE, "DuplicateEvents"), (source_state.SUPERSEDED, "SupersededEvents")):
         if name in outcomes:
@@ -117,14 +122,16 @@ class Predictions:
         self.settings, self.context, self.submits = settings, context, submits
         self.store = StateStore(settings.source_state_table)
         self.latencies: list[float] = []
+        self.out_of_distribution = 0
 
     def derive(self, ref: SourceRef, previous: dict | None) -> dict:
         """The key's outcome from its current version; writes what it owns, tombstones what it no longer owns."""
         current = s3io.current_version(ref.bucket, ref.key)
         record = (_removed(ref) if current is None else
                   self._outcome(SourceObject(ref.bucket, ref.key, current.size, current.version_id, ""), previous))
-        if record["outcome"] == source_state.PREDICTED:
-            s3io.put_json(ref.bucket, layout.prediction_key(ref.key), record["prediction"])
+        if record["outcome"] == source_state.PREDICTED:  # the record is kept: Object Lock retention when configured
+            s3io.put_json(ref.bucket, layout.prediction_key(ref.key), record["prediction"],
+                          retain_until=audit.retain_until(self.settings.prediction_retention_days))
         elif record["outcome"] == source_state.REJECTED:
             s3io.put_json(ref.bucket, layout.rejected_key(ref.key), source_state.error_document(record))
         if previous is not None:
@@ -151,6 +158,7 @@ class Predictions:
         if result["status"] == "submitted":
             return _completed(source, self.settings) or {"outcome": source_state.SUBMITTED, "source": source}
         self.latencies.append(result["prediction"]["latency_ms"]["total"])
+        self.out_of_distribution += out_of_distribution(result["prediction"])
         return {"outcome": source_state.PREDICTED, "source": source, "prediction": result["prediction"]}
 
 
@@ -262,16 +270,18 @@ def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: 
     key's current outcome, written when the key is derived."""
     prediction = prediction_record(obj, answer, endpoint, settings.uncertainty_band)
     prediction["latency_ms"] = latency
+    prediction["audit"] = audit.fields(answer, code_version=settings.code_version, band=settings.uncertainty_band)
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
     logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
-                latency_ms=latency)
+                latency_ms=latency, content_hash=prediction["audit"]["content_hash"],
+                artifact_sha256=prediction["audit"]["artifact_sha256"])
     return prediction
 
 
 def prediction_record(source: SourceObject, answer: dict, endpoint: str, band: tuple[float, float]) -> dict:
     """The prediction contract (ARCHITECTURE.md, "Prediction record")."""
     pneumonia = float(answer["pneumonia_probability"])
-    return {
+    record = {
         "source": source.describe(),
         "label": answer["label"],
         "confidence": float(answer["confidence"]),
@@ -282,7 +292,19 @@ def prediction_record(source: SourceObject, answer: dict, endpoint: str, band: t
         "model_id": answer["model_id"],
         "endpoint": endpoint,
         "predicted_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "out_of_distribution": answer.get("out_of_distribution"),
     }
+    # Out-of-distribution referral until the shared decision rule (decision.decide) takes it (issue 15):
+    # to be folded into it at merge.
+    if out_of_distribution(answer):
+        record["refer_to_radiologist"] = True
+        record["referral_reasons"] = ["out_of_distribution"]
+    return record
+
+
+def out_of_distribution(answer: dict) -> bool:
+    """Whether the model's out-of-distribution guard flagged the input (an older model has no guard)."""
+    return bool((answer.get("out_of_distribution") or {}).get("flagged"))
 
 
 def _dynamodb_item(prediction: dict) -> dict:
@@ -300,6 +322,8 @@ def _dynamodb_item(prediction: dict) -> dict:
         "predicted_at": plain["predicted_at"],
         "record": json.dumps(prediction, sort_keys=True),
     }
+    trail = plain.get("audit") or {}
+    item |= {name: trail[name] for name in ("content_hash", "artifact_sha256", "code_version") if trail.get(name)}
     serializer = TypeSerializer()
     return {name: serializer.serialize(value) for name, value in item.items()}
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import imaging, layout
+from lambdas.domain import audit, imaging, layout
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,18 @@ def read_json(bucket: str, key: str) -> dict | None:
     return json.loads(body)
 
 
-def put_json(bucket: str, key: str, document: dict) -> None:
+def put_json(bucket: str, key: str, document: dict, *, retain_until: datetime | None = None) -> None:
+    """Write a JSON document; with ``retain_until``, the new version is locked until then (Object Lock, governance).
+
+    S3 refuses an upload with a retention period that has neither ``Content-MD5`` nor a checksum ("The
+    Content-MD5 or x-amz-sdk-checksum-algorithm header is required for any request to upload an object with
+    a retention period configured using Amazon S3 Object Lock", S3 User Guide, "Using S3 Object Lock"),
+    so the SHA-256 is asked for explicitly rather than left to the SDK's default.
+    """
     body = json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode()
-    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    lock = {} if retain_until is None else {"ObjectLockMode": audit.RETENTION_MODE,
+                                            "ObjectLockRetainUntilDate": retain_until, "ChecksumAlgorithm": "SHA256"}
+    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **lock)
 
 
 def put_png(bucket: str, key: str, png: bytes) -> None:

@@ -6,9 +6,18 @@ Every input goes through the one normaliser (``imaging.py``, shipped beside this
 resize policy recorded in ``model.json``, exactly as at training time; logits become probabilities
 and a label through ``decision.py`` (also shipped here), the rule every training figure used.
 
+Each answer names the artifact that produced it: ``artifact_sha256`` is the packed archive's digest,
+which the deploy step puts in the container's environment (``CXR_ARTIFACT_SHA256``), and every call
+writes one JSON line to stdout (the endpoint's CloudWatch log group): content hash, model id, artifact
+digest, label and referral, never the input itself or anything naming a patient.
+
 Requests: ``image/png`` or ``image/jpeg`` bytes (raw uploads or the stored, preprocessed PNG), or
 ``application/json`` ``{"image": "<base64>", "explain": true}`` to also receive a class-activation
 heat-map overlay showing where the model looked.
+
+Artifacts with the ONNX ``features`` output and ``ood.npz`` also score how far the input lies from the
+training X-rays (``ood.py``); one beyond the guard's threshold is referred with reason
+``out_of_distribution``. Older artifacts (two outputs, no guard) answer ``"score": null``.
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ import decision
 import imaging
 import numpy as np
 import onnxruntime as ort
+import ood
 from PIL import Image
 
+ARTIFACT_SHA256_VARIABLE = "CXR_ARTIFACT_SHA256"
+"""Set by the deploy step (``lambdas.domain.audit``); absent when the model is served outside a deployment."""
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "application/x-image", "application/octet-stream")
 JSON_TYPE = "application/json"
 
@@ -61,6 +73,8 @@ class Model:
     session: ort.InferenceSession
     config: dict
     model_id: str
+    artifact_sha256: str | None = None
+    guard: ood.Guard | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -80,7 +94,11 @@ def model_fn(model_dir: str, context=None) -> Model:
     options.intra_op_num_threads = int(os.environ.get("CXR_ONNX_THREADS", "0"))  # 0: one per core
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(model_dir / config["onnx"]), options, providers=["CPUExecutionProvider"])
-    return Model(session, config, config.get("model_id", model_dir.name))
+    outputs = [output.name for output in session.get_outputs()]
+    described = config.get("out_of_distribution")
+    guard = ood.load(model_dir / described["file"]) if described and "features" in outputs else None
+    return Model(session, config, config.get("model_id", model_dir.name),
+                 os.environ.get(ARTIFACT_SHA256_VARIABLE) or None, guard)
 
 
 def input_fn(body: bytes | str, content_type: str, context=None) -> Request:
@@ -112,7 +130,8 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
     started = time.perf_counter()
     config = model.config
     stored = imaging.open_stored(request.image.png)
-    logits, cams = model.session.run(None, {"image": model_input(stored, config)})
+    outputs = model.session.run(None, {"image": model_input(stored, config)})
+    logits, cams = outputs[:2]
     probs = decision.model_probabilities(logits[0], config)
     classes = model.classes
     index = int(decision.predict(probs, classes, config.get("threshold")))
@@ -124,11 +143,36 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
                                   if decision.NORMAL in classes else None),
         "model_id": model.model_id,
         "content_hash": request.image.content_hash,
+        "artifact_sha256": model.artifact_sha256,
+        "out_of_distribution": out_of_distribution(model.guard, outputs[2][0] if len(outputs) > 2 else None),
     }
+    # Out-of-distribution referral until decision.decide(..., out_of_distribution=...) takes it (issue 15):
+    # to be folded into decide at merge.
+    if result["out_of_distribution"]["flagged"]:
+        result["refer_to_radiologist"] = True
+        result["referral_reasons"] = ["out_of_distribution"]
     if request.explain:
         result["explanation"] = explanation(stored, cams[0, index], config["resize_policy"])
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    log_call(result)
     return result
+
+
+def out_of_distribution(guard: ood.Guard | None, features: np.ndarray | None) -> dict:
+    """The guard's verdict on one input's stage statistics; an artifact without a guard gives no score."""
+    if guard is None or features is None:
+        return {"score": None, "threshold": None, "flagged": False,
+                "note": "this model artifact predates the out-of-distribution guard: no score"}
+    score = float(guard.scores(features))
+    return {"score": score, "threshold": guard.threshold, "flagged": score > guard.threshold}
+
+
+def log_call(result: dict) -> None:
+    """One structured line per call on stdout, which SageMaker sends to the endpoint's log group."""
+    print(json.dumps({"event": "cxr.prediction", "content_hash": result["content_hash"],
+                      "model_id": result["model_id"], "artifact_sha256": result["artifact_sha256"],
+                      "label": result["label"], "refer_to_radiologist": result.get("refer_to_radiologist"),
+                      "threshold": result.get("threshold")}, sort_keys=True), flush=True)
 
 
 def output_fn(prediction: dict, accept: str | None, context=None) -> tuple[str, str]:

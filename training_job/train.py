@@ -20,6 +20,7 @@ autocast with channels-last tensors when the CPU has bf16 instructions.
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import io
 import json
@@ -40,9 +41,11 @@ import augment
 import data
 import decision
 import imaging
+import inference
 import metrics as m
 import networks
 import numpy as np
+import ood
 import report
 import torch
 from torch.nn import functional as F
@@ -319,6 +322,25 @@ class Trainer:
         self.model.load_state_dict(self.best_weights)
 
 
+@torch.no_grad()
+def guard_features(model: networks.Classifier, images: torch.Tensor, to_device=lambda x: x) -> np.ndarray:
+    """The stage statistics (the ONNX ``features`` output) of fp32 images, 64 at a time."""
+    model.eval()
+    out = [model.features_and_statistics(to_device(images[start: start + 64].float()))[1].float().cpu().numpy()
+           for start in range(0, len(images), 64)]
+    return np.concatenate(out)
+
+
+def fit_guard(model: networks.Classifier, splits: dict[str, data.Split], model_dir: Path,
+              to_device=lambda x: x) -> ood.Guard:
+    """Fit the out-of-distribution guard on the chosen model's training-split features (threshold on the
+    validation split) and write ``ood.npz`` into ``model_dir``."""
+    train, validation = (guard_features(model, splits[name].images, to_device) for name in ("train", "validation"))
+    guard = ood.fit(train, splits["train"].targets.numpy(), validation)
+    guard.save(model_dir / ood.FILE)
+    return guard
+
+
 def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str, data.Split], list[str]]:
     channel_dirs = {"train": args.train, "validation": args.validation}
     if args.test and Path(args.test).exists():
@@ -404,6 +426,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     artifact.export_onnx(model, args.image_size, model_dir / artifact.ONNX_FILE)
     sample = splits[evaluated_on].images[:8].float()
     onnx_diff = artifact.check_onnx(model, model_dir / artifact.ONNX_FILE, sample)
+    guard = fit_guard(model, splits, model_dir, trainer.to_device)
     fingerprint = data.fingerprint({k: v for k, v in splits.items() if k != "test"})
     config = {
         "model_id": f"cxr-{args.architecture}-{fingerprint[:12]}-{extra['finished'][:19].replace(':', '')}",
@@ -424,7 +447,8 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "threshold": threshold,
         "threshold_rule": f"p(pneumonia) >= threshold calls pneumonia ({threshold_rule}); null: argmax",
         "onnx": artifact.ONNX_FILE,
-        "onnx_outputs": ["logits", "cams"],
+        "onnx_outputs": artifact.ONNX_OUTPUTS,
+        "out_of_distribution": guard.describe(),
         "onnx_max_abs_diff": onnx_diff,
         "weights": "model.pt",
         "data_fingerprint": fingerprint,
@@ -436,16 +460,34 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     (model_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     report_dir = model_dir / "report"
     report_dir.mkdir(exist_ok=True)
-    report.confusion_matrix_png(result["confusion_matrix"], classes, report_dir / "confusion_matrix.png")
-    if m.NORMAL in classes:
-        report.roc_png(eval_y, probs, classes, report_dir / "roc.png")
-    report.reliability_png(reliability_before, reliability_after, report_dir / "reliability.png")
+    channel = Path(args.test if evaluated_on == "test" else args.validation)
+    write_report(model, splits[evaluated_on], f"{evaluated_on} split", channel, config, probs, probs_before,
+                 report_dir / report.REPORT_FILE)
     artifact.write_code_dir(source_dir, model_dir)
     output_dir = Path(args.output_data_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_dir / "metrics.json", output_dir / "metrics.json")
     shutil.copytree(report_dir, output_dir / "report", dirs_exist_ok=True)
     return result
+
+
+def write_report(model: torch.nn.Module, split: data.Split, name: str, channel: Path, config: dict,
+                 probs: np.ndarray, probs_before: np.ndarray, path: Path) -> None:
+    """The evaluation report of the split the metrics describe, heat maps drawn on the stored PNGs."""
+    exported = networks.Exported(model).eval()
+
+    def overlay(i: int, k: int) -> bytes:
+        with torch.no_grad():
+            cam = exported(split.images[i: i + 1].float())[1][0, k].numpy()
+        stored = imaging.open_stored((channel / split.records[i]["key"]).read_bytes())
+        return base64.b64decode(inference.explanation(stored, cam, config["resize_policy"])["overlay_png"])
+
+    referred, band = report.referrals(probs, config["classes"], config)
+    evaluation = report.Evaluation(
+        config=config, evaluated_on=name, y=split.targets.numpy(),
+        probs=probs, content_hashes=[r["content_hash"] for r in split.records], overlay=overlay,
+        referred=referred, band=band, probs_uncalibrated=probs_before)
+    path.write_text(report.render(evaluation))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,9 +70,12 @@ def run(args) -> int:
     overrides["stage"] = tgt.stage
     retained = deployment.retained_resources(tgt)
     overrides |= deployment.adopt_overrides(retained)
-    deployment.project_config(overrides)
+    config = deployment.project_config(overrides)
     for item in retained:
         print(f"re-adopting the {item.kind} {item.name}, retained by an earlier teardown")
+    for name in deployment.enable_object_lock(tgt, retained, config):
+        print(f"enabled S3 Object Lock on {name} (no default retention; it cannot be turned off): prediction JSON is "
+              f"locked for {config.retention_days} days")
     status = deployment.run_cdk(deployment.deploy_command(overrides, args.profile), tgt.region)
     if status:
         raise UserError(f"cdk deploy failed with exit status {status}: its output above says why "

@@ -8,11 +8,14 @@ pneumonia) scored by a three-class model gives the binary view only.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -34,6 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model directory or model.tar.gz")
     parser.add_argument("--data", required=True, type=Path, help="labelled folder of PNG/JPEG X-rays")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--report", type=Path, metavar="OUT.html",
+                        help="also write the evaluation report (one self-contained HTML page) there")
     parser.set_defaults(run=run)
 
 
@@ -44,7 +49,7 @@ def run(args) -> int:
         raise UsageError(f"no such folder: {args.data}")
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = open_model(args.model, Path(scratch))
-        result = evaluate(model_dir, args.data)
+        result = evaluate(model_dir, args.data, args.report)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -73,14 +78,33 @@ def labelled_images(data_dir: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def score(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, list[str], dict]:
+@dataclass
+class Scored:
+    """The model's output on the files the normaliser accepted, in order."""
+
+    probs: np.ndarray
+    paths: list[Path]
+    content_hashes: list[str]
+    cams: np.ndarray  # (n, classes, h, w) class-activation maps
+    config: dict
+    inference: ModuleType  # the model's own handler module
+
+    def overlay(self, i: int, k: int) -> bytes:
+        """Image ``i`` as stored, with the heat map of class ``k`` drawn on it (PNG bytes)."""
+        stored = self.inference.imaging.open_stored(self.inference.input_fn(self.paths[i].read_bytes(), "image/png")
+                                                    .image.png)
+        explained = self.inference.explanation(stored, self.cams[i, k], self.config["resize_policy"])
+        return base64.b64decode(explained["overlay_png"])
+
+
+def score(model_dir: Path, files: list[Path]) -> Scored:
     """Calibrated class probabilities for each file, through the model's own handler code."""
     inference = jobcode.load("inference", model_dir / "code")
     model = inference.model_fn(str(model_dir))
     config = model.config
-    rows, rejected = [], []
+    kept, hashes, logits, cams, rejected = [], [], [], [], []
     for start in range(0, len(files), BATCH):
-        batch, kept = [], []
+        batch = []
         for path in files[start: start + BATCH]:
             try:
                 request = inference.input_fn(path.read_bytes(), "image/png")
@@ -89,22 +113,26 @@ def score(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, list[str], di
                 continue
             batch.append(inference.model_input(inference.imaging.open_stored(request.image.png), config)[0])
             kept.append(path)
+            hashes.append(request.image.content_hash)
         if batch:
-            logits = model.session.run(["logits"], {"image": np.stack(batch)})[0]
-            rows += list(zip(kept, logits, strict=True))
+            batch_logits, batch_cams = model.session.run(["logits", "cams"], {"image": np.stack(batch)})
+            logits.append(batch_logits)
+            cams.append(batch_cams)
     if rejected:
         print(f"{len(rejected)} images rejected by the normaliser:\n  " + "\n  ".join(rejected), file=sys.stderr)
-    probs = jobcode.load("decision").model_probabilities(np.stack([r[1] for r in rows]), config)
-    return probs, [str(r[0]) for r in rows], config
+    probs = jobcode.load("decision").model_probabilities(np.concatenate(logits), config)
+    return Scored(probs, kept, hashes, np.concatenate(cams), config, inference)
 
 
-def evaluate(model_dir: Path, data_dir: Path) -> dict:
+def evaluate(model_dir: Path, data_dir: Path, report_path: Path | None = None) -> dict:
+    """The metrics of the model on the folder; with ``report_path``, the HTML evaluation report there too."""
     images = labelled_images(data_dir)
-    by_path = {str(p): label for p, label in images}
-    probs, kept, config = score(model_dir, [p for p, _ in images])
+    by_path = {p: label for p, label in images}
+    scored = score(model_dir, [p for p, _ in images])
+    probs, config = scored.probs, scored.config
     metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
     classes, threshold = config["classes"], config.get("threshold")
-    truth = [by_path[p] for p in kept]
+    truth = [by_path[p] for p in scored.paths]
     result = {"model": str(model_dir), "data": str(data_dir), "model_id": config.get("model_id")}
     try:
         y = np.array([classes.index(labels.training_label(t, classes)) for t in truth])
@@ -112,7 +140,12 @@ def evaluate(model_dir: Path, data_dir: Path) -> dict:
         y = None
     if y is not None:
         result.update(metrics.classification_metrics(y, probs, classes, threshold))
+        if report_path:
+            write_report(scored, y, data_dir.name, report_path)
+            result["report"] = str(report_path)
         return result
+    if report_path:
+        raise UsageError(f"--report needs the model's own labels {classes}; the folder has {sorted(set(truth))}")
     if decision.NORMAL not in classes or not set(truth) <= {decision.NORMAL, *labels.SUBTYPES, labels.PNEUMONIA}:
         raise UsageError(f"the folder's labels {sorted(set(truth))} do not match the model's classes {classes}")
     called = decision.predict(probs, classes, threshold) != classes.index(decision.NORMAL)
@@ -120,6 +153,16 @@ def evaluate(model_dir: Path, data_dir: Path) -> dict:
                                               decision.pneumonia_probability(probs, classes), called)
     result["note"] = "the folder is labelled normal/pneumonia only: binary view of the model's classes"
     return result
+
+
+def write_report(scored: Scored, y: np.ndarray, name: str, path: Path) -> None:
+    report = jobcode.load("report")
+    referred, band = report.referrals(scored.probs, scored.config["classes"], scored.config)
+    page = report.render(report.Evaluation(
+        config=scored.config, evaluated_on=f"folder {name}", y=y, probs=scored.probs,
+        content_hashes=scored.content_hashes, overlay=scored.overlay, referred=referred, band=band))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
 
 
 def print_result(result: dict) -> None:
@@ -135,6 +178,8 @@ def print_result(result: dict) -> None:
         b = result["binary"]
         print(f"binary (pneumonia vs normal): accuracy {b['accuracy']:.4f}  ROC-AUC {_f(b['roc_auc'])}  "
               f"sensitivity {_f(b['sensitivity'])}  specificity {_f(b['specificity'])}")
+    if "report" in result:
+        print(f"report: {result['report']}")
 
 
 def _f(value) -> str:

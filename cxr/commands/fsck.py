@@ -20,7 +20,6 @@ from botocore.exceptions import ClientError
 from cxr import target
 from cxr.errors import UserError
 from cxr.local import s3_events
-from cxr.local.names import LocalNames
 from infra import wiring
 from lambdas.domain import layout, source_state
 from lambdas.domain.source_state import Finding
@@ -136,9 +135,7 @@ def repair_record(bucket: str, key: str, version_id: str | None) -> dict:
 
 def preprocess_function(deployment: target.Target) -> str:
     """The preprocess function's name: by its local name on the offline cloud, from CloudFormation on AWS."""
-    if deployment.is_local:
-        return LocalNames(deployment.stage).function(wiring.PREPROCESS)
-    return deployment.stack_resource("Ingest", "AWS::Lambda::Function", logical_prefix=wiring.PREPROCESS.id)
+    return deployment.function_name(wiring.PREPROCESS, "Ingest")
 
 
 def print_report(report: dict) -> None:

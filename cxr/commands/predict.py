@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+from cxr import deployment as project
 from cxr import operations, target
 from cxr.errors import UsageError, UserError
 from infra import wiring
-from lambdas.domain import imaging
+from infra.version import code_version
+from lambdas.domain import audit, imaging
 
 
 def register(subparsers) -> None:
@@ -60,7 +63,11 @@ def predict_direct(deployment: target.Target, path: Path) -> dict:
     except runtime.exceptions.ClientError as exc:
         raise UserError(f"endpoint {deployment.endpoint_name}: {exc.response['Error'].get('Message', exc)} "
                         "(is a model deployed? see `cxr status`)") from None
-    return {"status": "predicted", "endpoint": deployment.endpoint_name, **json.loads(response["Body"].read())}
+    answer = json.loads(response["Body"].read())
+    band = project.project_config({"stage": deployment.stage}).uncertainty_band  # when the answer names none
+    return {"status": "predicted", "endpoint": deployment.endpoint_name, **answer,
+            "audit": audit.fields(answer, code_version=code_version(), band=band),
+            "predicted_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
 
 
 def print_table(results: dict[Path, dict]) -> None:

@@ -1,14 +1,17 @@
-"""`cxr status`: pipeline runs, endpoint state, the serving model and its metrics, image counts."""
+"""`cxr status`: pipeline runs, endpoint state, the serving model, its metrics and evaluation report, image counts."""
 
 from __future__ import annotations
 
 import json
 
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from cxr import target
 from infra import wiring
 from lambdas.domain import layout
+
+REPORT_URL_SECONDS = 3600
 
 
 def register(subparsers) -> None:
@@ -43,6 +46,7 @@ def collect(deployment: target.Target, runs: int) -> dict:
     }
     if report["endpoint"].get("run_id"):
         report["model_metrics"] = model_metrics(deployment, report["endpoint"]["run_id"])
+        report["model_report"] = model_report(deployment, report["endpoint"]["run_id"])
     return report
 
 
@@ -77,7 +81,7 @@ def model_metrics(deployment: target.Target, run_id: str) -> dict | None:
     """What the Evaluate step recorded for the serving model's run (``reports/<run>/metrics.json``)."""
     s3 = deployment.client("s3")
     try:
-        body = s3.get_object(Bucket=deployment.bucket(wiring.DATA), Key=f"{layout.REPORTS}{run_id}/metrics.json")
+        body = s3.get_object(Bucket=deployment.bucket(wiring.DATA), Key=layout.report_key(run_id, "metrics.json"))
     except ClientError:
         return None
     metrics = json.loads(body["Body"].read())
@@ -86,6 +90,30 @@ def model_metrics(deployment: target.Target, run_id: str) -> dict | None:
         summary["binary"] = {k: metrics["binary"].get(k) for k in ("accuracy", "roc_auc", "sensitivity",
                                                                     "specificity")}
     return summary
+
+
+def model_report(deployment: target.Target, run_id: str) -> str | None:
+    """Where to read the serving model's HTML evaluation report (``reports/<run>/report.html``, put there by the
+    Evaluate step): on AWS a presigned URL, on the offline cloud a local copy's path; None when there is none."""
+    bucket, key = deployment.bucket(wiring.DATA), layout.report_key(run_id, layout.REPORT_HTML)
+    s3 = deployment.client("s3")
+    if deployment.is_local:
+        path = target.LOCAL_DIR / "reports" / run_id / layout.REPORT_HTML
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            s3.download_file(bucket, key, str(path))
+        except ClientError:
+            return None
+        return str(path)
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError:
+        return None
+    # The data bucket is SSE-KMS: only a Signature Version 4 URL can read its objects (AWS knowledge center,
+    # "s3-kms-signature-version-error"); the URL lasts at most as long as the credentials that sign it.
+    signer = deployment.client("s3", config=Config(signature_version="s3v4"))
+    return signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                         ExpiresIn=REPORT_URL_SECONDS)
 
 
 def counts(deployment: target.Target) -> dict[str, int]:
@@ -120,4 +148,7 @@ def print_report(report: dict) -> None:
             line += (f"; normal vs pneumonia AUC {b['roc_auc']:.3f}, sensitivity {b['sensitivity']:.3f}, "
                      f"specificity {b['specificity']:.3f}")
         print(line)
+    if report.get("model_report"):
+        where = "valid for an hour" if report["model_report"].startswith("http") else "local copy"
+        print(f"  evaluation report ({where}): {report['model_report']}")
     print("counts: " + ", ".join(f"{n} {name}" for name, n in report["counts"].items()))

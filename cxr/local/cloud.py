@@ -22,6 +22,7 @@ from cxr.local.names import ACCOUNT, REGION, LocalNames
 from cxr.local.training import LocalTrainingJobs
 from infra import wiring
 from infra.config import Config
+from infra.version import code_version
 
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -58,18 +59,24 @@ class LocalCloud:
         ]
         for bucket in wiring.BUCKETS.values():
             name = self.names.bucket(bucket.role)
-            s3.create_bucket(Bucket=name)
+            # as infra/components/buckets.py: Object Lock on the predictions' bucket, no default retention
+            s3.create_bucket(Bucket=name, **({"ObjectLockEnabledForBucket": True}
+                                             if bucket.role == wiring.PREDICTIONS_BUCKET else {}))
             s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
             s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
                 "Rules": [self._default_encryption(bucket.role)]})
         ddb = boto3.client("dynamodb", region_name=REGION)
         for table in wiring.TABLES.values():
-            keys = [(table.partition_key, "HASH")] + ([(table.sort_key, "RANGE")] if table.sort_key else [])
+            indexes = [{"IndexName": index.name, "KeySchema": _key_schema(index.partition_key, index.sort_key),
+                        "Projection": {"ProjectionType": "ALL"}} for index in table.indexes]
+            attributes = {a["AttributeName"] for schema in [_key_schema(table.partition_key, table.sort_key)]
+                          + [i["KeySchema"] for i in indexes] for a in schema}
             ddb.create_table(
                 TableName=self.names.table(table),
-                KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
-                AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys],
+                KeySchema=_key_schema(table.partition_key, table.sort_key),
+                AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in sorted(attributes)],
                 BillingMode="PAY_PER_REQUEST",
+                **({"GlobalSecondaryIndexes": indexes} if indexes else {}),
             )
         boto3.client("sns", region_name=REGION).create_topic(Name=self.names.topic)
         trust = json.dumps({"Version": "2012-10-17", "Statement": [
@@ -113,6 +120,8 @@ class LocalCloud:
             wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{self.names.bucket(wiring.INFERENCE)}/{wiring.ASYNC_OUTPUT_PREFIX}",
             wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(config.stage),
             wiring.ENV_SOURCE_STATE_TABLE: self.names.table(wiring.SOURCE_STATE_TABLE),
+            wiring.ENV_CODE_VERSION: code_version(),
+            wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,
@@ -210,6 +219,11 @@ class LocalCloud:
 
     def invoke_endpoint_async(self, request: AsyncRequest) -> tuple[str, str]:
         return self.endpoints.invoke_async(request)
+
+
+def _key_schema(partition_key: str, sort_key: str | None) -> list[dict[str, str]]:
+    return [{"AttributeName": partition_key, "KeyType": "HASH"}] + (
+        [{"AttributeName": sort_key, "KeyType": "RANGE"}] if sort_key else [])
 
 
 def stand_in_code() -> bytes:

@@ -25,6 +25,7 @@ from typing import Any
 
 import boto3
 
+from cxr.local.functions import environment_applied
 from cxr.local.iam_trace import acting_as
 from lambdas.domain.layout import split_s3_uri
 
@@ -62,7 +63,7 @@ class LoadedModel:
 class LocalEndpoints:
     def __init__(self, workdir: Path):
         self.workdir = workdir / "endpoints"
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[tuple, LoadedModel] = {}
         self._lock = threading.Lock()
 
     def invoke(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
@@ -129,7 +130,8 @@ class LocalEndpoints:
 
     def _serve(self, model: dict, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         with acting_as(model["ExecutionRoleArn"]):  # the container fetches its artifact as the model's role
-            loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"])
+            loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"],
+                                model["PrimaryContainer"].get("Environment", {}))
         handler = loaded.handler
         try:
             request = handler.input_fn(body, content_type)
@@ -143,13 +145,15 @@ class LocalEndpoints:
                                 424) from None
         return (payload.encode() if isinstance(payload, str) else payload), produced
 
-    def _load(self, model_data_url: str) -> LoadedModel:
+    def _load(self, model_data_url: str, environment: dict[str, str]) -> LoadedModel:
+        """One loaded model per artifact and container environment (the model reads it as it loads)."""
+        cache_key = (model_data_url, tuple(sorted(environment.items())))
         with self._lock:
-            if model_data_url not in self._models:
-                self._models[model_data_url] = self._fetch(model_data_url)
-            return self._models[model_data_url]
+            if cache_key not in self._models:
+                self._models[cache_key] = self._fetch(model_data_url, environment)
+            return self._models[cache_key]
 
-    def _fetch(self, model_data_url: str) -> LoadedModel:
+    def _fetch(self, model_data_url: str, environment: dict[str, str]) -> LoadedModel:
         digest = hashlib.sha256(model_data_url.encode()).hexdigest()[:16]
         model_dir = self.workdir / digest
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +169,9 @@ class LocalEndpoints:
         handler = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = handler  # dataclasses look their module up while the module runs
         spec.loader.exec_module(handler)
-        return LoadedModel(handler=handler, model=handler.model_fn(str(model_dir)), model_dir=model_dir)
+        with environment_applied(environment):  # the container's environment, as the SageMaker model sets it
+            model = handler.model_fn(str(model_dir))
+        return LoadedModel(handler=handler, model=model, model_dir=model_dir)
 
 
 def _location(path: str, extension: str | None, name: str) -> str:

@@ -12,7 +12,9 @@ to thread pools (S3 transfers), and is unset while a service handles a request, 
 local runtime's own calls are nobody's.
 
 The permissions AWS implies without a call of the principal's own are added from the request:
-``iam:PassRole`` for a role passed to SageMaker, ``sagemaker:AddTags`` for tags on create, the
+``iam:PassRole`` for a role passed to SageMaker, ``sagemaker:AddTags`` for tags on create,
+``s3:PutObjectRetention`` for an upload with an Object Lock retention period and
+``s3:BypassGovernanceRetention`` for a delete that bypasses governance mode, the
 execution role's ``kms:CreateGrant`` / ``kms:Encrypt`` for a training job's volume and output keys,
 the ``createTrainingJob.sync`` integration's own calls, and the start of a SageMaker container as
 its role (an :class:`Event` that :mod:`cxr.local.iam_deployment` turns into image pulls, logs and
@@ -291,12 +293,15 @@ def _s3(region: str, operation: str, p: Mapping[str, Any]) -> Mapped | None:
     versioned = "VersionId" in p
     if operation in ("GetObject", "HeadObject"):
         return [("s3:GetObjectVersion" if versioned else "s3:GetObject", obj, tls)]
-    if operation in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):
+    if operation in ("PutObject", "CreateMultipartUpload"):  # a retention period also needs s3:PutObjectRetention
+        return [("s3:PutObject", obj, tls)] + ([("s3:PutObjectRetention", obj, tls)] if "ObjectLockMode" in p else [])
+    if operation in ("UploadPart", "CompleteMultipartUpload"):
         return [("s3:PutObject", obj, tls)]
     if operation == "AbortMultipartUpload":
         return [("s3:AbortMultipartUpload", obj, tls)]
-    if operation == "DeleteObject":
-        return [("s3:DeleteObjectVersion" if versioned else "s3:DeleteObject", obj, tls)]
+    if operation == "DeleteObject":  # lifting a governance lock on the way needs s3:BypassGovernanceRetention
+        bypass = [("s3:BypassGovernanceRetention", obj, tls)] if p.get("BypassGovernanceRetention") else []
+        return [("s3:DeleteObjectVersion" if versioned else "s3:DeleteObject", obj, tls)] + bypass
     if operation == "CopyObject":
         source = p["CopySource"]
         if isinstance(source, str):

@@ -50,3 +50,12 @@ def allow_objects(
                 "names under a prefix are data (dataset, label, content hash), so they cannot be listed in a policy.",
                 *(f"AwsSolutions-IAM5[Resource::{nag_bucket_arn(bucket, stage)}/{prefix}*]"
                   for prefix in sorted(set(read + write + tombstone))))
+
+
+def allow_retention(principal: iam.IGrantable, bucket: str, stage: str, prefixes: Iterable[str]) -> None:
+    """Set Object Lock retention on objects written under ``prefixes``: AWS checks ``s3:PutObjectRetention`` for a
+    PutObject that carries ``x-amz-object-lock-*`` headers, besides ``s3:PutObject`` (S3 API reference, PutObject,
+    "Permissions"). Never ``s3:BypassGovernanceRetention``: no function may shorten or lift a lock."""
+    arn = bucket_arn(bucket, stage)
+    principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+        actions=["s3:PutObjectRetention"], resources=[f"{arn}/{prefix}*" for prefix in prefixes]))

@@ -44,8 +44,13 @@ def secure_bucket(
     key: kms.IKey,
     access_logs: s3.IBucket,
     lifecycle_rules: list[s3.LifecycleRule] = (),
+    object_lock: bool = False,
 ) -> s3.Bucket:
-    """A data-holding bucket: kept on stack deletion (``cxr teardown`` reports it) so nothing is lost."""
+    """A data-holding bucket: kept on stack deletion (``cxr teardown`` reports it) so nothing is lost.
+
+    ``object_lock``: S3 Object Lock enabled, with no bucket-wide default retention, so only objects written
+    with a retention period of their own (prediction JSON) are locked and everything else stays deletable.
+    """
     construct_id = wiring.BUCKETS[role].construct_id
     bucket = s3.Bucket(
         scope,
@@ -55,6 +60,7 @@ def secure_bucket(
         encryption_key=key,
         bucket_key_enabled=True,
         versioned=True,
+        object_lock_enabled=object_lock or None,
         enforce_ssl=True,
         minimum_tls_version=MINIMUM_TLS_VERSION,
         block_public_access=s3.BlockPublicAccess.BLOCK_ALL,

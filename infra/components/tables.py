@@ -28,6 +28,14 @@ def table(scope: Construct, spec: wiring.Table, *, key: kms.IKey, removal: Remov
             point_in_time_recovery_enabled=True),
         removal_policy=removal,
     )
+    for index in spec.indexes:
+        created.add_global_secondary_index(
+            index_name=index.name,
+            partition_key=dynamodb.Attribute(name=index.partition_key, type=dynamodb.AttributeType.STRING),
+            sort_key=(dynamodb.Attribute(name=index.sort_key, type=dynamodb.AttributeType.STRING)
+                      if index.sort_key else None),
+            projection_type=dynamodb.ProjectionType.ALL,
+        )
     acknowledge(created, "Point-in-time recovery gives continuous backups for 35 days; an AWS Backup plan on top "
                 "is an organisation-level choice this stack does not impose.", "HIPAA.Security-DynamoDBInBackupPlan")
     return created

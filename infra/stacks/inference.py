@@ -19,12 +19,13 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra import wiring
-from infra.components.access import allow_objects
+from infra.components.access import allow_objects, allow_retention
 from infra.components.buckets import imported_bucket
 from infra.components.function import ServiceFunction
 from infra.components.tables import allow_items, table
 from infra.components.trigger import add_trigger
 from infra.config import Config
+from infra.version import code_version
 from lambdas.domain import layout
 
 
@@ -51,6 +52,8 @@ class InferenceStack(Stack):
             wiring.ENV_UNCERTAINTY_BAND: band,
             wiring.ENV_ENDPOINT_MODE: config.endpoint_mode,
             wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
+            wiring.ENV_CODE_VERSION: code_version(),
+            wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
         })
         function = self.predict.function
         asynchronous = config.endpoint_mode == "async"
@@ -72,12 +75,16 @@ class InferenceStack(Stack):
             wiring.ENV_PREDICTIONS_TABLE: self.predictions.table_name,
             wiring.ENV_UNCERTAINTY_BAND: band,
             wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
+            wiring.ENV_CODE_VERSION: code_version(),
+            wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
         })
         allow_objects(self.complete.function, complete.trigger.bucket, config.stage, key,
                       read=[complete.trigger.prefix, layout.ASYNC_REQUESTS, spec.trigger.prefix],
                       write=[layout.PREDICTIONS, layout.REJECTED], tombstone=[layout.PREDICTIONS, layout.REJECTED])
         add_trigger(inference_bucket, self.complete.function, complete.trigger)
         for writer in (function, self.complete.function):  # both paths end in the same record and current outcome
+            if config.retention_days:  # a PutObject with a retention period needs s3:PutObjectRetention as well
+                allow_retention(writer, spec.trigger.bucket, config.stage, [layout.PREDICTIONS])
             # the version's item, and a landed asynchronous result; each key's events, lease and current outcome
             allow_items(writer, self.predictions, key, "dynamodb:PutItem", "dynamodb:GetItem")
             allow_items(writer, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")

@@ -32,6 +32,7 @@ from infra.components.retention import retention
 from infra.components.tables import allow_items
 from infra.components.training import TrainingJob, has_volume_key
 from infra.config import Config
+from infra.version import code_version
 from lambdas.domain import layout
 
 LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
@@ -109,6 +110,7 @@ class TrainingPipelineStack(Stack):
         self.evaluate = function(wiring.EVALUATE_MODEL, {
             wiring.ENV_DATA_BUCKET: data_bucket,
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate), sort_keys=True),
+            wiring.ENV_CODE_VERSION: code_version(),
         })
         allow_objects(self.evaluate.function, wiring.DATA, stage, key, read=[layout.MODELS], write=[layout.REPORTS])
         self.deploy = function(wiring.DEPLOY_MODEL, {
@@ -121,6 +123,7 @@ class TrainingPipelineStack(Stack):
             wiring.ENV_SERVERLESS_MAX_CONCURRENCY: str(config.serverless_max_concurrency),
             wiring.ENV_ENDPOINT_INSTANCE_TYPE: config.endpoint_instance_type,
             wiring.ENV_ASYNC_OUTPUT_URI: f"s3://{inference_bucket}/{wiring.ASYNC_OUTPUT_PREFIX}",
+            wiring.ENV_CODE_VERSION: code_version(),
         })
         self._allow_deploy(self.deploy.function, endpoint_name)
         self.status = function(wiring.ENDPOINT_STATUS, {wiring.ENV_ENDPOINT_PARAMETER: parameter_name,
@@ -221,6 +224,7 @@ class TrainingPipelineStack(Stack):
             "run_id": sfn.JsonPath.string_at("$.request.run_id"),
             "model_name": sfn.JsonPath.string_at("$.training.TrainingJobName"),
             "model_artifact": artifact,
+            "artifact_sha256": sfn.JsonPath.string_at("$.evaluation.artifact_sha256"),
         }, "$.deployment")
         deploy.add_retry(errors=["EndpointBusy"], max_attempts=20, interval=Duration.seconds(30), backoff_rate=1.5,
                          max_delay=Duration.minutes(5))
@@ -233,6 +237,7 @@ class TrainingPipelineStack(Stack):
             "outcome": "deployed", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
             "endpoint": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
             "model": sfn.JsonPath.string_at("$.deployment.model_name"),
+            "artifact_sha256": sfn.JsonPath.string_at("$.evaluation.artifact_sha256"),
             "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
         }), sns_transient)
         notify_rejected = guard(publish(wiring.NOTIFY_REJECTED_STATE, "model below the quality gate, not deployed", {

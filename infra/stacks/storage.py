@@ -73,7 +73,7 @@ class StorageStack(Stack):
                 buckets[role], _ = adopted_bucket(self, role, stage)
             else:
                 buckets[role] = secure_bucket(self, role, stage, key=self.key, access_logs=self.access_logs,
-                                              lifecycle_rules=rules)
+                                              lifecycle_rules=rules, object_lock=role == wiring.PREDICTIONS_BUCKET)
                 if logs_policy is not None:
                     acknowledge_imported_log_target(buckets[role])
             if adopted & {role, wiring.ACCESS_LOGS}:  # CDK writes log delivery only between two buckets of its own

@@ -14,6 +14,15 @@ QUARANTINE = "quarantine/"
 MANIFESTS = "manifests/"
 MODELS = "models/"
 REPORTS = "reports/"
+
+
+def report_key(run_id: str, name: str) -> str:
+    """``reports/<run>/<name>``: what the Evaluate step writes for a pipeline run (``metrics.json``,
+    ``gate.json``, and ``report.html``, the model's evaluation report that `cxr status` links to)."""
+    return f"{REPORTS}{run_id}/{name}"
+
+
+REPORT_HTML = "report.html"
 CHECKPOINTS = "checkpoints/"
 # inference bucket
 INCOMING = "incoming/"

@@ -20,6 +20,10 @@ class Settings:
     max_upload_bytes: int
     uncertainty_band: tuple[float, float]
     source_state_table: str | None
+    code_version: str = ""
+    """The code the function was packaged from (``CXR_CODE_VERSION``), recorded in each prediction."""
+    prediction_retention_days: int = 0
+    """Object Lock retention of each prediction JSON (``PREDICTION_RETENTION_DAYS``); 0: none."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -36,6 +40,8 @@ class Settings:
             max_upload_bytes=max_bytes,
             uncertainty_band=parse_band(env.get("UNCERTAINTY_BAND")),
             source_state_table=env.get("SOURCE_STATE_TABLE"),
+            code_version=env.get("CXR_CODE_VERSION", ""),
+            prediction_retention_days=int(env.get("PREDICTION_RETENTION_DAYS") or 0),
         )
 
     def require(self, *names: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -59,6 +60,37 @@ def test_gate_passes_a_good_model_and_writes_the_report(evaluate_env, lambda_con
     assert report["passed"] is True
     stored = boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-1/metrics.json")["Body"].read()
     assert json.loads(stored) == METRICS
+
+
+def test_the_evaluation_report_in_the_archive_is_published_beside_the_verdict(evaluate_env, lambda_context):
+    from lambdas import evaluate_model
+
+    page = b"<!DOCTYPE html><html><body>report</body></html>"
+    # SageMaker tars the model directory: report/ may come after the weights, metrics.json before or after
+    uri = put_model(evaluate_env, {"./metrics.json": json.dumps(METRICS).encode(), "model.pt": b"\0" * 200_000,
+                                   "./report/report.html": page})
+    evaluate_model.handler({"run_id": "run-3", "model_artifact": uri}, lambda_context)
+    stored = boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-3/report.html")
+    assert stored["Body"].read() == page and stored["ContentType"].startswith("text/html")
+    uri = put_model(evaluate_env, {"metrics.json": json.dumps(METRICS).encode()}, key="models/run-4/j/model.tar.gz")
+    evaluate_model.handler({"run_id": "run-4", "model_artifact": uri}, lambda_context)  # older archives: no report
+    listed = boto3.client("s3").list_objects_v2(Bucket=evaluate_env, Prefix="reports/run-4/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == ["reports/run-4/gate.json", "reports/run-4/metrics.json"]
+
+
+def test_the_gate_records_the_packed_archives_sha256(evaluate_env, lambda_context, monkeypatch):
+    """The digest is of the whole object as stored (weights after metrics.json included), in output and report."""
+    from lambdas import evaluate_model
+
+    monkeypatch.setenv(wiring.ENV_CODE_VERSION, "0.1.0+gabc")
+    archive = model_archive({"metrics.json": json.dumps(METRICS).encode(), "model.onnx": bytes(range(256)) * 4000})
+    boto3.client("s3").put_object(Bucket=evaluate_env, Key="models/run-9/model.tar.gz", Body=archive)
+    out = evaluate_model.handler({"run_id": "run-9", "model_artifact": f"s3://{evaluate_env}/models/run-9/model.tar.gz"},
+                                 lambda_context)
+    assert out["artifact_sha256"] == hashlib.sha256(archive).hexdigest()
+    report = boto3.client("s3").get_object(Bucket=evaluate_env, Key="reports/run-9/gate.json")["Body"].read()
+    report = json.loads(report)
+    assert report["artifact_sha256"] == out["artifact_sha256"] and report["code_version"] == "0.1.0+gabc"
 
 
 def test_gate_rejects_low_and_missing_metrics(evaluate_env, lambda_context):
@@ -121,9 +153,13 @@ def deploy(run: str, lambda_context) -> dict:
     from lambdas import deploy_model
 
     return deploy_model.handler(
-        {"run_id": run, "model_name": f"{PREFIX}0-{run}", "model_artifact": f"s3://cxr-data/models/{run}/model.tar.gz"},
-        lambda_context,
+        {"run_id": run, "model_name": f"{PREFIX}0-{run}", "model_artifact": f"s3://cxr-data/models/{run}/model.tar.gz",
+         "artifact_sha256": DIGEST}, lambda_context,
     )
+
+
+DIGEST = "ab" * 32
+"""An Evaluate step's artifact digest."""
 
 
 def test_first_deploy_creates_a_serverless_endpoint_then_the_parameter(deploy_env, lambda_context):
@@ -261,3 +297,18 @@ def test_the_deploy_step_tags_what_it_creates_with_its_endpoint(deploy_env, lamb
     sm = boto3.client("sagemaker")
     arn = sm.describe_endpoint_config(EndpointConfigName=f"{PREFIX}0-a")["EndpointConfigArn"]
     assert {"Key": deploy_model.ENDPOINT_TAG, "Value": "cxr-test"} in sm.list_tags(ResourceArn=arn)["Tags"]
+
+
+def test_the_deployed_model_carries_its_artifact_digest(deploy_env, lambda_context, monkeypatch):
+    """In the container's environment (inference.py returns it with each answer) and as a tag on model and config."""
+    from lambdas import deploy_model
+    from lambdas.domain import audit
+
+    monkeypatch.setenv(wiring.ENV_CODE_VERSION, "0.1.0+gabc")
+    assert deploy("a", lambda_context)["artifact_sha256"] == DIGEST
+    sm = boto3.client("sagemaker")
+    model = sm.describe_model(ModelName=f"{PREFIX}0-a")
+    assert model["PrimaryContainer"]["Environment"][audit.ARTIFACT_SHA256_VARIABLE] == DIGEST
+    assert model["PrimaryContainer"]["Environment"][audit.CODE_VERSION_VARIABLE] == "0.1.0+gabc"
+    for arn in (model["ModelArn"], sm.describe_endpoint_config(EndpointConfigName=f"{PREFIX}0-a")["EndpointConfigArn"]):
+        assert {"Key": deploy_model.audit.ARTIFACT_TAG, "Value": DIGEST} in sm.list_tags(ResourceArn=arn)["Tags"]

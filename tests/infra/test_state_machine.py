@@ -162,6 +162,7 @@ def cloud(synth, monkeypatch):
             wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(STAGE),
             wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(STAGE),
             wiring.ENV_SOURCE_STATE_TABLE: "source-state",
+            wiring.ENV_CODE_VERSION: "0.1.0+gtest",
         }
         zipped = io.BytesIO()
         with zipfile.ZipFile(zipped, "w") as archive:

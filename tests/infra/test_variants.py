@@ -141,3 +141,22 @@ def test_async_mode_queues_requests_through_s3_with_the_permissions_each_side_ne
     assert "endpoint/cxr-dev" in granted(serverless, "sagemaker:InvokeEndpoint")
     assert "async" not in granted(serverless, "s3:PutObject")
     assert f"cxr-dev-{wiring.INFERENCE}-" not in json.dumps(model_role_statements(synth.template("pipeline")))
+
+
+def test_prod_locks_each_prediction_json_and_may_set_retention_only_there(variant, synth):
+    """Stage prod: retention on by default, s3:PutObjectRetention on predictions/ only, never a bypass."""
+    from infra.config import PROD_RETENTION_DAYS
+    from lambdas.domain import layout
+
+    for spec in (wiring.PREDICT, wiring.COMPLETE_PREDICTION):
+        env = functions(variant["inference"])[spec.handler]["Environment"]["Variables"]
+        assert env[wiring.ENV_PREDICTION_RETENTION_DAYS] == str(PROD_RETENTION_DAYS)
+        statements = function_statements(variant["inference"], spec.handler)
+        retention = granted(statements, "s3:PutObjectRetention")
+        assert layout.PREDICTIONS in retention and layout.REJECTED not in retention
+        assert layout.INCOMING not in retention
+        assert granted(statements, "s3:BypassGovernanceRetention") == "[]"
+        dev = function_statements(synth.template("inference"), spec.handler)
+        assert granted(dev, "s3:PutObjectRetention") == "[]"  # dev writes no retention: no grant
+        assert functions(synth.template("inference"))[spec.handler]["Environment"]["Variables"][
+            wiring.ENV_PREDICTION_RETENTION_DAYS] == "0"

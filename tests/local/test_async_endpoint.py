@@ -52,13 +52,21 @@ def cloud(tmp_path_factory, model_archive):
     """The offline cloud in async mode with the tiny model deployed, as the pipeline's last steps deploy it."""
     config = Config.demo(stage=STAGE, endpoint_mode="async")
     with local_cloud.start(config, tmp_path_factory.mktemp("local")) as running:
-        data = running.names.bucket(wiring.DATA)
-        boto3.client("s3").upload_file(str(model_archive), data, "models/run-1/job/output/model.tar.gz")
-        deployment = invoke(wiring.DEPLOY_MODEL, running, {
-            "run_id": "run-1", "model_name": f"{wiring.resource_prefix(STAGE)}0-tiny",
-            "model_artifact": f"s3://{data}/models/run-1/job/output/model.tar.gz"})
-        assert invoke(wiring.ENDPOINT_STATUS, running, deployment)["ready"] is True
+        deploy(running, model_archive, STAGE)
         yield running
+
+
+def deploy(running, model_archive: Path, stage: str, run_id: str = "run-1") -> dict:
+    """The pipeline's last steps on a packed model: Evaluate (the artifact's digest), Deploy, EndpointStatus."""
+    data = running.names.bucket(wiring.DATA)
+    artifact = f"models/{run_id}/job/output/model.tar.gz"
+    boto3.client("s3").upload_file(str(model_archive), data, artifact)
+    evaluation = invoke(wiring.EVALUATE_MODEL, running, {"run_id": run_id, "model_artifact": f"s3://{data}/{artifact}"})
+    deployment = invoke(wiring.DEPLOY_MODEL, running, {
+        "run_id": run_id, "model_name": f"{wiring.resource_prefix(stage)}0-tiny",
+        "model_artifact": f"s3://{data}/{artifact}", "artifact_sha256": evaluation["artifact_sha256"]})
+    assert invoke(wiring.ENDPOINT_STATUS, running, deployment)["ready"] is True
+    return evaluation
 
 
 def test_the_deployed_configuration_is_asynchronous_with_outputs_in_the_inference_bucket(cloud):

@@ -64,6 +64,8 @@ def test_life_cycle_across_separate_commands(env, dataset):
     assert report["runs"][0]["run_id"] == "cli-run" and report["runs"][0]["status"] == "SUCCEEDED"
     assert report["endpoint"]["status"] == "InService" and report["endpoint"]["run_id"] == "cli-run"
     assert report["model_metrics"]["accuracy"] is not None
+    # training wrote the evaluation report, the Evaluate step published it, status copied it out of the cloud
+    assert Path(report["model_report"]).read_text().startswith("<!DOCTYPE html>")
     assert report["counts"]["processed images"] == 42
 
     xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
@@ -75,6 +77,12 @@ def test_life_cycle_across_separate_commands(env, dataset):
     direct = cxr(env, "predict", str(xray), "--local", "--direct", "--json")
     [direct_record] = json.loads(direct.stdout)
     assert direct_record["probabilities"] == pytest.approx(record["probabilities"], abs=1e-6)
+    digest = record["audit"]["artifact_sha256"]
+    assert len(digest) == 64 and direct_record["audit"]["artifact_sha256"] == digest
+    assert direct_record["audit"]["content_hash"] == record["audit"]["content_hash"]
+    audited = cxr(env, "audit", record["source"]["key"], "--local")  # the trail back to the run's gate
+    assert audited.returncode == 0, audited.stderr
+    assert digest in audited.stdout and "training run cli-run" in audited.stdout and "matches" in audited.stdout
 
     table = cxr(env, "status", "--local")
     assert "endpoint cxr-local: InService" in table.stdout and "1 predictions" in table.stdout

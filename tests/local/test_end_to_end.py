@@ -43,7 +43,7 @@ def traces() -> list:
 @pytest.fixture
 def cloud(synthesized, tmp_path, traces):
     """An offline cloud whose principals' calls must all be allowed by the synthesized policies."""
-    config = Config.demo(stage="e2e", quality_gate=ANY_MODEL)
+    config = Config.demo(stage="e2e", quality_gate=ANY_MODEL, prediction_retention_days=7)  # as conftest
     names = LocalNames(config.stage)
     with (iam_trace.recording(sync_callers=frozenset({names.state_machine_role_arn})) as recorder,
           local_cloud.start(config, tmp_path / "local") as running):
@@ -125,6 +125,38 @@ def test_upload_train_deploy_predict(cloud, dataset):
     assert results[Path("README.md")]["status"] == "rejected"
     items = boto3.client("dynamodb").scan(TableName=cloud.names.table(wiring.PREDICTIONS_TABLE))["Items"]
     assert len(items) == 2
+    check_audit_trail(cloud, run, message, results[xrays[0]], xrays[0])
+
+
+def check_audit_trail(cloud, run: dict, message: dict, prediction: dict, xray: Path) -> None:
+    """The packed artifact's digest, taken by Evaluate, reaches the endpoint's answer and the prediction record;
+    the record's JSON is under Object Lock; `cxr audit` traces it back to the run's gate report."""
+    import hashlib
+
+    from cxr import target
+    from cxr.commands import audit
+    from infra.version import code_version
+    from lambdas.domain import imaging, layout
+
+    s3 = boto3.client("s3")
+    bucket, key = layout.split_s3_uri(run["output"]["training"]["ModelArtifacts"]["S3ModelArtifacts"])
+    digest = hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+    assert run["output"]["evaluation"]["artifact_sha256"] == digest == message["artifact_sha256"]
+    assert run["output"]["deployment"]["artifact_sha256"] == digest
+    trail = prediction["audit"]
+    assert trail["artifact_sha256"] == digest and trail["code_version"] == code_version()
+    assert trail["content_hash"] == imaging.normalise(xray.read_bytes()).content_hash
+    assert trail["model_id"] == prediction["model_id"] and len(trail["referral_band"]) == 2
+    locked = s3.head_object(Bucket=cloud.names.bucket(wiring.INFERENCE),
+                            Key=layout.prediction_key(prediction["source"]["key"]))
+    assert locked["ObjectLockMode"] == "GOVERNANCE"
+    deployment = target.Target(session=boto3.Session(), stage="e2e", account=local_cloud.ACCOUNT,
+                               region=local_cloud.REGION)
+    audited = audit.Trail(deployment, cloud.names.table(wiring.PREDICTIONS_TABLE),
+                          cloud.names.table(wiring.SOURCE_STATE_TABLE)).collect(trail["content_hash"])
+    [model] = audited["models"]
+    assert model["run"]["run_id"] == "run-1" and model["run"]["digest_matches"] and model["run"]["passed"]
+    assert model["sagemaker_model"]["artifact_sha256"] == digest
 
 
 def test_failed_training_notifies_and_deploys_nothing(cloud, dataset):

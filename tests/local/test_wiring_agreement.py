@@ -15,7 +15,8 @@ PSEUDO = {"AWS::AccountId": local_cloud.ACCOUNT, "AWS::Region": local_cloud.REGI
 
 @pytest.fixture(scope="module")
 def cloud(synthesized, tmp_path_factory):
-    with local_cloud.start(Config.demo(stage="e2e"), tmp_path_factory.mktemp("local")) as running:
+    config = Config.demo(stage="e2e", prediction_retention_days=7)  # as conftest's synthesis
+    with local_cloud.start(config, tmp_path_factory.mktemp("local")) as running:
         running.install_pipeline(synthesized)
         yield running
 

@@ -168,3 +168,27 @@ def test_a_retained_data_bucket_and_a_recreated_access_log_bucket_adopt_only_wha
     bucket_with_key(tgt, key_arn)
     assert deployment.adopt_overrides(deployment.retained_resources(tgt)) == {
         "adopt_buckets": wiring.DATA, "adopt_key_arn": key_arn}
+
+
+def test_an_adopted_predictions_bucket_without_object_lock_gets_it_when_predictions_are_retained(tgt):
+    """Stacks older than the audit trail made the inference bucket without Object Lock; a deployment that retains
+    prediction JSON turns it on (a locked write would fail there), one that does not leaves the bucket alone."""
+    from datetime import UTC, datetime, timedelta
+
+    key_arn = boto3.client("kms").create_key(Policy=stack_key_policy())["KeyMetadata"]["Arn"]
+    s3, inference = boto3.client("s3"), tgt.bucket(wiring.INFERENCE)
+    s3.create_bucket(Bucket=inference)
+    s3.put_bucket_versioning(Bucket=inference, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_encryption(Bucket=inference, ServerSideEncryptionConfiguration={"Rules": [{
+        "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}}]})
+    retained = deployment.retained_resources(tgt)
+    assert deployment.enable_object_lock(tgt, retained, Config(stage=STAGE)) == []  # dev: no retention
+    with pytest.raises(s3.exceptions.ClientError, match="ObjectLockConfiguration"):
+        s3.get_object_lock_configuration(Bucket=inference)
+    retaining = Config(stage=STAGE, prediction_retention_days=30)
+    assert deployment.enable_object_lock(tgt, retained, retaining) == [inference]
+    configuration = s3.get_object_lock_configuration(Bucket=inference)["ObjectLockConfiguration"]
+    assert configuration == {"ObjectLockEnabled": "Enabled"}  # no default retention: incoming/ stays deletable
+    s3.put_object(Bucket=inference, Key="predictions/a.json", Body=b"{}", ObjectLockMode="GOVERNANCE",
+                  ObjectLockRetainUntilDate=datetime.now(UTC) + timedelta(days=1), ChecksumAlgorithm="SHA256")
+    assert deployment.enable_object_lock(tgt, retained, retaining) == []  # once

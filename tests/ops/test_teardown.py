@@ -220,3 +220,25 @@ def test_a_bucket_that_fills_again_while_being_deleted_is_emptied_again(aws):
     billable.delete_bucket(s3, "cxr-test-access-logs")
     assert attempts == ["cxr-test-access-logs", "cxr-test-access-logs"]
     assert "cxr-test-access-logs" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+def test_delete_data_reports_locked_prediction_versions_and_never_bypasses_them(target, deployed):
+    """A prediction JSON under governance retention survives `--delete-data`: its bucket is reported as kept, locked."""
+    from datetime import UTC, datetime, timedelta
+
+    s3, inference = target.client("s3"), target.bucket(wiring.INFERENCE)
+    until = datetime.now(UTC) + timedelta(days=30)
+    locked = s3.put_object(Bucket=inference, Key="predictions/a.png.json", Body=b"{}", ObjectLockMode="GOVERNANCE",
+                           ObjectLockRetainUntilDate=until, ChecksumAlgorithm="SHA256")["VersionId"]
+    s3.put_object(Bucket=inference, Key="incoming/a.png", Body=b"x")
+    report = teardown.teardown(target, delete_data=True, destroy=None, wait_s=0)
+    assert not report.ok
+    [kept] = [o for o in report.outcomes if o.leftover.name == inference]
+    assert not kept.done and "1 version(s) under Object Lock (GOVERNANCE)" in kept.action
+    assert f"locked until {until:%Y-%m-%d}" in kept.action and "not bypassed" in kept.action
+    assert [lo.name for lo in report.left if lo.kind == billable.BUCKET] == [inference]
+    versions = s3.list_object_versions(Bucket=inference)["Versions"]
+    assert ("predictions/a.png.json", locked) in [(v["Key"], v["VersionId"]) for v in versions]
+    # the upload went (the offline cloud's still-live trigger may write again as it goes; `cdk destroy` removes it)
+    assert not [v for v in versions if v["Key"].startswith("incoming/")]
+    assert target.bucket(wiring.DATA) not in {b["Name"] for b in s3.list_buckets()["Buckets"]}

@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="validate and ship a bias-corrected exponential moving average of the weights (0: the raw weights)")
     add("class-weighting", default="balanced", choices=("balanced", "none"))
     add("augment", default="strong", choices=augment.STRENGTHS)
+    add("threshold-rule", default="youden", choices=("youden", "sensitivity"),
+        help="binary threshold on validation: Youden's J (kept only when it beats argmax), or the highest "
+             "threshold with sensitivity >= --min-sensitivity (the most specificity at that sensitivity)")
+    add("min-sensitivity", type=float, default=0.95)
+    add("threshold", type=float, default=None,
+        help="a fixed binary threshold instead of the rule (e.g. the worst-proxy one of bench/proxies.py)")
     add("patience", type=int, default=3, help="epochs without validation improvement before stopping")
     add("seed", type=int, default=0)
     add("precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
@@ -375,6 +381,16 @@ def pretrained_state(directory: str | None, architecture: str) -> tuple[dict | N
     return torch.load(io.BytesIO(found[chosen]()), map_location="cpu", weights_only=True), chosen
 
 
+def choose_threshold(args, val_probs: np.ndarray, val_y: np.ndarray, classes: list[str]) -> tuple[float | None, str]:
+    """The binary threshold model.json records, and how it was chosen."""
+    if args.threshold is not None:
+        return args.threshold, "fixed by the --threshold hyperparameter"
+    if args.threshold_rule == "sensitivity":
+        return (m.choose_operating_point(val_probs, val_y, classes, args.min_sensitivity),
+                f"the highest with sensitivity >= {args.min_sensitivity} on validation")
+    return m.choose_threshold(val_probs, val_y, classes), "Youden's J on validation"
+
+
 def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path, extra: dict) -> dict:
     model = trainer.model.float().to(memory_format=torch.contiguous_format)
     trainer.dtype, trainer.channels_last = None, False  # final figures in fp32, as ONNX serves them
@@ -385,7 +401,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
              if args.class_weighting == "balanced" else None)
     temperature = m.fit_temperature(val_logits, val_y, classes, prior)
     val_probs = decision.probabilities(val_logits, classes, temperature, prior)
-    threshold = m.choose_threshold(val_probs, val_y, classes)
+    threshold, threshold_rule = choose_threshold(args, val_probs, val_y, classes)
     validation = m.classification_metrics(val_y, val_probs, classes, threshold)
     evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
     eval_logits = trainer.logits(splits[evaluated_on], model) if evaluated_on == "test" else val_logits
@@ -429,7 +445,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "subtype_prior_rule": "p(pneumonia) kept, its split between sub-types re-weighted by their training mix "
                               "(decision.py); null: none",
         "threshold": threshold,
-        "threshold_rule": "p(pneumonia) >= threshold calls pneumonia (chosen on validation); null: argmax",
+        "threshold_rule": f"p(pneumonia) >= threshold calls pneumonia ({threshold_rule}); null: argmax",
         "onnx": artifact.ONNX_FILE,
         "onnx_outputs": artifact.ONNX_OUTPUTS,
         "out_of_distribution": guard.describe(),

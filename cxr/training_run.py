@@ -90,26 +90,28 @@ def stage_dataset(data_dir: Path, work_dir: Path, run_id: str = "local", validat
     items = [splits.Item(i.key, labels.training_label(i.label, classes), i.patient_id, i.content_hash, i.user_split)
              for i in items]
     result = splits.split_items(items, validation_fraction, test_fraction, seed)
-    channels = {}
-    for name, members in result.splits.items():
-        if not members:
-            continue
-        channel = work_dir / "channels" / name
-        shutil.rmtree(channel, ignore_errors=True)
-        for item in members:  # a ManifestFile channel lands as <channel>/<relative key>
-            (channel / item.key).parent.mkdir(parents=True, exist_ok=True)
-            os.link(stored_root / item.key, channel / item.key)
-        manifest = channel / prepare_dataset.jsonl_key(run_id, name)
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text("".join(json.dumps(r, sort_keys=True) + "\n"
-                                    for r in prepare_dataset.manifest_records(members, dataset)))
-        channels[name] = channel
+    channels = {name: write_channel(stored_root, work_dir / "channels" / name, members, dataset, run_id, name)
+                for name, members in result.splits.items() if members}
     summary = prepare_dataset.build_summary(result, dataset, run_id, classes, {
         "validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed})
     summary["rejected"] = rejected
     (work_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     sides.sort()
     return StagedDataset(channels, classes, summary, sides[len(sides) // 2] if sides else 0)
+
+
+def write_channel(stored_root: Path, channel: Path, members: list[splits.Item], dataset: str, run_id: str,
+                  name: str) -> Path:
+    """One split as a ``ManifestFile`` channel lands: ``<channel>/<relative key>`` (hard links) and its manifest."""
+    shutil.rmtree(channel, ignore_errors=True)
+    for item in members:
+        (channel / item.key).parent.mkdir(parents=True, exist_ok=True)
+        os.link(stored_root / item.key, channel / item.key)
+    manifest = channel / prepare_dataset.jsonl_key(run_id, name)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("".join(json.dumps(r, sort_keys=True) + "\n"
+                                for r in prepare_dataset.manifest_records(members, dataset)))
+    return channel
 
 
 def hyperparameter_flags(hyperparameters: dict) -> list[str]:

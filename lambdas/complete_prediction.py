@@ -53,8 +53,9 @@ def handler(event: S3Event, context) -> dict:
         source = prediction["source"]
         handle(predictions.store, SourceRef(source["bucket"], source["key"]), "", predictions.derive, context)
         predictions.latencies.append(prediction["latency_ms"]["total"])
+        predictions.out_of_distribution += predict.out_of_distribution(prediction)
         outcomes["predicted"] += 1
-    predict.publish(outcomes, predictions.latencies)
+    predict.publish(outcomes, predictions.latencies, predictions.out_of_distribution)
     return outcomes
 
 

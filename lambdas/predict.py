@@ -88,7 +88,7 @@ def handler(event: S3Event, context) -> dict:
             logger.warning("prediction will be retried", key_ref=source.ref, error=type(exc).__name__)
             continue
         outcomes[COUNTED.get(outcome, outcome)] += 1
-    publish(outcomes, predictions.latencies)
+    publish(outcomes, predictions.latencies, predictions.out_of_distribution)
     if outcomes["transient"]:
         raise aws.TransientError(f"{outcomes['transient']} record(s) failed transiently; completed ones are idempotent")
     return outcomes
@@ -99,9 +99,14 @@ COUNTED = {source_state.PREDICTED: "predicted", source_state.SUBMITTED: "submitt
 """Outcome kind -> the handler's count for it."""
 
 
-def publish(outcomes: dict, latencies: list[float]) -> None:
-    """The invocation's counts and latencies as one EMF document, from a metric set of its own (reentrant)."""
+def publish(outcomes: dict, latencies: list[float], out_of_distribution: int = 0) -> None:
+    """The invocation's counts and latencies as one EMF document, from a metric set of its own (reentrant).
+
+    ``OutOfDistribution`` counts the new predictions whose input the model's guard flagged (always
+    emitted, zero included, so that its rate against ``Predictions`` is defined; the alarm is in
+    ``infra/stacks/monitoring.py``)."""
     metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    metrics.add_metric(name="OutOfDistribution", unit=MetricUnit.Count, value=out_of_distribution)
     for name, metric in (("predicted", "Predictions"), ("rejected", "PredictionsRejected"),
                          (source_state.DUPLICATE, "DuplicateEvents"), (source_state.SUPERSEDED, "SupersededEvents")):
         if name in outcomes:
@@ -122,6 +127,7 @@ class Predictions:
         self.settings, self.context, self.submits = settings, context, submits
         self.store = StateStore(settings.source_state_table)
         self.latencies: list[float] = []
+        self.out_of_distribution = 0
 
     def derive(self, ref: SourceRef, previous: dict | None) -> dict:
         """The key's outcome from its current version; writes what it owns, tombstones what it no longer owns."""
@@ -157,6 +163,7 @@ class Predictions:
         if result["status"] == "submitted":
             return _completed(source, self.settings) or {"outcome": source_state.SUBMITTED, "source": source}
         self.latencies.append(result["prediction"]["latency_ms"]["total"])
+        self.out_of_distribution += out_of_distribution(result["prediction"])
         return {"outcome": source_state.PREDICTED, "source": source, "prediction": result["prediction"]}
 
 
@@ -294,7 +301,13 @@ def prediction_record(source: SourceObject, answer: dict, endpoint: str) -> dict
         "model_id": answer["model_id"],
         "endpoint": endpoint,
         "predicted_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "out_of_distribution": answer.get("out_of_distribution"),
     }
+
+
+def out_of_distribution(answer: dict) -> bool:
+    """Whether the model's out-of-distribution guard flagged the input (an older model has no guard)."""
+    return bool((answer.get("out_of_distribution") or {}).get("flagged"))
 
 
 def _dynamodb_item(prediction: dict) -> dict:

@@ -18,7 +18,9 @@ from networks import Classifier, Exported
 
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
-CODE_FILES = ("inference.py", "imaging.py", "decision.py")
+ONNX_OUTPUTS = ["logits", "cams", "features"]
+"""Older artifacts have the first two only: they serve without an out-of-distribution score."""
+CODE_FILES = ("inference.py", "imaging.py", "decision.py", "ood.py")
 SERVING_WHEELS = "serving-wheels.txt"
 """Written by the packager into the source dir: the wheels (and requirement) the endpoint needs."""
 
@@ -32,28 +34,33 @@ def load_torch_model(model_dir: Path) -> tuple[Classifier, dict]:
 
 
 def export_onnx(model: Classifier, size: int, path: Path) -> None:
-    """Two outputs, ``logits`` and ``cams``; dynamic batch. TorchScript exporter (no onnxscript needed)."""
+    """Outputs ``logits``, ``cams`` and ``features`` (:class:`networks.Exported`); dynamic batch.
+    TorchScript exporter (no onnxscript needed)."""
     model = model.float().eval().to(memory_format=torch.contiguous_format)
     example = torch.rand(1, 1, size, size)
     torch.onnx.export(
         Exported(model), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-        input_names=["image"], output_names=["logits", "cams"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "cams": {0: "batch"}},
+        input_names=["image"], output_names=ONNX_OUTPUTS,
+        dynamic_axes={name: {0: "batch"} for name in ["image", *ONNX_OUTPUTS]},
     )
 
 
 def check_onnx(model: Classifier, path: Path, images: torch.Tensor) -> float:
-    """Largest absolute logit difference between ONNX Runtime and torch on real images; raises if off."""
+    """Largest absolute logit difference between ONNX Runtime and torch on real images; raises if the
+    logits or the guard's features are off."""
     import onnxruntime as ort
 
     model = model.float().eval()
     with torch.no_grad():
-        expected = Exported(model)(images.float())[0].numpy()
+        logits, _, features = (t.numpy() for t in Exported(model)(images.float()))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["logits"], {"image": images.float().numpy()})[0]
-    diff = float(np.abs(got - expected).max())
-    if not np.allclose(got, expected, atol=1e-3, rtol=1e-3):
+    got, got_features = session.run(["logits", "features"], {"image": images.float().numpy()})
+    diff = float(np.abs(got - logits).max())
+    if not np.allclose(got, logits, atol=1e-3, rtol=1e-3):
         raise RuntimeError(f"ONNX export disagrees with torch: max |logit difference| {diff:.2e}")
+    if not np.allclose(got_features, features, atol=1e-3, rtol=1e-3):
+        raise RuntimeError("ONNX export disagrees with torch on the guard features: "
+                           f"max |difference| {np.abs(got_features - features).max():.2e}")
     return diff
 
 

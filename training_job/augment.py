@@ -2,7 +2,10 @@
 
 Aimed at what differs between acquisitions rather than at the anatomy: exposure (gamma,
 contrast), detector resolution (down- then up-sampling, blur), noise, and small positioning
-changes (rotation, scale, shift). No horizontal flip: the heart's side is anatomy, not noise.
+changes (rotation, scale, shift). ``acquisition`` adds what the image statistics of the
+shift proxies (cxr/proxies.py) separate acquisitions by: off-centre crops (field of view),
+black or white frames (collimation, film edges) and burned-in text-like markers.
+No horizontal flip: the heart's side is anatomy, not noise.
 All randomness comes from the ``generator`` passed in, so a run resumed from a checkpoint
 draws the very same augmentations.
 """
@@ -14,7 +17,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-STRENGTHS = ("none", "light", "strong")
+STRENGTHS = ("none", "light", "strong", "acquisition")
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator) -> torch.Tensor:
@@ -27,8 +30,10 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "strong
         return x
     if strength not in STRENGTHS:
         raise ValueError(f"unknown augmentation strength {strength!r}; expected one of {STRENGTHS}")
-    strong = strength == "strong"
+    strong = strength in ("strong", "acquisition")
     n, _, h, w = x.shape
+    if strength == "acquisition":
+        x = _crop(x, generator)
     # Positioning: rotation, isotropic scale and shift in one affine resampling.
     angle = _uniform(n, -10, 10, generator) * (math.pi / 180) * (1 if strong else 0.5)
     scale = _uniform(n, 0.88 if strong else 0.95, 1.12 if strong else 1.05, generator)
@@ -53,4 +58,54 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "strong
     # Detector noise.
     sigma = _uniform(n, 0, 0.03 if strong else 0.01, generator).view(n, 1, 1, 1)
     x = x + sigma * torch.randn(x.shape, generator=generator)
+    if strength == "acquisition":
+        x = _markers(_frames(x.clamp(0, 1), generator), generator)
     return x.clamp(0, 1)
+
+
+def _crop(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Half of the batch: an off-centre crop of 75-100 % of each side, resized back (a tighter field of view)."""
+    n, _, h, w = x.shape
+    x = x.clone()
+    chosen = torch.rand(n, generator=generator) < 0.5
+    sides = _uniform(n, 0.75, 1.0, generator)
+    corners = torch.rand(n, 2, generator=generator)
+    for i in torch.nonzero(chosen).flatten().tolist():
+        ch, cw = max(4, int(h * sides[i])), max(4, int(w * sides[i]))
+        top, left = int((h - ch) * corners[i, 0]), int((w - cw) * corners[i, 1])
+        x[i: i + 1] = F.interpolate(x[i: i + 1, :, top: top + ch, left: left + cw], size=(h, w), mode="bilinear",
+                                    align_corners=False)
+    return x
+
+
+def _frames(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A third of the batch: black or white bands up to 10 % deep along random edges."""
+    n, _, h, w = x.shape
+    chosen = torch.rand(n, generator=generator) < 1 / 3
+    depths = _uniform(4 * n, 0.0, 0.1, generator).view(n, 4)
+    edges = torch.rand(n, 4, generator=generator) < 0.5
+    levels = (torch.rand(n, generator=generator) < 0.7).float()  # mostly black (collimation), else white
+    for i in torch.nonzero(chosen).flatten().tolist():
+        top, bottom, left, right = (int(d * s) if e else 0
+                                    for d, s, e in zip(depths[i].tolist(), (h, h, w, w), edges[i].tolist(),
+                                                       strict=True))
+        x[i, :, :top], x[i, :, h - bottom:], x[i, :, :, :left], x[i, :, :, w - right:] = (levels[i],) * 4
+    return x
+
+
+def _markers(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Half of the batch: one to three burned-in text-like markers (bright strokes in a box near an edge)."""
+    n, _, h, w = x.shape
+    chosen = torch.rand(n, generator=generator) < 0.5
+    counts = torch.randint(1, 4, (n,), generator=generator)
+    for i in torch.nonzero(chosen).flatten().tolist():
+        for _ in range(int(counts[i])):
+            bh = max(2, int(h * float(_uniform(1, 0.04, 0.1, generator))))
+            bw = max(2, int(w * float(_uniform(1, 0.06, 0.25, generator))))
+            top = int(torch.randint(0, max(1, h - bh), (1,), generator=generator))
+            left = int(torch.randint(0, max(1, w - bw), (1,), generator=generator))
+            # glyph-like strokes: a random on/off pattern of columns, white on the image
+            strokes = (torch.rand(bw, generator=generator) < 0.6).float().view(1, 1, bw)
+            region = x[i, :, top: top + bh, left: left + bw]
+            x[i, :, top: top + bh, left: left + bw] = torch.maximum(region, strokes.expand_as(region) * 0.98)
+    return x

@@ -16,6 +16,10 @@ digest, label and referral, never the input itself or anything naming a patient.
 Requests: ``image/png`` or ``image/jpeg`` bytes (raw uploads or the stored, preprocessed PNG), or
 ``application/json`` ``{"image": "<base64>", "explain": true}`` to also receive a class-activation
 heat-map overlay showing where the model looked.
+
+Artifacts with the ONNX ``features`` output and ``ood.npz`` also score how far the input lies from the
+training X-rays (``ood.py``); one beyond the guard's threshold is referred with reason
+``out_of_distribution``. Older artifacts (two outputs, no guard) answer ``"score": null``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import decision
 import imaging
 import numpy as np
 import onnxruntime as ort
+import ood
 from PIL import Image
 
 ARTIFACT_SHA256_VARIABLE = "CXR_ARTIFACT_SHA256"
@@ -71,6 +76,7 @@ class Model:
     config: dict
     model_id: str
     artifact_sha256: str | None = None
+    guard: ood.Guard | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -90,8 +96,11 @@ def model_fn(model_dir: str, context=None) -> Model:
     options.intra_op_num_threads = int(os.environ.get("CXR_ONNX_THREADS", "0"))  # 0: one per core
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(model_dir / config["onnx"]), options, providers=["CPUExecutionProvider"])
+    outputs = [output.name for output in session.get_outputs()]
+    described = config.get("out_of_distribution")
+    guard = ood.load(model_dir / described["file"]) if described and "features" in outputs else None
     return Model(session, config, config.get("model_id", model_dir.name),
-                 os.environ.get(ARTIFACT_SHA256_VARIABLE) or None)
+                 os.environ.get(ARTIFACT_SHA256_VARIABLE) or None, guard)
 
 
 def input_fn(body: bytes | str, content_type: str, context=None) -> Request:
@@ -123,10 +132,12 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
     started = time.perf_counter()
     config = model.config
     stored = imaging.open_stored(request.image.png)
-    logits, cams = model.session.run(None, {"image": model_input(stored, config)})
+    outputs = model.session.run(None, {"image": model_input(stored, config)})
+    logits, cams = outputs[:2]
     probs = decision.model_probabilities(logits[0], config)
     classes = model.classes
-    decided = decision.decide(probs, classes, config)
+    guard = out_of_distribution(model.guard, outputs[2][0] if len(outputs) > 2 else None)
+    decided = decision.decide(probs, classes, config, out_of_distribution=guard["flagged"])
     result = {
         "label": decided.label,
         "confidence": decided.confidence,
@@ -140,12 +151,22 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
         "model_id": model.model_id,
         "content_hash": request.image.content_hash,
         "artifact_sha256": model.artifact_sha256,
+        "out_of_distribution": guard,
     }
     if request.explain:
         result["explanation"] = explanation(stored, cams[0, decided.index], config["resize_policy"])
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
     log_call(result)
     return result
+
+
+def out_of_distribution(guard: ood.Guard | None, features: np.ndarray | None) -> dict:
+    """The guard's verdict on one input's stage statistics; an artifact without a guard gives no score."""
+    if guard is None or features is None:
+        return {"score": None, "threshold": None, "flagged": False,
+                "note": "this model artifact predates the out-of-distribution guard: no score"}
+    score = float(guard.scores(features))
+    return {"score": score, "threshold": guard.threshold, "flagged": score > guard.threshold}
 
 
 def log_call(result: dict) -> None:

@@ -91,6 +91,35 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> fl
     return threshold if gain > resolution and 0.0 < threshold < 1.0 else None
 
 
+def sensitivity_threshold(sets: list[tuple[np.ndarray, np.ndarray]], min_sensitivity: float = 0.95) -> float | None:
+    """The highest threshold on p(pneumonia) that keeps sensitivity >= ``min_sensitivity`` on every
+    ``(score, is_pneumonia)`` set, e.g. the proxies of bench/proxies.py, or None if a set has no pneumonia.
+
+    Sensitivity only falls and specificity only rises as the threshold rises, so this one threshold
+    gives every set its highest specificity at that sensitivity: the operating point for specificity
+    under shift (issue 21), where Youden's J on an easy split (:func:`choose_threshold`) gives it away.
+    """
+    if not 0 < min_sensitivity <= 1:
+        raise ValueError("min_sensitivity must be in (0, 1]")
+    chosen = []
+    for score, truth in sets:
+        positives = np.sort(np.asarray(score, dtype=np.float64)[np.asarray(truth).astype(bool)])[::-1]
+        if not len(positives):
+            return None
+        needed = int(np.ceil(min_sensitivity * len(positives) - 1e-9))  # pneumonias that must score >= t
+        chosen.append(positives[max(needed, 1) - 1])
+    return float(min(chosen)) if chosen else None
+
+
+def choose_operating_point(probs: np.ndarray, y: np.ndarray, classes: list[str],
+                           min_sensitivity: float = 0.95) -> float | None:
+    """:func:`sensitivity_threshold` on one labelled split (validation), for ``--threshold-rule sensitivity``."""
+    if NORMAL not in classes:
+        return None
+    return sensitivity_threshold([(pneumonia_probability(probs, classes), y != classes.index(NORMAL))],
+                                 min_sensitivity)
+
+
 def _auc(y_binary: np.ndarray, score: np.ndarray) -> float | None:
     return float(skm.roc_auc_score(y_binary, score)) if 0 < y_binary.sum() < len(y_binary) else None
 

@@ -50,6 +50,19 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.features(x).mean(dim=(2, 3))))
 
+    def features_and_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last feature map, and the spatial mean and standard deviation of each stage's output map
+        (``(N, 2 * sum of the stages' channels)``), which the out-of-distribution guard measures: the
+        intermediate stages see texture, edges and grey-level structure that the last, class-tuned map
+        has averaged away (Lee et al. 2018 score several layers for the same reason)."""
+        h = self.standardise(x)
+        stages = []
+        for index, module in enumerate(self.body.steps()):
+            h = module(h)
+            if index in self.body.guard_stages:
+                stages += [h.mean(dim=(2, 3)), h.std(dim=(2, 3))]
+        return h, torch.cat(stages, dim=1)
+
 
 def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
     layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -58,13 +71,24 @@ def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int =
     return nn.Sequential(*layers)
 
 
+class Stages(nn.Sequential):
+    """A plain sequence of layers whose outputs at ``guard_stages`` the out-of-distribution guard reads."""
+
+    def __init__(self, *layers: nn.Module, guard_stages: tuple[int, ...]):
+        super().__init__(*layers)
+        self.guard_stages = guard_stages
+
+    def steps(self) -> list[nn.Module]:
+        return list(self)
+
+
 def compact(num_classes: int, width: int = 32, dropout: float = 0.2) -> Classifier:
     """A small VGG-style CNN for 28-64 px inputs (PneumoniaMNIST)."""
     w = width
-    body = nn.Sequential(
+    body = Stages(
         conv_bn(1, w), conv_bn(w, w), nn.MaxPool2d(2),
         conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-        conv_bn(2 * w, 4 * w), conv_bn(4 * w, 4 * w),
+        conv_bn(2 * w, 4 * w), conv_bn(4 * w, 4 * w), guard_stages=(2, 5, 7),
     )
     return Classifier(body, 4 * w, num_classes, dropout)
 
@@ -87,7 +111,7 @@ def resnet(num_classes: int, width: int = 32, dropout: float = 0.2) -> Classifie
     for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
         stages += [BasicBlock(cin, cout, 1 if i == 0 else 2)]
         cin = cout
-    body = nn.Sequential(conv_bn(1, w, 5, 2), nn.MaxPool2d(3, 2, 1), *stages)
+    body = Stages(conv_bn(1, w, 5, 2), nn.MaxPool2d(3, 2, 1), *stages, guard_stages=(2, 3, 4, 5))
     return Classifier(body, 8 * w, num_classes, dropout)
 
 
@@ -119,20 +143,25 @@ class EfficientNetLiteBody(nn.Module):
         super().__init__()
         self._conv_stem = nn.Conv2d(1, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
-        blocks, cin = [], 32
+        blocks, cin, ends = [], 32, []
         for repeats, kernel, stride, expand, cout in stages:
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if r == 0 else 1, expand))
                 cin = cout
+            ends.append(len(blocks))  # steps() counts the stem first
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+        self.guard_stages = tuple(ends[1:5])  # stages 2-5 (24-120 channels); the 1280-wide head would dwarf them
+
+    def steps(self) -> list:
+        return [lambda x: F.relu6(self._bn0(self._conv_stem(x))), *self._blocks,
+                lambda x: F.relu6(self._bn1(self._conv_head(x)))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        for step in self.steps():
+            x = step(x)
+        return x
 
 
 def efficientnet_lite(variant: str, num_classes: int, dropout: float = 0.2) -> Classifier:
@@ -175,18 +204,20 @@ def load_pretrained(model: Classifier, state: dict[str, torch.Tensor]) -> list[s
 
 
 class Exported(nn.Module):
-    """Export wrapper: logits plus per-class activation maps, the two ONNX outputs inference uses.
+    """Export wrapper: logits, per-class activation maps and stage statistics, the ONNX outputs inference uses.
 
     ``cams[n, k]`` is the classifier's class-``k`` weights applied at every position of the last
     feature map (a 1x1 convolution), so its spatial mean plus the bias is exactly logit ``k``.
+    ``features[n]`` are the stage statistics of :meth:`Classifier.features_and_statistics`, which the
+    out-of-distribution guard (``ood.py``) measures its distance on.
     """
 
     def __init__(self, model: Classifier):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.features(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features, statistics = self.model.features_and_statistics(x)
         weight = self.model.classifier.weight[:, :, None, None]
         cams = F.conv2d(features, weight)
-        return cams.mean(dim=(2, 3)) + self.model.classifier.bias, cams
+        return cams.mean(dim=(2, 3)) + self.model.classifier.bias, cams, statistics

@@ -45,6 +45,7 @@ import inference
 import metrics as m
 import networks
 import numpy as np
+import ood
 import report
 import torch
 from torch.nn import functional as F
@@ -84,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("referral-margin", type=float, default=decision.DEFAULT_MARGIN,
         help="refer to a radiologist while p(pneumonia) is within this many log-odds of the threshold "
              "(decision.py; log 4: [0.2, 0.8] at threshold 0.5); recorded in model.json")
+    add("threshold-rule", default="youden", choices=("youden", "sensitivity"),
+        help="binary threshold on validation: Youden's J (kept only when it beats argmax), or the highest "
+             "threshold with sensitivity >= --min-sensitivity (the most specificity at that sensitivity)")
+    add("min-sensitivity", type=float, default=0.95)
+    add("threshold", type=float, default=None,
+        help="a fixed binary threshold instead of the rule (e.g. the worst-proxy one of bench/proxies.py)")
     add("patience", type=int, default=3, help="epochs without validation improvement before stopping")
     add("seed", type=int, default=0)
     add("precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
@@ -101,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.train or not args.validation:
         p.error("the train and validation channels are required (SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION)")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        p.error(f"--threshold must lie inside (0, 1), got {args.threshold}")
     if not (math.isfinite(args.referral_margin) and args.referral_margin > 0):
         p.error(f"--referral-margin must be a positive number of log-odds, got {args.referral_margin}")
     return args
@@ -320,6 +329,25 @@ class Trainer:
         self.model.load_state_dict(self.best_weights)
 
 
+@torch.no_grad()
+def guard_features(model: networks.Classifier, images: torch.Tensor, to_device=lambda x: x) -> np.ndarray:
+    """The stage statistics (the ONNX ``features`` output) of fp32 images, 64 at a time."""
+    model.eval()
+    out = [model.features_and_statistics(to_device(images[start: start + 64].float()))[1].float().cpu().numpy()
+           for start in range(0, len(images), 64)]
+    return np.concatenate(out)
+
+
+def fit_guard(model: networks.Classifier, splits: dict[str, data.Split], model_dir: Path,
+              to_device=lambda x: x) -> ood.Guard:
+    """Fit the out-of-distribution guard on the chosen model's training-split features (threshold on the
+    validation split) and write ``ood.npz`` into ``model_dir``."""
+    train, validation = (guard_features(model, splits[name].images, to_device) for name in ("train", "validation"))
+    guard = ood.fit(train, splits["train"].targets.numpy(), validation)
+    guard.save(model_dir / ood.FILE)
+    return guard
+
+
 def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str, data.Split], list[str]]:
     channel_dirs = {"train": args.train, "validation": args.validation}
     if args.test and Path(args.test).exists():
@@ -360,6 +388,16 @@ def pretrained_state(directory: str | None, architecture: str) -> tuple[dict | N
     return torch.load(io.BytesIO(found[chosen]()), map_location="cpu", weights_only=True), chosen
 
 
+def choose_threshold(args, val_probs: np.ndarray, val_y: np.ndarray, classes: list[str]) -> tuple[float | None, str]:
+    """The binary threshold model.json records, and how it was chosen."""
+    if args.threshold is not None:
+        return args.threshold, "fixed by the --threshold hyperparameter"
+    if args.threshold_rule == "sensitivity":
+        return (m.choose_operating_point(val_probs, val_y, classes, args.min_sensitivity),
+                f"the highest with sensitivity >= {args.min_sensitivity} on validation")
+    return m.choose_threshold(val_probs, val_y, classes), "Youden's J on validation"
+
+
 def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path, extra: dict) -> dict:
     model = trainer.model.float().to(memory_format=torch.contiguous_format)
     trainer.dtype, trainer.channels_last = None, False  # final figures in fp32, as ONNX serves them
@@ -370,7 +408,9 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
              if args.class_weighting == "balanced" else None)
     temperature = m.fit_temperature(val_logits, val_y, classes, prior)
     val_probs = decision.probabilities(val_logits, classes, temperature, prior)
-    threshold = m.choose_threshold(val_probs, val_y, classes)
+    threshold, threshold_rule = choose_threshold(args, val_probs, val_y, classes)
+    if threshold is not None and not 0 < threshold < 1:  # a saturated score: no log-odds band around it
+        threshold, threshold_rule = None, f"{threshold_rule} gave {threshold}, at the edge: none kept"
     rule = decision.Rule.for_classes(classes, threshold, args.referral_margin)
     validation = m.classification_metrics(val_y, val_probs, classes, rule)
     evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
@@ -396,6 +436,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     artifact.export_onnx(model, args.image_size, model_dir / artifact.ONNX_FILE)
     sample = splits[evaluated_on].images[:8].float()
     onnx_diff = artifact.check_onnx(model, model_dir / artifact.ONNX_FILE, sample)
+    guard = fit_guard(model, splits, model_dir, trainer.to_device)
     fingerprint = data.fingerprint({k: v for k, v in splits.items() if k != "test"})
     config = {
         "model_id": f"cxr-{args.architecture}-{fingerprint[:12]}-{extra['finished'][:19].replace(':', '')}",
@@ -414,12 +455,13 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "subtype_prior_rule": "p(pneumonia) kept, its split between sub-types re-weighted by their training mix "
                               "(decision.py); null: none",
         "threshold": threshold,
-        "threshold_rule": "p(pneumonia) >= threshold calls pneumonia (chosen on validation); null: 0.5 "
+        "threshold_rule": f"p(pneumonia) >= threshold calls pneumonia ({threshold_rule}); null: 0.5 "
                           "(argmax without a normal class)",
         "referral_margin": rule.margin,
         "referral_rule": decision.RULE,
         "onnx": artifact.ONNX_FILE,
-        "onnx_outputs": ["logits", "cams"],
+        "onnx_outputs": artifact.ONNX_OUTPUTS,
+        "out_of_distribution": guard.describe(),
         "onnx_max_abs_diff": onnx_diff,
         "weights": "model.pt",
         "data_fingerprint": fingerprint,

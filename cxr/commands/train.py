@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from cxr import operations, target
+from cxr import operations, presets, target
 from cxr.arguments import key_values
 
 
@@ -17,12 +17,14 @@ def register(subparsers) -> None:
     parser.add_argument("--run-id", default=None, help="default: <dataset>-<UTC time>")
     parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
                         help="training hyperparameter, e.g. --hp epochs=20 (repeatable; see train.py --help)")
+    parser.add_argument("--preset", choices=sorted(presets.PRESETS),
+                        help="a named recipe (cxr/presets.py; `gpu` for a GPU training instance); --hp wins over it")
     target.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    hyperparameters = key_values(args.hp, "--hp")
+    hyperparameters = presets.expand(args.preset, key_values(args.hp, "--hp"))
     deployment = target.resolve(args)
     sfn = deployment.client("stepfunctions")
     run_id = args.run_id or time.strftime(f"{args.dataset}-%Y%m%d-%H%M%S", time.gmtime())

@@ -5,7 +5,8 @@ tree. The folder goes through the same normaliser and split rules as ingest and 
 is laid out as SageMaker lays out ``ManifestFile`` channels, and ``train.py`` runs under the
 same ``SM_*`` environment. Without flags it uses the preset for the images' size, the best
 settings measured within the CPU budgets (``x-ray`` for radiographs, ``small`` for 28-64 px
-MedMNIST images). Writes ``OUT/model/`` and ``OUT/model.tar.gz``.
+MedMNIST images); ``--preset gpu`` is the longer recipe for a GPU (cxr/presets.py).
+Writes ``OUT/model/`` and ``OUT/model.tar.gz``.
 """
 
 from __future__ import annotations
@@ -20,15 +21,8 @@ from pathlib import Path
 from cxr import training_run
 from cxr.arguments import key_values
 from cxr.errors import UsageError
+from cxr.presets import PRESETS, SMALL_SIDE
 from infra.packaging import pretrained_bundle
-
-SMALL_SIDE = 64
-"""Images whose median stored side is at most this use the ``small`` preset."""
-PRESETS = {
-    "x-ray": {},  # train.py's own defaults, which the pipeline runs too: one recipe, measured in bench/RESULTS.md
-    "small": {"architecture": "compact", "image-size": 28, "epochs": 20, "batch-size": 128, "lr": 3e-3, "width": 32,
-              "augment": "light"},
-}
 
 
 def register(subparsers) -> None:

@@ -14,6 +14,12 @@ from infra.components.function import ServiceFunction
 from infra.config import Config
 
 PERIOD = Duration.minutes(5)
+OOD_PERIOD = Duration.hours(1)
+OOD_RATE_ALARM = 0.10
+"""Out-of-distribution share of an hour's predictions that alarms: the guard is fitted to flag at most 2 %
+of in-distribution X-rays (``training_job/ood.py``), so a tenth means wrong inputs or a shifted source."""
+OOD_MIN_PREDICTIONS = 20
+"""Fewer predictions in the hour give no rate (one odd upload out of three is not a trend)."""
 
 
 def _app_metric(name: str, service: str, statistic: str = "Sum", label: str | None = None) -> cloudwatch.Metric:
@@ -26,6 +32,17 @@ def _app_metric(name: str, service: str, statistic: str = "Sum", label: str | No
 def _endpoint_metric(name: str, endpoint: str, statistic: str = "Sum") -> cloudwatch.Metric:
     return cloudwatch.Metric(namespace="AWS/SageMaker", metric_name=name, statistic=statistic, period=PERIOD,
                              dimensions_map={"EndpointName": endpoint, "VariantName": "AllTraffic"})
+
+
+def out_of_distribution_rate(service: str) -> cloudwatch.MathExpression:
+    """Out-of-distribution predictions per prediction over an hour, 0 below ``OOD_MIN_PREDICTIONS``
+    (metric math ``IF(condition, trueValue, falseValue)``, CloudWatch user guide, "Using math expressions
+    with CloudWatch metrics")."""
+    return cloudwatch.MathExpression(
+        expression=f"IF(predictions >= {OOD_MIN_PREDICTIONS}, ood / predictions, 0)", period=OOD_PERIOD,
+        label="out-of-distribution rate",
+        using_metrics={"ood": _app_metric("OutOfDistribution", service).with_(period=OOD_PERIOD),
+                       "predictions": _app_metric("Predictions", service).with_(period=OOD_PERIOD)})
 
 
 class MonitoringStack(Stack):
@@ -52,6 +69,13 @@ class MonitoringStack(Stack):
             alarm("EndpointErrors", _endpoint_metric("Invocation5XXErrors", endpoint),
                   "The endpoint answered with server errors"),
         ]
+        self.alarms.append(out_of_distribution_rate(predict).create_alarm(
+            self, "OutOfDistributionRate", threshold=OOD_RATE_ALARM, evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            alarm_description=f"Over {OOD_RATE_ALARM:.0%} of an hour's predictions were inputs unlike the training "
+                              "X-rays (out-of-distribution referrals): wrong uploads or a new acquisition source"))
+        self.alarms[-1].add_alarm_action(action)
         dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"cxr-{config.stage}",
                                          default_interval=Duration.days(1))
         dashboard.add_widgets(
@@ -69,6 +93,7 @@ class MonitoringStack(Stack):
                 _app_metric("PredictionsRejected", predict, label="rejected input"),
                 _app_metric("DuplicateEvents", predict, label="duplicate deliveries"),
                 _app_metric("SupersededEvents", predict, label="superseded (a newer version decides)"),
+                _app_metric("OutOfDistribution", predict, label="out of distribution (referred)"),
             ]),
             cloudwatch.GraphWidget(title="Predict latency (ms)", width=8, left=[
                 _app_metric("PredictLatency", predict, "p50", "p50"),

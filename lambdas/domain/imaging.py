@@ -71,6 +71,14 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _STRIP_PIXELS = 1 << 20
 """Mode conversion runs a strip of about a megapixel at a time, so its temporaries stay small."""
 
+COLOURFULNESS_LIMIT = 35.0
+"""Largest accepted colourfulness (Hasler and Suesstrunk, "Measuring colourfulness in natural images",
+SPIE 5007, 2003: 33 "moderately", 45 "averagely", 59 "quite" colourful). A radiograph is grey: every
+Kermany X-ray scores 0, a tinted scan or a phone photo of a film on a light box stays far below."""
+COLOUR_SIDE = 64
+"""Colourfulness is measured on a thumbnail this size (a JPEG decodes it at 1/8 scale in the DCT domain)."""
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
 _SIGNATURES = (  # formats we can name in a rejection without decoding them
     (b"%PDF", "PDF document"),
     (b"GIF8", "GIF image"),
@@ -277,6 +285,7 @@ def _decode(data: bytes, fmt: str, payload: _Payload) -> tuple[Image.Image, tupl
             )
         if getattr(image, "n_frames", 1) > 1:
             raise RejectedImage("animated", f"animated {fmt} with {image.n_frames} frames, not a single X-ray")
+        _check_colour(image, data, fmt)
         if fmt == "JPEG" and image.mode in ("RGB", "L"):
             # DCT-domain downscaling: decodes large JPEGs at 1/2..1/8 scale, still >= 2x the stored size.
             image.draft("L", (2 * STORED_MAX_SIDE, 2 * STORED_MAX_SIDE))
@@ -315,6 +324,33 @@ def _check_jpeg_fill(image: Image.Image) -> None:
         raise _truncated(
             f"the bottom {FILL_FRACTION:.0%} or more of the rows is the JPEG decoder's uniform grey fill, not X-ray"
         )
+
+
+def colourfulness(image: Image.Image) -> float:
+    """Hasler and Suesstrunk's colourfulness of an image as shown (alpha composited on black), 0 for grey."""
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "RGBA"):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image.convert("RGBA"))
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def _check_colour(image: Image.Image, data: bytes, fmt: str) -> None:
+    """Reject a strongly coloured image (a photograph, a stained slide): plainly not a radiograph."""
+    if image.mode in _GREY_MODES:
+        return
+    if fmt == "JPEG":  # the main decode drafts luma only: read the colours from a separate 1/8-scale decode
+        image = Image.open(io.BytesIO(data), formats=["JPEG"])
+        image.draft("RGB", (COLOUR_SIDE, COLOUR_SIDE))
+    side = max(1, min(COLOUR_SIDE, *image.size))
+    score = colourfulness(image.resize((side, side), Image.Resampling.BOX))
+    if score > COLOURFULNESS_LIMIT:
+        raise RejectedImage("not_a_radiograph", f"the image is in strong colour (colourfulness {score:.0f}, over "
+                                                f"{COLOURFULNESS_LIMIT:g}): a photograph or a stained slide, "
+                                                "not an X-ray")
 
 
 def _band_extrema(image: Image.Image) -> tuple[tuple[int, int], ...]:

@@ -92,7 +92,7 @@ def group_of(item: Item) -> str:
 
 
 def _grouped_stratified(pool: list[Item], fractions: dict[str, float], seed: int) -> dict[str, list[Item]]:
-    groups = _merge_groups(pool)
+    groups = merge_groups(pool)
     by_class: dict[str, list[list[Item]]] = defaultdict(list)
     for members in groups:
         majority = Counter(i.label for i in members).most_common()
@@ -118,8 +118,8 @@ def _grouped_stratified(pool: list[Item], fractions: dict[str, float], seed: int
     return out
 
 
-def _merge_groups(pool: list[Item]) -> list[list[Item]]:
-    """Union of patient groups and identical-pixel groups (union-find over item indices)."""
+def merge_groups(pool: list[Item]) -> list[list[Item]]:
+    """The units no split may divide: union of patient groups and identical-pixel groups (union-find)."""
     parent = list(range(len(pool)))
 
     def find(i: int) -> int:

@@ -155,6 +155,22 @@ def test_an_endpoint_older_than_the_rule_gets_every_case_referred(endpoint, lamb
     assert record["threshold"] is None and record["referral_band"] is None
 
 
+def test_an_out_of_distribution_input_is_referred_and_counted(endpoint, lambda_context, capsys):
+    guard = {"score": 41.5, "threshold": 30.2, "flagged": True}
+    answer(endpoint, ANSWER | {"pneumonia_probability": 0.95, "out_of_distribution": guard,  # the model's rule:
+                               "refer_to_radiologist": True, "referral_reasons": ["out_of_distribution"]})
+    answer(endpoint)  # an older model: no guard in its answer
+    capsys.readouterr()
+    assert invoke(lambda_context, upload("incoming/photo.png", corpus.png()),
+                  upload("incoming/b.png", corpus.png(seed=1)))["predicted"] == 2
+    flagged, plain = read_json("predictions/photo.png.json"), read_json("predictions/b.png.json")
+    assert flagged["refer_to_radiologist"] is True and flagged["referral_reasons"] == ["out_of_distribution"]
+    assert flagged["out_of_distribution"] == guard
+    assert plain["refer_to_radiologist"] is False and plain["out_of_distribution"] is None
+    metrics = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert metrics[-1]["OutOfDistribution"] == [1.0] and metrics[-1]["Predictions"] == [2.0]
+
+
 def test_bad_input_is_rejected_with_reason_and_kept(endpoint, lambda_context):
     records = [upload("incoming/report.pdf", corpus.minimal_pdf()), upload("incoming/empty.png", b"")]
     assert invoke(lambda_context, *records) == counts(rejected=2)

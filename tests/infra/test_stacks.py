@@ -8,6 +8,7 @@ import pytest
 from aws_cdk.assertions import Match, Template
 
 from infra import asl, images, wiring
+from infra.stacks import monitoring
 from lambdas.domain import layout
 
 pytestmark = pytest.mark.slow
@@ -331,6 +332,20 @@ def test_monitoring_alarms_notify_and_the_dashboard_covers_the_flow(synth):
     for metric in ("ImagesRejected", "ImagesRemoved", "DuplicateEvents", "SupersededEvents", "Predictions",
                    "PredictLatency", "Invocation5XXErrors", "ExecutionsFailed"):
         assert metric in body
+
+
+def test_out_of_distribution_rate_alarms_over_an_hour_of_enough_predictions(synth):
+    alarms = synth.resources("AWS::CloudWatch::Alarm", "monitoring")
+    (alarm,) = [a["Properties"] for a in alarms.values() if "OutOfDistribution" in json.dumps(a)]
+    assert alarm["Threshold"] == monitoring.OOD_RATE_ALARM and alarm["AlarmActions"]
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    queries = {q["Id"]: q for q in alarm["Metrics"]}
+    assert queries[next(i for i, q in queries.items() if "Expression" in q)]["Expression"] == (
+        f"IF(predictions >= {monitoring.OOD_MIN_PREDICTIONS}, ood / predictions, 0)")
+    for query_id, name in (("ood", "OutOfDistribution"), ("predictions", "Predictions")):
+        stat = queries[query_id]["MetricStat"]
+        assert stat["Metric"]["MetricName"] == name and stat["Period"] == 3600 and stat["Stat"] == "Sum"
+        assert stat["Metric"]["Dimensions"] == [{"Name": "service", "Value": wiring.PREDICT.service}]
 
 
 def test_lambda_asset_is_far_below_the_250_mb_limit(synth, capsys):

@@ -66,3 +66,24 @@ def test_train_local_then_evaluate_on_imported_medmnist(medmnist_npz, tmp_path, 
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 20 and result["classes"] == ["normal", "pneumonia"]
     assert set(result["binary"]) >= {"accuracy", "roc_auc", "sensitivity", "specificity"}
+
+
+def test_gpu_preset_runs_on_the_cpu_with_tiny_settings(medmnist_npz, tmp_path, capsys):
+    """The `gpu` recipe's code path (Lite2 from the ImageNet bundle, acquisition augmentation, EMA,
+    the sensitivity operating point) on a few images at 32 px; its figures need a GPU."""
+    from cxr import presets
+
+    data, out = tmp_path / "mnist", tmp_path / "run"
+    cli.main(["import-medmnist", str(medmnist_npz), "--out", str(data)])
+    tiny = {"image-size": "32", "epochs": "1", "batch-size": "8", "threads": "1", "threshold-rule": "sensitivity"}
+    assert presets.expand("gpu", tiny)["augment"] == "acquisition"  # what `cxr train --preset gpu` sends
+    code = cli.main(["train-local", "--data", str(data), "--out", str(out), "--preset", "gpu", "--quiet",
+                     *(flag for key, value in tiny.items() for flag in ("--hp", f"{key}={value}"))])
+    assert code == 0
+    config = json.loads((out / "model" / "model.json").read_text())
+    assert config["architecture"] == "efficientnet_lite2" and config["image_size"] == 32
+    assert config["pretrained"] is not None  # started from the ImageNet weights, as on SageMaker
+    hps = config["hyperparameters"]
+    assert (hps["augment"], hps["ema_decay"], hps["epochs"], hps["threshold_rule"]) == (
+        "acquisition", 0.998, 1, "sensitivity")
+    assert "sensitivity >= 0.95" in config["threshold_rule"]

@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from cxr import jobcode
@@ -121,3 +123,44 @@ def test_temperature_is_fitted_to_the_probabilities_served():
         return skm.log_loss(y, decision.probabilities(logits, CLASSES, temperature, prior), labels=[0, 1, 2])
 
     assert nll(t) <= min(nll(t * 0.9), nll(t * 1.1))
+
+
+def _binary_sets(draw_sizes, seed):
+    rng = np.random.default_rng(seed)
+    sets = []
+    for positives, negatives in draw_sizes:
+        truth = np.r_[np.ones(positives, bool), np.zeros(negatives, bool)]
+        score = np.round(np.clip(rng.normal(np.where(truth, 0.7, 0.35), 0.2), 0, 1), 2)  # ties on purpose
+        sets.append((score, truth))
+    return sets
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.tuples(st.integers(1, 40), st.integers(0, 40)), min_size=1, max_size=4),
+       target=st.floats(0.5, 1.0), seed=st.integers(0, 10_000))
+def test_sensitivity_threshold_is_the_highest_that_keeps_sensitivity_on_every_set(sizes, target, seed):
+    sets = _binary_sets(sizes, seed)
+    t = m.sensitivity_threshold(sets, target)
+
+    def sensitivity(threshold, score, truth):
+        return (score[truth] >= threshold).mean()
+
+    assert all(sensitivity(t, s, y) >= target - 1e-12 for s, y in sets)
+    higher = min(v for s, _ in sets for v in s if v > t) if any((s > t).any() for s, _ in sets) else None
+    if higher is not None:  # any higher threshold breaks the target on some set
+        # (specificity only rises with the threshold, so no feasible one gives any set more)
+        assert any(sensitivity(higher, s, y) < target - 1e-12 for s, y in sets)
+
+
+def test_operating_point_trades_youden_for_specificity_at_the_sensitivity_floor():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(300, int), np.zeros(300, int)]  # index 1 = normal
+    p_normal = np.clip(rng.normal(np.where(y == 1, 0.25, 0.75), 0.15), 0, 1)
+    probs = np.c_[1 - p_normal, p_normal]
+    classes = ["bacterial", "normal"]
+    t = m.choose_operating_point(probs, y, classes, 0.95)
+    called = 1 - p_normal >= t
+    is_pneumonia = y == 0
+    assert called[is_pneumonia].mean() >= 0.95 > (1 - p_normal >= t + 0.01)[is_pneumonia].mean()
+    assert m.choose_operating_point(probs, y, ["bacterial", "viral"]) is None  # no normal class: argmax
+    assert m.sensitivity_threshold([(np.array([0.2, 0.9]), np.array([False, False]))]) is None

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from synthetic import encode, xray
 
 from cxr import cli, jobcode, training_run
@@ -23,7 +23,7 @@ ROOT_IMAGING = jobcode.TRAINING_JOB.parent / "lambdas" / "domain" / "imaging.py"
 def test_every_artifact_is_written(trained):
     model = trained / "model"
     for name in ("model.pt", "model.onnx", "model.json", "metrics.json", "report/report.html",
-                 "code/inference.py", "code/imaging.py", "code/decision.py"):
+                 "code/inference.py", "code/imaging.py", "code/decision.py", "code/ood.py", "ood.npz"):
         assert (model / name).is_file(), name
     code_imaging = model / "code" / "imaging.py"
     assert not code_imaging.is_symlink() and code_imaging.read_bytes() == ROOT_IMAGING.read_bytes()
@@ -32,6 +32,9 @@ def test_every_artifact_is_written(trained):
     assert config["resize_policy"] == "squash" and config["image_size"] == 32
     assert config["temperature"] > 0 and len(config["data_fingerprint"]) == 64
     assert config["onnx_max_abs_diff"] < 1e-3
+    assert config["onnx_outputs"] == ["logits", "cams", "features"]
+    guard = config["out_of_distribution"]
+    assert guard["file"] == "ood.npz" and guard["threshold"] > 0 and guard["validation_rate"] <= 0.02
     assert set(config["subtype_prior"]) == {"bacterial", "viral"}
     assert sum(config["subtype_prior"].values()) == pytest.approx(1.0)
     assert config["referral_margin"] == pytest.approx(np.log(4))  # the default, recorded for the endpoint
@@ -69,19 +72,24 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(trai
         (trained / "model" / "metrics.json").read_text())["accuracy"]
 
 
-def test_onnx_matches_torch_on_both_outputs(trained):
+def test_onnx_matches_torch_on_every_output(trained):
     import onnxruntime as ort
 
     networks = jobcode.load("networks")
     model, _ = jobcode.load("artifact").load_torch_model(trained / "model")
     x = torch.rand(5, 1, 32, 32)
     with torch.no_grad():
-        logits, cams = networks.Exported(model)(x)
+        logits, cams, features = networks.Exported(model)(x)
         assert torch.allclose(logits, model(x), atol=1e-5)  # the class maps average back to the logits
+        last, statistics = model.features_and_statistics(x)
+        assert torch.equal(last, model.features(x)) and torch.equal(statistics, features)
+        assert features.shape == (5, 2 * (8 + 16 + 32))  # mean and spread of the three stages of `compact`
     session = ort.InferenceSession(str(trained / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
-    got_logits, got_cams = session.run(None, {"image": x.numpy()})
+    assert [output.name for output in session.get_outputs()] == ["logits", "cams", "features"]
+    got_logits, got_cams, got_features = session.run(None, {"image": x.numpy()})
     np.testing.assert_allclose(got_logits, logits.numpy(), atol=1e-4)
     np.testing.assert_allclose(got_cams, cams.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got_features, features.numpy(), atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +114,60 @@ def test_handler_round_trips_png_and_jpeg(handler):
         assert result["pneumonia_probability"] == pytest.approx(1 - result["probabilities"]["normal"])
     # JPEG's loss moves the probabilities a little, not the decision's ballpark
     assert results["PNG"]["pneumonia_probability"] == pytest.approx(results["JPEG"]["pneumonia_probability"], abs=0.1)
+
+
+def noise_and_page() -> dict[str, bytes]:
+    """Two obvious non-X-rays that pass the normaliser: grey uniform noise and a typed page."""
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200), dtype=np.uint8)
+    page = Image.new("L", (300, 400), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(20):
+        draw.text((20, 15 + 19 * row), "Invoice 2024 total amount due 1,234.00 signature", fill=0)
+    return {"noise": encode(noise, "PNG"), "page": encode(np.asarray(page), "PNG")}
+
+
+def test_an_obvious_non_x_ray_is_referred_as_out_of_distribution(handler):
+    inference, model = handler
+    for name, body in noise_and_page().items():
+        result = inference.predict_fn(inference.input_fn(body, "image/png"), model)
+        guard = result["out_of_distribution"]
+        assert guard["flagged"] and guard["score"] > guard["threshold"], name
+        assert result["refer_to_radiologist"] is True and "out_of_distribution" in result["referral_reasons"]
+    xray_like = encode(xray("normal", np.random.default_rng(7), size=(300, 240)), "PNG")
+    result = inference.predict_fn(inference.input_fn(xray_like, "image/png"), model)
+    assert result["out_of_distribution"]["score"] < result["out_of_distribution"]["threshold"] * 3
+
+
+class TwoOutputs(torch.nn.Module):
+    """The export before the guard: logits and class maps only."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.exported = jobcode.load("networks").Exported(model)
+
+    def forward(self, x):
+        return self.exported(x)[:2]
+
+
+def test_an_artifact_from_before_the_guard_serves_without_a_score(trained, tmp_path):
+    """Two ONNX outputs and no ``ood.npz``: the answer says there is no score, and refers nothing for it."""
+    artifact = jobcode.load("artifact")
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained / "model", model_dir)
+    torch_model, config = artifact.load_torch_model(model_dir)
+    torch.onnx.export(TwoOutputs(torch_model), (torch.rand(1, 1, 32, 32),), str(model_dir / "model.onnx"), dynamo=False,
+                      input_names=["image"], output_names=["logits", "cams"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "cams": {0: "batch"}})
+    (model_dir / "ood.npz").unlink()
+    for key in ("out_of_distribution", "onnx_outputs"):
+        config.pop(key)
+    (model_dir / "model.json").write_text(json.dumps(config))
+    inference = jobcode.load("inference", model_dir / "code")
+    model = inference.model_fn(str(model_dir))
+    result = inference.predict_fn(inference.input_fn(noise_and_page()["noise"], "image/png"), model)
+    assert result["out_of_distribution"]["score"] is None and not result["out_of_distribution"]["flagged"]
+    assert "predates" in result["out_of_distribution"]["note"]
+    assert "out_of_distribution" not in result["referral_reasons"]
 
 
 def test_each_answer_names_its_artifact_and_each_call_logs_one_line(trained, monkeypatch, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 import corpus
 from lambdas.domain import imaging
@@ -156,6 +156,36 @@ def test_palette_cmyk_and_plain_grayscale_are_accepted(data, mode):
     result = imaging.normalise(data)
     assert result.original_mode == mode
     assert_output_contract(result, (result.original_width, result.original_height))
+
+
+def colour_photo(width: int = 320, height: int = 240) -> Image.Image:
+    """Saturated colour fields with texture, as in a photograph of fruit or a stained slide."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = np.stack([200 * np.sin(6 * xx) ** 2, 180 * np.cos(5 * yy) ** 2, 220 * (xx * yy)], axis=-1)
+    return Image.fromarray(np.uint8(np.clip(rgb + rng.normal(0, 10, rgb.shape), 0, 255)))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_strongly_coloured_image_is_not_a_radiograph(fmt):
+    with pytest.raises(imaging.RejectedImage) as raised:
+        imaging.normalise(corpus.encode(colour_photo(), fmt))
+    assert raised.value.code == "not_a_radiograph"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("black, white", [((40, 20, 0), (255, 235, 200)), ((10, 20, 40), (200, 225, 255))],
+                         ids=["sepia scan", "light-box photo"])
+def test_a_tinted_x_ray_is_accepted(fmt, black, white):
+    tinted = ImageOps.colorize(Image.fromarray(corpus.chest_like()), black, white)
+    assert imaging.colourfulness(tinted) > 10  # tinted indeed, yet far below the limit
+    assert_output_contract(imaging.normalise(corpus.encode(tinted, fmt)), tinted.size)
+
+
+def test_grey_in_any_mode_has_no_colour():
+    gray = Image.fromarray(corpus.chest_like())
+    for mode in ("L", "RGB", "RGBA", "P", "CMYK"):
+        assert imaging.colourfulness(gray.convert(mode)) == pytest.approx(0.0, abs=1e-9), mode
 
 
 def test_wrong_extension_does_not_matter_content_decides(tmp_path):

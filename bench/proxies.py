@@ -1,0 +1,283 @@
+"""Recipes judged on validation proxies that hold out acquisitions (issue 21); the worst proxy decides.
+
+Usage::
+
+    python bench/proxies.py --data DIR --work WORK --recipe NAME [--recipe NAME ...] [--hp KEY=VALUE ...]
+        [--clusters 3] [--holdout-acquisition DIR_OF_ORIGINAL_FILES] --json OUT.json
+
+The folder is staged once as ``cxr train-local`` stages it (WORK/stage). The proxies
+(cxr/proxies.py), every one grouped by patient:
+
+* ``split``: the split ``cxr train-local`` makes (its test part);
+* ``cluster<j>``: appearance cluster ``j`` of every class held out (k-means on acquisition statistics);
+* ``acquisition`` (with ``--holdout-acquisition``): the images whose pixels match that folder's files
+  (Kermany's 744 ``NORMAL2-IM-*`` normals) held out, scored beside a patient-grouped 15 % of the
+  pneumonias.
+
+Each recipe (RECIPES; ``--hp`` overrides for a short screen) is trained by ``train.py`` on each
+proxy's training part, calibrated on its validation part and scored on its held-out part through the
+serving handler (``cxr evaluate``'s scoring). Per recipe: binary ACC / AUC / sensitivity /
+specificity at the model's own threshold, specificity at sensitivity >= 0.95 on each proxy's own
+scores, three-class ACC when there are three classes, the worst proxy of each, and the one threshold
+that keeps sensitivity >= 0.95 on every proxy (``metrics.sensitivity_threshold``). Recipes are ranked
+by their worst proxy; Spearman correlations of the proxies over the recipes say how far a cheaper
+proxy would have chosen the same. Runs already in WORK are reused, so a bench can be resumed or
+extended by recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cxr import jobcode, proxies, training_run  # noqa: E402
+from cxr.arguments import key_values  # noqa: E402
+from cxr.commands.evaluate import score  # noqa: E402
+from cxr.presets import PRESETS  # noqa: E402
+from lambdas.domain import imaging, splits  # noqa: E402
+
+RUN_ID = "proxies"
+MIN_SENSITIVITY = 0.95
+RECIPES = {
+    # PneumoniaMNIST (28 px)
+    "small": PRESETS["small"],  # the current preset: compact CNN at 28 px, light augmentation
+    "small-acquisition": {**PRESETS["small"], "augment": "acquisition"},
+    "resnet64": {**PRESETS["small"], "architecture": "resnet", "width": 24, "image-size": 64},  # ~0.7 M parameters
+    "resnet64-acquisition": {**PRESETS["small"], "architecture": "resnet", "width": 24, "image-size": 64,
+                             "augment": "acquisition"},
+    # Kermany (224 px stored)
+    "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
+    "x-ray-acquisition": {"augment": "acquisition"},
+    "lite0-128-acquisition": {"architecture": "efficientnet_lite0", "image-size": 128, "augment": "acquisition"},
+}
+
+
+def stage(data: Path, work: Path) -> tuple[str, list[splits.Item]]:
+    """Stage once (a second bench on the same WORK, e.g. other recipes in parallel, reuses it)."""
+    summary_path = work / "stage" / "summary.json"
+    if not summary_path.exists():
+        training_run.stage_dataset(data, work / "stage", run_id=RUN_ID, log=lambda _: None)
+    channels = {name: work / "stage" / "channels" / name for name in splits.SPLITS}
+    items = []
+    for name, channel in channels.items():
+        for path in sorted(channel.rglob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                items.append(splits.Item(r["key"], r["label"], r.get("patient_id"), r["content_hash"], name))
+    return json.loads(summary_path.read_text())["dataset"], items
+
+
+def _features(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return proxies.appearance_features(np.asarray(image.convert("L")))
+
+
+def _content_hash(path: str) -> str | None:
+    try:
+        return imaging.normalise(Path(path).read_bytes()).content_hash
+    except imaging.RejectedImage:
+        return None
+
+
+def build_proxies(work: Path, items: list[splits.Item], clusters: int,
+                  acquisition: Path | None) -> tuple[list[proxies.Proxy], dict]:
+    stored = work / "stage" / "stored"
+    keys = [i.key for i in items]
+    cache = work / "features.npy"
+    if cache.exists():
+        features = dict(zip(keys, np.load(cache), strict=True))
+    else:
+        with ProcessPoolExecutor(2) as pool:
+            features = dict(zip(keys, pool.map(_features, [str(stored / k) for k in keys], chunksize=64),
+                                strict=True))
+        np.save(cache, np.stack([features[k] for k in keys]))
+    ranks = proxies.appearance_clusters(features, {i.key: i.label for i in items}, clusters)
+    described = {}
+    for rank in range(clusters):
+        members = [k for k in keys if ranks[k] == rank]
+        mean = np.mean([features[k] for k in members], axis=0)
+        described[f"cluster{rank}"] = {"n": len(members),
+                                       "feature_means": dict(zip(proxies.FEATURES, np.round(mean, 4).tolist(),
+                                                                 strict=True))}
+    by_split = {name: [i for i in items if i.user_split == name] for name in splits.SPLITS}
+    found = [proxies.Proxy("split", "the split cut from train by cxr train-local (its test part)",
+                           by_split[splits.TRAIN], by_split[splits.VALIDATION], by_split[splits.TEST])]
+    found += proxies.cluster_proxies(items, ranks)
+    if acquisition is not None:
+        files = sorted(str(p) for p in acquisition.rglob("*") if p.is_file())
+        with ProcessPoolExecutor(2) as pool:
+            hashes = set(pool.map(_content_hash, files, chunksize=32)) - {None}
+        held = {i.key for i in items if i.content_hash in hashes}
+        found.append(proxies.held_out("acquisition", f"{len(held)} images of {acquisition.name} held out "
+                                      "(another acquisition), beside unseen pneumonias", items, held,
+                                      every_held_image=True))
+    for proxy in found:
+        leaked = proxies.leaked_groups(proxy)
+        if leaked:
+            raise AssertionError(f"proxy {proxy.name} splits {len(leaked)} patient groups")
+    return found, described
+
+
+def channels_of(work: Path, root: Path, proxy: proxies.Proxy, dataset: str) -> dict[str, Path]:
+    return {name: training_run.write_channel(work / "stage" / "stored", root / name, members, dataset, RUN_ID, name)
+            for name, members in proxy.parts().items()}
+
+
+def binary_scores(model_dir: Path, channel: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """Calibrated probabilities through the serving code, with the class index of every image."""
+    records = [json.loads(line) for path in sorted(channel.rglob("*.jsonl")) for line in path.read_text().splitlines()]
+    probs, kept, config = score(model_dir, [channel / r["key"] for r in records])
+    label_of = {str(channel / r["key"]): r["label"] for r in records}
+    y = np.array([config["classes"].index(label_of[p]) for p in kept])
+    return probs, y, config["classes"], config
+
+
+def run_one(work: Path, recipe: str, hps: dict, proxy: proxies.Proxy, dataset: str) -> dict:
+    out = work / "runs" / recipe / proxy.name
+    done = out / "result.json"
+    if done.exists() and json.loads(done.read_text())["hyperparameters"] == hps:
+        return json.loads(done.read_text())
+    channels = channels_of(work, out / "channels", proxy, dataset)
+    started = time.perf_counter()
+    model_dir = training_run.run_training_job(channels, hps, out)
+    seconds = round(time.perf_counter() - started, 1)
+    metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
+    probs, y, classes, config = binary_scores(model_dir, channels[splits.TEST])
+    val_probs, val_y, _, _ = binary_scores(model_dir, channels[splits.VALIDATION])
+    normal = classes.index(decision.NORMAL)
+    p_pneumonia = decision.pneumonia_probability(probs, classes)
+    result = metrics.classification_metrics(y, probs, classes, config.get("threshold"))
+    own = metrics.sensitivity_threshold([(p_pneumonia, y != normal)], MIN_SENSITIVITY)
+    validation_point = metrics.choose_operating_point(val_probs, val_y, classes, MIN_SENSITIVITY)
+    record = {
+        "recipe": recipe, "proxy": proxy.name, "hyperparameters": hps, "train_seconds": seconds,
+        "n": {name: len(members) for name, members in proxy.parts().items()},
+        "threshold": config.get("threshold"), "epochs_run": len(json.loads((model_dir / "metrics.json").read_text())
+                                                                ["training"]["history"]),
+        "accuracy": result["accuracy"], "binary": result["binary"],
+        "specificity_at_sensitivity": _at(p_pneumonia, y != normal, own),
+        "validation_operating_point": {"threshold": validation_point,
+                                       **_at(p_pneumonia, y != normal, validation_point)},
+        "scores": {"p_pneumonia": np.round(p_pneumonia, 5).tolist(), "pneumonia": (y != normal).astype(int).tolist()},
+    }
+    done.write_text(json.dumps(record))
+    return record
+
+
+def _at(score: np.ndarray, truth: np.ndarray, threshold: float | None) -> dict:
+    if threshold is None:
+        return {"threshold": None}
+    called = score >= threshold
+    return {"threshold": float(threshold), "accuracy": float((called == truth).mean()),
+            "sensitivity": float(called[truth].mean()),
+            "specificity": float((~called[~truth]).mean()) if (~truth).any() else None}
+
+
+def summarise(results: dict[str, dict[str, dict]]) -> dict:
+    """Per recipe: each proxy's figures, the worst proxy's, the shared operating point; then the ranking."""
+    from scipy.stats import spearmanr
+
+    metrics = jobcode.load("metrics")
+    table = {}
+    for recipe, by_proxy in results.items():
+        sets = [(np.array(r["scores"]["p_pneumonia"]), np.array(r["scores"]["pneumonia"]).astype(bool))
+                for r in by_proxy.values()]
+        rule = {name: _at(*pair, r["validation_operating_point"].get("threshold"))
+                for (name, r), pair in zip(by_proxy.items(), sets, strict=True)}
+        rows = {name: {"accuracy": r["accuracy"], "binary_accuracy": r["binary"]["accuracy"],
+                       "auc": r["binary"]["roc_auc"], "sensitivity": r["binary"]["sensitivity"],
+                       "specificity": r["binary"]["specificity"],
+                       "specificity_at_sensitivity_0.95": r["specificity_at_sensitivity"].get("specificity"),
+                       "validation_point": rule[name],
+                       **{f"validation_rule_{k}": rule[name].get(k) for k in ("accuracy", "sensitivity",
+                                                                               "specificity")},
+                       "n": r["n"]["test"], "train_seconds": r["train_seconds"]}
+                for name, r in by_proxy.items()}
+        shared = metrics.sensitivity_threshold(sets, MIN_SENSITIVITY)
+        worst = {key: min(_none_low(row[key]) for row in rows.values())
+                 for key in ("accuracy", "binary_accuracy", "auc", "sensitivity", "specificity",
+                             "specificity_at_sensitivity_0.95", "validation_rule_accuracy",
+                             "validation_rule_sensitivity", "validation_rule_specificity")}
+        worst_proxy = min(rows, key=lambda name: _none_low(rows[name]["specificity_at_sensitivity_0.95"]))
+        table[recipe] = {"proxies": rows, "worst": worst, "worst_proxy": worst_proxy,
+                         "worst_proxy_threshold": shared,
+                         "at_worst_proxy_threshold": {name: _at(s, t, shared) for name, (s, t)
+                                                      in zip(by_proxy, sets, strict=True)}}
+    ranking = sorted(table, key=lambda r: (table[r]["worst"]["specificity_at_sensitivity_0.95"],
+                                           table[r]["worst"]["auc"]), reverse=True)
+    proxy_names = sorted({name for row in table.values() for name in row["proxies"]})
+    correlations = {}
+    if len(table) >= 3:
+        for key in ("auc", "specificity_at_sensitivity_0.95"):
+            columns = {name: [table[r]["proxies"].get(name, {}).get(key) for r in ranking] for name in proxy_names}
+            columns["worst"] = [table[r]["worst"][key] for r in ranking]
+            names = [n for n, v in columns.items() if None not in v]
+            correlations[key] = {f"{a} ~ {b}": _rho(spearmanr(columns[a], columns[b]).statistic)
+                                 for i, a in enumerate(names) for b in names[i + 1:]}
+    return {"rule": "rank by the worst proxy's specificity at sensitivity >= 0.95, then its AUC",
+            "ranking": ranking, "recipes": table, "spearman_over_recipes": correlations}
+
+
+def _none_low(value: float | None) -> float:
+    return -1.0 if value is None else value
+
+
+def _rho(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--recipe", action="append", default=[], choices=sorted(RECIPES),
+                        help="none: only build and describe the proxies")
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    parser.add_argument("--clusters", type=int, default=3)
+    parser.add_argument("--holdout-acquisition", type=Path)
+    parser.add_argument("--only", action="append", help="run only these proxies (names)")
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    dataset, items = stage(args.data, args.work)
+    found, clusters = build_proxies(args.work, items, args.clusters, args.holdout_acquisition)
+    if args.only:
+        found = [p for p in found if p.name in args.only]
+    print(json.dumps({"proxies": {p.name: {k: len(v) for k, v in p.parts().items()} for p in found}}), flush=True)
+    overrides = key_values(args.hp, "--hp")
+    results: dict[str, dict[str, dict]] = {}
+    for recipe in args.recipe:
+        hps = {**RECIPES[recipe], **overrides, "threads": 1}  # one thread a job: the bench may run recipes in parallel
+        for proxy in found:
+            record = run_one(args.work, recipe, hps, proxy, dataset)
+            results.setdefault(recipe, {})[proxy.name] = record
+            print(json.dumps({k: record[k] for k in ("recipe", "proxy", "train_seconds", "accuracy")}
+                             | {"binary": {k: record["binary"][k] for k in ("accuracy", "roc_auc", "sensitivity",
+                                                                            "specificity")},
+                                "spec@sens0.95": record["specificity_at_sensitivity"].get("specificity")}),
+                  flush=True)
+    summary = summarise(results) if results else {}
+    summary.update(data=str(args.data), overrides=overrides, clusters=clusters,
+                   proxies={p.name: {"description": p.description, **{k: len(v) for k, v in p.parts().items()}}
+                            for p in found},
+                   seconds=round(time.perf_counter() - started, 1))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=1))
+    if results:
+        print(json.dumps({"ranking": summary["ranking"], "worst": {r: summary["recipes"][r]["worst"]
+                                                                   for r in summary["ranking"]}}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

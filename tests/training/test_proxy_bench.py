@@ -1,0 +1,59 @@
+"""The worst-proxy rule of bench/proxies.py: ranking, shared operating point, agreement between proxies."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("proxy_bench", ROOT / "bench" / "proxies.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(separation: float, seed: int, n: int = 200) -> dict:
+    rng = np.random.default_rng(seed)
+    truth = np.arange(n) % 2 == 0
+    score = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + np.where(truth, separation, -separation))))
+    called = score >= 0.5
+    tn, fp = int((~called & ~truth).sum()), int((called & ~truth).sum())
+    fn, tp = int((~called & truth).sum()), int((called & truth).sum())
+    return {"accuracy": (tp + tn) / n, "n": {"test": n}, "train_seconds": 1.0,
+            "binary": {"accuracy": (tp + tn) / n, "roc_auc": None, "sensitivity": tp / (tp + fn),
+                       "specificity": tn / (tn + fp)},
+            "specificity_at_sensitivity": {"specificity": None}, "validation_operating_point": {},
+            "scores": {"p_pneumonia": score.tolist(), "pneumonia": truth.astype(int).tolist()}}
+
+
+def test_the_recipe_with_the_best_worst_proxy_wins_even_if_another_has_the_best_proxy(bench):
+    from sklearn.metrics import roc_auc_score
+
+    # "steady" is good everywhere; "brittle" is best on the easy split and bad on the shifted cluster
+    results = {"steady": {"split": _record(2.0, 1), "cluster0": _record(1.6, 2)},
+               "brittle": {"split": _record(3.0, 3), "cluster0": _record(0.6, 4)},
+               "weak": {"split": _record(1.0, 5), "cluster0": _record(0.9, 6)}}
+    metrics = bench.jobcode.load("metrics")
+    for by_proxy in results.values():
+        for r in by_proxy.values():
+            score, truth = np.array(r["scores"]["p_pneumonia"]), np.array(r["scores"]["pneumonia"]).astype(bool)
+            r["binary"]["roc_auc"] = roc_auc_score(truth, score)
+            own = metrics.sensitivity_threshold([(score, truth)], 0.95)
+            r["specificity_at_sensitivity"] = bench._at(score, truth, own)
+    summary = bench.summarise(results)
+    assert summary["ranking"][0] == "steady"
+    assert results["brittle"]["split"]["binary"]["roc_auc"] > results["steady"]["split"]["binary"]["roc_auc"]
+    assert summary["recipes"]["brittle"]["worst_proxy"] == "cluster0"
+    for recipe in results:  # the shared threshold keeps sensitivity >= 0.95 on every proxy
+        at = summary["recipes"][recipe]["at_worst_proxy_threshold"]
+        assert min(point["sensitivity"] for point in at.values()) >= 0.95
+    # the easy split ranks the recipes differently from the shifted cluster: its correlation is not 1
+    assert summary["spearman_over_recipes"]["auc"]["cluster0 ~ split"] < 1
+    assert summary["spearman_over_recipes"]["auc"]["cluster0 ~ worst"] == 1

@@ -68,7 +68,8 @@ def shared_channels(runs: list[Path]) -> Path:
 
 def accuracy(probs: np.ndarray, labels: np.ndarray, config: dict) -> float:
     """With the model's own decision rule (sub-type prior and threshold, as served)."""
-    return float((decision.predict(probs, config["classes"], config.get("threshold")) == labels).mean())
+    labelled = decision.decide_all(probs, config["classes"], decision.Rule.of(config)).index
+    return float((labelled == labels).mean())
 
 
 def main() -> None:

@@ -24,6 +24,10 @@ def load(name: str, directory: Path = TRAINING_JOB) -> ModuleType:
     spec = importlib.util.spec_from_file_location(qualified, directory / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[qualified] = module  # dataclasses look their module up while it executes
+    # a sibling another folder already imported by the same bare name (a model's older code/decision.py)
+    # must not stand in for this folder's: set it aside while this module imports, then put it back
+    foreign = {stem: sys.modules.pop(stem) for stem in (p.stem for p in directory.glob("*.py"))
+               if stem in sys.modules and not _inside(sys.modules[stem], directory)}
     sys.path.insert(0, str(directory))
     try:
         spec.loader.exec_module(module)
@@ -32,4 +36,10 @@ def load(name: str, directory: Path = TRAINING_JOB) -> ModuleType:
         raise
     finally:
         sys.path.remove(str(directory))
+        sys.modules.update(foreign)
     return module
+
+
+def _inside(module: ModuleType, directory: Path) -> bool:
+    file = getattr(module, "__file__", None)
+    return file is not None and Path(file).parent.resolve() == directory

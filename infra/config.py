@@ -39,6 +39,12 @@ PROD_RETENTION_DAYS = 2192
 """Six years (HIPAA keeps required documentation six years, 45 CFR 164.316(b)(2)); governance mode, so an
 administrator with ``s3:BypassGovernanceRetention`` can still remove a record on purpose."""
 
+RETIRED: dict[str, str] = {
+    "uncertainty_band": "the referral band now follows each model's own threshold: set the training "
+                        "hyperparameter referral-margin (log-odds around the threshold) instead",
+}
+"""Settings that existed once, and what replaces them, so an older ``cdk.json`` is told why it is refused."""
+
 _STAGE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 _KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -64,7 +70,6 @@ class Config:
     training_max_runtime_s: int = 4 * 3600
     training_volume_gb: int = 50
     quality_gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
-    uncertainty_band: tuple[float, float] = (0.2, 0.8)
     notification_email: str | None = None
     reserved_concurrency: int | None = None
     lambda_architecture: str = "x86_64"
@@ -112,9 +117,6 @@ class Config:
             problems.append("training_volume_gb must be in 1..16384")
         if not self.quality_gate or not all(0.0 <= v <= 1.0 for v in self.quality_gate.values()):
             problems.append("quality_gate must map metric paths to minimums in [0, 1]")
-        low, high = self.uncertainty_band
-        if not 0.0 <= low <= high <= 1.0:
-            problems.append("uncertainty_band must be (low, high) with 0 <= low <= high <= 1")
         if self.notification_email is not None and not _EMAIL.match(self.notification_email):
             problems.append("notification_email is not an e-mail address")
         if self.reserved_concurrency is not None and self.reserved_concurrency < 1:
@@ -167,7 +169,9 @@ class Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(known)
         if unknown:
-            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+            others = sorted(unknown - RETIRED.keys())
+            raise ConfigError("; ".join([f"{name}: {RETIRED[name]}" for name in sorted(unknown & RETIRED.keys())]
+                                        + ([f"unknown settings: {', '.join(others)}"] if others else [])))
         kwargs = {name: _coerce(name, value) for name, value in values.items()}
         if kwargs.get("profile") == "demo":
             kwargs.setdefault("quality_gate", dict(DEMO_GATE))
@@ -201,9 +205,6 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "adopt_buckets":
             roles = value.split(",") if isinstance(value, str) else value
             return tuple(sorted(str(role) for role in roles if role))
-        if name == "uncertainty_band":
-            low, high = value.split(",") if isinstance(value, str) else value
-            return (float(low), float(high))
     except (TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{name}: cannot read {value!r}") from exc
     return value

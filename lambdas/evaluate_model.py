@@ -10,11 +10,19 @@ The same stream gives the archive's SHA-256 (``artifact_sha256``): this is the f
 the packed artifact whole (the training script writes what goes into it, SageMaker packs it), so the
 digest is taken here, recorded in the report and handed to the deploy step, which stamps it on the
 SageMaker model; every prediction then names the exact bytes that produced it.
+
+Whatever the configured minimums, a model must record the decision rule its endpoint applies
+(``metrics.json`` ``decision``, written by ``training_job/decision.py``): a positive log-odds margin
+and, with a binary view, a threshold inside (0, 1) lying in its referral band. A model that
+records none (trained before the rule) or a band apart from its threshold is refused, since its
+labels could contradict its probabilities unreferred. How often it may refer is a gate entry like
+any other: ``decision.coverage``, the share of evaluated images decided without referral.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tarfile
 from collections.abc import Mapping
@@ -74,24 +82,48 @@ def metric(metrics: Mapping, path: str) -> float | None:
         if not isinstance(value, Mapping) or part not in value:
             return None
         value = value[part]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
+    return _number(value)
+
+
+def _number(value: object) -> float | None:
+    return None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
+
+
+def decision_rule_problem(metrics: Mapping) -> str | None:
+    """Why the recorded decision rule cannot be served, or None when it can."""
+    rule = metrics.get("decision")
+    if not isinstance(rule, Mapping):
+        return f"{METRICS_FILE} records no decision rule (a model trained before the referral rule): retrain it"
+    margin, threshold, band = _number(rule.get("margin")), rule.get("threshold"), rule.get("band")
+    if margin is None or not 0 < margin < math.inf:
+        return f"decision.margin {rule.get('margin')!r} is not a positive number of log-odds"
+    if threshold is None and band is None and "binary" not in metrics:
+        return None  # no normal class: the margin applies between the two most probable classes
+    if _number(threshold) is None or not 0 < threshold < 1:
+        return f"decision.threshold {threshold!r} is not inside (0, 1)"
+    low, high = (_number(v) for v in band) if isinstance(band, list) and len(band) == 2 else (None, None)
+    if low is None or high is None or not 0 <= low <= threshold <= high <= 1 or low == high:
+        return f"decision.band {band!r} does not contain the threshold {threshold} inside [0, 1]"
+    return None
 
 
 def judge(metrics: Mapping, gate: Mapping[str, float]) -> dict:
-    """The verdict: every gated metric present and at or above its minimum."""
+    """The verdict: a decision rule the endpoint can serve, and every gated metric present and at or above
+    its minimum."""
+    problem = decision_rule_problem(metrics)
     checks = []
     for path, minimum in sorted(gate.items()):
         value = metric(metrics, path)
         passed = value is not None and value >= minimum
         checks.append({"metric": path, "minimum": minimum, "value": value, "passed": passed})
-    failures = [
+    failures = [problem] if problem else []
+    failures += [
         f"{c['metric']} is missing from {METRICS_FILE}" if c["value"] is None
         else f"{c['metric']} {c['value']:.4f} < {c['minimum']:.4f}"
         for c in checks if not c["passed"]
     ]
-    return {"passed": not failures, "checks": checks, "failures": failures}
+    return {"passed": not failures, "decision_rule": {"passed": problem is None, "problem": problem},
+            "checks": checks, "failures": failures}
 
 
 def load_gate(env: Mapping[str, str]) -> dict[str, float]:

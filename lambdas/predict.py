@@ -51,6 +51,11 @@ IDEMPOTENCY = IdempotencyConfig(event_key_jmespath="[bucket, key, version_id]", 
 ENDPOINT_CACHE_SECONDS = 60
 ENDPOINT_ERROR_CODES = frozenset({"ModelError", "ModelNotReadyException", "InternalDependencyException"})
 RESPONSE_FIELDS = ("label", "confidence", "probabilities", "pneumonia_probability", "model_id")
+REFERRAL_FIELDS = ("refer_to_radiologist", "referral_reasons", "threshold", "referral_band")
+"""The model's own decision rule (``training_job/decision.py``): the endpoint applies it, this function records it."""
+MODEL_WITHOUT_RULE = "model_without_referral_rule"
+"""Reason recorded for an endpoint whose code predates the rule (no referral in its answer): referred, never
+labelled quietly."""
 ASYNC_RESULT_SUFFIX = ".out"
 
 
@@ -268,38 +273,36 @@ def parse_answer(body: bytes) -> dict:
 def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: Settings, latency: dict) -> dict:
     """The version's DynamoDB item (the audit trail), which both modes write; ``predictions/<key>.json`` is the
     key's current outcome, written when the key is derived."""
-    prediction = prediction_record(obj, answer, endpoint, settings.uncertainty_band)
+    prediction = prediction_record(obj, answer, endpoint)
     prediction["latency_ms"] = latency
-    prediction["audit"] = audit.fields(answer, code_version=settings.code_version, band=settings.uncertainty_band)
+    prediction["audit"] = audit.fields(answer, code_version=settings.code_version)
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
     logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
-                latency_ms=latency, content_hash=prediction["audit"]["content_hash"],
+                referral_reasons=prediction["referral_reasons"], latency_ms=latency,
+                content_hash=prediction["audit"]["content_hash"],
                 artifact_sha256=prediction["audit"]["artifact_sha256"])
     return prediction
 
 
-def prediction_record(source: SourceObject, answer: dict, endpoint: str, band: tuple[float, float]) -> dict:
-    """The prediction contract (ARCHITECTURE.md, "Prediction record")."""
-    pneumonia = float(answer["pneumonia_probability"])
-    record = {
+def prediction_record(source: SourceObject, answer: dict, endpoint: str) -> dict:
+    """The prediction contract (README, "Prediction record"): the referral is the endpoint's, decided by the
+    model's own rule, never a second rule here."""
+    pneumonia = answer["pneumonia_probability"]
+    referral = {name: answer[name] for name in REFERRAL_FIELDS} if "refer_to_radiologist" in answer else {
+        "refer_to_radiologist": True, "referral_reasons": [MODEL_WITHOUT_RULE], "threshold": None,
+        "referral_band": None}
+    return {
         "source": source.describe(),
         "label": answer["label"],
         "confidence": float(answer["confidence"]),
         "probabilities": {k: float(v) for k, v in answer["probabilities"].items()},
-        "pneumonia_probability": pneumonia,
-        "refer_to_radiologist": band[0] <= pneumonia <= band[1],
-        "uncertainty_band": list(band),
+        "pneumonia_probability": None if pneumonia is None else float(pneumonia),
+        **referral,
         "model_id": answer["model_id"],
         "endpoint": endpoint,
         "predicted_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "out_of_distribution": answer.get("out_of_distribution"),
     }
-    # Out-of-distribution referral until the shared decision rule (decision.decide) takes it (issue 15):
-    # to be folded into it at merge.
-    if out_of_distribution(answer):
-        record["refer_to_radiologist"] = True
-        record["referral_reasons"] = ["out_of_distribution"]
-    return record
 
 
 def out_of_distribution(answer: dict) -> bool:
@@ -318,6 +321,7 @@ def _dynamodb_item(prediction: dict) -> dict:
         "confidence": plain["confidence"],
         "pneumonia_probability": plain["pneumonia_probability"],
         "refer_to_radiologist": plain["refer_to_radiologist"],
+        "referral_reasons": plain["referral_reasons"],
         "model_id": plain["model_id"],
         "predicted_at": plain["predicted_at"],
         "record": json.dumps(prediction, sort_keys=True),

@@ -15,14 +15,37 @@ Each step's parameter is recorded in ``model.json``:
    (``bench/subtype_prior.py``): test-split three-class accuracy +1.2 points on average (-0.1 to
    +2.3), log-likelihood better in all eight. Normal vs pneumonia keeps the balanced view: a prior
    on it too cost specificity on normals from an unseen acquisition (``bench/RESULTS.md``).
-3. ``threshold`` on p(pneumonia), chosen on validation where it helps; else the most probable class.
+3. ``threshold`` on p(pneumonia), chosen on validation where it helps; else 0.5.
+4. ``referral_margin``: the one referral rule, :func:`decide` (a training hyperparameter).
+
+A label is never given quietly against its own probabilities: the case is referred to a radiologist
+when p(pneumonia) is within ``referral_margin`` of the threshold in log-odds (``near_threshold``),
+when the label is not the most probable class (``label_not_most_probable``: the threshold called
+pneumonia while normal is the most probable class, or the reverse), or when the caller found the
+input unlike the training data (``out_of_distribution``). The band is derived from the model's own
+threshold, so it always contains it: a band fixed apart from the threshold let a model fitted at
+0.163 label a film ``bacterial`` at p(normal) 0.807 without referral.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 NORMAL = "normal"
+DEFAULT_THRESHOLD = 0.5
+"""Models that record no threshold (none fitted on validation, or no normal class to fit it on)."""
+DEFAULT_MARGIN = math.log(4)
+"""Refer while the odds of pneumonia are within a factor of 4 of the threshold's odds: at threshold
+0.5 exactly the band [0.2, 0.8] the project referred on before the band followed the threshold."""
+NEAR_THRESHOLD, LABEL_NOT_MOST_PROBABLE, OUT_OF_DISTRIBUTION = (
+    "near_threshold", "label_not_most_probable", "out_of_distribution")
+REASONS = (NEAR_THRESHOLD, LABEL_NOT_MOST_PROBABLE, OUT_OF_DISTRIBUTION)
+RULE = ("refer when |logit(p(pneumonia)) - logit(threshold)| < margin (without a normal class: the log-odds of "
+        "the two most probable classes), when the label is not the most probable class, or when the input is "
+        "out of distribution")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -77,3 +100,113 @@ def predict(probs: np.ndarray, classes: list[str], threshold: float | None = Non
     others = probs.copy()
     others[..., normal] = -1.0
     return np.where(pneumonia_probability(probs, classes) >= threshold, others.argmax(axis=-1), normal)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A model's decision parameters: ``threshold`` on p(pneumonia) (None without a normal class) and
+    ``margin`` in log-odds around it."""
+
+    threshold: float | None
+    margin: float = DEFAULT_MARGIN
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be inside (0, 1), got {self.threshold}")
+        if not (math.isfinite(self.margin) and self.margin > 0):
+            raise ValueError(f"referral margin must be a positive number of log-odds, got {self.margin}")
+
+    @classmethod
+    def for_classes(cls, classes: list[str], threshold: float | None = None,
+                    margin: float = DEFAULT_MARGIN) -> Rule:
+        """With a normal class, a missing threshold is :data:`DEFAULT_THRESHOLD`."""
+        if NORMAL not in classes:
+            return cls(None, margin)
+        return cls(DEFAULT_THRESHOLD if threshold is None else float(threshold), margin)
+
+    @classmethod
+    def of(cls, config: dict) -> Rule:
+        """The rule a ``model.json`` records; models older than the margin get :data:`DEFAULT_MARGIN`."""
+        return cls.for_classes(config["classes"], config.get("threshold"),
+                               float(config.get("referral_margin", DEFAULT_MARGIN)))
+
+    @property
+    def band(self) -> tuple[float, float] | None:
+        """The p(pneumonia) interval referred as ``near_threshold``; it contains the threshold (the
+        ``min``/``max`` only absorb rounding at thresholds within a few ulps of 0 or 1)."""
+        if self.threshold is None:
+            return None
+        centre = _logit(self.threshold)
+        low, high = _sigmoid(centre - self.margin), _sigmoid(centre + self.margin)
+        return min(low, self.threshold), max(high, self.threshold)
+
+    def describe(self) -> dict:
+        return {"rule": RULE, "threshold": self.threshold, "margin": self.margin,
+                "band": list(self.band) if self.band else None}
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Decisions for a batch: label indices and, per reason, which rows it refers."""
+
+    index: np.ndarray
+    reasons: dict[str, np.ndarray]
+
+    @property
+    def refer(self) -> np.ndarray:
+        return np.logical_or.reduce(list(self.reasons.values()))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one X-ray is told: the label, its probability, and whether and why it goes to a radiologist."""
+
+    label: str
+    index: int
+    confidence: float
+    refer: bool
+    reasons: list[str]
+    threshold: float | None
+    band: list[float] | None
+
+
+def decide_all(probs: np.ndarray, classes: list[str], rule: Rule,
+               out_of_distribution: np.ndarray | None = None) -> Decisions:
+    """The decision rule on probabilities of shape (n, classes)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    index = predict(probs, classes, rule.threshold)
+    chosen = np.take_along_axis(probs, index[:, None], axis=-1)[:, 0]
+    ood = np.zeros(len(probs), bool) if out_of_distribution is None else np.asarray(out_of_distribution, bool)
+    return Decisions(index, {NEAR_THRESHOLD: distance_to_threshold(probs, classes, rule) < rule.margin,
+                             LABEL_NOT_MOST_PROBABLE: chosen < probs.max(axis=-1),
+                             OUT_OF_DISTRIBUTION: ood})
+
+
+def distance_to_threshold(probs: np.ndarray, classes: list[str], rule: Rule) -> np.ndarray:
+    """Log-odds between each row's p(pneumonia) and the threshold; without a normal class, between the two
+    most probable classes (the argmax's own boundary)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if rule.threshold is None:
+            top = np.sort(probs, axis=-1)
+            return np.log(top[:, -1]) - np.log(top[:, -2])
+        return np.abs(_logit(pneumonia_probability(probs, classes)) - _logit(rule.threshold))
+
+
+def decide(probs: np.ndarray, classes: list[str], config: dict, out_of_distribution: bool = False) -> Decision:
+    """One X-ray's decision under the rule its model's ``config`` (``model.json``) records."""
+    rule = Rule.of({**config, "classes": classes})
+    made = decide_all(np.asarray(probs)[None], classes, rule, np.array([out_of_distribution]))
+    index = int(made.index[0])
+    reasons = [name for name in REASONS if made.reasons[name][0]]
+    band = rule.band
+    return Decision(classes[index], index, float(probs[index]), bool(reasons), reasons, rule.threshold,
+                    list(band) if band else None)
+
+
+def _logit(p):
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: float) -> float:
+    return float(0.5 * (1.0 + math.tanh(z / 2)))

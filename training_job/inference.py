@@ -3,8 +3,10 @@
 Serves ``model.onnx`` with ONNX Runtime (vendored in ``code/wheels``: endpoints have no internet)
 and imports neither torch nor boto3, so a cold start is ONNX Runtime's load and nothing more.
 Every input goes through the one normaliser (``imaging.py``, shipped beside this file), then the
-resize policy recorded in ``model.json``, exactly as at training time; logits become probabilities
-and a label through ``decision.py`` (also shipped here), the rule every training figure used.
+resize policy recorded in ``model.json``, exactly as at training time; logits become probabilities,
+a label and the referral (``refer_to_radiologist`` with the ``referral_reasons`` that fired, the
+``threshold`` and ``referral_band`` in force) through ``decision.py`` (also shipped here), the rule
+every training figure used.
 
 Each answer names the artifact that produced it: ``artifact_sha256`` is the packed archive's digest,
 which the deploy step puts in the container's environment (``CXR_ARTIFACT_SHA256``), and every call
@@ -134,25 +136,25 @@ def predict_fn(request: Request, model: Model, context=None) -> dict:
     logits, cams = outputs[:2]
     probs = decision.model_probabilities(logits[0], config)
     classes = model.classes
-    index = int(decision.predict(probs, classes, config.get("threshold")))
+    guard = out_of_distribution(model.guard, outputs[2][0] if len(outputs) > 2 else None)
+    decided = decision.decide(probs, classes, config, out_of_distribution=guard["flagged"])
     result = {
-        "label": classes[index],
-        "confidence": float(probs[index]),
+        "label": decided.label,
+        "confidence": decided.confidence,
         "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
         "pneumonia_probability": (float(decision.pneumonia_probability(probs, classes))
                                   if decision.NORMAL in classes else None),
+        "refer_to_radiologist": decided.refer,
+        "referral_reasons": decided.reasons,
+        "threshold": decided.threshold,
+        "referral_band": decided.band,
         "model_id": model.model_id,
         "content_hash": request.image.content_hash,
         "artifact_sha256": model.artifact_sha256,
-        "out_of_distribution": out_of_distribution(model.guard, outputs[2][0] if len(outputs) > 2 else None),
+        "out_of_distribution": guard,
     }
-    # Out-of-distribution referral until decision.decide(..., out_of_distribution=...) takes it (issue 15):
-    # to be folded into decide at merge.
-    if result["out_of_distribution"]["flagged"]:
-        result["refer_to_radiologist"] = True
-        result["referral_reasons"] = ["out_of_distribution"]
     if request.explain:
-        result["explanation"] = explanation(stored, cams[0, index], config["resize_policy"])
+        result["explanation"] = explanation(stored, cams[0, decided.index], config["resize_policy"])
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
     log_call(result)
     return result
@@ -171,8 +173,9 @@ def log_call(result: dict) -> None:
     """One structured line per call on stdout, which SageMaker sends to the endpoint's log group."""
     print(json.dumps({"event": "cxr.prediction", "content_hash": result["content_hash"],
                       "model_id": result["model_id"], "artifact_sha256": result["artifact_sha256"],
-                      "label": result["label"], "refer_to_radiologist": result.get("refer_to_radiologist"),
-                      "threshold": result.get("threshold")}, sort_keys=True), flush=True)
+                      "label": result["label"], "refer_to_radiologist": result["refer_to_radiologist"],
+                      "referral_reasons": result["referral_reasons"], "threshold": result["threshold"],
+                      "referral_band": result["referral_band"]}, sort_keys=True), flush=True)
 
 
 def output_fn(prediction: dict, accept: str | None, context=None) -> tuple[str, str]:

@@ -7,7 +7,7 @@ One function, :func:`classification_metrics`, produces the ``metrics.json`` sche
 from __future__ import annotations
 
 import numpy as np
-from decision import NORMAL, pneumonia_probability, predict, probabilities
+from decision import DEFAULT_THRESHOLD, NORMAL, Rule, decide_all, pneumonia_probability, probabilities
 from sklearn import metrics as skm
 
 ECE_BINS = 15
@@ -67,9 +67,9 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, classes: list[str],
 
 
 def choose_threshold(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> float | None:
-    """Binary threshold on p(pneumonia) from validation (Youden's J), or None to keep argmax.
+    """Binary threshold on p(pneumonia) from validation (Youden's J), or None to keep the default (0.5).
 
-    Kept only when it beats argmax's balanced accuracy on validation by a margin larger than one
+    Kept only when it beats the default's balanced accuracy on validation by a margin larger than one
     image per class can explain: a saturated validation split pins a threshold down poorly.
     """
     if NORMAL not in classes:
@@ -85,10 +85,10 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> fl
     def balanced(pred_pneumonia: np.ndarray) -> float:
         return skm.balanced_accuracy_score(is_pneumonia, pred_pneumonia.astype(int))
 
-    argmax_pneumonia = predict(probs, classes) != classes.index(NORMAL)
-    gain = balanced(score >= threshold) - balanced(argmax_pneumonia)
+    gain = balanced(score >= threshold) - balanced(score >= DEFAULT_THRESHOLD)
     resolution = 1.0 / min(int(is_pneumonia.sum()), int((1 - is_pneumonia).sum()))
-    return threshold if gain > resolution else None
+    # 0 or 1 would call every image one class, and leave no log-odds band around it to refer
+    return threshold if gain > resolution and 0.0 < threshold < 1.0 else None
 
 
 def sensitivity_threshold(sets: list[tuple[np.ndarray, np.ndarray]], min_sensitivity: float = 0.95) -> float | None:
@@ -124,13 +124,14 @@ def _auc(y_binary: np.ndarray, score: np.ndarray) -> float | None:
     return float(skm.roc_auc_score(y_binary, score)) if 0 < y_binary.sum() < len(y_binary) else None
 
 
-def classification_metrics(
-    y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None = None
-) -> dict:
+def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str], rule: Rule | None = None) -> dict:
     """The ``metrics.json`` body: accuracy, per-class P/R/F1, macro-F1, confusion matrix, ROC-AUC,
-    ECE, and a ``binary`` (pneumonia vs normal) section whenever there is a normal class."""
+    ECE, the ``decision`` rule with its referrals, and a ``binary`` (pneumonia vs normal) section
+    whenever there is a normal class. ``rule``: the model's (default: threshold 0.5, default margin)."""
     y = np.asarray(y, dtype=int)
-    pred = predict(probs, classes, threshold)
+    rule = rule or Rule.for_classes(classes)
+    decided = decide_all(probs, classes, rule)
+    pred = decided.index
     labels = list(range(len(classes)))
     precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     present = sorted(set(y.tolist()))
@@ -150,7 +151,8 @@ def classification_metrics(
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=labels).tolist(),
         "roc_auc": None,
         "ece": expected_calibration_error(probs, y),
-        "threshold": threshold,
+        "threshold": rule.threshold,
+        "decision": referral_metrics(pred == y, decided, rule),
     }
     if len(classes) == 2:
         out["roc_auc"] = _auc((y == 1).astype(int), probs[:, 1])
@@ -160,6 +162,21 @@ def classification_metrics(
         normal = classes.index(NORMAL)
         out["binary"] = binary_metrics(y != normal, pneumonia_probability(probs, classes), pred != normal)
     return out
+
+
+def referral_metrics(correct: np.ndarray, decided, rule: Rule) -> dict:
+    """How often the rule refers, why, and how accurate the labels it lets through are (``coverage``:
+    the share decided without a radiologist, which the quality gate can hold to a minimum)."""
+    refer = decided.refer
+    kept = ~refer
+    return {
+        **rule.describe(),
+        "referred": int(refer.sum()),
+        "referral_rate": float(refer.mean()) if len(refer) else None,
+        "coverage": float(kept.mean()) if len(refer) else None,
+        "unreferred_accuracy": float(np.asarray(correct)[kept].mean()) if kept.any() else None,
+        "reasons": {name: int(fired.sum()) for name, fired in decided.reasons.items()},
+    }
 
 
 def binary_metrics(truth: np.ndarray, score: np.ndarray, called: np.ndarray) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,35 +26,16 @@ REPORT_FILE = "report.html"
 MAX_CASES = 150
 """Thumbnails shown at most, shared between the groups: about 8 kB each, so a page stays near a megabyte."""
 THUMBNAIL_SIDE = 192
-REFERRAL_MARGIN = math.log(4)
-"""Until the shared decision rule lands: refer while the odds of pneumonia are within a factor of 4 of
-the threshold's odds (0.5 without one), which at 0.5 is the fixed [0.2, 0.8] band it replaces. In
-odds, not probability: a threshold of 0.83 +- 0.3 would refer every confident pneumonia."""
 
 CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 360, 300, 48, 14, 30, 42
 COLOURS = ("#c62828", "#1565c0", "#2e7d32", "#6a1b9a")
 
 
-def _logit(p):
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def referrals(probs: np.ndarray, classes: list[str], config: dict) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Which cases the model refers to a radiologist, and the band on p(pneumonia) that refers.
-
-    The one place the report decides referral (the lead switches it to ``decision.decide``): a case
-    is referred when p(pneumonia) lies in the band around the model's threshold, or when its label
-    is not its most probable class.
-    """
-    pred = decision.predict(probs, classes, config.get("threshold"))
-    disagrees = pred != probs.argmax(axis=-1)
-    if decision.NORMAL not in classes:
-        return disagrees, None
-    centre = float(_logit(0.5 if config.get("threshold") is None else config["threshold"]))
-    band = tuple(float(1 / (1 + math.exp(-(centre + d)))) for d in (-REFERRAL_MARGIN, REFERRAL_MARGIN))
-    score = decision.pneumonia_probability(probs, classes)
-    return disagrees | ((score >= band[0]) & (score <= band[1])), band
+    """Which cases the model refers to a radiologist, and the band on p(pneumonia) that refers: the
+    endpoint's own rule (``decision.decide_all``)."""
+    rule = decision.Rule.of(config)
+    return decision.decide_all(probs, classes, rule).refer, rule.band
 
 
 @dataclass
@@ -169,7 +149,7 @@ def _header(ev: Evaluation, result: dict) -> str:
     rows = [("model", cfg.get("model_id")), ("classes", ", ".join(cfg["classes"])),
             ("training data (images per split)", sizes), ("scored", f"{ev.evaluated_on}: {len(ev.y)} images"),
             ("threshold on p(pneumonia)", _f(cfg.get("threshold")) if cfg.get("threshold") is not None
-             else "none (most probable class)"),
+             else "0.5 (none fitted on validation)" if decision.NORMAL in cfg["classes"] else "none (no normal class)"),
             ("referral band on p(pneumonia)", band), ("temperature", _f(cfg.get("temperature"))),
             ("model trained", _when(cfg.get("finished"))), ("report written", _when(ev.created))]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
@@ -210,12 +190,14 @@ def _confusion(result: dict, classes: list[str]) -> str:
 
 
 def _binary_charts(ev: Evaluation) -> str:
-    classes, threshold = ev.config["classes"], ev.config.get("threshold")
+    classes = ev.config["classes"]
     if decision.NORMAL not in classes:
         return '<section id="curves"><h2>Curves</h2><p>No normal class: no pneumonia-vs-normal view.</p></section>'
+    rule = decision.Rule.of(ev.config)
+    threshold = rule.threshold
     truth = (ev.y != classes.index(decision.NORMAL)).astype(int)
     score = decision.pneumonia_probability(ev.probs, classes)
-    called = decision.predict(ev.probs, classes, threshold) != classes.index(decision.NORMAL)
+    called = decision.decide_all(ev.probs, classes, rule).index != classes.index(decision.NORMAL)
     if truth.min() == truth.max():
         return ('<section id="curves"><h2>Curves</h2><p>The scored set holds one side only (all normal or all '
                 "pneumonia): no ROC or precision-recall curve.</p></section>")
@@ -224,7 +206,7 @@ def _binary_charts(ev: Evaluation) -> str:
     fpr, tpr, _ = skm.roc_curve(truth, score)
     precision, recall, _ = skm.precision_recall_curve(truth, score)
     ap = skm.average_precision_score(truth, score)
-    operating = "operating point" + (f" (threshold {threshold:.3f})" if threshold is not None else " (argmax)")
+    operating = f"operating point (threshold {threshold:.3f})"
     roc = chart(f"ROC, pneumonia vs normal: AUC {skm.auc(fpr, tpr):.3f}", "1 - specificity", "sensitivity",
                 [("p(pneumonia)", fpr, tpr)], points=[(operating, 1 - specificity, sensitivity)], diagonal=True)
     pr = chart(f"Precision-recall: average precision {ap:.3f}", "recall (sensitivity)", "precision",
@@ -235,7 +217,7 @@ def _binary_charts(ev: Evaluation) -> str:
     sens = (calls & (truth == 1)).sum(axis=1) / truth.sum()
     spec = (~calls & (truth == 0)).sum(axis=1) / (1 - truth).sum()
     acc = (calls == (truth == 1)).mean(axis=1)
-    mark = ("threshold", threshold) if threshold is not None else ("0.5 (no threshold: argmax)", 0.5)
+    mark = ("threshold", threshold)
     sweep = chart("Threshold sweep", "threshold on p(pneumonia)", "rate",
                   [("sensitivity", grid, sens), ("specificity", grid, spec), ("accuracy (binary)", grid, acc)],
                   vline=mark, band=ev.band)
@@ -283,7 +265,8 @@ def _cases(ev: Evaluation) -> str:
     reviewer must see), referred cases closest to a coin toss first; a cap per group keeps the
     referred cases from being crowded out by the errors."""
     classes = ev.config["classes"]
-    pred = decision.predict(ev.probs, classes, ev.config.get("threshold"))
+    rule = decision.Rule.of(ev.config)
+    pred = decision.decide_all(ev.probs, classes, rule).index
     wrong = pred != ev.y
     confident = ("most confident", lambda i: -float(ev.probs[i, pred[i]]))
     groups = []
@@ -293,8 +276,7 @@ def _cases(ev: Evaluation) -> str:
         groups.append(("Pneumonia against normal: missed or false pneumonia", binary_wrong, confident))
         if len(classes) > 2:
             groups.append(("Wrong pneumonia sub-type", wrong & ~binary_wrong, confident))
-        threshold = 0.5 if ev.config.get("threshold") is None else ev.config["threshold"]
-        odds = np.abs(_logit(decision.pneumonia_probability(ev.probs, classes)) - _logit(threshold))
+        odds = decision.distance_to_threshold(ev.probs, classes, rule)
         uncertain = ("closest to the threshold", lambda i: float(odds[i]))
     else:
         groups.append(("Misclassified", wrong, confident))
@@ -338,7 +320,7 @@ figure img{width:192px;height:auto;display:block}
 def render(ev: Evaluation) -> str:
     """The whole page."""
     classes = ev.config["classes"]
-    result = m.classification_metrics(ev.y, ev.probs, classes, ev.config.get("threshold"))
+    result = m.classification_metrics(ev.y, ev.probs, classes, decision.Rule.of(ev.config))
     title = f"Evaluation report: {ev.config.get('model_id')} on {ev.evaluated_on}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width"><style>{STYLE}</style></head><body>'

@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="validate and ship a bias-corrected exponential moving average of the weights (0: the raw weights)")
     add("class-weighting", default="balanced", choices=("balanced", "none"))
     add("augment", default="strong", choices=augment.STRENGTHS)
+    add("referral-margin", type=float, default=decision.DEFAULT_MARGIN,
+        help="refer to a radiologist while p(pneumonia) is within this many log-odds of the threshold "
+             "(decision.py; log 4: [0.2, 0.8] at threshold 0.5); recorded in model.json")
     add("threshold-rule", default="youden", choices=("youden", "sensitivity"),
         help="binary threshold on validation: Youden's J (kept only when it beats argmax), or the highest "
              "threshold with sensitivity >= --min-sensitivity (the most specificity at that sensitivity)")
@@ -105,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.train or not args.validation:
         p.error("the train and validation channels are required (SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION)")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        p.error(f"--threshold must lie inside (0, 1), got {args.threshold}")
+    if not (math.isfinite(args.referral_margin) and args.referral_margin > 0):
+        p.error(f"--referral-margin must be a positive number of log-odds, got {args.referral_margin}")
     return args
 
 
@@ -402,13 +409,16 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     temperature = m.fit_temperature(val_logits, val_y, classes, prior)
     val_probs = decision.probabilities(val_logits, classes, temperature, prior)
     threshold, threshold_rule = choose_threshold(args, val_probs, val_y, classes)
-    validation = m.classification_metrics(val_y, val_probs, classes, threshold)
+    if threshold is not None and not 0 < threshold < 1:  # a saturated score: no log-odds band around it
+        threshold, threshold_rule = None, f"{threshold_rule} gave {threshold}, at the edge: none kept"
+    rule = decision.Rule.for_classes(classes, threshold, args.referral_margin)
+    validation = m.classification_metrics(val_y, val_probs, classes, rule)
     evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
     eval_logits = trainer.logits(splits[evaluated_on], model) if evaluated_on == "test" else val_logits
     eval_y = splits[evaluated_on].targets.numpy()
     probs_before = decision.probabilities(eval_logits, classes, 1.0, prior)
     probs = decision.probabilities(eval_logits, classes, temperature, prior)
-    result = m.classification_metrics(eval_y, probs, classes, threshold)
+    result = m.classification_metrics(eval_y, probs, classes, rule)
     reliability_before, reliability_after = m.reliability(probs_before, eval_y), m.reliability(probs, eval_y)
     result.update(
         evaluated_on=evaluated_on,
@@ -445,7 +455,10 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "subtype_prior_rule": "p(pneumonia) kept, its split between sub-types re-weighted by their training mix "
                               "(decision.py); null: none",
         "threshold": threshold,
-        "threshold_rule": f"p(pneumonia) >= threshold calls pneumonia ({threshold_rule}); null: argmax",
+        "threshold_rule": f"p(pneumonia) >= threshold calls pneumonia ({threshold_rule}); null: 0.5 "
+                          "(argmax without a normal class)",
+        "referral_margin": rule.margin,
+        "referral_rule": decision.RULE,
         "onnx": artifact.ONNX_FILE,
         "onnx_outputs": artifact.ONNX_OUTPUTS,
         "out_of_distribution": guard.describe(),

@@ -18,6 +18,7 @@ import boto3
 
 from cxr import operations
 from cxr.commands import train
+from cxr.commands.predict import probability, referral, rule_text
 from infra import wiring
 from infra.config import Config
 from lambdas.domain import labels, layout
@@ -118,6 +119,15 @@ def collect_model(s3, artifact_uri: str, out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def referrals(rows: list[dict]) -> str:
+    """How many the model's rule referred, how the others fared, and the rule's threshold and band."""
+    predicted = [r for r in rows if r["status"] == "predicted"]
+    kept = [r for r in predicted if not r["refer_to_radiologist"]]
+    rule = rule_text(predicted[0].get("threshold"), predicted[0].get("referral_band")) if predicted else "-"
+    return (f"{len(predicted) - len(kept)} referred to a radiologist, {sum(r['label'] == r['truth'] for r in kept)}/"
+            f"{len(kept)} of the others correct (referred: label not the most probable class, or {rule})")
+
+
 def print_results(rows: list[dict], metrics: dict, output: dict, out: Path) -> None:
     print()
     print(f"{'file':<34} {'true':<10} {'predicted':<10} {'confidence':>10}  {'p(pneumonia)':>12}  refer")
@@ -129,10 +139,9 @@ def print_results(rows: list[dict], metrics: dict, output: dict, out: Path) -> N
         predicted = row["label"]
         correct += predicted == row["truth"]
         print(f"{row['file']:<34} {row['truth']:<10} {predicted:<10} {row['confidence']:>10.3f}  "
-              f"{row['pneumonia_probability']:>12.3f}  {'yes' if row['refer_to_radiologist'] else 'no'}")
+              f"{probability(row['pneumonia_probability'])}  {referral(row)}")
     binary = sum(r["status"] == "predicted" and (r["label"] == "normal") == (r["truth"] == "normal") for r in rows)
-    print(f"\n{correct}/{len(rows)} correct ({binary}/{len(rows)} on normal vs pneumonia); "
-          f"referral when p(pneumonia) is in {rows[0].get('uncertainty_band') if rows else '-'}")
+    print(f"\n{correct}/{len(rows)} correct ({binary}/{len(rows)} on normal vs pneumonia); {referrals(rows)}")
     split = output.get("dataset", {}).get("images", {})
     print(f"\nmodel {output['training']['TrainingJobName']}, trained on {split.get('train')} images, "
           f"scored on the held-out {metrics.get('evaluated_on')} split ({metrics.get('n')} images):")

@@ -2,8 +2,10 @@
 
 Runs the model's own ``code/inference.py`` (ONNX Runtime, the one normaliser, the recorded resize
 policy, temperature and threshold) on every image, then the training job's ``metrics.py``, so the
-figures are computed exactly as ``metrics.json`` computes them. A binary folder (normal and
-pneumonia) scored by a three-class model gives the binary view only.
+figures are computed exactly as ``metrics.json`` computes them; the labels and referrals come from the
+model's own ``code/decision.py``, the rule its endpoint serves: the referral rate, its reasons and the
+accuracy on the images not referred are reported. A binary folder (normal and pneumonia) scored by a
+three-class model gives the binary view only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from types import ModuleType
 import numpy as np
 
 from cxr import jobcode
+from cxr.commands.predict import rule_text
 from cxr.errors import UsageError
 from cxr.training_run import iter_images
 from lambdas.domain import labels
@@ -131,7 +134,7 @@ def evaluate(model_dir: Path, data_dir: Path, report_path: Path | None = None) -
     scored = score(model_dir, [p for p, _ in images])
     probs, config = scored.probs, scored.config
     metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
-    classes, threshold = config["classes"], config.get("threshold")
+    classes, rule = config["classes"], decision.Rule.of(config)
     truth = [by_path[p] for p in scored.paths]
     result = {"model": str(model_dir), "data": str(data_dir), "model_id": config.get("model_id")}
     try:
@@ -139,7 +142,7 @@ def evaluate(model_dir: Path, data_dir: Path, report_path: Path | None = None) -
     except KeyError:
         y = None
     if y is not None:
-        result.update(metrics.classification_metrics(y, probs, classes, threshold))
+        result.update(metrics.classification_metrics(y, probs, classes, rule))
         if report_path:
             write_report(scored, y, data_dir.name, report_path)
             result["report"] = str(report_path)
@@ -148,9 +151,11 @@ def evaluate(model_dir: Path, data_dir: Path, report_path: Path | None = None) -
         raise UsageError(f"--report needs the model's own labels {classes}; the folder has {sorted(set(truth))}")
     if decision.NORMAL not in classes or not set(truth) <= {decision.NORMAL, *labels.SUBTYPES, labels.PNEUMONIA}:
         raise UsageError(f"the folder's labels {sorted(set(truth))} do not match the model's classes {classes}")
-    called = decision.predict(probs, classes, threshold) != classes.index(decision.NORMAL)
-    result["binary"] = metrics.binary_metrics(np.array([t != decision.NORMAL for t in truth]),
-                                              decision.pneumonia_probability(probs, classes), called)
+    decided = decision.decide_all(probs, classes, rule)
+    called = decided.index != classes.index(decision.NORMAL)
+    sick = np.array([t != decision.NORMAL for t in truth])
+    result["binary"] = metrics.binary_metrics(sick, decision.pneumonia_probability(probs, classes), called)
+    result["decision"] = metrics.referral_metrics(called == sick, decided, rule)
     result["note"] = "the folder is labelled normal/pneumonia only: binary view of the model's classes"
     return result
 
@@ -178,6 +183,11 @@ def print_result(result: dict) -> None:
         b = result["binary"]
         print(f"binary (pneumonia vs normal): accuracy {b['accuracy']:.4f}  ROC-AUC {_f(b['roc_auc'])}  "
               f"sensitivity {_f(b['sensitivity'])}  specificity {_f(b['specificity'])}")
+    d = result["decision"]
+    reasons = ", ".join(f"{name} {n}" for name, n in d["reasons"].items() if n) or "none"
+    print(f"referred to a radiologist: {d['referred']} ({_f(d['referral_rate'])}; {reasons}); accuracy on the "
+          f"{'binary view of the ' if 'accuracy' not in result else ''}images not referred "
+          f"{_f(d['unreferred_accuracy'])}; near-threshold rule: {rule_text(d['threshold'], d['band'])}")
     if "report" in result:
         print(f"report: {result['report']}")
 

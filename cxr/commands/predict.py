@@ -8,7 +8,6 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cxr import deployment as project
 from cxr import operations, target
 from cxr.errors import UsageError, UserError
 from infra import wiring
@@ -64,9 +63,8 @@ def predict_direct(deployment: target.Target, path: Path) -> dict:
         raise UserError(f"endpoint {deployment.endpoint_name}: {exc.response['Error'].get('Message', exc)} "
                         "(is a model deployed? see `cxr status`)") from None
     answer = json.loads(response["Body"].read())
-    band = project.project_config({"stage": deployment.stage}).uncertainty_band  # when the answer names none
     return {"status": "predicted", "endpoint": deployment.endpoint_name, **answer,
-            "audit": audit.fields(answer, code_version=code_version(), band=band),
+            "audit": audit.fields(answer, code_version=code_version()),
             "predicted_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
 
 
@@ -76,6 +74,25 @@ def print_table(results: dict[Path, dict]) -> None:
         if r["status"] != "predicted":
             print(f"{path.name:<36} {r['status']}: {r.get('reason', '')} {r.get('message', '')}")
             continue
-        refer = r.get("refer_to_radiologist")
-        print(f"{path.name:<36} {r['label']:<10} {r['confidence']:>10.3f} {r['pneumonia_probability']:>12.3f}  "
-              f"{'-' if refer is None else ('yes' if refer else 'no')}")
+        print(f"{path.name:<36} {r['label']:<10} {r['confidence']:>10.3f} {probability(r['pneumonia_probability'])}  "
+              f"{referral(r)}")
+
+
+def probability(value: float | None) -> str:
+    """p(pneumonia), which a model without a normal class does not have."""
+    return f"{'-':>12}" if value is None else f"{value:>12.3f}"
+
+
+def rule_text(threshold: float | None, band: list[float] | None) -> str:
+    """The model's threshold on p(pneumonia) and the band around it that is referred."""
+    if threshold is None or band is None:
+        return "no binary threshold"
+    return f"p(pneumonia) in [{band[0]:.3f}, {band[1]:.3f}] around the threshold {threshold:.3f}"
+
+
+def referral(record: dict) -> str:
+    """``yes (near_threshold, ...)`` with the rules that fired, or ``no``: the model's own decision rule."""
+    if record.get("refer_to_radiologist") is None:
+        return "-"
+    reasons = record.get("referral_reasons") or []
+    return f"yes ({', '.join(reasons)})" if record["refer_to_radiologist"] else "no"

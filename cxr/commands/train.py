@@ -86,6 +86,9 @@ def start_and_follow(say, sfn, state_machine_arn: str, run_id: str, dataset: str
                 say(f"  {event['type']}: {event[kind].get('error')} {event[kind].get('cause', '')[:300]}")
     described = sfn.describe_execution(executionArn=arn)
     output = json.loads(described.get("output") or "{}")
+    rule = output.get("evaluation", {}).get("decision_rule")
+    if rule:
+        say(f"  gate: the model's decision rule: {'pass' if rule['passed'] else 'FAIL: ' + rule['problem']}")
     for check in output.get("evaluation", {}).get("checks", []):
         value = "missing" if check["value"] is None else f"{check['value']:.3f}"
         say(f"  gate: {check['metric']} {value} >= {check['minimum']:.2f}: {'pass' if check['passed'] else 'FAIL'}")

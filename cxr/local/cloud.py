@@ -107,7 +107,6 @@ class LocalCloud:
             wiring.ENV_PREDICTIONS_TABLE: self.names.table(wiring.PREDICTIONS_TABLE),
             wiring.ENV_IDEMPOTENCY_TABLE: self.names.table(wiring.IDEMPOTENCY_TABLE),
             wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(config.stage),
-            wiring.ENV_UNCERTAINTY_BAND: f"{config.uncertainty_band[0]},{config.uncertainty_band[1]}",
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate)),
             wiring.ENV_SAGEMAKER_ROLE_ARN: self.names.model_role_arn,
             wiring.ENV_KMS_KEY_ARN: self.kms_key_arn,

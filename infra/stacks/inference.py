@@ -43,13 +43,11 @@ class InferenceStack(Stack):
         self.predictions = table(self, wiring.PREDICTIONS_TABLE, key=key, removal=RemovalPolicy.RETAIN)
         self.idempotency = table(self, wiring.IDEMPOTENCY_TABLE, key=key, removal=RemovalPolicy.DESTROY)
         spec = wiring.PREDICT
-        band = ",".join(str(v) for v in config.uncertainty_band)
         self.predict = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic, environment={
             wiring.ENV_INFERENCE_BUCKET: inference_bucket.bucket_name,
             wiring.ENV_ENDPOINT_PARAMETER: self.endpoint_parameter.parameter_name,
             wiring.ENV_PREDICTIONS_TABLE: self.predictions.table_name,
             wiring.ENV_IDEMPOTENCY_TABLE: self.idempotency.table_name,
-            wiring.ENV_UNCERTAINTY_BAND: band,
             wiring.ENV_ENDPOINT_MODE: config.endpoint_mode,
             wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
             wiring.ENV_CODE_VERSION: code_version(),
@@ -73,7 +71,6 @@ class InferenceStack(Stack):
         complete = wiring.COMPLETE_PREDICTION
         self.complete = ServiceFunction(self, complete, config=config, key=key, alarm_topic=topic, environment={
             wiring.ENV_PREDICTIONS_TABLE: self.predictions.table_name,
-            wiring.ENV_UNCERTAINTY_BAND: band,
             wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
             wiring.ENV_CODE_VERSION: code_version(),
             wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),

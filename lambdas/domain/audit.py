@@ -24,12 +24,12 @@ RETENTION_MODE = "GOVERNANCE"
 version on purpose (COMPLIANCE would let no one, not even the account's root user, until the date)."""
 
 
-def fields(answer: Mapping, *, code_version: str, band: tuple[float, float]) -> dict:
-    """The ``audit`` block of one prediction: from the endpoint's answer, the record's settings as fallback.
+def fields(answer: Mapping, *, code_version: str) -> dict:
+    """The ``audit`` block of one prediction, from the endpoint's answer.
 
     The time is the record's own ``predicted_at``.
-    The threshold and band in force are the model's own when its answer names them (the decision rule
-    stored with the model), else the configured band the record applied; ``threshold`` is then None.
+    The threshold and band in force are the model's own decision rule, which its answer names; an
+    endpoint older than the rule names none (None: its records are all referred, ``lambdas.predict``).
     """
     answer_band = answer.get("referral_band")
     return {
@@ -37,7 +37,7 @@ def fields(answer: Mapping, *, code_version: str, band: tuple[float, float]) -> 
         "artifact_sha256": answer.get("artifact_sha256") or UNKNOWN,
         "model_id": answer.get("model_id"),
         "threshold": answer.get("threshold"),
-        "referral_band": [float(v) for v in answer_band] if answer_band else [float(v) for v in band],
+        "referral_band": [float(v) for v in answer_band] if answer_band else None,
         "code_version": code_version or UNKNOWN,
     }
 

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from . import imaging
 
-DEFAULT_UNCERTAINTY_BAND = (0.2, 0.8)
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -18,7 +16,6 @@ class Settings:
     idempotency_table: str | None
     endpoint_parameter: str | None
     max_upload_bytes: int
-    uncertainty_band: tuple[float, float]
     source_state_table: str | None
     code_version: str = ""
     """The code the function was packaged from (``CXR_CODE_VERSION``), recorded in each prediction."""
@@ -38,7 +35,6 @@ class Settings:
             idempotency_table=env.get("IDEMPOTENCY_TABLE"),
             endpoint_parameter=env.get("ENDPOINT_PARAMETER"),
             max_upload_bytes=max_bytes,
-            uncertainty_band=parse_band(env.get("UNCERTAINTY_BAND")),
             source_state_table=env.get("SOURCE_STATE_TABLE"),
             code_version=env.get("CXR_CODE_VERSION", ""),
             prediction_retention_days=int(env.get("PREDICTION_RETENTION_DAYS") or 0),
@@ -50,15 +46,3 @@ class Settings:
         if missing:
             raise RuntimeError(f"missing environment configuration: {', '.join(n.upper() for n in missing)}")
 
-
-def parse_band(text: str | None) -> tuple[float, float]:
-    """``"low,high"``: pneumonia probabilities inside it are referred to a radiologist."""
-    if not text:
-        return DEFAULT_UNCERTAINTY_BAND
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"UNCERTAINTY_BAND must be 'low,high', got {text!r}") from None
-    if not 0.0 <= low <= high <= 1.0:
-        raise ValueError(f"UNCERTAINTY_BAND must satisfy 0 <= low <= high <= 1, got {text!r}")
-    return low, high

@@ -19,6 +19,10 @@ ANSWER = {
     "confidence": 0.71,
     "probabilities": {"bacterial": 0.71, "normal": 0.2, "viral": 0.09},
     "pneumonia_probability": 0.8,
+    "refer_to_radiologist": False,
+    "referral_reasons": [],
+    "threshold": 0.3,
+    "referral_band": [0.097, 0.632],
     "model_id": "model-test-1",
 }
 
@@ -48,7 +52,6 @@ def inference(aws, state_table, monkeypatch):
     monkeypatch.setenv("PREDICTIONS_TABLE", "predictions")
     monkeypatch.setenv("IDEMPOTENCY_TABLE", "idempotency")
     monkeypatch.setenv("ENDPOINT_PARAMETER", "/cxr/endpoint")
-    monkeypatch.setenv("UNCERTAINTY_BAND", "0.25,0.75")
     predict._idempotent_predict.cache_clear()
     from aws_lambda_powertools.utilities import parameters
 
@@ -121,15 +124,41 @@ def test_happy_path_writes_prediction_json_and_dynamodb_record(endpoint, lambda_
     assert json.loads(item["record"]["S"])["model_id"] == "model-test-1"
 
 
-def test_uncertain_prediction_is_referred(endpoint, lambda_context):
-    answer(endpoint, ANSWER | {"pneumonia_probability": 0.5})
+def test_the_record_carries_the_models_referral_and_the_rule_that_fired(endpoint, lambda_context):
+    """The endpoint decides by the model's own rule; the Lambda records it and applies no band of its own."""
+    referred = {"label": "bacterial", "confidence": 0.12, "probabilities": {"bacterial": 0.12, "normal": 0.807,
+                                                                              "viral": 0.073},
+                "pneumonia_probability": 0.193, "refer_to_radiologist": True,
+                "referral_reasons": ["near_threshold", "label_not_most_probable"], "threshold": 0.163,
+                "referral_band": [0.046, 0.438]}
+    answer(endpoint, ANSWER | referred)
+    answer(endpoint, ANSWER | {"pneumonia_probability": 0.5})  # a 0.5 the model's rule leaves unreferred stays so
     invoke(lambda_context, upload("incoming/a.png", corpus.png()))
-    assert read_json("predictions/a.png.json")["refer_to_radiologist"] is True
+    invoke(lambda_context, upload("incoming/b.png", corpus.png(seed=1)))
+    record = read_json("predictions/a.png.json")
+    assert record["refer_to_radiologist"] is True
+    assert record["referral_reasons"] == ["near_threshold", "label_not_most_probable"]
+    assert (record["threshold"], record["referral_band"]) == (0.163, [0.046, 0.438])
+    assert "uncertainty_band" not in record
+    item = boto3.client("dynamodb").get_item(TableName="predictions", Key={
+        "pk": {"S": f"{BUCKET}/incoming/a.png"}, "sk": {"S": record["source"]["version_id"]}})["Item"]
+    assert [r["S"] for r in item["referral_reasons"]["L"]] == ["near_threshold", "label_not_most_probable"]
+    assert read_json("predictions/b.png.json")["refer_to_radiologist"] is False
+
+
+def test_an_endpoint_older_than_the_rule_gets_every_case_referred(endpoint, lambda_context):
+    """Its answer has no referral: the label is recorded, never without a radiologist."""
+    answer(endpoint, {k: v for k, v in ANSWER.items() if k not in predict.REFERRAL_FIELDS})
+    invoke(lambda_context, upload("incoming/a.png", corpus.png()))
+    record = read_json("predictions/a.png.json")
+    assert record["refer_to_radiologist"] is True and record["referral_reasons"] == [predict.MODEL_WITHOUT_RULE]
+    assert record["threshold"] is None and record["referral_band"] is None
 
 
 def test_an_out_of_distribution_input_is_referred_and_counted(endpoint, lambda_context, capsys):
     guard = {"score": 41.5, "threshold": 30.2, "flagged": True}
-    answer(endpoint, ANSWER | {"pneumonia_probability": 0.95, "out_of_distribution": guard})
+    answer(endpoint, ANSWER | {"pneumonia_probability": 0.95, "out_of_distribution": guard,  # the model's rule:
+                               "refer_to_radiologist": True, "referral_reasons": ["out_of_distribution"]})
     answer(endpoint)  # an older model: no guard in its answer
     capsys.readouterr()
     assert invoke(lambda_context, upload("incoming/photo.png", corpus.png()),

@@ -20,7 +20,7 @@ from handlers.test_predict import (  # noqa: F401 (fixtures)
 
 import corpus
 from infra import wiring
-from lambdas import aws, s3io
+from lambdas import aws, predict, s3io
 from lambdas.domain import audit, imaging
 
 DIGEST = "5e" * 32
@@ -51,11 +51,14 @@ def test_the_record_names_input_artifact_model_rule_and_code(endpoint, lambda_co
     assert item["code_version"] == {"S": "0.1.0+gfeed"}
 
 
-def test_an_answer_without_the_models_rule_records_the_configured_band(endpoint, lambda_context):  # noqa: F811
-    answer(endpoint)  # an older model: no digest, threshold or band in its answer
+def test_an_answer_without_the_models_rule_records_no_band(endpoint, lambda_context):  # noqa: F811
+    old = {k: v for k, v in ANSWER.items() if k not in predict.REFERRAL_FIELDS}
+    answer(endpoint, old)  # an older model: no digest, referral, threshold or band in its answer
     invoke(lambda_context, upload("incoming/old.png", corpus.png(seed=2)))
-    trail = read_json("predictions/old.png.json")["audit"]
-    assert trail["referral_band"] == [0.25, 0.75] and trail["threshold"] is None  # UNCERTAINTY_BAND of the fixture
+    record = read_json("predictions/old.png.json")
+    trail = record["audit"]
+    assert trail["referral_band"] is None and trail["threshold"] is None  # no rule of the Lambda's own
+    assert record["refer_to_radiologist"] is True  # so it is referred (lambdas.predict.MODEL_WITHOUT_RULE)
     assert trail["artifact_sha256"] == audit.UNKNOWN and trail["code_version"] == audit.UNKNOWN
 
 

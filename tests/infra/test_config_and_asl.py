@@ -27,11 +27,11 @@ def test_command_line_strings_override_cdk_json_and_are_typed():
     config = Config.from_context(context({
         "cxr": {"stage": "prod", "endpoint_mode": "realtime", "serverless_memory_mb": 2048},
         "endpoint_mode": "async", "training_spot": "false", "reserved_concurrency": "5",
-        "uncertainty_band": "0.1,0.9", "quality_gate": '{"accuracy": 0.9}', "notification_email": "ops@example.org",
+        "quality_gate": '{"accuracy": 0.9}', "notification_email": "ops@example.org",
     }))
     assert (config.stage, config.endpoint_mode, config.serverless_memory_mb) == ("prod", "async", 2048)
     assert config.training_spot is False and config.reserved_concurrency == 5
-    assert config.uncertainty_band == (0.1, 0.9) and config.quality_gate == {"accuracy": 0.9}
+    assert config.quality_gate == {"accuracy": 0.9}
 
 
 def test_demo_profile_has_its_own_gate_unless_given_one():
@@ -45,7 +45,7 @@ def test_demo_profile_has_its_own_gate_unless_given_one():
     ({"serverless_memory_mb": 1500}, "serverless_memory_mb"),
     ({"stage": "Prod_1"}, "stage"),
     ({"training_instance_type": "g4dn.xlarge"}, "training_instance_type"),
-    ({"uncertainty_band": "0.9,0.1"}, "uncertainty_band"),
+    ({"uncertainty_band": "0.2,0.8"}, "uncertainty_band: the referral band now follows each model's own threshold"),
     ({"log_retention_days": 100}, "log_retention_days"),
     ({"notification_email": "nobody"}, "notification_email"),
     ({"training_spot": "maybe"}, "training_spot"),

@@ -22,6 +22,7 @@ METRICS = {
     "macro_f1": 0.86,
     "roc_auc": 0.95,
     "binary": {"accuracy": 0.93, "roc_auc": 0.97, "sensitivity": 0.95, "specificity": 0.86},
+    "decision": {"threshold": 0.163, "margin": 1.386, "band": [0.046, 0.438], "referral_rate": 0.1, "coverage": 0.9},
 }
 
 
@@ -103,6 +104,42 @@ def test_gate_rejects_low_and_missing_metrics(evaluate_env, lambda_context):
     assert out["passed"] is False
     assert "accuracy 0.7000 < 0.8300" in out["failures"]
     assert "binary.sensitivity is missing from metrics.json" in out["failures"]
+
+
+@pytest.mark.parametrize(("decision", "problem"), [
+    (None, "records no decision rule"),
+    ({"threshold": 0.163, "margin": 0, "band": [0.163, 0.163]}, "decision.margin 0 is not a positive number"),
+    ({"threshold": None, "margin": 1.386, "band": [0.2, 0.8]}, "decision.threshold None is not inside (0, 1)"),
+    ({"threshold": 0.163, "margin": 1.386, "band": [0.2, 0.8]}, "does not contain the threshold 0.163"),
+    ({"threshold": 0.9, "margin": 1.386, "band": [0.2, 0.8]}, "does not contain the threshold 0.9"),
+    ({"threshold": 0.5, "margin": 1.386, "band": "0.2,0.8"}, "decision.band '0.2,0.8' does not contain"),
+])
+def test_gate_refuses_a_model_whose_decision_rule_cannot_be_served(evaluate_env, lambda_context, decision, problem):
+    """Whatever the metrics, a band apart from the threshold (the demo's 0.163 outside [0.2, 0.8]) is refused."""
+    from lambdas import evaluate_model
+
+    metrics = {k: v for k, v in METRICS.items() if k != "decision"} | ({"decision": decision} if decision else {})
+    uri = put_model(evaluate_env, {"metrics.json": json.dumps(metrics).encode()})
+    out = evaluate_model.handler({"run_id": "run-4", "model_artifact": uri}, lambda_context)
+    assert out["passed"] is False and out["decision_rule"]["passed"] is False
+    assert len(out["failures"]) == 1 and problem in out["failures"][0]
+
+
+def test_a_model_without_a_normal_class_needs_only_its_margin():
+    from lambdas.evaluate_model import decision_rule_problem
+
+    assert decision_rule_problem({"decision": {"threshold": None, "margin": 1.386, "band": None}}) is None
+    assert "does not contain" in decision_rule_problem({"binary": {}, "decision": {"threshold": 0.5, "margin": 1.386,
+                                                                                   "band": None}})
+
+
+def test_the_gate_can_bound_the_referral_rate(evaluate_env, monkeypatch, lambda_context):
+    from lambdas import evaluate_model
+
+    monkeypatch.setenv(wiring.ENV_QUALITY_GATE, json.dumps({"accuracy": 0.8, "decision.coverage": 0.95}))
+    uri = put_model(evaluate_env, {"metrics.json": json.dumps(METRICS).encode()})
+    out = evaluate_model.handler({"run_id": "run-5", "model_artifact": uri}, lambda_context)
+    assert out["passed"] is False and out["failures"] == ["decision.coverage 0.9000 < 0.9500"]
 
 
 def test_an_archive_without_metrics_is_an_error(evaluate_env, lambda_context):

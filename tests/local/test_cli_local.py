@@ -57,6 +57,7 @@ def test_life_cycle_across_separate_commands(env, dataset):
     for state in ("PrepareDataset", "Train", "Evaluate", "Deploy", "NotifyDeployed"):
         assert f"state {state}" in train.stdout
     assert "gate: accuracy" in train.stdout and "deployed model" in train.stdout
+    assert "gate: the model's decision rule: pass" in train.stdout
 
     status = cxr(env, "status", "--local", "--json")
     assert status.returncode == 0, status.stderr
@@ -77,6 +78,8 @@ def test_life_cycle_across_separate_commands(env, dataset):
     direct = cxr(env, "predict", str(xray), "--local", "--direct", "--json")
     [direct_record] = json.loads(direct.stdout)
     assert direct_record["probabilities"] == pytest.approx(record["probabilities"], abs=1e-6)
+    for field in ("label", "refer_to_radiologist", "referral_reasons", "threshold", "referral_band"):
+        assert direct_record[field] == record[field], field  # one rule, the model's, on both paths
     digest = record["audit"]["artifact_sha256"]
     assert len(digest) == 64 and direct_record["audit"]["artifact_sha256"] == digest
     assert direct_record["audit"]["content_hash"] == record["audit"]["content_hash"]

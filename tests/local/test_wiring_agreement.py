@@ -42,7 +42,7 @@ def test_functions_agree(synthesized, cloud, function):
     assert (local["MemorySize"], local["Timeout"]) == (deployed["MemorySize"], deployed["Timeout"])
     assert set(local["Environment"]["Variables"]) == set(deployed["Environment"]["Variables"])
     for name in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL", "ENDPOINT_NAME",
-                 "QUALITY_GATE", "UNCERTAINTY_BAND", "ENDPOINT_MODE"):
+                 "QUALITY_GATE", "ENDPOINT_MODE"):
         if isinstance(deployed["Environment"]["Variables"].get(name), str):
             assert local["Environment"]["Variables"][name] == deployed["Environment"]["Variables"][name], name
 

@@ -75,6 +75,25 @@ def test_threshold_only_kept_when_it_clearly_helps():
     assert m.choose_threshold(separable, y, CLASSES) is None  # saturated validation: keep argmax
 
 
+def test_no_threshold_at_the_edge_of_the_probabilities():
+    """A model that ranks backwards gets Youden's 'call nothing pneumonia' (1.0): no rule can refer around it."""
+    y = np.array([1] * 10 + [0] * 10)
+    probs = np.where((y == 1)[:, None], [0.45, 0.1, 0.45], [0.05, 0.9, 0.05])  # normals score as pneumonia
+    assert m.choose_threshold(probs, y, CLASSES) is None
+
+
+def test_metrics_count_the_referrals_of_the_models_rule():
+    probs = np.array([[0.01, 0.98, 0.01],   # normal, far below the threshold: decided
+                      [0.12, 0.807, 0.073],  # bacterial at p(normal) 0.807: near the threshold, normal most probable
+                      [0.60, 0.05, 0.35],   # bacterial, far above: decided, but truly viral
+                      [0.30, 0.40, 0.30]])  # bacterial while normal is most probable
+    rule = decision.Rule(0.163)
+    out = m.classification_metrics(np.array([1, 1, 2, 0]), probs, CLASSES, rule)["decision"]
+    assert out["referred"] == 2 and out["coverage"] == 0.5 and out["unreferred_accuracy"] == 0.5
+    assert out["reasons"] == {"near_threshold": 1, "label_not_most_probable": 2, "out_of_distribution": 0}
+    assert out["threshold"] == 0.163 and out["band"][0] < 0.163 < out["band"][1] and out["margin"] == np.log(4)
+
+
 def test_threshold_changes_only_the_normal_decision():
     probs = np.array([[0.30, 0.45, 0.25], [0.10, 0.60, 0.30]])
     assert decision.predict(probs, CLASSES).tolist() == [1, 1]

@@ -9,11 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synthetic import write_dataset  # noqa: E402
-
-TINY_HPS = {"architecture": "compact", "width": 8, "image-size": 32, "epochs": 3, "batch-size": 8, "lr": 0.003,
-            "checkpoint-steps": 2, "keep-checkpoints": 100, "threads": 1, "ema-decay": 0.9}
-"""A few seconds of CPU: 36 training images, 4 steps an epoch, a checkpoint every 2 steps."""
+from synthetic import TINY_HPS, write_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def test_sourcedir_holds_the_code_the_wheels_and_an_offline_requirements_file(so
 
 
 def test_sagemaker_training_toolkit_runs_train_py_from_the_sourcedir(sourcedir, staged, tmp_path):
-    from conftest import TINY_HPS
+    from synthetic import TINY_HPS
 
     base = tmp_path / "opt_ml"
     config = base / "input" / "config"

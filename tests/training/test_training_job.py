@@ -54,7 +54,7 @@ def test_every_artifact_is_written(trained):
 
 
 def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(trained, staged, tmp_path):
-    from conftest import TINY_HPS
+    from synthetic import TINY_HPS
 
     checkpoints = sorted((trained / "checkpoints").glob("ckpt-*.pt"))
     assert [c.name for c in checkpoints][:3] == ["ckpt-00000002.pt", "ckpt-00000004.pt", "ckpt-00000006.pt"]
@@ -269,7 +269,7 @@ def test_sigterm_saves_a_checkpoint_and_the_restarted_job_resumes_from_it(staged
     import subprocess
     import sys
 
-    from conftest import TINY_HPS
+    from synthetic import TINY_HPS
 
     code = tmp_path / "code"
     training_run.packaging.stage_sources(code)
@@ -297,7 +297,7 @@ def test_sigterm_saves_a_checkpoint_and_the_restarted_job_resumes_from_it(staged
 
 def test_an_unweighted_loss_gets_no_subtype_prior(staged, tmp_path):
     """Its scores already carry the training mix: re-weighting by it again would count it twice."""
-    from conftest import TINY_HPS
+    from synthetic import TINY_HPS
 
     model_dir = training_run.run_training_job(staged.channels, TINY_HPS | {"class-weighting": "none", "epochs": 1},
                                               tmp_path / "job")
@@ -323,7 +323,7 @@ def test_the_weight_average_weighs_every_step_seen_and_not_the_start():
 
 def test_a_model_trained_on_equalised_input_is_served_equalised_input(staged, tmp_path):
     """``intensity`` travels in model.json, and the handler feeds the network what training fed it."""
-    from conftest import TINY_HPS
+    from synthetic import TINY_HPS
 
     model_dir = training_run.run_training_job(staged.channels, TINY_HPS | {"intensity": "equalize", "epochs": 1},
                                               tmp_path / "job")

@@ -61,6 +61,10 @@ class Config:
     training_volume_gb: int = 50
     quality_gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
     uncertainty_band: tuple[float, float] = (0.2, 0.8)
+    explain_referrals: bool = True
+    """Keep the class-activation overlay PNG beside every referred prediction: the cases a radiologist reads,
+    for a few milliseconds and about 0.3 MB more per endpoint answer (the predict function cannot know the
+    referral before the answer, so it asks every time) and one PNG of at most 0.2 MB per referral."""
     notification_email: str | None = None
     reserved_concurrency: int | None = None
     lambda_architecture: str = "x86_64"
@@ -172,7 +176,7 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name in _INTS:
             return int(value)
-        if name in ("training_spot", "training_pretrained"):
+        if name in ("training_spot", "training_pretrained", "explain_referrals"):
             if isinstance(value, str):
                 if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(value)

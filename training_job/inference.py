@@ -9,6 +9,13 @@ and a label through ``decision.py`` (also shipped here), the rule every training
 Requests: ``image/png`` or ``image/jpeg`` bytes (raw uploads or the stored, preprocessed PNG), or
 ``application/json`` ``{"image": "<base64>", "explain": true}`` to also receive a class-activation
 heat-map overlay showing where the model looked.
+
+Response size: "The maximum request and response payload size for serverless invocations is 4 MB"
+(SageMaker developer guide, "Invoke a serverless endpoint"); realtime ``InvokeEndpoint`` allows 6 MB and
+an asynchronous endpoint writes its answer to S3. The overlay is drawn on the stored image, never more
+than ``imaging.STORED_MAX_SIDE`` (256 px) a side whatever the upload (up to 60 MP), and saved as an
+optimised PNG: at most 0.2 MB of RGB, 0.27 MB in base64, far inside the smallest of these limits (a
+test sends the worst case: a maximal noisy upload).
 """
 
 from __future__ import annotations
@@ -158,7 +165,7 @@ def explanation(stored: Image.Image, cam: np.ndarray, policy: str) -> dict:
     alpha = 0.45 * h[..., None]
     overlay = Image.fromarray(np.uint8(255 * ((1 - alpha) * gray + alpha * colour)))
     buffer = io.BytesIO()
-    overlay.save(buffer, format="PNG")
+    overlay.save(buffer, format="PNG", optimize=True)
     return {
         "method": "class activation map of the decided class, last convolutional layer",
         "overlay_png": base64.b64encode(buffer.getvalue()).decode(),

@@ -51,6 +51,7 @@ class InferenceStack(Stack):
             wiring.ENV_UNCERTAINTY_BAND: band,
             wiring.ENV_ENDPOINT_MODE: config.endpoint_mode,
             wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
+            wiring.ENV_EXPLAIN_REFERRALS: "true" if config.explain_referrals else "false",
         })
         function = self.predict.function
         asynchronous = config.endpoint_mode == "async"

@@ -20,6 +20,9 @@ class Settings:
     max_upload_bytes: int
     uncertainty_band: tuple[float, float]
     source_state_table: str | None
+    explain_referrals: bool = False
+    """Ask the endpoint for the class-activation overlay and keep it beside a referred prediction (the stacks
+    set it from the configuration, on by default; unset, as in a bare test, it is off)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -36,6 +39,7 @@ class Settings:
             max_upload_bytes=max_bytes,
             uncertainty_band=parse_band(env.get("UNCERTAINTY_BAND")),
             source_state_table=env.get("SOURCE_STATE_TABLE"),
+            explain_referrals=parse_flag("EXPLAIN_REFERRALS", env.get("EXPLAIN_REFERRALS")),
         )
 
     def require(self, *names: str) -> None:
@@ -43,6 +47,14 @@ class Settings:
         missing = [name for name in names if getattr(self, name) in (None, "")]
         if missing:
             raise RuntimeError(f"missing environment configuration: {', '.join(n.upper() for n in missing)}")
+
+
+def parse_flag(name: str, text: str | None) -> bool:
+    """``true`` / ``false`` (unset: false); anything else fails the cold start with the variable's name."""
+    value = (text or "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{name} must be 'true' or 'false', got {text!r}")
+    return value == "true"
 
 
 def parse_band(text: str | None) -> tuple[float, float]:

@@ -90,16 +90,18 @@ def follow_execution(sfn, execution_arn: str, poll_seconds: float = 0.5,
 
 
 def predict_files(s3, bucket: str, files: list[Path], timeout_s: float = 120.0,
-                  prefix: str = "") -> dict[Path, dict]:
+                  prefix: str = "", explain: bool = False) -> dict[Path, dict]:
     """Upload each file to a key of its own (``incoming/<prefix><n>/<name>``) and wait for that version's outcome.
 
     Two files with one name never share a key, and an outcome counts only when it names the version
-    this call uploaded (another upload to the key would have its own).
+    this call uploaded (another upload to the key would have its own). ``explain``: each upload asks the
+    predict function for its class-activation overlay (``predictions/<key>.overlay.png``).
     """
     pending = {}
+    metadata = {layout.EXPLAIN_METADATA: "true"} if explain else {}
     for index, path in enumerate(files):
         key = f"{layout.INCOMING}{prefix}{index:04d}/{path.name}"
-        version = s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes()).get("VersionId")
+        version = s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), Metadata=metadata).get("VersionId")
         pending[path] = (key, version)
     results: dict[Path, dict] = {}
     deadline = time.monotonic() + timeout_s
@@ -121,3 +123,18 @@ def predict_files(s3, bucket: str, files: list[Path], timeout_s: float = 120.0,
     for path, (key, _) in pending.items():
         results[path] = {"status": "timeout", "key": key}
     return results
+
+
+def read_overlay(s3, bucket: str, prediction: dict, timeout_s: float = 10.0) -> bytes | None:
+    """The overlay PNG a prediction names, or None; an asynchronous one is written just after its JSON."""
+    explanation = prediction.get("explanation")
+    if not explanation:
+        return None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return s3.get_object(Bucket=bucket, Key=explanation["overlay_key"])["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)

@@ -70,6 +70,10 @@ class Config:
     training_max_runtime_s: int = 4 * 3600
     training_volume_gb: int = 50
     quality_gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
+    explain_referrals: bool = True
+    """Keep the class-activation overlay PNG beside every referred prediction: the cases a radiologist reads,
+    for a few milliseconds and about 0.3 MB more per endpoint answer (the predict function cannot know the
+    referral before the answer, so it asks every time) and one PNG of at most 0.2 MB per referral."""
     notification_email: str | None = None
     reserved_concurrency: int | None = None
     lambda_architecture: str = "x86_64"
@@ -193,7 +197,7 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name in _INTS:
             return int(value)
-        if name in ("training_spot", "training_pretrained"):
+        if name in ("training_spot", "training_pretrained", "explain_referrals"):
             if isinstance(value, str):
                 if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(value)

@@ -5,13 +5,16 @@ needs in ``async-requests/<id>.json``; the endpoint writes its answer to ``async
 whose S3 event lands here. The version's DynamoDB item is written by the very function the
 synchronous path uses, so the contract is one; then the ``incoming/`` key is derived again, under
 its lease, as the predict function derives it: ``predictions/<key>.json`` becomes current only if
-that version is still the key's current one (a newer upload or a delete has its own outcome). A
+that version is still the key's current one (a newer upload or a delete has its own outcome), and so does
+its overlay PNG when one was asked for (written under the lease, so a late result of an older version never
+replaces the newer version's overlay). A
 failure the endpoint writes under ``async-output/failures/`` is raised: Lambda retries, then the
 event waits in the dead-letter queue and the error alarm fires, as a synchronous model error ends.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime
 
@@ -49,9 +52,10 @@ def handler(event: S3Event, context) -> dict:
         if result.key.startswith(layout.ASYNC_FAILURES):
             raise AsyncInferenceFailed(f"the endpoint failed a request ({layout.file_name(result.key)}): "
                                        f"{_read(result)[:500].decode(errors='replace')}")
-        prediction = complete(result, _landed_at(record.event_time), settings)
+        prediction, overlay = complete(result, _landed_at(record.event_time), settings)
         source = prediction["source"]
-        handle(predictions.store, SourceRef(source["bucket"], source["key"]), "", predictions.derive, context)
+        handle(predictions.store, SourceRef(source["bucket"], source["key"]), "",
+               functools.partial(_derive_with_overlay, predictions, source["version_id"], overlay), context)
         predictions.latencies.append(prediction["latency_ms"]["total"])
         predictions.out_of_distribution += predict.out_of_distribution(prediction)
         outcomes["predicted"] += 1
@@ -59,8 +63,19 @@ def handler(event: S3Event, context) -> dict:
     return outcomes
 
 
-def complete(result: SourceObject, landed_at: float, settings: Settings) -> dict:
-    """Record the prediction one result object answers (the version's DynamoDB item); returns the record."""
+def _derive_with_overlay(predictions: predict.Predictions, version_id: str | None, overlay: bytes | None,
+                         ref: SourceRef, previous: dict | None) -> dict:
+    """The key's outcome, and this result's overlay beside it when its version is the one now predicted."""
+    record = predictions.derive(ref, previous)
+    explanation = record.get("prediction", {}).get("explanation")
+    if overlay is not None and explanation and record["source"]["version_id"] == version_id:
+        s3io.put_png(ref.bucket, explanation["overlay_key"], overlay)
+    return record
+
+
+def complete(result: SourceObject, landed_at: float, settings: Settings) -> tuple[dict, bytes | None]:
+    """Record the prediction one result object answers (the version's DynamoDB item); returns the record and
+    the overlay PNG to keep beside it, if any."""
     name = layout.file_name(result.key)
     request = name.removesuffix(predict.ASYNC_RESULT_SUFFIX)
     context = s3io.read_json(result.bucket, predict.request_key(request))
@@ -71,7 +86,7 @@ def complete(result: SourceObject, landed_at: float, settings: Settings) -> dict
     answer = predict.parse_answer(_read(result))
     latency = {"endpoint": round(1000 * (landed_at - context["submitted_at"]), 1),
                "total": round(1000 * (time.time() - context["started_at"]), 1)}
-    return predict.record_prediction(obj, answer, context["endpoint"], settings, latency)
+    return predict.record_prediction(obj, answer, context["endpoint"], settings, latency, context.get("explain"))
 
 
 def _read(result: SourceObject) -> bytes:

@@ -14,10 +14,17 @@ the on-failure destination.
 An asynchronous endpoint (``ENDPOINT_MODE=async``) takes only ``InvokeEndpointAsync`` with the input
 in S3: the PNG goes to ``async-input/``, what the record needs to ``async-requests/``, and
 :mod:`lambdas.complete_prediction` writes the same record when the result lands in ``async-output/``.
+
+Explanations: when the upload asks (user metadata ``cxr-explain: true``, as ``cxr predict --explain``
+sends it) or ``EXPLAIN_REFERRALS`` is on, the endpoint is asked for its class-activation overlay
+(inference.py's JSON request; the answer stays far below the 4 MB serverless limit), and the overlay
+is written as ``predictions/<key>.overlay.png`` beside the JSON: always when asked, for referred
+predictions only under ``EXPLAIN_REFERRALS``. The overlay is never part of a DynamoDB item (400 KB).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -57,6 +64,8 @@ MODEL_WITHOUT_RULE = "model_without_referral_rule"
 """Reason recorded for an endpoint whose code predates the rule (no referral in its answer): referred, never
 labelled quietly."""
 ASYNC_RESULT_SUFFIX = ".out"
+EXPLAIN_REQUESTED, EXPLAIN_REFERRED = "requested", "referred"
+"""When an overlay is kept: the upload asked for it, or the prediction is referred (``EXPLAIN_REFERRALS``)."""
 
 
 class EndpointResponseError(RuntimeError):
@@ -197,27 +206,46 @@ def predict_object(source: dict) -> dict:
     started, started_at = time.perf_counter(), time.time()
     try:
         imaging.check_upload_size(obj.size, settings.max_upload_bytes)
-        image = imaging.normalise(s3io.download(obj.bucket, obj.key, obj.version_id))
+        data, metadata = s3io.download(obj.bucket, obj.key, obj.version_id)
+        image = imaging.normalise(data)
     except imaging.RejectedImage as exc:
         return {"status": "rejected", "reason": exc.code, "message": exc.message}
+    explain = explain_policy(metadata, settings)
     endpoint = parameters.get_parameter(settings.endpoint_parameter, max_age=ENDPOINT_CACHE_SECONDS)
     if os.environ.get("ENDPOINT_MODE") == "async":
-        submit_async(obj, endpoint, image.png, started_at)
+        submit_async(obj, endpoint, image.png, started_at, explain)
         return {"status": "submitted"}
-    body, endpoint_ms = invoke_endpoint(endpoint, image.png)
+    body, endpoint_ms = invoke_endpoint(endpoint, image.png, explain is not None)
     latency = {"endpoint": endpoint_ms, "total": round(1000 * (time.perf_counter() - started), 1)}
-    return {"status": "predicted", "prediction": record_prediction(obj, parse_answer(body), endpoint, settings,
-                                                                   latency)}
+    prediction, overlay = record_prediction(obj, parse_answer(body), endpoint, settings, latency, explain)
+    if overlay is not None:  # under the key's lease, for its current version: derive writes the JSON beside it
+        s3io.put_png(obj.bucket, prediction["explanation"]["overlay_key"], overlay)
+    return {"status": "predicted", "prediction": prediction}
 
 
-def invoke_endpoint(endpoint: str, png: bytes) -> tuple[bytes, float]:
+def explain_policy(metadata: dict[str, str], settings: Settings) -> str | None:
+    """When this upload's overlay is kept (None: the endpoint is not asked for one)."""
+    if metadata.get(layout.EXPLAIN_METADATA, "").strip().lower() == "true":
+        return EXPLAIN_REQUESTED
+    return EXPLAIN_REFERRED if settings.explain_referrals else None
+
+
+def endpoint_request(png: bytes, explain: bool) -> tuple[str, bytes]:
+    """Content type and body: the normalised PNG, or inference.py's JSON request that asks for the overlay."""
+    if not explain:
+        return "image/png", png
+    return "application/json", json.dumps({"image": base64.b64encode(png).decode(), "explain": True}).encode()
+
+
+def invoke_endpoint(endpoint: str, png: bytes, explain: bool = False) -> tuple[bytes, float]:
     """Send the normalised PNG; returns the endpoint's answer and the call's latency in ms."""
     started = time.perf_counter()
+    content_type, body = endpoint_request(png, explain)
     response = aws.client("sagemaker-runtime").invoke_endpoint(
-        EndpointName=endpoint, ContentType="image/png", Accept="application/json", Body=png
+        EndpointName=endpoint, ContentType=content_type, Accept="application/json", Body=body
     )
-    body = response["Body"].read()
-    return body, round(1000 * (time.perf_counter() - started), 1)
+    answer = response["Body"].read()
+    return answer, round(1000 * (time.perf_counter() - started), 1)
 
 
 def request_id(obj: SourceObject) -> str:
@@ -233,7 +261,7 @@ def request_key(request: str) -> str:
     return f"{layout.ASYNC_REQUESTS}{request}.json"
 
 
-def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float) -> str:
+def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float, explain: str | None = None) -> str:
     """Queue one request on an asynchronous endpoint; returns its id.
 
     What the record needs goes to ``async-requests/<id>.json`` *before* the request is queued (the
@@ -244,11 +272,13 @@ def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float
     request = request_id(obj)
     s3io.put_json(obj.bucket, request_key(request), {
         "source": obj.describe(), "endpoint": endpoint, "started_at": started_at, "submitted_at": time.time(),
+        "explain": explain,
     })
     input_key = f"{layout.ASYNC_INPUT}{request}.png"
-    aws.client("s3").put_object(Bucket=obj.bucket, Key=input_key, Body=png, ContentType="image/png")
+    content_type, body = endpoint_request(png, explain is not None)
+    aws.client("s3").put_object(Bucket=obj.bucket, Key=input_key, Body=body, ContentType=content_type)
     response = aws.client("sagemaker-runtime").invoke_endpoint_async(
-        EndpointName=endpoint, InputLocation=f"s3://{obj.bucket}/{input_key}", ContentType="image/png",
+        EndpointName=endpoint, InputLocation=f"s3://{obj.bucket}/{input_key}", ContentType=content_type,
         Accept="application/json", InferenceId=request, Filename=f"{request}{ASYNC_RESULT_SUFFIX}",
     )
     if not response["OutputLocation"].endswith(f"/{result_key(request)}"):
@@ -270,18 +300,25 @@ def parse_answer(body: bytes) -> dict:
     return answer
 
 
-def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: Settings, latency: dict) -> dict:
-    """The version's DynamoDB item (the audit trail), which both modes write; ``predictions/<key>.json`` is the
-    key's current outcome, written when the key is derived."""
+def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: Settings, latency: dict,
+                      explain: str | None = None) -> tuple[dict, bytes | None]:
+    """The version's DynamoDB item (the audit trail), which both modes write, and the overlay PNG to keep, if any;
+    ``predictions/<key>.json`` is the key's current outcome, written when the key is derived."""
     prediction = prediction_record(obj, answer, endpoint)
     prediction["latency_ms"] = latency
     prediction["audit"] = audit.fields(answer, code_version=settings.code_version)
+    explanation = answer.get("explanation")
+    keep = explain == EXPLAIN_REQUESTED or (explain == EXPLAIN_REFERRED and prediction["refer_to_radiologist"])
+    overlay = None
+    if keep and explanation:
+        overlay = base64.b64decode(explanation["overlay_png"])
+        prediction["explanation"] = {"overlay_key": layout.overlay_key(obj.key), "method": explanation["method"]}
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
     logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
-                referral_reasons=prediction["referral_reasons"], latency_ms=latency,
+                referral_reasons=prediction["referral_reasons"], explained=overlay is not None, latency_ms=latency,
                 content_hash=prediction["audit"]["content_hash"],
                 artifact_sha256=prediction["audit"]["artifact_sha256"])
-    return prediction
+    return prediction, overlay
 
 
 def prediction_record(source: SourceObject, answer: dict, endpoint: str) -> dict:

@@ -98,13 +98,14 @@ def tombstone(bucket: str, key: str) -> None:
     aws.client("s3").delete_object(Bucket=bucket, Key=key)
 
 
-def download(bucket: str, key: str, version_id: str | None) -> bytes:
-    """The exact version the event announced; a vanished object is a permanent rejection."""
+def download(bucket: str, key: str, version_id: str | None) -> tuple[bytes, dict[str, str]]:
+    """The exact version the event announced and its user metadata; a vanished object is a permanent rejection."""
     kwargs = {"Bucket": bucket, "Key": key}
     if version_id:
         kwargs["VersionId"] = version_id
     try:
-        return aws.client("s3").get_object(**kwargs)["Body"].read()
+        response = aws.client("s3").get_object(**kwargs)
+        return response["Body"].read(), response.get("Metadata", {})
     except ClientError as exc:
         if aws.is_missing(exc):
             raise imaging.RejectedImage(

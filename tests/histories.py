@@ -359,7 +359,7 @@ def label_of(png: bytes) -> str:
     return ("normal", "bacterial", "viral")[hashlib.sha256(png).digest()[0] % 3]
 
 
-def endpoint(name: str, png: bytes) -> tuple[bytes, float]:
+def endpoint(name: str, png: bytes, explain: bool = False) -> tuple[bytes, float]:
     """A stand-in for the endpoint call: a prediction that depends on the image only."""
     label = label_of(png)
     answer = {"label": label, "confidence": 0.9, "probabilities": {label: 0.9}, "pneumonia_probability": 0.5,

@@ -20,6 +20,13 @@ heat-map overlay showing where the model looked.
 Artifacts with the ONNX ``features`` output and ``ood.npz`` also score how far the input lies from the
 training X-rays (``ood.py``); one beyond the guard's threshold is referred with reason
 ``out_of_distribution``. Older artifacts (two outputs, no guard) answer ``"score": null``.
+
+Response size: "The maximum request and response payload size for serverless invocations is 4 MB"
+(SageMaker developer guide, "Invoke a serverless endpoint"); realtime ``InvokeEndpoint`` allows 6 MB and
+an asynchronous endpoint writes its answer to S3. The overlay is drawn on the stored image, never more
+than ``imaging.STORED_MAX_SIDE`` (256 px) a side whatever the upload (up to 60 MP), and saved as an
+optimised PNG: at most 0.2 MB of RGB, 0.27 MB in base64, far inside the smallest of these limits (a
+test sends the worst case: a maximal noisy upload).
 """
 
 from __future__ import annotations
@@ -205,7 +212,7 @@ def explanation(stored: Image.Image, cam: np.ndarray, policy: str) -> dict:
     alpha = 0.45 * h[..., None]
     overlay = Image.fromarray(np.uint8(255 * ((1 - alpha) * gray + alpha * colour)))
     buffer = io.BytesIO()
-    overlay.save(buffer, format="PNG")
+    overlay.save(buffer, format="PNG", optimize=True)
     return {
         "method": "class activation map of the decided class, last convolutional layer",
         "overlay_png": base64.b64encode(buffer.getvalue()).decode(),

@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("seed", type=int, default=0)
     add("precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     add("threads", type=int, default=0, help="CPU threads (0: all cores)")
+    add("deterministic", type=int, default=0, choices=(0, 1),
+        help="1: refuse nondeterministic torch kernels (with --threads and --precision fp32, the same weights on "
+             "every run of one machine and software stack; the demo sets all three)")
     add("checkpoint-steps", type=int, default=200, help="also checkpoint every N optimizer steps")
     add("keep-checkpoints", type=int, default=2)
     add("log-steps", type=int, default=20, help="print the loss and speed every N steps")
@@ -121,10 +124,13 @@ def hyperparameters(args: argparse.Namespace) -> dict:
             if k not in ("model_dir", "output_data_dir", "checkpoint_dir", "train", "validation", "test", "pretrained")}
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
+        torch.use_deterministic_algorithms(True)
 
 
 def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
@@ -508,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
+    seed_everything(args.seed, bool(args.deterministic))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = choose_precision(args.precision, device)
     splits, classes = load_channels(args)

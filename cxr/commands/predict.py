@@ -1,7 +1,13 @@
-"""`cxr predict FILE...`: upload to ``incoming/`` and wait for each prediction, or call the endpoint directly."""
+"""`cxr predict FILE...`: upload to ``incoming/`` and wait for each prediction, or call the endpoint directly.
+
+``--explain DIR`` writes each prediction as ``DIR/<file>.json`` and the class-activation overlay beside it as
+``DIR/<file>.overlay.png``: through the bucket the upload asks the predict function for it (S3 user metadata),
+with ``--direct`` the endpoint is sent inference.py's JSON request with ``"explain": true``.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -12,7 +18,8 @@ from cxr import operations, target
 from cxr.errors import UsageError, UserError
 from infra import wiring
 from infra.version import code_version
-from lambdas.domain import audit, imaging
+from lambdas.domain import audit, imaging, layout
+from lambdas.predict import endpoint_request
 
 
 def register(subparsers) -> None:
@@ -22,6 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--direct", action="store_true",
                         help="invoke the endpoint directly (normalised here) instead of going through the bucket")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--explain", type=Path, metavar="DIR",
+                        help="write each prediction's JSON and its class-activation overlay PNG into DIR")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for predictions")
     target.add_arguments(parser)
     parser.set_defaults(run=run)
@@ -31,12 +40,22 @@ def run(args) -> int:
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)}")
+    names = [f.name for f in args.files]
+    if args.explain and len(set(names)) < len(names):
+        raise UsageError("--explain names its files after the inputs: give files with distinct names")
     deployment = target.resolve(args)
     if args.direct:
-        results = {path: predict_direct(deployment, path) for path in args.files}
+        results = {path: predict_direct(deployment, path, explain=bool(args.explain)) for path in args.files}
     else:
-        results = operations.predict_files(deployment.client("s3"), deployment.bucket(wiring.INFERENCE),
-                                           args.files, timeout_s=args.timeout, prefix=run_prefix())
+        bucket = deployment.bucket(wiring.INFERENCE)
+        results = operations.predict_files(deployment.client("s3"), bucket, args.files, timeout_s=args.timeout,
+                                           prefix=run_prefix(), explain=bool(args.explain))
+        for result in results.values():
+            overlay = operations.read_overlay(deployment.client("s3"), bucket, result)
+            if overlay is not None:
+                result["overlay_png"] = overlay
+    if args.explain:
+        write_explained(args.explain, results)
     if args.json:
         print(json.dumps([{"file": str(path), **result} for path, result in results.items()], indent=1))
     else:
@@ -49,23 +68,42 @@ def run_prefix() -> str:
     return time.strftime("cli-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8] + "/"
 
 
-def predict_direct(deployment: target.Target, path: Path) -> dict:
-    """The same normaliser as the predict Lambda, then InvokeEndpoint with the stored PNG."""
+def predict_direct(deployment: target.Target, path: Path, explain: bool = False) -> dict:
+    """The same normaliser as the predict Lambda, then InvokeEndpoint with the stored PNG (and the explain flag)."""
     try:
         image = imaging.normalise(path.read_bytes())
     except imaging.RejectedImage as exc:
         return {"status": "rejected", "reason": exc.code, "message": exc.message}
     runtime = deployment.client("sagemaker-runtime")
+    content_type, body = endpoint_request(image.png, explain)
     try:
-        response = runtime.invoke_endpoint(EndpointName=deployment.endpoint_name, ContentType="image/png",
-                                           Accept="application/json", Body=image.png)
+        response = runtime.invoke_endpoint(EndpointName=deployment.endpoint_name, ContentType=content_type,
+                                           Accept="application/json", Body=body)
     except runtime.exceptions.ClientError as exc:
         raise UserError(f"endpoint {deployment.endpoint_name}: {exc.response['Error'].get('Message', exc)} "
                         "(is a model deployed? see `cxr status`)") from None
     answer = json.loads(response["Body"].read())
-    return {"status": "predicted", "endpoint": deployment.endpoint_name, **answer,
-            "audit": audit.fields(answer, code_version=code_version()),
-            "predicted_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    result = {"status": "predicted", "endpoint": deployment.endpoint_name, **answer,
+              "audit": audit.fields(answer, code_version=code_version()),
+              "predicted_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    if "explanation" in result:
+        explanation = result.pop("explanation")
+        result["explanation"] = {"method": explanation["method"]}
+        result["overlay_png"] = base64.b64decode(explanation["overlay_png"])
+    return result
+
+
+def write_explained(folder: Path, results: dict[Path, dict]) -> None:
+    """``<file>.json`` and, when the prediction has one, ``<file>.overlay.png`` beside it (the PNG's bytes leave
+    the result, which is printed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, result in results.items():
+        overlay = result.pop("overlay_png", None)
+        if overlay is not None:
+            target_path = folder / f"{path.name}{layout.OVERLAY_SUFFIX}"
+            target_path.write_bytes(overlay)
+            result.setdefault("explanation", {})["overlay"] = str(target_path)
+        (folder / f"{path.name}.json").write_text(json.dumps(result, indent=1))
 
 
 def print_table(results: dict[Path, dict]) -> None:

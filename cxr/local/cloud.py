@@ -107,6 +107,7 @@ class LocalCloud:
             wiring.ENV_PREDICTIONS_TABLE: self.names.table(wiring.PREDICTIONS_TABLE),
             wiring.ENV_IDEMPOTENCY_TABLE: self.names.table(wiring.IDEMPOTENCY_TABLE),
             wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(config.stage),
+            wiring.ENV_EXPLAIN_REFERRALS: "true" if config.explain_referrals else "false",
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate)),
             wiring.ENV_SAGEMAKER_ROLE_ARN: self.names.model_role_arn,
             wiring.ENV_KMS_KEY_ARN: self.kms_key_arn,

@@ -52,6 +52,7 @@ class InferenceStack(Stack):
             wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
             wiring.ENV_CODE_VERSION: code_version(),
             wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
+            wiring.ENV_EXPLAIN_REFERRALS: "true" if config.explain_referrals else "false",
         })
         function = self.predict.function
         asynchronous = config.endpoint_mode == "async"

@@ -39,6 +39,9 @@ ASYNC_FAILURES = f"{ASYNC_OUTPUT}failures/"
 """The configuration's ``S3FailurePath``: under the output prefix, so a failure reaches the completion too."""
 
 ERROR_SUFFIX = ".error.json"
+OVERLAY_SUFFIX = ".overlay.png"
+EXPLAIN_METADATA = "cxr-explain"
+"""User metadata of an ``incoming/`` upload (``x-amz-meta-cxr-explain: true``) asking for its overlay."""
 
 
 class KeyLayoutError(ValueError):
@@ -72,6 +75,11 @@ def quarantine_key(raw_key: str) -> str:
 
 def prediction_key(incoming_key: str) -> str:
     return f"{PREDICTIONS}{incoming_key.removeprefix(INCOMING)}.json"
+
+
+def overlay_key(incoming_key: str) -> str:
+    """The class-activation overlay PNG, beside the prediction JSON."""
+    return f"{PREDICTIONS}{incoming_key.removeprefix(INCOMING)}{OVERLAY_SUFFIX}"
 
 
 def rejected_key(incoming_key: str) -> str:

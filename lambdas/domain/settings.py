@@ -21,6 +21,9 @@ class Settings:
     """The code the function was packaged from (``CXR_CODE_VERSION``), recorded in each prediction."""
     prediction_retention_days: int = 0
     """Object Lock retention of each prediction JSON (``PREDICTION_RETENTION_DAYS``); 0: none."""
+    explain_referrals: bool = False
+    """Ask the endpoint for the class-activation overlay and keep it beside a referred prediction (the stacks
+    set it from the configuration, on by default; unset, as in a bare test, it is off)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -38,6 +41,7 @@ class Settings:
             source_state_table=env.get("SOURCE_STATE_TABLE"),
             code_version=env.get("CXR_CODE_VERSION", ""),
             prediction_retention_days=int(env.get("PREDICTION_RETENTION_DAYS") or 0),
+            explain_referrals=parse_flag("EXPLAIN_REFERRALS", env.get("EXPLAIN_REFERRALS")),
         )
 
     def require(self, *names: str) -> None:
@@ -45,4 +49,12 @@ class Settings:
         missing = [name for name in names if getattr(self, name) in (None, "")]
         if missing:
             raise RuntimeError(f"missing environment configuration: {', '.join(n.upper() for n in missing)}")
+
+
+def parse_flag(name: str, text: str | None) -> bool:
+    """``true`` / ``false`` (unset: false); anything else fails the cold start with the variable's name."""
+    value = (text or "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{name} must be 'true' or 'false', got {text!r}")
+    return value == "true"
 

@@ -175,14 +175,16 @@ def resolve_group(claims: Mapping[str, Claim]) -> dict[str, GroupVerdict]:
 
 
 def outputs(record: Mapping) -> tuple[str, ...]:
-    """The objects a record's outcome owns (the image and its sidecar, or one error document)."""
+    """The objects a record's outcome owns (the image and its sidecar, the prediction and its overlay, or one
+    error document)."""
     kind, key = record["outcome"], record["source"]["key"]
     if kind == PROCESSED:
         return record["image"]["processed_key"], record["image"]["metadata_key"]
     if kind == QUARANTINED:
         return (layout.quarantine_key(key),)
     if kind == PREDICTED:
-        return (layout.prediction_key(key),)
+        explained = "explanation" in record.get("prediction", {})
+        return (layout.prediction_key(key), *([layout.overlay_key(key)] if explained else []))
     if kind == REJECTED:
         return (layout.rejected_key(key),)
     return ()

@@ -35,10 +35,10 @@ def asynchronous(inference, monkeypatch):  # noqa: F811
     stubber.assert_no_pending_responses()
 
 
-def queue(stubber, record: dict, png: bytes | None = None) -> str:
+def queue(stubber, record: dict, png: bytes | None = None, content_type: str = "image/png") -> str:
     """Expect one InvokeEndpointAsync for ``record``'s object; returns its request id."""
     request = predict.request_id(SourceObject.from_record(_parsed(record)))
-    expected = {"EndpointName": "cxr-endpoint", "ContentType": "image/png", "Accept": "application/json",
+    expected = {"EndpointName": "cxr-endpoint", "ContentType": content_type, "Accept": "application/json",
                 "InputLocation": f"s3://{BUCKET}/{layout.ASYNC_INPUT}{request}.png", "InferenceId": request,
                 "Filename": f"{request}.out"}
     stubber.add_response("invoke_endpoint_async", {

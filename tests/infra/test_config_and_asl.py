@@ -19,6 +19,7 @@ def test_defaults_are_the_documented_deployment():
     config = Config.from_context(context({}))
     assert config.endpoint_mode == "serverless" and config.training_instance_type == "ml.g4dn.xlarge"
     assert config.training_spot is True and config.reserved_concurrency is None
+    assert config.explain_referrals is True
     assert dict(config.quality_gate) == DEFAULT_GATE
     assert config.spot_max_wait_s >= config.training_max_runtime_s
 
@@ -28,7 +29,9 @@ def test_command_line_strings_override_cdk_json_and_are_typed():
         "cxr": {"stage": "prod", "endpoint_mode": "realtime", "serverless_memory_mb": 2048},
         "endpoint_mode": "async", "training_spot": "false", "reserved_concurrency": "5",
         "quality_gate": '{"accuracy": 0.9}', "notification_email": "ops@example.org",
+        "explain_referrals": "false",
     }))
+    assert config.explain_referrals is False
     assert (config.stage, config.endpoint_mode, config.serverless_memory_mb) == ("prod", "async", 2048)
     assert config.training_spot is False and config.reserved_concurrency == 5
     assert config.quality_gate == {"accuracy": 0.9}

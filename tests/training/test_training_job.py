@@ -208,6 +208,26 @@ def test_explanation_overlay_on_request(handler):
     assert "explanation" not in plain
 
 
+def test_an_explained_answer_fits_the_serverless_limit_for_the_largest_upload(handler):
+    """4 MB: "The maximum request and response payload size for serverless invocations is 4 MB" (SageMaker
+    developer guide, "Invoke a serverless endpoint"). The worst case for the overlay PNG is noise at the stored
+    size, so the upload is 7,700 x 7,700 px (59 MP, under the 60 MP cap) of 256 px noise, as a JPEG under 30 MiB."""
+    inference, model = handler
+    noise = np.random.default_rng(3).integers(0, 256, (256, 256), dtype=np.uint8)
+    big = Image.fromarray(noise).resize((7700, 7700), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    big.save(buffer, format="JPEG", quality=90)
+    upload = buffer.getvalue()
+    assert len(upload) <= inference.imaging.MAX_UPLOAD_BYTES and 7700 * 7700 <= inference.imaging.MAX_PIXELS
+    body = json.dumps({"image": base64.b64encode(upload).decode(), "explain": True})
+    answer, _ = inference.output_fn(inference.predict_fn(inference.input_fn(body, "application/json"), model),
+                                    "application/json")
+    overlay = Image.open(io.BytesIO(base64.b64decode(json.loads(answer)["explanation"]["overlay_png"])))
+    assert max(overlay.size) == inference.imaging.STORED_MAX_SIDE
+    assert len(answer.encode()) < 4 * 1024 * 1024
+    assert len(answer.encode()) < 400 * 1024  # the bound the module docstring states (0.27 MB of base64)
+
+
 @pytest.mark.parametrize(("body", "content_type"), [(b"hello", "image/png"), (b"{}", "application/json"),
                                                     (b"x", "text/csv")])
 def test_handler_refuses_bad_requests(handler, body, content_type):

@@ -1,0 +1,37 @@
+"""The demo's training is pinned: the same weights on every clean run of one machine and software stack."""
+
+from __future__ import annotations
+
+import torch
+
+from cxr import jobcode, training_run
+from cxr.commands import demo
+
+train = jobcode.load("train")
+
+
+def demo_args():
+    flags = training_run.hyperparameter_flags(demo.DEMO_HYPERPARAMETERS)
+    return train.parse_args([*flags, "--train", "unused", "--validation", "unused"])
+
+
+def test_the_demo_trains_in_fp32_whatever_the_cpu_offers(monkeypatch):
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # a CPU where `auto` means bfloat16
+        monkeypatch.setattr(torch.cpu, probe, lambda: True, raising=False)
+    assert train.choose_precision("auto", torch.device("cpu")) == torch.bfloat16
+    assert train.choose_precision(demo_args().precision, torch.device("cpu")) is None
+
+
+def test_the_demo_fixes_its_thread_count_seed_and_kernels():
+    args = demo_args()
+    assert args.threads == 2 and args.seed == 0 and args.deterministic == 1
+
+
+def test_deterministic_kernels_are_switched_on_only_when_asked():
+    try:
+        train.seed_everything(0, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        train.seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -35,7 +35,8 @@ DATA = wiring.BUCKETS[wiring.DATA].name(STAGE, ACCOUNT, REGION)
 INFERENCE = wiring.BUCKETS[wiring.INFERENCE].name(STAGE, ACCOUNT, REGION)
 TRAINING = "LocalTraining"
 GOOD = {"accuracy": 0.9, "macro_f1": 0.88,
-        "binary": {"accuracy": 0.95, "roc_auc": 0.98, "sensitivity": 0.96, "specificity": 0.9}}
+        "binary": {"accuracy": 0.95, "roc_auc": 0.98, "sensitivity": 0.96, "specificity": 0.9},
+        "decision": {"threshold": 0.5, "margin": 1.386, "band": [0.2, 0.8], "referral_rate": 0.1, "coverage": 0.9}}
 
 
 STAND_IN_CALLS: list[dict] = []

@@ -50,7 +50,7 @@ def run(args) -> int:
         bucket = deployment.bucket(wiring.INFERENCE)
         results = operations.predict_files(deployment.client("s3"), bucket, args.files, timeout_s=args.timeout,
                                            prefix=run_prefix(), explain=bool(args.explain))
-        for result in results.values():
+        for result in results.values() if args.explain else ():  # referred cases have one under explain_referrals
             overlay = operations.read_overlay(deployment.client("s3"), bucket, result)
             if overlay is not None:
                 result["overlay_png"] = overlay

@@ -25,8 +25,11 @@ from pathlib import Path
 import numpy as np
 
 FILE = "ood.npz"
-VALIDATION_RATE = 0.02
-"""Largest share of in-distribution validation X-rays the fitted threshold flags."""
+VALIDATION_RATE = 0.01
+"""Largest share of in-distribution validation X-rays the fitted threshold flags. 1 %, not the 2 % first
+tried: on the Kermany acquisition hold-out a 2 % validation threshold flagged 3.5 % of the unseen
+acquisition's normals (acquisition shift raises the rate), 1 % flagged 1.3 % and still refused every
+non-X-ray of the corpus (bench/RESULTS.md, "Out-of-distribution guard")."""
 METHOD = "min over classes of the Mahalanobis distance to the class mean, shared Ledoit-Wolf covariance"
 
 

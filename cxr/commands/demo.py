@@ -7,6 +7,7 @@ into ``incoming/`` come back as predictions. Exit status 1 if any stage fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -19,6 +20,7 @@ import boto3
 from cxr import operations
 from cxr.commands import train
 from cxr.commands.predict import probability, referral, rule_text
+from cxr.local import names as local_names
 from infra import wiring
 from infra.config import Config
 from lambdas.domain import labels, layout
@@ -78,7 +80,9 @@ def run(args) -> int:
         rows = predict(say, s3, cloud, args.xrays, out)
         artifact = execution["output"]["training"]["ModelArtifacts"]["S3ModelArtifacts"]
         metrics = collect_model(s3, artifact, out)
+        trail = audit_first(cloud, rows, out)
     print_results(rows, metrics, execution["output"], out)
+    print_audit(trail, out)
     say("done")
     return 0 if all(r["status"] == "predicted" for r in rows) else 1
 
@@ -114,6 +118,36 @@ def predict(say, s3, cloud, folder: Path, out: Path) -> list[dict]:
         truth = labels.describe(path.parts[-2:]).label
         rows.append({"file": path.name, "truth": truth, **result})
     return rows
+
+
+def audit_first(cloud, rows: list[dict], out: Path) -> dict | None:
+    """``cxr audit`` of the first X-ray predicted: its full trail written to ``out/audit.txt``."""
+    from cxr import target
+    from cxr.commands import audit
+
+    predicted = [r for r in rows if r["status"] == "predicted"]
+    if not predicted:
+        return None
+    deployment = target.Target(session=boto3.Session(), stage=cloud.names.stage, account=local_names.ACCOUNT,
+                               region=local_names.REGION)
+    trail = audit.Trail(deployment, cloud.names.table(wiring.PREDICTIONS_TABLE),
+                        cloud.names.table(wiring.SOURCE_STATE_TABLE)).collect(predicted[0]["source"]["key"])
+    with (out / "audit.txt").open("w") as file, contextlib.redirect_stdout(file):
+        audit.print_trail(trail)
+    return trail
+
+
+def print_audit(trail: dict | None, out: Path) -> None:
+    if not trail or not trail["predictions"] or not trail["models"]:
+        print("\naudit: MISSING (no prediction record traced to a model)")
+        return
+    prediction, model = trail["predictions"][-1], trail["models"][0]
+    run = model["run"] or {}
+    content_hash = prediction["audit"].get("content_hash") or "-"
+    print(f"\naudit of {prediction['key']} (cxr audit, full trail in {out / 'audit.txt'}): content hash "
+          f"{content_hash[:16]}..., artifact sha256 {model['artifact_sha256'][:16]}..., "
+          f"run {run.get('run_id', '-')} gate {'passed' if run.get('passed') else 'not found/failed'}, digest "
+          f"{'matches' if run.get('digest_matches') else 'DOES NOT MATCH'} the prediction's")
 
 
 def collect_model(s3, artifact_uri: str, out: Path) -> dict:

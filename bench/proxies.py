@@ -136,10 +136,10 @@ def channels_of(work: Path, root: Path, proxy: proxies.Proxy, dataset: str) -> d
 def binary_scores(model_dir: Path, channel: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """Calibrated probabilities through the serving code, with the class index of every image."""
     records = [json.loads(line) for path in sorted(channel.rglob("*.jsonl")) for line in path.read_text().splitlines()]
-    probs, kept, config = score(model_dir, [channel / r["key"] for r in records])
+    scored = score(model_dir, [channel / r["key"] for r in records])
     label_of = {str(channel / r["key"]): r["label"] for r in records}
-    y = np.array([config["classes"].index(label_of[p]) for p in kept])
-    return probs, y, config["classes"], config
+    y = np.array([scored.config["classes"].index(label_of[str(p)]) for p in scored.paths])
+    return scored.probs, y, scored.config["classes"], scored.config
 
 
 def run_one(work: Path, recipe: str, hps: dict, proxy: proxies.Proxy, dataset: str) -> dict:

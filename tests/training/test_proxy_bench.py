@@ -57,3 +57,12 @@ def test_the_recipe_with_the_best_worst_proxy_wins_even_if_another_has_the_best_
     # the easy split ranks the recipes differently from the shifted cluster: its correlation is not 1
     assert summary["spearman_over_recipes"]["auc"]["cluster0 ~ split"] < 1
     assert summary["spearman_over_recipes"]["auc"]["cluster0 ~ worst"] == 1
+
+
+def test_binary_scores_read_a_channel_through_the_serving_code(bench, trained, staged):
+    """Every image of the test channel scored with its own label: the call shape `cxr evaluate` now has."""
+    probs, y, classes, config = bench.binary_scores(trained / "model", staged.channels["test"])
+    manifests = Path(staged.channels["test"]).rglob("*.jsonl")
+    records = [line for path in manifests for line in path.read_text().splitlines()]
+    assert probs.shape == (len(records), len(classes)) and len(y) == len(records)
+    assert classes == config["classes"] and set(y) <= set(range(len(classes)))

@@ -151,17 +151,24 @@ def run_one(work: Path, recipe: str, hps: dict, proxy: proxies.Proxy, dataset: s
     started = time.perf_counter()
     model_dir = training_run.run_training_job(channels, hps, out)
     seconds = round(time.perf_counter() - started, 1)
+    record = {"recipe": recipe, "proxy": proxy.name, "hyperparameters": hps, "train_seconds": seconds,
+              "n": {name: len(members) for name, members in proxy.parts().items()},
+              **proxy_figures(model_dir, channels)}
+    done.write_text(json.dumps(record))
+    return record
+
+
+def proxy_figures(model_dir: Path, channels: dict[str, Path]) -> dict:
+    """A trained model's figures on its proxy's held-out part, by the model's own decision rule."""
     metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
     probs, y, classes, config = binary_scores(model_dir, channels[splits.TEST])
     val_probs, val_y, _, _ = binary_scores(model_dir, channels[splits.VALIDATION])
     normal = classes.index(decision.NORMAL)
     p_pneumonia = decision.pneumonia_probability(probs, classes)
-    result = metrics.classification_metrics(y, probs, classes, config.get("threshold"))
+    result = metrics.classification_metrics(y, probs, classes, decision.Rule.of(config))
     own = metrics.sensitivity_threshold([(p_pneumonia, y != normal)], MIN_SENSITIVITY)
     validation_point = metrics.choose_operating_point(val_probs, val_y, classes, MIN_SENSITIVITY)
-    record = {
-        "recipe": recipe, "proxy": proxy.name, "hyperparameters": hps, "train_seconds": seconds,
-        "n": {name: len(members) for name, members in proxy.parts().items()},
+    return {
         "threshold": config.get("threshold"), "epochs_run": len(json.loads((model_dir / "metrics.json").read_text())
                                                                 ["training"]["history"]),
         "accuracy": result["accuracy"], "binary": result["binary"],
@@ -170,8 +177,6 @@ def run_one(work: Path, recipe: str, hps: dict, proxy: proxies.Proxy, dataset: s
                                        **_at(p_pneumonia, y != normal, validation_point)},
         "scores": {"p_pneumonia": np.round(p_pneumonia, 5).tolist(), "pneumonia": (y != normal).astype(int).tolist()},
     }
-    done.write_text(json.dumps(record))
-    return record
 
 
 def _at(score: np.ndarray, truth: np.ndarray, threshold: float | None) -> dict:

@@ -66,3 +66,10 @@ def test_binary_scores_read_a_channel_through_the_serving_code(bench, trained, s
     records = [line for path in manifests for line in path.read_text().splitlines()]
     assert probs.shape == (len(records), len(classes)) and len(y) == len(records)
     assert classes == config["classes"] and set(y) <= set(range(len(classes)))
+
+
+def test_a_proxy_run_is_scored_by_the_models_own_rule(bench, trained, staged):
+    """The figures `run_one` records for a trained model (it crashed after the decision rule merged)."""
+    figures = bench.proxy_figures(trained / "model", staged.channels)
+    assert set(figures["binary"]) >= {"sensitivity", "specificity", "roc_auc"}
+    assert len(figures["scores"]["p_pneumonia"]) == len(figures["scores"]["pneumonia"]) > 0

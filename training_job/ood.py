@@ -39,6 +39,7 @@ class Guard:
     precision: np.ndarray  # (features, features): inverse of the shrunk shared covariance
     threshold: float
     validation_rate: float  # share of validation X-rays above the threshold
+    target_rate: float = VALIDATION_RATE  # the share the threshold was fitted to allow at most
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Distance of each row of ``features`` (n, d) or one vector (d,) to the nearest class mean."""
@@ -52,19 +53,21 @@ class Guard:
 
     def save(self, path: Path) -> None:
         np.savez_compressed(path, means=self.means.astype(np.float32), precision=self.precision.astype(np.float32),
-                            threshold=np.float64(self.threshold), validation_rate=np.float64(self.validation_rate))
+                            threshold=np.float64(self.threshold), validation_rate=np.float64(self.validation_rate),
+                            target_rate=np.float64(self.target_rate))
 
     def describe(self) -> dict:
         """What ``model.json`` records about the guard."""
         return {"file": FILE, "method": METHOD, "threshold": self.threshold,
-                "validation_rate": self.validation_rate, "target_validation_rate": VALIDATION_RATE,
+                "validation_rate": self.validation_rate, "target_validation_rate": self.target_rate,
                 "features": int(self.means.shape[1])}
 
 
 def load(path: Path) -> Guard:
     with np.load(path) as stored:
+        target = float(stored["target_rate"]) if "target_rate" in stored else 0.02  # guards before it: 2 %
         return Guard(stored["means"].astype(np.float64), stored["precision"].astype(np.float64),
-                     float(stored["threshold"]), float(stored["validation_rate"]))
+                     float(stored["threshold"]), float(stored["validation_rate"]), target)
 
 
 def ledoit_wolf(centred: np.ndarray) -> np.ndarray:
@@ -95,4 +98,4 @@ def fit(train_features: np.ndarray, train_labels: np.ndarray, validation_feature
         raise ValueError("the guard's threshold needs validation features")
     # The smallest observed score with at most `rate` of validation above it.
     threshold = float(validation[max(0, math.ceil((1 - rate) * len(validation)) - 1)])
-    return Guard(means, precision, threshold, float(np.mean(validation > threshold)))
+    return Guard(means, precision, threshold, float(np.mean(validation > threshold)), rate)

@@ -49,3 +49,11 @@ def test_saved_guard_scores_as_fitted(tmp_path):
     probe = features(50, seed=4)[0]
     np.testing.assert_allclose(loaded.scores(probe), guard.scores(probe), rtol=1e-4)
     assert loaded.threshold == guard.threshold and loaded.describe()["file"] == ood.FILE
+
+
+def test_the_guard_records_the_rate_it_was_fitted_to(tmp_path):
+    train, labels = features(2000)
+    guard = ood.fit(train, labels, features(500, seed=1)[0], rate=0.05)
+    assert guard.describe()["target_validation_rate"] == 0.05 and guard.validation_rate <= 0.05
+    guard.save(tmp_path / ood.FILE)
+    assert ood.load(tmp_path / ood.FILE).describe() == guard.describe()

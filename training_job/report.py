@@ -167,8 +167,12 @@ def _header(ev: Evaluation, result: dict) -> str:
 
 
 def _per_class(result: dict) -> str:
-    rows = "".join(f"<tr><th>{html.escape(c)}</th><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}</td>"
-                   f"<td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>" for c, r in result["per_class"].items())
+    def undefined_without_support(r: dict, name: str) -> str:  # no image of the class: no recall, so no F1
+        return f"{r[name]:.3f}" if r["support"] else '<span title="no image of this class was scored">-</span>'
+
+    rows = "".join(f"<tr><th>{html.escape(c)}</th><td>{r['precision']:.3f}</td>"
+                   f"<td>{undefined_without_support(r, 'recall')}</td><td>{undefined_without_support(r, 'f1')}</td>"
+                   f"<td>{r['support']}</td></tr>" for c, r in result["per_class"].items())
     return ('<section id="per-class"><h2>Per class</h2><table class="grid"><tr><th>class</th><th>precision</th>'
             f"<th>recall</th><th>F1</th><th>support</th></tr>{rows}</table></section>")
 

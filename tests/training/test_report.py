@@ -66,6 +66,15 @@ def test_referral_band_follows_the_threshold_and_refers_a_label_that_disagrees()
     assert default == pytest.approx((0.2, 0.8))
 
 
+def test_a_class_without_images_shows_no_recall_rather_than_zero():
+    report = jobcode.load("report")
+    per_class = {"normal": {"precision": 1.0, "recall": 0.9, "f1": 0.947, "support": 10},
+                 "viral": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}}
+    rows = re.findall(r"<tr><th>(\w+)</th>(<td>.*?)</tr>", report._per_class({"per_class": per_class}))
+    assert [name for name, _ in rows] == ["normal", "viral"]
+    assert "0.900" in rows[0][1] and "0.000</td><td><span" in rows[1][1]  # precision kept, recall and F1 "-"
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make setup installs Debian's chromium)")
 def test_report_renders_in_headless_chromium(trained, tiny_dataset, tmp_path):
     out = tmp_path / "report.html"

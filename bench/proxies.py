@@ -148,6 +148,9 @@ def run_one(work: Path, recipe: str, hps: dict, proxy: proxies.Proxy, dataset: s
     if done.exists() and json.loads(done.read_text())["hyperparameters"] == hps:
         return json.loads(done.read_text())
     channels = channels_of(work, out / "channels", proxy, dataset)
+    pretrained = training_run.pretrained_channel(out / "channels")  # ImageNet weights, as train-local starts
+    if pretrained is not None:
+        channels["pretrained"] = pretrained
     started = time.perf_counter()
     model_dir = training_run.run_training_job(channels, hps, out)
     seconds = round(time.perf_counter() - started, 1)

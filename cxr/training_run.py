@@ -122,6 +122,20 @@ def hyperparameter_flags(hyperparameters: dict) -> list[str]:
     return flags
 
 
+def pretrained_channel(folder: Path) -> Path | None:
+    """The pipeline's ``pretrained`` channel (every network's ImageNet weights, the zip it ships), linked
+    into ``folder/pretrained``; None where no weights are installed."""
+    weights = packaging.pretrained_bundle()
+    if weights is None:
+        return None
+    channel = Path(folder) / "pretrained"
+    channel.mkdir(parents=True, exist_ok=True)
+    link = channel / weights.name
+    if not link.exists():
+        link.symlink_to(weights)
+    return channel
+
+
 def run_training_job(channels: dict[str, Path], hyperparameters: dict, out_dir: Path,
                      sourcedir: Path | None = None, checkpoint_dir: Path | None = None,
                      stream=None, on_start: Callable[[subprocess.Popen], None] | None = None) -> Path:

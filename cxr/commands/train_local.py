@@ -22,7 +22,6 @@ from cxr import training_run
 from cxr.arguments import key_values
 from cxr.errors import UsageError
 from cxr.presets import PRESETS, SMALL_SIDE
-from infra.packaging import pretrained_bundle
 
 
 def register(subparsers) -> None:
@@ -79,14 +78,11 @@ def run(args) -> int:
     hps = hyperparameters(args, PRESETS[preset_name])
     channels = dict(staged.channels)
     with tempfile.TemporaryDirectory() as scratch:
-        weights = None if args.no_pretrained else pretrained_bundle()  # the pipeline's channel, as it ships
-        if weights is not None:
-            channel = Path(scratch) / "pretrained"
-            channel.mkdir()
-            (channel / weights.name).symlink_to(weights)
-            channels["pretrained"] = channel
+        pretrained = None if args.no_pretrained else training_run.pretrained_channel(Path(scratch))
+        if pretrained is not None:  # the pipeline's channel, as it ships
+            channels["pretrained"] = pretrained
         print(json.dumps({"preset": preset_name, "flags": hps,  # the job prints every setting in effect
-                          "pretrained": weights.name if weights else None}), flush=True)
+                          "pretrained": next(pretrained.iterdir()).name if pretrained else None}), flush=True)
         model_dir = training_run.run_training_job(channels, hps, args.out, sourcedir=args.sourcedir,
                                                   stream=None if args.quiet else sys.stdout)
     archive = training_run.pack_model(model_dir, args.out / "model.tar.gz")

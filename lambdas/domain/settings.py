@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import imaging
+from . import audit, imaging
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Settings:
             endpoint_parameter=env.get("ENDPOINT_PARAMETER"),
             max_upload_bytes=max_bytes,
             source_state_table=env.get("SOURCE_STATE_TABLE"),
-            code_version=env.get("CXR_CODE_VERSION", ""),
+            code_version=env.get(audit.CODE_VERSION_VARIABLE, ""),
             prediction_retention_days=int(env.get("PREDICTION_RETENTION_DAYS") or 0),
             explain_referrals=parse_flag("EXPLAIN_REFERRALS", env.get("EXPLAIN_REFERRALS")),
         )

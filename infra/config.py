@@ -48,6 +48,8 @@ RETIRED: dict[str, str] = {
 _STAGE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 _KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DATASET = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+"""A dataset folder under ``raw/``: one path segment."""
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,10 @@ class Config:
     prediction_retention_days: int | None = None
     """S3 Object Lock retention (governance mode) of each prediction JSON, in days; 0 turns it off. Unset:
     :data:`PROD_RETENTION_DAYS` for stage ``prod``, 0 for any other (``Config.retention_days``)."""
+    review_sample_rate: float = 0.02
+    """Share of the predictions the model did not refer that still become review tasks (quality control)."""
+    review_dataset: str = "reviewed"
+    """The dataset (``raw/<dataset>/``) reviewed X-rays are copied into: set it to the dataset you train on."""
     adopt_key_arn: str | None = None
     """A KMS key an earlier teardown retained: the stacks use it instead of creating one (`cxr deploy` sets it)."""
     adopt_buckets: tuple[str, ...] = ()
@@ -131,6 +137,10 @@ class Config:
             problems.append("expiry days must be positive")
         if self.prediction_retention_days is not None and not 0 <= self.prediction_retention_days <= 36500:
             problems.append("prediction_retention_days must be in 0..36500 (S3 Object Lock allows up to 100 years)")
+        if not 0.0 <= self.review_sample_rate <= 1.0:
+            problems.append("review_sample_rate must be in [0, 1]")
+        if not _DATASET.match(self.review_dataset):
+            problems.append("review_dataset must be a dataset folder name (letters, digits, '.', '_', '-')")
         if self.adopt_key_arn is not None and not _KEY_ARN.match(self.adopt_key_arn):
             problems.append("adopt_key_arn must be a KMS key ARN")
         unknown = set(self.adopt_buckets) - set(wiring.BUCKETS)
@@ -203,6 +213,8 @@ def _coerce(name: str, value: Any) -> Any:
                     raise ValueError(value)
                 return value.lower() in {"true", "1", "yes"}
             return bool(value)
+        if name == "review_sample_rate":
+            return float(value)
         if name == "quality_gate":
             gate = json.loads(value) if isinstance(value, str) else value
             return {str(k): float(v) for k, v in gate.items()}

@@ -42,6 +42,9 @@ ENV_SOURCE_STATE_TABLE = "SOURCE_STATE_TABLE"
 ENV_CODE_VERSION = audit.CODE_VERSION_VARIABLE
 """The project version and git commit the app was synthesized from (``infra.version.code_version``)."""
 ENV_PREDICTION_RETENTION_DAYS = "PREDICTION_RETENTION_DAYS"
+ENV_REVIEW_TASKS_TABLE = "REVIEW_TASKS_TABLE"
+ENV_REVIEW_SAMPLE_RATE = "REVIEW_SAMPLE_RATE"
+"""Share of unreferred predictions drawn for quality-control review (``review_sample_rate``)."""
 """Days of S3 Object Lock retention (governance mode) on each prediction JSON; 0: none."""
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
 METRICS_NAMESPACE = "CxrServerless"
@@ -109,7 +112,14 @@ IDEMPOTENCY_TABLE = Table("IdempotencyTable", ENV_IDEMPOTENCY_TABLE, partition_k
 """The key and TTL attribute names Powertools' DynamoDB idempotency layer uses by default."""
 SOURCE_STATE_TABLE = Table("SourceStateTable", ENV_SOURCE_STATE_TABLE, partition_key="pk", sort_key="sk")
 """One current outcome per source key, and identical-pixel groups (lambdas.domain.source_state)."""
-TABLES: dict[str, Table] = {t.id: t for t in (PREDICTIONS_TABLE, IDEMPOTENCY_TABLE, SOURCE_STATE_TABLE)}
+REVIEW_QUEUE_INDEX = Index("Queue", partition_key="queue", sort_key="created_at")
+"""Sparse: only queued tasks carry ``queue`` (their status), oldest first (``lambdas.review_queue``)."""
+REVIEW_TASKS_TABLE = Table("ReviewTasksTable", ENV_REVIEW_TASKS_TABLE, partition_key="pk", sort_key="sk",
+                           indexes=(REVIEW_QUEUE_INDEX,))
+"""Review tasks, their verdicts and every view (``lambdas.review_queue``): retained, as verdicts are clinical
+records and training labels."""
+TABLES: dict[str, Table] = {t.id: t for t in (PREDICTIONS_TABLE, IDEMPOTENCY_TABLE, SOURCE_STATE_TABLE,
+                                              REVIEW_TASKS_TABLE)}
 
 
 ASYNC_RETRIES = 2
@@ -170,7 +180,7 @@ PREDICT = Function(
     timeout_s=360,  # the endpoint call's worst case with retries (lambdas.aws.endpoint_call_budget_s), plus a minute
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
                  ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE, ENV_CODE_VERSION,
-                 ENV_PREDICTION_RETENTION_DAYS, ENV_EXPLAIN_REFERRALS),
+                 ENV_PREDICTION_RETENTION_DAYS, ENV_EXPLAIN_REFERRALS, ENV_REVIEW_TASKS_TABLE, ENV_REVIEW_SAMPLE_RATE),
     trigger=Trigger(INFERENCE, layout.INCOMING, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # a delete retires it
     service="cxr-predict",
 )
@@ -180,7 +190,7 @@ COMPLETE_PREDICTION = Function(
     memory_mb=512,
     timeout_s=60,
     environment=(ENV_PREDICTIONS_TABLE, ENV_SOURCE_STATE_TABLE, ENV_CODE_VERSION,
-                 ENV_PREDICTION_RETENTION_DAYS),
+                 ENV_PREDICTION_RETENTION_DAYS, ENV_REVIEW_TASKS_TABLE, ENV_REVIEW_SAMPLE_RATE),
     trigger=Trigger(INFERENCE, layout.ASYNC_OUTPUT),
     service="cxr-predict",  # the same predictions, so the same metrics the dashboard reads
 )

@@ -46,7 +46,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
-from lambdas import aws, s3io
+from lambdas import aws, review_queue, s3io
 from lambdas.domain import audit, imaging, layout, source_state
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
@@ -151,6 +151,8 @@ class Predictions:
         if previous is not None:
             for name in set(source_state.outputs(previous)) - set(source_state.outputs(record)):
                 s3io.tombstone(ref.bucket, name)
+        if self.settings.review_tasks_table:  # referred (or sampled) versions queue for a radiologist
+            review_queue.follow(self.settings.review_tasks_table, self.settings.review_sample_rate, previous, record)
         logger.info(record["outcome"], key_ref=layout.key_ref(ref.bucket, ref.key), outcome=record["outcome"],
                     reason=record.get("reason"))
         return record

@@ -122,6 +122,8 @@ class LocalCloud:
             wiring.ENV_SOURCE_STATE_TABLE: self.names.table(wiring.SOURCE_STATE_TABLE),
             wiring.ENV_CODE_VERSION: code_version(),
             wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
+            wiring.ENV_REVIEW_TASKS_TABLE: self.names.table(wiring.REVIEW_TASKS_TABLE),
+            wiring.ENV_REVIEW_SAMPLE_RATE: str(config.review_sample_rate),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,

@@ -42,6 +42,9 @@ class InferenceStack(Stack):
         )
         self.predictions = table(self, wiring.PREDICTIONS_TABLE, key=key, removal=RemovalPolicy.RETAIN)
         self.idempotency = table(self, wiring.IDEMPOTENCY_TABLE, key=key, removal=RemovalPolicy.DESTROY)
+        self.review_tasks = table(self, wiring.REVIEW_TASKS_TABLE, key=key, removal=RemovalPolicy.RETAIN)
+        review_queue = {wiring.ENV_REVIEW_TASKS_TABLE: self.review_tasks.table_name,
+                        wiring.ENV_REVIEW_SAMPLE_RATE: str(config.review_sample_rate)}
         spec = wiring.PREDICT
         self.predict = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic, environment={
             wiring.ENV_INFERENCE_BUCKET: inference_bucket.bucket_name,
@@ -53,6 +56,7 @@ class InferenceStack(Stack):
             wiring.ENV_CODE_VERSION: code_version(),
             wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
             wiring.ENV_EXPLAIN_REFERRALS: "true" if config.explain_referrals else "false",
+            **review_queue,
         })
         function = self.predict.function
         asynchronous = config.endpoint_mode == "async"
@@ -75,6 +79,7 @@ class InferenceStack(Stack):
             wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
             wiring.ENV_CODE_VERSION: code_version(),
             wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
+            **review_queue,
         })
         allow_objects(self.complete.function, complete.trigger.bucket, config.stage, key,
                       read=[complete.trigger.prefix, layout.ASYNC_REQUESTS, spec.trigger.prefix],
@@ -86,3 +91,5 @@ class InferenceStack(Stack):
             # the version's item, and a landed asynchronous result; each key's events, lease and current outcome
             allow_items(writer, self.predictions, key, "dynamodb:PutItem", "dynamodb:GetItem")
             allow_items(writer, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
+            # a referred (or sampled) version opens its review task; a superseded one's open task is withdrawn
+            allow_items(writer, self.review_tasks, key, "dynamodb:PutItem", "dynamodb:UpdateItem")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import audit, imaging
+from . import audit, imaging, review
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class Settings:
     explain_referrals: bool = False
     """Ask the endpoint for the class-activation overlay and keep it beside a referred prediction (the stacks
     set it from the configuration, on by default; unset, as in a bare test, it is off)."""
+    review_tasks_table: str | None = None
+    """The review queue (``REVIEW_TASKS_TABLE``): referred and sampled predictions become tasks; unset, none do."""
+    review_sample_rate: float = review.DEFAULT_SAMPLE_RATE
+    """Share of unreferred predictions drawn for quality-control review (``REVIEW_SAMPLE_RATE``)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -42,6 +46,8 @@ class Settings:
             code_version=env.get(audit.CODE_VERSION_VARIABLE, ""),
             prediction_retention_days=int(env.get("PREDICTION_RETENTION_DAYS") or 0),
             explain_referrals=parse_flag("EXPLAIN_REFERRALS", env.get("EXPLAIN_REFERRALS")),
+            review_tasks_table=env.get("REVIEW_TASKS_TABLE") or None,
+            review_sample_rate=review.parse_sample_rate(env.get("REVIEW_SAMPLE_RATE")),
         )
 
     def require(self, *names: str) -> None:

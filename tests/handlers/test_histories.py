@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import histories
+import reviewing
 
 PER_HISTORY_S = 0.5
 """CPU seconds a history may take on average: wall time on a machine shared with other jobs says little."""
@@ -61,3 +62,13 @@ def test_histories_are_cheap(timings):
     for name, spent in timings.items():
         assert len(spent) >= 100, name
         assert sum(spent) / len(spent) <= PER_HISTORY_S, f"{name}: {sum(spent) / len(spent):.3f} CPU s a history"
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None, print_blob=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(history=histories.histories())
+def test_open_review_tasks_are_exactly_the_current_selected_versions(moto_account, history):
+    """The review queue on (referred and sampled versions become tasks): it follows each key's newest version."""
+    replay = reviewing.ReviewReplay()
+    replay.play(history)
+    replay.check(history)

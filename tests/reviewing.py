@@ -1,0 +1,76 @@
+"""Review-loop test helpers: the review-tasks table as infra.wiring describes it, and histories of incoming/
+keys whose referred and sampled versions must end as exactly the open tasks."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from unittest import mock
+
+import histories
+from infra import wiring
+from lambdas import aws, predict, review_queue
+from lambdas.domain import review, source_state
+
+SAMPLE_RATE = 0.5
+"""High, so that short histories see sampled and unsampled unreferred versions alike."""
+
+
+def create_review_table(name: str) -> str:
+    spec = wiring.REVIEW_TASKS_TABLE
+    schema = lambda pk, sk: [{"AttributeName": pk, "KeyType": "HASH"}, {"AttributeName": sk, "KeyType": "RANGE"}]  # noqa: E731
+    index = spec.indexes[0]
+    attributes = {spec.partition_key, spec.sort_key, index.partition_key, index.sort_key}
+    aws.client("dynamodb").create_table(
+        TableName=name, BillingMode="PAY_PER_REQUEST", KeySchema=schema(spec.partition_key, spec.sort_key),
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+        GlobalSecondaryIndexes=[{"IndexName": index.name, "KeySchema": schema(index.partition_key, index.sort_key),
+                                 "Projection": {"ProjectionType": "ALL"}}])
+    return name
+
+
+def tasks(table: str) -> dict[str, dict]:
+    """Every task item by id (verdicts and views left out)."""
+    pages = aws.client("dynamodb").get_paginator("scan").paginate(TableName=table)
+    items = [review_queue.decode(i) for page in pages for i in page["Items"]]
+    return {i["pk"]: i for i in items if i["sk"] == review.TASK_SORT_KEY}
+
+
+def referring_endpoint(name: str, png: bytes, explain: bool = False) -> tuple[bytes, float]:
+    """The histories' stand-in endpoint, with a decision rule: it refers what it calls viral."""
+    answer = json.loads(histories.endpoint(name, png, explain)[0])
+    answer |= {"refer_to_radiologist": answer["label"] == "viral", "referral_reasons": [], "threshold": 0.5,
+               "referral_band": [0.2, 0.8]}
+    return json.dumps(answer).encode(), 1.0
+
+
+class ReviewReplay(histories.PredictReplay):
+    """``incoming/`` histories with the review queue on: open tasks are exactly the current selected versions."""
+
+    def __init__(self):
+        super().__init__()
+        self.environment |= {wiring.ENV_REVIEW_TASKS_TABLE: create_review_table(f"review-{self.n}"),
+                             wiring.ENV_REVIEW_SAMPLE_RATE: str(SAMPLE_RATE)}
+
+    @contextmanager
+    def running(self):
+        with super().running(), mock.patch.object(predict, "invoke_endpoint", referring_endpoint):
+            yield
+
+    def check_more(self, expected: dict, records: dict) -> None:
+        super().check_more(expected, records)
+        selected = set()
+        for key, (outcome, label, version) in expected.items():
+            task = review.task_id(self.bucket, key, version)
+            if outcome == source_state.PREDICTED and (label == "viral" or review.sampled(task, SAMPLE_RATE)):
+                selected.add(task)
+        found = tasks(self.environment[wiring.ENV_REVIEW_TASKS_TABLE])
+        queued = {t for t, item in found.items() if item["status"] == review.OPEN}
+        assert queued == selected, (sorted(queued), sorted(selected))
+        for task in queued:
+            assert found[task]["queue"] == review.OPEN
+            assert found[task]["reason"] == (review.REFERRED if found[task]["label"] == "viral"
+                                             else review.QUALITY_CONTROL)
+        for task, item in found.items():
+            if task not in queued:
+                assert item["status"] == review.WITHDRAWN and "queue" not in item, item

@@ -16,7 +16,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
 from lambdas import aws, s3io
-from lambdas.domain import imaging, layout, source_state
+from lambdas.domain import imaging, layout, review, source_state
 from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
 from lambdas.domain.source_state import Claim
@@ -149,13 +149,15 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
         return _quarantined(source, "unlabelled", str(exc)), None
     image_id = source_state.output_id(ref.key, image.content_hash)
     authority = source_state.REVIEW if current.metadata.get(source_state.REVIEW_METADATA) else source_state.FOLDER
+    # a reviewed copy is named by content hash: its patient id travels as metadata (lambdas.review_data)
+    patient = current.metadata.get(review.PATIENT_METADATA) if authority == source_state.REVIEW else None
     record = {
         "outcome": source_state.PROCESSED,
         "source": source,
         "image": {
             "dataset": dataset,
             "label": info.label,
-            "patient_id": info.patient_id,
+            "patient_id": patient or info.patient_id,
             "split": info.split,
             "image_id": image_id,
             "content_hash": image.content_hash,

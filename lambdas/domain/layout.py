@@ -28,6 +28,8 @@ CHECKPOINTS = "checkpoints/"
 INCOMING = "incoming/"
 PREDICTIONS = "predictions/"
 REJECTED = "rejected/"
+REVIEW = "review/"
+"""Review copies of X-rays, named by content hash (``lambdas.review_data``): what presigned URLs show."""
 # inference bucket, asynchronous endpoints (endpoint_mode=async)
 ASYNC_INPUT = "async-input/"
 """The normalised PNG an asynchronous endpoint reads (its ``InputLocation``): the model role reads only this."""

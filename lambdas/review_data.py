@@ -1,0 +1,94 @@
+"""The review loop's copies of an X-ray, both made inside S3 (CopyObject), the original never moved.
+
+* **Review copies** (the inference bucket's ``review/``): what the browser loads through a short-lived presigned URL. A
+  presigned URL shows its key, and ``incoming/`` keys hold patient identifiers, so the copy is named by
+  content hash; the original's user metadata is replaced (``MetadataDirective=REPLACE``) and the copy says
+  ``Cache-Control: no-store``.
+* **Training copies** (``DATA_BUCKET``): a verdict's X-ray under ``raw/<dataset>/<FOLDER>/<hash><ext>``
+  (:func:`lambdas.domain.review.training_folder`), carrying the verdict (``cxr-review-verdict``, which
+  makes its label win over folder labels of the same pixels at ingest) and the original's patient id
+  (``cxr-patient-id``, so the patient-grouped split keeps it with the patient's other images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import PurePosixPath
+
+from lambdas import aws
+from lambdas.domain import labels, layout, review, source_state
+
+IMAGE_SUFFIXES = {".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".png": "image/png"}
+NO_STORE = "no-store"
+
+
+def content_name(task: dict) -> str:
+    """The task's content hash (the normalised pixels', from the prediction's audit block), else the bytes'."""
+    if task.get("content_hash"):
+        return task["content_hash"]
+    body = aws.client("s3").get_object(Bucket=task["bucket"], Key=task["key"],
+                                       **_version(task.get("version_id")))["Body"].read()
+    return hashlib.sha256(body).hexdigest()
+
+
+def suffix(key: str) -> str:
+    """The original's suffix when it is one the browser displays; the copy keeps it, nothing else of the name."""
+    ext = PurePosixPath(key).suffix.lower()
+    return ext if ext in IMAGE_SUFFIXES else ""
+
+
+def _version(version_id: str | None) -> dict:
+    return {"VersionId": version_id} if version_id else {}
+
+
+def _exists(bucket: str, key: str) -> bool:
+    try:
+        aws.client("s3").head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if aws.is_missing(exc):
+            return False
+        raise
+    return True
+
+
+def review_copies(task: dict, review_bucket: str) -> dict[str, str]:
+    """``image`` (and ``overlay`` when the prediction kept one): keys of the content-named copies, made once."""
+    name = f"{layout.REVIEW}{content_name(task)}"
+    copies = {"image": f"{name}{suffix(task['key']) or '.png'}"}
+    sources = {"image": (task["key"], task.get("version_id"), IMAGE_SUFFIXES.get(suffix(task["key"]), "image/png"))}
+    if task.get("overlay_key"):
+        copies["overlay"] = f"{name}{layout.OVERLAY_SUFFIX}"
+        sources["overlay"] = (task["overlay_key"], None, "image/png")
+    for role, key in copies.items():
+        if not _exists(review_bucket, key):
+            source_key, version, content_type = sources[role]
+            aws.client("s3").copy_object(
+                Bucket=review_bucket, Key=key, CopySource={"Bucket": task["bucket"], "Key": source_key,
+                                                           **_version(version)},
+                MetadataDirective="REPLACE", ContentType=content_type, CacheControl=NO_STORE)
+    return copies
+
+
+def training_key(task: dict, verdict: str, dataset: str) -> str | None:
+    """Where the verdict's copy goes under ``raw/``, or None when the verdict adds nothing to train on."""
+    folder = review.training_folder(verdict, task.get("probabilities") or {})
+    if folder is None:
+        return None
+    return f"{layout.RAW}{dataset}/{folder}/{content_name(task)}{suffix(task['key'])}"
+
+
+def copy_for_training(task: dict, verdict: str, dataset: str, data_bucket: str) -> str | None:
+    """Copy the reviewed original (the task's version) into the dataset; idempotent. Returns the raw key."""
+    key = training_key(task, verdict, dataset)
+    if key is None or _exists(data_bucket, key):
+        return key
+    metadata = {source_state.REVIEW_METADATA: task["pk"]}
+    patient = labels.patient_id(layout.file_name(task["key"]))
+    if patient:
+        metadata[review.PATIENT_METADATA] = patient
+    aws.client("s3").copy_object(
+        Bucket=data_bucket, Key=key, CopySource={"Bucket": task["bucket"], "Key": task["key"],
+                                                 **_version(task.get("version_id"))},
+        MetadataDirective="REPLACE", Metadata=metadata, ContentType=IMAGE_SUFFIXES.get(suffix(task["key"]),
+                                                                                       "application/octet-stream"))
+    return key

@@ -212,13 +212,19 @@ def _buckets(target: Target) -> list[Leftover]:
     return found
 
 
+RETAINED_TABLES = {wiring.PREDICTIONS_TABLE.id: "predictions",
+                   wiring.REVIEW_TASKS_TABLE.id: "review tasks and verdicts"}
+
+
 def _tables(target: Target) -> list[Leftover]:
-    """The retained predictions table: CloudFormation names it ``<stack>-PredictionsTable...``."""
+    """The retained tables: CloudFormation names them ``<stack>-PredictionsTable...``, ``<stack>-ReviewTasks...``."""
     client = target.client("dynamodb")
-    prefixes = (f"{wiring.stack_name(target.stage, 'Inference')}-{wiring.PREDICTIONS_TABLE.id}",
-                LocalNames(target.stage).table(wiring.PREDICTIONS_TABLE))
-    names = [n for n in _pages(client, "list_tables", "TableNames") if n.startswith(prefixes)]
-    return [Leftover(TABLE, name, "predictions") for name in names]
+    found, names = [], list(_pages(client, "list_tables", "TableNames"))
+    for table_id, what in RETAINED_TABLES.items():
+        prefixes = (f"{wiring.stack_name(target.stage, 'Inference')}-{table_id}",
+                    LocalNames(target.stage).table(wiring.TABLES[table_id]))
+        found += [Leftover(TABLE, name, what) for name in names if name.startswith(prefixes)]
+    return found
 
 
 def clean(target: Target, leftovers: list[Leftover], *, delete_data: bool) -> list[Outcome]:

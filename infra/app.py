@@ -20,6 +20,7 @@ from infra.stacks.inference import InferenceStack
 from infra.stacks.ingest import IngestStack
 from infra.stacks.monitoring import MonitoringStack
 from infra.stacks.pipeline import TrainingPipelineStack
+from infra.stacks.review import ReviewStack
 from infra.stacks.storage import StorageStack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,19 +64,21 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
                                      state_table=storage.source_state,
                                      pretrained_weights=pretrained, **common,
                                      description="cxr: dataset -> SageMaker training -> quality gate -> endpoint")
+    review = ReviewStack(app, name("Review"), review_tasks=inference.review_tasks, **common,
+                         description="cxr: review page (CloudFront), review API (API Gateway, Cognito)")
     functions = [ingest.preprocess, inference.predict, inference.complete, pipeline.prepare, pipeline.evaluate,
-                 pipeline.deploy, pipeline.status]
+                 pipeline.deploy, pipeline.status, review.api_function]
     monitoring = MonitoringStack(app, name("Monitoring"), config=config, topic=storage.topic,
                                  functions=functions, state_machine=pipeline.state_machine,
                                  description="cxr: dashboard and alarms")
-    for consumer in (ingest, inference, pipeline):
+    for consumer in (ingest, inference, pipeline, review):
         consumer.add_stack_dependency(storage, "buckets are referenced by their derived names, not by exports")
     stacks = {"storage": storage, "ingest": ingest, "inference": inference, "pipeline": pipeline,
-              "monitoring": monitoring}
+              "monitoring": monitoring, "review": review}
     for stack in stacks.values():
         Tags.of(stack).add("project", "cxr")
         Tags.of(stack).add("stage", config.stage)
-    for stack in (ingest, inference, pipeline):  # the stacks with roles
+    for stack in (ingest, inference, pipeline, review):  # the stacks with roles
         acknowledge(stack, "Each role's policy is generated beside it by CDK and lives and dies with it; a customer "
                     "managed policy per role adds a second resource with the same scope.",
                     "HIPAA.Security-IAMNoInlinePolicy")

@@ -43,6 +43,8 @@ ENV_CODE_VERSION = audit.CODE_VERSION_VARIABLE
 """The project version and git commit the app was synthesized from (``infra.version.code_version``)."""
 ENV_PREDICTION_RETENTION_DAYS = "PREDICTION_RETENTION_DAYS"
 ENV_REVIEW_TASKS_TABLE = "REVIEW_TASKS_TABLE"
+ENV_REVIEW_DATASET = "REVIEW_DATASET"
+"""The dataset under ``raw/`` that reviewed X-rays are copied into (``review_dataset``)."""
 ENV_REVIEW_SAMPLE_RATE = "REVIEW_SAMPLE_RATE"
 """Share of unreferred predictions drawn for quality-control review (``review_sample_rate``)."""
 """Days of S3 Object Lock retention (governance mode) on each prediction JSON; 0: none."""
@@ -231,9 +233,18 @@ ENDPOINT_STATUS = Function(
     environment=(ENV_ENDPOINT_PARAMETER, ENV_RESOURCE_PREFIX),
     service="cxr-endpoint-status",
 )
+REVIEW_API = Function(
+    id="ReviewApi",
+    handler="lambdas.review_api.handler",
+    memory_mb=512,
+    timeout_s=29,  # an HTTP API integration waits at most 30 s
+    environment=(ENV_REVIEW_TASKS_TABLE, ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET, ENV_REVIEW_DATASET),
+    service="cxr-review-api",
+)
+"""Behind the review page's HTTP API (``infra.stacks.review``); the offline server calls it the same way."""
 FUNCTIONS: dict[str, Function] = {
     f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, DEPLOY_MODEL,
-                      ENDPOINT_STATUS)
+                      ENDPOINT_STATUS, REVIEW_API)
 }
 
 
@@ -246,7 +257,7 @@ def stack_name(stage: str, part: str) -> str:
     return f"Cxr{stage.replace('-', ' ').title().replace(' ', '')}{part}"
 
 
-STACK_PARTS = ("Storage", "Ingest", "Inference", "TrainingPipeline", "Monitoring")
+STACK_PARTS = ("Storage", "Ingest", "Inference", "TrainingPipeline", "Monitoring", "Review")
 
 
 def endpoint_parameter_name(stage: str) -> str:

@@ -32,7 +32,7 @@ from lambdas import aws, review_data, review_queue
 from lambdas.domain import review
 
 logger = Logger(service="cxr-review-api")
-REVIEWERS_GROUP = "reviewers"
+REVIEWERS_GROUP = review.REVIEWERS_GROUP
 PRESIGN_SECONDS = 300
 """How long an image URL works: long enough to load the image, too short to be worth passing on."""
 ENV_TABLE, ENV_REVIEW_BUCKET, ENV_DATA_BUCKET, ENV_DATASET = (
@@ -52,11 +52,12 @@ def handler(event: dict, context) -> dict:
         reviewer = authorise(event)
         route = event.get("routeKey", "")
         task_id = (event.get("pathParameters") or {}).get("id")
-        if route == "GET /tasks":
+        listing, one, verdict = review.ROUTES
+        if route == listing:
             return respond(200, {"tasks": open_tasks(reviewer)})
-        if route == "GET /tasks/{id}":
+        if route == one:
             return respond(200, view_task(task_id, reviewer))
-        if route == "POST /tasks/{id}/verdict":
+        if route == verdict:
             return respond(*submit_verdict(task_id, reviewer, body(event)))
         raise Refused(404, "no such route")
     except Refused as exc:

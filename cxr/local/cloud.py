@@ -124,6 +124,7 @@ class LocalCloud:
             wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
             wiring.ENV_REVIEW_TASKS_TABLE: self.names.table(wiring.REVIEW_TASKS_TABLE),
             wiring.ENV_REVIEW_SAMPLE_RATE: str(config.review_sample_rate),
+            wiring.ENV_REVIEW_DATASET: config.review_dataset,
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,

@@ -76,9 +76,11 @@ class LocalValues(Mapping[str, Any]):
             return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}" if attribute == "Arn" else name
         if kind == "AWS::SSM::Parameter" and attribute is None:
             return self.resolve(properties["Name"])
-        if kind == "AWS::S3::Bucket":
-            name = self.resolve(properties["BucketName"])
+        if kind == "AWS::S3::Bucket":  # a bucket without a fixed name (the review page's) gets a generated one
+            name = self.resolve(properties["BucketName"]) if "BucketName" in properties else names.generated(*ids)
             return f"arn:aws:s3:::{name}" if attribute == "Arn" else name
+        if kind == "AWS::CloudFront::Distribution":  # the review page's (its bucket policy names it)
+            return f"{names.generated(*ids)}.cloudfront.net" if attribute == "DomainName" else names.generated(*ids)
         if kind == "AWS::StepFunctions::StateMachine":
             return f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{names.state_machine}"
         return None

@@ -45,6 +45,7 @@ def secure_bucket(
     access_logs: s3.IBucket,
     lifecycle_rules: list[s3.LifecycleRule] = (),
     object_lock: bool = False,
+    cors: list[s3.CorsRule] | None = None,
 ) -> s3.Bucket:
     """A data-holding bucket: kept on stack deletion (``cxr teardown`` reports it) so nothing is lost.
 
@@ -72,6 +73,7 @@ def secure_bucket(
                              abort_incomplete_multipart_upload_after=Duration.days(7)),
             *lifecycle_rules,
         ],
+        cors=cors,
         removal_policy=RemovalPolicy.RETAIN,
     )
     acknowledge(bucket, "Cross-region replication doubles storage cost and needs a second region the user chooses; "

@@ -31,6 +31,12 @@ from infra.components.tables import table
 from infra.config import Config
 from lambdas.domain import layout
 
+REVIEW_COPIES_CORS = [s3.CorsRule(allowed_methods=[s3.HttpMethods.GET], allowed_origins=["*"], max_age=300)]
+"""The review page draws each X-ray on a canvas and reads its pixels (window/level), which a browser allows only
+for a CORS response. ``*`` and GET only: a presigned URL is the credential (five minutes, one object), CORS
+decides only which pages may read a response their holder could fetch anyway, and no credentials are sent. The
+page's own origin is not named because it is created after this bucket, in the review stack."""
+
 
 def key_alias(stage: str) -> str:
     return f"alias/cxr-{stage}"
@@ -66,14 +72,16 @@ class StorageStack(Stack):
                              prefix=prefix, expiration=Duration.days(config.async_expiry_days),
                              noncurrent_version_expiration=Duration.days(1))
             for prefix in (layout.ASYNC_INPUT, layout.ASYNC_REQUESTS, layout.ASYNC_OUTPUT)
-        ]}
+        ] + [s3.LifecycleRule(id="ExpireReviewCopies", prefix=layout.REVIEW, expiration=Duration.days(1),
+                              noncurrent_version_expiration=Duration.days(1))]}  # made again on the next view
         buckets = {}
         for role, rules in lifecycle.items():
             if role in adopted:
                 buckets[role], _ = adopted_bucket(self, role, stage)
             else:
                 buckets[role] = secure_bucket(self, role, stage, key=self.key, access_logs=self.access_logs,
-                                              lifecycle_rules=rules, object_lock=role == wiring.PREDICTIONS_BUCKET)
+                                              lifecycle_rules=rules, object_lock=role == wiring.PREDICTIONS_BUCKET,
+                                              cors=REVIEW_COPIES_CORS if role == wiring.INFERENCE else None)
                 if logs_policy is not None:
                     acknowledge_imported_log_target(buckets[role])
             if adopted & {role, wiring.ACCESS_LOGS}:  # CDK writes log delivery only between two buckets of its own

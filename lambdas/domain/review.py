@@ -32,6 +32,11 @@ QUEUED = (OPEN, ADJUDICATION)
 REFERRED = "referred"
 QUALITY_CONTROL = "quality_control"
 
+REVIEWERS_GROUP = "reviewers"
+"""The Cognito group whose members may review; the API's JWT authorizer checks the token, the handler the group."""
+ROUTES = ("GET /tasks", "GET /tasks/{id}", "POST /tasks/{id}/verdict")
+"""The review API's routes (HTTP API route keys), every one behind the JWT authorizer."""
+
 TASK_SORT_KEY = "task"
 VERDICT_PREFIX = "verdict#"
 VIEW_PREFIX = "view#"

@@ -73,7 +73,7 @@ def test_reserved_concurrency_applies_to_the_event_driven_functions_only(variant
 def test_arm64_functions_get_a_bundle_built_for_arm64(variant):
     for part in ("ingest", "inference", "pipeline"):
         assert all(f["Architectures"] == ["arm64"] for f in functions(variant[part]).values())
-    (bundle,) = [p for p in variant["outdir"].glob("asset.*") if p.is_dir()]
+    (bundle,) = [p for p in variant["outdir"].glob("asset.*") if (p / "lambdas").is_dir()]
     native = [p.name for p in (bundle / "numpy").rglob("*.so")]
     assert native and all("x86_64" not in name for name in native)
     assert any("aarch64" in name for name in native)

@@ -8,6 +8,7 @@ Prefixes come from :mod:`lambdas.domain.layout`, never retyped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from lambdas.domain import audit, layout
 
@@ -242,6 +243,10 @@ REVIEW_API = Function(
     service="cxr-review-api",
 )
 """Behind the review page's HTTP API (``infra.stacks.review``); the offline server calls it the same way."""
+REVIEW_PAGE_DIR = Path(__file__).resolve().parent / "review_page"
+"""The review page: one HTML file, no build step (CloudFront in AWS, ``cxr.local.review_server`` offline)."""
+REVIEW_PAGE_CONFIG = "config.json"
+"""What the page reads at start, beside it: the API's URL, the Cognito endpoint, region and client id."""
 FUNCTIONS: dict[str, Function] = {
     f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, DEPLOY_MODEL,
                       ENDPOINT_STATUS, REVIEW_API)

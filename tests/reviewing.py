@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from pathlib import Path
 from unittest import mock
 
 import histories
@@ -74,3 +75,20 @@ class ReviewReplay(histories.PredictReplay):
         for task, item in found.items():
             if task not in queued:
                 assert item["status"] == review.WITHDRAWN and "queue" not in item, item
+
+
+def referred_task(s3, bucket: str, table: str, xray: Path, content_hash: str, probabilities: dict,
+                  key: str = "incoming/ward/NORMAL2-IM-1436-0001.jpeg", overlay: bytes | bool = True) -> str:
+    """Upload an X-ray under ``incoming/`` and open the task its referred prediction would; returns the task id."""
+    version = s3.put_object(Bucket=bucket, Key=key, Body=xray.read_bytes())["VersionId"]
+    label = max(probabilities, key=probabilities.get)
+    prediction = {"source": {"bucket": bucket, "key": key, "version_id": version, "size": xray.stat().st_size},
+                  "label": label, "confidence": probabilities[label], "probabilities": probabilities,
+                  "pneumonia_probability": 1 - probabilities["normal"], "refer_to_radiologist": True,
+                  "referral_reasons": ["near_threshold"], "threshold": 0.5, "referral_band": [0.2, 0.8],
+                  "model_id": "m", "predicted_at": review_queue.now(), "audit": {"content_hash": content_hash}}
+    if overlay:
+        overlay_key = "predictions/" + key.removeprefix("incoming/") + ".overlay.png"
+        s3.put_object(Bucket=bucket, Key=overlay_key, Body=overlay if isinstance(overlay, bytes) else b"\x89PNG")
+        prediction["explanation"] = {"overlay_key": overlay_key, "method": "cam"}
+    return review_queue.open_task(table, prediction, 0.0)

@@ -16,8 +16,6 @@ the API with a reviewer's token, and images through presigned URLs of content-na
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigatewayv2 as apigw
 from aws_cdk import aws_apigatewayv2_authorizers as authorizers
@@ -43,9 +41,6 @@ from infra.components.tables import allow_items
 from infra.config import Config
 from lambdas.domain import layout, review
 
-PAGE_DIR = Path(__file__).resolve().parent.parent / "review_page"
-PAGE_CONFIG = "config.json"
-"""What the page reads at start: the API's URL, the Cognito region and client id (deploy-time values)."""
 TOKEN_MINUTES = 60
 SECURITY_HEADERS = cloudfront.ResponseSecurityHeadersBehavior(
     content_type_options=cloudfront.ResponseHeadersContentTypeOptions(override=True),
@@ -161,7 +156,8 @@ class ReviewStack(Stack):
 
         s3deploy.BucketDeployment(
             self, "PageFiles", destination_bucket=self.page_bucket, distribution=self.distribution,
-            sources=[s3deploy.Source.asset(str(PAGE_DIR)), s3deploy.Source.json_data(PAGE_CONFIG, {
+            sources=[s3deploy.Source.asset(str(wiring.REVIEW_PAGE_DIR)), s3deploy.Source.json_data(
+                wiring.REVIEW_PAGE_CONFIG, {
                 "api": self.api.api_endpoint, "region": self.region, "clientId": self.client.user_pool_client_id,
                 "cognito": f"https://cognito-idp.{self.region}.amazonaws.com/"})],
             cache_control=[s3deploy.CacheControl.no_store()], memory_limit=256)

@@ -44,19 +44,8 @@ def loop(aws, monkeypatch):
     return s3
 
 
-def referred_task(s3, probabilities=THREE, key="incoming/ward/NORMAL2-IM-1436-0001.jpeg", overlay=True) -> str:
-    version = s3.put_object(Bucket=INCOMING, Key=key, Body=XRAY.read_bytes())["VersionId"]
-    label = max(probabilities, key=probabilities.get)
-    prediction = {"source": {"bucket": INCOMING, "key": key, "version_id": version, "size": 1},
-                  "label": label, "confidence": probabilities[label], "probabilities": probabilities,
-                  "pneumonia_probability": 1 - probabilities["normal"], "refer_to_radiologist": True,
-                  "referral_reasons": ["near_threshold"], "threshold": 0.5, "referral_band": [0.2, 0.8],
-                  "model_id": "m", "predicted_at": review_queue.now(), "audit": {"content_hash": HASH}}
-    if overlay:
-        overlay_key = "predictions/" + key.removeprefix("incoming/") + ".overlay.png"
-        s3.put_object(Bucket=INCOMING, Key=overlay_key, Body=b"\x89PNG overlay")
-        prediction["explanation"] = {"overlay_key": overlay_key, "method": "cam"}
-    return review_queue.open_task(TABLE, prediction, 0.0)
+def referred_task(s3, probabilities=THREE, overlay=True) -> str:
+    return reviewing.referred_task(s3, INCOMING, TABLE, XRAY, HASH, probabilities, overlay=overlay)
 
 
 def call(route: str, task: str | None = None, body: dict | None = None, sub: str | None = "r1",

@@ -21,6 +21,7 @@ from cxr.commands import (
     import_medmnist,
     local,
     predict,
+    review,
     status,
     teardown,
     train,
@@ -30,7 +31,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            fsck, audit, doctor, deploy, teardown)
+            fsck, audit, review, doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

@@ -7,7 +7,7 @@ import json
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from cxr import target
+from cxr import reviews, target
 from infra import wiring
 from lambdas.domain import layout
 
@@ -43,6 +43,7 @@ def collect(deployment: target.Target, runs: int) -> dict:
                   "stopped": e.get("stopDate")} for e in executions],
         "endpoint": endpoint_state(deployment),
         "counts": counts(deployment),
+        "review": reviews.summary(reviews.items(deployment, reviews.review_table(deployment))),
     }
     if report["endpoint"].get("run_id"):
         report["model_metrics"] = model_metrics(deployment, report["endpoint"]["run_id"])
@@ -152,3 +153,19 @@ def print_report(report: dict) -> None:
         where = "valid for an hour" if report["model_report"].startswith("http") else "local copy"
         print(f"  evaluation report ({where}): {report['model_report']}")
     print("counts: " + ", ".join(f"{n} {name}" for name, n in report["counts"].items()))
+    print_review(report["review"])
+
+
+def print_review(summary: dict) -> None:
+    """The review queue and model-vs-reviewer agreement (``cxr.reviews``)."""
+    tasks = ", ".join(f"{n} {status}" for status, n in summary["tasks"].items()) or "none"
+    agreement = summary["agreement"]
+    print(f"review: tasks {tasks}; {summary['verdicts']} verdict(s)")
+    if agreement["overall"]["n"]:
+        def rate(r: dict) -> str:
+            return f"{r['agree']}/{r['n']} ({r['rate']:.0%})"
+        print(f"  model agrees with the reviewer: {rate(agreement['overall'])}; per class: "
+              + ", ".join(f"{name} {rate(r)}" for name, r in agreement["per_class"].items())
+              + (f"; quality-control sample {rate(agreement['quality_control'])}"
+                 if agreement["quality_control"]["n"] else ""))
+        print("  per month: " + ", ".join(f"{month} {rate(r)}" for month, r in agreement["per_month"].items()))

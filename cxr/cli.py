@@ -22,6 +22,7 @@ from cxr.commands import (
     local,
     predict,
     review,
+    reviewers,
     status,
     teardown,
     train,
@@ -31,7 +32,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            fsck, audit, review, doctor, deploy, teardown)
+            fsck, audit, review, reviewers, doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

@@ -13,6 +13,7 @@ import shlex
 from botocore.exceptions import ClientError
 
 from cxr import deployment, target
+from cxr.commands import reviewers
 from cxr.errors import UsageError, UserError
 from infra import wiring
 
@@ -86,6 +87,8 @@ def run(args) -> int:
               + ", ".join(f"{item.kind} {item.name}" for item in retained))
     print(f"data bucket:      {tgt.bucket(wiring.DATA)}")
     print(f"inference bucket: {tgt.bucket(wiring.INFERENCE)}")
+    print(f"review page:      {reviewers.page_url(tgt) or 'see the Review stack output PageUrl'}"
+          " (invite radiologists with `cxr reviewers add EMAIL`)")
     print("next: cxr upload-dataset DIR, then cxr train")
     return 0
 

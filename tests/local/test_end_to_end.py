@@ -43,7 +43,8 @@ def traces() -> list:
 @pytest.fixture
 def cloud(synthesized, tmp_path, traces):
     """An offline cloud whose principals' calls must all be allowed by the synthesized policies."""
-    config = Config.demo(stage="e2e", quality_gate=ANY_MODEL, prediction_retention_days=7)  # as conftest
+    config = Config.demo(stage="e2e", quality_gate=ANY_MODEL, prediction_retention_days=7,  # as conftest
+                         review_sample_rate=1.0, review_dataset="synth")  # every prediction queued for review
     names = LocalNames(config.stage)
     with (iam_trace.recording(sync_callers=frozenset({names.state_machine_role_arn})) as recorder,
           local_cloud.start(config, tmp_path / "local") as running):
@@ -126,6 +127,53 @@ def test_upload_train_deploy_predict(cloud, dataset):
     items = boto3.client("dynamodb").scan(TableName=cloud.names.table(wiring.PREDICTIONS_TABLE))["Items"]
     assert len(items) == 2
     check_audit_trail(cloud, run, message, results[xrays[0]], xrays[0])
+    check_review_loop(cloud, results[xrays[0]], xrays[0])
+
+
+def check_review_loop(cloud, prediction: dict, xray: Path) -> None:
+    """The prediction's review task, judged through the review API's function (its role's calls checked like every
+    other), becomes data: the copy lands in raw/synth/NORMAL/, ingest keeps the reviewed label and the patient id,
+    and PrepareDataset's manifests list it."""
+    import time
+
+    import requests
+
+    from lambdas.domain import layout, review, source_state
+    from lambdas.state_store import StateStore
+
+    lam = boto3.client("lambda")
+
+    def call(route: str, task: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+        claims = {"sub": "reviewer-1", "cognito:groups": f"[{review.REVIEWERS_GROUP}]",
+                  "exp": str(int(time.time()) + 600)}
+        event = {"routeKey": route, "pathParameters": {"id": task} if task else None,
+                 "requestContext": {"authorizer": {"jwt": {"claims": claims}}},
+                 "body": None if body is None else json.dumps(body), "isBase64Encoded": False}
+        answer = json.loads(lam.invoke(FunctionName=cloud.names.function(wiring.REVIEW_API),
+                                       Payload=json.dumps(event))["Payload"].read())
+        return answer["statusCode"], json.loads(answer["body"])
+
+    source = prediction["source"]
+    task = review.task_id(source["bucket"], source["key"], source["version_id"])
+    status, listing = call("GET /tasks")
+    assert status == 200 and task in [t["id"] for t in listing["tasks"]]
+    status, seen = call("GET /tasks/{id}", task)
+    assert status == 200 and requests.get(seen["image_url"], timeout=10).content == xray.read_bytes()
+    status, given = call("POST /tasks/{id}/verdict", task, {"verdict": "normal", "comment": "clear lungs"})
+    assert status == 201 and given["training_copy"], given
+    data = cloud.names.bucket(wiring.DATA)
+    copy = f"{layout.RAW}synth/NORMAL/{prediction['audit']['content_hash']}{xray.suffix}"
+    records = {r["source"]["key"]: r for r in StateStore(cloud.names.table(wiring.SOURCE_STATE_TABLE)).records(
+        source_state.dataset_partition(data, "synth"))}
+    reviewed = records[copy]  # the copy's S3 event ran ingest
+    assert reviewed["outcome"] == source_state.PROCESSED
+    assert (reviewed["image"]["label"], reviewed["image"]["patient_id"]) == ("normal", "1427")
+    prepared = json.loads(lam.invoke(FunctionName=cloud.names.function(wiring.PREPARE_DATASET), Payload=json.dumps(
+        {"run_id": "after-review", "dataset": "synth"}))["Payload"].read())
+    s3 = boto3.client("s3")
+    listed = [key for uri in prepared["channels"].values()
+              for key in json.loads(s3.get_object(Bucket=data, Key=layout.split_s3_uri(uri)[1])["Body"].read())[1:]]
+    assert reviewed["image"]["processed_key"] in listed
 
 
 def check_audit_trail(cloud, run: dict, message: dict, prediction: dict, xray: Path) -> None:

@@ -199,3 +199,34 @@ class ReviewServer:
                 return {name.lower(): value for name, value in self.headers.items()}
 
         return Handler
+
+
+LOCAL_TEMPORARY_PASSWORD = "Review-2026!"
+"""The offline reviewer's first password; the page then asks for a new one and an authenticator code."""
+
+
+def local_pool(idp, stage: str, email: str) -> tuple[str, str]:
+    """The offline cloud's reviewer pool (made once, as the review stack makes it in AWS) with ``email`` invited;
+    returns (pool id, client id)."""
+    name = f"cxr-{stage}-reviewers"
+    pools = [p["Id"] for p in idp.list_user_pools(MaxResults=60)["UserPools"] if p["Name"] == name]
+    if pools:
+        pool = pools[0]
+    else:
+        pool = idp.create_user_pool(PoolName=name, MfaConfiguration="ON",
+                                    AdminCreateUserConfig={"AllowAdminCreateUserOnly": True})["UserPool"]["Id"]
+        idp.set_user_pool_mfa_config(UserPoolId=pool, MfaConfiguration="ON",
+                                     SoftwareTokenMfaConfiguration={"Enabled": True})
+        idp.create_group(UserPoolId=pool, GroupName=review.REVIEWERS_GROUP)
+    clients = idp.list_user_pool_clients(UserPoolId=pool, MaxResults=60)["UserPoolClients"]
+    client = clients[0]["ClientId"] if clients else idp.create_user_pool_client(
+        UserPoolId=pool, ClientName="page", GenerateSecret=False,
+        ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])["UserPoolClient"]["ClientId"]
+    try:
+        idp.admin_create_user(UserPoolId=pool, Username=email, TemporaryPassword=LOCAL_TEMPORARY_PASSWORD)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "UsernameExistsException":
+            raise
+    idp.admin_add_user_to_group(UserPoolId=pool, Username=email, GroupName=review.REVIEWERS_GROUP)
+    return pool, client
+

@@ -157,3 +157,16 @@ def test_a_reviewer_signs_in_reads_the_xray_and_gives_a_verdict_with_the_keyboar
     head = boto3.client("s3").head_object(Bucket=DATA, Key=copy["Key"])
     assert head["Metadata"] == {"cxr-review-verdict": task, "cxr-patient-id": "1952"}
     assert "person1952" not in json.dumps([i for i in items if i["sk"] != "task"])  # only the task keeps the key
+
+
+def test_the_offline_pool_is_made_once_and_invites_the_reviewer(aws):
+    from cxr.local.review_server import local_pool
+
+    idp = boto3.client("cognito-idp", region_name=REGION)
+    first = local_pool(idp, "local", EMAIL)
+    assert local_pool(idp, "local", EMAIL) == first  # a second `cxr review serve` finds them
+    pool, client = first
+    assert idp.describe_user_pool(UserPoolId=pool)["UserPool"]["MfaConfiguration"] == "ON"
+    assert [u["Username"] for u in idp.list_users_in_group(UserPoolId=pool, GroupName=review.REVIEWERS_GROUP)[
+        "Users"]] == [EMAIL]
+    assert idp.describe_user_pool_client(UserPoolId=pool, ClientId=client)["UserPoolClient"]["ExplicitAuthFlows"]

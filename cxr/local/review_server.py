@@ -34,7 +34,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from cxr.local import functions
-from infra import wiring
+from infra import page_policy, wiring
 from lambdas.domain import review
 
 COGNITO_ACTIONS = frozenset({"InitiateAuth", "RespondToAuthChallenge", "AssociateSoftwareToken",
@@ -176,7 +176,8 @@ class ReviewServer:
                 path = urlsplit(self.path).path
                 if path in ("/", "/index.html"):
                     self._send(200, (wiring.REVIEW_PAGE_DIR / "index.html").read_bytes(), "text/html; charset=utf-8",
-                               {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"})
+                               {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                                "Content-Security-Policy": page_policy.content_security_policy([])})
                 elif path == f"/{wiring.REVIEW_PAGE_CONFIG}":
                     self._json(200, server.config())
                 elif path == "/s3":

@@ -31,7 +31,7 @@ from aws_cdk import aws_s3_deployment as s3deploy
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from infra import wiring
+from infra import page_policy, wiring
 from infra.components.access import allow_objects
 from infra.components.buckets import bucket_name
 from infra.components.function import ServiceFunction
@@ -42,6 +42,10 @@ from infra.config import Config
 from lambdas.domain import layout, review
 
 TOKEN_MINUTES = 60
+PAGE_CONNECTS = ["https://*.amazonaws.com"]
+"""What the page fetches: the API (``execute-api``), Cognito (``cognito-idp``) and presigned S3 URLs; all
+``*.amazonaws.com`` hosts of the stage's region, named without a token (the API's URL is only known at deploy
+time, and the distribution is created first)."""
 SECURITY_HEADERS = cloudfront.ResponseSecurityHeadersBehavior(
     content_type_options=cloudfront.ResponseHeadersContentTypeOptions(override=True),
     frame_options=cloudfront.ResponseHeadersFrameOptions(frame_option=cloudfront.HeadersFrameOption.DENY,
@@ -94,7 +98,11 @@ class ReviewStack(Stack):
                     "HIPAA.Security-S3BucketVersioningEnabled", "HIPAA.Security-S3BucketReplicationEnabled",
                     "HIPAA.Security-S3DefaultEncryptionKMS")
         headers = cloudfront.ResponseHeadersPolicy(
-            self, "PageHeaders", security_headers_behavior=SECURITY_HEADERS,
+            self, "PageHeaders", security_headers_behavior=cloudfront.ResponseSecurityHeadersBehavior(
+                **{name: getattr(SECURITY_HEADERS, name) for name in (
+                    "content_type_options", "frame_options", "referrer_policy", "strict_transport_security")},
+                content_security_policy=cloudfront.ResponseHeadersContentSecurityPolicy(
+                    content_security_policy=page_policy.content_security_policy(PAGE_CONNECTS), override=True)),
             custom_headers_behavior=cloudfront.ResponseCustomHeadersBehavior(custom_headers=[
                 cloudfront.ResponseCustomHeader(header="Cache-Control", value="no-store", override=True)]))
         self.distribution = cloudfront.Distribution(

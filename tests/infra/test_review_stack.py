@@ -8,7 +8,7 @@ import json
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from infra import wiring
+from infra import page_policy, wiring
 from lambdas.domain import layout, review
 
 pytestmark = pytest.mark.slow
@@ -70,6 +70,12 @@ def test_the_page_bucket_is_private_and_read_only_by_its_distribution(template):
     assert "OriginAccessControlId" in origin and bucket_id in json.dumps(origin["DomainName"])
     template.has_resource_properties("AWS::CloudFront::ResponseHeadersPolicy", {"ResponseHeadersPolicyConfig": {
         "CustomHeadersConfig": {"Items": [{"Header": "Cache-Control", "Value": "no-store", "Override": True}]}}})
+    _, headers = one(template, "AWS::CloudFront::ResponseHeadersPolicy")
+    policy = headers["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]["ContentSecurityPolicy"]
+    html = (wiring.REVIEW_PAGE_DIR / "index.html").read_text()
+    assert "default-src 'none'" in policy["ContentSecurityPolicy"] and "unsafe-inline'" not in policy[
+        "ContentSecurityPolicy"].split("script-src")[1].split(";")[0]
+    assert page_policy.script_hashes(html)[0] in policy["ContentSecurityPolicy"]
 
 
 def test_cors_admits_the_pages_origin_only(template, synth):

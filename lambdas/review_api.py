@@ -24,6 +24,7 @@ import time
 
 import boto3
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from boto3.dynamodb.types import TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -32,6 +33,7 @@ from lambdas import aws, review_data, review_queue
 from lambdas.domain import review
 
 logger = Logger(service="cxr-review-api")
+METRICS_NAMESPACE, SERVICE = "CxrServerless", "cxr-review-api"
 REVIEWERS_GROUP = review.REVIEWERS_GROUP
 PRESIGN_SECONDS = 300
 """How long an image URL works: long enough to load the image, too short to be worth passing on."""
@@ -195,6 +197,8 @@ def submit_verdict(task_id: str | None, reviewer: str, document: dict) -> tuple[
     raw_key = review_data.copy_for_training(task, verdict, os.environ[ENV_DATASET], os.environ[ENV_DATA_BUCKET])
     logger.info("verdict", task=task["pk"], reviewer=reviewer, verdict=verdict, status=task["status"],
                 agrees=item["agrees"], training_copy=raw_key is not None)
+    if status == 201:
+        publish(verdict, item["agrees"])
     return status, {"id": task["pk"], "verdict": verdict, "at": item["at"], "status": task["status"],
                     "training_copy": raw_key is not None}
 
@@ -224,3 +228,15 @@ def record_on_task(task_id: str, reviewer: str, verdict: str) -> dict:
             raise
         status = review.ADJUDICATION
     return {**updated, "status": status}
+
+
+def publish(verdict: str, agrees: bool | None) -> None:
+    """One new verdict as EMF, per verdict class: the dashboard's model-vs-reviewer agreement is
+    ``ReviewAgreements / ReviewComparable`` (a not-assessable verdict compares nothing)."""
+    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    metrics.add_dimension(name="verdict", value=verdict)
+    metrics.add_metric(name="ReviewVerdicts", unit=MetricUnit.Count, value=1)
+    if agrees is not None:
+        metrics.add_metric(name="ReviewComparable", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="ReviewAgreements", unit=MetricUnit.Count, value=int(agrees))
+    metrics.flush_metrics()

@@ -45,6 +45,29 @@ def out_of_distribution_rate(service: str) -> cloudwatch.MathExpression:
                        "predictions": _app_metric("Predictions", service).with_(period=OOD_PERIOD)})
 
 
+REVIEW_PERIOD = Duration.days(1)
+COMPARABLE_VERDICTS = ("normal", "bacterial", "viral", "pneumonia_unspecified")
+"""``lambdas.domain.review.VERDICTS`` but ``not_assessable``, which compares nothing."""
+
+
+def review_agreement_widget() -> cloudwatch.GraphWidget:
+    """Model vs reviewer agreement per day, per verdict class and overall (``lambdas.review_api.publish``)."""
+    def metric(name: str, verdict: str) -> cloudwatch.Metric:
+        return cloudwatch.Metric(namespace=wiring.METRICS_NAMESPACE, metric_name=name, statistic="Sum",
+                                 period=REVIEW_PERIOD, dimensions_map={"service": wiring.REVIEW_API.service,
+                                                                      "verdict": verdict})
+    agree = {f"a{i}": metric("ReviewAgreements", v) for i, v in enumerate(COMPARABLE_VERDICTS)}
+    compared = {f"c{i}": metric("ReviewComparable", v) for i, v in enumerate(COMPARABLE_VERDICTS)}
+    lines = [cloudwatch.MathExpression(expression=f"a{i} / c{i}", label=verdict, period=REVIEW_PERIOD,
+                                       using_metrics={f"a{i}": agree[f"a{i}"], f"c{i}": compared[f"c{i}"]})
+             for i, verdict in enumerate(COMPARABLE_VERDICTS)]
+    lines.append(cloudwatch.MathExpression(
+        expression=f"({' + '.join(agree)}) / ({' + '.join(compared)})", label="all verdicts",
+        period=REVIEW_PERIOD, using_metrics={**agree, **compared}))
+    return cloudwatch.GraphWidget(title="Model vs reviewer agreement (daily)", width=24, left=lines,
+                                  left_y_axis=cloudwatch.YAxisProps(min=0, max=1))
+
+
 class MonitoringStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, topic: sns.ITopic,
                  functions: list[ServiceFunction], state_machine: sfn.IStateMachine, **kwargs):
@@ -116,6 +139,7 @@ class MonitoringStack(Stack):
             cloudwatch.GraphWidget(title="Function errors", width=8, left=[
                 f.function.metric_errors(period=PERIOD, label=f.spec.id) for f in functions
             ]),
+            review_agreement_widget(),
             cloudwatch.AlarmStatusWidget(title="Alarms", width=24, alarms=[
                 *self.alarms, *(f.errors_alarm for f in functions),
             ]),

@@ -159,3 +159,14 @@ def test_ingest_trains_on_the_reviewed_label_with_the_patient_id_and_overrules_t
                                                                            source_state.OVERRULED)
     items = prepare_dataset.load_items(review_api.os.environ["SOURCE_STATE_TABLE"], DATA, DATASET)
     assert [(i.label, i.patient_id) for i in items] == [("bacterial", "1436")]
+
+
+def test_a_new_verdict_is_one_metric_of_agreement_per_class(loop, capsys):
+    task = referred_task(loop)
+    capsys.readouterr()
+    call("POST /tasks/{id}/verdict", task, {"verdict": "normal"})
+    call("POST /tasks/{id}/verdict", task, {"verdict": "normal"})  # a retry: nothing new to count
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    (emf,) = documents
+    assert (emf["verdict"], emf["service"]) == ("normal", "cxr-review-api")
+    assert (emf["ReviewVerdicts"], emf["ReviewComparable"], emf["ReviewAgreements"]) == ([1.0], [1.0], [1.0])

@@ -101,3 +101,10 @@ def test_the_review_function_may_copy_into_raw_and_review_but_delete_nothing(syn
     Template.from_json(synth.template("review")).has_resource_properties("AWS::Lambda::Function", {
         "Handler": wiring.REVIEW_API.handler,
         "Environment": {"Variables": Match.object_like({wiring.ENV_REVIEW_DATASET: "reviewed"})}})
+
+
+def test_the_dashboard_shows_model_vs_reviewer_agreement(synth):
+    (dashboard,) = synth.resources("AWS::CloudWatch::Dashboard", "monitoring").values()
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    assert "Model vs reviewer agreement" in body and "ReviewAgreements" in body and "ReviewComparable" in body
+    assert wiring.REVIEW_API.service in body

@@ -92,3 +92,27 @@ def referred_task(s3, bucket: str, table: str, xray: Path, content_hash: str, pr
         s3.put_object(Bucket=bucket, Key=overlay_key, Body=overlay if isinstance(overlay, bytes) else b"\x89PNG")
         prediction["explanation"] = {"overlay_key": overlay_key, "method": "cam"}
     return review_queue.open_task(table, prediction, 0.0)
+
+
+def totp(secret: str) -> str:
+    """The authenticator code moto's Cognito expects now (``MOTO_COGNITO_IDP_USER_POOL_ENABLE_TOTP``)."""
+    import time
+
+    from moto.cognitoidp.utils import cognito_totp
+
+    return cognito_totp(secret).generate(int(time.time())).decode()
+
+
+def sign_in(page, url: str, email: str, temporary: str, password: str) -> None:
+    """An invited reviewer's first sign-in on the review page: temporary password, a new one, TOTP set-up."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    page.fill("#username", email)
+    page.fill("#password", temporary)
+    page.click("#login-button")
+    page.fill("#new-password", password)
+    page.click("#login-button")
+    expect(page.locator("#mfa-secret")).not_to_be_empty()
+    page.fill("#mfa-code", totp(page.inner_text("#mfa-secret")))
+    page.click("#login-button")

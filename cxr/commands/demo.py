@@ -49,6 +49,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "demo", help="where results are written")
     parser.add_argument("--training-set", type=Path, default=TRAINING_SET)
     parser.add_argument("--xrays", type=Path, default=TEST_XRAYS, help="X-rays to predict after deployment")
+    parser.add_argument("--review", action="store_true",
+                        help="at the end, serve the review page on localhost with the referred X-rays waiting")
     parser.set_defaults(run=run)
 
 
@@ -61,7 +63,7 @@ def run(args) -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     config = Config.demo(stage="demo")
-    say("synthesizing the CDK app (5 stacks, cdk-nag checks) for the offline cloud")
+    say(f"synthesizing the CDK app ({len(wiring.STACK_PARTS)} stacks, cdk-nag checks) for the offline cloud")
     synthesized = pipeline.synthesize(config, out / "cdk.out")
     with local_cloud.start(config, out / "local") as cloud:
         cloud.install_pipeline(synthesized)
@@ -81,10 +83,34 @@ def run(args) -> int:
         artifact = execution["output"]["training"]["ModelArtifacts"]["S3ModelArtifacts"]
         metrics = collect_model(s3, artifact, out)
         trail = audit_first(cloud, rows, out)
-    print_results(rows, metrics, execution["output"], out)
-    print_audit(trail, out)
+        print_results(rows, metrics, execution["output"], out)
+        print_audit(trail, out)
+        review_queue(cloud, args.review)
     say("done")
     return 0 if all(r["status"] == "predicted" for r in rows) else 1
+
+
+def review_queue(cloud, serve: bool) -> None:
+    """How many predictions wait for a radiologist; with ``serve``, the review page over them until Ctrl-C."""
+    from cxr import reviews, target
+    from cxr.local import review_server
+
+    deployment = target.Target(session=boto3.Session(), stage=cloud.names.stage, account=local_names.ACCOUNT,
+                               region=local_names.REGION)
+    tasks = reviews.summary(reviews.items(deployment, cloud.names.table(wiring.REVIEW_TASKS_TABLE)))["tasks"]
+    print(f"\nreview queue: {tasks.get('open', 0)} X-ray(s) waiting for a radiologist"
+          + ("" if serve else " (`cxr demo --review` ends by serving them on the review page)"))
+    if not serve:
+        return
+    with review_server.for_cloud(cloud, "reviewer@example.org", port=8765) as server:
+        print(f"review page: {server.url}  (sign in as reviewer@example.org, first password "
+              f"{review_server.LOCAL_TEMPORARY_PASSWORD}; any 6-digit authenticator code); Ctrl-C ends the demo",
+              flush=True)
+        try:
+            while server.thread.is_alive():
+                server.thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
 
 
 def ingest(say, s3, cloud, folder: Path) -> bool:

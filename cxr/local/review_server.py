@@ -33,7 +33,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from cxr.local import functions
+from cxr.local import functions, names
 from infra import page_policy, wiring
 from lambdas.domain import review
 
@@ -84,15 +84,29 @@ def presign_expired(url: str, now: datetime | None = None) -> bool:
     return ((now or datetime.now(UTC)) - signed).total_seconds() > int(query["X-Amz-Expires"][0])
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser that goes away mid-answer (a closed tab) is no error; anything else is reported as usual."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class ReviewServer:
     """One server on ``127.0.0.1``; handlers run in this process, against whatever AWS the process sees."""
 
     def __init__(self, environment: dict[str, str], user_pool_id: str, client_id: str, region: str, log: TextIO,
-                 port: int = 0, principal: str | None = None):
+                 port: int = 0, principal: str | None = None, function_name: str = wiring.REVIEW_API.id):
+        """``principal`` and ``function_name``: the role and the offline cloud's name of the function, so that
+        its calls and its runtime's are checked against the synthesized policies (:mod:`cxr.local.iam_trace`)."""
         self.environment, self.client_id, self.region, self.log = environment, client_id, region, log
+        self.function_name = function_name
         self.issuer = f"https://cognito-idp.{region}.amazonaws.com/{user_pool_id}"
         self.principal, self.keys = principal, moto_key_set()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self.httpd = _QuietServer(("127.0.0.1", port), self._handler_class())
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="review-server", daemon=True)
 
     @property
@@ -125,7 +139,7 @@ class ReviewServer:
                  "headers": headers, "requestContext": {"authorizer": {"jwt": {"claims": as_http_api_claims(claims),
                                                                                "scopes": None}}},
                  "body": body.decode() if body else None, "isBase64Encoded": False}
-        result, error = functions.run(wiring.REVIEW_API.handler, event, self.environment, wiring.REVIEW_API.id,
+        result, error = functions.run(wiring.REVIEW_API.handler, event, self.environment, self.function_name,
                                       self.log, memory_mb=wiring.REVIEW_API.memory_mb,
                                       timeout_s=wiring.REVIEW_API.timeout_s, principal=self.principal)
         if error:  # API Gateway answers 500 when the integration fails
@@ -230,4 +244,14 @@ def local_pool(idp, stage: str, email: str) -> tuple[str, str]:
             raise
     idp.admin_add_user_to_group(UserPoolId=pool, Username=email, GroupName=review.REVIEWERS_GROUP)
     return pool, client
+
+
+def for_cloud(cloud, email: str, port: int = 0) -> ReviewServer:
+    """A review server over an in-process offline cloud (`cxr demo --review`, the end-to-end test): the
+    ReviewApi function's environment, its role as the principal of its calls, a reviewer pool with ``email``."""
+    idp = boto3.client("cognito-idp", region_name=names.REGION)
+    pool, client = local_pool(idp, cloud.config.stage, email)
+    return ReviewServer(cloud.environment(wiring.REVIEW_API), pool, client, names.REGION, cloud.lambda_log,
+                        port=port, principal=cloud.names.function_role_arn(wiring.REVIEW_API),
+                        function_name=cloud.names.function(wiring.REVIEW_API))
 

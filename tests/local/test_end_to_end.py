@@ -131,36 +131,18 @@ def test_upload_train_deploy_predict(cloud, dataset):
 
 
 def check_review_loop(cloud, prediction: dict, xray: Path) -> None:
-    """The prediction's review task, judged through the review API's function (its role's calls checked like every
-    other), becomes data: the copy lands in raw/synth/NORMAL/, ingest keeps the reviewed label and the patient id,
-    and PrepareDataset's manifests list it."""
-    import time
-
-    import requests
-
+    """The prediction's review task, judged on the review page (headless Chromium, the offline review server, the
+    ReviewApi function's role checked like every other), becomes data: the copy lands in raw/synth/NORMAL/,
+    ingest keeps the reviewed label and the patient id, and the next pipeline run's manifests list it."""
+    from cxr.local import review_server
+    from lambdas import prepare_dataset
     from lambdas.domain import layout, review, source_state
     from lambdas.state_store import StateStore
 
-    lam = boto3.client("lambda")
-
-    def call(route: str, task: str | None = None, body: dict | None = None) -> tuple[int, dict]:
-        claims = {"sub": "reviewer-1", "cognito:groups": f"[{review.REVIEWERS_GROUP}]",
-                  "exp": str(int(time.time()) + 600)}
-        event = {"routeKey": route, "pathParameters": {"id": task} if task else None,
-                 "requestContext": {"authorizer": {"jwt": {"claims": claims}}},
-                 "body": None if body is None else json.dumps(body), "isBase64Encoded": False}
-        answer = json.loads(lam.invoke(FunctionName=cloud.names.function(wiring.REVIEW_API),
-                                       Payload=json.dumps(event))["Payload"].read())
-        return answer["statusCode"], json.loads(answer["body"])
-
     source = prediction["source"]
     task = review.task_id(source["bucket"], source["key"], source["version_id"])
-    status, listing = call("GET /tasks")
-    assert status == 200 and task in [t["id"] for t in listing["tasks"]]
-    status, seen = call("GET /tasks/{id}", task)
-    assert status == 200 and requests.get(seen["image_url"], timeout=10).content == xray.read_bytes()
-    status, given = call("POST /tasks/{id}/verdict", task, {"verdict": "normal", "comment": "clear lungs"})
-    assert status == 201 and given["training_copy"], given
+    with review_server.for_cloud(cloud, "reader@example.org") as server:
+        review_on_the_page(server.url, task)
     data = cloud.names.bucket(wiring.DATA)
     copy = f"{layout.RAW}synth/NORMAL/{prediction['audit']['content_hash']}{xray.suffix}"
     records = {r["source"]["key"]: r for r in StateStore(cloud.names.table(wiring.SOURCE_STATE_TABLE)).records(
@@ -168,12 +150,38 @@ def check_review_loop(cloud, prediction: dict, xray: Path) -> None:
     reviewed = records[copy]  # the copy's S3 event ran ingest
     assert reviewed["outcome"] == source_state.PROCESSED
     assert (reviewed["image"]["label"], reviewed["image"]["patient_id"]) == ("normal", "1427")
-    prepared = json.loads(lam.invoke(FunctionName=cloud.names.function(wiring.PREPARE_DATASET), Payload=json.dumps(
-        {"run_id": "after-review", "dataset": "synth"}))["Payload"].read())
+    run = run_pipeline(cloud, "run-after-review", QUICK)
+    assert run["status"] == "SUCCEEDED", run
     s3 = boto3.client("s3")
-    listed = [key for uri in prepared["channels"].values()
-              for key in json.loads(s3.get_object(Bucket=data, Key=layout.split_s3_uri(uri)[1])["Body"].read())[1:]]
-    assert reviewed["image"]["processed_key"] in listed
+    manifests = [json.loads(s3.get_object(Bucket=data, Key=prepare_dataset.manifest_key("run-after-review", split))[
+        "Body"].read()) for split in ("train", "validation", "test")]
+    assert reviewed["image"]["processed_key"] in [key for manifest in manifests for key in manifest[1:]]
+
+
+def review_on_the_page(url: str, task: str) -> None:
+    """Sign in, open the task, give `normal` with the keyboard, see it leave the queue."""
+    import shutil
+
+    from playwright.sync_api import expect, sync_playwright
+
+    import reviewing
+    from cxr.local.review_server import LOCAL_TEMPORARY_PASSWORD
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (make setup installs Debian's chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        reviewing.sign_in(page, url, "reader@example.org", LOCAL_TEMPORARY_PASSWORD, "Chosen-Pass-2026!")
+        expect(page.locator(f'#queue li[data-id="{task}"]')).to_have_count(1)
+        page.click(f'#queue li[data-id="{task}"]')
+        expect(page.locator("#details")).to_have_attribute("data-task", task)  # loaded, image and all
+        page.locator("#viewer").click()
+        page.keyboard.press("1")
+        page.keyboard.press("Enter")
+        expect(page.locator(f'#queue li[data-id="{task}"]')).to_have_count(0)
+        browser.close()
 
 
 def check_audit_trail(cloud, run: dict, message: dict, prediction: dict, xray: Path) -> None:

@@ -74,12 +74,6 @@ def served(aws, monkeypatch):
         yield server, task, pool, client
 
 
-def totp(secret: str) -> str:
-    from moto.cognitoidp.utils import cognito_totp
-
-    return cognito_totp(secret).generate(int(time.time())).decode()
-
-
 def test_the_api_refuses_no_token_a_forged_one_and_other_groups(served):
     server, _, pool, client = served
     assert requests.get(f"{server.url}/tasks", timeout=10).status_code == 401
@@ -113,15 +107,7 @@ def test_a_reviewer_signs_in_reads_the_xray_and_gives_a_verdict_with_the_keyboar
         errors = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url)
-        page.fill("#username", EMAIL)
-        page.fill("#password", TEMPORARY)
-        page.click("#login-button")
-        page.fill("#new-password", PASSWORD)
-        page.click("#login-button")
-        expect(page.locator("#mfa-secret")).not_to_be_empty()
-        page.fill("#mfa-code", totp(page.inner_text("#mfa-secret")))
-        page.click("#login-button")
+        reviewing.sign_in(page, server.url, EMAIL, TEMPORARY, PASSWORD)
         expect(page.locator("#queue li")).to_have_count(1)
         expect(page.locator("#details")).to_contain_text("Model: viral")
         expect(page.locator("#details")).to_contain_text("near threshold")

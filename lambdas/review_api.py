@@ -3,11 +3,14 @@
 Routes: ``GET /tasks`` (the open queue), ``GET /tasks/{id}`` (one task with presigned URLs of its review
 copies; every view is logged with the reviewer's id), ``POST /tasks/{id}/verdict`` (``{"verdict", "comment"}``).
 
-Who may call: the API's JWT authorizer checks the Cognito access token's signature, issuer, audience
-(client id) and expiry before this function runs; it does not check groups ("JWT authorizers ... don't
-evaluate groups" - the issue; scopes only), so this handler refuses anyone outside :data:`REVIEWERS_GROUP`,
-and refuses an expired token again (defence in depth; the offline server runs this handler directly).
-HTTP APIs hand claims over as strings, an array as ``"[a b]"`` (:func:`groups`).
+Who may call: the API's JWT authorizer checks the Cognito token's signature, issuer, audience (``aud``, or
+``client_id`` when there is no ``aud``) and expiry before this function runs, and allows or denies "based on
+token validation, and optionally, scopes" (API Gateway developer guide, "Control access to HTTP APIs with JWT
+authorizers"; "Troubleshooting issues with HTTP API JWT authorizers"): it checks no groups, so this handler
+refuses anyone outside :data:`REVIEWERS_GROUP`. The same guide notes that nothing tells an access token from an
+ID token, and our client id is the ID token's ``aud``: only ``token_use: access`` is taken. An expired token is
+refused again (defence in depth; the offline server runs this handler directly). HTTP APIs hand claims over as
+strings, an array as ``"[a b]"`` (:func:`groups`).
 
 Verdicts are immutable: one item per (task, reviewer), written once (a conditional put); the same verdict
 again is an idempotent success, another is refused (409). Two reviewers who disagree put the task into
@@ -97,6 +100,8 @@ def authorise(event: dict, now: float | None = None) -> str:
     claims = ((event.get("requestContext") or {}).get("authorizer") or {}).get("jwt", {}).get("claims") or {}
     if not claims.get("sub"):
         raise Refused(401, "sign in first")
+    if claims.get("token_use") != "access":
+        raise Refused(401, "an access token is needed (the page sends one)")
     if float(claims.get("exp") or 0) <= (time.time() if now is None else now):
         raise Refused(401, "the token has expired: sign in again")
     if REVIEWERS_GROUP not in groups(claims):

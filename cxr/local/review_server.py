@@ -65,7 +65,7 @@ def authorize(header: str | None, issuer: str, audience: str, keys: KeySet, now:
         raise Unauthorized(f"bad token: {exc}") from None
     if claims.get("iss") != issuer:
         raise Unauthorized("wrong issuer")
-    if claims.get("client_id", claims.get("aud")) != audience:
+    if (claims["aud"] if "aud" in claims else claims.get("client_id")) != audience:  # aud first, as AWS does
         raise Unauthorized("wrong audience")
     if float(claims.get("exp", 0)) <= (time.time() if now is None else now):
         raise Unauthorized("expired")

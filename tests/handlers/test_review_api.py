@@ -49,8 +49,8 @@ def referred_task(s3, probabilities=THREE, overlay=True) -> str:
 
 
 def call(route: str, task: str | None = None, body: dict | None = None, sub: str | None = "r1",
-         groups: object = "[reviewers]", expires: float | None = None) -> tuple[int, dict]:
-    claims = {} if sub is None else {"sub": sub, "cognito:groups": groups,
+         groups: object = "[reviewers]", expires: float | None = None, token_use: str = "access") -> tuple[int, dict]:
+    claims = {} if sub is None else {"sub": sub, "cognito:groups": groups, "token_use": token_use,
                                      "exp": str(int(expires if expires is not None else time.time() + 3600))}
     event = {"routeKey": route, "pathParameters": {"id": task} if task else None,
              "requestContext": {"authorizer": {"jwt": {"claims": claims}}},
@@ -65,6 +65,7 @@ def call(route: str, task: str | None = None, body: dict | None = None, sub: str
     ({"groups": "[radiographers]"}, 403),                            # signed in, wrong group
     ({"groups": "[]"}, 403),
     ({"expires": time.time() - 5}, 401),                             # expired
+    ({"token_use": "id"}, 401),                                      # an ID token: the API takes access tokens
 ])
 def test_only_signed_in_reviewers_with_a_live_token_get_in(loop, claims, status):
     assert call("GET /tasks", **claims)[0] == status

@@ -42,6 +42,9 @@ ENV_SOURCE_STATE_TABLE = "SOURCE_STATE_TABLE"
 ENV_CODE_VERSION = audit.CODE_VERSION_VARIABLE
 """The project version and git commit the app was synthesized from (``infra.version.code_version``)."""
 ENV_PREDICTION_RETENTION_DAYS = "PREDICTION_RETENTION_DAYS"
+ENV_PSEUDONYM_SECRET = "PSEUDONYM_SECRET_ARN"
+"""The retained Secrets Manager secret that keys DICOM pseudonyms (``lambdas/pseudonyms.py``)."""
+PSEUDONYM_SECRET_NAME = "cxr-{stage}/dicom-pseudonym-key"
 """Days of S3 Object Lock retention (governance mode) on each prediction JSON; 0: none."""
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
 METRICS_NAMESPACE = "CxrServerless"
@@ -159,7 +162,7 @@ PREPROCESS = Function(
     handler="lambdas.preprocess.handler",
     memory_mb=1769,  # one full vCPU: decoding a 30 MB upload is CPU-bound
     timeout_s=60,
-    environment=(ENV_DATA_BUCKET, ENV_SOURCE_STATE_TABLE),
+    environment=(ENV_DATA_BUCKET, ENV_SOURCE_STATE_TABLE, ENV_PSEUDONYM_SECRET),
     trigger=Trigger(DATA, layout.RAW, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # deletes retire outputs too
     service="cxr-preprocess",
 )

@@ -47,7 +47,7 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from lambdas import aws, s3io
-from lambdas.domain import audit, imaging, layout, source_state
+from lambdas.domain import audit, dicom, imaging, layout, source_state
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
 from lambdas.state_store import SourceRef, StateStore, handle
@@ -207,7 +207,7 @@ def predict_object(source: dict) -> dict:
     try:
         imaging.check_upload_size(obj.size, settings.max_upload_bytes)
         data, metadata = s3io.download(obj.bucket, obj.key, obj.version_id)
-        image = imaging.normalise(data)
+        image, _ = dicom.normalise(data)
     except imaging.RejectedImage as exc:
         return {"status": "rejected", "reason": exc.code, "message": exc.message}
     explain = explain_policy(metadata, settings)

@@ -194,7 +194,8 @@ def sidecar(record: Mapping) -> dict:
     """The JSON written beside a processed image (what a person or a tool reads next to the PNG)."""
     image = record["image"]
     return {"source": record["source"], **{k: image[k] for k in (
-        "dataset", "label", "patient_id", "split", "image_id", "content_hash", "processed_key", "stored", "original")}}
+        "dataset", "label", "patient_id", "split", "image_id", "content_hash", "processed_key", "stored", "original",
+        "dicom") if k in image}}
 
 
 def error_document(record: Mapping) -> dict:

@@ -1,0 +1,105 @@
+"""De-identification of a DICOM X-ray: what a sidecar, a record or a log may carry, and nothing else.
+
+DICOM PS3.15 Annex E's Basic Application Level Confidentiality Profile with the Retain Patient
+Characteristics Option, applied as an allow-list: of the whole data set only the facts below
+leave ``raw/``, so every attribute of the profile's Table E.1-1 (names, identifiers, dates, UIDs,
+institution, device, free text, private tags) is removed, and so is anything the table does not
+know. Kept: modality, view position, body part, age in years (90 and over top-coded as "90+", as
+HIPAA's Safe Harbor method does), sex, pixel spacing (the option's patient characteristics and the
+geometry a model needs); the patient id and the study, series and instance UIDs are replaced by keyed
+pseudonyms (HMAC-SHA-256 with the deployment's secret), so images of one patient still group
+together in splits while nobody without the secret can link a pseudonym back. The secret is never
+rotated: a new one would give every patient a new pseudonym.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+
+from pydicom.dataset import Dataset
+
+from lambdas.domain import dicom
+
+AGE_TOP_CODE = 90
+PSEUDONYM_PREFIX = "p-"
+KEPT_KEYWORDS = ("Modality", "ViewPosition", "BodyPartExamined", "PatientAge", "PatientSex", "PixelSpacing",
+                 "ImagerPixelSpacing")
+"""Attributes whose values (or a coarsened form) are kept; the UIDs and PatientID become pseudonyms."""
+PSEUDONYMISED_KEYWORDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+
+
+def _digest(key: bytes, kind: str, value: str) -> bytes:
+    return hmac.new(key, f"{kind}:{value.strip()}".encode(), hashlib.sha256).digest()
+
+
+def pseudonymous_patient_id(key: bytes, patient_id: str) -> str | None:
+    """The keyed pseudonym of a PatientID (None when the file has none: the image is then its own group)."""
+    return PSEUDONYM_PREFIX + _digest(key, "PatientID", patient_id).hex()[:32] if patient_id.strip() else None
+
+
+def pseudonymous_uid(key: bytes, value: str) -> str | None:
+    """A UID under the ``2.25`` root (PS3.5 B.2: a 128-bit integer), derived from the original by the key."""
+    return "2.25." + str(int.from_bytes(_digest(key, "UID", value)[:16], "big")) if value.strip() else None
+
+
+def age_years(dataset: Dataset) -> int | str | None:
+    """PatientAge (``nnnY/M/W/D``), else the years between birth and study dates; "90+" from 90 on."""
+    text = str(dataset.get("PatientAge", "")).strip().upper()
+    years: float | None = None
+    if len(text) == 4 and text[:3].isdigit() and text[3] in _AGE_UNITS:
+        years = int(text[:3]) * _AGE_UNITS[text[3]]
+    else:
+        born, seen = _date(dataset.get("PatientBirthDate")), _date(dataset.get("StudyDate"))
+        if born and seen and seen >= born:
+            years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+    if years is None:
+        return None
+    return f"{AGE_TOP_CODE}+" if years >= AGE_TOP_CODE else int(years)
+
+
+def facts(dataset: Dataset, key: bytes) -> dict:
+    """The de-identified description of one image: the only DICOM-derived content written outside ``raw/``."""
+    spacing_keyword = next((k for k in ("PixelSpacing", "ImagerPixelSpacing") if dataset.get(k)), None)
+    sex = str(dataset.get("PatientSex", "")).strip().upper()
+    text = {k: str(dataset.get(k, "")) for k in PSEUDONYMISED_KEYWORDS}
+    return {
+        "patient_id": pseudonymous_patient_id(key, text["PatientID"]),
+        "study_uid": pseudonymous_uid(key, text["StudyInstanceUID"]),
+        "series_uid": pseudonymous_uid(key, text["SeriesInstanceUID"]),
+        "instance_uid": pseudonymous_uid(key, text["SOPInstanceUID"]),
+        "modality": str(dataset.get("Modality", "")).strip().upper(),
+        "view_position": str(dataset.get("ViewPosition", "")).strip().upper() or dicom.UNKNOWN,
+        "body_part": str(dataset.get("BodyPartExamined", "")).strip().upper() or dicom.UNKNOWN,
+        "age_years": age_years(dataset),
+        "sex": sex if sex in ("M", "F", "O") else None,
+        "pixel_spacing_mm": [float(v) for v in dataset.get(spacing_keyword)] if spacing_keyword else None,
+        "pixel_spacing_source": spacing_keyword,
+        "transfer_syntax": dicom.TRANSFER_SYNTAXES.get(dataset.file_meta.TransferSyntaxUID,
+                                                       str(dataset.file_meta.TransferSyntaxUID)),
+        "photometric": str(dataset.get("PhotometricInterpretation", "")),
+        "bits_stored": int(dataset.get("BitsStored") or 0) or None,
+    }
+
+
+def removed(dataset: Dataset) -> list[dict]:
+    """Every attribute of the file that no output carries (by tag; values are never shown)."""
+    kept = set(KEPT_KEYWORDS) | set(PSEUDONYMISED_KEYWORDS)
+    gone = []
+    for element in [*dataset.get("file_meta", Dataset()), *dataset]:
+        if element.keyword in kept or element.tag == 0x7FE00010:
+            continue
+        gone.append({"tag": f"({element.tag.group:04X},{element.tag.element:04X})",
+                     "keyword": element.keyword or ("private" if element.tag.is_private else "unknown"),
+                     "vr": element.VR})
+    return gone
+
+
+def _date(value) -> dt.date | None:
+    text = str(value or "").strip()
+    try:
+        return dt.datetime.strptime(text[:8], "%Y%m%d").date()
+    except ValueError:
+        return None

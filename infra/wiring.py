@@ -24,6 +24,7 @@ ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
 ENV_ENDPOINT_PARAMETER = "ENDPOINT_PARAMETER"
 """Name of the SSM parameter holding the serving endpoint's name (not the endpoint name itself)."""
 ENV_EXPLAIN_REFERRALS = "EXPLAIN_REFERRALS"
+ENV_DICOM_SR_OUTPUT = "DICOM_SR_OUTPUT"
 """``true``: the predict function keeps the class-activation overlay of every referred prediction."""
 ENV_QUALITY_GATE = "QUALITY_GATE"
 """JSON object: ``metrics.json`` field (dotted path) -> minimum value."""
@@ -173,7 +174,7 @@ PREDICT = Function(
     timeout_s=360,  # the endpoint call's worst case with retries (lambdas.aws.endpoint_call_budget_s), plus a minute
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
                  ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE, ENV_CODE_VERSION,
-                 ENV_PREDICTION_RETENTION_DAYS, ENV_EXPLAIN_REFERRALS),
+                 ENV_PREDICTION_RETENTION_DAYS, ENV_EXPLAIN_REFERRALS, ENV_DICOM_SR_OUTPUT),
     trigger=Trigger(INFERENCE, layout.INCOMING, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # a delete retires it
     service="cxr-predict",
 )

@@ -113,6 +113,7 @@ class LocalCloud:
             wiring.ENV_IDEMPOTENCY_TABLE: self.names.table(wiring.IDEMPOTENCY_TABLE),
             wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(config.stage),
             wiring.ENV_EXPLAIN_REFERRALS: "true" if config.explain_referrals else "false",
+            wiring.ENV_DICOM_SR_OUTPUT: "true" if config.dicom_sr_output else "false",
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate)),
             wiring.ENV_SAGEMAKER_ROLE_ARN: self.names.model_role_arn,
             wiring.ENV_KMS_KEY_ARN: self.kms_key_arn,

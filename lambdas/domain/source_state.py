@@ -184,7 +184,9 @@ def outputs(record: Mapping) -> tuple[str, ...]:
         return (layout.quarantine_key(key),)
     if kind == PREDICTED:
         explained = "explanation" in record.get("prediction", {})
-        return (layout.prediction_key(key), *([layout.overlay_key(key)] if explained else []))
+        reported = "dicom_sr" in record.get("prediction", {})
+        return (layout.prediction_key(key), *([layout.overlay_key(key)] if explained else []),
+                *([layout.structured_report_key(key)] if reported else []))
     if kind == REJECTED:
         return (layout.rejected_key(key),)
     return ()

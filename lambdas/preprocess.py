@@ -148,6 +148,9 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
     except (layout.KeyLayoutError, UnlabelledError) as exc:
         return _quarantined(source, "unlabelled", str(exc)), None
     described = deid.facts(data_set, pseudonyms.key(settings)) if data_set is not None else None
+    declared = current.metadata.get(layout.PATIENT_METADATA, "")
+    patient = (deid.pseudonymous_patient_id(pseudonyms.key(settings), declared) if declared.strip() else
+               described["patient_id"] if described else info.patient_id)
     image_id = source_state.output_id(ref.key, image.content_hash)
     authority = source_state.REVIEW if current.metadata.get(source_state.REVIEW_METADATA) else source_state.FOLDER
     record = {
@@ -156,7 +159,7 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
         "image": {
             "dataset": dataset,
             "label": info.label,
-            "patient_id": described["patient_id"] if described else info.patient_id,
+            "patient_id": patient,
             "split": info.split,
             "image_id": image_id,
             "content_hash": image.content_hash,

@@ -46,6 +46,9 @@ ERROR_SUFFIX = ".error.json"
 OVERLAY_SUFFIX = ".overlay.png"
 EXPLAIN_METADATA = "cxr-explain"
 """User metadata of an ``incoming/`` upload (``x-amz-meta-cxr-explain: true``) asking for its overlay."""
+PATIENT_METADATA = "cxr-patient-id"
+"""User metadata of a ``raw/`` upload: the patient id a CSV manifest's ``patient_id`` column gave it. Ingest
+records only its keyed pseudonym (``lambdas/domain/deid.py``), so splits group by it and it never leaves raw/."""
 
 
 class KeyLayoutError(ValueError):

@@ -218,6 +218,10 @@ def corpus() -> list[Case]:
                        WindowCenter=1976, WindowWidth=4001)
     shown = np.clip((2 * g12.astype(np.float64) - 1024 - (1976 - 0.5)) / 4000 + 0.5, 0, 1)
     add("rescale-window", to_bytes(rescaled, uid.RLELossless), expected=np.rint(shown * 255).astype(np.uint8))
+    sigmoid = dataset(g12, bits_stored=12, number=len(cases) + 1, WindowCenter=2048, WindowWidth=2048,
+                      VOILUTFunction="SIGMOID")
+    curve = 1 / (1 + np.exp(-4 * (g12.astype(np.float64) - 2048) / 2048))
+    add("window-sigmoid", to_bytes(sigmoid, uid.JPEG2000Lossless), expected=np.rint(curve * 255).astype(np.uint8))
     gamma = np.rint(65535 * (np.arange(4096) / 4095) ** 0.5).astype(np.uint16)
     with_lut = dataset(g12, bits_stored=12, number=len(cases) + 1)
     item = Dataset()

@@ -160,14 +160,28 @@ def normalise(data: bytes) -> tuple[NormalisedImage, Dataset | None]:
 
 
 def grey_levels(dataset: Dataset) -> np.ndarray:
-    """The displayed grey levels as ``uint8``: Modality LUT, VOI LUT or window, MONOCHROME1 inverted."""
+    """The displayed grey levels as ``uint8``: Modality LUT, VOI LUT or window, MONOCHROME1 inverted.
+
+    One float32 copy of the image, transformed in place: at the 60 MP cap the peak stays near the
+    decoded image plus 4 bytes a pixel (``bench/dicom_memory.py``).
+    """
     stored = _decoded_pixels(dataset)
-    values = apply_modality_lut(stored, dataset).astype(np.float32, copy=False)
+    if dataset.get("ModalityLUTSequence"):
+        values = apply_modality_lut(stored, dataset).astype(np.float32)
+    else:
+        values = stored.astype(np.float32)
+        slope, intercept = _first(dataset.get("RescaleSlope")), _first(dataset.get("RescaleIntercept"))
+        if slope is not None and slope != 1.0:
+            values *= slope
+        if intercept:
+            values += intercept
     del stored
-    unit = _voi(values, dataset)  # 0 (darkest) .. 1 (brightest) as MONOCHROME2
+    unit = _voi(values, dataset)  # 0 (darkest) .. 1 (brightest) as MONOCHROME2, in place where it can be
     if str(dataset.PhotometricInterpretation).strip().upper() == "MONOCHROME1":
-        unit = 1.0 - unit
-    return np.rint(unit * 255.0).astype(np.uint8)
+        np.subtract(1.0, unit, out=unit)
+    unit *= 255.0
+    np.rint(unit, out=unit)
+    return unit.astype(np.uint8)
 
 
 def _decoded_pixels(dataset: Dataset) -> np.ndarray:
@@ -199,13 +213,25 @@ def _voi(values: np.ndarray, dataset: Dataset) -> np.ndarray:
     centre, width = _first(dataset.get("WindowCenter")), _first(dataset.get("WindowWidth"))
     if centre is not None and width is not None and width > 0:
         function = str(dataset.get("VOILUTFunction", "LINEAR")).strip().upper()
-        if function == "SIGMOID":
-            return 1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))
-        if function == "LINEAR_EXACT":
-            return np.clip((values - centre) / width + 0.5, 0.0, 1.0)
-        return np.clip((values - (centre - 0.5)) / max(width - 1.0, 1.0) + 0.5, 0.0, 1.0)
+        if function == "SIGMOID":  # 1 / (1 + exp(-4 (x - c) / w))
+            values -= centre
+            values *= -4.0 / width
+            np.exp(values, out=values)
+            values += 1.0
+            return np.reciprocal(values, out=values)
+        if function == "LINEAR_EXACT":  # (x - c) / w + 0.5, clipped
+            offset, scale = centre - 0.5 * width, width
+        else:  # LINEAR: (x - (c - 0.5)) / (w - 1) + 0.5, clipped
+            offset, scale = centre - 0.5 - 0.5 * max(width - 1.0, 1.0), max(width - 1.0, 1.0)
+        values -= offset
+        values /= scale
+        return np.clip(values, 0.0, 1.0, out=values)
     low, high = float(values.min()), float(values.max())
-    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if high <= low:
+        return np.zeros_like(values)
+    values -= low
+    values /= high - low
+    return values
 
 
 def _first(value) -> float | None:

@@ -3,7 +3,7 @@
 Run: `.venv/bin/python bench/dicom_memory.py [--json bench/results/dicom-memory.json]`. The file is made
 with the test corpus's encoder (tests/dicom_corpus.py: rescale and a window, so the whole display
 pipeline runs), then decoded in a fresh process: peak resident set (``ru_maxrss``, what Lambda's memory
-limit sees) and wall time of ``dicom.normalise``. The preprocess and predict functions have 1,769 MB.
+limit sees) and wall time of ``uploads.normalise``. The preprocess and predict functions have 1,769 MB.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ SIDE = 7700
 MEASURE = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
-from lambdas.domain import dicom
+from lambdas.domain import uploads
 data = open({path!r}, "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
-image, _ = dicom.normalise(data)
+image, _ = uploads.normalise(data)
 print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - started)
 """
 

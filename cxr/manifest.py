@@ -59,7 +59,8 @@ def read(path: Path) -> list[Entry]:
                 continue
             if entry.source in seen:  # a repeated row is harmless; a contradicting one is not
                 if seen[entry.source] != (entry.split, entry.label, entry.patient_id):
-                    errors.append(f"line {line}: {entry.source} is listed again with another set or label or patient id")
+                    errors.append(f"line {line}: {entry.source} is listed again with another set or label "
+                                  "or patient id")
                 continue
             seen[entry.source] = (entry.split, entry.label, entry.patient_id)
             entries.append(entry)

@@ -25,7 +25,7 @@ from pathlib import Path
 from cxr import operations
 from infra import packaging
 from lambdas import prepare_dataset
-from lambdas.domain import dicom, imaging, labels, layout, splits
+from lambdas.domain import imaging, labels, layout, splits, uploads
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
@@ -40,7 +40,7 @@ class StagedDataset:
 
 def _normalise_file(path: Path) -> tuple[str, bytes | None, str | None, tuple[int, int]]:
     try:
-        image, _ = dicom.normalise(path.read_bytes())
+        image, _ = uploads.normalise(path.read_bytes())
     except imaging.RejectedImage as exc:
         return str(path), None, exc.code, (0, 0)
     return str(path), image.png, image.content_hash, (image.width, image.height)

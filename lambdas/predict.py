@@ -47,7 +47,7 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from lambdas import aws, s3io
-from lambdas.domain import audit, dicom, dicom_sr, imaging, layout, source_state
+from lambdas.domain import audit, imaging, layout, source_state, uploads
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
 from lambdas.state_store import SourceRef, StateStore, handle
@@ -207,7 +207,7 @@ def predict_object(source: dict) -> dict:
     try:
         imaging.check_upload_size(obj.size, settings.max_upload_bytes)
         data, metadata = s3io.download(obj.bucket, obj.key, obj.version_id)
-        image, data_set = dicom.normalise(data)
+        image, data_set = uploads.normalise(data)
     except imaging.RejectedImage as exc:
         return {"status": "rejected", "reason": exc.code, "message": exc.message}
     explain = explain_policy(metadata, settings)
@@ -221,6 +221,8 @@ def predict_object(source: dict) -> dict:
     if overlay is not None:  # under the key's lease, for its current version: derive writes the JSON beside it
         s3io.put_png(obj.bucket, prediction["explanation"]["overlay_key"], overlay)
     if data_set is not None and settings.dicom_sr_output:  # as the overlay: an output of this outcome
+        from lambdas.domain import dicom_sr  # noqa: PLC0415 (pydicom only when a DICOM file arrives)
+
         prediction["dicom_sr"] = {"key": layout.structured_report_key(obj.key)}
         s3io.put_dicom(obj.bucket, prediction["dicom_sr"]["key"], dicom_sr.to_bytes(
             dicom_sr.structured_report(data_set, prediction)))

@@ -16,7 +16,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
 from lambdas import aws, pseudonyms, s3io
-from lambdas.domain import deid, dicom, imaging, layout, source_state
+from lambdas.domain import deid, imaging, layout, source_state, uploads
 from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
 from lambdas.domain.source_state import Claim
@@ -142,7 +142,7 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
     try:
         dataset, info = layout.parse_raw_key(ref.key)
         imaging.check_upload_size(current.size, settings.max_upload_bytes)
-        image, data_set = dicom.normalise(current.read())
+        image, data_set = uploads.normalise(current.read())
     except imaging.RejectedImage as exc:
         return _quarantined(source, exc.code, exc.message), None
     except (layout.KeyLayoutError, UnlabelledError) as exc:

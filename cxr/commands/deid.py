@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from cxr.errors import UserError
-from lambdas.domain import deid, dicom, imaging
+from lambdas.domain import deid, dicom, imaging, uploads
 
 PSEUDONYM = "keyed pseudonym (HMAC-SHA-256 with the deployment's secret)"
 
@@ -33,7 +33,7 @@ def describe(path: Path) -> dict:
         data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not dicom.is_dicom(data):
+    if not uploads.is_dicom(data):
         raise UserError(f"{path} is not a DICOM file")
     try:
         dataset = dicom.read(data)

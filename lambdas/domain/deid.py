@@ -17,10 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
-
-from lambdas.domain import dicom
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 AGE_TOP_CODE = 90
 PSEUDONYM_PREFIX = "p-"
@@ -62,6 +62,8 @@ def age_years(dataset: Dataset) -> int | str | None:
 
 def facts(dataset: Dataset, key: bytes) -> dict:
     """The de-identified description of one image: the only DICOM-derived content written outside ``raw/``."""
+    from lambdas.domain import dicom  # noqa: PLC0415 (pydicom only when a DICOM file arrives)
+
     spacing_keyword = next((k for k in ("PixelSpacing", "ImagerPixelSpacing") if dataset.get(k)), None)
     sex = str(dataset.get("PatientSex", "")).strip().upper()
     text = {k: str(dataset.get(k, "")) for k in PSEUDONYMISED_KEYWORDS}
@@ -88,7 +90,7 @@ def removed(dataset: Dataset) -> list[dict]:
     """Every attribute of the file that no output carries (by tag; values are never shown)."""
     kept = set(KEPT_KEYWORDS) | set(PSEUDONYMISED_KEYWORDS)
     gone = []
-    for element in [*dataset.get("file_meta", Dataset()), *dataset]:
+    for element in [*(dataset.get("file_meta") or ()), *dataset]:
         if element.keyword in kept or element.tag == 0x7FE00010:
             continue
         gone.append({"tag": f"({element.tag.group:04X},{element.tag.element:04X})",

@@ -74,17 +74,6 @@ class DicomImage:
     dataset: Dataset
 
 
-def is_dicom(data: bytes) -> bool:
-    """A Part 10 file (``DICM`` after the 128-byte preamble) or a bare data set without preamble and prefix.
-
-    A bare one starts with a group 0x0002 (file meta) or 0x0008 (identification) element, little
-    endian, whose element number is below 0x0100: no JPEG, PNG or text starts that way.
-    """
-    if data[128:132] == b"DICM":
-        return True
-    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[3] == 0
-
-
 def read(data: bytes) -> Dataset:
     """Parse a file (with or without preamble) into a data set; the pixel data is not decoded yet."""
     try:
@@ -149,14 +138,6 @@ def decode(data: bytes) -> DicomImage:
     mode = f"{dataset.PhotometricInterpretation} {dataset.get('BitsStored', dataset.get('BitsAllocated'))}-bit"
     image = imaging.normalise_decoded(grey, grey.width, grey.height, "DICOM", mode)
     return DicomImage(image, dataset)
-
-
-def normalise(data: bytes) -> tuple[NormalisedImage, Dataset | None]:
-    """Any accepted upload's stored form, with the DICOM data set when it was one (ingest, predict, check)."""
-    if is_dicom(data):
-        decoded = decode(data)
-        return decoded.image, decoded.dataset
-    return imaging.normalise(data), None
 
 
 def grey_levels(dataset: Dataset) -> np.ndarray:

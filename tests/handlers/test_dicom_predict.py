@@ -12,7 +12,7 @@ import pytest
 from test_predict import ANSWER, BUCKET, answer, current, endpoint, inference, invoke, read_json, upload  # noqa: F401
 
 import dicom_corpus
-from lambdas.domain import dicom, imaging
+from lambdas.domain import imaging, uploads
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def content(sr) -> dict[str, object]:
     return values
 
 
-def test_a_dicom_upload_is_predicted_and_reported_as_a_valid_sr(endpoint, lambda_context, case):
-    image, source = dicom.normalise(case.data)
+def test_a_dicom_upload_is_predicted_and_reported_as_a_valid_sr(endpoint, lambda_context, case):  # noqa: F811
+    image, source = uploads.normalise(case.data)
     answer(endpoint, png=image.png)  # the endpoint receives the normalised PNG, never the DICOM
     key = f"incoming/ward 7/{case.name}"
     assert invoke(lambda_context, upload(key, case.data))["predicted"] == 1
@@ -61,7 +61,8 @@ def test_a_dicom_upload_is_predicted_and_reported_as_a_valid_sr(endpoint, lambda
     assert not [i for i in dicom_corpus.IDENTIFIERS if i in text.replace(key, "").replace(case.name, "")]
 
 
-def test_the_sr_is_off_when_configured_and_retired_with_its_prediction(endpoint, lambda_context, case, monkeypatch):
+def test_the_sr_is_off_when_configured_and_retired_with_its_prediction(endpoint, lambda_context, case,  # noqa: F811
+                                                                       monkeypatch):
     key = f"incoming/{case.name}"
     answer(endpoint)
     invoke(lambda_context, upload(key, case.data))

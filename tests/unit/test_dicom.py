@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 import corpus
 import dicom_corpus
-from lambdas.domain import dicom, imaging
+from lambdas.domain import dicom, imaging, uploads
 
 
 @functools.cache
@@ -38,7 +38,7 @@ REJECTED = sorted(name for name, case in cases().items() if case.reason is not N
 @pytest.mark.parametrize("name", ACCEPTED)
 def test_each_accepted_file_gives_the_grey_levels_its_header_describes(name):
     case = cases()[name]
-    image, dataset = dicom.normalise(case.data)
+    image, dataset = uploads.normalise(case.data)
     difference = np.abs(stored(image.png).astype(int) - expected_stored(case.expected))
     lossy = dataset.file_meta.TransferSyntaxUID in (pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEG2000,
                                                     pydicom.uid.JPEGLSNearLossless)
@@ -50,7 +50,7 @@ def test_each_accepted_file_gives_the_grey_levels_its_header_describes(name):
 def test_each_rejected_file_names_its_reason(name):
     case = cases()[name]
     with pytest.raises(imaging.RejectedImage) as caught:
-        dicom.normalise(case.data)
+        uploads.normalise(case.data)
     assert caught.value.code == case.reason, caught.value.message
 
 
@@ -68,21 +68,21 @@ def test_a_dicom_x_ray_matches_the_jpeg_it_was_made_from():
     jpeg = imaging.normalise(dicom_corpus.SOURCE.read_bytes())
     for name in ACCEPTED:
         if "ExplicitVR" in name or "12bit-JPEG2000Lossless" in name or "monochrome1" in name:
-            image, _ = dicom.normalise(cases()[name].data)
+            image, _ = uploads.normalise(cases()[name].data)
             assert (image.width, image.height) == (jpeg.width, jpeg.height)
             difference = np.abs(stored(image.png).astype(int) - stored(jpeg.png))
             assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 6, name
 
 
 def test_twelve_bits_are_not_clipped_and_unused_high_bits_are_ignored():
-    image, dataset = dicom.normalise(cases()[next(n for n in ACCEPTED if "overlay-bits" in n)].data)
+    image, dataset = uploads.normalise(cases()[next(n for n in ACCEPTED if "overlay-bits" in n)].data)
     assert dataset.BitsStored == 12 and stored(image.png).max() > 200  # not all white, not all black
 
 
 def test_the_bare_data_set_and_the_part_10_file_are_both_recognised():
-    assert all(dicom.is_dicom(case.data) for case in cases().values())
+    assert all(uploads.is_dicom(case.data) for case in cases().values())
     for other in (corpus.jpeg(), corpus.png(), b"patient notes\n" * 8, corpus.minimal_pdf(), b""):
-        assert not dicom.is_dicom(other)
+        assert not uploads.is_dicom(other)
 
 
 def test_the_endpoints_normaliser_still_names_dicom_it_cannot_read():
@@ -124,7 +124,7 @@ def test_a_real_monochrome1_computed_radiograph_is_read():
 @pytest.mark.parametrize(("name", "code"), [("JPEG-lossy.dcm", "dicom_modality"), ("CT_small.dcm", "dicom_modality")])
 def test_reference_files_of_other_modalities_are_refused(name, code):
     with pytest.raises(imaging.RejectedImage) as caught:
-        dicom.normalise(open(get_testdata_file(name), "rb").read())
+        uploads.normalise(open(get_testdata_file(name), "rb").read())
     assert caught.value.code == code
 
 

@@ -217,13 +217,14 @@ def predict_object(source: dict) -> dict:
         return {"status": "submitted"}
     body, endpoint_ms = invoke_endpoint(endpoint, image.png, explain is not None)
     latency = {"endpoint": endpoint_ms, "total": round(1000 * (time.perf_counter() - started), 1)}
-    prediction, overlay = record_prediction(obj, parse_answer(body), endpoint, settings, latency, explain)
+    reported = data_set is not None and settings.dicom_sr_output
+    prediction, overlay = record_prediction(obj, parse_answer(body), endpoint, settings, latency, explain,
+                                            dicom_sr=reported)
     if overlay is not None:  # under the key's lease, for its current version: derive writes the JSON beside it
         s3io.put_png(obj.bucket, prediction["explanation"]["overlay_key"], overlay)
-    if data_set is not None and settings.dicom_sr_output:  # as the overlay: an output of this outcome
+    if reported:  # as the overlay: an output of this outcome (lambdas/domain/dicom_sr.py)
         from lambdas.domain import dicom_sr  # noqa: PLC0415 (pydicom only when a DICOM file arrives)
 
-        prediction["dicom_sr"] = {"key": layout.structured_report_key(obj.key)}
         s3io.put_dicom(obj.bucket, prediction["dicom_sr"]["key"], dicom_sr.to_bytes(
             dicom_sr.structured_report(data_set, prediction)))
     return {"status": "predicted", "prediction": prediction}
@@ -307,10 +308,13 @@ def parse_answer(body: bytes) -> dict:
 
 
 def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: Settings, latency: dict,
-                      explain: str | None = None) -> tuple[dict, bytes | None]:
+                      explain: str | None = None, dicom_sr: bool = False) -> tuple[dict, bytes | None]:
     """The version's DynamoDB item (the audit trail), which both modes write, and the overlay PNG to keep, if any;
-    ``predictions/<key>.json`` is the key's current outcome, written when the key is derived."""
+    ``predictions/<key>.json`` is the key's current outcome, written when the key is derived. ``dicom_sr``:
+    the record names the DICOM SR the caller writes (``results-dicom/``)."""
     prediction = prediction_record(obj, answer, endpoint)
+    if dicom_sr:
+        prediction["dicom_sr"] = {"key": layout.structured_report_key(obj.key)}
     prediction["latency_ms"] = latency
     prediction["audit"] = audit.fields(answer, code_version=settings.code_version)
     explanation = answer.get("explanation")

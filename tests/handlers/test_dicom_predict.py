@@ -57,6 +57,9 @@ def test_a_dicom_upload_is_predicted_and_reported_as_a_valid_sr(endpoint, lambda
     assert values["Refer to radiologist"] == "no"
     assert values["Source of Measurement"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sr.SOPInstanceUID != source.SOPInstanceUID and sr.Modality == "SR"
+    item = boto3.client("dynamodb").get_item(TableName="predictions", Key={
+        "pk": {"S": f"{BUCKET}/{key}"}, "sk": {"S": prediction["source"]["version_id"]}})["Item"]
+    assert json.loads(item["record"]["S"])["dicom_sr"] == prediction["dicom_sr"]  # the audit trail names it too
     text = json.dumps(prediction)
     assert not [i for i in dicom_corpus.IDENTIFIERS if i in text.replace(key, "").replace(case.name, "")]
 

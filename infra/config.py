@@ -91,6 +91,9 @@ class Config:
     """A KMS key an earlier teardown retained: the stacks use it instead of creating one (`cxr deploy` sets it)."""
     adopt_buckets: tuple[str, ...] = ()
     """Bucket roles (``infra.wiring.BUCKETS``) whose retained buckets are referenced instead of created."""
+    adopt_pseudonym_secret: bool = False
+    """The DICOM pseudonym key an earlier teardown retained is referenced by name instead of created (`cxr deploy`
+    sets it): patients keep their pseudonyms across deployments."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -199,7 +202,8 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name in _INTS:
             return int(value)
-        if name in ("training_spot", "training_pretrained", "explain_referrals", "dicom_sr_output"):
+        if name in ("training_spot", "training_pretrained", "explain_referrals", "dicom_sr_output",
+                    "adopt_pseudonym_secret"):
             if isinstance(value, str):
                 if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(value)

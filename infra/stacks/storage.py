@@ -94,10 +94,10 @@ class StorageStack(Stack):
         """The HMAC key of DICOM pseudonyms (``lambdas/domain/deid.py``): retained, never rotated.
 
         A teardown keeps it with the key and the buckets, so patients keep their pseudonyms across
-        deployments; a deployment that adopts the retained key (``adopt_key_arn``) adopts it by name.
+        deployments; `cxr deploy` finds a retained one and sets ``adopt_pseudonym_secret`` to adopt it by name.
         """
         name = wiring.PSEUDONYM_SECRET_NAME.format(stage=config.stage)
-        if config.adopt_key_arn:
+        if config.adopt_pseudonym_secret:
             return secretsmanager.Secret.from_secret_name_v2(self, "PseudonymKey", name)
         secret = secretsmanager.Secret(
             self, "PseudonymKey", secret_name=name, encryption_key=self.key, removal_policy=RemovalPolicy.RETAIN,

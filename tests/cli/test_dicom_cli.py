@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+from test_predict_explain import Deployment
 
 import dicom_corpus
+from cxr import target
 from cxr.cli import main
 from cxr.commands import deid as deid_command
+from lambdas.domain import uploads
 
 
 @functools.cache
@@ -70,3 +77,20 @@ def test_deid_exits_1_for_a_file_ingest_would_reject(folder, capsys):
     case = next(c for c in corpus() if c.reason == "dicom_lateral")
     assert main(["deid", str(folder / "NORMAL" / case.name)]) == 1
     assert "dicom_lateral" in capsys.readouterr().out
+
+
+def test_predict_direct_sends_the_endpoint_the_normalised_png_of_a_dicom_file(folder, monkeypatch, capsys):
+    """`cxr predict --direct` decodes DICOM here, as the predict function does: the endpoint never sees DICOM."""
+    case = next(c for c in corpus() if c.reason is None and "JPEG2000" in c.name)
+    path = folder / "NORMAL" / case.name
+    runtime = boto3.client("sagemaker-runtime", region_name="us-east-1")
+    payload = json.dumps({"label": "normal", "confidence": 0.9, "probabilities": {"normal": 0.9, "pneumonia": 0.1},
+                          "pneumonia_probability": 0.1, "model_id": "m"}).encode()
+    monkeypatch.setattr(target, "resolve", lambda args: Deployment(**{"sagemaker-runtime": runtime}))
+    with Stubber(runtime) as stubber:
+        stubber.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(payload), len(payload))},
+                             {"EndpointName": "cxr-test", "ContentType": "image/png", "Accept": "application/json",
+                              "Body": uploads.normalise(case.data)[0].png})
+        assert main(["predict", str(path), "--direct", "--json"]) == 0
+    output = capsys.readouterr().out
+    assert '"normal"' in output and not leaked(output, [path])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from PIL import Image
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filewriter import write_file_meta_info
 
 SOURCE = Path("samples/kermany-val16/NORMAL/NORMAL2-IM-1427-0001.jpeg")
 SIDE = 384
@@ -244,4 +246,21 @@ def corpus() -> list[Case]:
     add("no-pixel-data", to_bytes(no_pixels), "dicom_no_pixels")
     whole = to_bytes(dataset(grey, number=len(cases) + 1))
     add("truncated", whole[: len(whole) * 2 // 3], "truncated")
+    add("deflate-bomb", deflate_bomb(dataset(grey, number=len(cases) + 1)), "too_many_pixels")
     return cases
+
+
+def deflate_bomb(ds: Dataset, zeros: int = 200 * 2**20) -> bytes:
+    """A deflated file whose data set inflates past 200 MiB (a private element of zeros after the pixels)."""
+    plain = to_bytes(ds)  # explicit VR little endian: the meta (its length in its first element), then the data set
+    meta_end = 132 + 12 + int.from_bytes(plain[140:144], "little")
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    head = io.BytesIO()
+    head.write(bytes(128) + b"DICM")
+    write_file_meta_info(head, ds.file_meta, enforce_standard=True)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(plain[meta_end:]),
+             deflater.compress(b"\xe1\x7f\x10\x00OB\x00\x00" + zeros.to_bytes(4, "little"))]
+    block = bytes(2**20)
+    parts += [deflater.compress(block) for _ in range(zeros // len(block))]
+    return head.getvalue() + b"".join(parts) + deflater.flush()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from PIL import Image
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 
 from lambdas.domain import imaging
@@ -64,6 +66,10 @@ FRONTAL_VIEWS = frozenset({"PA", "AP"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})
 UNKNOWN = "unknown"
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+INFLATED_MAX_BYTES = 2 * imaging.MAX_PIXELS + 16 * 2**20
+"""Most a deflated data set may inflate to: the pixel cap at 16 bits plus 16 MiB of attributes. Deflate can
+grow 1032-fold, so a 30 MiB upload could otherwise make pydicom allocate 30 GB before any check runs."""
+_INFLATE_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -76,14 +82,15 @@ class DicomImage:
 
 def read(data: bytes) -> Dataset:
     """Parse a file (with or without preamble) into a data set; the pixel data is not decoded yet."""
+    _check_inflated_size(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about every odd value; the rules below decide
             dataset = pydicom.dcmread(io.BytesIO(data), force=True)
             dataset.get("PixelData")  # deferred values are read here, where a cut-off one fails
     except EOFError as exc:
-        raise imaging.RejectedImage("truncated", f"the DICOM file ends inside a data element ({imaging._short(exc)}): "
-                                                 "the file was cut short (re-export or re-upload it whole)") from None
+        raise RejectedImage("truncated", f"the DICOM file ends inside a data element ({imaging._short(exc)}): "
+                                         "the file was cut short (re-export or re-upload it whole)") from None
     except (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
             AttributeError) as exc:
         raise RejectedImage("corrupt", f"the DICOM data set cannot be parsed ({imaging._short(exc)})") from None
@@ -93,6 +100,30 @@ def read(data: bytes) -> Dataset:
             uid.ExplicitVRLittleEndian
         dataset.file_meta = meta
     return dataset
+
+
+def _check_inflated_size(data: bytes) -> None:
+    """Inflate a deflated data set a megabyte at a time, counting, before pydicom inflates it whole."""
+    stream = io.BytesIO(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_preamble(stream, force=True)
+            meta = _read_file_meta_info(stream)  # pydicom's own reader of group 0002, which dcmread uses too
+    except Exception:  # noqa: BLE001 (no readable file meta: dcmread names the problem)
+        return
+    if meta.get("TransferSyntaxUID") != uid.DeflatedExplicitVRLittleEndian:
+        return
+    inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), data[stream.tell():], 0
+    try:
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            pending = inflater.unconsumed_tail
+            if total > INFLATED_MAX_BYTES:
+                raise RejectedImage("too_many_pixels", f"the deflated data set inflates to over "
+                                                       f"{INFLATED_MAX_BYTES / 2**20:.0f} MiB (a decompression bomb)")
+    except zlib.error as exc:
+        raise RejectedImage("corrupt", f"the deflated data set cannot be inflated ({exc})") from None
 
 
 def check_acceptable(dataset: Dataset) -> None:

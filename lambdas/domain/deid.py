@@ -47,12 +47,12 @@ def pseudonymous_uid(key: bytes, value: str) -> str | None:
 
 def age_years(dataset: Dataset) -> int | str | None:
     """PatientAge (``nnnY/M/W/D``), else the years between birth and study dates; "90+" from 90 on."""
-    text = str(dataset.get("PatientAge", "")).strip().upper()
+    text = value(dataset, "PatientAge").upper()
     years: float | None = None
     if len(text) == 4 and text[:3].isdigit() and text[3] in _AGE_UNITS:
         years = int(text[:3]) * _AGE_UNITS[text[3]]
     else:
-        born, seen = _date(dataset.get("PatientBirthDate")), _date(dataset.get("StudyDate"))
+        born, seen = _date(value(dataset, "PatientBirthDate")), _date(value(dataset, "StudyDate"))
         if born and seen and seen >= born:
             years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
     if years is None:
@@ -64,26 +64,48 @@ def facts(dataset: Dataset, key: bytes) -> dict:
     """The de-identified description of one image: the only DICOM-derived content written outside ``raw/``."""
     from lambdas.domain import dicom  # noqa: PLC0415 (pydicom only when a DICOM file arrives)
 
-    spacing_keyword = next((k for k in ("PixelSpacing", "ImagerPixelSpacing") if dataset.get(k)), None)
-    sex = str(dataset.get("PatientSex", "")).strip().upper()
-    text = {k: str(dataset.get(k, "")) for k in PSEUDONYMISED_KEYWORDS}
+    spacing, spacing_keyword = _spacing(dataset)
+    sex = value(dataset, "PatientSex").upper()
+    text = {k: value(dataset, k) for k in PSEUDONYMISED_KEYWORDS}
+    bits = value(dataset, "BitsStored")
     return {
         "patient_id": pseudonymous_patient_id(key, text["PatientID"]),
         "study_uid": pseudonymous_uid(key, text["StudyInstanceUID"]),
         "series_uid": pseudonymous_uid(key, text["SeriesInstanceUID"]),
         "instance_uid": pseudonymous_uid(key, text["SOPInstanceUID"]),
-        "modality": str(dataset.get("Modality", "")).strip().upper(),
-        "view_position": str(dataset.get("ViewPosition", "")).strip().upper() or dicom.UNKNOWN,
-        "body_part": str(dataset.get("BodyPartExamined", "")).strip().upper() or dicom.UNKNOWN,
+        "modality": value(dataset, "Modality").upper(),
+        "view_position": value(dataset, "ViewPosition").upper() or dicom.UNKNOWN,
+        "body_part": value(dataset, "BodyPartExamined").upper() or dicom.UNKNOWN,
         "age_years": age_years(dataset),
         "sex": sex if sex in ("M", "F", "O") else None,
-        "pixel_spacing_mm": [float(v) for v in dataset.get(spacing_keyword)] if spacing_keyword else None,
+        "pixel_spacing_mm": spacing,
         "pixel_spacing_source": spacing_keyword,
         "transfer_syntax": dicom.TRANSFER_SYNTAXES.get(dataset.file_meta.TransferSyntaxUID,
                                                        str(dataset.file_meta.TransferSyntaxUID)),
-        "photometric": str(dataset.get("PhotometricInterpretation", "")),
-        "bits_stored": int(dataset.get("BitsStored") or 0) or None,
+        "photometric": value(dataset, "PhotometricInterpretation"),
+        "bits_stored": int(bits) if bits.isdigit() else None,
     }
+
+
+def value(dataset: Dataset, keyword: str) -> str:
+    """An attribute as stripped text, "" when absent or unreadable: a malformed value is data, never a crash
+    (pydicom converts values when they are read; an exception here would make Lambda retry the event)."""
+    try:
+        return str(dataset.get(keyword, "") or "").strip()
+    except Exception:  # noqa: BLE001 (every value class raises its own)
+        return ""
+
+
+def _spacing(dataset: Dataset) -> tuple[list[float] | None, str | None]:
+    """Row and column spacing in mm, from PixelSpacing or else ImagerPixelSpacing, with the keyword it came from."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            values = [float(v) for v in dataset.get(keyword) or ()]
+        except Exception:  # noqa: BLE001 (a malformed value: try the other attribute)
+            continue
+        if len(values) == 2 and all(v > 0 for v in values):
+            return values, keyword
+    return None, None
 
 
 def removed(dataset: Dataset) -> list[dict]:

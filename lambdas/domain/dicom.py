@@ -20,6 +20,7 @@ Nothing here writes anything: the de-identified facts a sidecar may carry come f
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom import uid
+from pydicom import config, uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -35,6 +36,12 @@ from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 
 from lambdas.domain import imaging
 from lambdas.domain.imaging import NormalisedImage, RejectedImage
+
+config.settings.reading_validation_mode = config.IGNORE
+logging.getLogger("pydicom").propagate = False
+"""pydicom warns, and logs, about a malformed value by quoting it ("Invalid value for VR PN: '<name>'"): in a
+Lambda, warnings and the root logger go to CloudWatch, so a value would leave raw/ in a log line. The rules
+here judge values themselves; pydicom's own logger keeps its null handler and stops there."""
 
 TRANSFER_SYNTAXES = {
     uid.ExplicitVRLittleEndian: "Explicit VR Little Endian",
@@ -92,7 +99,7 @@ def read(data: bytes) -> Dataset:
         raise RejectedImage("truncated", f"the DICOM file ends inside a data element ({imaging._short(exc)}): "
                                          "the file was cut short (re-export or re-upload it whole)") from None
     except (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
-            AttributeError) as exc:
+            AttributeError, RecursionError) as exc:
         raise RejectedImage("corrupt", f"the DICOM data set cannot be parsed ({imaging._short(exc)})") from None
     meta = dataset.get("file_meta") or FileMetaDataset()
     if "TransferSyntaxUID" not in meta:  # a bare data set: the syntax pydicom found while reading it
@@ -164,8 +171,14 @@ def decode(data: bytes) -> DicomImage:
     """Validate untrusted DICOM bytes and return the stored form, or raise :class:`RejectedImage`."""
     imaging.check_upload_size(len(data))
     dataset = read(data)
-    check_acceptable(dataset)
-    grey = Image.fromarray(grey_levels(dataset))
+    try:
+        check_acceptable(dataset)
+        grey = Image.fromarray(grey_levels(dataset))
+    except RejectedImage:
+        raise
+    except Exception as exc:  # a malformed value met while reading it: a bad file, never a retry of the event
+        raise RejectedImage("corrupt", f"the DICOM data set has a malformed value ({type(exc).__name__}; the "
+                                       "value itself is not repeated here)") from None
     mode = f"{dataset.PhotometricInterpretation} {dataset.get('BitsStored', dataset.get('BitsAllocated'))}-bit"
     image = imaging.normalise_decoded(grey, grey.width, grey.height, "DICOM", mode)
     return DicomImage(image, dataset)

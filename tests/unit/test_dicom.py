@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import warnings
 
 import numpy as np
@@ -142,3 +143,17 @@ def test_pixel_geometry_is_checked_from_the_header_before_decoding():
     with pytest.raises(imaging.RejectedImage) as caught:
         dicom.check_acceptable(ds)
     assert caught.value.code == "too_many_pixels"
+
+
+def test_a_malformed_value_is_neither_a_crash_nor_a_log_line(capfd, caplog):
+    """pydicom quotes a bad value in its warning and log record; in a Lambda both would reach CloudWatch."""
+    from lambdas.domain import deid
+
+    ds = dicom_corpus.dataset(dicom_corpus.source_grey(), PatientAge="Zelda")  # not an age string (AS)
+    data = dicom_corpus.to_bytes(ds).replace(b"0.139\\0.139", b"0.1x9\\Zelda")
+    with caplog.at_level("DEBUG"):
+        image, dataset = uploads.normalise(data)
+        facts = deid.facts(dataset, bytes(32))
+    assert facts["pixel_spacing_mm"] is None and facts["age_years"] == "90+"  # from the birth and study dates
+    captured = capfd.readouterr()
+    assert "Zelda" not in captured.out + captured.err + caplog.text + json.dumps(facts)

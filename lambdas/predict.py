@@ -211,13 +211,13 @@ def predict_object(source: dict) -> dict:
     except imaging.RejectedImage as exc:
         return {"status": "rejected", "reason": exc.code, "message": exc.message}
     explain = explain_policy(metadata, settings)
+    reported = data_set is not None and settings.dicom_sr_output
     endpoint = parameters.get_parameter(settings.endpoint_parameter, max_age=ENDPOINT_CACHE_SECONDS)
     if os.environ.get("ENDPOINT_MODE") == "async":
-        submit_async(obj, endpoint, image.png, started_at, explain)
+        submit_async(obj, endpoint, image.png, started_at, explain, dicom_sr=reported)
         return {"status": "submitted"}
     body, endpoint_ms = invoke_endpoint(endpoint, image.png, explain is not None)
     latency = {"endpoint": endpoint_ms, "total": round(1000 * (time.perf_counter() - started), 1)}
-    reported = data_set is not None and settings.dicom_sr_output
     prediction, overlay = record_prediction(obj, parse_answer(body), endpoint, settings, latency, explain,
                                             dicom_sr=reported)
     if overlay is not None:  # under the key's lease, for its current version: derive writes the JSON beside it
@@ -268,7 +268,8 @@ def request_key(request: str) -> str:
     return f"{layout.ASYNC_REQUESTS}{request}.json"
 
 
-def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float, explain: str | None = None) -> str:
+def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float, explain: str | None = None,
+                 dicom_sr: bool = False) -> str:
     """Queue one request on an asynchronous endpoint; returns its id.
 
     What the record needs goes to ``async-requests/<id>.json`` *before* the request is queued (the
@@ -279,7 +280,7 @@ def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float
     request = request_id(obj)
     s3io.put_json(obj.bucket, request_key(request), {
         "source": obj.describe(), "endpoint": endpoint, "started_at": started_at, "submitted_at": time.time(),
-        "explain": explain,
+        "explain": explain, "dicom_sr": dicom_sr,
     })
     input_key = f"{layout.ASYNC_INPUT}{request}.png"
     content_type, body = endpoint_request(png, explain is not None)

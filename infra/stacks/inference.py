@@ -80,7 +80,8 @@ class InferenceStack(Stack):
         })
         allow_objects(self.complete.function, complete.trigger.bucket, config.stage, key,
                       read=[complete.trigger.prefix, layout.ASYNC_REQUESTS, spec.trigger.prefix],
-                      write=[layout.PREDICTIONS, layout.REJECTED], tombstone=[layout.PREDICTIONS, layout.REJECTED])
+                      write=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM],
+                      tombstone=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM])
         add_trigger(inference_bucket, self.complete.function, complete.trigger)
         self.results_dicom_reader = self._results_dicom_reader(config.stage, key)
         for writer in (function, self.complete.function):  # both paths end in the same record and current outcome

@@ -15,8 +15,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
-from lambdas import aws, s3io
-from lambdas.domain import imaging, layout, source_state
+from lambdas import aws, pseudonyms, s3io
+from lambdas.domain import deid, imaging, layout, source_state, uploads
 from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
 from lambdas.domain.source_state import Claim
@@ -142,11 +142,15 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
     try:
         dataset, info = layout.parse_raw_key(ref.key)
         imaging.check_upload_size(current.size, settings.max_upload_bytes)
-        image = imaging.normalise(current.read())
+        image, data_set = uploads.normalise(current.read())
     except imaging.RejectedImage as exc:
         return _quarantined(source, exc.code, exc.message), None
     except (layout.KeyLayoutError, UnlabelledError) as exc:
         return _quarantined(source, "unlabelled", str(exc)), None
+    described = deid.facts(data_set, pseudonyms.key(settings)) if data_set is not None else None
+    declared = current.metadata.get(layout.PATIENT_METADATA, "")
+    patient = (deid.pseudonymous_patient_id(pseudonyms.key(settings), declared) if declared.strip() else
+               described["patient_id"] if described else info.patient_id)
     image_id = source_state.output_id(ref.key, image.content_hash)
     authority = source_state.REVIEW if current.metadata.get(source_state.REVIEW_METADATA) else source_state.FOLDER
     record = {
@@ -155,7 +159,7 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
         "image": {
             "dataset": dataset,
             "label": info.label,
-            "patient_id": info.patient_id,
+            "patient_id": patient,
             "split": info.split,
             "image_id": image_id,
             "content_hash": image.content_hash,
@@ -164,6 +168,7 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
             "stored": {"width": image.width, "height": image.height, "format": "PNG", "mode": "L"},
             "original": {"width": image.original_width, "height": image.original_height,
                          "format": image.original_format, "mode": image.original_mode},
+            **({"dicom": described} if described else {}),
         },
         "claim": {"content_hash": image.content_hash, "label": info.label, "authority": authority},
     }

@@ -24,6 +24,10 @@ class Settings:
     explain_referrals: bool = False
     """Ask the endpoint for the class-activation overlay and keep it beside a referred prediction (the stacks
     set it from the configuration, on by default; unset, as in a bare test, it is off)."""
+    dicom_sr_output: bool = True
+    """Write a DICOM SR of each prediction on DICOM input under ``results-dicom/`` (``DICOM_SR_OUTPUT``; unset: on)."""
+    pseudonym_secret: str | None = None
+    """The Secrets Manager secret keying DICOM pseudonyms (``PSEUDONYM_SECRET_ARN``; :mod:`lambdas.pseudonyms`)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -42,6 +46,8 @@ class Settings:
             code_version=env.get(audit.CODE_VERSION_VARIABLE, ""),
             prediction_retention_days=int(env.get("PREDICTION_RETENTION_DAYS") or 0),
             explain_referrals=parse_flag("EXPLAIN_REFERRALS", env.get("EXPLAIN_REFERRALS")),
+            pseudonym_secret=env.get("PSEUDONYM_SECRET_ARN"),
+            dicom_sr_output=parse_flag("DICOM_SR_OUTPUT", env.get("DICOM_SR_OUTPUT", "true")),
         )
 
     def require(self, *names: str) -> None:

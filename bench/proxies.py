@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = key_values(args.hp, "--hp")
     results: dict[str, dict[str, dict]] = {}
     for recipe in args.recipe:
-        hps = {**RECIPES[recipe], **overrides, "threads": 1}  # one thread a job: the bench may run recipes in parallel
+        hps = {"threads": 1, **RECIPES[recipe], **overrides}  # 1 thread unless --hp threads=N: benches run in parallel
         for proxy in found:
             record = run_one(args.work, recipe, hps, proxy, dataset)
             results.setdefault(recipe, {})[proxy.name] = record

@@ -36,7 +36,8 @@ TRAINING_JOB = "training job"
 STACK = "stack"
 BUCKET = "bucket"
 TABLE = "table"
-DATA_KINDS = (BUCKET, TABLE)
+SECRET = "secret"
+DATA_KINDS = (BUCKET, TABLE, SECRET)
 """Retained on purpose: kept unless the user asks to delete data; everything else must go."""
 
 
@@ -79,6 +80,7 @@ def find(target: Target) -> list[Leftover]:
         *_stacks(target),
         *_buckets(target),
         *_tables(target),
+        *_secrets(target),
     ]
 
 
@@ -227,6 +229,16 @@ def _tables(target: Target) -> list[Leftover]:
     return found
 
 
+def _secrets(target: Target) -> list[Leftover]:
+    """The retained DICOM pseudonym key (infra/README.md, "DICOM"): deleting it changes every pseudonym."""
+    client, name = target.client("secretsmanager"), wiring.PSEUDONYM_SECRET_NAME.format(stage=target.stage)
+    try:
+        described = client.describe_secret(SecretId=name)
+    except ClientError:
+        return []
+    return [] if described.get("DeletedDate") else [Leftover(SECRET, name, "DICOM pseudonym key")]
+
+
 def clean(target: Target, leftovers: list[Leftover], *, delete_data: bool) -> list[Outcome]:
     """Stop and delete what ``find`` returned (data only with ``delete_data``); one failure does not stop the rest."""
     outcomes = []
@@ -267,6 +279,9 @@ def _remove(target: Target, leftover: Leftover) -> str:
         return "emptied and deleted"
     if leftover.kind == TABLE:
         target.client("dynamodb").delete_table(TableName=leftover.name)
+        return "deleted"
+    if leftover.kind == SECRET:  # without a recovery window: a new deployment may create it again at once
+        target.client("secretsmanager").delete_secret(SecretId=leftover.name, ForceDeleteWithoutRecovery=True)
         return "deleted"
     raise ValueError(f"no clean-up for {leftover.kind}")
 

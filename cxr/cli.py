@@ -13,6 +13,7 @@ from cxr.commands import (
     audit,
     check,
     cost,
+    deid,
     demo,
     deploy,
     doctor,
@@ -31,8 +32,8 @@ from cxr.commands import (
 )
 from cxr.errors import UsageError, UserError
 
-COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            fsck, audit, review, reviewers, doctor, deploy, teardown)
+COMMANDS = (check, deid, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict,
+            cost, fsck, audit, review, reviewers, doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

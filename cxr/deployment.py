@@ -112,7 +112,7 @@ def stage_overrides(args) -> dict[str, str]:
     return overrides
 
 
-BUCKET, KEY = billable.BUCKET, "key"
+BUCKET, KEY, SECRET = billable.BUCKET, "key", billable.SECRET
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,9 @@ class Retained:
     """A resource of the stage that outlived its stack: kept by ``DeletionPolicy: Retain`` at a teardown."""
 
     kind: str
-    """:data:`BUCKET` or :data:`KEY`."""
+    """:data:`BUCKET`, :data:`KEY` or :data:`SECRET`."""
     name: str
-    """The bucket's name, or the key's ARN."""
+    """The bucket's name, the key's ARN, or the secret's name."""
     role: str = ""
     """The bucket's role in ``infra.wiring.BUCKETS`` ("" for the key)."""
     problem: str = ""
@@ -153,7 +153,24 @@ def retained_resources(tgt: Target) -> list[Retained]:
         if key_id and key_id not in keys:
             keys.append(key_id)
     by_arn = {key.name: key for key in (_key(tgt, key_id) for key_id in keys)}  # an id and an ARN: one key
-    return found + list(by_arn.values())
+    return found + list(by_arn.values()) + _secret(tgt, owned)
+
+
+def _secret(tgt: Target, owned: set[str]) -> list[Retained]:
+    """The DICOM pseudonym key, when it exists outside the storage stack (its name is fixed, as a bucket's)."""
+    name = wiring.PSEUDONYM_SECRET_NAME.format(stage=tgt.stage)
+    try:
+        described = tgt.client("secretsmanager").describe_secret(SecretId=name)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ResourceNotFoundException":
+            return []
+        raise
+    if described["ARN"] in owned:
+        return []
+    problem = ("it is scheduled for deletion: restore it (aws secretsmanager restore-secret --secret-id "
+               f"{name}) to keep the pseudonyms, or delete it now with --force-delete-without-recovery"
+               if described.get("DeletedDate") else "")
+    return [Retained(SECRET, name, problem=problem)]
 
 
 def adopt_overrides(retained: list[Retained]) -> dict[str, str]:
@@ -172,6 +189,8 @@ def adopt_overrides(retained: list[Retained]) -> dict[str, str]:
         overrides["adopt_buckets"] = ",".join(roles)
     if keys:
         overrides["adopt_key_arn"] = keys[0]
+    if any(item.kind == SECRET for item in retained):
+        overrides["adopt_pseudonym_secret"] = "true"
     return overrides
 
 

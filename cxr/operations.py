@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +34,22 @@ def sha256_base64(data: bytes) -> str:
 
 
 def upload_files(s3, bucket: str, items: list[tuple[Path, str]], workers: int,
-                 progress: Callable[[int, int], None] = lambda done, total: None) -> None:
+                 progress: Callable[[int, int], None] = lambda done, total: None,
+                 metadata: Mapping[str, dict[str, str]] | None = None) -> None:
     """Parallel single-part uploads (X-rays are under the 30 MiB cap), each with its SHA-256.
 
     S3 verifies the digest against what it received (BadDigest otherwise) and stores it as the
     object's full-object ``ChecksumSHA256``, which ``HeadObject(ChecksumMode="ENABLED")`` returns
     whatever the bucket's encryption: the ETag is no MD5 under SSE-KMS, the checksum is the data's.
+    ``metadata`` gives some keys user metadata (a manifest's patient ids).
     """
 
     def upload(item: tuple[Path, str]) -> None:
         path, key = item
         body = path.read_bytes()
-        s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=sha256_base64(body))
+        extra = {"Metadata": metadata[key]} if metadata and key in metadata else {}
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=sha256_base64(body),
+                      **extra)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for done, _ in enumerate(pool.map(upload, items), 1):

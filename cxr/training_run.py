@@ -25,9 +25,9 @@ from pathlib import Path
 from cxr import operations
 from infra import packaging
 from lambdas import prepare_dataset
-from lambdas.domain import imaging, labels, layout, splits
+from lambdas.domain import imaging, labels, layout, splits, uploads
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,14 @@ class StagedDataset:
 
 def _normalise_file(path: Path) -> tuple[str, bytes | None, str | None, tuple[int, int]]:
     try:
-        image = imaging.normalise(path.read_bytes())
+        image, _ = uploads.normalise(path.read_bytes())
     except imaging.RejectedImage as exc:
         return str(path), None, exc.code, (0, 0)
     return str(path), image.png, image.content_hash, (image.width, image.height)
 
 
 def iter_images(data_dir: Path) -> list[Path]:
-    """The visible PNG and JPEG files under ``data_dir``, sorted."""
+    """The visible PNG, JPEG and DICOM files under ``data_dir``, sorted."""
     return [p for p in operations.dataset_files(data_dir) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 

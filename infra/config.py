@@ -76,6 +76,8 @@ class Config:
     """Keep the class-activation overlay PNG beside every referred prediction: the cases a radiologist reads,
     for a few milliseconds and about 0.3 MB more per endpoint answer (the predict function cannot know the
     referral before the answer, so it asks every time) and one PNG of at most 0.2 MB per referral."""
+    dicom_sr_output: bool = True
+    """Write each prediction on a DICOM input as a DICOM Comprehensive SR under ``results-dicom/`` as well."""
     notification_email: str | None = None
     reserved_concurrency: int | None = None
     lambda_architecture: str = "x86_64"
@@ -95,6 +97,9 @@ class Config:
     """A KMS key an earlier teardown retained: the stacks use it instead of creating one (`cxr deploy` sets it)."""
     adopt_buckets: tuple[str, ...] = ()
     """Bucket roles (``infra.wiring.BUCKETS``) whose retained buckets are referenced instead of created."""
+    adopt_pseudonym_secret: bool = False
+    """The DICOM pseudonym key an earlier teardown retained is referenced by name instead of created (`cxr deploy`
+    sets it): patients keep their pseudonyms across deployments."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -207,7 +212,8 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name in _INTS:
             return int(value)
-        if name in ("training_spot", "training_pretrained", "explain_referrals"):
+        if name in ("training_spot", "training_pretrained", "explain_referrals", "dicom_sr_output",
+                    "adopt_pseudonym_secret"):
             if isinstance(value, str):
                 if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
                     raise ValueError(value)

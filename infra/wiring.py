@@ -25,6 +25,7 @@ ENV_IDEMPOTENCY_TABLE = "IDEMPOTENCY_TABLE"
 ENV_ENDPOINT_PARAMETER = "ENDPOINT_PARAMETER"
 """Name of the SSM parameter holding the serving endpoint's name (not the endpoint name itself)."""
 ENV_EXPLAIN_REFERRALS = "EXPLAIN_REFERRALS"
+ENV_DICOM_SR_OUTPUT = "DICOM_SR_OUTPUT"
 """``true``: the predict function keeps the class-activation overlay of every referred prediction."""
 ENV_QUALITY_GATE = "QUALITY_GATE"
 """JSON object: ``metrics.json`` field (dotted path) -> minimum value."""
@@ -48,6 +49,9 @@ ENV_REVIEW_DATASET = "REVIEW_DATASET"
 """The dataset under ``raw/`` that reviewed X-rays are copied into (``review_dataset``)."""
 ENV_REVIEW_SAMPLE_RATE = "REVIEW_SAMPLE_RATE"
 """Share of unreferred predictions drawn for quality-control review (``review_sample_rate``)."""
+ENV_PSEUDONYM_SECRET = "PSEUDONYM_SECRET_ARN"
+"""The retained Secrets Manager secret that keys DICOM pseudonyms (``lambdas/pseudonyms.py``)."""
+PSEUDONYM_SECRET_NAME = "cxr-{stage}/dicom-pseudonym-key"
 """Days of S3 Object Lock retention (governance mode) on each prediction JSON; 0: none."""
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
 METRICS_NAMESPACE = "CxrServerless"
@@ -172,7 +176,7 @@ PREPROCESS = Function(
     handler="lambdas.preprocess.handler",
     memory_mb=1769,  # one full vCPU: decoding a 30 MB upload is CPU-bound
     timeout_s=60,
-    environment=(ENV_DATA_BUCKET, ENV_SOURCE_STATE_TABLE),
+    environment=(ENV_DATA_BUCKET, ENV_SOURCE_STATE_TABLE, ENV_PSEUDONYM_SECRET),
     trigger=Trigger(DATA, layout.RAW, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # deletes retire outputs too
     service="cxr-preprocess",
 )
@@ -183,7 +187,8 @@ PREDICT = Function(
     timeout_s=360,  # the endpoint call's worst case with retries (lambdas.aws.endpoint_call_budget_s), plus a minute
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
                  ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE, ENV_CODE_VERSION,
-                 ENV_PREDICTION_RETENTION_DAYS, ENV_EXPLAIN_REFERRALS, ENV_REVIEW_TASKS_TABLE, ENV_REVIEW_SAMPLE_RATE),
+                 ENV_PREDICTION_RETENTION_DAYS, ENV_EXPLAIN_REFERRALS, ENV_DICOM_SR_OUTPUT, ENV_REVIEW_TASKS_TABLE,
+                 ENV_REVIEW_SAMPLE_RATE),
     trigger=Trigger(INFERENCE, layout.INCOMING, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # a delete retires it
     service="cxr-predict",
 )

@@ -21,7 +21,7 @@ from datetime import datetime
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
 from lambdas import aws, predict, s3io
-from lambdas.domain import layout
+from lambdas.domain import imaging, layout
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
 from lambdas.state_store import SourceRef, handle
@@ -54,8 +54,9 @@ def handler(event: S3Event, context) -> dict:
                                        f"{_read(result)[:500].decode(errors='replace')}")
         prediction, overlay = complete(result, _landed_at(record.event_time), settings)
         source = prediction["source"]
+        report = structured_report(prediction) if "dicom_sr" in prediction else None
         handle(predictions.store, SourceRef(source["bucket"], source["key"]), "",
-               functools.partial(_derive_with_overlay, predictions, source["version_id"], overlay), context)
+               functools.partial(_derive_with_outputs, predictions, source["version_id"], overlay, report), context)
         predictions.latencies.append(prediction["latency_ms"]["total"])
         predictions.out_of_distribution += predict.out_of_distribution(prediction)
         outcomes["predicted"] += 1
@@ -63,14 +64,30 @@ def handler(event: S3Event, context) -> dict:
     return outcomes
 
 
-def _derive_with_overlay(predictions: predict.Predictions, version_id: str | None, overlay: bytes | None,
-                         ref: SourceRef, previous: dict | None) -> dict:
-    """The key's outcome, and this result's overlay beside it when its version is the one now predicted."""
+def _derive_with_outputs(predictions: predict.Predictions, version_id: str | None, overlay: bytes | None,
+                         report: bytes | None, ref: SourceRef, previous: dict | None) -> dict:
+    """The key's outcome, and this result's overlay and DICOM SR beside it when its version is the one now
+    predicted."""
     record = predictions.derive(ref, previous)
-    explanation = record.get("prediction", {}).get("explanation")
-    if overlay is not None and explanation and record["source"]["version_id"] == version_id:
-        s3io.put_png(ref.bucket, explanation["overlay_key"], overlay)
+    current = record.get("prediction", {}) if record["source"]["version_id"] == version_id else {}
+    if overlay is not None and "explanation" in current:
+        s3io.put_png(ref.bucket, current["explanation"]["overlay_key"], overlay)
+    if report is not None and "dicom_sr" in current:
+        s3io.put_dicom(ref.bucket, current["dicom_sr"]["key"], report)
     return record
+
+
+def structured_report(prediction: dict) -> bytes | None:
+    """The DICOM SR of a prediction on a DICOM upload, made from the very version that was predicted (None when
+    that version is gone: its key then has another outcome)."""
+    from lambdas.domain import dicom, dicom_sr  # noqa: PLC0415 (pydicom only when a DICOM file arrives)
+
+    source = prediction["source"]
+    try:
+        data, _ = s3io.download(source["bucket"], source["key"], source["version_id"])
+        return dicom_sr.to_bytes(dicom_sr.structured_report(dicom.read(data), prediction))
+    except imaging.RejectedImage:
+        return None
 
 
 def complete(result: SourceObject, landed_at: float, settings: Settings) -> tuple[dict, bytes | None]:
@@ -86,7 +103,8 @@ def complete(result: SourceObject, landed_at: float, settings: Settings) -> tupl
     answer = predict.parse_answer(_read(result))
     latency = {"endpoint": round(1000 * (landed_at - context["submitted_at"]), 1),
                "total": round(1000 * (time.time() - context["started_at"]), 1)}
-    return predict.record_prediction(obj, answer, context["endpoint"], settings, latency, context.get("explain"))
+    return predict.record_prediction(obj, answer, context["endpoint"], settings, latency, context.get("explain"),
+                                     dicom_sr=context.get("dicom_sr", False))
 
 
 def _read(result: SourceObject) -> bytes:

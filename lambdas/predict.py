@@ -47,7 +47,7 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from lambdas import aws, review_queue, s3io
-from lambdas.domain import audit, imaging, layout, source_state
+from lambdas.domain import audit, imaging, layout, source_state, uploads
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
 from lambdas.state_store import SourceRef, StateStore, handle
@@ -209,19 +209,26 @@ def predict_object(source: dict) -> dict:
     try:
         imaging.check_upload_size(obj.size, settings.max_upload_bytes)
         data, metadata = s3io.download(obj.bucket, obj.key, obj.version_id)
-        image = imaging.normalise(data)
+        image, data_set = uploads.normalise(data)
     except imaging.RejectedImage as exc:
         return {"status": "rejected", "reason": exc.code, "message": exc.message}
     explain = explain_policy(metadata, settings)
+    reported = data_set is not None and settings.dicom_sr_output
     endpoint = parameters.get_parameter(settings.endpoint_parameter, max_age=ENDPOINT_CACHE_SECONDS)
     if os.environ.get("ENDPOINT_MODE") == "async":
-        submit_async(obj, endpoint, image.png, started_at, explain)
+        submit_async(obj, endpoint, image.png, started_at, explain, dicom_sr=reported)
         return {"status": "submitted"}
     body, endpoint_ms = invoke_endpoint(endpoint, image.png, explain is not None)
     latency = {"endpoint": endpoint_ms, "total": round(1000 * (time.perf_counter() - started), 1)}
-    prediction, overlay = record_prediction(obj, parse_answer(body), endpoint, settings, latency, explain)
+    prediction, overlay = record_prediction(obj, parse_answer(body), endpoint, settings, latency, explain,
+                                            dicom_sr=reported)
     if overlay is not None:  # under the key's lease, for its current version: derive writes the JSON beside it
         s3io.put_png(obj.bucket, prediction["explanation"]["overlay_key"], overlay)
+    if reported:  # as the overlay: an output of this outcome (lambdas/domain/dicom_sr.py)
+        from lambdas.domain import dicom_sr  # noqa: PLC0415 (pydicom only when a DICOM file arrives)
+
+        s3io.put_dicom(obj.bucket, prediction["dicom_sr"]["key"], dicom_sr.to_bytes(
+            dicom_sr.structured_report(data_set, prediction)))
     return {"status": "predicted", "prediction": prediction}
 
 
@@ -263,7 +270,8 @@ def request_key(request: str) -> str:
     return f"{layout.ASYNC_REQUESTS}{request}.json"
 
 
-def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float, explain: str | None = None) -> str:
+def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float, explain: str | None = None,
+                 dicom_sr: bool = False) -> str:
     """Queue one request on an asynchronous endpoint; returns its id.
 
     What the record needs goes to ``async-requests/<id>.json`` *before* the request is queued (the
@@ -274,7 +282,7 @@ def submit_async(obj: SourceObject, endpoint: str, png: bytes, started_at: float
     request = request_id(obj)
     s3io.put_json(obj.bucket, request_key(request), {
         "source": obj.describe(), "endpoint": endpoint, "started_at": started_at, "submitted_at": time.time(),
-        "explain": explain,
+        "explain": explain, "dicom_sr": dicom_sr,
     })
     input_key = f"{layout.ASYNC_INPUT}{request}.png"
     content_type, body = endpoint_request(png, explain is not None)
@@ -303,10 +311,13 @@ def parse_answer(body: bytes) -> dict:
 
 
 def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: Settings, latency: dict,
-                      explain: str | None = None) -> tuple[dict, bytes | None]:
+                      explain: str | None = None, dicom_sr: bool = False) -> tuple[dict, bytes | None]:
     """The version's DynamoDB item (the audit trail), which both modes write, and the overlay PNG to keep, if any;
-    ``predictions/<key>.json`` is the key's current outcome, written when the key is derived."""
+    ``predictions/<key>.json`` is the key's current outcome, written when the key is derived. ``dicom_sr``:
+    the record names the DICOM SR the caller writes (``results-dicom/``)."""
     prediction = prediction_record(obj, answer, endpoint)
+    if dicom_sr:
+        prediction["dicom_sr"] = {"key": layout.structured_report_key(obj.key)}
     prediction["latency_ms"] = latency
     prediction["audit"] = audit.fields(answer, code_version=settings.code_version)
     explanation = answer.get("explanation")

@@ -15,8 +15,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
-from lambdas import aws, s3io
-from lambdas.domain import imaging, layout, review, source_state
+from lambdas import aws, pseudonyms, s3io
+from lambdas.domain import deid, imaging, layout, review, source_state, uploads
 from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
 from lambdas.domain.source_state import Claim
@@ -142,22 +142,26 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
     try:
         dataset, info = layout.parse_raw_key(ref.key)
         imaging.check_upload_size(current.size, settings.max_upload_bytes)
-        image = imaging.normalise(current.read())
+        image, data_set = uploads.normalise(current.read())
     except imaging.RejectedImage as exc:
         return _quarantined(source, exc.code, exc.message), None
     except (layout.KeyLayoutError, UnlabelledError) as exc:
         return _quarantined(source, "unlabelled", str(exc)), None
-    image_id = source_state.output_id(ref.key, image.content_hash)
+    described = deid.facts(data_set, pseudonyms.key(settings)) if data_set is not None else None
+    declared = current.metadata.get(layout.PATIENT_METADATA, "")
     authority = source_state.REVIEW if current.metadata.get(source_state.REVIEW_METADATA) else source_state.FOLDER
-    # a reviewed copy is named by content hash: its patient id travels as metadata (lambdas.review_data)
-    patient = current.metadata.get(review.PATIENT_METADATA) if authority == source_state.REVIEW else None
+    # a reviewed copy is named by content hash: the id its original's name gave travels as metadata (review_data)
+    named = current.metadata.get(review.PATIENT_METADATA) if authority == source_state.REVIEW else None
+    patient = (deid.pseudonymous_patient_id(pseudonyms.key(settings), declared) if declared.strip() else
+               described["patient_id"] if described else named or info.patient_id)
+    image_id = source_state.output_id(ref.key, image.content_hash)
     record = {
         "outcome": source_state.PROCESSED,
         "source": source,
         "image": {
             "dataset": dataset,
             "label": info.label,
-            "patient_id": patient or info.patient_id,
+            "patient_id": patient,
             "split": info.split,
             "image_id": image_id,
             "content_hash": image.content_hash,
@@ -166,6 +170,7 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
             "stored": {"width": image.width, "height": image.height, "format": "PNG", "mode": "L"},
             "original": {"width": image.original_width, "height": image.original_height,
                          "format": image.original_format, "mode": image.original_mode},
+            **({"dicom": described} if described else {}),
         },
         "claim": {"content_hash": image.content_hash, "label": info.label, "authority": authority},
     }

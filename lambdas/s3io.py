@@ -138,5 +138,9 @@ def put_json(bucket: str, key: str, document: dict, *, retain_until: datetime | 
     aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **lock)
 
 
+def put_dicom(bucket: str, key: str, data: bytes) -> None:
+    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/dicom")
+
+
 def put_png(bucket: str, key: str, png: bytes) -> None:
     aws.client("s3").put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")

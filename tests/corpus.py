@@ -156,10 +156,6 @@ def minimal_pdf() -> bytes:
     return b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 
 
-def dicom_like() -> bytes:
-    return b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + b"\x00" * 64
-
-
 def broken_corpus() -> dict[str, tuple[bytes, str]]:
     """File name -> (bytes, the rejection code the normaliser must give)."""
     good_png = png()
@@ -167,7 +163,6 @@ def broken_corpus() -> dict[str, tuple[bytes, str]]:
         "empty.png": (b"", "empty"),
         "notes.jpeg": (b"patient notes, not an image\n" * 4, "not_an_image"),
         "report.pdf": (minimal_pdf(), "unsupported_format"),
-        "scan.dcm": (dicom_like(), "dicom_unsupported"),
         "half.jpeg": (truncated(jpeg(), 0.5), "truncated"),
         "half.png": (truncated(good_png, 0.6), "truncated"),
         "cut-then-closed.jpeg": (jpeg_cut_then_closed(), "truncated"),

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxr.errors import UsageError
-from lambdas.domain import imaging, labels
+from lambdas.domain import imaging, labels, uploads
 
 
 @dataclass
@@ -109,7 +109,7 @@ def check_file(path: Path, key_parts: list[str] | None = None) -> Verdict:
         info = labels.describe(key_parts or Path(os.path.abspath(path)).parts[-3:])
         verdict.label, verdict.patient_id = info.label, info.patient_id
         imaging.check_upload_size(path.stat().st_size)
-        image = imaging.normalise(path.read_bytes())
+        image, _ = uploads.normalise(path.read_bytes())
     except labels.UnlabelledError as exc:
         verdict.code, verdict.reason = "unlabelled", str(exc)
     except imaging.RejectedImage as exc:

@@ -18,7 +18,7 @@ from cxr import operations, target
 from cxr.errors import UsageError, UserError
 from infra import wiring
 from infra.version import code_version
-from lambdas.domain import audit, imaging, layout
+from lambdas.domain import audit, imaging, layout, uploads
 from lambdas.predict import endpoint_request
 
 
@@ -71,7 +71,7 @@ def run_prefix() -> str:
 def predict_direct(deployment: target.Target, path: Path, explain: bool = False) -> dict:
     """The same normaliser as the predict Lambda, then InvokeEndpoint with the stored PNG (and the explain flag)."""
     try:
-        image = imaging.normalise(path.read_bytes())
+        image, _ = uploads.normalise(path.read_bytes())
     except imaging.RejectedImage as exc:
         return {"status": "rejected", "reason": exc.code, "message": exc.message}
     runtime = deployment.client("sagemaker-runtime")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cxr import manifest, operations, target
@@ -81,7 +81,8 @@ def upload_manifest(args) -> int:
         raise UserError(f"none of the {len(keys)} images in {args.manifest} is an acceptable X-ray")
     deployment = target.resolve(args)
     s3, bucket = deployment.client("s3"), deployment.bucket(wiring.DATA)
-    items = [s3_item(s3, key, entry) if entry.in_s3 else local_item(key, Path(entry.source))
+    items = [replace(s3_item(s3, key, entry) if entry.in_s3 else local_item(key, Path(entry.source)),
+                     metadata={layout.PATIENT_METADATA: entry.patient_id} if entry.patient_id else {})
              for entry, key in planned.items()]
     print(f"{args.manifest}: {len(keys)} images ({len(keys) - len(local)} in S3, {len(local)} local, "
           f"{len(rejected)} rejected locally)")
@@ -99,6 +100,8 @@ class Item:
     fingerprint: str
     """What proves the object at ``key`` holds this source: a file's SHA-256 (base64, as S3 reports
     ``ChecksumSHA256``), or an S3 source's ETag, which the copy records in its metadata."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """User metadata the object gets (a manifest's ``patient_id``)."""
 
 
 SOURCE_ETAG = "cxr-source-etag"
@@ -137,9 +140,9 @@ def send(args, s3, bucket: str, prefix: str, items: list[Item], dataset: str) ->
         if not isinstance(item.source, Path):
             source_bucket, source_key = layout.split_s3_uri(item.source)
             s3.copy_object(Bucket=bucket, Key=item.key, CopySource={"Bucket": source_bucket, "Key": source_key},
-                           Metadata={SOURCE_ETAG: item.fingerprint}, MetadataDirective="REPLACE")
+                           Metadata={SOURCE_ETAG: item.fingerprint, **item.metadata}, MetadataDirective="REPLACE")
     operations.upload_files(s3, bucket, [(item.source, item.key) for item in todo if isinstance(item.source, Path)],
-                            args.workers, progress_bar)
+                            args.workers, progress_bar, metadata={i.key: i.metadata for i in todo if i.metadata})
     print(f"sent {len(todo)} files; each is preprocessed by the ingest Lambda "
           f"(see processed/{dataset}/ and quarantine/)")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import secrets
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,10 @@ class LocalCloud:
                 **({"GlobalSecondaryIndexes": indexes} if indexes else {}),
             )
         boto3.client("sns", region_name=REGION).create_topic(Name=self.names.topic)
+        # the offline cloud's own pseudonym key, as the storage stack makes one (lambdas/pseudonyms.py)
+        boto3.client("secretsmanager", region_name=REGION).create_secret(
+            Name=wiring.PSEUDONYM_SECRET_NAME.format(stage=self.config.stage), KmsKeyId=self.kms_key_arn,
+            SecretString=secrets.token_urlsafe(48))
         trust = json.dumps({"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "sagemaker.amazonaws.com",
                                                           "states.amazonaws.com"]},
@@ -108,6 +113,7 @@ class LocalCloud:
             wiring.ENV_IDEMPOTENCY_TABLE: self.names.table(wiring.IDEMPOTENCY_TABLE),
             wiring.ENV_ENDPOINT_PARAMETER: wiring.endpoint_parameter_name(config.stage),
             wiring.ENV_EXPLAIN_REFERRALS: "true" if config.explain_referrals else "false",
+            wiring.ENV_DICOM_SR_OUTPUT: "true" if config.dicom_sr_output else "false",
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate)),
             wiring.ENV_SAGEMAKER_ROLE_ARN: self.names.model_role_arn,
             wiring.ENV_KMS_KEY_ARN: self.kms_key_arn,
@@ -125,6 +131,7 @@ class LocalCloud:
             wiring.ENV_REVIEW_TASKS_TABLE: self.names.table(wiring.REVIEW_TASKS_TABLE),
             wiring.ENV_REVIEW_SAMPLE_RATE: str(config.review_sample_rate),
             wiring.ENV_REVIEW_DATASET: config.review_dataset,
+            wiring.ENV_PSEUDONYM_SECRET: wiring.PSEUDONYM_SECRET_NAME.format(stage=config.stage),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,

@@ -407,6 +407,13 @@ def _xray(region: str, operation: str, p: Mapping[str, Any]) -> Mapped | None:
     return [(f"xray:{operation}", "*", {})]
 
 
+def _secretsmanager(region: str, operation: str, p: Mapping[str, Any]) -> Mapped | None:
+    """A secret named by ARN or by name (then its ARN as AWS forms it, six random characters appended)."""
+    secret = p.get("SecretId", "")
+    arn = secret if secret.startswith("arn:") else _arn("secretsmanager", region, f"secret:{secret}-xxxxxx")
+    return [(f"secretsmanager:{operation}", arn, {})] if secret else None
+
+
 def _states(region: str, operation: str, p: Mapping[str, Any]) -> Mapped | None:
     arn = p.get("stateMachineArn") or p.get("executionArn")
     return [(f"states:{operation}", arn, {})] if arn else None
@@ -416,6 +423,7 @@ _OPERATIONS = {
     "s3": _s3, "dynamodb": _dynamodb, "ssm": _ssm, "sns": _sns, "sqs": _sqs, "lambda": _lambda,
     "sagemaker": _sagemaker, "sagemaker-runtime": _sagemaker_runtime, "kms": _kms, "events": _events,
     "cloudwatch": _cloudwatch, "logs": _logs, "xray": _xray, "stepfunctions": _states,
+    "secretsmanager": _secretsmanager,
 }
 """botocore service name -> the mapping of its operations; an operation mapped to None is recorded as
 ``unmapped:<service>.<operation>``, which no policy allows: a new call fails the test until it is mapped."""

@@ -20,8 +20,9 @@ from constructs import Construct
 
 from infra import wiring
 from infra.components.access import allow_objects, allow_retention
-from infra.components.buckets import imported_bucket
+from infra.components.buckets import bucket_arn, imported_bucket, nag_bucket_arn
 from infra.components.function import ServiceFunction
+from infra.components.nag import acknowledge
 from infra.components.tables import allow_items, table
 from infra.components.trigger import add_trigger
 from infra.config import Config
@@ -57,13 +58,14 @@ class InferenceStack(Stack):
             wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
             wiring.ENV_EXPLAIN_REFERRALS: "true" if config.explain_referrals else "false",
             **review_queue,
+            wiring.ENV_DICOM_SR_OUTPUT: "true" if config.dicom_sr_output else "false",
         })
         function = self.predict.function
         asynchronous = config.endpoint_mode == "async"
         queued = [layout.ASYNC_INPUT, layout.ASYNC_REQUESTS] if asynchronous else []
         allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix],
-                      write=[layout.PREDICTIONS, layout.REJECTED, *queued],
-                      tombstone=[layout.PREDICTIONS, layout.REJECTED])
+                      write=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM, *queued],
+                      tombstone=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM])
         self.endpoint_parameter.grant_read(function)
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
@@ -83,8 +85,10 @@ class InferenceStack(Stack):
         })
         allow_objects(self.complete.function, complete.trigger.bucket, config.stage, key,
                       read=[complete.trigger.prefix, layout.ASYNC_REQUESTS, spec.trigger.prefix],
-                      write=[layout.PREDICTIONS, layout.REJECTED], tombstone=[layout.PREDICTIONS, layout.REJECTED])
+                      write=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM],
+                      tombstone=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM])
         add_trigger(inference_bucket, self.complete.function, complete.trigger)
+        self.results_dicom_reader = self._results_dicom_reader(config.stage, key)
         for writer in (function, self.complete.function):  # both paths end in the same record and current outcome
             if config.retention_days:  # a PutObject with a retention period needs s3:PutObjectRetention as well
                 allow_retention(writer, spec.trigger.bucket, config.stage, [layout.PREDICTIONS])
@@ -93,3 +97,22 @@ class InferenceStack(Stack):
             allow_items(writer, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
             # a referred (or sampled) version opens its review task; a superseded one's open task is withdrawn
             allow_items(writer, self.review_tasks, key, "dynamodb:PutItem", "dynamodb:UpdateItem")
+
+    def _results_dicom_reader(self, stage: str, key: kms.IKey) -> iam.ManagedPolicy:
+        """The one read permission on ``results-dicom/``, whose DICOM SRs carry patient identity for a PACS.
+
+        No role of the stacks reads that prefix; an operator attaches this policy to the PACS import's
+        principal only (infra/README.md, "DICOM"). Decrypting is allowed through S3 alone.
+        """
+        prefix = f"{layout.RESULTS_DICOM}*"
+        policy = iam.ManagedPolicy(self, "ResultsDicomReader", managed_policy_name=f"cxr-{stage}-results-dicom-reader",
+                                   description="cxr: read the DICOM SR results (they carry patient identity)",
+                                   statements=[
+            iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectVersion"],
+                                resources=[f"{bucket_arn(wiring.INFERENCE, stage)}/{prefix}"]),
+            iam.PolicyStatement(actions=["kms:Decrypt"], resources=[key.key_arn],
+                                conditions={"StringEquals": {"kms:ViaService": f"s3.{self.region}.amazonaws.com"}}),
+        ])
+        acknowledge(policy, "the SR objects under results-dicom/ are named by their incoming/ keys, which are data",
+                    f"AwsSolutions-IAM5[Resource::{nag_bucket_arn(wiring.INFERENCE, stage)}/{prefix}]")
+        return policy

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from aws_cdk import Stack
+from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
@@ -24,9 +25,13 @@ class IngestStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         spec = wiring.PREPROCESS
         data_bucket = imported_bucket(self, spec.trigger.bucket, config.stage)
+        # by its name, as the buckets: the storage stack owns (and retains) it; a reference would make its key
+        # policy name this role and the two stacks depend on each other
+        secret_name = wiring.PSEUDONYM_SECRET_NAME.format(stage=config.stage)
         self.preprocess = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic,
                                           environment={wiring.ENV_DATA_BUCKET: data_bucket.bucket_name,
-                                                       wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
+                                                       wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name,
+                                                       wiring.ENV_PSEUDONYM_SECRET: secret_name})
         function = self.preprocess.function
         # reads the current version of an upload; writes its outputs and tombstones superseded ones (a delete
         # without a version id: every version stays); never deletes anything under raw/
@@ -34,4 +39,11 @@ class IngestStack(Stack):
                       write=[layout.PROCESSED, layout.QUARANTINE], tombstone=[layout.PROCESSED, layout.QUARANTINE])
         # events, leases, outcomes and identical-pixel claims
         allow_items(function, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
+        # the DICOM pseudonym key (lambdas/pseudonyms.py); kms:Decrypt on the stage key is granted above. Secrets
+        # Manager appends six random characters to a secret's ARN, hence the wildcard (its IAM user guide,
+        # "Resource: use wildcards in secret ARNs")
+        secret_arn = self.format_arn(service="secretsmanager", resource="secret", resource_name=f"{secret_name}-??????",
+                                     arn_format=ArnFormat.COLON_RESOURCE_NAME)
+        function.add_to_role_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
+                                                        resources=[secret_arn]))
         add_trigger(data_bucket, function, spec.trigger)

@@ -15,6 +15,7 @@ from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
@@ -27,6 +28,7 @@ from infra.components.buckets import (
     allow_log_delivery,
     secure_bucket,
 )
+from infra.components.nag import acknowledge
 from infra.components.tables import table
 from infra.config import Config
 from lambdas.domain import layout
@@ -90,10 +92,29 @@ class StorageStack(Stack):
         # one current outcome per source key of both buckets (lambdas.domain.source_state); derived from the
         # buckets, so it goes with the stack and `cxr fsck --repair` rebuilds it over retained buckets
         self.source_state = table(self, wiring.SOURCE_STATE_TABLE, key=self.key, removal=RemovalPolicy.DESTROY)
+        self.pseudonym_secret = self._pseudonym_secret(config)
         self.topic = sns.Topic(self, "Notifications", master_key=self.key, enforce_ssl=True,
                                display_name=f"cxr {config.stage}")
         if config.notification_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(config.notification_email))
+
+    def _pseudonym_secret(self, config: Config) -> secretsmanager.ISecret:
+        """The HMAC key of DICOM pseudonyms (``lambdas/domain/deid.py``): retained, never rotated.
+
+        A teardown keeps it with the key and the buckets, so patients keep their pseudonyms across
+        deployments; `cxr deploy` finds a retained one and sets ``adopt_pseudonym_secret`` to adopt it by name.
+        """
+        name = wiring.PSEUDONYM_SECRET_NAME.format(stage=config.stage)
+        if config.adopt_pseudonym_secret:
+            return secretsmanager.Secret.from_secret_name_v2(self, "PseudonymKey", name)
+        secret = secretsmanager.Secret(
+            self, "PseudonymKey", secret_name=name, encryption_key=self.key, removal_policy=RemovalPolicy.RETAIN,
+            description="cxr: HMAC key of DICOM patient and UID pseudonyms; never rotate (pseudonyms would change)",
+            generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64, exclude_punctuation=True))
+        acknowledge(secret, "a pseudonym key is never rotated: a new key gives every patient a new pseudonym and "
+                            "splits one patient's images across training splits", "AwsSolutions-SMG4",
+                    "HIPAA.Security-SecretsManagerRotationEnabled")
+        return secret
 
     def _allow_services(self, key: kms.Key) -> None:
         """Services that encrypt with the key on the account's behalf: log groups and alarm notifications.

@@ -138,12 +138,18 @@ def normalise(data: bytes) -> NormalisedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         gray, original = _decode(data, fmt, payload)
+    return normalise_decoded(gray, *original)
+
+
+def normalise_decoded(gray: Image.Image, original_width: int, original_height: int, original_format: str,
+                      original_mode: str) -> NormalisedImage:
+    """The stored form of an upright 8-bit grayscale image another decoder produced (DICOM: ``dicom.py``)."""
     low, high = gray.getextrema()
     if low == high:
         raise RejectedImage("blank", "the image has no contrast: every pixel has the same value")
     stored = _shrink(gray)
     stored.info = {}  # nothing of the upload's metadata (ICC, EXIF, text) reaches the stored PNG
-    return _encode(stored, original)
+    return _encode(stored, (original_width, original_height, original_format, original_mode))
 
 
 def open_stored(png: bytes) -> Image.Image:
@@ -183,7 +189,8 @@ def _sniff_format(data: bytes) -> str:
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if head[128:132] == b"DICM":
-        raise RejectedImage("dicom_unsupported", "DICOM files are not supported yet: export the X-ray as PNG or JPEG")
+        raise RejectedImage("dicom_unsupported", "DICOM is decoded by lambdas/domain/dicom.py before this "
+                                                 "normaliser (ingest, predict, cxr check); here only JPEG or PNG")
     for signature, name in _SIGNATURES:
         if head.startswith(signature):
             raise RejectedImage("unsupported_format", f"{name}, not a JPEG or PNG image")
@@ -277,7 +284,7 @@ def _decode(data: bytes, fmt: str, payload: _Payload) -> tuple[Image.Image, tupl
         image = Image.open(io.BytesIO(data), formats=[fmt])
         width, height = image.size
         original = (width, height, fmt, image.mode)
-        _check_geometry(width, height)
+        check_geometry(width, height)
         if payload.size < payload.minimum:
             raise _truncated(
                 f"the header declares {width}x{height} but the file holds {payload.size:,} bytes of image data, "
@@ -358,7 +365,8 @@ def _band_extrema(image: Image.Image) -> tuple[tuple[int, int], ...]:
     return extrema if len(image.getbands()) > 1 else (extrema,)
 
 
-def _check_geometry(width: int, height: int) -> None:
+def check_geometry(width: int, height: int) -> None:
+    """The pixel cap, the smallest side and the aspect limit, from a header's dimensions before decoding."""
     if width * height > MAX_PIXELS:
         raise RejectedImage(
             "too_many_pixels", f"{width}x{height} is {width * height:,} pixels, over the {MAX_PIXELS:,} cap"

@@ -40,10 +40,17 @@ ASYNC_OUTPUT = "async-output/"
 ASYNC_FAILURES = f"{ASYNC_OUTPUT}failures/"
 """The configuration's ``S3FailurePath``: under the output prefix, so a failure reaches the completion too."""
 
+RESULTS_DICOM = "results-dicom/"
+"""Predictions on DICOM input as DICOM SR (``lambdas/domain/dicom_sr.py``): the one output that carries patient
+identity (a PACS files results by it), so no role reads it but the ones the stacks grant it to."""
+
 ERROR_SUFFIX = ".error.json"
 OVERLAY_SUFFIX = ".overlay.png"
 EXPLAIN_METADATA = "cxr-explain"
 """User metadata of an ``incoming/`` upload (``x-amz-meta-cxr-explain: true``) asking for its overlay."""
+PATIENT_METADATA = "cxr-patient-id"
+"""User metadata of a ``raw/`` upload: the patient id a CSV manifest's ``patient_id`` column gave it. Ingest
+records only its keyed pseudonym (``lambdas/domain/deid.py``), so splits group by it and it never leaves raw/."""
 
 
 class KeyLayoutError(ValueError):
@@ -77,6 +84,10 @@ def quarantine_key(raw_key: str) -> str:
 
 def prediction_key(incoming_key: str) -> str:
     return f"{PREDICTIONS}{incoming_key.removeprefix(INCOMING)}.json"
+
+
+def structured_report_key(incoming_key: str) -> str:
+    return f"{RESULTS_DICOM}{incoming_key.removeprefix(INCOMING)}.sr.dcm"
 
 
 def overlay_key(incoming_key: str) -> str:

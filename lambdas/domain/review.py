@@ -46,8 +46,11 @@ VERDICTS = (NORMAL, BACTERIAL, VIRAL, UNSPECIFIED, NOT_ASSESSABLE)
 """What a reviewer may answer; keyboard shortcuts 1-5 on the page, in this order."""
 MAX_COMMENT = 2000
 
-PATIENT_METADATA = "cxr-patient-id"
-"""S3 user metadata on a reviewed copy: the patient id of the original, since the copy's name no longer holds it."""
+PATIENT_METADATA = "cxr-review-patient-id"
+"""S3 user metadata on a reviewed copy: the patient id the original's file name gives (as ingest derives it from a
+name), since the copy's name no longer holds it. Not ``cxr-patient-id`` (``layout.PATIENT_METADATA``), a declared
+id that ingest pseudonymises: the original's other images carry the name-derived id, and the split must group
+them together."""
 
 
 def task_id(bucket: str, key: str, version_id: str | None) -> str:

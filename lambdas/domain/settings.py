@@ -28,6 +28,10 @@ class Settings:
     """The review queue (``REVIEW_TASKS_TABLE``): referred and sampled predictions become tasks; unset, none do."""
     review_sample_rate: float = review.DEFAULT_SAMPLE_RATE
     """Share of unreferred predictions drawn for quality-control review (``REVIEW_SAMPLE_RATE``)."""
+    dicom_sr_output: bool = True
+    """Write a DICOM SR of each prediction on DICOM input under ``results-dicom/`` (``DICOM_SR_OUTPUT``; unset: on)."""
+    pseudonym_secret: str | None = None
+    """The Secrets Manager secret keying DICOM pseudonyms (``PSEUDONYM_SECRET_ARN``; :mod:`lambdas.pseudonyms`)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -48,6 +52,8 @@ class Settings:
             explain_referrals=parse_flag("EXPLAIN_REFERRALS", env.get("EXPLAIN_REFERRALS")),
             review_tasks_table=env.get("REVIEW_TASKS_TABLE") or None,
             review_sample_rate=review.parse_sample_rate(env.get("REVIEW_SAMPLE_RATE")),
+            pseudonym_secret=env.get("PSEUDONYM_SECRET_ARN"),
+            dicom_sr_output=parse_flag("DICOM_SR_OUTPUT", env.get("DICOM_SR_OUTPUT", "true")),
         )
 
     def require(self, *names: str) -> None:

@@ -184,7 +184,9 @@ def outputs(record: Mapping) -> tuple[str, ...]:
         return (layout.quarantine_key(key),)
     if kind == PREDICTED:
         explained = "explanation" in record.get("prediction", {})
-        return (layout.prediction_key(key), *([layout.overlay_key(key)] if explained else []))
+        reported = "dicom_sr" in record.get("prediction", {})
+        return (layout.prediction_key(key), *([layout.overlay_key(key)] if explained else []),
+                *([layout.structured_report_key(key)] if reported else []))
     if kind == REJECTED:
         return (layout.rejected_key(key),)
     return ()
@@ -194,7 +196,8 @@ def sidecar(record: Mapping) -> dict:
     """The JSON written beside a processed image (what a person or a tool reads next to the PNG)."""
     image = record["image"]
     return {"source": record["source"], **{k: image[k] for k in (
-        "dataset", "label", "patient_id", "split", "image_id", "content_hash", "processed_key", "stored", "original")}}
+        "dataset", "label", "patient_id", "split", "image_id", "content_hash", "processed_key", "stored", "original",
+        "dicom") if k in image}}
 
 
 def error_document(record: Mapping) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.parser
 import json
 
 import pytest
@@ -384,3 +385,12 @@ def test_lambda_asset_is_far_below_the_250_mb_limit(synth, capsys):
     assert not (bundle / "boto3").exists() and not (bundle / "sagemaker").exists()
     native = [p.name for p in (bundle / "numpy").rglob("*.so")]
     assert native and all("cpython-314-x86_64" in name for name in native if "cpython" in name)  # the runtime's
+    # DICOM: pydicom and GDCM (bench/dicom_plugins.py), and nothing under a GPL licence in a permissive project
+    assert (bundle / "pydicom").is_dir() and (bundle / "_gdcm" / "_gdcmswig.so").is_file()
+    licences = {}
+    for metadata in bundle.glob("*.dist-info/METADATA"):
+        fields = email.parser.Parser().parsestr(metadata.read_text(errors="replace"), headersonly=True)
+        licences[metadata.parent.name] = " ".join(
+            [fields.get("License-Expression") or "", fields.get("License") or "",
+             *(c for c in fields.get_all("Classifier") or [] if c.startswith("License"))])
+    assert len(licences) >= 5 and not [name for name, text in licences.items() if "GPL" in text and "LGPL" not in text]

@@ -141,7 +141,7 @@ def test_a_reviewer_signs_in_reads_the_xray_and_gives_a_verdict_with_the_keyboar
     (copy,) = boto3.client("s3").list_objects_v2(Bucket=DATA, Prefix="raw/")["Contents"]
     assert copy["Key"] == f"raw/{DATASET}/BACTERIAL/{HASH}.jpeg"
     head = boto3.client("s3").head_object(Bucket=DATA, Key=copy["Key"])
-    assert head["Metadata"] == {"cxr-review-verdict": task, "cxr-patient-id": "1952"}
+    assert head["Metadata"] == {"cxr-review-verdict": task, review.PATIENT_METADATA: "1952"}
     assert "person1952" not in json.dumps([i for i in items if i["sk"] != "task"])  # only the task keeps the key
 
 

@@ -37,7 +37,8 @@ def templates(tmp_path_factory):
     from infra.stacks.storage import StorageStack
 
     app = make_app(outdir=str(tmp_path_factory.mktemp("cdk.out")))
-    adopting = Config.from_values({"stage": STAGE, "adopt_buckets": ALL_ROLES, "adopt_key_arn": PLACEHOLDER_KEY})
+    adopting = Config.from_values({"stage": STAGE, "adopt_buckets": ALL_ROLES, "adopt_key_arn": PLACEHOLDER_KEY,
+                                   "adopt_pseudonym_secret": "true"})
     stacks = [StorageStack(app, id_, stack_name=STORAGE, config=config)
               for id_, config in (("Normal", Config(stage=STAGE)), ("Adopting", adopting))]
     assembly = app.synth()
@@ -90,20 +91,25 @@ def test_teardown_then_deploy_adopts_the_retained_buckets_and_key_cycle_after_cy
 
     report = cxr_teardown(tgt)
     assert report.ok and {leftover.name for leftover in report.kept} >= {tgt.bucket(r) for r in wiring.BUCKETS}
+    # the pseudonym secret, as the stack leaves it on AWS (DeletionPolicy Retain); moto's CloudFormation makes none
+    boto3.client("secretsmanager").create_secret(Name=wiring.PSEUDONYM_SECRET_NAME.format(stage=STAGE),
+                                                 SecretString="k" * 64)
     retained = deployment.retained_resources(tgt)
     assert [(r.kind, r.name, r.role, r.problem) for r in retained] == [
         *((deployment.BUCKET, tgt.bucket(role), role, "") for role in wiring.BUCKETS),
         (deployment.KEY, key_arn, "", ""),
+        (deployment.SECRET, wiring.PSEUDONYM_SECRET_NAME.format(stage=STAGE), "", ""),  # patients keep pseudonyms
     ]
     assert alias_target() is None  # the alias was the stack's: gone, so the key is found through its buckets
-    assert deployment.adopt_overrides(retained) == {"adopt_buckets": ALL_ROLES, "adopt_key_arn": key_arn}
+    assert deployment.adopt_overrides(retained) == {"adopt_buckets": ALL_ROLES, "adopt_key_arn": key_arn,
+                                                    "adopt_pseudonym_secret": "true"}
 
     runs = []
     monkeypatch.setattr(deployment.subprocess, "run", lambda command, cwd, env, check: runs.append(command) or
                         subprocess.CompletedProcess(command, 0))
     assert main(["deploy"]) == 0
     assert runs == [[*deployment.deploy_command({"stage": STAGE, "adopt_buckets": ALL_ROLES,
-                                                 "adopt_key_arn": key_arn})]]
+                                                 "adopt_key_arn": key_arn, "adopt_pseudonym_secret": "true"})]]
     out = capsys.readouterr().out
     for role in wiring.BUCKETS:
         assert f"re-adopting the bucket {tgt.bucket(role)}, retained by an earlier teardown" in out
@@ -113,6 +119,7 @@ def test_teardown_then_deploy_adopts_the_retained_buckets_and_key_cycle_after_cy
         cloudformation.create_stack(StackName=STORAGE, TemplateBody=adopting.replace(PLACEHOLDER_KEY, key_arn))
         created = stack_types(STORAGE)
         assert "AWS::S3::Bucket" not in created and "AWS::KMS::Key" not in created
+        assert "AWS::SecretsManager::Secret" not in created
         assert alias_target() in (key_arn, key_arn.split("/")[1])  # the alias is back, on the old key
         assert s3.get_object(Bucket=data, Key="raw/ds/NORMAL/IM-0001-0001.jpeg")["Body"].read() == b"x-ray"
         assert deployment.retained_resources(tgt) == retained, cycle  # adopted, still outside the stack

@@ -82,6 +82,7 @@ def test_find_lists_the_stage_s_billable_resources_and_its_data(target, deployed
     assert {name for kind, name in found if kind == billable.BUCKET} == {
         target.bucket(role) for role in (wiring.DATA, wiring.INFERENCE, wiring.ACCESS_LOGS)}
     assert (billable.TABLE, f"cxr-{STAGE}-{wiring.PREDICTIONS_TABLE.id}") in found
+    assert (billable.SECRET, wiring.PSEUDONYM_SECRET_NAME.format(stage=STAGE)) in found
 
 
 def test_teardown_stops_and_deletes_before_the_stacks_go_and_keeps_the_data(target, deployed):
@@ -98,7 +99,7 @@ def test_teardown_stops_and_deletes_before_the_stacks_go_and_keeps_the_data(targ
         ("stopped", billable.EXECUTION, "run-1"), ("deleted", billable.ENDPOINT, f"cxr-{STAGE}"),
         ("deleted", billable.ENDPOINT_CONFIG, JOB), ("deleted", billable.MODEL, JOB)]
     assert report.left == [] and report.ok and report.destroy_status == 0
-    assert {kind for kind, _ in kinds(report.kept)} == {billable.BUCKET, billable.TABLE}
+    assert {kind for kind, _ in kinds(report.kept)} == {billable.BUCKET, billable.TABLE, billable.SECRET}
 
     sagemaker, s3 = target.client("sagemaker"), target.client("s3")
     assert target.client("stepfunctions").describe_execution(executionArn=deployed)["status"] == "ABORTED"
@@ -114,6 +115,7 @@ def test_delete_data_empties_every_version_and_removes_buckets_and_table(target,
     assert report.ok and report.kept == [] and report.left == []
     removed = {(o.leftover.kind, o.action) for o in report.outcomes}
     assert (billable.BUCKET, "emptied and deleted") in removed and (billable.TABLE, "deleted") in removed
+    assert (billable.SECRET, "deleted") in removed
     names = {b["Name"] for b in target.client("s3").list_buckets()["Buckets"]}
     assert not names & {target.bucket(role) for role in wiring.BUCKETS}
     assert sorted(target.client("dynamodb").list_tables()["TableNames"]) == [  # the stacks delete these (DESTROY)

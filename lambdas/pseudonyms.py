@@ -1,0 +1,27 @@
+"""The deployment's pseudonym key: a Secrets Manager secret the stacks create and retain, read once a container.
+
+Read only when a DICOM file arrives, so JPEG and PNG ingest needs no secret. The key never changes
+(no rotation is configured): a new key would give every patient a new pseudonym and split one
+patient's images across training splits (:mod:`lambdas.domain.deid`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from lambdas import aws
+from lambdas.domain.settings import Settings
+
+
+def key(settings: Settings) -> bytes:
+    """The HMAC key named by ``PSEUDONYM_SECRET_ARN``; a missing variable fails loudly, never a keyless hash."""
+    settings.require("pseudonym_secret")
+    return _secret(settings.pseudonym_secret)
+
+
+@functools.lru_cache(maxsize=4)
+def _secret(secret_id: str) -> bytes:
+    value = aws.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
+    if len(value) < 32:
+        raise RuntimeError("the pseudonym secret is shorter than 32 characters: too weak to key an HMAC")
+    return value.encode()

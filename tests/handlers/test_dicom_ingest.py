@@ -1,0 +1,119 @@
+"""DICOM through the preprocess Lambda: de-identified sidecars, reasons, and no identifier outside raw/."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+
+import boto3
+import pytest
+from PIL import Image
+
+import dicom_corpus
+from cxr.local import s3_events
+from infra import wiring
+from lambdas import preprocess
+from lambdas.domain import deid, source_state
+from lambdas.state_store import StateStore
+
+BUCKET, DATASET = "cxr-data", "dicom-ds"
+SECRET = "k" * 48
+
+
+@functools.cache
+def corpus() -> list[dicom_corpus.Case]:
+    return dicom_corpus.corpus()
+
+
+@pytest.fixture
+def ingested(data_bucket, state_table, lambda_context, monkeypatch, capsys):
+    """Every corpus file uploaded under raw/ and ingested; returns the keys and what the handler logged."""
+    arn = boto3.client("secretsmanager").create_secret(Name="cxr-test/dicom-pseudonym-key", SecretString=SECRET)["ARN"]
+    monkeypatch.setenv(wiring.ENV_PSEUDONYM_SECRET, arn)
+    s3, records = boto3.client("s3"), []
+    for case in corpus():
+        key = f"raw/{DATASET}/train/NORMAL/{case.name}"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=case.data)
+        records.append(s3_events.record_for_object(s3, BUCKET, key))
+    outcome = preprocess.handler(s3_events.event(*records), lambda_context)
+    accepted = sum(case.reason is None for case in corpus())
+    assert outcome["accepted"] == accepted and outcome["rejected"] == len(corpus()) - accepted
+    return capsys.readouterr()
+
+
+def read(key: str) -> bytes:
+    return boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def sidecars() -> dict[str, dict]:
+    """Source file name -> its processed sidecar."""
+    listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="processed/")["Contents"]
+    documents = [json.loads(read(o["Key"])) for o in listing if o["Key"].endswith(".json")]
+    return {d["source"]["key"].rsplit("/", 1)[1]: d for d in documents}
+
+
+def test_accepted_files_keep_only_de_identified_facts(ingested):
+    documents = sidecars()
+    assert sorted(documents) == sorted(c.name for c in corpus() if c.reason is None)
+    key = SECRET.encode()
+    pseudonym = deid.pseudonymous_patient_id(key, dicom_corpus.PATIENT_ID)
+    for name, document in documents.items():
+        facts = document["dicom"]
+        assert document["patient_id"] == facts["patient_id"] == pseudonym, name  # grouped by the pseudonym
+        assert facts["study_uid"] == deid.pseudonymous_uid(key, dicom_corpus.STUDY_UID)
+        assert facts["study_uid"].startswith("2.25.") and len(facts["study_uid"]) <= 64
+        assert facts["modality"] == "DX" and facts["sex"] == "F" and facts["pixel_spacing_mm"] == [0.139, 0.139]
+        assert document["original"]["format"] == "DICOM"
+        expected_view = "unknown" if "empty-body-part" in name else "PA"
+        assert (facts["view_position"], facts["body_part"]) == (expected_view, expected_view.replace("PA", "CHEST"))
+        assert facts["age_years"] == ("90+" if "age-93" in name else 45)
+    instance_uids = [d["dicom"]["instance_uid"] for d in documents.values()]
+    assert len(set(instance_uids)) == len(instance_uids)
+
+
+def test_rejected_files_are_quarantined_with_their_reason(ingested):
+    for case in corpus():
+        if case.reason is not None:
+            document = json.loads(read(f"quarantine/raw/{DATASET}/train/NORMAL/{case.name}.error.json"))
+            assert document["reason"] == case.reason, case.name
+
+
+def test_no_identifier_is_written_outside_raw(ingested):
+    """Every object version outside raw/ (keys, metadata, bodies, PNG text), every state record, every log line.
+
+    The source keys themselves (file names, which ingest has always kept in quarantine/ keys and records)
+    are taken out of what is searched first: what is checked here is that nothing of the DICOM data
+    set's identifiers gets out, whatever the file was called.
+    """
+    s3 = boto3.client("s3")
+    names = [f"raw/{DATASET}/train/NORMAL/{case.name}" for case in corpus()]
+    written = []
+    for version in s3.list_object_versions(Bucket=BUCKET).get("Versions", []):
+        if version["Key"].startswith("raw/"):
+            continue
+        head = s3.head_object(Bucket=BUCKET, Key=version["Key"], VersionId=version["VersionId"])
+        body = read(version["Key"])
+        written += [version["Key"], json.dumps(head.get("Metadata", {})), body.decode("latin-1")]
+        if version["Key"].endswith(".png"):
+            image = Image.open(io.BytesIO(body))
+            written.append(json.dumps({k: str(v) for k, v in {**image.info, **getattr(image, "text", {})}.items()}))
+    partition = source_state.dataset_partition(BUCKET, DATASET)
+    written += [json.dumps(r) for r in StateStore("cxr-source-state").records(partition)]
+    written += [ingested.out, ingested.err]
+    text = "\n".join(written)
+    for name in sorted(names, key=len, reverse=True):
+        text = text.replace(name, "<source key>")
+    assert "<source key>" in text and "dicom" in text  # the search saw the records
+    leaked = [identifier for identifier in dicom_corpus.IDENTIFIERS if identifier in text]
+    assert not leaked, leaked
+
+
+def test_dicom_without_the_secret_fails_loudly(data_bucket, state_table, lambda_context, monkeypatch):
+    monkeypatch.delenv(wiring.ENV_PSEUDONYM_SECRET, raising=False)
+    case = next(c for c in corpus() if c.reason is None)
+    s3 = boto3.client("s3")
+    key = f"raw/{DATASET}/NORMAL/{case.name}"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=case.data)
+    with pytest.raises(RuntimeError, match="PSEUDONYM_SECRET"):
+        preprocess.handler(s3_events.event(s3_events.record_for_object(s3, BUCKET, key)), lambda_context)

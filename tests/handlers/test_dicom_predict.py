@@ -1,0 +1,80 @@
+"""DICOM through the predict Lambda: the prediction, and the DICOM SR a PACS files beside the source."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import boto3
+import highdicom
+import pydicom
+import pytest
+from test_predict import ANSWER, BUCKET, answer, current, endpoint, inference, invoke, read_json, upload  # noqa: F401
+
+import dicom_corpus
+from lambdas.domain import imaging, uploads
+
+
+@pytest.fixture(scope="module")
+def case() -> dicom_corpus.Case:
+    return next(c for c in dicom_corpus.corpus() if c.reason is None and "monochrome1" in c.name)
+
+
+def structured_report(key: str) -> highdicom.sr.ComprehensiveSR:
+    data = boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return highdicom.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(io.BytesIO(data)))
+
+
+def content(sr) -> dict[str, object]:
+    """Concept meaning -> value of each item of the report's root container."""
+    values = {}
+    for item in sr.ContentSequence:
+        meaning = item.ConceptNameCodeSequence[0].CodeMeaning
+        values[meaning] = (item.get("TextValue") or (item.MeasuredValueSequence[0].NumericValue
+                                                    if "MeasuredValueSequence" in item else item))
+    return values
+
+
+def test_a_dicom_upload_is_predicted_and_reported_as_a_valid_sr(endpoint, lambda_context, case):  # noqa: F811
+    image, source = uploads.normalise(case.data)
+    answer(endpoint, png=image.png)  # the endpoint receives the normalised PNG, never the DICOM
+    key = f"incoming/ward 7/{case.name}"
+    assert invoke(lambda_context, upload(key, case.data))["predicted"] == 1
+    prediction = read_json(f"predictions/ward 7/{case.name}.json")
+    assert prediction["label"] == "bacterial"
+    assert prediction["dicom_sr"] == {"key": f"results-dicom/ward 7/{case.name}.sr.dcm"}
+    sr = structured_report(prediction["dicom_sr"]["key"])
+    assert sr.StudyInstanceUID == source.StudyInstanceUID == dicom_corpus.STUDY_UID
+    assert sr.PatientID == dicom_corpus.PATIENT_ID  # a PACS files the result by it: results-dicom/ only
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    series = evidence.ReferencedSeriesSequence[0]
+    assert (evidence.StudyInstanceUID, series.SeriesInstanceUID, series.ReferencedSOPSequence[0]
+            .ReferencedSOPInstanceUID) == (source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID)
+    values = content(sr)
+    assert values["Finding"] == "bacterial" and values["Algorithm Version"] == ANSWER["model_id"]
+    assert float(values["Probability of bacterial"]) == pytest.approx(0.71)
+    assert float(values["Probability of pneumonia"]) == pytest.approx(0.8)
+    assert values["Refer to radiologist"] == "no"
+    assert values["Source of Measurement"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert sr.SOPInstanceUID != source.SOPInstanceUID and sr.Modality == "SR"
+    item = boto3.client("dynamodb").get_item(TableName="predictions", Key={
+        "pk": {"S": f"{BUCKET}/{key}"}, "sk": {"S": prediction["source"]["version_id"]}})["Item"]
+    assert json.loads(item["record"]["S"])["dicom_sr"] == prediction["dicom_sr"]  # the audit trail names it too
+    text = json.dumps(prediction)
+    assert not [i for i in dicom_corpus.IDENTIFIERS if i in text.replace(key, "").replace(case.name, "")]
+
+
+def test_the_sr_is_off_when_configured_and_retired_with_its_prediction(endpoint, lambda_context, case,  # noqa: F811
+                                                                       monkeypatch):
+    key = f"incoming/{case.name}"
+    answer(endpoint)
+    invoke(lambda_context, upload(key, case.data))
+    assert current("results-dicom/") == [f"results-dicom/{case.name}.sr.dcm"]
+    invoke(lambda_context, upload(key, b"not an image any more"))  # its current version is rejected now
+    assert current("results-dicom/") == []
+    monkeypatch.setenv("DICOM_SR_OUTPUT", "false")
+    answer(endpoint, png=imaging.normalise(dicom_corpus.SOURCE.read_bytes()).png)
+    answer(endpoint)
+    assert invoke(lambda_context, upload("incoming/plain.jpeg", dicom_corpus.SOURCE.read_bytes()),
+                  upload(f"incoming/again-{case.name}", case.data))["predicted"] == 2
+    assert current("results-dicom/") == [] and "dicom_sr" not in read_json(f"predictions/again-{case.name}.json")

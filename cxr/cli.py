@@ -20,6 +20,7 @@ from cxr.commands import (
     fsck,
     import_medmnist,
     local,
+    models,
     predict,
     status,
     teardown,
@@ -30,7 +31,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            fsck, audit, doctor, deploy, teardown)
+            fsck, audit, models, doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

@@ -52,7 +52,8 @@ class LocalCloud:
 
     # --- provisioning -------------------------------------------------------------------------
     def provision(self) -> None:
-        """Create buckets, tables, topic, queues, roles, functions and S3 triggers, as the stacks do."""
+        """Create buckets, tables, topic, queues, roles, functions, S3 triggers and the model package group, as the
+        stacks do."""
         s3, iam = boto3.client("s3", region_name=REGION), boto3.client("iam", region_name=REGION)
         self.kms_key_arn = boto3.client("kms", region_name=REGION).create_key(Description="cxr local")["KeyMetadata"][
             "Arn"
@@ -88,6 +89,8 @@ class LocalCloud:
         for function in wiring.FUNCTIONS.values():
             self._create_function(function)
         self._create_triggers()
+        boto3.client("sagemaker", region_name=REGION).create_model_package_group(  # as the pipeline stack does
+            ModelPackageGroupName=wiring.model_package_group(self.config.stage))
 
     def _default_encryption(self, role: str) -> dict[str, Any]:
         """As ``infra/components/buckets.py`` encrypts: SSE-KMS with the stage's key and S3 Bucket Keys, except
@@ -122,6 +125,9 @@ class LocalCloud:
             wiring.ENV_SOURCE_STATE_TABLE: self.names.table(wiring.SOURCE_STATE_TABLE),
             wiring.ENV_CODE_VERSION: code_version(),
             wiring.ENV_PREDICTION_RETENTION_DAYS: str(config.retention_days),
+            wiring.ENV_MODEL_PACKAGE_GROUP: wiring.model_package_group(config.stage),
+            wiring.ENV_APPROVAL_MODE: config.approval,
+            wiring.ENV_CHAMPION_MARGIN: str(config.champion_margin),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,

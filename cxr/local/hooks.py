@@ -4,9 +4,10 @@ moto keeps the AWS APIs' state but runs Lambda code only in Docker (absent here)
 SageMaker training jobs instantly with no artifact, crashes on a binary InvokeEndpoint body, and
 answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever the endpoint, and
 gives every object an MD5 ETag, which S3 does not under SSE-KMS. Each hook below replaces exactly
-one moto function with a real local execution or AWS's behaviour, and two add the SageMaker actions
-moto lacks (UpdateEndpoint, StopTrainingJob); ``check()`` fails loudly the moment a pinned-moto
-upgrade moves a hooked function or starts implementing a missing action (tests call it).
+one moto function with a real local execution or AWS's behaviour (UpdateModelPackage keeps what a
+request leaves out), and two add the SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob);
+``check()`` fails loudly the moment a pinned-moto upgrade moves a hooked function or starts implementing a
+missing action (tests call it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
                                                                  "use_raw_body")),
     (s3_models.FakeKey, "etag", ("self",)),  # a property: its getter's parameters
     (sagemaker_models.FakeEndpointConfig, "validate_instance_type", ("self", "instance_type")),
+    (sagemaker_models.SageMakerModelBackend, "update_model_package",
+     ("self", "model_package_arn", "model_approval_status", "approval_description", "customer_metadata_properties",
+      "customer_metadata_properties_to_remove")),
 )
 
 
@@ -237,6 +241,7 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         return "{}"
 
     return [
+        (sagemaker_models.SageMakerModelBackend, "update_model_package", update_model_package),
         (sagemaker_models.FakeEndpointConfig, "validate_instance_type", validate_hosting_instance_type),
         (s3_models.FakeKey, "etag", AWS_ETAG),
         (sagemaker_responses.SageMakerResponse, "update_endpoint", update_endpoint),
@@ -249,6 +254,31 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
     ]
+
+
+_moto_update_model_package = sagemaker_models.SageMakerModelBackend.update_model_package
+
+
+def update_model_package(self, model_package_arn, model_approval_status, approval_description,
+                         customer_metadata_properties, customer_metadata_properties_to_remove, *args, **kwargs):
+    """UpdateModelPackage changes only what the request names, as AWS does.
+
+    moto 5.2.5 sets every field the request leaves out to None (an update without ``ModelApprovalStatus``
+    clears the status) and replaces ``CustomerMetadataProperties`` whole; SageMaker keeps what is not given
+    and adds or overwrites the given properties ("CustomerMetadataProperties: the metadata properties
+    associated with the model package versions", removed only by ``CustomerMetadataPropertiesToRemove``:
+    SageMaker API Reference, ``UpdateModelPackage``).
+    """
+    package = self.model_packages.get(self.model_package_name_mapping.get(model_package_arn, model_package_arn))
+    if package is not None:
+        model_approval_status = model_approval_status or package.model_approval_status
+        approval_description = approval_description if approval_description is not None else \
+            package.approval_description
+        customer_metadata_properties = {**(package.customer_metadata_properties or {}),
+                                        **(customer_metadata_properties or {})}
+    return _moto_update_model_package(self, model_package_arn, model_approval_status, approval_description,
+                                      customer_metadata_properties, customer_metadata_properties_to_remove,
+                                      *args, **kwargs)
 
 
 def validate_hosting_instance_type(self, instance_type: str) -> None:

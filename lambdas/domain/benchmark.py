@@ -24,7 +24,7 @@ from lambdas.domain import labels, layout, splits
 FRACTION = 0.15
 SEED = 17
 """Not the splits' seed: the benchmark draw is its own, made once."""
-MIN_PATIENTS_PER_LABEL = 10
+MIN_PATIENTS_PER_LABEL = 20
 """A label with fewer patient groups than this in the pool: no benchmark set yet (it would hold one or two
 patients of that label, too few to tell two models apart); the gate keeps to the minimums and says so."""
 METHOD = (f"{FRACTION:.0%} of the dataset's patients outside test/, grouped by patient and identical pixels, "

@@ -21,6 +21,7 @@ NO_RESOURCE_LEVEL = {
     "ecr:GetAuthorizationToken": "ECR log-in has no resource-level permissions",
     "cloudwatch:PutMetricData": "no resource-level permissions (limited by a namespace condition)",
     "sagemaker:ListEndpointConfigs": "SageMaker list actions have no resource-level permissions",
+    "sagemaker:ListModelPackages": "SageMaker list actions have no resource-level permissions",
     "sagemaker:ListTags": "AWS's documented policy for createTrainingJob.sync grants it on * (the integration's "
                           "own call, on resources it does not name)",
     "logs:CreateLogDelivery": "Step Functions log delivery",
@@ -209,8 +210,8 @@ def test_train_state_runs_the_job_to_completion_isolated_and_encrypted(synth):
     assert params["AlgorithmSpecification"]["TrainingImage"] == images.image_table()["eu-west-1"][images.TRAINING_GPU]
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in params["InputDataConfig"]}
     assert {name: c["S3DataType"] for name, c in channels.items()} == {
-        "train": "ManifestFile", "validation": "ManifestFile", "test": "ManifestFile", "code": "S3Prefix",
-        "pretrained": "S3Prefix"}
+        "train": "ManifestFile", "validation": "ManifestFile", "test": "ManifestFile", "benchmark": "ManifestFile",
+        "code": "S3Prefix", "pretrained": "S3Prefix"}
     assert channels["pretrained"]["S3Uri"].endswith(".zip")  # the EfficientNet-Lite networks start from ImageNet
     code = state_machine_definition(synth)["States"][wiring.READ_REQUEST_STATE]["Parameters"]["code"]
     assert json.loads(code["sagemaker_program"]) == "train.py"

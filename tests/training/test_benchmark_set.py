@@ -16,7 +16,7 @@ from lambdas.domain import benchmark, splits
 @pytest.fixture
 def dataset(data_bucket, state_table, monkeypatch):
     monkeypatch.setenv("DATA_BUCKET", data_bucket)
-    assert ingest(data_bucket, kermany_like(45, per_patient=2))["accepted"] == 90
+    assert ingest(data_bucket, kermany_like(66, per_patient=2))["accepted"] == 132
     return data_bucket
 
 
@@ -30,7 +30,7 @@ def test_drawn_once_and_kept_out_of_every_later_split(dataset, lambda_context):
     first = prepare_dataset.handler({"run_id": "r1", "dataset": "kermany"}, lambda_context)
     stored = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key=benchmark.key("kermany"))["Body"].read())
     assert first["benchmark_version"] == stored["version"] == benchmark.version(stored["members"])
-    assert stored["counts"] == {"bacterial": 4, "normal": 4, "viral": 4} and stored["images"] == 12  # 2 per patient
+    assert stored["counts"] == {"bacterial": 6, "normal": 6, "viral": 6} and stored["images"] == 18  # 2 per patient
     # a second upload of new patients, and a benchmark patient's new X-ray under another key
     member = stored["members"][0]
     patient = int(member["patient_id"])
@@ -53,7 +53,7 @@ def test_drawn_once_and_kept_out_of_every_later_split(dataset, lambda_context):
 
 def test_a_small_dataset_gets_no_benchmark_and_an_empty_channel(data_bucket, state_table, lambda_context, monkeypatch):
     monkeypatch.setenv("DATA_BUCKET", data_bucket)
-    ingest(data_bucket, kermany_like(18, per_patient=2))  # 6 patients per label
+    ingest(data_bucket, kermany_like(57, per_patient=2))  # 19 patients per label
     out = prepare_dataset.handler({"run_id": "r1", "dataset": "kermany"}, lambda_context)
     assert out["benchmark_version"] == "none" and channel_records(data_bucket, "r1", "benchmark") == []
     assert benchmark_set.read(data_bucket, "kermany") is None

@@ -1,0 +1,97 @@
+"""The issue's "done when" on the offline cloud: the demo dataset, three runs, the champion gate, a rollback.
+
+Run 1 is the first champion (the benchmark set is drawn by its PrepareDataset); run 2, trained one epoch at a
+learning rate that barely moves the weights, is rejected by the paired test on that set; run 3, trained as
+run 1 (deterministic), is approved as not worse and deployed; `cxr models rollback` brings run 1 back and the
+next prediction names its artifact. Slow: it preprocesses 300 X-rays and trains three small models.
+"""
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from cxr import operations
+from cxr.local import cloud as local_cloud
+from cxr.model_registry import ModelRegistry
+from infra import wiring
+from infra.config import Config
+from lambdas.domain import benchmark, promotion
+
+pytestmark = pytest.mark.slow
+DEMO = Path(__file__).resolve().parents[2] / "samples" / "kermany-demo"
+GOOD = {"architecture": "compact", "image-size": "64", "epochs": "4", "batch-size": "16", "deterministic": "1",
+        "threads": "1", "seed": "0"}
+DEGRADED = {**GOOD, "epochs": "1", "lr": "0.0000001"}
+
+
+@pytest.fixture(scope="module")
+def cloud(synthesized, tmp_path_factory):
+    config = Config.demo(stage="e2e", quality_gate={"accuracy": 0.0}, prediction_retention_days=7)
+    with local_cloud.start(config, tmp_path_factory.mktemp("local")) as running:
+        running.install_pipeline(synthesized)
+        s3 = boto3.client("s3")
+        keys = operations.upload_dataset(s3, running.names.bucket(wiring.DATA), DEMO / "train", "demo")
+        assert operations.ingest_summary(s3, running.names.bucket(wiring.DATA), "demo", keys).processed == 300
+        yield running
+
+
+def run_pipeline(cloud, run_id: str, hyperparameters: dict) -> dict:
+    sfn = boto3.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=cloud.state_machine_arn, name=run_id, input=json.dumps(
+        {"run_id": run_id, "dataset": "demo", "hyperparameters": hyperparameters}))["executionArn"]
+    list(operations.follow_execution(sfn, arn, poll_seconds=0.2))
+    described = sfn.describe_execution(executionArn=arn)
+    assert described["status"] == "SUCCEEDED", described
+    return json.loads(described["output"])
+
+
+def registry_of(cloud) -> ModelRegistry:
+    return ModelRegistry(boto3.client("sagemaker"), boto3.client("s3"), boto3.client("lambda"),
+                         wiring.model_package_group("e2e"), cloud.names.function(wiring.DEPLOY_MODEL),
+                         cloud.names.function(wiring.ENDPOINT_STATUS), poll_seconds=0.1)
+
+
+def serving(cloud) -> str:
+    return boto3.client("sagemaker").describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))["EndpointConfigName"]
+
+
+def test_champion_challenger_and_rollback_on_the_demo_dataset(cloud):
+    first = run_pipeline(cloud, "run-1", GOOD)
+    set_version = first["dataset"]["benchmark_version"]
+    stored = json.loads(boto3.client("s3").get_object(Bucket=cloud.names.bucket(wiring.DATA),
+                                                      Key=benchmark.key("demo"))["Body"].read())
+    assert set_version == stored["version"] and stored["counts"] == {"bacterial": 15, "normal": 15, "viral": 15}
+    assert first["registration"]["decision"] == "first-model" and first["registration"]["approved"]
+
+    degraded = run_pipeline(cloud, "run-2", DEGRADED)
+    registration = degraded["registration"]
+    assert registration["status"] == promotion.REJECTED and registration["decision"] == "worse-than-champion"
+    assert "deployment" not in degraded and serving(cloud) == first["training"]["TrainingJobName"]
+    failed = [name for name, stats in registration["statistics"].items() if not stats["passed"]]
+    assert failed and all(registration["statistics"][name]["interval"][0] < -0.02 for name in failed)
+
+    equal = run_pipeline(cloud, "run-3", GOOD)
+    assert equal["registration"]["decision"] == "not-worse" and equal["registration"]["approved"]
+    assert equal["dataset"]["benchmark_version"] == set_version
+    assert serving(cloud) == equal["training"]["TrainingJobName"]
+
+    models = registry_of(cloud)
+    listed = models.list()
+    assert [(r["version"], r["status"], r["champion"]) for r in listed] == [
+        (1, promotion.APPROVED, False), (2, promotion.REJECTED, False), (3, promotion.APPROVED, True)]
+    comparison = models.compare("1", "2")
+    assert comparison["benchmark"] == set_version and not comparison["passed"] and comparison["patients"] == 45
+
+    rolled = models.rollback(log=lambda _: None)
+    assert rolled["version"] == 1 and serving(cloud) == first["training"]["TrainingJobName"]
+    assert [r["status"] for r in models.list()] == [promotion.APPROVED, promotion.REJECTED, promotion.REJECTED]
+    xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
+    after = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [xray])[xray]
+    assert after["status"] == "predicted"
+    assert after["audit"]["artifact_sha256"] == first["evaluation"]["artifact_sha256"]
+
+    promoted = models.promote("3", log=lambda _: None)  # and forward again, by hand
+    assert promoted["version"] == 3 and serving(cloud) == equal["training"]["TrainingJobName"]
+    assert models.champion()["ModelPackageVersion"] == 3

@@ -11,6 +11,7 @@ import sys
 
 from cxr.commands import (
     audit,
+    batch_predict,
     check,
     cost,
     demo,
@@ -31,7 +32,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict, cost,
-            fsck, audit, models, doctor, deploy, teardown)
+            fsck, audit, models, batch_predict, doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

@@ -17,7 +17,8 @@ from typing import Any
 from cxr.errors import UserError
 from infra import wiring
 from lambdas import registry
-from lambdas.domain import champion, promotion
+from lambdas.domain import champion as paired_test
+from lambdas.domain import promotion
 
 DEPLOY_ATTEMPTS = 40
 """How often a busy endpoint is waited for (30 s apart on AWS), as the state machine's EndpointBusy retry."""
@@ -86,7 +87,7 @@ class ModelRegistry:
                 "model_data": package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],
                 "metrics": registry.read_json(metrics_uri, self.s3), "promotion": promotion_record}
 
-    def compare(self, a: str, b: str, margin: float = champion.DEFAULT_MARGIN) -> dict:
+    def compare(self, a: str, b: str, margin: float = paired_test.DEFAULT_MARGIN) -> dict:
         """The paired test of B (challenger) against A (champion) on their common benchmark set."""
         packages = self.packages()
         first, second = self.find(a, packages), self.find(b, packages)
@@ -96,7 +97,7 @@ class ModelRegistry:
         if not all(answers) or versions[0] != versions[1]:
             raise UserError(f"v{first.get('ModelPackageVersion')} and v{second.get('ModelPackageVersion')} have no "
                             f"answers on one benchmark set (sets: {versions[0] or 'none'}, {versions[1] or 'none'})")
-        result = champion.compare(champion.pair(answers[0]["records"], answers[1]["records"]), margin=margin)
+        result = paired_test.compare(paired_test.pair(answers[0]["records"], answers[1]["records"]), margin=margin)
         return {"a": self.row(first, None), "b": self.row(second, None), "benchmark": versions[0], **result}
 
     # --- changing ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from cxr.local import functions, hooks, pipeline, removal_events
 from cxr.local.endpoints import AsyncRequest, LocalEndpoints
 from cxr.local.names import ACCOUNT, REGION, LocalNames
 from cxr.local.training import LocalTrainingJobs
+from cxr.local.transforms import LocalTransformJobs
 from infra import wiring
 from infra.config import Config
 from infra.version import code_version
@@ -49,6 +50,7 @@ class LocalCloud:
         self.lambda_log = (self.workdir / "lambda.log").open("a", buffering=1)
         """Every function's output, as CloudWatch Logs would hold it."""
         self.endpoints = LocalEndpoints(self.workdir)
+        self.transform_jobs = LocalTransformJobs(self.endpoints)
 
     # --- provisioning -------------------------------------------------------------------------
     def provision(self) -> None:
@@ -219,6 +221,9 @@ class LocalCloud:
 
     def stop_training_job(self, job: Any) -> None:
         self.training_jobs.stop(job)
+
+    def start_transform_job(self, job: Any) -> None:
+        self.transform_jobs.start(job)
 
     def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         return self.endpoints.invoke(endpoint_name, body, content_type, accept)

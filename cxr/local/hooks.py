@@ -1,9 +1,9 @@
 """The narrow points where the offline cloud makes moto *execute* what it otherwise only records.
 
 moto keeps the AWS APIs' state but runs Lambda code only in Docker (absent here), completes
-SageMaker training jobs instantly with no artifact, crashes on a binary InvokeEndpoint body, and
-answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever the endpoint, and
-gives every object an MD5 ETag, which S3 does not under SSE-KMS. Each hook below replaces exactly
+SageMaker training and Batch Transform jobs instantly with no artifact or output, crashes on a binary
+InvokeEndpoint body, and answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever
+the endpoint, and gives every object an MD5 ETag, which S3 does not under SSE-KMS. Each hook below replaces exactly
 one moto function with a real local execution or AWS's behaviour (UpdateModelPackage keeps what a
 request leaves out), and two add the SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob);
 ``check()`` fails loudly the moment a pinned-moto upgrade moves a hooked function or starts implementing a
@@ -41,6 +41,7 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (s3_notifications, "_get_s3_event", ("event_name", "bucket", "key", "notification_id")),
     (s3_notifications, "_invoke_awslambda", ("account_id", "event_body", "fn_arn", "region_name")),
     (sagemaker_models.SageMakerModelBackend, "create_training_job", ("self", "training_job_name")),
+    (sagemaker_models.SageMakerModelBackend, "create_transform_job", ("self", "transform_job_name", "model_name")),
     (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", ("self",)),
     (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", ("self",)),
     (runtime_responses.SageMakerRuntimeResponse, "setup_class", ("self", "request", "full_url", "headers",
@@ -77,6 +78,9 @@ class Executors(Protocol):
 
     def start_training_job(self, job: Any) -> None:
         """Run the real training script for a job moto has just recorded."""
+
+    def start_transform_job(self, job: Any) -> None:
+        """Run a Batch Transform job moto has just recorded through the model's real handler."""
 
     def stop_training_job(self, job: Any) -> None:
         """Stop a running local training job as SageMaker does (SIGTERM, then Stopped)."""
@@ -172,6 +176,15 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         executors.start_training_job(job)
         return job
 
+    original_create_transform_job = sagemaker_models.SageMakerModelBackend.create_transform_job
+
+    def create_transform_job(self, transform_job_name, model_name, *args, **kwargs):
+        if model_name not in self._models:  # AWS refuses a job for a model that does not exist; moto does not
+            raise SageMakerValidationError(message=f"Could not find model \"{model_name}\".")
+        job = original_create_transform_job(self, transform_job_name, model_name, *args, **kwargs)
+        executors.start_transform_job(job)
+        return job
+
     def invoke_endpoint(self):
         from cxr.local.endpoints import EndpointError
 
@@ -251,6 +264,7 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         (s3_notifications, "_get_s3_event", s3_event),
         (s3_notifications, "_invoke_awslambda", invoke_async),
         (sagemaker_models.SageMakerModelBackend, "create_training_job", create_training_job),
+        (sagemaker_models.SageMakerModelBackend, "create_transform_job", create_transform_job),
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
     ]

@@ -320,6 +320,9 @@ class TrainingPipelineStack(Stack):
         role = iam.Role(self, wiring.MODEL_ROLE_ID, assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker models and endpoints")
         allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.MODELS])
+        # Batch Transform (`cxr batch-predict`): a folder's upload in, one answer per X-ray out
+        allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.BATCH_INPUT],
+                      write=[layout.BATCH_OUTPUT], list_=[layout.BATCH_INPUT])
         self._allow_container(role, images.INFERENCE_CPU,
                               wiring.endpoint_log_group(wiring.endpoint_name(self.config.stage)))
         if self.config.endpoint_mode == "async":  # each request's input in S3, its result (or failure) back to S3

@@ -37,6 +37,11 @@ ASYNC_OUTPUT = "async-output/"
 """The endpoint configuration's ``S3OutputPath``: each result lands here and triggers the completion."""
 ASYNC_FAILURES = f"{ASYNC_OUTPUT}failures/"
 """The configuration's ``S3FailurePath``: under the output prefix, so a failure reaches the completion too."""
+# inference bucket, Batch Transform (`cxr batch-predict`)
+BATCH_INPUT = "batch-input/"
+"""A local folder's X-rays, uploaded for one batch job (``batch-input/<job>/...``): the model role reads them."""
+BATCH_OUTPUT = "batch-output/"
+"""Each batch job's ``S3OutputPath`` (``batch-output/<job>/``): one ``<input>.out`` JSON per X-ray."""
 
 ERROR_SUFFIX = ".error.json"
 OVERLAY_SUFFIX = ".overlay.png"

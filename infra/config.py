@@ -75,6 +75,9 @@ class Config:
     approval: str = "auto"
     """``auto``: a challenger that clears the minimums and the champion gate is approved and deployed;
     ``manual``: it waits as ``PendingManualApproval`` until `cxr models promote` approves it."""
+    rescore_days: int = 0
+    """After a deployment, re-score this many days of ``incoming/`` with the new model (Batch Transform) and write
+    which labels changed to ``reports/<run>/rescore.csv``; 0: off."""
     champion_margin: float = 0.02
     """How much worse than the champion (accuracy, sensitivity, specificity, AUC on the benchmark set) the lower
     end of the paired bootstrap's 95 % interval may reach (``lambdas.domain.champion``)."""
@@ -129,6 +132,8 @@ class Config:
             problems.append("training_volume_gb must be in 1..16384")
         if not self.quality_gate or not all(0.0 <= v <= 1.0 for v in self.quality_gate.values()):
             problems.append("quality_gate must map metric paths to minimums in [0, 1]")
+        if not 0 <= self.rescore_days <= 365:
+            problems.append("rescore_days must be in 0..365")
         if not 0 <= self.champion_margin < 1:
             problems.append("champion_margin must be in [0, 1)")
         if self.notification_email is not None and not _EMAIL.match(self.notification_email):
@@ -196,7 +201,7 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
                       3288, 3653)
 _INTS = {"serverless_memory_mb", "serverless_max_concurrency", "training_max_runtime_s", "training_volume_gb",
          "reserved_concurrency", "log_retention_days", "quarantine_expiry_days", "checkpoint_expiry_days",
-         "async_expiry_days", "prediction_retention_days"}
+         "async_expiry_days", "prediction_retention_days", "rescore_days"}
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -47,6 +47,8 @@ ENV_APPROVAL_MODE = "APPROVAL_MODE"
 """``auto`` or ``manual`` (``Config.approval``): whether a model that passes every gate is approved at once."""
 ENV_CHAMPION_MARGIN = "CHAMPION_MARGIN"
 """How much worse than the champion a challenger may be (``Config.champion_margin``)."""
+ENV_RESCORE_DAYS = "RESCORE_DAYS"
+"""After a deployment, re-score the ``incoming/`` X-rays of this many days with the new model (0: off)."""
 ENV_PREDICTION_RETENTION_DAYS = "PREDICTION_RETENTION_DAYS"
 """Days of S3 Object Lock retention (governance mode) on each prediction JSON; 0: none."""
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
@@ -228,6 +230,22 @@ REGISTER_MODEL = Function(
                  ENV_CODE_VERSION),
     service="cxr-register-model",
 )
+START_RESCORE = Function(
+    id="StartRescore",
+    handler="lambdas.rescore.start_handler",
+    memory_mb=512,
+    timeout_s=120,  # lists incoming/ for the manifest
+    environment=(ENV_INFERENCE_BUCKET, ENV_RESCORE_DAYS, ENV_RESOURCE_PREFIX),
+    service="cxr-rescore",
+)
+RESCORE_STATUS = Function(
+    id="RescoreStatus",
+    handler="lambdas.rescore.status_handler",
+    memory_mb=512,
+    timeout_s=300,  # reads one answer and one prediction per re-scored X-ray
+    environment=(ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET),
+    service="cxr-rescore",
+)
 ENDPOINT_STATUS = Function(
     id="EndpointStatus",
     handler="lambdas.deploy_model.status_handler",
@@ -238,7 +256,7 @@ ENDPOINT_STATUS = Function(
 )
 FUNCTIONS: dict[str, Function] = {
     f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, REGISTER_MODEL,
-                      DEPLOY_MODEL, ENDPOINT_STATUS)
+                      DEPLOY_MODEL, ENDPOINT_STATUS, START_RESCORE, RESCORE_STATUS)
 }
 
 
@@ -298,6 +316,11 @@ DEPLOY_STATE = "Deploy"
 WAIT_STATE = "WaitForEndpoint"
 ENDPOINT_STATUS_STATE = "EndpointStatus"
 ENDPOINT_READY_STATE = "EndpointReady"
+START_RESCORE_STATE = "StartRescore"
+RESCORE_STARTED_STATE = "RescoreStarted"
+WAIT_FOR_RESCORE_STATE = "WaitForRescore"
+RESCORE_STATUS_STATE = "RescoreStatus"
+RESCORE_DONE_STATE = "RescoreDone"
 NOTIFY_DEPLOYED_STATE = "NotifyDeployed"
 NOTIFY_REJECTED_STATE = "NotifyRejected"
 NOT_DEPLOYED_STATE = "NotDeployed"
@@ -315,10 +338,15 @@ STATE_ORDER = (
     DEPLOY_STATE,
     ENDPOINT_STATUS_STATE,
     ENDPOINT_READY_STATE,
+    START_RESCORE_STATE,
+    RESCORE_STARTED_STATE,
     NOTIFY_DEPLOYED_STATE,
 )
 """The success path, in order; while the endpoint is not serving, ``EndpointReady`` -> ``WaitForEndpoint``
--> ``EndpointStatus`` loops (checked first, so an instant deployment waits for nothing).
+-> ``EndpointStatus`` loops (checked first, so an instant deployment waits for nothing). ``StartRescore`` starts a
+Batch Transform re-score of the last ``rescore_days`` of ``incoming/`` when that is above 0; then
+``RescoreStarted`` -> ``WaitForRescore`` -> ``RescoreStatus`` -> ``RescoreDone`` loops until
+``reports/<run>/rescore.csv`` is written (a re-score failure is reported in ``NotifyDeployed``, not a failure).
 
 ``Register`` puts every model in the stage's model package group with its approval status (the minimums,
 then the champion gate); a package not ``Approved`` (rejected, or pending with ``approval=manual``) goes
@@ -335,6 +363,8 @@ TASK_FUNCTIONS = {
     REGISTER_STATE: REGISTER_MODEL.id,
     DEPLOY_STATE: DEPLOY_MODEL.id,
     ENDPOINT_STATUS_STATE: ENDPOINT_STATUS.id,
+    START_RESCORE_STATE: START_RESCORE.id,
+    RESCORE_STATUS_STATE: RESCORE_STATUS.id,
 }
 """Which function each Lambda task state invokes."""
 TRAINING_JOB_PREFIX = "cxr"

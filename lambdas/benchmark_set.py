@@ -15,13 +15,14 @@ CHANNEL = "benchmark"
 
 
 def read(bucket: str, dataset: str) -> dict | None:
-    try:
-        body = aws.client("s3").get_object(Bucket=bucket, Key=benchmark.key(dataset))["Body"].read()
-    except ClientError as exc:
-        if aws.error_code(exc) in ("NoSuchKey", "404"):
-            return None
-        raise
-    return json.loads(body)
+    """The stored set, or None. Listed first: S3 answers GetObject of a missing key 403, not 404, to a caller
+    without ``s3:ListBucket`` on the bucket, and the function may list only the benchmarks' prefix."""
+    key = benchmark.key(dataset)
+    s3 = aws.client("s3")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+    if not listed or listed[0]["Key"] != key:
+        return None
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def load_or_draw(bucket: str, dataset: str, run_id: str, items: list[splits.Item]) -> tuple[dict | None, str]:

@@ -130,6 +130,7 @@ class LocalCloud:
             wiring.ENV_MODEL_PACKAGE_GROUP: wiring.model_package_group(config.stage),
             wiring.ENV_APPROVAL_MODE: config.approval,
             wiring.ENV_CHAMPION_MARGIN: str(config.champion_margin),
+            wiring.ENV_RESCORE_DAYS: str(config.rescore_days),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,

@@ -350,6 +350,7 @@ _SAGEMAKER_RESOURCES = {
     "Model": ("model", "ModelName"),
     "EndpointConfig": ("endpoint-config", "EndpointConfigName"),
     "Endpoint": ("endpoint", "EndpointName"),
+    "TransformJob": ("transform-job", "TransformJobName"),
 }
 
 

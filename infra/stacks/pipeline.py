@@ -108,6 +108,9 @@ class TrainingPipelineStack(Stack):
         self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket,
                                                          wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
         allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS])
+        # the benchmark set: listed before it is read (lambdas/benchmark_set.read)
+        allow_objects(self.prepare.function, wiring.DATA, stage, key, read=[layout.BENCHMARKS],
+                      list_=[layout.BENCHMARKS])
         allow_items(self.prepare.function, state_table, key, "dynamodb:Query")  # the dataset's current records
         self.evaluate = function(wiring.EVALUATE_MODEL, {
             wiring.ENV_DATA_BUCKET: data_bucket,
@@ -156,6 +159,21 @@ class TrainingPipelineStack(Stack):
             actions=["ssm:PutParameter"],
             resources=[self.format_arn(service="ssm", resource="parameter", resource_name=parameter_name.lstrip("/"))]))
 
+        self.start_rescore = function(wiring.START_RESCORE, {
+            wiring.ENV_INFERENCE_BUCKET: inference_bucket, wiring.ENV_RESCORE_DAYS: str(config.rescore_days),
+            wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(stage)})
+        allow_objects(self.start_rescore.function, wiring.INFERENCE, stage, key, list_=[layout.INCOMING],
+                      write=[layout.BATCH_INPUT])
+        self.start_rescore.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateTransformJob"], resources=self._stage_resources("transform-job")))
+        self.rescore_status = function(wiring.RESCORE_STATUS, {wiring.ENV_INFERENCE_BUCKET: inference_bucket,
+                                                               wiring.ENV_DATA_BUCKET: data_bucket})
+        allow_objects(self.rescore_status.function, wiring.INFERENCE, stage, key,
+                      read=[layout.BATCH_INPUT, layout.BATCH_OUTPUT, layout.PREDICTIONS])
+        allow_objects(self.rescore_status.function, wiring.DATA, stage, key, write=[layout.REPORTS])
+        self.rescore_status.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["sagemaker:DescribeTransformJob"], resources=self._stage_resources("transform-job")))
+
         self.training = TrainingJob(self, "Training", config=config, role=self.training_role,
                                     image=self.images.uri(images.TRAINING_GPU), bucket_name=data_bucket, key=key,
                                     code=self.code, pretrained=self.pretrained)
@@ -201,11 +219,14 @@ class TrainingPipelineStack(Stack):
             task.add_catch(catch or notify_failure, errors=["States.ALL"], result_path="$.error")
             return task
 
-        def invoke(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
-            return guard(tasks.LambdaInvoke(
+        def lambda_task(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
+            return tasks.LambdaInvoke(
                 scope, state, lambda_function=function.function, payload=sfn.TaskInput.from_object(payload),
                 payload_response_only=True, retry_on_service_exceptions=False, result_path=result_path,
-            ))
+            )
+
+        def invoke(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
+            return guard(lambda_task(state, function, payload, result_path))
 
         # The defaults are a JSON value of the definition, merged after the request's shape is checked, so that
         # no intrinsic holds them as a string literal (see REQUEST_DEFAULTS) and no merge meets a non-object.
@@ -264,6 +285,7 @@ class TrainingPipelineStack(Stack):
             "artifact_sha256": sfn.JsonPath.string_at("$.evaluation.artifact_sha256"),
             "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
             "registration": sfn.JsonPath.object_at("$.registration"),
+            "rescore": sfn.JsonPath.object_at("$.rescore"),
         }), sns_transient)
         notify_rejected = guard(publish(wiring.NOTIFY_REJECTED_STATE, "model not approved, not deployed", {
             "outcome": "rejected", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
@@ -271,8 +293,29 @@ class TrainingPipelineStack(Stack):
             "report": sfn.JsonPath.string_at("$.evaluation.report_uri"),
             "registration": sfn.JsonPath.object_at("$.registration"),
         }), sns_transient)
+        # The re-score of recent X-rays: a failure there is reported with the deployment, which stands.
+        start_rescore = lambda_task(wiring.START_RESCORE_STATE, self.start_rescore, {
+            "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+            "model_name": sfn.JsonPath.string_at("$.deployment.model_name")}, "$.rescore")
+        rescore_status = lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
+            "run_id": sfn.JsonPath.string_at("$.request.run_id"), "job": sfn.JsonPath.string_at("$.rescore.job"),
+            "output": sfn.JsonPath.string_at("$.rescore.output"),
+            "manifest": sfn.JsonPath.string_at("$.rescore.manifest"),
+            "images": sfn.JsonPath.number_at("$.rescore.images"), "started": True}, "$.rescore")
+        for task in (start_rescore, rescore_status):
+            task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+            task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
+        wait_rescore = sfn.Wait(scope, wiring.WAIT_FOR_RESCORE_STATE,
+                                time=sfn.WaitTime.duration(Duration.seconds(WAIT_SECONDS)))
+        rescore_done = (sfn.Choice(scope, wiring.RESCORE_DONE_STATE)
+                        .when(sfn.Condition.boolean_equals("$.rescore.done", True), notify_deployed)
+                        .otherwise(wait_rescore))
+        wait_rescore.next(rescore_status).next(rescore_done)
+        start_rescore.next(sfn.Choice(scope, wiring.RESCORE_STARTED_STATE)
+                           .when(sfn.Condition.boolean_equals("$.rescore.started", True), wait_rescore)
+                           .otherwise(notify_deployed))
         ready = (sfn.Choice(scope, wiring.ENDPOINT_READY_STATE)
-                 .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), notify_deployed)
+                 .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), start_rescore)
                  .otherwise(wait.next(status)))
         gate = (sfn.Choice(scope, wiring.GATE_STATE)
                 .when(sfn.Condition.boolean_equals("$.registration.approved", True), deploy.next(status).next(ready))
@@ -321,7 +364,8 @@ class TrainingPipelineStack(Stack):
                         description="cxr SageMaker models and endpoints")
         allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.MODELS])
         # Batch Transform (`cxr batch-predict`): a folder's upload in, one answer per X-ray out
-        allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.BATCH_INPUT],
+        # and the post-deployment re-score's manifest of incoming/ X-rays (lambdas/rescore.py)
+        allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.BATCH_INPUT, layout.INCOMING],
                       write=[layout.BATCH_OUTPUT], list_=[layout.BATCH_INPUT])
         self._allow_container(role, images.INFERENCE_CPU,
                               wiring.endpoint_log_group(wiring.endpoint_name(self.config.stage)))
@@ -389,7 +433,8 @@ class TrainingPipelineStack(Stack):
         acknowledge(machine_role, "CDK's Lambda task grant includes the function's versions and aliases (ARN:*) of "
                     "exactly these functions.", *(
                         f"AwsSolutions-IAM5[Resource::<{self.resolve(self.get_logical_id(f.function.node.default_child))}.Arn>:*]"
-                        for f in (self.prepare, self.evaluate, self.register, self.deploy, self.status)))
+                        for f in (self.prepare, self.evaluate, self.register, self.deploy, self.status,
+                                  self.start_rescore, self.rescore_status)))
         arn = "arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"
         job = f"{wiring.resource_prefix(self.config.stage)}*"
 
@@ -407,6 +452,9 @@ class TrainingPipelineStack(Stack):
                     "AwsSolutions-IAM5[Resource::*]",
                     "AwsSolutions-IAM5[Resource::"
                     f"{arn.format(service='sagemaker', resource='model-package/' + group)}/*]")
+        for role in (self.start_rescore.role, self.rescore_status.role):
+            acknowledge(role, "Re-score transform jobs are named after the run; " + scope,
+                        *stage_findings("transform-job"))
         acknowledge(self.deploy.role, "Models and endpoint configurations are named after each run's training job; "
                     + scope, *stage_findings("model", "endpoint-config"))
         acknowledge(self.status.role, "sagemaker:ListEndpointConfigs has no resource-level permissions (the function "

@@ -32,7 +32,7 @@ METHOD = (f"{FRACTION:.0%} of the dataset's patients outside test/, grouped by p
 
 
 def key(dataset: str) -> str:
-    return f"{layout.MANIFESTS}benchmarks/{dataset}.json"
+    return f"{layout.BENCHMARKS}{dataset}.json"
 
 
 def draw(items: Iterable[splits.Item], dataset: str, run_id: str, created_at: str) -> tuple[dict | None, str]:

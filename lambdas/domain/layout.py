@@ -12,6 +12,8 @@ RAW = "raw/"
 PROCESSED = "processed/"
 QUARANTINE = "quarantine/"
 MANIFESTS = "manifests/"
+BENCHMARKS = f"{MANIFESTS}benchmarks/"
+"""Each dataset's fixed benchmark set (``lambdas/domain/benchmark.py``), written once."""
 MODELS = "models/"
 REPORTS = "reports/"
 

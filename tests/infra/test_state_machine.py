@@ -167,6 +167,8 @@ def cloud(synth, monkeypatch):
             wiring.ENV_MODEL_PACKAGE_GROUP: wiring.model_package_group(STAGE),
             wiring.ENV_APPROVAL_MODE: "auto",
             wiring.ENV_CHAMPION_MARGIN: "0.02",
+            wiring.ENV_RESCORE_DAYS: "0",
+            wiring.ENV_INFERENCE_BUCKET: INFERENCE,
         }
         boto3.client("sagemaker").create_model_package_group(ModelPackageGroupName=wiring.model_package_group(STAGE))
         zipped = io.BytesIO()

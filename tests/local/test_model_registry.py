@@ -3,9 +3,12 @@
 Run 1 is the first champion (the benchmark set is drawn by its PrepareDataset); run 2, trained one epoch at a
 learning rate that barely moves the weights, is rejected by the paired test on that set; run 3, trained as
 run 1 (deterministic), is approved as not worse and deployed; `cxr models rollback` brings run 1 back and the
-next prediction names its artifact. Slow: it preprocesses 300 X-rays and trains three small models.
+next prediction names its artifact. Run 3's deployment re-scores the X-rays predicted before it
+(``reports/run-3/rescore.csv``). Slow: it preprocesses 300 X-rays and trains three small models.
 """
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -14,6 +17,9 @@ import pytest
 
 from cxr import operations
 from cxr.local import cloud as local_cloud
+from cxr.local import iam_trace
+from cxr.local.iam_deployment import Deployment
+from cxr.local.names import LocalNames
 from cxr.model_registry import ModelRegistry
 from infra import wiring
 from infra.config import Config
@@ -28,13 +34,24 @@ DEGRADED = {**GOOD, "epochs": "1", "lr": "0.0000001"}
 
 @pytest.fixture(scope="module")
 def cloud(synthesized, tmp_path_factory):
+    """The offline cloud with the demo dataset ingested; every call of the deployment's principals (functions,
+    state machine, training job, model: the transform jobs too) checked against the synthesized policies."""
     config = Config.demo(stage="e2e", quality_gate={"accuracy": 0.0}, prediction_retention_days=7)
-    with local_cloud.start(config, tmp_path_factory.mktemp("local")) as running:
+    names = LocalNames(config.stage)
+    with (iam_trace.recording(sync_callers=frozenset({names.state_machine_role_arn})) as recorder,
+          local_cloud.start(config, tmp_path_factory.mktemp("local")) as running):
         running.install_pipeline(synthesized)
         s3 = boto3.client("s3")
         keys = operations.upload_dataset(s3, running.names.bucket(wiring.DATA), DEMO / "train", "demo")
         assert operations.ingest_summary(s3, running.names.bucket(wiring.DATA), "demo", keys).processed == 300
         yield running
+        recorder.record_executions(running.state_machine_arn,
+                                   skip_functions=frozenset({running.names.training_task_arn}))
+        deployment = Deployment.from_templates(
+            synthesized.templates, running.names, running.kms_key_arn,
+            {running.names.function(f): running.environment(f) for f in wiring.FUNCTIONS.values()})
+    denials = deployment.check(deployment.expand(recorder.calls, recorder.events))
+    assert not denials, "the synthesized policies refuse:\n" + "\n".join(map(str, denials))
 
 
 def run_pipeline(cloud, run_id: str, hyperparameters: dict) -> dict:
@@ -73,8 +90,26 @@ def test_champion_challenger_and_rollback_on_the_demo_dataset(cloud):
     failed = [name for name, stats in registration["statistics"].items() if not stats["passed"]]
     assert failed and all(registration["statistics"][name]["interval"][0] < -0.02 for name in failed)
 
+    ward = sorted(Path("samples/kermany-val16").rglob("*.jpeg"))[:3]  # X-rays seen by the first champion
+    inference_bucket = cloud.names.bucket(wiring.INFERENCE)
+    seen = operations.predict_files(boto3.client("s3"), inference_bucket, ward, prefix="ward/")
+    lambda_client, function = boto3.client("lambda"), cloud.names.function(wiring.START_RESCORE)
+    environment = lambda_client.get_function_configuration(FunctionName=function)["Environment"]["Variables"]
+    lambda_client.update_function_configuration(FunctionName=function, Environment={"Variables": {
+        **environment, wiring.ENV_RESCORE_DAYS: "7"}})  # the operator turns the re-score on
+
     equal = run_pipeline(cloud, "run-3", GOOD)
     assert equal["registration"]["decision"] == "not-worse" and equal["registration"]["approved"]
+    rescore = equal["rescore"]
+    assert rescore["done"] and rescore["scored"] == 3 and rescore["report"].endswith("reports/run-3/rescore.csv")
+    bucket, key = rescore["report"][len("s3://"):].split("/", 1)
+    rows = list(csv.DictReader(io.StringIO(boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+                                           .decode())))
+    by_key = {row["key"]: row for row in rows}
+    for path in ward:  # the same weights through Batch Transform tell each X-ray what the endpoint told it
+        row = by_key[seen[path]["source"]["key"]]
+        assert row["previous_label"] == seen[path]["label"] == row["new_label"] and row["changed"] == "false"
+        assert row["previous_model"] == seen[path]["model_id"]
     assert equal["dataset"]["benchmark_version"] == set_version
     assert serving(cloud) == equal["training"]["TrainingJobName"]
 
@@ -101,7 +136,6 @@ def test_champion_challenger_and_rollback_on_the_demo_dataset(cloud):
 
 def test_batch_predict_scores_a_folder_with_one_bad_file(cloud, tmp_path):
     """Batch Transform through the serving model's own inference.py: 16 X-rays and a PDF in, 17 answers out."""
-    import csv
     import shutil
 
     from cxr.batch_scoring import BatchScoring

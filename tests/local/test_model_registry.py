@@ -83,7 +83,14 @@ def test_champion_challenger_and_rollback_on_the_demo_dataset(cloud):
     assert all(14 <= n <= 16 for n in stored["counts"].values())  # 15 % of each label's 100 patients
     assert first["registration"]["decision"] == "first-model" and first["registration"]["approved"]
 
+    sqs, sns = boto3.client("sqs"), boto3.client("sns")  # what the pipeline announces
+    inbox = sqs.create_queue(QueueName="inbox")["QueueUrl"]
+    sns.subscribe(TopicArn=cloud.names.topic_arn, Protocol="sqs", Endpoint=sqs.get_queue_attributes(
+        QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
     degraded = run_pipeline(cloud, "run-2", DEGRADED)
+    [notice] = [json.loads(json.loads(m["Body"])["Message"]) for m in sqs.receive_message(
+        QueueUrl=inbox, MaxNumberOfMessages=10).get("Messages", [])]
+    assert notice["outcome"] == "rejected" and notice["registration"] == degraded["registration"]
     registration = degraded["registration"]
     assert registration["status"] == promotion.REJECTED and registration["decision"] == "worse-than-champion"
     assert "deployment" not in degraded and serving(cloud) == first["training"]["TrainingJobName"]

@@ -5,7 +5,8 @@ SageMaker training and Batch Transform jobs instantly with no artifact or output
 InvokeEndpoint body, and answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever
 the endpoint, and gives every object an MD5 ETag, which S3 does not under SSE-KMS. Each hook below replaces exactly
 one moto function with a real local execution or AWS's behaviour (UpdateModelPackage keeps what a
-request leaves out), and two add the SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob);
+request leaves out), and three add the SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob,
+DeleteModelPackage);
 ``check()`` fails loudly the moment a pinned-moto upgrade moves a hooked function or starts implementing a
 missing action (tests call it).
 """
@@ -63,6 +64,7 @@ SSE_KMS = ("aws:kms", "aws:kms:dsse")
 MISSING_ACTIONS: tuple[tuple[Any, str], ...] = (
     (sagemaker_responses.SageMakerResponse, "update_endpoint"),
     (sagemaker_responses.SageMakerResponse, "stop_training_job"),
+    (sagemaker_responses.SageMakerResponse, "delete_model_package"),
 )
 """SageMaker actions moto 5.2.5 does not implement at all, which the pipeline and teardown call."""
 
@@ -253,7 +255,17 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         executors.stop_training_job(job)
         return "{}"
 
+    def delete_model_package(self):
+        """DeleteModelPackage (moto has no such action): the package leaves its group, its version number stays
+        used, as SageMaker numbers versions."""
+        backend, name = self.sagemaker_backend, self._get_param("ModelPackageName")
+        key = backend.model_package_name_mapping.get(name, name)
+        if backend.model_packages.pop(key, None) is None:
+            raise SageMakerValidationError(message=f"Model package {name} not found")
+        return "{}"
+
     return [
+        (sagemaker_responses.SageMakerResponse, "delete_model_package", delete_model_package),
         (sagemaker_models.SageMakerModelBackend, "update_model_package", update_model_package),
         (sagemaker_models.FakeEndpointConfig, "validate_instance_type", validate_hosting_instance_type),
         (s3_models.FakeKey, "etag", AWS_ETAG),

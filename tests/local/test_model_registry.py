@@ -14,12 +14,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+from recorded import recorded_cloud
 
 from cxr import operations
-from cxr.local import cloud as local_cloud
-from cxr.local import iam_trace
-from cxr.local.iam_deployment import Deployment
-from cxr.local.names import LocalNames
 from cxr.model_registry import ModelRegistry
 from infra import wiring
 from infra.config import Config
@@ -37,20 +34,14 @@ def cloud(synthesized, tmp_path_factory):
     """The offline cloud with the demo dataset ingested; every call of the deployment's principals (functions,
     state machine, training job, model: the transform jobs too) checked against the synthesized policies."""
     config = Config.demo(stage="e2e", quality_gate={"accuracy": 0.0}, prediction_retention_days=7)
-    names = LocalNames(config.stage)
-    with (iam_trace.recording(sync_callers=frozenset({names.state_machine_role_arn})) as recorder,
-          local_cloud.start(config, tmp_path_factory.mktemp("local")) as running):
-        running.install_pipeline(synthesized)
+    checked = []
+    with recorded_cloud(synthesized, config, tmp_path_factory.mktemp("local"), checked) as running:
         s3 = boto3.client("s3")
         keys = operations.upload_dataset(s3, running.names.bucket(wiring.DATA), DEMO / "train", "demo")
         assert operations.ingest_summary(s3, running.names.bucket(wiring.DATA), "demo", keys).processed == 300
         yield running
-        recorder.record_executions(running.state_machine_arn,
-                                   skip_functions=frozenset({running.names.training_task_arn}))
-        deployment = Deployment.from_templates(
-            synthesized.templates, running.names, running.kms_key_arn,
-            {running.names.function(f): running.environment(f) for f in wiring.FUNCTIONS.values()})
-    denials = deployment.check(deployment.expand(recorder.calls, recorder.events))
+    deployment, calls, _ = checked
+    denials = deployment.check(calls)
     assert not denials, "the synthesized policies refuse:\n" + "\n".join(map(str, denials))
 
 

@@ -31,6 +31,9 @@ PREFIX = f"{wiring.TRAINING_JOB_PREFIX}-"
 ENDPOINT = "endpoint"
 ENDPOINT_CONFIG = "endpoint config"
 MODEL = "model"
+MODEL_PACKAGE = "model package"
+"""A registered model of the stage's group: CloudFormation cannot delete a model package group that still holds
+versions, so teardown deletes them first (the artifacts and each run's reports stay in the data bucket)."""
 EXECUTION = "pipeline execution"
 TRAINING_JOB = "training job"
 STACK = "stack"
@@ -77,11 +80,24 @@ def find(target: Target) -> list[Leftover]:
         *([endpoint] if endpoint else []),
         *_endpoint_configs(sagemaker, model_names | serving, data_prefix),
         *(Leftover(MODEL, name, "artifact " + url) for name, url in models),
+        *_model_packages(sagemaker, wiring.model_package_group(target.stage)),
         *_stacks(target),
         *_buckets(target),
         *_tables(target),
         *_secrets(target),
     ]
+
+
+def _model_packages(sagemaker, group: str) -> list[Leftover]:
+    try:
+        packages = list(_pages(sagemaker, "list_model_packages", "ModelPackageSummaryList",
+                               ModelPackageGroupName=group))
+    except ClientError as exc:
+        if "does not exist" in str(exc):
+            return []
+        raise
+    return [Leftover(MODEL_PACKAGE, f"{group}/{p.get('ModelPackageVersion')}", p.get("ModelApprovalStatus", ""),
+                     p["ModelPackageArn"]) for p in packages]
 
 
 def _pages(client, operation: str, key: str, **kwargs) -> Iterator:
@@ -273,6 +289,9 @@ def _remove(target: Target, leftover: Leftover) -> str:
         return "deleted"
     if leftover.kind == MODEL:
         sagemaker.delete_model(ModelName=leftover.name)
+        return "deleted"
+    if leftover.kind == MODEL_PACKAGE:
+        sagemaker.delete_model_package(ModelPackageName=leftover.arn)
         return "deleted"
     if leftover.kind == BUCKET:
         delete_bucket(target.client("s3"), leftover.name)

@@ -11,6 +11,7 @@ import sys
 
 from cxr.commands import (
     audit,
+    batch_predict,
     check,
     cost,
     deid,
@@ -21,6 +22,7 @@ from cxr.commands import (
     fsck,
     import_medmnist,
     local,
+    models,
     predict,
     review,
     reviewers,
@@ -33,7 +35,7 @@ from cxr.commands import (
 from cxr.errors import UsageError, UserError
 
 COMMANDS = (check, deid, demo, local, train_local, evaluate, import_medmnist, upload_dataset, train, status, predict,
-            cost, fsck, audit, review, reviewers, doctor, deploy, teardown)
+            cost, fsck, audit, models, batch_predict, review, reviewers, doctor, deploy, teardown)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Serverless chest X-ray pneumonia classification.")

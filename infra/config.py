@@ -20,6 +20,7 @@ from infra.images import is_accelerated, is_arm
 ENDPOINT_MODES = ("serverless", "realtime", "async")
 PROFILES = ("default", "demo")
 ARCHITECTURES = ("x86_64", "arm64")
+APPROVAL_MODES = ("auto", "manual")
 
 DEFAULT_GATE: dict[str, float] = {
     "accuracy": 0.83,
@@ -73,6 +74,15 @@ class Config:
     training_volume_gb: int = 50
     quality_gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
     explain_referrals: bool = True
+    approval: str = "auto"
+    """``auto``: a challenger that clears the minimums and the champion gate is approved and deployed;
+    ``manual``: it waits as ``PendingManualApproval`` until `cxr models promote` approves it."""
+    rescore_days: int = 0
+    """After a deployment, re-score this many days of ``incoming/`` with the new model (Batch Transform) and write
+    which labels changed to ``reports/<run>/rescore.csv``; 0: off."""
+    champion_margin: float = 0.02
+    """How much worse than the champion (accuracy, sensitivity, specificity, AUC on the benchmark set) the lower
+    end of the paired bootstrap's 95 % interval may reach (``lambdas.domain.champion``)."""
     """Keep the class-activation overlay PNG beside every referred prediction: the cases a radiologist reads,
     for a few milliseconds and about 0.3 MB more per endpoint answer (the predict function cannot know the
     referral before the answer, so it asks every time) and one PNG of at most 0.2 MB per referral."""
@@ -109,6 +119,7 @@ class Config:
             ("profile", PROFILES),
             ("endpoint_mode", ENDPOINT_MODES),
             ("lambda_architecture", ARCHITECTURES),
+            ("approval", APPROVAL_MODES),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}")
@@ -132,6 +143,10 @@ class Config:
             problems.append("training_volume_gb must be in 1..16384")
         if not self.quality_gate or not all(0.0 <= v <= 1.0 for v in self.quality_gate.values()):
             problems.append("quality_gate must map metric paths to minimums in [0, 1]")
+        if not 0 <= self.rescore_days <= 365:
+            problems.append("rescore_days must be in 0..365")
+        if not 0 <= self.champion_margin < 1:
+            problems.append("champion_margin must be in [0, 1)")
         if self.notification_email is not None and not _EMAIL.match(self.notification_email):
             problems.append("notification_email is not an e-mail address")
         if self.reserved_concurrency is not None and self.reserved_concurrency < 1:
@@ -201,7 +216,7 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
                       3288, 3653)
 _INTS = {"serverless_memory_mb", "serverless_max_concurrency", "training_max_runtime_s", "training_volume_gb",
          "reserved_concurrency", "log_retention_days", "quarantine_expiry_days", "checkpoint_expiry_days",
-         "async_expiry_days", "prediction_retention_days"}
+         "async_expiry_days", "prediction_retention_days", "rescore_days"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -219,7 +234,7 @@ def _coerce(name: str, value: Any) -> Any:
                     raise ValueError(value)
                 return value.lower() in {"true", "1", "yes"}
             return bool(value)
-        if name == "review_sample_rate":
+        if name in ("review_sample_rate", "champion_margin"):
             return float(value)
         if name == "quality_gate":
             gate = json.loads(value) if isinstance(value, str) else value

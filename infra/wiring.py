@@ -43,6 +43,14 @@ ENV_RESOURCE_PREFIX = "RESOURCE_PREFIX"
 ENV_SOURCE_STATE_TABLE = "SOURCE_STATE_TABLE"
 ENV_CODE_VERSION = audit.CODE_VERSION_VARIABLE
 """The project version and git commit the app was synthesized from (``infra.version.code_version``)."""
+ENV_MODEL_PACKAGE_GROUP = "MODEL_PACKAGE_GROUP"
+"""The stage's model package group in the SageMaker Model Registry (:func:`model_package_group`)."""
+ENV_APPROVAL_MODE = "APPROVAL_MODE"
+"""``auto`` or ``manual`` (``Config.approval``): whether a model that passes every gate is approved at once."""
+ENV_CHAMPION_MARGIN = "CHAMPION_MARGIN"
+"""How much worse than the champion a challenger may be (``Config.champion_margin``)."""
+ENV_RESCORE_DAYS = "RESCORE_DAYS"
+"""After a deployment, re-score the ``incoming/`` X-rays of this many days with the new model (0: off)."""
 ENV_PREDICTION_RETENTION_DAYS = "PREDICTION_RETENTION_DAYS"
 ENV_REVIEW_TASKS_TABLE = "REVIEW_TASKS_TABLE"
 ENV_REVIEW_DATASET = "REVIEW_DATASET"
@@ -231,6 +239,31 @@ DEPLOY_MODEL = Function(
                  ENV_ASYNC_OUTPUT_URI, ENV_CODE_VERSION),
     service="cxr-deploy-model",
 )
+REGISTER_MODEL = Function(
+    id="RegisterModel",
+    handler="lambdas.register_model.handler",
+    memory_mb=1024,  # the paired bootstrap: resamples x benchmark images
+    timeout_s=120,
+    environment=(ENV_DATA_BUCKET, ENV_MODEL_PACKAGE_GROUP, ENV_APPROVAL_MODE, ENV_CHAMPION_MARGIN, ENV_INFERENCE_IMAGE,
+                 ENV_CODE_VERSION),
+    service="cxr-register-model",
+)
+START_RESCORE = Function(
+    id="StartRescore",
+    handler="lambdas.rescore.start_handler",
+    memory_mb=512,
+    timeout_s=120,  # lists incoming/ for the manifest
+    environment=(ENV_INFERENCE_BUCKET, ENV_RESCORE_DAYS, ENV_RESOURCE_PREFIX),
+    service="cxr-rescore",
+)
+RESCORE_STATUS = Function(
+    id="RescoreStatus",
+    handler="lambdas.rescore.status_handler",
+    memory_mb=512,
+    timeout_s=300,  # reads one answer and one prediction per re-scored X-ray
+    environment=(ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET),
+    service="cxr-rescore",
+)
 ENDPOINT_STATUS = Function(
     id="EndpointStatus",
     handler="lambdas.deploy_model.status_handler",
@@ -253,8 +286,8 @@ REVIEW_PAGE_DIR = Path(__file__).resolve().parent / "review_page"
 REVIEW_PAGE_CONFIG = "config.json"
 """What the page reads at start, beside it: the API's URL, the Cognito endpoint, region and client id."""
 FUNCTIONS: dict[str, Function] = {
-    f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, DEPLOY_MODEL,
-                      ENDPOINT_STATUS, REVIEW_API)
+    f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, REGISTER_MODEL,
+                      DEPLOY_MODEL, ENDPOINT_STATUS, START_RESCORE, RESCORE_STATUS, REVIEW_API)
 }
 
 
@@ -284,6 +317,12 @@ TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 """Where SageMaker training containers log (https://docs.aws.amazon.com/sagemaker/latest/dg/logging-cloudwatch.html)."""
 
 
+def model_package_group(stage: str) -> str:
+    """The stage's model package group: one versioned package per trained model (named with the stage's
+    :func:`resource_prefix`, so the stage's grants cover it and no other stage's)."""
+    return f"{resource_prefix(stage)}models"
+
+
 def endpoint_log_group(endpoint_name: str) -> str:
     """Where an endpoint's containers log: one group per endpoint, a stream per variant and instance."""
     return f"/aws/sagemaker/Endpoints/{endpoint_name}"
@@ -302,11 +341,17 @@ TRAINING_RETRYABLE_STATE = "TrainingRetryable"
 COUNT_TRAINING_RETRY_STATE = "CountTrainingRetry"
 WAIT_TO_RETRY_TRAINING_STATE = "WaitToRetryTraining"
 EVALUATE_STATE = "Evaluate"
+REGISTER_STATE = "Register"
 GATE_STATE = "PassesGate"
 DEPLOY_STATE = "Deploy"
 WAIT_STATE = "WaitForEndpoint"
 ENDPOINT_STATUS_STATE = "EndpointStatus"
 ENDPOINT_READY_STATE = "EndpointReady"
+START_RESCORE_STATE = "StartRescore"
+RESCORE_STARTED_STATE = "RescoreStarted"
+WAIT_FOR_RESCORE_STATE = "WaitForRescore"
+RESCORE_STATUS_STATE = "RescoreStatus"
+RESCORE_DONE_STATE = "RescoreDone"
 NOTIFY_DEPLOYED_STATE = "NotifyDeployed"
 NOTIFY_REJECTED_STATE = "NotifyRejected"
 NOT_DEPLOYED_STATE = "NotDeployed"
@@ -319,17 +364,25 @@ STATE_ORDER = (
     PREPARE_DATASET_STATE,
     TRAIN_STATE,
     EVALUATE_STATE,
+    REGISTER_STATE,
     GATE_STATE,
     DEPLOY_STATE,
     ENDPOINT_STATUS_STATE,
     ENDPOINT_READY_STATE,
+    START_RESCORE_STATE,
+    RESCORE_STARTED_STATE,
     NOTIFY_DEPLOYED_STATE,
 )
 """The success path, in order; while the endpoint is not serving, ``EndpointReady`` -> ``WaitForEndpoint``
--> ``EndpointStatus`` loops (checked first, so an instant deployment waits for nothing).
+-> ``EndpointStatus`` loops (checked first, so an instant deployment waits for nothing). ``StartRescore`` starts a
+Batch Transform re-score of the last ``rescore_days`` of ``incoming/`` when that is above 0; then
+``RescoreStarted`` -> ``WaitForRescore`` -> ``RescoreStatus`` -> ``RescoreDone`` loops until
+``reports/<run>/rescore.csv`` is written (a re-score failure is reported in ``NotifyDeployed``, not a failure).
 
-A model below the gate goes ``PassesGate`` -> ``NotifyRejected`` -> ``NotDeployed`` (succeeds: the
-previous endpoint keeps serving); any error goes to ``NotifyFailure`` -> ``PipelineFailed``.
+``Register`` puts every model in the stage's model package group with its approval status (the minimums,
+then the champion gate); a package not ``Approved`` (rejected, or pending with ``approval=manual``) goes
+``PassesGate`` -> ``NotifyRejected`` -> ``NotDeployed`` (succeeds: the previous endpoint keeps serving);
+any error goes to ``NotifyFailure`` -> ``PipelineFailed``.
 Execution input: ``{"run_id": string, "dataset": string, "hyperparameters"?: {name: string}}``; any
 other shape goes ``RequestComplete`` -> ``NotifyInvalidRequest`` -> ``InvalidRequest`` (error
 ``InvalidRequest``) before anything runs. A transient training failure (throttling, service
@@ -338,8 +391,11 @@ unavailable, capacity) goes ``Train`` -> ``TrainingRetryable`` -> ``CountTrainin
 TASK_FUNCTIONS = {
     PREPARE_DATASET_STATE: PREPARE_DATASET.id,
     EVALUATE_STATE: EVALUATE_MODEL.id,
+    REGISTER_STATE: REGISTER_MODEL.id,
     DEPLOY_STATE: DEPLOY_MODEL.id,
     ENDPOINT_STATUS_STATE: ENDPOINT_STATUS.id,
+    START_RESCORE_STATE: START_RESCORE.id,
+    RESCORE_STATUS_STATE: RESCORE_STATUS.id,
 }
 """Which function each Lambda task state invokes."""
 TRAINING_JOB_PREFIX = "cxr"

@@ -37,6 +37,8 @@ logger = Logger(service="cxr-evaluate-model")
 METRICS_FILE = "metrics.json"
 REPORT_MEMBER = f"report/{layout.REPORT_HTML}"
 """Written by ``training_job/train.py`` into the model directory (``report.REPORT_FILE``)."""
+BENCHMARK_FILE = "benchmark.json"
+"""The model's answers on the dataset's benchmark set (``training_job/benchmark.py``); absent in older archives."""
 
 
 class ModelArtifactError(RuntimeError):
@@ -53,16 +55,17 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None, str]:
-    """``metrics.json``, the HTML evaluation report (None in archives older than it) and the SHA-256 of
-    the whole object from a gzipped tar on S3, in one streamed read: the weights are never held in memory."""
+def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None, str, bytes | None]:
+    """``metrics.json``, the HTML evaluation report (None in archives older than it), the SHA-256 of
+    the whole object and ``benchmark.json`` (None in older archives) from a gzipped tar on S3, in one
+    streamed read: the weights are never held in memory."""
     body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
     stream, found = audit.DigestingReader(body), {}
     try:
         with tarfile.open(fileobj=stream, mode="r|gz") as archive:
             for member in archive:
                 name = member.name.removeprefix("./")
-                if member.isfile() and name in (METRICS_FILE, REPORT_MEMBER):
+                if member.isfile() and name in (METRICS_FILE, REPORT_MEMBER, BENCHMARK_FILE):
                     found[name] = archive.extractfile(member).read()
         metrics = json.loads(found[METRICS_FILE]) if METRICS_FILE in found else None
         digest = stream.drain()
@@ -72,7 +75,7 @@ def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None, str]:
         body.close()
     if metrics is None:
         raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
-    return metrics, found.get(REPORT_MEMBER), digest
+    return metrics, found.get(REPORT_MEMBER), digest, found.get(BENCHMARK_FILE)
 
 
 def metric(metrics: Mapping, path: str) -> float | None:
@@ -139,7 +142,7 @@ def handler(event: dict, context) -> dict:
     run_id = str(event["run_id"])
     bucket, key = parse_s3_uri(event["model_artifact"])
     gate = load_gate(os.environ)
-    metrics, report_html, digest = read_artifact(bucket, key)
+    metrics, report_html, digest, benchmark_answers = read_artifact(bucket, key)
     verdict = judge(metrics, gate)
     report = {"run_id": run_id, "model_artifact": event["model_artifact"], "artifact_sha256": digest,
               "code_version": os.environ.get(audit.CODE_VERSION_VARIABLE, audit.UNKNOWN), **verdict}
@@ -149,9 +152,14 @@ def handler(event: dict, context) -> dict:
                   Body=json.dumps(metrics, indent=2).encode(), ContentType="application/json")
     s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, "gate.json"),
                   Body=json.dumps(report, indent=2).encode(), ContentType="application/json")
+    if benchmark_answers is not None:  # the champion gate pairs these with the champion's (lambdas.register_model)
+        s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, BENCHMARK_FILE), Body=benchmark_answers,
+                      ContentType="application/json")
     if report_html is not None:
         s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, layout.REPORT_HTML), Body=report_html,
                       ContentType="text/html; charset=utf-8")
     logger.info("quality gate", extra={"run_id": run_id, "passed": verdict["passed"], "failures": verdict["failures"],
                                        "artifact_sha256": digest})
-    return {**report, "report_uri": f"s3://{data_bucket}/{layout.REPORTS}{run_id}/"}
+    return {**report, "report_uri": f"s3://{data_bucket}/{layout.REPORTS}{run_id}/",
+            "benchmark_uri": (f"s3://{data_bucket}/{layout.report_key(run_id, BENCHMARK_FILE)}"
+                              if benchmark_answers is not None else None)}

@@ -17,8 +17,8 @@ import os
 
 from aws_lambda_powertools import Logger
 
-from lambdas import aws
-from lambdas.domain import labels, layout, source_state, splits
+from lambdas import aws, benchmark_set
+from lambdas.domain import benchmark, labels, layout, source_state, splits
 from lambdas.state_store import StateStore
 
 logger = Logger(service="cxr-prepare-dataset")
@@ -75,24 +75,36 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
     classes = labels.class_set({i.label for i in items})
     if len(classes) < 2:
         raise DatasetError(f"the dataset has a single class {classes}: at least two are needed")
-    items = [
+    s3 = aws.client("s3")
+    bench, bench_note = benchmark_set.load_or_draw(bucket, dataset, run_id, items)
+    bench_members = benchmark.current_members(items, bench) if bench else []
+    if bench:
+        items, excluded = benchmark.exclude(items, bench)
+        bench_note = (f"benchmark set {bench['version']}: {len(bench_members)} of its {bench['images']} images "
+                      f"current; {excluded - len(bench_members)} other images of its patients left out of train, "
+                      "validation and test")
+    items, bench_members = ([
         splits.Item(i.key, labels.training_label(i.label, classes), i.patient_id, i.content_hash, i.user_split)
-        for i in items
-    ]
+        for i in group] for group in (items, bench_members))
     params = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
     result = splits.split_items(items, validation_fraction, test_fraction, seed)
-    s3 = aws.client("s3")
     channels = {}
-    for name, members in result.splits.items():
-        if not members:
+    for name, members in {**result.splits, benchmark_set.CHANNEL: bench_members}.items():
+        if not members and name != benchmark_set.CHANNEL:  # the benchmark channel holds its (empty) jsonl
             raise DatasetError(f"the {name} split is empty: the dataset is too small to split by patient")
-        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in manifest_records(members, dataset))
+        records = manifest_records(members, dataset)
+        if name == benchmark_set.CHANNEL:  # the training job records which set its benchmark answers are on
+            records = [{**r, "benchmark_version": bench["version"]} for r in records]
+        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         s3.put_object(Bucket=bucket, Key=jsonl_key(run_id, name), Body=body.encode(), ContentType="application/jsonl")
         manifest = [{"prefix": f"s3://{bucket}/"}, *(i.key for i in members), jsonl_key(run_id, name)]
         s3.put_object(Bucket=bucket, Key=manifest_key(run_id, name), Body=json.dumps(manifest).encode(),
                       ContentType="application/json")
         channels[name] = f"s3://{bucket}/{manifest_key(run_id, name)}"
     summary = build_summary(result, dataset, run_id, classes, params)
+    summary["images"][benchmark_set.CHANNEL] = len(bench_members)
+    summary["benchmark"] = {"version": bench["version"] if bench else None, "images": len(bench_members),
+                            "uri": f"s3://{bucket}/{benchmark.key(dataset)}" if bench else None, "note": bench_note}
     s3.put_object(Bucket=bucket, Key=summary_key(run_id), Body=json.dumps(summary, indent=1).encode(),
                   ContentType="application/json")
     return {
@@ -102,6 +114,7 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
         "channels": channels,
         "summary_uri": f"s3://{bucket}/{summary_key(run_id)}",
         "images": summary["images"],
+        "benchmark_version": bench["version"] if bench else "none",
     }
 
 

@@ -110,7 +110,30 @@ def model_fn(model_dir: str, context=None) -> Model:
                  os.environ.get(ARTIFACT_SHA256_VARIABLE) or None, guard)
 
 
-def input_fn(body: bytes | str, content_type: str, context=None) -> Request:
+PER_RECORD_ERRORS_VARIABLE = "CXR_PER_RECORD_ERRORS"
+"""``1`` in a Batch Transform job's environment (``cxr batch-predict``): a record the model cannot take is answered
+with its error (``{"status": "rejected", "error": ...}``) instead of an HTTP error, because "If a batch transform
+job fails to process an input file because of a problem with the dataset, SageMaker marks the job as failed"
+(SageMaker Developer Guide, "Batch transform"): one bad X-ray must not lose the others' answers."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A batch record the model cannot take, and why."""
+
+    error: str
+
+
+def input_fn(body: bytes | str, content_type: str, context=None) -> Request | Refused:
+    try:
+        return _request(body, content_type)
+    except BadRequest as exc:
+        if os.environ.get(PER_RECORD_ERRORS_VARIABLE) == "1":
+            return Refused(str(exc))
+        raise
+
+
+def _request(body: bytes | str, content_type: str) -> Request:
     kind = (content_type or "").split(";")[0].strip().lower()
     explain = False
     if kind == JSON_TYPE:
@@ -135,7 +158,10 @@ def model_input(image: Image.Image, config: dict) -> np.ndarray:
                                   config.get("intensity", "linear"))[None, None]  # older models: linear
 
 
-def predict_fn(request: Request, model: Model, context=None) -> dict:
+def predict_fn(request: Request | Refused, model: Model, context=None) -> dict:
+    if isinstance(request, Refused):
+        return {"status": "rejected", "error": request.error, "model_id": model.model_id,
+                "artifact_sha256": model.artifact_sha256}
     started = time.perf_counter()
     config = model.config
     stored = imaging.open_stored(request.image.png)

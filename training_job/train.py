@@ -38,6 +38,7 @@ from pathlib import Path
 
 import artifact
 import augment
+import benchmark
 import data
 import decision
 import imaging
@@ -107,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("train", default=env.get("SM_CHANNEL_TRAIN"))
     add("validation", default=env.get("SM_CHANNEL_VALIDATION"))
     add("test", default=env.get("SM_CHANNEL_TEST"))
+    add("benchmark", default=env.get("SM_CHANNEL_BENCHMARK"))
     add("pretrained", default=env.get("SM_CHANNEL_PRETRAINED"))
     args = p.parse_args(argv)
     if not args.train or not args.validation:
@@ -121,7 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def hyperparameters(args: argparse.Namespace) -> dict:
     """The training settings in effect (defaults included), without the environment's paths."""
     return {k: v for k, v in vars(args).items()
-            if k not in ("model_dir", "output_data_dir", "checkpoint_dir", "train", "validation", "test", "pretrained")}
+            if k not in ("model_dir", "output_data_dir", "checkpoint_dir", "train", "validation", "test", "benchmark",
+                         "pretrained")}
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -477,6 +480,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     }
     (model_dir / "model.json").write_text(json.dumps(config, indent=1))
     (model_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+    benchmark.write(model_dir, score_benchmark(args, trainer, model, classes, temperature, prior, rule))
     report_dir = model_dir / "report"
     report_dir.mkdir(exist_ok=True)
     channel = Path(args.test if evaluated_on == "test" else args.validation)
@@ -488,6 +492,18 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     shutil.copyfile(model_dir / "metrics.json", output_dir / "metrics.json")
     shutil.copytree(report_dir, output_dir / "report", dirs_exist_ok=True)
     return result
+
+
+def score_benchmark(args, trainer: Trainer, model, classes, temperature, prior, rule) -> dict:
+    """The final model's answers on the benchmark channel (empty when the dataset has no set yet)."""
+    channel = Path(args.benchmark) if args.benchmark else None
+    records = data.read_records(channel) if channel and channel.exists() else []
+    if not records:
+        return benchmark.answers([], np.zeros((0, len(classes))), classes, rule)
+    split = data.load_split(channel, classes, args.image_size, args.resize_policy,
+                            max(1, torch.get_num_threads()), intensity=args.intensity)
+    probs = decision.probabilities(trainer.logits(split, model), classes, temperature, prior)
+    return benchmark.answers(split.records, probs, classes, rule)
 
 
 def write_report(model: torch.nn.Module, split: data.Split, name: str, channel: Path, config: dict,

@@ -92,6 +92,15 @@ def start_and_follow(say, sfn, state_machine_arn: str, run_id: str, dataset: str
     for check in output.get("evaluation", {}).get("checks", []):
         value = "missing" if check["value"] is None else f"{check['value']:.3f}"
         say(f"  gate: {check['metric']} {value} >= {check['minimum']:.2f}: {'pass' if check['passed'] else 'FAIL'}")
+    registration = output.get("registration")
+    if registration:
+        say(f"  registry: v{registration['version']} {registration['status']} ({registration['decision']}): "
+            f"{registration['reason']}")
+        for name, stats in registration.get("statistics", {}).items():
+            if stats.get("interval"):
+                low, high = stats["interval"]
+                say(f"  champion gate: {name} challenger - champion {stats['difference']:+.4f} "
+                    f"[{low:+.4f}, {high:+.4f}]: {'pass' if stats['passed'] else 'FAIL'}")
     return {"status": described["status"], "output": output, "cause": described.get("cause", ""),
             "deployed": described["status"] == "SUCCEEDED" and "deployment" in output}
 
@@ -102,7 +111,8 @@ def print_outcome(outcome: dict) -> None:
         deployment = output["deployment"]
         print(f"deployed model {deployment['model_name']} to endpoint {deployment['endpoint_name']}")
     elif outcome["status"] == "SUCCEEDED":
-        print("the model did not pass the quality gate and was not deployed; the previous endpoint keeps serving: "
-              + "; ".join(output.get("evaluation", {}).get("failures", [])))
+        reason = output.get("registration", {}).get("reason") or "; ".join(
+            output.get("evaluation", {}).get("failures", []))
+        print(f"the model was not approved and not deployed; the previous endpoint keeps serving: {reason}")
     else:
         print(f"the pipeline {outcome['status'].lower()}: {outcome['cause']}")

@@ -21,6 +21,7 @@ from cxr.local import functions, hooks, pipeline, removal_events
 from cxr.local.endpoints import AsyncRequest, LocalEndpoints
 from cxr.local.names import ACCOUNT, REGION, LocalNames
 from cxr.local.training import LocalTrainingJobs
+from cxr.local.transforms import LocalTransformJobs
 from infra import wiring
 from infra.config import Config
 from infra.version import code_version
@@ -50,10 +51,12 @@ class LocalCloud:
         self.lambda_log = (self.workdir / "lambda.log").open("a", buffering=1)
         """Every function's output, as CloudWatch Logs would hold it."""
         self.endpoints = LocalEndpoints(self.workdir)
+        self.transform_jobs = LocalTransformJobs(self.endpoints)
 
     # --- provisioning -------------------------------------------------------------------------
     def provision(self) -> None:
-        """Create buckets, tables, topic, queues, roles, functions and S3 triggers, as the stacks do."""
+        """Create buckets, tables, topic, queues, roles, functions, S3 triggers and the model package group, as the
+        stacks do."""
         s3, iam = boto3.client("s3", region_name=REGION), boto3.client("iam", region_name=REGION)
         self.kms_key_arn = boto3.client("kms", region_name=REGION).create_key(Description="cxr local")["KeyMetadata"][
             "Arn"
@@ -93,6 +96,8 @@ class LocalCloud:
         for function in wiring.FUNCTIONS.values():
             self._create_function(function)
         self._create_triggers()
+        boto3.client("sagemaker", region_name=REGION).create_model_package_group(  # as the pipeline stack does
+            ModelPackageGroupName=wiring.model_package_group(self.config.stage))
 
     def _default_encryption(self, role: str) -> dict[str, Any]:
         """As ``infra/components/buckets.py`` encrypts: SSE-KMS with the stage's key and S3 Bucket Keys, except
@@ -132,6 +137,10 @@ class LocalCloud:
             wiring.ENV_REVIEW_SAMPLE_RATE: str(config.review_sample_rate),
             wiring.ENV_REVIEW_DATASET: config.review_dataset,
             wiring.ENV_PSEUDONYM_SECRET: wiring.PSEUDONYM_SECRET_NAME.format(stage=config.stage),
+            wiring.ENV_MODEL_PACKAGE_GROUP: wiring.model_package_group(config.stage),
+            wiring.ENV_APPROVAL_MODE: config.approval,
+            wiring.ENV_CHAMPION_MARGIN: str(config.champion_margin),
+            wiring.ENV_RESCORE_DAYS: str(config.rescore_days),
         }
         env = {name: values[name] for name in function.environment}
         env |= {"POWERTOOLS_SERVICE_NAME": function.service, "POWERTOOLS_METRICS_NAMESPACE": wiring.METRICS_NAMESPACE,
@@ -223,6 +232,9 @@ class LocalCloud:
 
     def stop_training_job(self, job: Any) -> None:
         self.training_jobs.stop(job)
+
+    def start_transform_job(self, job: Any) -> None:
+        self.transform_jobs.start(job)
 
     def invoke_endpoint(self, endpoint_name: str, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         return self.endpoints.invoke(endpoint_name, body, content_type, accept)

@@ -128,15 +128,23 @@ class LocalEndpoints:
         """The model the configuration's (one) variant serves, as DescribeModel gives it."""
         return boto3.client("sagemaker").describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
 
-    def _serve(self, model: dict, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
+    def serve_model(self, model: dict, body: bytes, content_type: str, accept: str,
+                    environment: dict[str, str]) -> tuple[bytes, str]:
+        """One request to a model outside an endpoint (a Batch Transform job's container, whose ``Environment``
+        adds to the model's): the handler runs in that environment."""
+        return self._serve(model, body, content_type, accept, environment)
+
+    def _serve(self, model: dict, body: bytes, content_type: str, accept: str,
+               extra_environment: dict[str, str] | None = None) -> tuple[bytes, str]:
+        environment = {**model["PrimaryContainer"].get("Environment", {}), **(extra_environment or {})}
         with acting_as(model["ExecutionRoleArn"]):  # the container fetches its artifact as the model's role
-            loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"],
-                                model["PrimaryContainer"].get("Environment", {}))
+            loaded = self._load(model["PrimaryContainer"]["ModelDataUrl"], environment)
         handler = loaded.handler
         try:
-            request = handler.input_fn(body, content_type)
-            prediction = handler.predict_fn(request, loaded.model)
-            payload, produced = handler.output_fn(prediction, accept)
+            with environment_applied(extra_environment or {}):
+                request = handler.input_fn(body, content_type)
+                prediction = handler.predict_fn(request, loaded.model)
+                payload, produced = handler.output_fn(prediction, accept)
         except getattr(handler, "BadRequest", ValueError) as exc:
             # The serving toolkit answers the handler's BadRequest with its status (400); the runtime wraps any
             # container error as ModelError (HTTP 424) naming that status.

@@ -1,12 +1,14 @@
 """The narrow points where the offline cloud makes moto *execute* what it otherwise only records.
 
 moto keeps the AWS APIs' state but runs Lambda code only in Docker (absent here), completes
-SageMaker training jobs instantly with no artifact, crashes on a binary InvokeEndpoint body, and
-answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever the endpoint, and
-gives every object an MD5 ETag, which S3 does not under SSE-KMS. Each hook below replaces exactly
-one moto function with a real local execution or AWS's behaviour, and two add the SageMaker actions
-moto lacks (UpdateEndpoint, StopTrainingJob); ``check()`` fails loudly the moment a pinned-moto
-upgrade moves a hooked function or starts implementing a missing action (tests call it).
+SageMaker training and Batch Transform jobs instantly with no artifact or output, crashes on a binary
+InvokeEndpoint body, and answers InvokeEndpointAsync with a fixed text in a bucket of its own, whatever
+the endpoint, and gives every object an MD5 ETag, which S3 does not under SSE-KMS. Each hook below replaces exactly
+one moto function with a real local execution or AWS's behaviour (UpdateModelPackage keeps what a
+request leaves out), and three add the SageMaker actions moto lacks (UpdateEndpoint, StopTrainingJob,
+DeleteModelPackage);
+``check()`` fails loudly the moment a pinned-moto upgrade moves a hooked function or starts implementing a
+missing action (tests call it).
 """
 
 from __future__ import annotations
@@ -40,12 +42,16 @@ HOOK_POINTS: tuple[tuple[Any, str, tuple[str, ...]], ...] = (
     (s3_notifications, "_get_s3_event", ("event_name", "bucket", "key", "notification_id")),
     (s3_notifications, "_invoke_awslambda", ("account_id", "event_body", "fn_arn", "region_name")),
     (sagemaker_models.SageMakerModelBackend, "create_training_job", ("self", "training_job_name")),
+    (sagemaker_models.SageMakerModelBackend, "create_transform_job", ("self", "transform_job_name", "model_name")),
     (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", ("self",)),
     (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", ("self",)),
     (runtime_responses.SageMakerRuntimeResponse, "setup_class", ("self", "request", "full_url", "headers",
                                                                  "use_raw_body")),
     (s3_models.FakeKey, "etag", ("self",)),  # a property: its getter's parameters
     (sagemaker_models.FakeEndpointConfig, "validate_instance_type", ("self", "instance_type")),
+    (sagemaker_models.SageMakerModelBackend, "update_model_package",
+     ("self", "model_package_arn", "model_approval_status", "approval_description", "customer_metadata_properties",
+      "customer_metadata_properties_to_remove")),
 )
 
 
@@ -58,6 +64,7 @@ SSE_KMS = ("aws:kms", "aws:kms:dsse")
 MISSING_ACTIONS: tuple[tuple[Any, str], ...] = (
     (sagemaker_responses.SageMakerResponse, "update_endpoint"),
     (sagemaker_responses.SageMakerResponse, "stop_training_job"),
+    (sagemaker_responses.SageMakerResponse, "delete_model_package"),
 )
 """SageMaker actions moto 5.2.5 does not implement at all, which the pipeline and teardown call."""
 
@@ -73,6 +80,9 @@ class Executors(Protocol):
 
     def start_training_job(self, job: Any) -> None:
         """Run the real training script for a job moto has just recorded."""
+
+    def start_transform_job(self, job: Any) -> None:
+        """Run a Batch Transform job moto has just recorded through the model's real handler."""
 
     def stop_training_job(self, job: Any) -> None:
         """Stop a running local training job as SageMaker does (SIGTERM, then Stopped)."""
@@ -168,6 +178,15 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         executors.start_training_job(job)
         return job
 
+    original_create_transform_job = sagemaker_models.SageMakerModelBackend.create_transform_job
+
+    def create_transform_job(self, transform_job_name, model_name, *args, **kwargs):
+        if model_name not in self._models:  # AWS refuses a job for a model that does not exist; moto does not
+            raise SageMakerValidationError(message=f"Could not find model \"{model_name}\".")
+        job = original_create_transform_job(self, transform_job_name, model_name, *args, **kwargs)
+        executors.start_transform_job(job)
+        return job
+
     def invoke_endpoint(self):
         from cxr.local.endpoints import EndpointError
 
@@ -236,7 +255,18 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         executors.stop_training_job(job)
         return "{}"
 
+    def delete_model_package(self):
+        """DeleteModelPackage (moto has no such action): the package leaves its group, its version number stays
+        used, as SageMaker numbers versions."""
+        backend, name = self.sagemaker_backend, self._get_param("ModelPackageName")
+        key = backend.model_package_name_mapping.get(name, name)
+        if backend.model_packages.pop(key, None) is None:
+            raise SageMakerValidationError(message=f"Model package {name} not found")
+        return "{}"
+
     return [
+        (sagemaker_responses.SageMakerResponse, "delete_model_package", delete_model_package),
+        (sagemaker_models.SageMakerModelBackend, "update_model_package", update_model_package),
         (sagemaker_models.FakeEndpointConfig, "validate_instance_type", validate_hosting_instance_type),
         (s3_models.FakeKey, "etag", AWS_ETAG),
         (sagemaker_responses.SageMakerResponse, "update_endpoint", update_endpoint),
@@ -246,9 +276,35 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         (s3_notifications, "_get_s3_event", s3_event),
         (s3_notifications, "_invoke_awslambda", invoke_async),
         (sagemaker_models.SageMakerModelBackend, "create_training_job", create_training_job),
+        (sagemaker_models.SageMakerModelBackend, "create_transform_job", create_transform_job),
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint),
         (runtime_responses.SageMakerRuntimeResponse, "invoke_endpoint_async", invoke_endpoint_async),
     ]
+
+
+_moto_update_model_package = sagemaker_models.SageMakerModelBackend.update_model_package
+
+
+def update_model_package(self, model_package_arn, model_approval_status, approval_description,
+                         customer_metadata_properties, customer_metadata_properties_to_remove, *args, **kwargs):
+    """UpdateModelPackage changes only what the request names, as AWS does.
+
+    moto 5.2.5 sets every field the request leaves out to None (an update without ``ModelApprovalStatus``
+    clears the status) and replaces ``CustomerMetadataProperties`` whole; SageMaker keeps what is not given
+    and adds or overwrites the given properties ("CustomerMetadataProperties: the metadata properties
+    associated with the model package versions", removed only by ``CustomerMetadataPropertiesToRemove``:
+    SageMaker API Reference, ``UpdateModelPackage``).
+    """
+    package = self.model_packages.get(self.model_package_name_mapping.get(model_package_arn, model_package_arn))
+    if package is not None:
+        model_approval_status = model_approval_status or package.model_approval_status
+        approval_description = approval_description if approval_description is not None else \
+            package.approval_description
+        customer_metadata_properties = {**(package.customer_metadata_properties or {}),
+                                        **(customer_metadata_properties or {})}
+    return _moto_update_model_package(self, model_package_arn, model_approval_status, approval_description,
+                                      customer_metadata_properties, customer_metadata_properties_to_remove,
+                                      *args, **kwargs)
 
 
 def validate_hosting_instance_type(self, instance_type: str) -> None:

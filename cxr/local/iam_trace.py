@@ -350,13 +350,21 @@ _SAGEMAKER_RESOURCES = {
     "Model": ("model", "ModelName"),
     "EndpointConfig": ("endpoint-config", "EndpointConfigName"),
     "Endpoint": ("endpoint", "EndpointName"),
+    "TransformJob": ("transform-job", "TransformJobName"),
 }
 
 
 def _sagemaker_resources(region: str, operation: str, p: Mapping[str, Any]) -> list[str]:
-    """The resources a SageMaker action is authorized on (Create/UpdateEndpoint: the endpoint, then its config)."""
+    """The resources a SageMaker action is authorized on (Create/UpdateEndpoint: the endpoint, then its config;
+    CreateModelPackage in a group: the group; Describe/UpdateModelPackage: the versioned package's ARN)."""
     if "ResourceArn" in p:
         return [p["ResourceArn"]]
+    if operation == "CreateModelPackage" and "ModelPackageGroupName" in p:
+        return [_arn("sagemaker", region, f"model-package-group/{p['ModelPackageGroupName'].lower()}")]
+    package = p.get("ModelPackageArn") or p.get("ModelPackageName")
+    if operation in ("DescribeModelPackage", "UpdateModelPackage") and package:
+        return [package if package.startswith("arn:")
+                else _arn("sagemaker", region, f"model-package/{package.lower()}")]
     for noun, (kind, parameter) in _SAGEMAKER_RESOURCES.items():
         if operation.endswith(noun) and parameter in p:
             found = [_arn("sagemaker", region, f"{kind}/{p[parameter].lower()}")]

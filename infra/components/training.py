@@ -23,7 +23,7 @@ from lambdas.deploy_model import has_instance_storage
 from lambdas.domain import layout
 
 RESOURCE = wiring.TRAINING_INTEGRATION
-CHANNELS = ("train", "validation", "test")
+CHANNELS = ("train", "validation", "test", "benchmark")
 """The manifests PrepareDataset writes (``$.dataset.channels.<name>``), one input channel each."""
 PRETRAINED_CHANNEL = "pretrained"
 """Initial weights (a ``.pth`` file); train.py reads the channel when it is there."""

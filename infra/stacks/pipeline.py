@@ -1,8 +1,9 @@
 """Training pipeline: a Step Functions state machine from dataset to a serving endpoint, with a quality gate.
 
 ReadRequest -> RequestComplete (else NotifyInvalidRequest -> InvalidRequest) -> ApplyDefaults -> PrepareDataset
-(Lambda) -> Train (SageMaker, RUN_JOB; a transient failure waits and runs again) -> Evaluate (Lambda) -> PassesGate
--> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again)
+(Lambda) -> Train (SageMaker, RUN_JOB; a transient failure waits and runs again) -> Evaluate (Lambda) -> Register
+(Lambda: a model package in the stage's group, approved only past the minimums and the champion gate) -> PassesGate
+(approved?) -> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again)
 -> NotifyDeployed. Every task retries what is transient and catches everything else into
 NotifyFailure -> PipelineFailed, so a failure notifies and deploys nothing. State names come from ``infra.wiring``.
 """
@@ -18,6 +19,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
@@ -106,6 +108,9 @@ class TrainingPipelineStack(Stack):
         self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket,
                                                          wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
         allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS])
+        # the benchmark set: listed before it is read (lambdas/benchmark_set.read)
+        allow_objects(self.prepare.function, wiring.DATA, stage, key, read=[layout.BENCHMARKS],
+                      list_=[layout.BENCHMARKS])
         allow_items(self.prepare.function, state_table, key, "dynamodb:Query")  # the dataset's current records
         self.evaluate = function(wiring.EVALUATE_MODEL, {
             wiring.ENV_DATA_BUCKET: data_bucket,
@@ -113,6 +118,20 @@ class TrainingPipelineStack(Stack):
             wiring.ENV_CODE_VERSION: code_version(),
         })
         allow_objects(self.evaluate.function, wiring.DATA, stage, key, read=[layout.MODELS], write=[layout.REPORTS])
+        self.model_group = sagemaker.CfnModelPackageGroup(
+            self, "ModelPackageGroup", model_package_group_name=wiring.model_package_group(stage),
+            model_package_group_description=f"cxr {stage}: every trained model; the approved one approved last serves")
+        self.register = function(wiring.REGISTER_MODEL, {
+            wiring.ENV_DATA_BUCKET: data_bucket,
+            wiring.ENV_MODEL_PACKAGE_GROUP: self.model_group.model_package_group_name,
+            wiring.ENV_APPROVAL_MODE: config.approval,
+            wiring.ENV_CHAMPION_MARGIN: str(config.champion_margin),
+            wiring.ENV_INFERENCE_IMAGE: self.images.uri(images.INFERENCE_CPU),
+            wiring.ENV_CODE_VERSION: code_version(),
+        })
+        allow_objects(self.register.function, wiring.DATA, stage, key, read=[layout.REPORTS], write=[layout.REPORTS])
+        self._allow_registry(self.register.function, "CreateModelPackage", "DescribeModelPackage")
+        self.register.function.node.add_dependency(self.model_group)
         self.deploy = function(wiring.DEPLOY_MODEL, {
             wiring.ENV_SAGEMAKER_ROLE_ARN: self.model_role.role_arn,
             wiring.ENV_KMS_KEY_ARN: key.key_arn,
@@ -139,6 +158,21 @@ class TrainingPipelineStack(Stack):
         self.status.function.add_to_role_policy(iam.PolicyStatement(
             actions=["ssm:PutParameter"],
             resources=[self.format_arn(service="ssm", resource="parameter", resource_name=parameter_name.lstrip("/"))]))
+
+        self.start_rescore = function(wiring.START_RESCORE, {
+            wiring.ENV_INFERENCE_BUCKET: inference_bucket, wiring.ENV_RESCORE_DAYS: str(config.rescore_days),
+            wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(stage)})
+        allow_objects(self.start_rescore.function, wiring.INFERENCE, stage, key, list_=[layout.INCOMING],
+                      write=[layout.BATCH_INPUT])
+        self.start_rescore.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateTransformJob"], resources=self._stage_resources("transform-job")))
+        self.rescore_status = function(wiring.RESCORE_STATUS, {wiring.ENV_INFERENCE_BUCKET: inference_bucket,
+                                                               wiring.ENV_DATA_BUCKET: data_bucket})
+        allow_objects(self.rescore_status.function, wiring.INFERENCE, stage, key,
+                      read=[layout.BATCH_INPUT, layout.BATCH_OUTPUT, layout.PREDICTIONS])
+        allow_objects(self.rescore_status.function, wiring.DATA, stage, key, write=[layout.REPORTS])
+        self.rescore_status.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["sagemaker:DescribeTransformJob"], resources=self._stage_resources("transform-job")))
 
         self.training = TrainingJob(self, "Training", config=config, role=self.training_role,
                                     image=self.images.uri(images.TRAINING_GPU), bucket_name=data_bucket, key=key,
@@ -185,11 +219,14 @@ class TrainingPipelineStack(Stack):
             task.add_catch(catch or notify_failure, errors=["States.ALL"], result_path="$.error")
             return task
 
-        def invoke(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
-            return guard(tasks.LambdaInvoke(
+        def lambda_task(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
+            return tasks.LambdaInvoke(
                 scope, state, lambda_function=function.function, payload=sfn.TaskInput.from_object(payload),
                 payload_response_only=True, retry_on_service_exceptions=False, result_path=result_path,
-            ))
+            )
+
+        def invoke(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
+            return guard(lambda_task(state, function, payload, result_path))
 
         # The defaults are a JSON value of the definition, merged after the request's shape is checked, so that
         # no intrinsic holds them as a string literal (see REQUEST_DEFAULTS) and no merge meets a non-object.
@@ -220,6 +257,14 @@ class TrainingPipelineStack(Stack):
         evaluate = invoke(wiring.EVALUATE_STATE, self.evaluate,
                           {"run_id": sfn.JsonPath.string_at("$.request.run_id"), "model_artifact": artifact},
                           "$.evaluation")
+        register = invoke(wiring.REGISTER_STATE, self.register, {
+            "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+            "dataset": sfn.JsonPath.string_at("$.request.dataset"),
+            "training_job_name": sfn.JsonPath.string_at("$.training.TrainingJobName"),
+            "model_artifact": artifact,
+            "summary_uri": sfn.JsonPath.string_at("$.dataset.summary_uri"),
+            "evaluation": sfn.JsonPath.object_at("$.evaluation"),
+        }, "$.registration")
         deploy = invoke(wiring.DEPLOY_STATE, self.deploy, {
             "run_id": sfn.JsonPath.string_at("$.request.run_id"),
             "model_name": sfn.JsonPath.string_at("$.training.TrainingJobName"),
@@ -239,17 +284,41 @@ class TrainingPipelineStack(Stack):
             "model": sfn.JsonPath.string_at("$.deployment.model_name"),
             "artifact_sha256": sfn.JsonPath.string_at("$.evaluation.artifact_sha256"),
             "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
+            "registration": sfn.JsonPath.object_at("$.registration"),
+            "rescore": sfn.JsonPath.object_at("$.rescore"),
         }), sns_transient)
-        notify_rejected = guard(publish(wiring.NOTIFY_REJECTED_STATE, "model below the quality gate, not deployed", {
+        notify_rejected = guard(publish(wiring.NOTIFY_REJECTED_STATE, "model not approved, not deployed", {
             "outcome": "rejected", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
             "failures": sfn.JsonPath.list_at("$.evaluation.failures"),
             "report": sfn.JsonPath.string_at("$.evaluation.report_uri"),
+            "registration": sfn.JsonPath.object_at("$.registration"),
         }), sns_transient)
+        # The re-score of recent X-rays: a failure there is reported with the deployment, which stands.
+        start_rescore = lambda_task(wiring.START_RESCORE_STATE, self.start_rescore, {
+            "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+            "model_name": sfn.JsonPath.string_at("$.deployment.model_name")}, "$.rescore")
+        rescore_status = lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
+            "run_id": sfn.JsonPath.string_at("$.request.run_id"), "job": sfn.JsonPath.string_at("$.rescore.job"),
+            "output": sfn.JsonPath.string_at("$.rescore.output"),
+            "manifest": sfn.JsonPath.string_at("$.rescore.manifest"),
+            "images": sfn.JsonPath.number_at("$.rescore.images"), "started": True}, "$.rescore")
+        for task in (start_rescore, rescore_status):
+            task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+            task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
+        wait_rescore = sfn.Wait(scope, wiring.WAIT_FOR_RESCORE_STATE,
+                                time=sfn.WaitTime.duration(Duration.seconds(WAIT_SECONDS)))
+        rescore_done = (sfn.Choice(scope, wiring.RESCORE_DONE_STATE)
+                        .when(sfn.Condition.boolean_equals("$.rescore.done", True), notify_deployed)
+                        .otherwise(wait_rescore))
+        wait_rescore.next(rescore_status).next(rescore_done)
+        start_rescore.next(sfn.Choice(scope, wiring.RESCORE_STARTED_STATE)
+                           .when(sfn.Condition.boolean_equals("$.rescore.started", True), wait_rescore)
+                           .otherwise(notify_deployed))
         ready = (sfn.Choice(scope, wiring.ENDPOINT_READY_STATE)
-                 .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), notify_deployed)
+                 .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), start_rescore)
                  .otherwise(wait.next(status)))
         gate = (sfn.Choice(scope, wiring.GATE_STATE)
-                .when(sfn.Condition.boolean_equals("$.evaluation.passed", True), deploy.next(status).next(ready))
+                .when(sfn.Condition.boolean_equals("$.registration.approved", True), deploy.next(status).next(ready))
                 .otherwise(notify_rejected.next(sfn.Succeed(scope, wiring.NOT_DEPLOYED_STATE,
                                                             comment="the previous endpoint keeps serving"))))
         # A request of another shape would fail a later input path or intrinsic with States.Runtime, which no
@@ -257,7 +326,7 @@ class TrainingPipelineStack(Stack):
         invalid = guard(publish(wiring.NOTIFY_INVALID_REQUEST_STATE, "training request refused",
                                 failure({"Error": "InvalidRequest", "Cause": INVALID_REQUEST_CAUSE})), sns_transient)
         invalid.next(sfn.Fail(scope, wiring.INVALID_REQUEST_STATE, error="InvalidRequest", cause=INVALID_REQUEST_CAUSE))
-        apply_defaults.next(prepare).next(train).next(evaluate).next(gate)
+        apply_defaults.next(prepare).next(train).next(evaluate).next(register).next(gate)
         check = sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
         for condition, valid in _request_rules():
             check.when(condition, apply_defaults if valid else invalid)
@@ -294,6 +363,10 @@ class TrainingPipelineStack(Stack):
         role = iam.Role(self, wiring.MODEL_ROLE_ID, assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker models and endpoints")
         allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.MODELS])
+        # Batch Transform (`cxr batch-predict`): a folder's upload in, one answer per X-ray out
+        # and the post-deployment re-score's manifest of incoming/ X-rays (lambdas/rescore.py)
+        allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.BATCH_INPUT, layout.INCOMING],
+                      write=[layout.BATCH_OUTPUT], list_=[layout.BATCH_INPUT])
         self._allow_container(role, images.INFERENCE_CPU,
                               wiring.endpoint_log_group(wiring.endpoint_name(self.config.stage)))
         if self.config.endpoint_mode == "async":  # each request's input in S3, its result (or failure) back to S3
@@ -323,6 +396,18 @@ class TrainingPipelineStack(Stack):
         pattern = f"{wiring.resource_prefix(self.config.stage)}*"
         return [self.format_arn(service="sagemaker", resource=kind, resource_name=pattern) for kind in kinds]
 
+    def registry_resources(self) -> list[str]:
+        """The stage's model package group and its versioned packages (``model-package/<group>/<version>``)."""
+        group = wiring.model_package_group(self.config.stage)
+        return [self.format_arn(service="sagemaker", resource="model-package-group", resource_name=group),
+                self.format_arn(service="sagemaker", resource="model-package", resource_name=f"{group}/*")]
+
+    def _allow_registry(self, function, *actions: str) -> None:
+        function.add_to_role_policy(iam.PolicyStatement(actions=[f"sagemaker:{a}" for a in actions],
+                                                        resources=self.registry_resources()))
+        function.add_to_role_policy(iam.PolicyStatement(  # no resource-level permissions (it lists by group name)
+            actions=["sagemaker:ListModelPackages"], resources=["*"]))
+
     def _allow_deploy(self, function, endpoint_name: str) -> None:
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:CreateModel", "sagemaker:CreateEndpointConfig", "sagemaker:AddTags",
@@ -348,7 +433,8 @@ class TrainingPipelineStack(Stack):
         acknowledge(machine_role, "CDK's Lambda task grant includes the function's versions and aliases (ARN:*) of "
                     "exactly these functions.", *(
                         f"AwsSolutions-IAM5[Resource::<{self.resolve(self.get_logical_id(f.function.node.default_child))}.Arn>:*]"
-                        for f in (self.prepare, self.evaluate, self.deploy, self.status)))
+                        for f in (self.prepare, self.evaluate, self.register, self.deploy, self.status,
+                                  self.start_rescore, self.rescore_status)))
         arn = "arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"
         job = f"{wiring.resource_prefix(self.config.stage)}*"
 
@@ -360,6 +446,15 @@ class TrainingPipelineStack(Stack):
                  "names start with it).")
         acknowledge(machine_role, "Training job names are generated per attempt (unique, as SageMaker requires); "
                     + scope, *stage_findings("training-job"))
+        group = wiring.model_package_group(self.config.stage)
+        acknowledge(self.register.role, "Versioned model packages are named <group>/<version>, the version assigned "
+                    "by SageMaker; ListModelPackages has no resource-level permissions (it lists one group by name).",
+                    "AwsSolutions-IAM5[Resource::*]",
+                    "AwsSolutions-IAM5[Resource::"
+                    f"{arn.format(service='sagemaker', resource='model-package/' + group)}/*]")
+        for role in (self.start_rescore.role, self.rescore_status.role):
+            acknowledge(role, "Re-score transform jobs are named after the run; " + scope,
+                        *stage_findings("transform-job"))
         acknowledge(self.deploy.role, "Models and endpoint configurations are named after each run's training job; "
                     + scope, *stage_findings("model", "endpoint-config"))
         acknowledge(self.status.role, "sagemaker:ListEndpointConfigs has no resource-level permissions (the function "

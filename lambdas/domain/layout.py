@@ -12,6 +12,8 @@ RAW = "raw/"
 PROCESSED = "processed/"
 QUARANTINE = "quarantine/"
 MANIFESTS = "manifests/"
+BENCHMARKS = f"{MANIFESTS}benchmarks/"
+"""Each dataset's fixed benchmark set (``lambdas/domain/benchmark.py``), written once."""
 MODELS = "models/"
 REPORTS = "reports/"
 
@@ -39,6 +41,11 @@ ASYNC_OUTPUT = "async-output/"
 """The endpoint configuration's ``S3OutputPath``: each result lands here and triggers the completion."""
 ASYNC_FAILURES = f"{ASYNC_OUTPUT}failures/"
 """The configuration's ``S3FailurePath``: under the output prefix, so a failure reaches the completion too."""
+# inference bucket, Batch Transform (`cxr batch-predict`)
+BATCH_INPUT = "batch-input/"
+"""A local folder's X-rays, uploaded for one batch job (``batch-input/<job>/...``): the model role reads them."""
+BATCH_OUTPUT = "batch-output/"
+"""Each batch job's ``S3OutputPath`` (``batch-output/<job>/``): one ``<input>.out`` JSON per X-ray."""
 
 RESULTS_DICOM = "results-dicom/"
 """Predictions on DICOM input as DICOM SR (``lambdas/domain/dicom_sr.py``): the one output that carries patient

@@ -86,6 +86,13 @@ def split_items(
     return SplitResult(splits={name: sorted(v, key=lambda i: i.key) for name, v in splits.items()}, notes=notes)
 
 
+def carve(pool: Iterable[Item], fraction: float, seed: int) -> list[Item]:
+    """A patient-grouped, stratified ``fraction`` of the pool (identical pixels kept together), as the
+    splits are dealt: what the fixed benchmark set (``lambdas.domain.benchmark``) is drawn with."""
+    return sorted(_grouped_stratified(sorted(set(pool), key=lambda i: i.key), {"carved": fraction}, seed)["carved"],
+                  key=lambda i: i.key)
+
+
 def group_of(item: Item) -> str:
     """The unit that must not be divided: the patient, or the image itself when no patient is known."""
     return f"patient:{item.patient_id}" if item.patient_id else f"image:{item.content_hash}"
@@ -95,9 +102,7 @@ def _grouped_stratified(pool: list[Item], fractions: dict[str, float], seed: int
     groups = merge_groups(pool)
     by_class: dict[str, list[list[Item]]] = defaultdict(list)
     for members in groups:
-        majority = Counter(i.label for i in members).most_common()
-        label = min(label for label, n in majority if n == majority[0][1])
-        by_class[label].append(members)
+        by_class[majority_label(members)].append(members)
     out: dict[str, list[Item]] = {TRAIN: [], **{name: [] for name in fractions}}
     rng = random.Random(seed)
     for label in sorted(by_class):
@@ -116,6 +121,12 @@ def _grouped_stratified(pool: list[Item], fractions: dict[str, float], seed: int
                 filled[name] += len(members)
             out[name].extend(members)
     return out
+
+
+def majority_label(members: list[Item]) -> str:
+    """The label a group is stratified under: its most common, ties to the first by name."""
+    majority = Counter(i.label for i in members).most_common()
+    return min(label for label, n in majority if n == majority[0][1])
 
 
 def merge_groups(pool: list[Item]) -> list[list[Item]]:

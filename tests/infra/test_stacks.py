@@ -22,6 +22,7 @@ NO_RESOURCE_LEVEL = {
     "ecr:GetAuthorizationToken": "ECR log-in has no resource-level permissions",
     "cloudwatch:PutMetricData": "no resource-level permissions (limited by a namespace condition)",
     "sagemaker:ListEndpointConfigs": "SageMaker list actions have no resource-level permissions",
+    "sagemaker:ListModelPackages": "SageMaker list actions have no resource-level permissions",
     "sagemaker:ListTags": "AWS's documented policy for createTrainingJob.sync grants it on * (the integration's "
                           "own call, on resources it does not name)",
     "logs:CreateLogDelivery": "Step Functions log delivery",
@@ -216,8 +217,8 @@ def test_train_state_runs_the_job_to_completion_isolated_and_encrypted(synth):
     assert params["AlgorithmSpecification"]["TrainingImage"] == images.image_table()["eu-west-1"][images.TRAINING_GPU]
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in params["InputDataConfig"]}
     assert {name: c["S3DataType"] for name, c in channels.items()} == {
-        "train": "ManifestFile", "validation": "ManifestFile", "test": "ManifestFile", "code": "S3Prefix",
-        "pretrained": "S3Prefix"}
+        "train": "ManifestFile", "validation": "ManifestFile", "test": "ManifestFile", "benchmark": "ManifestFile",
+        "code": "S3Prefix", "pretrained": "S3Prefix"}
     assert channels["pretrained"]["S3Uri"].endswith(".zip")  # the EfficientNet-Lite networks start from ImageNet
     code = state_machine_definition(synth)["States"][wiring.READ_REQUEST_STATE]["Parameters"]["code"]
     assert json.loads(code["sagemaker_program"]) == "train.py"
@@ -248,7 +249,10 @@ def test_every_task_retries_and_catches_into_the_failure_notification(synth):
         (catch,) = task["Catch"]
         assert catch["ErrorEquals"] == ["States.ALL"]
         expected = {wiring.NOTIFY_FAILURE_STATE: wiring.FAILED_STATE,  # Train's failures decide on a retry first
-                    wiring.TRAIN_STATE: wiring.TRAINING_RETRYABLE_STATE}.get(name, wiring.NOTIFY_FAILURE_STATE)
+                    wiring.TRAIN_STATE: wiring.TRAINING_RETRYABLE_STATE,
+                    # after the deployment a failed re-score is reported with it: the new model serves either way
+                    wiring.START_RESCORE_STATE: wiring.NOTIFY_DEPLOYED_STATE,
+                    wiring.RESCORE_STATUS_STATE: wiring.NOTIFY_DEPLOYED_STATE}.get(name, wiring.NOTIFY_FAILURE_STATE)
         assert catch["Next"] == expected
     assert states[wiring.TRAINING_RETRYABLE_STATE]["Default"] == wiring.NOTIFY_FAILURE_STATE
     assert states[wiring.FAILED_STATE]["Type"] == "Fail"
@@ -264,10 +268,13 @@ def test_state_names_and_task_functions_match_the_shared_wiring(synth):
         path.append(name)
         state = states[name]
         name = state.get("Next") or next((c["Next"] for c in state.get("Choices", [])
-                                          if c["Next"] in wiring.STATE_ORDER), None)
+                                          if c["Next"] in wiring.STATE_ORDER), state.get("Default"))
     assert tuple(path) == wiring.STATE_ORDER
     assert states[wiring.ENDPOINT_READY_STATE]["Default"] == wiring.WAIT_STATE
     assert states[wiring.WAIT_STATE]["Next"] == wiring.ENDPOINT_STATUS_STATE
+    assert states[wiring.RESCORE_STARTED_STATE]["Choices"][0]["Next"] == wiring.WAIT_FOR_RESCORE_STATE
+    assert states[wiring.WAIT_FOR_RESCORE_STATE]["Next"] == wiring.RESCORE_STATUS_STATE
+    assert states[wiring.RESCORE_DONE_STATE]["Default"] == wiring.WAIT_FOR_RESCORE_STATE
     functions = {lid: f["Properties"]["Handler"]
                  for lid, f in synth.resources("AWS::Lambda::Function", "pipeline").items()}
     for state, function_id in wiring.TASK_FUNCTIONS.items():

@@ -164,7 +164,13 @@ def cloud(synth, monkeypatch):
             wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(STAGE),
             wiring.ENV_SOURCE_STATE_TABLE: "source-state",
             wiring.ENV_CODE_VERSION: "0.1.0+gtest",
+            wiring.ENV_MODEL_PACKAGE_GROUP: wiring.model_package_group(STAGE),
+            wiring.ENV_APPROVAL_MODE: "auto",
+            wiring.ENV_CHAMPION_MARGIN: "0.02",
+            wiring.ENV_RESCORE_DAYS: "0",
+            wiring.ENV_INFERENCE_BUCKET: INFERENCE,
         }
+        boto3.client("sagemaker").create_model_package_group(ModelPackageGroupName=wiring.model_package_group(STAGE))
         zipped = io.BytesIO()
         with zipfile.ZipFile(zipped, "w") as archive:
             archive.writestr("handler.py", "")  # moto stores code; the hook runs the repository's handlers

@@ -58,6 +58,7 @@ def test_life_cycle_across_separate_commands(env, dataset):
         assert f"state {state}" in train.stdout
     assert "gate: accuracy" in train.stdout and "deployed model" in train.stdout
     assert "gate: the model's decision rule: pass" in train.stdout
+    assert "registry: v1 Approved (first-model): no champion yet" in train.stdout
 
     status = cxr(env, "status", "--local", "--json")
     assert status.returncode == 0, status.stderr
@@ -89,6 +90,24 @@ def test_life_cycle_across_separate_commands(env, dataset):
 
     table = cxr(env, "status", "--local")
     assert "endpoint cxr-local: InService" in table.stdout and "1 predictions" in table.stdout
+
+
+def test_the_registry_and_batch_scoring_as_commands(env, tmp_path):
+    """After the life cycle's run: its package serves, has nothing to roll back to, and scores a folder in batch."""
+    listed = cxr(env, "models", "list", "--local", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [package] = json.loads(listed.stdout)
+    assert (package["version"], package["status"], package["champion"], package["run_id"]) == (
+        1, "Approved", True, "cli-run")
+    shown = cxr(env, "models", "show", "1", "--local")
+    assert shown.returncode == 0 and "v1 Approved (serving)" in shown.stdout and "cxr:benchmark-version" in shown.stdout
+    alone = cxr(env, "models", "rollback", "--local")
+    assert alone.returncode == 1 and "the only approved model: nothing to roll back to" in alone.stderr
+    batch = cxr(env, "batch-predict", "samples/kermany-val16", "--out", str(tmp_path / "scored"), "--local")
+    assert batch.returncode == 0, batch.stdout + batch.stderr
+    assert "16/16 scored" in batch.stdout and "16 file(s): 16 predicted" in batch.stdout
+    assert len(list((tmp_path / "scored").rglob("*.jpeg.json"))) == 16
+    assert len((tmp_path / "scored" / "predictions.csv").read_text().splitlines()) == 17
 
 
 def test_a_csv_manifest_is_ingested_like_a_folder(env, dataset, tmp_path):

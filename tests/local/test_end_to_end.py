@@ -10,13 +10,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+from recorded import recorded_cloud
 
 import corpus
 from cxr import operations
 from cxr.local import cloud as local_cloud
 from cxr.local import iam_trace
-from cxr.local.iam_deployment import Deployment, summary
-from cxr.local.names import LocalNames
+from cxr.local.iam_deployment import summary
 from infra import wiring
 from infra.config import Config
 
@@ -45,18 +45,11 @@ def cloud(synthesized, tmp_path, traces):
     """An offline cloud whose principals' calls must all be allowed by the synthesized policies."""
     config = Config.demo(stage="e2e", quality_gate=ANY_MODEL, prediction_retention_days=7,  # as conftest
                          review_sample_rate=1.0, review_dataset="synth")  # every prediction queued for review
-    names = LocalNames(config.stage)
-    with (iam_trace.recording(sync_callers=frozenset({names.state_machine_role_arn})) as recorder,
-          local_cloud.start(config, tmp_path / "local") as running):
-        running.install_pipeline(synthesized)
+    checked = []
+    with recorded_cloud(synthesized, config, tmp_path / "local", checked) as running:
         yield running
-        recorder.record_executions(running.state_machine_arn,
-                                   skip_functions=frozenset({running.names.training_task_arn}))
-        deployment = Deployment.from_templates(
-            synthesized.templates, running.names, running.kms_key_arn,
-            {running.names.function(f): running.environment(f) for f in wiring.FUNCTIONS.values()})
-    calls = deployment.expand(recorder.calls, recorder.events)
-    iam_trace.save(tmp_path / "iam-trace.json", calls, list(recorder.events))
+    deployment, calls, events = checked
+    iam_trace.save(tmp_path / "iam-trace.json", calls, events)
     traces.append((deployment, calls))
     print(f"IAM trace ({tmp_path / 'iam-trace.json'}): distinct actions per role {summary(calls)}")
     denials = deployment.check(calls)

@@ -110,6 +110,24 @@ def test_teardown_stops_and_deletes_before_the_stacks_go_and_keeps_the_data(targ
     assert len(versions["Versions"]) == 2 and len(versions["DeleteMarkers"]) == 1
 
 
+def test_the_stage_s_model_packages_go_before_the_stacks_another_stage_s_stay(target):
+    """CloudFormation cannot delete a model package group that holds versions: teardown deletes them first."""
+    sagemaker = target.client("sagemaker")
+    other = wiring.model_package_group(OTHER_STAGE)
+    sagemaker.create_model_package_group(ModelPackageGroupName=other)
+    for group in (wiring.model_package_group(STAGE), wiring.model_package_group(STAGE), other):
+        sagemaker.create_model_package(ModelPackageGroupName=group, ModelApprovalStatus="Approved")
+    seen_by_destroy = []
+    report = teardown.teardown(target, delete_data=False, wait_s=0, destroy=lambda: seen_by_destroy.append(
+        kinds(lo for lo in billable.find(target) if not lo.is_data)) or 0)
+    assert seen_by_destroy == [[]] and report.ok
+    assert [(o.action, o.leftover.name) for o in report.outcomes] == [
+        ("deleted", f"{wiring.model_package_group(STAGE)}/1"), ("deleted", f"{wiring.model_package_group(STAGE)}/2")]
+    assert sagemaker.list_model_packages(ModelPackageGroupName=wiring.model_package_group(STAGE))[
+        "ModelPackageSummaryList"] == []
+    assert len(sagemaker.list_model_packages(ModelPackageGroupName=other)["ModelPackageSummaryList"]) == 1
+
+
 def test_delete_data_empties_every_version_and_removes_buckets_and_table(target, deployed):
     report = teardown.teardown(target, delete_data=True, destroy=None, wait_s=0)
     assert report.ok and report.kept == [] and report.left == []

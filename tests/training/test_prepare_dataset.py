@@ -38,7 +38,7 @@ def test_handler_writes_jsonl_manifests_and_summary(dataset, lambda_context):
     bucket = dataset
     out = prepare_dataset.handler({"run_id": "r1", "dataset": "kermany", "seed": 4}, lambda_context)
     assert out["classes"] == ["bacterial", "normal", "viral"]
-    assert set(out["channels"]) == {"train", "validation", "test"}
+    assert set(out["channels"]) == {"train", "validation", "test", "benchmark"}
     s3 = boto3.client("s3")
     seen_keys, patients_by_split = [], {}
     for split, uri in out["channels"].items():
@@ -50,7 +50,7 @@ def test_handler_writes_jsonl_manifests_and_summary(dataset, lambda_context):
         records = [json.loads(line) for line in lines]
         assert [r["key"] for r in records] == manifest[1:-1]
         for r in records:
-            assert set(r) == {"key", "label", "patient_id", "dataset", "content_hash"}
+            assert set(r) - {"benchmark_version"} == {"key", "label", "patient_id", "dataset", "content_hash"}
             assert r["dataset"] == "kermany" and r["key"].startswith("processed/kermany/")
             s3.head_object(Bucket=bucket, Key=r["key"])  # every listed image exists
         seen_keys += [r["key"] for r in records]
@@ -58,6 +58,8 @@ def test_handler_writes_jsonl_manifests_and_summary(dataset, lambda_context):
     assert len(seen_keys) == len(set(seen_keys)) == 64
     assert not patients_by_split["train"] & patients_by_split["validation"]
     assert not patients_by_split["train"] & patients_by_split["test"]
+    assert not patients_by_split["benchmark"] & (patients_by_split["train"] | patients_by_split["validation"]
+                                                 | patients_by_split["test"])
     summary = json.loads(s3.get_object(Bucket=bucket, Key="manifests/r1/summary.json")["Body"].read())
     assert summary["classes"] == out["classes"]
     assert sum(summary["images"].values()) == 64

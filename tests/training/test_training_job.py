@@ -359,3 +359,31 @@ def test_a_model_trained_on_equalised_input_is_served_equalised_input(staged, tm
     older = {k: v for k, v in config.items() if k != "intensity"}  # models from before the policy existed
     np.testing.assert_array_equal(inference.model_input(stored, older)[0, 0],
                                   inference.imaging.to_model_input(stored, size, policy))
+
+
+def test_the_benchmark_channel_is_answered_by_the_final_model(staged, tmp_path):
+    """benchmark.json: one answer per benchmark image (the model's own decision rule), with the set's version."""
+    from synthetic import TINY_HPS
+
+    bench = tmp_path / "benchmark"
+    shutil.copytree(staged.channels["test"], bench)
+    jsonl = next(bench.rglob("*.jsonl"))
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    jsonl.write_text("".join(json.dumps({**r, "benchmark_version": "v-test"}) + "\n" for r in records))
+    out = training_run.run_training_job({**staged.channels, "benchmark": bench}, {**TINY_HPS, "epochs": 1},
+                                        tmp_path / "job")
+    answers = json.loads((out / "benchmark.json").read_text())
+    assert answers["version"] == "v-test" and len(answers["records"]) == len(records)
+    for record, answer in zip(records, answers["records"], strict=True):
+        assert answer["content_hash"] == record["content_hash"] and answer["truth"] == (record["label"] != "normal")
+        assert 0 <= answer["score"] <= 1 and isinstance(answer["called"], bool)
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_calls = metrics["binary"]["sensitivity"] is not None  # same images as the test split: same figures
+    called = np.array([a["called"] for a in answers["records"]])
+    truth = np.array([a["truth"] for a in answers["records"]])
+    assert test_calls and (called & truth).sum() / truth.sum() == pytest.approx(metrics["binary"]["sensitivity"])
+
+
+def test_without_a_benchmark_channel_the_answers_say_so(trained):
+    answers = json.loads((trained / "model" / "benchmark.json").read_text())
+    assert answers == {"version": None, "records": [], "note": "no benchmark set"}

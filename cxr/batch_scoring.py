@@ -1,0 +1,136 @@
+"""Scoring a whole folder or S3 prefix with SageMaker Batch Transform (`cxr batch-predict`).
+
+The job runs the serving model (the same ``model.tar.gz`` and ``inference.py`` as the endpoint) over every
+object under the input prefix, one object a request, with ``CXR_PER_RECORD_ERRORS=1`` so that an X-ray the
+model cannot take is answered with its error rather than failing the job (``inference.py``). A local
+folder is first uploaded to ``batch-input/<job>/`` in the inference bucket; answers land in
+``batch-output/<job>/`` and are written to ``--out`` as one JSON per image and ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxr.errors import UserError
+from infra import wiring
+from lambdas.domain import layout
+
+PER_RECORD_ERRORS = {"CXR_PER_RECORD_ERRORS": "1"}
+"""The job's container environment (``training_job/inference.py``, ``PER_RECORD_ERRORS_VARIABLE``)."""
+OUTPUT_SUFFIX = ".out"
+"""What Batch Transform appends to each input object's name in the output path."""
+CSV_FIELDS = ("file", "status", "label", "confidence", "pneumonia_probability", "refer_to_radiologist", "error",
+              "model_id", "artifact_sha256")
+
+
+@dataclass
+class BatchScoring:
+    sagemaker: Any
+    s3: Any
+    stage: str
+    inference_bucket: str
+    instance_type: str = "ml.c6i.large"
+    poll_seconds: float = 15.0
+
+    def serving_model(self) -> str:
+        """The SageMaker model the stage's endpoint serves."""
+        try:
+            endpoint = self.sagemaker.describe_endpoint(EndpointName=wiring.endpoint_name(self.stage))
+        except self.sagemaker.exceptions.ClientError:
+            raise UserError(f"no endpoint {wiring.endpoint_name(self.stage)}: train and deploy a model first") from None
+        config = self.sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+        return config["ProductionVariants"][0]["ModelName"]
+
+    def upload(self, folder: Path, job: str) -> tuple[str, list[str]]:
+        """A folder's images under ``batch-input/<job>/``: the input prefix and the relative names."""
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise UserError(f"no files under {folder}")
+        prefix = f"{layout.BATCH_INPUT}{job}/"
+        names = []
+        for path in files:
+            name = path.relative_to(folder).as_posix()
+            self.s3.put_object(Bucket=self.inference_bucket, Key=prefix + name, Body=path.read_bytes())
+            names.append(name)
+        return f"s3://{self.inference_bucket}/{prefix}", names
+
+    def listed(self, uri: str, suffix: str = "") -> list[str]:
+        bucket, prefix = layout.split_s3_uri(uri)
+        folder = prefix[: prefix.rfind("/") + 1]
+        return [obj["Key"][len(folder):] for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])
+            if obj["Key"].endswith(suffix) and not obj["Key"].endswith("/")]
+
+    def run(self, source: str, out: Path, model: str | None = None,
+            log: Callable[[str], None] = print) -> dict:
+        job = f"{wiring.resource_prefix(self.stage)}batch-{uuid.uuid4().hex[:12]}"
+        if source.startswith("s3://"):
+            input_uri = source if source.endswith("/") else source + "/"
+            names = self.listed(input_uri)
+        else:
+            folder = Path(source)
+            if not folder.is_dir():
+                raise UserError(f"{source} is neither an s3:// prefix nor a folder")
+            input_uri, names = self.upload(folder, job)
+        if not names:
+            raise UserError(f"nothing to score under {input_uri}")
+        output_uri = f"s3://{self.inference_bucket}/{layout.BATCH_OUTPUT}{job}/"
+        model_name = model or self.serving_model()
+        self.sagemaker.create_transform_job(
+            TransformJobName=job, ModelName=model_name, BatchStrategy="SingleRecord", MaxPayloadInMB=32,
+            Environment=PER_RECORD_ERRORS,
+            TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
+                            "ContentType": "application/x-image", "SplitType": "None"},
+            TransformOutput={"S3OutputPath": output_uri, "Accept": "application/json", "AssembleWith": "None"},
+            TransformResources={"InstanceType": self.instance_type, "InstanceCount": 1})
+        log(f"transform job {job}: {len(names)} file(s) from {input_uri} with model {model_name}")
+        status = self.wait(job, output_uri, len(names), log)
+        if status["TransformJobStatus"] != "Completed":
+            raise UserError(f"transform job {job} {status['TransformJobStatus'].lower()}: "
+                            f"{status.get('FailureReason', '')}")
+        return self.collect(job, output_uri, names, out)
+
+    def wait(self, job: str, output_uri: str, total: int, log: Callable[[str], None]) -> dict:
+        seen = -1
+        while True:
+            described = self.sagemaker.describe_transform_job(TransformJobName=job)
+            done = len(self.listed(output_uri, OUTPUT_SUFFIX))
+            if done != seen:
+                log(f"  {described['TransformJobStatus']}: {done}/{total} scored")
+                seen = done
+            if described["TransformJobStatus"] in ("Completed", "Failed", "Stopped"):
+                return described
+            time.sleep(self.poll_seconds)
+
+    def collect(self, job: str, output_uri: str, names: list[str], out: Path) -> dict:
+        """One JSON per input and ``predictions.csv`` in ``out``; an input with no answer is listed as missing."""
+        bucket, prefix = layout.split_s3_uri(output_uri)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for name in names:
+            try:
+                body = self.s3.get_object(Bucket=bucket, Key=f"{prefix}{name}{OUTPUT_SUFFIX}")["Body"].read()
+                answer = json.loads(body)
+            except self.s3.exceptions.NoSuchKey:
+                answer = {"status": "missing", "error": "the job wrote no answer for this input"}
+            answer.setdefault("status", "predicted")
+            target = out / f"{name}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps({"file": name, "transform_job": job, **answer}, indent=1))
+            rows.append({"file": name, **{k: answer.get(k) for k in CSV_FIELDS if k != "file"}})
+        with (out / "predictions.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        return {"transform_job": job, "output": output_uri, "files": len(rows), "counts": counts,
+                "csv": str(out / "predictions.csv")}

@@ -1,0 +1,152 @@
+"""What `cxr models` does to a deployment: list, show and compare packages, promote one, roll back.
+
+Promotion and rollback change the registry first (the approval status is the record of who should
+serve: ``lambdas.domain.promotion``), then deploy through the pipeline's own Deploy and EndpointStatus
+functions with the package's artifact, digest and model name, exactly as the state machine would, so
+the same model names, tags, retirement and endpoint parameter follow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cxr.errors import UserError
+from infra import wiring
+from lambdas import registry
+from lambdas.domain import champion as paired_test
+from lambdas.domain import promotion
+
+DEPLOY_ATTEMPTS = 40
+"""How often a busy endpoint is waited for (30 s apart on AWS), as the state machine's EndpointBusy retry."""
+
+
+@dataclass
+class ModelRegistry:
+    sagemaker: Any
+    s3: Any
+    lambda_client: Any
+    group: str
+    deploy_function: str
+    status_function: str
+    poll_seconds: float = 10.0
+
+    @classmethod
+    def of(cls, deployment) -> ModelRegistry:
+        """For a :class:`cxr.target.Target` (AWS or the offline cloud)."""
+        return cls(deployment.client("sagemaker"), deployment.client("s3"), deployment.client("lambda"),
+                   wiring.model_package_group(deployment.stage),
+                   deployment.function_name(wiring.DEPLOY_MODEL, "TrainingPipeline"),
+                   deployment.function_name(wiring.ENDPOINT_STATUS, "TrainingPipeline"),
+                   poll_seconds=0.2 if deployment.is_local else 10.0)
+
+    # --- reading -------------------------------------------------------------------------------
+    def packages(self) -> list[dict]:
+        return registry.packages(self.group, self.sagemaker)
+
+    def champion(self, packages: list[dict] | None = None) -> dict | None:
+        return promotion.champion_of(self.packages() if packages is None else packages)
+
+    def find(self, ident: str, packages: list[dict] | None = None) -> dict:
+        """A package by version number, ARN or run id."""
+        for package in self.packages() if packages is None else packages:
+            meta = package.get("CustomerMetadataProperties", {})
+            if ident in (str(package.get("ModelPackageVersion")), package["ModelPackageArn"],
+                         meta.get(promotion.RUN_ID)):
+                return package
+        raise UserError(f"no model package {ident!r} in {self.group}: see `cxr models list`")
+
+    def row(self, package: dict, serving: dict | None) -> dict:
+        meta = package.get("CustomerMetadataProperties", {})
+        return {"version": package.get("ModelPackageVersion"), "arn": package["ModelPackageArn"],
+                "status": package.get("ModelApprovalStatus"),
+                "champion": bool(serving and serving["ModelPackageArn"] == package["ModelPackageArn"]),
+                "run_id": meta.get(promotion.RUN_ID), "dataset": meta.get(promotion.DATASET),
+                "decision": meta.get(promotion.DECISION), "benchmark": meta.get(promotion.BENCHMARK_VERSION),
+                "artifact_sha256": meta.get(promotion.ARTIFACT_SHA256),
+                "created": str(package.get("CreationTime", "")), "approved_at": meta.get(promotion.APPROVED_AT),
+                "description": package.get("ApprovalDescription") or package.get("ModelPackageDescription", "")}
+
+    def list(self) -> list[dict]:
+        packages = self.packages()
+        serving = self.champion(packages)
+        return [self.row(p, serving) for p in packages]
+
+    def show(self, ident: str) -> dict:
+        packages = self.packages()
+        package = self.find(ident, packages)
+        meta = package.get("CustomerMetadataProperties", {})
+        report = meta.get(promotion.REPORT, "")
+        promotion_record = (registry.read_json(f"{report.rstrip('/')}/promotion.json", self.s3)
+                            if report.startswith("s3://") else None)
+        metrics_uri = package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {}).get("S3Uri")
+        return {**self.row(package, self.champion(packages)), "metadata": meta,
+                "model_data": package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],
+                "metrics": registry.read_json(metrics_uri, self.s3), "promotion": promotion_record}
+
+    def compare(self, a: str, b: str, margin: float = paired_test.DEFAULT_MARGIN) -> dict:
+        """The paired test of B (challenger) against A (champion) on their common benchmark set."""
+        packages = self.packages()
+        first, second = self.find(a, packages), self.find(b, packages)
+        answers = [registry.read_json(p.get("CustomerMetadataProperties", {}).get(promotion.BENCHMARK_ANSWERS),
+                                      self.s3) for p in (first, second)]
+        versions = [(x or {}).get("version") for x in answers]
+        if not all(answers) or versions[0] != versions[1]:
+            raise UserError(f"v{first.get('ModelPackageVersion')} and v{second.get('ModelPackageVersion')} have no "
+                            f"answers on one benchmark set (sets: {versions[0] or 'none'}, {versions[1] or 'none'})")
+        result = paired_test.compare(paired_test.pair(answers[0]["records"], answers[1]["records"]), margin=margin)
+        return {"a": self.row(first, None), "b": self.row(second, None), "benchmark": versions[0], **result}
+
+    # --- changing ------------------------------------------------------------------------------
+    def promote(self, ident: str, log: Callable[[str], None] = print) -> dict:
+        package = self.find(ident)
+        registry.set_status(package["ModelPackageArn"], promotion.APPROVED, "promoted by `cxr models promote`",
+                            self.sagemaker, **{promotion.DECISION: "promoted"})
+        return self.deploy(package, log)
+
+    def rollback(self, log: Callable[[str], None] = print) -> dict:
+        packages = self.packages()
+        current = self.champion(packages)
+        if current is None:
+            raise UserError(f"no approved model in {self.group}: nothing to roll back")
+        previous = self.champion([p for p in packages if p["ModelPackageArn"] != current["ModelPackageArn"]])
+        if previous is None:
+            raise UserError(f"v{current.get('ModelPackageVersion')} is the only approved model: "
+                            "nothing to roll back to")
+        registry.set_status(current["ModelPackageArn"], promotion.REJECTED,
+                            f"rolled back by `cxr models rollback` to v{previous.get('ModelPackageVersion')}",
+                            self.sagemaker, **{promotion.DECISION: "rolled-back"})
+        log(f"v{current.get('ModelPackageVersion')} rejected; deploying v{previous.get('ModelPackageVersion')}")
+        return self.deploy(previous, log)
+
+    def deploy(self, package: dict, log: Callable[[str], None] = print) -> dict:
+        """Invoke the Deploy function with the package as the state machine would, then wait until it serves."""
+        meta = package.get("CustomerMetadataProperties", {})
+        payload = {"run_id": meta.get(promotion.RUN_ID, "-"), "model_name": meta[promotion.TRAINING_JOB],
+                   "model_artifact": package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],
+                   "artifact_sha256": meta[promotion.ARTIFACT_SHA256]}
+        deployment = self._invoke_until(self.deploy_function, payload, retry_on="EndpointBusy")
+        log(f"deploying v{package.get('ModelPackageVersion')} ({deployment['model_name']}) to "
+            f"{deployment['endpoint_name']}: {deployment['action']}")
+        for _ in range(DEPLOY_ATTEMPTS * 10):
+            status = self._invoke_until(self.status_function, deployment)
+            if status.get("ready"):
+                return {"package": package["ModelPackageArn"], "version": package.get("ModelPackageVersion"),
+                        **deployment, "status": status["status"]}
+            time.sleep(self.poll_seconds)
+        raise UserError(f"{deployment['endpoint_name']} did not come into service; see `cxr status`")
+
+    def _invoke_until(self, function: str, payload: dict, retry_on: str | None = None) -> dict:
+        for _ in range(DEPLOY_ATTEMPTS):
+            answer = self.lambda_client.invoke(FunctionName=function, Payload=json.dumps(payload).encode())
+            body = json.loads(answer["Payload"].read() or b"null")
+            if "FunctionError" not in answer:
+                return body
+            error = (body or {}).get("errorType", "")
+            if error != retry_on:
+                raise UserError(f"{function} failed: {error}: {(body or {}).get('errorMessage', '')}")
+            time.sleep(self.poll_seconds * 3)
+        raise UserError(f"{function}: the endpoint stayed busy")

@@ -3,7 +3,8 @@
 * **Review copies** (the inference bucket's ``review/``): what the browser loads through a short-lived presigned URL. A
   presigned URL shows its key, and ``incoming/`` keys hold patient identifiers, so the copy is named by
   content hash; the original's user metadata is replaced (``MetadataDirective=REPLACE``) and the copy says
-  ``Cache-Control: no-store``.
+  ``Cache-Control: no-store``. A DICOM original is rendered instead (its displayed grey levels as a PNG at
+  full size): a browser cannot show DICOM, and its header names the patient.
 * **Training copies** (``DATA_BUCKET``): a verdict's X-ray under ``raw/<dataset>/<FOLDER>/<hash><ext>``
   (:func:`lambdas.domain.review.training_folder`), carrying the verdict (``cxr-review-verdict``, which
   makes its label win over folder labels of the same pixels at ingest) and the original's patient id
@@ -13,10 +14,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import PurePosixPath
 
 from lambdas import aws
-from lambdas.domain import labels, layout, review, source_state
+from lambdas.domain import labels, layout, review, source_state, uploads
 
 IMAGE_SUFFIXES = {".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".png": "image/png"}
 NO_STORE = "no-store"
@@ -62,11 +64,28 @@ def review_copies(task: dict, review_bucket: str) -> dict[str, str]:
     for role, key in copies.items():
         if not _exists(review_bucket, key):
             source_key, version, content_type = sources[role]
+            if role == "image" and not suffix(source_key):  # a DICOM (or unnamed) original: look before copying
+                body = aws.client("s3").get_object(Bucket=task["bucket"], Key=source_key,
+                                                   **_version(version))["Body"].read()
+                if uploads.is_dicom(body):
+                    aws.client("s3").put_object(Bucket=review_bucket, Key=key, Body=_rendered_dicom(body),
+                                                ContentType="image/png", CacheControl=NO_STORE)
+                    continue
             aws.client("s3").copy_object(
                 Bucket=review_bucket, Key=key, CopySource={"Bucket": task["bucket"], "Key": source_key,
                                                            **_version(version)},
                 MetadataDirective="REPLACE", ContentType=content_type, CacheControl=NO_STORE)
     return copies
+
+
+def _rendered_dicom(data: bytes) -> bytes:
+    """The DICOM's displayed grey levels as a PNG with no metadata (pydicom only when a DICOM is reviewed)."""
+    from lambdas.domain import dicom  # noqa: PLC0415
+
+    grey, _ = dicom.displayed(data)
+    out = io.BytesIO()
+    grey.save(out, format="PNG")
+    return out.getvalue()
 
 
 def training_key(task: dict, verdict: str, dataset: str) -> str | None:

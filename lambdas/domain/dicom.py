@@ -167,18 +167,23 @@ def check_acceptable(dataset: Dataset) -> None:
     imaging.check_geometry(_integer(dataset.get("Columns"), 0), _integer(dataset.get("Rows"), 0))
 
 
-def decode(data: bytes) -> DicomImage:
-    """Validate untrusted DICOM bytes and return the stored form, or raise :class:`RejectedImage`."""
+def displayed(data: bytes) -> tuple[Image.Image, Dataset]:
+    """Validate untrusted DICOM bytes; the grey levels a viewer shows, at full size, with the data set."""
     imaging.check_upload_size(len(data))
     dataset = read(data)
     try:
         check_acceptable(dataset)
-        grey = Image.fromarray(grey_levels(dataset))
+        return Image.fromarray(grey_levels(dataset)), dataset
     except RejectedImage:
         raise
     except Exception as exc:  # a malformed value met while reading it: a bad file, never a retry of the event
         raise RejectedImage("corrupt", f"the DICOM data set has a malformed value ({type(exc).__name__}; the "
                                        "value itself is not repeated here)") from None
+
+
+def decode(data: bytes) -> DicomImage:
+    """Validate untrusted DICOM bytes and return the stored form, or raise :class:`RejectedImage`."""
+    grey, dataset = displayed(data)
     mode = f"{dataset.PhotometricInterpretation} {dataset.get('BitsStored', dataset.get('BitsAllocated'))}-bit"
     image = imaging.normalise_decoded(grey, grey.width, grey.height, "DICOM", mode)
     return DicomImage(image, dataset)

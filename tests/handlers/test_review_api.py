@@ -6,14 +6,18 @@ handler's own checks (a signed-in subject, the ``reviewers`` group, expiry again
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
+import numpy as np
 import pytest
+from PIL import Image
 
+import dicom_corpus
 import reviewing
 from cxr.local import s3_events
 from cxr.local.context import LambdaContext
@@ -96,6 +100,24 @@ def test_a_view_gives_short_lived_urls_of_content_named_copies_and_is_logged(loo
     views = [i for i in loop_items() if i["sk"].startswith(review.VIEW_PREFIX)]
     assert [(v["pk"], v["reviewer"]) for v in views] == [(task, "r1")]
     assert call("GET /tasks/{id}", "nope")[0] == 404
+
+
+def test_a_dicom_original_is_reviewed_as_a_rendered_png_that_names_no_one(loop, tmp_path):
+    pixels = dicom_corpus.source_grey()
+    original = tmp_path / "original.dcm"
+    original.write_bytes(dicom_corpus.to_bytes(dicom_corpus.dataset(pixels)))
+    key = f"incoming/ward/{dicom_corpus.FILE_NAME_IDENTIFIER}.dcm"
+    task = reviewing.referred_task(loop, INCOMING, TABLE, original, HASH, THREE, key=key, overlay=False)
+    status, seen = call("GET /tasks/{id}", task)
+    assert status == 200 and urlsplit(seen["image_url"]).path.endswith(f"/review/{HASH}.png")
+    assert dicom_corpus.FILE_NAME_IDENTIFIER not in seen["image_url"]
+    copy = loop.get_object(Bucket=REVIEW_COPIES, Key=f"review/{HASH}.png")
+    body = copy["Body"].read()
+    assert body.startswith(b"\x89PNG") and copy["CacheControl"] == "no-store"  # what a browser shows, not the DICOM
+    assert not [i for i in dicom_corpus.IDENTIFIERS if i.encode() in body]
+    with Image.open(io.BytesIO(body)) as shown:
+        assert shown.size == pixels.shape[::-1]
+        assert np.abs(np.asarray(shown).astype(int) - pixels.astype(int)).max() <= 1
 
 
 def loop_items() -> list[dict]:

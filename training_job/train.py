@@ -306,7 +306,10 @@ class Trainer:
             started, losses, first_step = time.perf_counter(), [], self.state["step_in_epoch"]
             for step in range(self.state["step_in_epoch"], self.steps_per_epoch):
                 index = order[step * self.args.batch_size: (step + 1) * self.args.batch_size]
-                images = augment.augment(train.images[index].float(), self.augment_rng, self.args.augment)
+                batch = train.images[index]
+                if self.device.type == "cuda":  # augment where the network runs: the CPU cannot keep a GPU busy
+                    batch = batch.to(self.device, non_blocking=True)
+                images = augment.augment(batch.float(), self.augment_rng, self.args.augment)
                 losses.append(self.train_step(images, train.targets[index]))
                 if (step + 1) % self.args.log_steps == 0:
                     rate = (time.perf_counter() - started) / (step + 1 - first_step)

@@ -1,0 +1,95 @@
+"""Simulated SageMaker training hosts: one ``/opt/ml`` tree per host, the PyTorch container's entry run in each.
+
+A multi-instance training job is N containers named ``algo-1`` ... ``algo-N`` (sorted; ``algo-1`` is
+the master) that find each other by those names. Each gets the files AWS documents for a training
+container (https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-training-algo-running-container.html):
+``input/config/hyperparameters.json``, ``inputdataconfig.json`` and ``resourceconfig.json`` (current
+host, all hosts, instance groups, network interface), and its channels under ``input/data/``. The
+container's entry is sagemaker-training's ``train`` with ``SAGEMAKER_TRAINING_MODULE`` naming
+sagemaker-pytorch-training's ``training:main``, as the PyTorch training image sets it; with
+``sagemaker_torch_distributed_enabled`` that module launches ``train.py`` through ``torchrun``.
+
+Here each host is a process tree on this machine with ``SAGEMAKER_BASE_DIR`` pointing at its own
+tree, and ``/etc/hosts`` maps every ``algo-N`` to the loopback address (the toolkit blocks until each
+host name resolves, and torchrun's store dials ``algo-1`` by name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+TRAINING_MODULE = "sagemaker_pytorch_container.training:main"
+"""``ENV SAGEMAKER_TRAINING_MODULE`` of AWS's PyTorch training images (deep-learning-containers Dockerfiles)."""
+TRAIN = Path(sys.executable).parent / "train"
+"""sagemaker-training's console script: the training image's entry point."""
+HOSTS_FILE = Path("/etc/hosts")
+INSTANCE_GROUP = "homogeneousCluster"
+"""The group name SageMaker gives a job's hosts when the request has no instance groups."""
+
+
+def host_names(count: int) -> list[str]:
+    return [f"algo-{i}" for i in range(1, count + 1)]
+
+
+def ensure_resolvable(names: list[str], hosts_file: Path = HOSTS_FILE) -> None:
+    """Add a loopback entry for each simulated host name that ``hosts_file`` lacks."""
+    known = {name for line in hosts_file.read_text().splitlines() if line.strip() and not line.startswith("#")
+             for name in line.split()[1:]}
+    missing = [name for name in names if name not in known]
+    if not missing:
+        return
+    try:
+        with hosts_file.open("a") as out:
+            out.write(f"127.0.0.1 {' '.join(missing)}  # cxr offline cloud: simulated SageMaker hosts\n")
+    except PermissionError:
+        raise RuntimeError(f"the simulated training hosts {missing} need entries in {hosts_file}: add "
+                           f"'127.0.0.1 {' '.join(missing)}' (as root) and run again") from None
+
+
+def write_config(base: Path, *, host: str, hosts: list[str], instance_type: str, hyperparameters: Mapping[str, str],
+                 channels: Mapping[str, Mapping[str, str]]) -> None:
+    """One host's ``input/config``: ``channels`` maps a name to its ``TrainingInputMode`` and
+    ``S3DistributionType``; hyperparameter values are the JSON-encoded strings of the request."""
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps(dict(hyperparameters)))
+    (config / "inputdataconfig.json").write_text(json.dumps({
+        name: {**settings, "RecordWrapperType": "None"} for name, settings in channels.items()}))
+    (config / "resourceconfig.json").write_text(json.dumps({
+        "current_host": host, "current_instance_type": instance_type, "current_group_name": INSTANCE_GROUP,
+        "hosts": hosts, "network_interface_name": "lo",
+        "instance_groups": [{"instance_group_name": INSTANCE_GROUP, "instance_type": instance_type, "hosts": hosts}],
+    }))
+
+
+def launch(base: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start one host's container entry (its own process group, so that a stop reaches torchrun and its ranks);
+    stdout and stderr go to ``base/train.log``."""
+    environment = {
+        **os.environ, **(env or {}),
+        "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE,
+        "SM_CHECKPOINT_DIR": str(base / "checkpoints"),
+        "PIP_NO_INDEX": "1",  # the sourcedir's requirements.txt installs its vendored wheels, as under isolation
+        "GLOO_SOCKET_IFNAME": "lo", "PYTHONUNBUFFERED": "1",
+    }
+    log = (base / "train.log").open("w")
+    try:
+        return subprocess.Popen([str(TRAIN)], cwd=base, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        log.close()
+
+
+def wait_all(processes: Mapping[str, subprocess.Popen], bases: Mapping[str, Path],
+             timeout: float | None = None) -> None:
+    """Wait for every host; raise with the first failed host's last log lines."""
+    failed = {host: p.wait(timeout) for host, p in processes.items()}
+    for host, code in failed.items():
+        if code != 0:
+            tail = (bases[host] / "train.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"host {host} exited with status {code}: {' | '.join(tail)}")

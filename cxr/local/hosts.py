@@ -56,7 +56,8 @@ def write_config(base: Path, *, host: str, hosts: list[str], instance_type: str,
     """One host's ``input/config``: ``channels`` maps a name to its ``TrainingInputMode`` and
     ``S3DistributionType``; hyperparameter values are the JSON-encoded strings of the request."""
     config = base / "input" / "config"
-    config.mkdir(parents=True, exist_ok=True)
+    for folder in (config, base / "model", base / "output" / "data", base / "checkpoints"):  # as the container has
+        folder.mkdir(parents=True, exist_ok=True)
     (config / "hyperparameters.json").write_text(json.dumps(dict(hyperparameters)))
     (config / "inputdataconfig.json").write_text(json.dumps({
         name: {**settings, "RecordWrapperType": "None"} for name, settings in channels.items()}))
@@ -76,6 +77,8 @@ def launch(base: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen
         "SM_CHECKPOINT_DIR": str(base / "checkpoints"),
         "PIP_NO_INDEX": "1",  # the sourcedir's requirements.txt installs its vendored wheels, as under isolation
         "GLOO_SOCKET_IFNAME": "lo", "PYTHONUNBUFFERED": "1",
+        # torchrun beside the interpreter, as on the image's PATH
+        "PATH": os.pathsep.join([str(TRAIN.parent), (env or os.environ).get("PATH", os.defpath)]),
     }
     log = (base / "train.log").open("w")
     try:
@@ -87,9 +90,10 @@ def launch(base: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen
 
 def wait_all(processes: Mapping[str, subprocess.Popen], bases: Mapping[str, Path],
              timeout: float | None = None) -> None:
-    """Wait for every host; raise with the first failed host's last log lines."""
+    """Wait for every host; raise with the first failed host's last log lines. A host succeeded when it exited 0
+    and its toolkit wrote ``output/success``, as the container contract has it."""
     failed = {host: p.wait(timeout) for host, p in processes.items()}
     for host, code in failed.items():
-        if code != 0:
+        if code != 0 or not (bases[host] / "output" / "success").exists():
             tail = (bases[host] / "train.log").read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"host {host} exited with status {code}: {' | '.join(tail)}")

@@ -57,7 +57,6 @@ def opt_ml(base: Path, host: str, host_list: list[str], channels: dict[str, Path
     hosts.write_config(base, host=host, hosts=host_list, instance_type="ml.c5.xlarge", hyperparameters=encoded,
                        channels={n: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"}
                                  for n in channels})
-    (base / "checkpoints").mkdir(parents=True, exist_ok=True)
     return base
 
 
@@ -105,11 +104,13 @@ def test_two_hosts_through_the_toolkit_match_one_process_on_the_same_global_batc
     bases = {host: opt_ml(tmp_path / host, host, names, staged.channels, code, hps) for host in names}
     launch_and_wait(bases)
     assert "--master_addr algo-1 --master_port 7777 --node_rank 1" in (bases["algo-2"] / "train.log").read_text()
-    assert not (bases["algo-2"] / "model" / "model.json").exists()  # rank 0 (on algo-1) alone writes the artifact
+    assert not any((bases["algo-2"] / "model").iterdir())  # rank 0 (on algo-1) alone writes the artifact
     config = json.loads((bases["algo-1"] / "model" / "model.json").read_text())
     assert config["distributed"] == {"world_size": 2, "global_batch": 8, "peak_lr": TINY_HPS["lr"]}
     two = json.loads((bases["algo-1"] / "model" / "metrics.json").read_text())
     one = json.loads((trained / "model" / "metrics.json").read_text())
+    # Stated tolerance (3 epochs of 4 steps on 36 images; a 6-image test split is too small to compare):
+    # validation loss within 0.1 and training loss within 0.25 of one process's, every epoch.
     for epoch_two, epoch_one in zip(two["training"]["history"], one["training"]["history"], strict=True):
         assert epoch_two["validation_loss"] == pytest.approx(epoch_one["validation_loss"], abs=0.1)
-    assert two["binary"]["roc_auc"] == pytest.approx(one["binary"]["roc_auc"], abs=0.15)
+        assert epoch_two["train_loss"] == pytest.approx(epoch_one["train_loss"], abs=0.25)

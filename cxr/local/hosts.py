@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ TRAINING_MODULE = "sagemaker_pytorch_container.training:main"
 TRAIN = Path(sys.executable).parent / "train"
 """sagemaker-training's console script: the training image's entry point."""
 HOSTS_FILE = Path("/etc/hosts")
+CONTAINER_ROOT = "/opt/ml/"
+"""Where the container's tree is; each simulated host's folder stands in for it."""
 INSTANCE_GROUP = "homogeneousCluster"
 """The group name SageMaker gives a job's hosts when the request has no instance groups."""
 
@@ -97,3 +100,60 @@ def wait_all(processes: Mapping[str, subprocess.Popen], bases: Mapping[str, Path
         if code != 0 or not (bases[host] / "output" / "success").exists():
             tail = (bases[host] / "train.log").read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"host {host} exited with status {code}: {' | '.join(tail)}")
+
+
+class Cluster:
+    """The hosts of one job, seen as one process by the offline cloud's stop (SIGTERM to every host's group,
+    as SageMaker stops every container; torchrun passes it on to its ranks)."""
+
+    def __init__(self, processes: Mapping[str, subprocess.Popen]):
+        self.processes = dict(processes)
+
+    def poll(self) -> int | None:
+        codes = [p.poll() for p in self.processes.values()]
+        return None if None in codes else max(codes, key=abs)
+
+    def send_signal(self, signum: int) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signum)
+
+
+def run_job(job_dir: Path, *, resources: Mapping, hyperparameters: Mapping[str, str], input_data_config: list[dict],
+            channels: Mapping[str, Path], checkpoints: Path, on_start=None) -> tuple[Path, Path]:
+    """A CreateTrainingJob request's ``ResourceConfig.InstanceCount`` simulated hosts, each with the request's
+    hyperparameters and channels (``channels``: each one downloaded once); returns algo-1's model and output-data
+    folders.
+
+    Every host gets every channel (``FullyReplicated``, hard links) and the job's checkpoints (SageMaker syncs
+    the checkpoint prefix to each instance); what the hosts leave in theirs is gathered back into
+    ``checkpoints``. ``sagemaker_submit_directory`` inside the container (``/opt/ml/...``) points into the
+    host's own tree."""
+    names = host_names(resources["InstanceCount"])
+    ensure_resolvable(names)
+    settings = {c["ChannelName"]: {"TrainingInputMode": c.get("InputMode", "File"), "S3DistributionType":
+                                   c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated")}
+                for c in input_data_config}
+    bases = {}
+    for host in names:
+        base = job_dir / "hosts" / host
+        shutil.rmtree(base, ignore_errors=True)
+        for name, channel in channels.items():
+            shutil.copytree(channel, base / "input" / "data" / name, copy_function=os.link)
+        shutil.copytree(checkpoints, base / "checkpoints", dirs_exist_ok=True)
+        encoded = dict(hyperparameters)
+        submit = json.loads(encoded["sagemaker_submit_directory"])
+        if submit.startswith(CONTAINER_ROOT):
+            encoded["sagemaker_submit_directory"] = json.dumps(str(base / submit.removeprefix(CONTAINER_ROOT)))
+        write_config(base, host=host, hosts=names, instance_type=resources["InstanceType"], hyperparameters=encoded,
+                     channels=settings)
+        bases[host] = base
+    processes = {host: launch(base) for host, base in bases.items()}
+    if on_start is not None:
+        on_start(Cluster(processes))
+    try:
+        wait_all(processes, bases)
+    finally:
+        for base in bases.values():
+            shutil.copytree(base / "checkpoints", checkpoints, dirs_exist_ok=True)
+    return bases[names[0]] / "model", bases[names[0]] / "output" / "data"

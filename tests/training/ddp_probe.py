@@ -21,7 +21,8 @@ world = distributed.World.from_environment()
 device = distributed.start(world)
 torch.manual_seed(0)
 images = torch.rand(24, 1, 8, 8, dtype=torch.float16)
-targets = torch.tensor([0, 0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 0] * 2)  # unbalanced: the class weights matter
+targets = torch.tensor([0, 0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1] * 2)  # 10, 8, 6: unequal class weights, and the
+# two halves of the batch below weigh differently, so a rank-local mean would give other gradients
 split = data.Split([{"key": str(i), "label": str(int(t))} for i, t in enumerate(targets)], images, targets)
 args = train.parse_args(["--train", "unused", "--validation", "unused", "--augment", "none", "--ema-decay", "0",
                          "--batch-size", str(8 // world.size), "--dropout", "0", "--label-smoothing", "0.1",

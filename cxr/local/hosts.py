@@ -9,8 +9,8 @@ container's entry is sagemaker-training's ``train`` with ``SAGEMAKER_TRAINING_MO
 sagemaker-pytorch-training's ``training:main``, as the PyTorch training image sets it; with
 ``sagemaker_torch_distributed_enabled`` that module launches ``train.py`` through ``torchrun``.
 
-Here each host is a process tree on this machine with ``SAGEMAKER_BASE_DIR`` pointing at its own
-tree, and ``/etc/hosts`` maps every ``algo-N`` to the loopback address (the toolkit blocks until each
+Here each host is a CPU-only process tree on this machine with ``SAGEMAKER_BASE_DIR`` pointing at its
+own tree, and ``/etc/hosts`` maps every ``algo-N`` to the loopback address (the toolkit blocks until each
 host name resolves, and torchrun's store dials ``algo-1`` by name).
 """
 
@@ -80,6 +80,7 @@ def launch(base: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen
         "SM_CHECKPOINT_DIR": str(base / "checkpoints"),
         "PIP_NO_INDEX": "1",  # the sourcedir's requirements.txt installs its vendored wheels, as under isolation
         "GLOO_SOCKET_IFNAME": "lo", "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # CPU hosts (gloo): simulated hosts sharing one GPU would each claim cuda:0
         # torchrun beside the interpreter, as on the image's PATH
         "PATH": os.pathsep.join([str(TRAIN.parent), (env or os.environ).get("PATH", os.defpath)]),
     }

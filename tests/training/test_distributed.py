@@ -5,6 +5,7 @@ toolkits (sagemaker-training's ``train`` running sagemaker-pytorch-training's mo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -30,11 +31,13 @@ def free_port() -> int:
 
 
 def test_two_ranks_take_disjoint_halves_and_average_to_one_process_gradients(tmp_path):
-    single = subprocess.run([sys.executable, str(PROBE), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, on a machine with a GPU too
+    single = subprocess.run([sys.executable, str(PROBE), str(tmp_path)], capture_output=True, text=True, timeout=120,
+                            env=env)
     assert single.returncode == 0, single.stderr[-2000:]
     pair = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(free_port()), str(PROBE), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert pair.returncode == 0, pair.stderr[-2000:]
     one = torch.load(tmp_path / "rank-0-of-1.pt")
     ranks = [torch.load(tmp_path / f"rank-{r}-of-2.pt") for r in (0, 1)]

@@ -13,6 +13,8 @@ Contract (the same on SageMaker and under ``cxr train-local``):
   a restarted job (spot interruption) resumes from the newest one and ends with the same weights
   as an uninterrupted run. SIGTERM (how SageMaker stops a job) saves a checkpoint first.
 
+Under ``torchrun`` (SageMaker's ``torch_distributed`` launch) it trains data-parallel: see ``distributed.py``.
+
 Seeds are fixed; on a GPU the step runs under automatic mixed precision, on a CPU under bf16
 autocast with channels-last tensors when the CPU has bf16 instructions.
 """

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -97,10 +98,23 @@ def wait_all(processes: Mapping[str, subprocess.Popen], bases: Mapping[str, Path
     """Wait for every host; raise with the first failed host's last log lines. A host succeeded when it exited 0
     and its toolkit wrote ``output/success``, as the container contract has it."""
     failed = {host: p.wait(timeout) for host, p in processes.items()}
+    for process in processes.values():
+        wait_for_group(process.pid)
     for host, code in failed.items():
         if code != 0 or not (bases[host] / "output" / "success").exists():
             tail = (bases[host] / "train.log").read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"host {host} exited with status {code}: {' | '.join(tail)}")
+
+
+def wait_for_group(pgid: int, poll_s: float = 0.2) -> None:
+    """Until no process of the host's group is left: the entry dies at once on SIGTERM (sagemaker-training has no
+    handler), while torchrun and the ranks still checkpoint."""
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(poll_s)
 
 
 class Cluster:

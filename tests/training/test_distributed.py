@@ -117,3 +117,37 @@ def test_two_hosts_through_the_toolkit_match_one_process_on_the_same_global_batc
     for epoch_two, epoch_one in zip(two["training"]["history"], one["training"]["history"], strict=True):
         assert epoch_two["validation_loss"] == pytest.approx(epoch_one["validation_loss"], abs=0.1)
         assert epoch_two["train_loss"] == pytest.approx(epoch_one["train_loss"], abs=0.25)
+
+
+def test_a_two_rank_job_stopped_mid_epoch_resumes_on_one_process(staged, code, tmp_path):
+    """StopTrainingJob's SIGTERM reaches both ranks (the offline cloud signals the host's process group): they
+    agree to stop at the same step, rank 0 checkpoints mid-epoch, and one process finishes from there."""
+    import signal
+    import time
+
+    from cxr import training_run
+
+    hps = {**TINY_HPS, "batch-size": 4, "epochs": 4, "log-steps": 1, "checkpoint-steps": 1000}
+    base = opt_ml(tmp_path / "algo-1", "algo-1", ["algo-1"], staged.channels, code,
+                  {**hps, "sagemaker_mpi_num_of_processes_per_host": 2})
+    hosts.ensure_resolvable(["algo-1"])
+    cluster = hosts.Cluster({"algo-1": hosts.launch(base, {"PET_MASTER_PORT": str(free_port())})})
+    log = base / "train.log"
+    deadline = time.monotonic() + 300
+    while '"epoch": 0, "step": 1,' not in log.read_text() and cluster.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    cluster.send_signal(signal.SIGTERM)
+    cluster.processes["algo-1"].wait(timeout=120)
+    hosts.wait_for_group(cluster.processes["algo-1"].pid)  # the ranks outlive the toolkit's entry
+    (saved,) = (base / "checkpoints").glob("ckpt-*.pt")
+    state = torch.load(saved, weights_only=False)["state"]
+    assert state["world_size"] == 2 and state["epoch"] == 0 and 0 < state["samples_in_epoch"] < 36
+    assert not (base / "model" / "model.json").exists()
+
+    model_dir = training_run.run_training_job(staged.channels, hps, tmp_path / "one",
+                                              checkpoint_dir=base / "checkpoints")
+    resumed = next(json.loads(line) for line in (tmp_path / "one" / "train.log").read_text().splitlines()
+                   if line.startswith('{"resumed_from"'))
+    assert resumed == {"resumed_from": saved.name, "global_step": state["global_step"],
+                       "samples_in_epoch": state["samples_in_epoch"], "world_size": 1}
+    assert json.loads((model_dir / "model.json").read_text())["distributed"]["world_size"] == 1

@@ -59,6 +59,7 @@ RECIPES = {
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},
     "lite0-128-acquisition": {"architecture": "efficientnet_lite0", "image-size": 128, "augment": "acquisition"},
+    "gpu": PRESETS["gpu"],  # for a GPU: Lite2 at 288 px, 30 epochs, acquisition augmentation (bench/gpu_proxies.py)
 }
 
 

@@ -7,6 +7,7 @@ with no index, because endpoints run without internet.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -35,8 +36,8 @@ def load_torch_model(model_dir: Path) -> tuple[Classifier, dict]:
 
 def export_onnx(model: Classifier, size: int, path: Path) -> None:
     """Outputs ``logits``, ``cams`` and ``features`` (:class:`networks.Exported`); dynamic batch.
-    TorchScript exporter (no onnxscript needed)."""
-    model = model.float().eval().to(memory_format=torch.contiguous_format)
+    TorchScript exporter (no onnxscript needed). Exports a CPU copy: a model trained on a GPU stays there."""
+    model = _cpu_copy(model).to(memory_format=torch.contiguous_format)
     example = torch.rand(1, 1, size, size)
     torch.onnx.export(
         Exported(model), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
@@ -50,7 +51,7 @@ def check_onnx(model: Classifier, path: Path, images: torch.Tensor) -> float:
     logits or the guard's features are off."""
     import onnxruntime as ort
 
-    model = model.float().eval()
+    model = _cpu_copy(model)
     with torch.no_grad():
         logits, _, features = (t.numpy() for t in Exported(model)(images.float()))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -62,6 +63,10 @@ def check_onnx(model: Classifier, path: Path, images: torch.Tensor) -> float:
         raise RuntimeError("ONNX export disagrees with torch on the guard features: "
                            f"max |difference| {np.abs(got_features - features).max():.2e}")
     return diff
+
+
+def _cpu_copy(model: Classifier) -> Classifier:
+    return copy.deepcopy(model).float().eval().cpu()
 
 
 def write_code_dir(source_dir: Path, model_dir: Path) -> list[str]:

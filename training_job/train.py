@@ -305,7 +305,10 @@ class Trainer:
         lr = learning_rate(position, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images = augment.augment(train.images[index].float(), self.augment_rng, self.args.augment)
+        batch = train.images[index]
+        if self.device.type == "cuda":  # augment where the network runs: the CPU cannot keep a GPU busy
+            batch = batch.to(self.device, non_blocking=True)
+        images = augment.augment(batch.float(), self.augment_rng, self.args.augment)
         self.ddp.train()
         with self.autocast():
             logits = self.ddp(self.to_device(images))

@@ -279,7 +279,7 @@ def test_two_training_instances_train_through_the_toolkit_launch_and_deploy(two_
         assert "torchrun --nnodes 2 --nproc_per_node 1 --master_addr algo-1 --master_port 7777 --node_rank 1" in (
             hosts / "algo-2" / "train.log").read_text()
         assert json.loads((hosts / "algo-1" / "model" / "model.json").read_text())["distributed"]["world_size"] == 2
-        xray = sorted(Path("samples/kermany-val16").rglob("*.jpeg"))[0]
+        xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
         results = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [xray])
         assert results[xray]["status"] == "predicted"
     deployment, calls, _ = checked

@@ -37,8 +37,11 @@ $(CHROMIUM):
 synth: setup
 	npx cdk synth --quiet
 
+# Test files are spread over TEST_WORKERS processes (CI's 2 cores by default); one file's tests stay in one
+# process, so its module and session fixtures are built once there.
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup
 	$(VENV)/bin/cxr demo

@@ -104,6 +104,7 @@ def _publish(staging: Path, target: Path) -> None:
         if not target.is_dir():
             raise
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @jsii.implements(ILocalBundling)

@@ -19,10 +19,12 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -68,12 +70,18 @@ def pretrained_bundle(cache: Path = PRETRAINED_BUNDLE) -> Path | None:
     bundle = cache / key / "efficientnet-lite-imagenet.zip"
     if not bundle.exists():
         bundle.parent.mkdir(parents=True, exist_ok=True)
-        partial = bundle.with_suffix(".partial")
+        partial = _private_path(bundle)
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
             for path in files:
                 archive.writestr(zipfile.ZipInfo(path.name, date_time=(2020, 1, 1, 0, 0, 0)), path.read_bytes())
         partial.replace(bundle)
     return bundle
+
+
+def _private_path(target: Path) -> Path:
+    """A temporary sibling of ``target`` that no concurrent builder (test workers, two syntheses) shares;
+    the finished file or folder is then moved onto ``target`` in one rename."""
+    return target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
 
 
 def requirement_lines(path: Path = REQUIREMENTS) -> list[str]:
@@ -97,8 +105,7 @@ def download_wheels(requirements: list[str], constraints: list[str] = (), python
     target = cache / key
     if (target / ".complete").exists():
         return target
-    partial = cache / f"{key}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = _private_path(target)
     partial.mkdir(parents=True)
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
            "--python-version", python_version, "--implementation", "cp", "--dest", str(partial)]
@@ -109,8 +116,14 @@ def download_wheels(requirements: list[str], constraints: list[str] = (), python
         cmd += ["--constraint", str(partial / "constraints.txt")]
     subprocess.run([*cmd, *requirements], check=True)
     (partial / ".complete").write_text("\n".join(requirements) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # a concurrent download finished first (or left an incomplete folder)
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
+            return target
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
@@ -135,8 +148,7 @@ def build_sourcedir(out_dir: Path, python_version: str = images.PYTHON_VERSION) 
     serving = [line for line in training if line.split("==")[0].lower() in SERVING]
     training_wheels = download_wheels(training, python_version=python_version)
     serving_wheels = download_wheels(serving, constraints=training, python_version=python_version)
-    staging = out_dir / "sourcedir"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _private_path(out_dir / "sourcedir")
     stage_sources(staging)
     wheels = staging / "wheels"
     wheels.mkdir()
@@ -148,7 +160,10 @@ def build_sourcedir(out_dir: Path, python_version: str = images.PYTHON_VERSION) 
     (staging / "serving-wheels.txt").write_text(
         "\n".join(serving + sorted(w.name for w in serving_wheels.glob("*.whl"))) + "\n")
     archive = out_dir / "sourcedir.tar.gz"
-    _write_tar(staging, archive)
+    partial = _private_path(archive)
+    _write_tar(staging, partial)
+    shutil.rmtree(staging)
+    partial.replace(archive)  # the same inputs give the same bytes, so a concurrent writer's file is as good
     return archive
 
 

@@ -37,7 +37,7 @@ def load_torch_model(model_dir: Path) -> tuple[Classifier, dict]:
 def export_onnx(model: Classifier, size: int, path: Path) -> None:
     """Outputs ``logits``, ``cams`` and ``features`` (:class:`networks.Exported`); dynamic batch.
     TorchScript exporter (no onnxscript needed). Exports a CPU copy: a model trained on a GPU stays there."""
-    model = _cpu_copy(model).to(memory_format=torch.contiguous_format)
+    model = cpu_copy(model).to(memory_format=torch.contiguous_format)
     example = torch.rand(1, 1, size, size)
     torch.onnx.export(
         Exported(model), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
@@ -51,7 +51,7 @@ def check_onnx(model: Classifier, path: Path, images: torch.Tensor) -> float:
     logits or the guard's features are off."""
     import onnxruntime as ort
 
-    model = _cpu_copy(model)
+    model = cpu_copy(model)
     with torch.no_grad():
         logits, _, features = (t.numpy() for t in Exported(model)(images.float()))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -65,7 +65,8 @@ def check_onnx(model: Classifier, path: Path, images: torch.Tensor) -> float:
     return diff
 
 
-def _cpu_copy(model: Classifier) -> Classifier:
+def cpu_copy(model: Classifier) -> Classifier:
+    """An eval-mode float32 copy on the CPU, for what runs after training wherever it trained."""
     return copy.deepcopy(model).float().eval().cpu()
 
 

@@ -565,7 +565,7 @@ def score_benchmark(args, trainer: Trainer, model, classes, temperature, prior, 
 def write_report(model: torch.nn.Module, split: data.Split, name: str, channel: Path, config: dict,
                  probs: np.ndarray, probs_before: np.ndarray, path: Path) -> None:
     """The evaluation report of the split the metrics describe, heat maps drawn on the stored PNGs."""
-    exported = networks.Exported(model).eval()
+    exported = networks.Exported(artifact.cpu_copy(model)).eval()  # its inputs are CPU tensors
 
     def overlay(i: int, k: int) -> bytes:
         with torch.no_grad():

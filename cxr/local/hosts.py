@@ -16,11 +16,14 @@ host name resolves, and torchrun's store dials ``algo-1`` by name).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +35,7 @@ TRAIN = Path(sys.executable).parent / "train"
 HOSTS_FILE = Path("/etc/hosts")
 CONTAINER_ROOT = "/opt/ml/"
 """Where the container's tree is; each simulated host's folder stands in for it."""
+LOCK_FILE = Path(tempfile.gettempdir()) / "cxr-simulated-hosts.lock"
 INSTANCE_GROUP = "homogeneousCluster"
 """The group name SageMaker gives a job's hosts when the request has no instance groups."""
 
@@ -134,6 +138,18 @@ class Cluster:
                 os.killpg(process.pid, signum)
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path = LOCK_FILE):
+    """One simulated cluster at a time on this machine: every one is ``algo-1`` ... with torchrun's store on
+    ``algo-1:7777`` (the toolkit's fixed port), so two at once would meet on the same address (parallel tests)."""
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_job(job_dir: Path, *, resources: Mapping, hyperparameters: Mapping[str, str], input_data_config: list[dict],
             channels: Mapping[str, Path], checkpoints: Path, on_start=None) -> tuple[Path, Path]:
     """A CreateTrainingJob request's ``ResourceConfig.InstanceCount`` simulated hosts, each with the request's
@@ -163,12 +179,13 @@ def run_job(job_dir: Path, *, resources: Mapping, hyperparameters: Mapping[str, 
         write_config(base, host=host, hosts=names, instance_type=resources["InstanceType"], hyperparameters=encoded,
                      channels=settings)
         bases[host] = base
-    processes = {host: launch(base) for host, base in bases.items()}
-    if on_start is not None:
-        on_start(Cluster(processes))
-    try:
-        wait_all(processes, bases)
-    finally:
-        for base in bases.values():
-            shutil.copytree(base / "checkpoints", checkpoints, dirs_exist_ok=True)
+    with exclusive():
+        processes = {host: launch(base) for host, base in bases.items()}
+        if on_start is not None:
+            on_start(Cluster(processes))
+        try:
+            wait_all(processes, bases)
+        finally:
+            for base in bases.values():
+                shutil.copytree(base / "checkpoints", checkpoints, dirs_exist_ok=True)
     return bases[names[0]] / "model", bases[names[0]] / "output" / "data"

@@ -73,8 +73,9 @@ def code(tmp_path_factory) -> Path:
 
 def launch_and_wait(bases: dict[str, Path], env: dict | None = None) -> None:
     hosts.ensure_resolvable(list(bases))
-    processes = {host: hosts.launch(base, env) for host, base in bases.items()}
-    hosts.wait_all(processes, bases, timeout=600)
+    with hosts.exclusive():  # another test file's cluster may be running (make test runs files in parallel)
+        processes = {host: hosts.launch(base, env) for host, base in bases.items()}
+        hosts.wait_all(processes, bases, timeout=600)
 
 
 def test_two_processes_through_the_toolkit_resume_a_one_process_checkpoint_mid_epoch(trained, staged, code,
@@ -152,3 +153,13 @@ def test_a_two_rank_job_stopped_mid_epoch_resumes_on_one_process(staged, code, t
     assert resumed == {"resumed_from": saved.name, "global_step": state["global_step"],
                        "samples_in_epoch": state["samples_in_epoch"], "world_size": 1}
     assert json.loads((model_dir / "model.json").read_text())["distributed"]["world_size"] == 1
+
+
+def test_one_simulated_cluster_at_a_time(tmp_path):
+    """Every simulated cluster is algo-1:7777: a second waits for the first (parallel test files)."""
+    lock = tmp_path / "hosts.lock"
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+             "try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError: sys.exit(3)")
+    with hosts.exclusive(lock):
+        assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 3
+    assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra import wiring
-from infra.images import is_accelerated, is_arm
+from infra.images import is_accelerated, is_arm, is_gpu
 
 ENDPOINT_MODES = ("serverless", "realtime", "async")
 PROFILES = ("default", "demo")
@@ -46,6 +46,9 @@ RETIRED: dict[str, str] = {
 }
 """Settings that existed once, and what replaces them, so an older ``cdk.json`` is told why it is refused."""
 
+MAX_TRAINING_INSTANCES = 16
+"""Upper bound of ``training_instance_count`` (a typo guard; the account's SageMaker quota is the real limit)."""
+
 _STAGE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 _KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -67,6 +70,9 @@ class Config:
     endpoint_instance_type: str = "ml.c6i.large"
     """Realtime and async endpoints: a CPU instance (2 vCPU, 4 GiB), as inference.py runs ONNX Runtime on the CPU."""
     training_instance_type: str = "ml.g4dn.xlarge"
+    training_instance_count: int = 1
+    """Instances of the training job; with a GPU type every job runs through torchrun, one rank per GPU of each
+    instance (``ml.g5.12xlarge``: 4), so a multi-GPU type or a count above 1 trains data-parallel."""
     training_spot: bool = True
     training_pretrained: bool = True
     """Ship the ImageNet EfficientNet-Lite weights (one zip) as the job's ``pretrained`` channel."""
@@ -137,6 +143,12 @@ class Config:
         if is_arm(self.endpoint_instance_type):
             problems.append(f"endpoint_instance_type {self.endpoint_instance_type} is a Graviton (arm64) type; the "
                             "serving image is built for x86_64: choose an x86 CPU type such as ml.c6i.large")
+        if not 1 <= self.training_instance_count <= MAX_TRAINING_INSTANCES:
+            problems.append(f"training_instance_count must be in 1..{MAX_TRAINING_INSTANCES}")
+        elif self.training_instance_count > 1 and not is_gpu(self.training_instance_type):
+            problems.append(f"training_instance_count {self.training_instance_count} needs a GPU "
+                            "training_instance_type (ml.g*, ml.p*): SageMaker's torch_distributed launcher, which "
+                            "multi-instance training runs through, is for GPU instances")
         if not 600 <= self.training_max_runtime_s <= 28 * 24 * 3600:
             problems.append("training_max_runtime_s must be in 600..2419200")
         if not 1 <= self.training_volume_gb <= 16384:
@@ -215,6 +227,7 @@ class Config:
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
                       3288, 3653)
 _INTS = {"serverless_memory_mb", "serverless_max_concurrency", "training_max_runtime_s", "training_volume_gb",
+         "training_instance_count",
          "reserved_concurrency", "log_retention_days", "quarantine_expiry_days", "checkpoint_expiry_days",
          "async_expiry_days", "prediction_retention_days", "rescore_days"}
 

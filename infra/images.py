@@ -117,6 +117,12 @@ def is_accelerated(instance_type: str) -> bool:
     return _family(instance_type).startswith(ACCELERATED_FAMILIES)
 
 
+def is_gpu(instance_type: str) -> bool:
+    """True for NVIDIA GPU instance types (``ml.g5.12xlarge``, ``ml.p4d.24xlarge``): the SageMaker SDK's test for
+    ``torch_distributed`` (``sagemaker.fw_utils._is_gpu_instance``: family starting with ``p`` or ``g``)."""
+    return _family(instance_type).startswith(("g", "p"))
+
+
 def is_arm(instance_type: str) -> bool:
     """True for Graviton instance types (``ml.c7g.large``, ``ml.m6gd.xlarge``): the serving image is x86_64 only."""
     return bool(re.fullmatch(r"[a-z]+\d+g[a-z]*", _family(instance_type)))

@@ -13,6 +13,8 @@ Contract (the same on SageMaker and under ``cxr train-local``):
   a restarted job (spot interruption) resumes from the newest one and ends with the same weights
   as an uninterrupted run. SIGTERM (how SageMaker stops a job) saves a checkpoint first.
 
+Under ``torchrun`` (SageMaker's ``torch_distributed`` launch) it trains data-parallel: see ``distributed.py``.
+
 Seeds are fixed; on a GPU the step runs under automatic mixed precision, on a CPU under bf16
 autocast with channels-last tensors when the CPU has bf16 instructions.
 """
@@ -41,6 +43,7 @@ import augment
 import benchmark
 import data
 import decision
+import distributed
 import imaging
 import inference
 import metrics as m
@@ -50,9 +53,12 @@ import ood
 import report
 import torch
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 CHECKPOINT_PATTERN = "ckpt-*.pt"
+RANK_SEED_STRIDE = 7919
+"""Rank r > 0 seeds its augmentation and dropout streams ``seed + r * stride``; rank 0 keeps one process's."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -172,15 +178,23 @@ def bias_corrected_ema(decay: float) -> Callable:
 
 
 class Trainer:
-    """The training loop with its exact-resume state."""
+    """The training loop with its exact-resume state, on one process or as one rank of many (``distributed``).
 
-    def __init__(self, args, model, splits, classes, device, dtype):
+    A global batch is ``batch-size`` images per rank; the peak learning rate is ``lr`` times the number of
+    ranks (the linear scaling rule, with the warm-up it relies on: Goyal et al. 2017, arXiv:1706.02677).
+    Progress is counted in samples of the epoch's permutation, so a checkpoint resumes on any number of ranks
+    at the very sample where it stopped; on the same number it resumes exactly (every rank's random streams).
+    """
+
+    def __init__(self, args, model, splits, classes, device, dtype, world: distributed.World | None = None):
         self.args, self.model, self.splits, self.classes = args, model, splits, classes
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.world = device, dtype, world or distributed.World()
         self.channels_last = device.type == "cpu" and dtype is not None
         self.model.to(device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                    if world.size > 1 else model)
         decay = [p for n, p in model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
         self.optimizer = torch.optim.AdamW(
@@ -192,14 +206,19 @@ class Trainer:
         counts = self.class_counts.float()
         weights = counts.sum() / (len(classes) * counts.clamp(min=1))
         self.class_weights = (weights if args.class_weighting == "balanced" else torch.ones_like(weights)).to(device)
-        self.steps_per_epoch = max(1, len(splits["train"]) // args.batch_size)
+        self.global_batch = args.batch_size * world.size
+        self.peak_lr = args.lr * world.size
+        self.steps_per_epoch = max(1, len(splits["train"]) // self.global_batch)
         self.total_steps = self.steps_per_epoch * args.epochs
         self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
-        self.augment_rng = torch.Generator().manual_seed(args.seed + 1)
+        self.augment_rng = torch.Generator().manual_seed(args.seed + 1 + RANK_SEED_STRIDE * world.rank)
+        if world.rank:
+            torch.manual_seed(args.seed + RANK_SEED_STRIDE * world.rank)
         # The average smooths out the last steps' noise; batch-norm statistics are averaged with it.
         self.ema = (AveragedModel(model, multi_avg_fn=bias_corrected_ema(args.ema_decay), use_buffers=True)
                     if args.ema_decay > 0 else None)
-        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_loss": float("inf"),
+        self.state = {"epoch": 0, "samples_in_epoch": 0, "global_step": 0, "world_size": world.size,
+                      "best_loss": float("inf"),
                       "best_epoch": -1, "bad_epochs": 0, "history": [], "stopped_early": False}
         self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.stop_requested = False
@@ -208,17 +227,32 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return Path(self.args.checkpoint_dir)
 
-    def save_checkpoint(self) -> Path:
+    def random_streams(self) -> dict:
+        return {"augment_rng": self.augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+    def restore_streams(self, streams: dict) -> None:
+        self.augment_rng.set_state(streams["augment_rng"])
+        torch.set_rng_state(streams["torch_rng"])
+        if streams["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(streams["cuda_rng"])
+        np.random.set_state(streams["numpy_rng"])
+        random.setstate(streams["python_rng"])
+
+    def save_checkpoint(self) -> Path | None:
+        """Every rank calls it (their random streams are gathered); rank 0 alone writes."""
+        self.state["world_size"] = self.world.size
+        streams = distributed.gather(self.random_streams(), self.world)
+        if not self.world.is_main:
+            return None
         directory = self.checkpoint_dir()
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"ckpt-{self.state['global_step']:08d}.pt"
         payload = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "best_weights": self.best_weights, "state": self.state,
-            "ema": self.ema.state_dict() if self.ema else None,
-            "augment_rng": self.augment_rng.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "ema": self.ema.state_dict() if self.ema else None, "streams": streams,
             "config": {k: getattr(self.args, k) for k in ("architecture", "image_size", "epochs", "batch_size",
                                                            "seed", "lr", "ema_decay", "intensity")},
         }
@@ -244,12 +278,13 @@ class Trainer:
         if self.ema:
             self.ema.load_state_dict(payload["ema"])
         self.best_weights, self.state = payload["best_weights"], payload["state"]
-        self.augment_rng.set_state(payload["augment_rng"])
-        torch.set_rng_state(payload["torch_rng"])
-        if payload["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["cuda_rng"])
-        np.random.set_state(payload["numpy_rng"])
-        random.setstate(payload["python_rng"])
+        streams = payload["streams"]
+        if self.world.rank < len(streams):
+            self.restore_streams(streams[self.world.rank])
+        else:  # more ranks than the checkpoint's run had: fresh streams, distinct per rank and step
+            self.augment_rng.manual_seed(self.args.seed + 1 + RANK_SEED_STRIDE * self.world.rank
+                                         + self.state["global_step"])
+            torch.manual_seed(self.args.seed + RANK_SEED_STRIDE * self.world.rank + self.state["global_step"])
         return found[-1]
 
     # -- loop ------------------------------------------------------------------------------
@@ -260,15 +295,27 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
-    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
-        lr = learning_rate(self.state["global_step"], self.total_steps, self.warmup_steps, self.args.lr)
+    def train_step(self, global_index: torch.Tensor) -> float:
+        """One optimizer step on a global batch of training-split indices: this rank computes the loss of its
+        share, DDP averages the gradients into those of the global batch's weighted mean loss."""
+        train = self.splits["train"]
+        global_index = global_index[: len(global_index) // self.world.size * self.world.size]
+        index = distributed.share(global_index, self.world)
+        position = self.state["epoch"] * self.steps_per_epoch + self.state["samples_in_epoch"] // self.global_batch
+        lr = learning_rate(position, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
+        batch = train.images[index]
+        if self.device.type == "cuda":  # augment where the network runs: the CPU cannot keep a GPU busy
+            batch = batch.to(self.device, non_blocking=True)
+        images = augment.augment(batch.float(), self.augment_rng, self.args.augment)
+        self.ddp.train()
         with self.autocast():
-            logits = self.model(self.to_device(images))
-        loss = F.cross_entropy(logits.float(), targets.to(self.device), weight=self.class_weights,
-                               label_smoothing=self.args.label_smoothing)
+            logits = self.ddp(self.to_device(images))
+        per_sample = F.cross_entropy(logits.float(), train.targets[index].to(self.device), weight=self.class_weights,
+                                     label_smoothing=self.args.label_smoothing, reduction="none")
+        scale = distributed.loss_scale(self.class_weights[train.targets[global_index].to(self.device)], self.world)
+        loss = per_sample.sum() * scale
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -297,34 +344,38 @@ class Trainer:
         logits = torch.from_numpy(self.logits(val, self.evaluated_model))
         return float(F.cross_entropy(logits, val.targets))
 
+    def say(self, message) -> None:
+        if self.world.is_main:
+            print(message if isinstance(message, str) else json.dumps(message), flush=True)
+
     def run(self) -> None:
         train = self.splits["train"]
         log = self.state["history"]
         while self.state["epoch"] < self.args.epochs and not self.state["stopped_early"]:
             epoch = self.state["epoch"]
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.args.seed * 1000 + epoch))
-            started, losses, first_step = time.perf_counter(), [], self.state["step_in_epoch"]
-            for step in range(self.state["step_in_epoch"], self.steps_per_epoch):
-                index = order[step * self.args.batch_size: (step + 1) * self.args.batch_size]
-                batch = train.images[index]
-                if self.device.type == "cuda":  # augment where the network runs: the CPU cannot keep a GPU busy
-                    batch = batch.to(self.device, non_blocking=True)
-                images = augment.augment(batch.float(), self.augment_rng, self.args.augment)
-                losses.append(self.train_step(images, train.targets[index]))
-                if (step + 1) % self.args.log_steps == 0:
-                    rate = (time.perf_counter() - started) / (step + 1 - first_step)
-                    print(json.dumps({"epoch": epoch, "step": step + 1, "of": self.steps_per_epoch,
-                                      "loss": round(float(np.mean(losses[-self.args.log_steps:])), 4),
-                                      "s_per_step": round(rate, 3)}), flush=True)
+            started, losses, first = time.perf_counter(), [], self.state["global_step"]
+            # Whole global batches (the first one even when the split is smaller), from where the epoch stands.
+            while (position := self.state["samples_in_epoch"]) == 0 or position + self.global_batch <= len(train):
+                global_index = order[position: position + self.global_batch]
+                losses.append(self.train_step(global_index))
                 self.state["global_step"] += 1
-                self.state["step_in_epoch"] = step + 1
-                if self.stop_requested:
+                self.state["samples_in_epoch"] = position + len(global_index)
+                step = self.state["samples_in_epoch"] // self.global_batch
+                more = self.state["samples_in_epoch"] + self.global_batch <= len(train)
+                if step % self.args.log_steps == 0:
+                    rate = (time.perf_counter() - started) / (self.state["global_step"] - first)
+                    self.say({"epoch": epoch, "step": step, "of": self.steps_per_epoch,
+                              "loss": round(float(np.mean(losses[-self.args.log_steps:])), 4),
+                              "s_per_step": round(rate, 3)})
+                if distributed.any_rank(self.stop_requested, self.world):
                     self.save_checkpoint()
-                    print("stop requested: checkpoint saved, exiting", flush=True)
+                    self.say("stop requested: checkpoint saved, exiting")
                     sys.exit(143)
-                if self.state["global_step"] % self.args.checkpoint_steps == 0 and step + 1 < self.steps_per_epoch:
+                if self.state["global_step"] % self.args.checkpoint_steps == 0 and more:
                     self.save_checkpoint()
-            val_loss = self.validation_loss()
+            # rank 0 judges (its weights; batch-norm statistics differ per rank) and every rank follows
+            val_loss = distributed.from_main(self.validation_loss() if self.world.is_main else math.nan, self.world)
             improved = val_loss < self.state["best_loss"] - 1e-4
             if improved:
                 self.state.update(best_loss=val_loss, best_epoch=epoch, bad_epochs=0)
@@ -335,8 +386,8 @@ class Trainer:
             entry = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
                      "validation_loss": val_loss, "seconds": round(time.perf_counter() - started, 1)}
             log.append(entry)
-            print(json.dumps(entry), flush=True)
-            self.state.update(epoch=epoch + 1, step_in_epoch=0)
+            self.say(entry)
+            self.state.update(epoch=epoch + 1, samples_in_epoch=0)
             self.save_checkpoint()
         self.model.load_state_dict(self.best_weights)
 
@@ -360,7 +411,9 @@ def fit_guard(model: networks.Classifier, splits: dict[str, data.Split], model_d
     return guard
 
 
-def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str, data.Split], list[str]]:
+def load_channels(args, classes_hint: list[str] | None = None,
+                  evaluating: bool = True) -> tuple[dict[str, data.Split], list[str]]:
+    """The splits' images; ``evaluating=False`` (ranks other than 0) loads the training split's only."""
     channel_dirs = {"train": args.train, "validation": args.validation}
     if args.test and Path(args.test).exists():
         channel_dirs["test"] = args.test
@@ -369,7 +422,7 @@ def load_channels(args, classes_hint: list[str] | None = None) -> tuple[dict[str
     threads = max(1, torch.get_num_threads())
     splits = {name: data.load_split(Path(d), classes, args.image_size, args.resize_policy, threads,
                                     intensity=args.intensity)
-              for name, d in channel_dirs.items()}
+              for name, d in channel_dirs.items() if evaluating or name == "train"}
     return splits, classes
 
 
@@ -534,10 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed, bool(args.deterministic))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world = distributed.World.from_environment()
+    device = distributed.start(world)
     dtype = choose_precision(args.precision, device)
-    splits, classes = load_channels(args)
-    print(json.dumps({"classes": classes, "images": {k: len(v) for k, v in splits.items()}, "device": str(device),
+    splits, classes = load_channels(args, evaluating=world.is_main)
+    print(json.dumps({"rank": world.rank, "world_size": world.size, "classes": classes,
+                      "images": {k: len(v) for k, v in splits.items()}, "device": str(device),
                       "autocast": str(dtype), "threads": torch.get_num_threads(),
                       "hyperparameters": hyperparameters(args)}), flush=True)
     model = networks.build(args.architecture, len(classes), args.width, args.dropout)
@@ -553,13 +608,19 @@ def main(argv: list[str] | None = None) -> int:
     elif args.architecture in networks.EFFICIENTNET_LITE:
         print(json.dumps({"warning": f"no pretrained channel: {args.architecture} starts from random weights, "
                                      "which needs far more epochs than the presets use"}), flush=True)
-    trainer = Trainer(args, model, splits, classes, device, dtype)
+    trainer = Trainer(args, model, splits, classes, device, dtype, world)
     resumed = trainer.resume()
     if resumed:
-        print(json.dumps({"resumed_from": resumed.name, "global_step": trainer.state["global_step"]}), flush=True)
+        trainer.say({"resumed_from": resumed.name, "global_step": trainer.state["global_step"],
+                     "samples_in_epoch": trainer.state["samples_in_epoch"], "world_size": world.size})
     signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "stop_requested", True))
     trainer.run()
-    extra = {"pretrained": pretrained_name, "resumed_from": resumed.name if resumed else None,
+    distributed.finish(world)
+    if not world.is_main:
+        return 0
+    extra = {"distributed": {"world_size": world.size, "global_batch": trainer.global_batch,
+                             "peak_lr": trainer.peak_lr},
+             "pretrained": pretrained_name, "resumed_from": resumed.name if resumed else None,
              "device": str(device), "autocast": str(dtype), "torch": torch.__version__,
              "finished": datetime.now(UTC).isoformat(), "training_seconds": round(time.perf_counter() - started, 1)}
     result = evaluate_and_write(args, trainer, splits, classes, Path(__file__).resolve().parent, extra)

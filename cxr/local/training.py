@@ -20,13 +20,14 @@ from typing import Any
 import boto3
 
 from cxr import training_run
+from cxr.local import hosts
+from cxr.local.hosts import CONTAINER_ROOT
 from cxr.local.iam_trace import acting_as
 from lambdas.domain.layout import split_s3_uri
 
-CONTAINER_ROOT = "/opt/ml/"
-"""Where SageMaker mounts a job's tree; the local job's folder stands in for it."""
-RESERVED = ("sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level",
-            "sagemaker_job_name")
+FRAMEWORK_PREFIX = "sagemaker_"
+"""Hyperparameters the container keeps for itself (sagemaker-training's ``SAGEMAKER_PREFIX``); the rest are the
+script's command-line flags."""
 
 
 def decode_hyperparameters(hyperparameters: dict[str, str]) -> dict[str, Any]:
@@ -116,11 +117,19 @@ class LocalTrainingJobs:
             if checkpoint_uri:
                 self._sync_down(checkpoint_uri, job_dir / "checkpoints")
             job.secondary_status = "Training"
-            user_hps = {k: v for k, v in hyperparameters.items() if k not in RESERVED}
+            user_hps = {k: v for k, v in hyperparameters.items() if not k.startswith(FRAMEWORK_PREFIX)}
+            output_dir = job_dir / "output" / "data"
             try:
-                model_dir = training_run.run_training_job(
-                    channels, user_hps, job_dir, sourcedir=sourcedir, checkpoint_dir=job_dir / "checkpoints",
-                    on_start=lambda process: self._started(job, process))
+                if job.resource_config["InstanceCount"] > 1:  # the container's own launch on simulated hosts
+                    (job_dir / "checkpoints").mkdir(exist_ok=True)
+                    model_dir, output_dir = hosts.run_job(
+                        job_dir, resources=job.resource_config, hyperparameters=job.hyper_parameters,
+                        input_data_config=job.input_data_config, channels=channels, checkpoints=job_dir / "checkpoints",
+                        on_start=lambda cluster: self._started(job, cluster))
+                else:
+                    model_dir = training_run.run_training_job(
+                        channels, user_hps, job_dir, sourcedir=sourcedir, checkpoint_dir=job_dir / "checkpoints",
+                        on_start=lambda process: self._started(job, process))
             finally:
                 if checkpoint_uri:
                     self._sync_up(job_dir / "checkpoints", checkpoint_uri)
@@ -130,7 +139,7 @@ class LocalTrainingJobs:
             job.secondary_status = "Uploading"
             self._upload_tar(model_dir, job.model_artifacts["S3ModelArtifacts"])
             output = job.model_artifacts["S3ModelArtifacts"].rsplit("/", 1)[0] + "/output.tar.gz"
-            self._upload_tar(job_dir / "output" / "data", output)
+            self._upload_tar(output_dir, output)
             job.training_job_status = job.secondary_status = "Completed"
         except Exception as exc:  # the job fails; the pipeline reads the reason from DescribeTrainingJob
             if job.training_job_name in self.stop_requested:

@@ -19,6 +19,7 @@ from constructs import Construct
 
 from infra import wiring
 from infra.config import Config
+from infra.images import is_gpu
 from lambdas.deploy_model import has_instance_storage
 from lambdas.domain import layout
 
@@ -38,7 +39,7 @@ def has_volume_key(config: Config) -> bool:
 
 def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket_name: str, key_arn: str,
                             code: s3_assets.Asset, pretrained: s3_assets.Asset | None) -> dict:
-    resources = {"InstanceType": config.training_instance_type, "InstanceCount": 1,
+    resources = {"InstanceType": config.training_instance_type, "InstanceCount": config.training_instance_count,
                  "VolumeSizeInGB": config.training_volume_gb}
     if has_volume_key(config):
         resources["VolumeKmsKeyId"] = key_arn
@@ -89,13 +90,24 @@ def code_hyperparameters(code: s3_assets.Asset, region: str) -> dict:
     }
 
 
+def distribution_hyperparameters(config: Config) -> dict:
+    """What the SageMaker SDK's PyTorch estimator adds for ``distribution={"torch_distributed": {"enabled": True}}``
+    (``PyTorch._pytorch_distribution_configuration``, JSON-encoded): the container then starts train.py through
+    torchrun, one rank per GPU on every instance. Given on GPU instance types, the ones the SDK allows it on."""
+    if not is_gpu(config.training_instance_type):
+        return {}
+    return {"sagemaker_torch_distributed_enabled": json.dumps(True),
+            "sagemaker_instance_type": json.dumps(config.training_instance_type)}
+
+
 class TrainingJob(Construct):
     """The state and the permissions the state machine needs to run it."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, role: iam.IRole, image: str,
                  bucket_name: str, key: kms.IKey, code: s3_assets.Asset, pretrained: s3_assets.Asset | None):
         super().__init__(scope, construct_id)
-        self.code_hyperparameters = code_hyperparameters(code, Stack.of(self).region)
+        self.code_hyperparameters = {**code_hyperparameters(code, Stack.of(self).region),
+                                     **distribution_hyperparameters(config)}
         parameters = training_job_parameters(
             config=config, role_arn=role.role_arn, image=image, bucket_name=bucket_name, key_arn=key.key_arn,
             code=code, pretrained=pretrained)

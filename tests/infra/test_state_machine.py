@@ -345,7 +345,8 @@ def test_defaults_fill_what_the_request_leaves_out(cloud, hyperparameters):
     execution = cloud.run(cloud.state_machine(localize=True), "run-defaults", request=request)
     assert execution["status"] == "SUCCEEDED", execution
     (call,) = STAND_IN_CALLS
-    code = {"sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level"}
+    code = {"sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level",
+            "sagemaker_torch_distributed_enabled", "sagemaker_instance_type"}  # torchrun on the GPU type
     assert set(call["HyperParameters"]) == code | set(hyperparameters or {})
     assert json.loads(execution["output"])["request"]["hyperparameters"] == (hyperparameters or {})
 

@@ -15,6 +15,7 @@ VARIANT = {
     "endpoint_mode": "async",
     "endpoint_instance_type": "ml.m5.xlarge",
     "training_instance_type": "ml.p3.2xlarge",
+    "training_instance_count": 2,
     "training_spot": False,
     "reserved_concurrency": 5,
     "notification_email": "ops@example.org",
@@ -52,6 +53,11 @@ def test_training_without_spot_on_an_instance_without_nvme_gets_a_volume_key(var
     assert params["EnableManagedSpotTraining"] is False and "MaxWaitTimeInSeconds" not in params["StoppingCondition"]
     assert params["ResourceConfig"]["VolumeKmsKeyId"].startswith("<Key")
     assert params["ResourceConfig"]["InstanceType"] == "ml.p3.2xlarge"
+    assert params["ResourceConfig"]["InstanceCount"] == 2
+    code = json.loads(asl.definition(templates, values, wiring.STATE_MACHINE_ID))["States"][wiring.READ_REQUEST_STATE][
+        "Parameters"]["code"]  # merged into the job's hyperparameters: torchrun over both instances' GPUs
+    assert code["sagemaker_torch_distributed_enabled"] == "true"
+    assert code["sagemaker_instance_type"] == '"ml.p3.2xlarge"'
     assert "cxr-prod-data-" in params["OutputDataConfig"]["S3OutputPath.$"]
     assert "pretrained" not in {c["ChannelName"] for c in params["InputDataConfig"]}
 

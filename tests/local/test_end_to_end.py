@@ -253,6 +253,40 @@ def test_a_better_model_replaces_the_endpoint_one_below_the_gate_does_not(cloud,
     assert after["status"] == "predicted" and after["model_id"] == before["model_id"]
 
 
+@pytest.fixture(scope="module")
+def two_instances(tmp_path_factory, synthesized) -> tuple[Config, object]:
+    """The app with ``training_instance_count=2`` (after the session's synthesis, reusing its caches)."""
+    from cxr.local import pipeline
+
+    config = Config.demo(stage="e2e", quality_gate=ANY_MODEL, prediction_retention_days=7, training_instance_count=2)
+    return config, pipeline.synthesize(config, tmp_path_factory.mktemp("cdk-2") / "cdk.out")
+
+
+def test_two_training_instances_train_through_the_toolkit_launch_and_deploy(two_instances, dataset, tmp_path):
+    """The Train state asks for two instances: the offline cloud runs the PyTorch container's entry on algo-1 and
+    algo-2, which start train.py through torchrun (one rank each, gloo); rank 0's artifact deploys and predicts."""
+    config, synthesized = two_instances
+    checked = []
+    with recorded_cloud(synthesized, config, tmp_path / "local", checked) as cloud:
+        upload(cloud, dataset)
+        run = run_pipeline(cloud, "run-2x", QUICK)
+        assert run["status"] == "SUCCEEDED", run
+        assert run["states"][-1] == wiring.NOTIFY_DEPLOYED_STATE
+        job = run["output"]["training"]["TrainingJobName"]
+        assert boto3.client("sagemaker").describe_training_job(TrainingJobName=job)["ResourceConfig"][
+            "InstanceCount"] == 2
+        hosts = cloud.training_jobs.workdir / job / "hosts"
+        assert "torchrun --nnodes 2 --nproc_per_node 1 --master_addr algo-1 --master_port 7777 --node_rank 1" in (
+            hosts / "algo-2" / "train.log").read_text()
+        assert json.loads((hosts / "algo-1" / "model" / "model.json").read_text())["distributed"]["world_size"] == 2
+        xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
+        results = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [xray])
+        assert results[xray]["status"] == "predicted"
+    deployment, calls, _ = checked
+    denials = deployment.check(calls)
+    assert not denials, "the synthesized policies refuse:\n" + "\n".join(map(str, denials))
+
+
 def test_every_permission_the_runs_used_is_needed(traces):
     """Taking any one (role, action) the runs needed out of the synthesized policies fails the check, naming it."""
     if not traces:

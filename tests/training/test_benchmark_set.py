@@ -62,13 +62,14 @@ def test_a_small_dataset_gets_no_benchmark_and_an_empty_channel(data_bucket, sta
     assert "no benchmark set yet" in summary["benchmark"]["note"]
 
 
-def test_a_concurrent_draw_loses_to_the_stored_set(dataset, monkeypatch):
+def test_a_concurrent_draw_loses_to_the_stored_set(data_bucket, monkeypatch):
+    """The bucket alone (``read`` is replaced and the items are given): no ingested dataset needed."""
     first, _ = benchmark.draw([splits.Item(f"k{i}", "normal" if i % 2 else "viral", str(i), f"h{i}")
                                for i in range(40)], "kermany", "other-run", "2026-01-01T00:00:00+00:00")
     monkeypatch.setattr(benchmark_set, "read", lambda bucket, dataset, calls=[]: calls.append(1) or (
         None if len(calls) == 1 else first))
-    boto3.client("s3").put_object(Bucket=dataset, Key=benchmark.key("kermany"), Body=json.dumps(first).encode())
-    got, note = benchmark_set.load_or_draw(dataset, "kermany", "this-run", [
+    boto3.client("s3").put_object(Bucket=data_bucket, Key=benchmark.key("kermany"), Body=json.dumps(first).encode())
+    got, note = benchmark_set.load_or_draw(data_bucket, "kermany", "this-run", [
         splits.Item(f"x{i}", "normal" if i % 2 else "viral", str(i), f"x{i}") for i in range(40)])
     assert got == first and note == "stored by a concurrent run"
 

@@ -111,7 +111,7 @@ def linear_pages() -> None:
     Query page, so a full listing costs O(n^2): at 200,000 objects, hours here, where S3 and DynamoDB serve a page
     from their sorted index. With ``--linear`` the server answers from a sorted index kept per bucket and
     partition (rebuilt when their size changes), for the requests the measured steps make: ListObjectsV2 without
-    a delimiter, and Query on the table's keys with ``begins_with`` on the sort key, forward, without a filter.
+    a delimiter, and Query on the table's keys with ``begins_with`` on the sort key, forward.
     """
     import bisect
     import copy
@@ -146,7 +146,8 @@ def linear_pages() -> None:
 
     def query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key, scan_index_forward,
               projection_expressions, index_name=None, consistent_read=False, filter_expression=None, **kwargs):
-        if index_name or filter_expression is not None or not scan_index_forward or range_comparison != "BEGINS_WITH":
+        legacy_filters = set(kwargs) - {"hash_key_conditions", "range_key_conditions"}
+        if index_name or scan_index_forward is False or range_comparison != "BEGINS_WITH" or legacy_filters:
             return original_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
                                   scan_index_forward, projection_expressions, index_name, consistent_read,
                                   filter_expression, **kwargs)
@@ -168,6 +169,8 @@ def linear_pages() -> None:
                 results.append(item)
                 result_size += item.size()
         results = copy.deepcopy(results)
+        if filter_expression is not None:  # as moto applies it: to the page, after the page is cut
+            results = [item for item in results if filter_expression.expr(item)]
         if projection_expressions:
             results = [r.project(projection_expressions) for r in results]
         return results, len(results), last
@@ -183,8 +186,10 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def run_step(step: str, url: str, count: int) -> None:
+def run_step(step: str, url: str, count: int, code: Path | None) -> None:
     os.environ["AWS_ENDPOINT_URL"] = url
+    if code:  # another checkout's steps (the code before a change), with this one's seeding helpers
+        sys.path[0] = str(code)
     import boto3
 
     import seeded
@@ -243,7 +248,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure(count: int, steps: list[str], linear: bool) -> dict:
+def measure(count: int, steps: list[str], linear: bool, code: Path | None) -> dict:
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--counts", str(count),
                                *(["--linear"] if linear else [])],
@@ -256,7 +261,8 @@ def measure(count: int, steps: list[str], linear: bool) -> dict:
                    "moto_rss_mb": round(ready["server_rss_mb"])}
         for step in steps:
             line = subprocess.run([sys.executable, __file__, "--step", step, "--url", ready["ready"], "--counts",
-                                   str(count)], check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+                                   str(count), *(["--code", str(code)] if code else [])],
+                                  check=True, capture_output=True, text=True).stdout.splitlines()[-1]
             figures[step] = json.loads(line)
             print(f"{count}: {line}", file=sys.stderr, flush=True)
         return figures
@@ -271,6 +277,7 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--linear", action="store_true",
                         help="moto serves pages from a sorted index (linear_pages), as S3 and DynamoDB do")
+    parser.add_argument("--code", type=Path, help="run the steps of another checkout (e.g. the code before a change)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
@@ -279,9 +286,10 @@ def main() -> None:
     if args.serve:
         return serve(args.serve, args.counts[0], args.linear)
     if args.step:
-        return run_step(args.step, args.url, args.counts[0])
+        return run_step(args.step, args.url, args.counts[0], args.code)
     results = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start",
-               "runs": [measure(count, args.steps, args.linear) for count in args.counts]}
+               "code": str(args.code or ROOT), "runs": [measure(count, args.steps, args.linear, args.code)
+                                                      for count in args.counts]}
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

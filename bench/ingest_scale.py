@@ -1,6 +1,6 @@
 """Ingest at scale on the offline cloud: N uploads, each through S3's notification to the real preprocess function.
 
-Run: `nice -n 10 .venv/bin/python bench/ingest_scale.py [--uploads 1000 5000] [--json FILE]`. Not part of
+Run: `nice -n 10 .venv/bin/python bench/ingest_scale.py [--uploads 1000 5000 10000] [--json FILE]`. Not part of
 `make test`.
 
 The offline cloud (``cxr.local.cloud``: moto, the S3 triggers, the functions' environments, dead-letter

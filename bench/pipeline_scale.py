@@ -1,13 +1,14 @@
 """Time and peak memory of PrepareDataset, `cxr status` and upload-dataset's checksum pass at 10k, 50k, 200k objects.
 
-Run: `nice -n 10 .venv/bin/python bench/pipeline_scale.py [--counts 10000 50000 200000] [--steps ...]
-[--json bench/results/pipeline-scale.json]`. Not part of `make test`.
+Run: `nice -n 10 .venv/bin/python bench/pipeline_scale.py --linear [--counts 10000 50000 200000] [--steps ...]
+[--code OTHER_CHECKOUT] [--json FILE]`. Not part of `make test`. Figures: bench/results/pipeline-scale.json.
 
 For each count a moto server (the offline cloud's AWS APIs, in a process of its own) is seeded directly with
 what ingest leaves behind for that many X-rays (``tests/seeded.py``): a source-state record per image, the
 processed PNG and sidecar JSON, and the raw upload with its SHA-256. Going through ingest would take hours
 at 200,000 here, and none of the measured steps reads anything else. Each step then runs in a fresh Python
-process against that server, so its time and memory are the step's own, not moto's:
+process against that server, so its memory and CPU time are the step's own, not moto's (the wall time is
+mostly moto's):
 
 * ``prepare``: ``lambdas.prepare_dataset.prepare`` (the PrepareDataset function, first run: it draws the
   benchmark set), reading the dataset's records page by page and writing the manifests;
@@ -18,7 +19,8 @@ process against that server, so its time and memory are the step's own, not moto
 Memory is the step process's peak resident set (``ru_maxrss``) less its resident set before the step (the
 interpreter and imports), so it is what the step itself added. moto answers ListObjectsV2 with 100 keys a page
 unless told otherwise; the server is told 1,000, AWS's page (ListObjectsV2 API reference). moto also sorts a
-bucket's keys for every page, so the listing's time here grows faster than on S3, where it is linear.
+whole bucket or partition for every page, O(n^2) for a full listing; ``--linear`` (:func:`linear_pages`) serves
+those pages from a sorted index instead, as S3 and DynamoDB do.
 """
 
 from __future__ import annotations

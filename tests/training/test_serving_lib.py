@@ -1,0 +1,67 @@
+"""The model's serving dependencies ship unpacked in ``code/lib`` (no pip at container start), used only under the
+Python they were built for. The real toolkits run them in ``test_toolkits.py``; these checks are fast."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cxr import jobcode
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
+TAG = f"cp{sys.version_info.major}{sys.version_info.minor}"
+
+
+def wheel(folder: Path, name: str, files: dict[str, str]) -> Path:
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+def test_wheels_unpack_as_pip_install_target_lays_them_out(tmp_path):
+    artifact = jobcode.load("artifact")
+    native = wheel(tmp_path, f"demo-1.0-{TAG}-{TAG}-manylinux_2_28_x86_64.whl", {
+        "demo/__init__.py": "VALUE = 1\n", "demo-1.0.data/platlib/demo_ext.py": "EXT = 2\n",
+        "demo-1.0.data/scripts/demo-cli": "#!/bin/sh\n", "demo-1.0.data/headers/demo.h": "",
+        "demo-1.0.dist-info/METADATA": "Name: demo\n"})
+    pure = wheel(tmp_path, "plain-2.0-py3-none-any.whl", {"plain.py": "P = 3\n", "../escape.py": "x = 1\n"})
+    lib = tmp_path / "code" / "lib"
+    artifact.unpack_wheels([native, pure], lib)
+    files = sorted(p.relative_to(lib).as_posix() for p in lib.rglob("*") if p.is_file())
+    assert files == ["demo-1.0.dist-info/METADATA", "demo/__init__.py", "demo_ext.py", "plain.py",
+                     "python-version.txt"]
+    assert (lib / "python-version.txt").read_text().strip() == HERE
+    other = wheel(tmp_path, "other-1.0-cp39-cp39-manylinux_2_28_x86_64.whl", {"other.py": ""})
+    with pytest.raises(ValueError, match="several Pythons"):
+        artifact.unpack_wheels([native, other], tmp_path / "mixed")
+
+
+def test_code_dir_has_no_requirements_file_and_inference_imports_from_lib(tmp_path):
+    """The code folder the job writes: ``lib/`` instead of a ``requirements.txt`` and wheels; ``inference.py``
+    puts ``lib`` first under its Python and leaves the path alone under another (the offline cloud's)."""
+    artifact = jobcode.load("artifact")
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "training_job", source)
+    (source / "wheels").mkdir()
+    wheel(source / "wheels", f"marker-1.0-{TAG}-{TAG}-manylinux_2_28_x86_64.whl", {"marker.py": "WHERE = 'lib'\n"})
+    (source / artifact.SERVING_WHEELS).write_text(f"marker==1.0\nmarker-1.0-{TAG}-{TAG}-manylinux_2_28_x86_64.whl\n")
+    model = tmp_path / "model"
+    artifact.write_code_dir(source, model)
+    code = model / "code"
+    assert not (code / "requirements.txt").exists() and not (code / "wheels").exists()
+    probe = ("import sys, json; sys.path.insert(0, sys.argv[1]); import inference, importlib.util; "
+             "print(json.dumps([sys.path[0], importlib.util.find_spec('marker') is not None]))")
+    found = subprocess.run([sys.executable, "-c", probe, str(code)], capture_output=True, text=True, check=True)
+    assert json.loads(found.stdout) == [str(code / "lib"), True]
+    (code / "lib" / "python-version.txt").write_text("3.1\n")  # built for another Python: not on the path
+    found = subprocess.run([sys.executable, "-c", probe, str(code)], capture_output=True, text=True, check=True)
+    assert json.loads(found.stdout) == [str(code), False]

@@ -174,7 +174,7 @@ def predict_fn(request: Request | Refused, model: Model, context=None) -> dict:
                 "artifact_sha256": model.artifact_sha256}
     started = time.perf_counter()
     config = model.config
-    stored = imaging.open_stored(request.image.png)
+    stored = request.image.stored  # decoded once, by the normaliser: the PNG is never made again here
     outputs = model.session.run(None, {"image": model_input(stored, config)})
     logits, cams = outputs[:2]
     probs = decision.model_probabilities(logits[0], config)

@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cxr import jobcode
@@ -65,3 +66,24 @@ def test_code_dir_has_no_requirements_file_and_inference_imports_from_lib(tmp_pa
     (code / "lib" / "python-version.txt").write_text("3.1\n")  # built for another Python: not on the path
     found = subprocess.run([sys.executable, "-c", probe, str(code)], capture_output=True, text=True, check=True)
     assert json.loads(found.stdout) == [str(code), False]
+
+
+def test_the_endpoint_decodes_the_stored_png_once_and_never_encodes_it_again(trained, monkeypatch):
+    """The predict function sends the stored PNG it normalised: the handler decodes it once (the normaliser's
+    checks included) and predicts from those pixels, with no second decode and no PNG encoding (explanations
+    aside, which draw one PNG)."""
+    from PIL import Image
+    from synthetic import encode, xray
+
+    inference = jobcode.load("inference", trained / "model" / "code")
+    model = inference.model_fn(str(trained / "model"))
+    stored = inference.imaging.normalise(encode(xray("normal", np.random.default_rng(3), size=(900, 700)),
+                                                "JPEG")).png
+    opened, saved = [], []
+    real_open, real_save = Image.open, Image.Image.save
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(1) or real_open(*args, **kwargs))
+    monkeypatch.setattr(Image.Image, "save", lambda self, *args, **kwargs: saved.append(1) or real_save(
+        self, *args, **kwargs))
+    answer = inference.predict_fn(inference.input_fn(stored, "image/png"), model)
+    assert (len(opened), len(saved)) == (1, 0)
+    assert answer["content_hash"] == inference.imaging.normalise(stored).content_hash

@@ -87,3 +87,26 @@ def test_the_endpoint_decodes_the_stored_png_once_and_never_encodes_it_again(tra
     answer = inference.predict_fn(inference.input_fn(stored, "image/png"), model)
     assert (len(opened), len(saved)) == (1, 0)
     assert answer["content_hash"] == inference.imaging.normalise(stored).content_hash
+
+
+def test_training_writes_an_int8_model_and_serves_it_only_within_half_a_point_of_fp32(trained, tmp_path):
+    """Both validation accuracies in ``metrics.json``; ``model.json`` names the INT8 file exactly when it is served,
+    and the handler answers from it."""
+    model = trained / "model"
+    int8 = json.loads((model / "metrics.json").read_text())["int8"]
+    config = json.loads((model / "model.json").read_text())
+    assert (model / "model.int8.onnx").is_file() and int8["calibration_images"] > 0
+    assert int8["served"] == (int8["validation_accuracy"] >= int8["fp32_validation_accuracy"] - 0.005)
+    assert config["onnx"] == ("model.int8.onnx" if int8["served"] else "model.onnx")
+    assert config["onnx_fp32"] == "model.onnx"
+
+    quantize = jobcode.load("quantize")
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    images = np.random.default_rng(0).random((20, 1, config["image_size"], config["image_size"]), dtype=np.float32)
+    fp32 = quantize.logits(copy / "model.onnx", images)
+    # an accuracy that falls by more than half a point on the quantized logits: FP32 serves
+    worse = quantize.choose(copy, "model.onnx", images, images,
+                            lambda logits: 1.0 if np.array_equal(logits, fp32) else 0.99)
+    assert worse["served"] is False and worse["fp32_validation_accuracy"] == 1.0
+    assert (copy / "model.int8.onnx").is_file()

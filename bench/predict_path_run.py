@@ -88,6 +88,7 @@ def main() -> None:
         rss_scaffold = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         from cxr.local import s3_events
         from lambdas import aws, predict
+        from lambdas.domain import layout
 
         compute = {"normalise": [], "model": []}
 
@@ -106,7 +107,7 @@ def main() -> None:
 
             def answer(params, **_):
                 started = time.perf_counter()
-                request = handler.input_fn(params["Body"], params["ContentType"])
+                request = handler.input_fn(params["body"], params["headers"]["Content-Type"])  # the wire request
                 body, _ = handler.output_fn(handler.predict_fn(request, model), "application/json")
                 compute["model"].append(time.perf_counter() - started)
                 payload = body.encode()
@@ -136,7 +137,7 @@ def main() -> None:
             assert outcome["predicted"] == 1, outcome
             if i == 0:
                 first_at = time.time()
-                prediction = json.loads(s3.get_object(Bucket=BUCKET, Key=f"predictions/{key}.json")["Body"].read())
+                prediction = json.loads(s3.get_object(Bucket=BUCKET, Key=layout.prediction_key(key))["Body"].read())
     warm_ms = sorted(1000 * t for t in latencies[1:])
     path_ms = sorted(1000 * (a + b) for a, b in zip(compute["normalise"][1:], compute["model"][1:], strict=True))
     print(json.dumps({

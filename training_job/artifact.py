@@ -9,9 +9,11 @@ the toolkit pip-installs one at every container start when it exists (``sagemake
 
 from __future__ import annotations
 
+import compileall
 import json
 import re
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -118,4 +120,8 @@ def unpack_wheels(wheels: list[Path], lib: Path) -> None:
     if len(versions) > 1:
         raise ValueError(f"serving wheels built for several Pythons: {sorted(versions)}")
     if versions:
-        (lib / LIB_PYTHON_FILE).write_text(versions.pop() + "\n")
+        version = versions.pop()
+        (lib / LIB_PYTHON_FILE).write_text(version + "\n")
+        if version == f"{sys.version_info[0]}.{sys.version_info[1]}":  # the job runs the image's Python: as pip
+            # does at install, compile the bytecode now, so that no container start compiles it (or cannot write it)
+            compileall.compile_dir(str(lib), quiet=1, workers=0)

@@ -14,6 +14,7 @@ from test_async_endpoint import XRAY, invoke, model_archive  # noqa: F401 (a fix
 
 from cxr import operations
 from cxr.local import pipeline
+from cxr.model_registry import ModelRegistry
 from infra import wiring
 from infra.config import Config
 
@@ -41,6 +42,15 @@ def test_an_upload_is_predicted_by_the_approved_model_in_the_predict_function(mo
         assert prediction["endpoint"] == f"lambda:{registration['model_package_arn']}"
         assert prediction["label"] in ("bacterial", "normal", "viral")
         assert prediction["audit"]["artifact_sha256"] == evaluation["artifact_sha256"]
+        assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+        # `cxr models promote` changes the registry, which is the whole deployment here: no Deploy call, no endpoint
+        models = ModelRegistry(boto3.client("sagemaker"), boto3.client("s3"), boto3.client("lambda"),
+                               wiring.model_package_group(STAGE), cloud.names.function(wiring.DEPLOY_MODEL),
+                               cloud.names.function(wiring.ENDPOINT_STATUS), poll_seconds=0.1)
+        promoted = models.promote(str(registration["version"]), log=lambda _: None)
+        assert promoted["package"] == registration["model_package_arn"] and "predict function" in promoted[
+            "endpoint_name"]
         assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
     deployment, calls, _ = checked
     denials = deployment.check(calls)

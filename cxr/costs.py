@@ -33,7 +33,7 @@ carries the prediction (two units)."""
 NOT_COUNTED = ("S3 storage (GB-months of uploads and predictions)", "CloudWatch logs, metrics and alarms",
                "the KMS key (a monthly fee) and its requests (bucket keys make them rare)",
                "S3, DynamoDB and network round-trip time in the predict Lambda's duration", "free tiers",
-               "serverless cold starts")
+               "serverless cold starts, and a lambda-mode cold start's model download and load")
 """What the estimates leave out: small or unmeasured here; the report lists it."""
 
 
@@ -83,6 +83,9 @@ class Latency:
     request_bytes: int
     response_bytes: int
     source: str
+    in_function_ms: float | None = None
+    """``endpoint_mode=lambda``: the model on the pixels the predict function has decoded (``predict_fn``, no
+    request); a result file from before the mode has none, and the endpoint request's time stands in for it."""
 
     @classmethod
     def from_file(cls, path: Path) -> Latency:
@@ -96,6 +99,7 @@ class Latency:
                 source=(f"{_shown(path)}: {result['architecture']} {result['input']} px, median of {result['runs']} "
                         f"runs on {result['threads']} CPU thread, load average {result['load_average']:.1f}, "
                         f"measured {result.get('measured_at', '?')}"),
+                in_function_ms=float(result["in_function_ms"]) if "in_function_ms" in result else None,
             )
         except FileNotFoundError:
             raise UserError(f"no latency measurement at {path}: run `python bench/latency.py MODEL_DIR --json {path}` "
@@ -150,13 +154,16 @@ def serverless_per_prediction(prices: dict[str, Price], memory_mb: int, latency:
     }
 
 
-def predict_path_per_prediction(prices: dict[str, Price], inputs: Inputs) -> dict[str, float]:
+def predict_path_per_prediction(prices: dict[str, Price], inputs: Inputs, model_ms: float | None = None
+                                ) -> dict[str, float]:
     """The event path around the endpoint: the predict Lambda, its S3 requests and DynamoDB writes.
 
-    The Lambda is billed while it normalises and while it waits for the endpoint; S3, DynamoDB and
-    network round trips are not measured and not counted in its duration.
+    The Lambda is billed while it normalises and while it waits for the endpoint, or, with ``model_ms``
+    (``endpoint_mode=lambda``), while it runs the model itself; S3, DynamoDB and network round trips are
+    not measured and not counted in its duration.
     """
-    lambda_seconds = (inputs.latency.normalise_ms + inputs.latency.endpoint_ms) / 1000
+    lambda_seconds = (inputs.latency.normalise_ms + (inputs.latency.endpoint_ms if model_ms is None else model_ms)
+                      ) / 1000
     return {
         "lambda requests": price(prices, "lambda_request"),
         "lambda compute": price(prices, f"lambda_gb_second.{inputs.lambda_architecture}")
@@ -185,6 +192,7 @@ def serving_estimates(prices: dict[str, Price], inputs: Inputs) -> list[Estimate
     path = predict_path_per_prediction(prices, inputs)
     path_monthly = {name: value * inputs.per_month for name, value in path.items()}
     hosting = price(prices, f"sagemaker_hosting_hour.{inputs.endpoint_instance_type}")
+    in_function = inputs.latency.in_function_ms or inputs.latency.endpoint_ms
     return [
         pay_per_use(
             "cxr, serverless endpoint",
@@ -194,6 +202,14 @@ def serving_estimates(prices: dict[str, Price], inputs: Inputs) -> list[Estimate
             f"Lambda ({inputs.lambda_memory_mb} MB x {inputs.latency.normalise_ms + inputs.latency.endpoint_ms:g} ms), "
             "S3 and DynamoDB requests",
             configured=inputs.endpoint_mode == "serverless",
+        ),
+        pay_per_use(
+            "cxr, lambda mode (no endpoint)",
+            predict_path_per_prediction(prices, inputs, in_function),
+            inputs.per_month,
+            f"the predict Lambda running the model ({inputs.lambda_memory_mb} MB x "
+            f"{inputs.latency.normalise_ms + in_function:g} ms: normalise and model), S3 and DynamoDB requests",
+            configured=inputs.endpoint_mode == "lambda",
         ),
         always_on(
             f"cxr, realtime endpoint {inputs.endpoint_instance_type}",

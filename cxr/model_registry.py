@@ -123,8 +123,19 @@ class ModelRegistry:
         return self.deploy(previous, log)
 
     def deploy(self, package: dict, log: Callable[[str], None] = print) -> dict:
-        """Invoke the Deploy function with the package as the state machine would, then wait until it serves."""
+        """Invoke the Deploy function with the package as the state machine would, then wait until it serves.
+
+        With ``endpoint_mode=lambda`` (the Deploy function's environment says so) there is no endpoint: the
+        predict function serves the champion within a minute of the registry change, so nothing is invoked."""
         meta = package.get("CustomerMetadataProperties", {})
+        environment = self.lambda_client.get_function_configuration(
+            FunctionName=self.deploy_function).get("Environment", {}).get("Variables", {})
+        if environment.get(wiring.ENV_ENDPOINT_MODE) == "lambda":
+            log(f"v{package.get('ModelPackageVersion')} is the champion: the predict function serves it "
+                "within a minute (endpoint_mode=lambda, no endpoint)")
+            return {"package": package["ModelPackageArn"], "version": package.get("ModelPackageVersion"),
+                    "endpoint_name": "the predict function (endpoint_mode=lambda)",
+                    "model_name": meta.get(promotion.TRAINING_JOB, "-"), "status": "Approved"}
         payload = {"run_id": meta.get(promotion.RUN_ID, "-"), "model_name": meta[promotion.TRAINING_JOB],
                    "model_artifact": package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],
                    "artifact_sha256": meta[promotion.ARTIFACT_SHA256]}

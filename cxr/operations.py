@@ -6,12 +6,17 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from lambdas.domain import layout
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def dataset_files(folder: Path) -> list[Path]:
@@ -52,8 +57,23 @@ def upload_files(s3, bucket: str, items: list[tuple[Path, str]], workers: int,
                       **extra)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for done, _ in enumerate(pool.map(upload, items), 1):
+        for done, _ in enumerate(bounded_map(pool, upload, items, 4 * max(1, workers)), 1):
             progress(done, len(items))
+
+
+def bounded_map(pool: Executor, function: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """``pool.map`` keeping at most ``window`` calls in flight, results in order.
+
+    ``Executor.map`` submits every item before yielding the first result: a future per item (about 1.6 KB
+    each, 320 MB for 200,000 files), all at once. This one submits the next item as each result is taken.
+    """
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ from aws_cdk import aws_lambda as lambda_
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements" / "lambda.txt"
+SERVING_REQUIREMENTS = ROOT / "requirements" / "lambda-serving.txt"
+"""ONNX Runtime for the predict function's layer (``endpoint_mode=lambda``); layers unpack under ``/opt``, and
+``/opt/python`` is on the Python runtimes' path (Lambda Developer Guide, "Layer paths for each Lambda runtime")."""
 PACKAGE = ROOT / "lambdas"
 CACHE = ROOT / ".cache" / "lambda"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -60,16 +63,31 @@ def dependencies(architecture: str) -> Path:
     if target.is_dir():
         return target
     staging = _staging(target)
-    platforms = [arg for platform in PLATFORMS[architecture] for arg in ("--platform", platform)]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-         *platforms, "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
-         "--target", str(staging), "-r", str(REQUIREMENTS)],
-        check=True,
-    )
+    _pip_install(REQUIREMENTS, architecture, staging)
     _publish(staging, target)
     _prune(f"deps-{architecture}-*", keep=target)
     return target
+
+
+def serving_layer(architecture: str) -> Path:
+    """ONNX Runtime installed under ``python/`` for the runtime's Python and CPU, built once per requirements file."""
+    key = _digest(SERVING_REQUIREMENTS.read_bytes(), architecture.encode(), PYTHON_VERSION.encode())
+    target = CACHE / f"serving-{architecture}-{key}"
+    if target.is_dir():
+        return target
+    staging = _staging(target)
+    _pip_install(SERVING_REQUIREMENTS, architecture, staging / "python", "--no-deps")
+    shutil.rmtree(staging / "python" / "bin", ignore_errors=True)  # console scripts: nothing in a layer runs them
+    _publish(staging, target)
+    _prune(f"serving-{architecture}-*", keep=target)
+    return target
+
+
+def serving_layer_code(architecture: str) -> lambda_.Code:
+    """The layer asset, hashed by its inputs (the folder is only built and copied when a stack asks for it)."""
+    folder = serving_layer(architecture)
+    return lambda_.Code.from_asset(str(folder), asset_hash_type=AssetHashType.CUSTOM,
+                                   asset_hash=folder.name.removeprefix("serving-"))
 
 
 def bundle(architecture: str) -> Path:
@@ -83,6 +101,17 @@ def bundle(architecture: str) -> Path:
     _publish(staging, target)
     _prune(f"bundle-{architecture}-*", keep=target)  # each source edit makes a new ~80 MB bundle
     return target
+
+
+def _pip_install(requirements: Path, architecture: str, target: Path, *options: str) -> None:
+    """Install ``requirements`` into ``target`` as manylinux wheels for the runtime's Python and ``architecture``."""
+    platforms = [arg for platform in PLATFORMS[architecture] for arg in ("--platform", platform)]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", *options,
+         *platforms, "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
+         "--target", str(target), "-r", str(requirements)],
+        check=True,
+    )
 
 
 def _staging(target: Path) -> Path:

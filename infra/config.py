@@ -17,7 +17,8 @@ from typing import Any
 from infra import wiring
 from infra.images import is_accelerated, is_arm, is_gpu
 
-ENDPOINT_MODES = ("serverless", "realtime", "async")
+ENDPOINT_MODES = ("serverless", "realtime", "async", "lambda")
+"""``lambda``: no SageMaker endpoint; the predict function runs the approved model (``lambdas/served_model.py``)."""
 PROFILES = ("default", "demo")
 ARCHITECTURES = ("x86_64", "arm64")
 APPROVAL_MODES = ("auto", "manual")

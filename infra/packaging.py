@@ -5,8 +5,9 @@ archive holds ``training_job/*.py`` (the ``imaging.py`` symlink dereferenced), `
 the dependencies beyond the SageMaker PyTorch image, for the images' Python (``infra.images.PYTHON_VERSION``,
 the one constant both derive from) on manylinux x86_64, and a ``requirements.txt`` that the training
 toolkit installs with ``--no-index``.
-``serving-wheels.txt`` names the subset the endpoint needs; the job copies it into the model's
-``code/``. Downloads are cached under ``.cache/wheels/<hash of the requirement list>``.
+``serving-wheels.txt`` names the subset the endpoint needs; the job unpacks it into the model's
+``code/lib`` (``training_job/artifact.py``). Downloads are cached under
+``.cache/wheels/<hash of the requirement list>``.
 
 Hyperparameters accepted by ``train.py``: run ``python training_job/train.py --help``; the ones
 the pipeline sets are ``architecture``, ``image-size``, ``epochs``, ``batch-size``, ``lr``, ``seed``.

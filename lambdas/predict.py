@@ -11,6 +11,9 @@ the DynamoDB item per version is the audit trail and is never retired. Throttlin
 errors are retried by botocore, then raised so Lambda retries the event and finally hands it to
 the on-failure destination.
 
+With ``ENDPOINT_MODE=lambda`` there is no endpoint: this function runs the stage's approved model itself
+(:mod:`lambdas.served_model`) on the pixels it has just normalised.
+
 An asynchronous endpoint (``ENDPOINT_MODE=async``) takes only ``InvokeEndpointAsync`` with the input
 in S3: the PNG goes to ``async-input/``, what the record needs to ``async-requests/``, and
 :mod:`lambdas.complete_prediction` writes the same record when the result lands in ``async-output/``.
@@ -46,7 +49,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
-from lambdas import aws, review_queue, s3io
+from lambdas import aws, review_queue, s3io, served_model
 from lambdas.domain import audit, imaging, layout, source_state, uploads
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
@@ -214,11 +217,14 @@ def predict_object(source: dict) -> dict:
         return {"status": "rejected", "reason": exc.code, "message": exc.message}
     explain = explain_policy(metadata, settings)
     reported = data_set is not None and settings.dicom_sr_output
-    endpoint = parameters.get_parameter(settings.endpoint_parameter, max_age=ENDPOINT_CACHE_SECONDS)
-    if os.environ.get("ENDPOINT_MODE") == "async":
-        submit_async(obj, endpoint, image.png, started_at, explain, dicom_sr=reported)
-        return {"status": "submitted"}
-    body, endpoint_ms = invoke_endpoint(endpoint, image.png, explain is not None)
+    if os.environ.get("ENDPOINT_MODE") == "lambda":  # this function runs the approved model itself
+        body, endpoint, endpoint_ms = served_model.answer(image, explain is not None)
+    else:
+        endpoint = parameters.get_parameter(settings.endpoint_parameter, max_age=ENDPOINT_CACHE_SECONDS)
+        if os.environ.get("ENDPOINT_MODE") == "async":
+            submit_async(obj, endpoint, image.png, started_at, explain, dicom_sr=reported)
+            return {"status": "submitted"}
+        body, endpoint_ms = invoke_endpoint(endpoint, image.png, explain is not None)
     latency = {"endpoint": endpoint_ms, "total": round(1000 * (time.perf_counter() - started), 1)}
     prediction, overlay = record_prediction(obj, parse_answer(body), endpoint, settings, latency, explain,
                                             dicom_sr=reported)

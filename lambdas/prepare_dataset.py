@@ -12,8 +12,11 @@ Returns the manifest URIs and the class list for CreateTrainingJob.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import tempfile
+from collections.abc import Iterable, Iterator
 
 from aws_lambda_powertools import Logger
 
@@ -28,11 +31,21 @@ class DatasetError(ValueError):
     """The dataset cannot be trained on (missing, or fewer than two classes); the pipeline fails clearly."""
 
 
-def manifest_records(items: list[splits.Item], dataset: str) -> list[dict]:
-    return [
+def manifest_records(items: list[splits.Item], dataset: str) -> Iterator[dict]:
+    return (
         {"key": i.key, "label": i.label, "patient_id": i.patient_id, "dataset": dataset, "content_hash": i.content_hash}
         for i in items
-    ]
+    )
+
+
+def put_spooled(s3, bucket: str, key: str, content_type: str, parts: Iterable[str]) -> None:
+    """PUT text written part by part to a temporary file (Lambda's /tmp), never whole in memory: a manifest of
+    200,000 images is tens of MB, and a string plus its encoded copy would hold it twice."""
+    with tempfile.TemporaryFile() as spool:
+        for part in parts:
+            spool.write(part.encode())
+        spool.seek(0)
+        s3.put_object(Bucket=bucket, Key=key, Body=spool, ContentType=content_type)
 
 
 def jsonl_key(run_id: str, split: str) -> str:
@@ -92,14 +105,15 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
     for name, members in {**result.splits, benchmark_set.CHANNEL: bench_members}.items():
         if not members and name != benchmark_set.CHANNEL:  # the benchmark channel holds its (empty) jsonl
             raise DatasetError(f"the {name} split is empty: the dataset is too small to split by patient")
-        records = manifest_records(members, dataset)
-        if name == benchmark_set.CHANNEL:  # the training job records which set its benchmark answers are on
-            records = [{**r, "benchmark_version": bench["version"]} for r in records]
-        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        s3.put_object(Bucket=bucket, Key=jsonl_key(run_id, name), Body=body.encode(), ContentType="application/jsonl")
-        manifest = [{"prefix": f"s3://{bucket}/"}, *(i.key for i in members), jsonl_key(run_id, name)]
-        s3.put_object(Bucket=bucket, Key=manifest_key(run_id, name), Body=json.dumps(manifest).encode(),
-                      ContentType="application/json")
+        # the training job records which set its benchmark answers are on (members imply a set)
+        extra = {"benchmark_version": bench["version"]} if name == benchmark_set.CHANNEL and members else {}
+        put_spooled(s3, bucket, jsonl_key(run_id, name), "application/jsonl",
+                    (json.dumps({**r, **extra}, sort_keys=True) + "\n" for r in manifest_records(members, dataset)))
+        entries = (json.dumps(entry) for entry in ({"prefix": f"s3://{bucket}/"}, *(i.key for i in members),
+                                                    jsonl_key(run_id, name)))
+        put_spooled(s3, bucket, manifest_key(run_id, name), "application/json",
+                    itertools.chain("[", itertools.chain.from_iterable(
+                        (", " if n else "", e) for n, e in enumerate(entries)), "]"))
         channels[name] = f"s3://{bucket}/{manifest_key(run_id, name)}"
     summary = build_summary(result, dataset, run_id, classes, params)
     summary["images"][benchmark_set.CHANNEL] = len(bench_members)

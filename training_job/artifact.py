@@ -1,15 +1,21 @@
 """The model artifact: ONNX export checked against torch, and the endpoint's ``code/`` folder.
 
 ``model.tar.gz`` deploys as is: the inference toolkit finds ``code/inference.py`` (with the one
-normaliser beside it) and installs ``code/requirements.txt`` from the wheels in ``code/wheels``
-with no index, because endpoints run without internet.
+normaliser beside it), and the serving dependencies lie unpacked in ``code/lib`` for the image's Python
+and platform, which ``inference.py`` puts first on ``sys.path``. There is no ``code/requirements.txt``:
+the toolkit pip-installs one at every container start when it exists (``sagemaker_inference.model_server``,
+7.3 s on 2 cores for these wheels), and endpoints run without internet anyway.
 """
 
 from __future__ import annotations
 
+import compileall
 import copy
 import json
+import re
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 
 import networks
@@ -24,6 +30,12 @@ ONNX_OUTPUTS = ["logits", "cams", "features"]
 CODE_FILES = ("inference.py", "imaging.py", "decision.py", "ood.py")
 SERVING_WHEELS = "serving-wheels.txt"
 """Written by the packager into the source dir: the wheels (and requirement) the endpoint needs."""
+LIB_DIR = "lib"
+"""``code/lib``: the serving wheels unpacked, as ``pip install --target`` lays them out."""
+LIB_PYTHON_FILE = "python-version.txt"
+"""``code/lib/python-version.txt``: the ``major.minor`` the unpacked wheels were built for; ``inference.py``
+adds ``code/lib`` only under that Python (the offline cloud loads the same artifact under its own)."""
+_CPYTHON_TAG = re.compile(r"-cp(\d)(\d+)-cp\d+[dmu]*-")
 
 
 def load_torch_model(model_dir: Path) -> tuple[Classifier, dict]:
@@ -71,19 +83,51 @@ def cpu_copy(model: Classifier) -> Classifier:
 
 
 def write_code_dir(source_dir: Path, model_dir: Path) -> list[str]:
-    """Copy the handler, the normaliser and the serving wheels into ``model_dir/code``; returns file names."""
+    """Copy the handler and the normaliser into ``model_dir/code`` and unpack the serving wheels into
+    ``code/lib``; returns the file names."""
     code = model_dir / "code"
     code.mkdir(parents=True, exist_ok=True)
     for name in CODE_FILES:
         shutil.copyfile(source_dir / name, code / name)  # copyfile follows the imaging.py symlink
     listing = source_dir / SERVING_WHEELS
     if listing.exists():
-        lines = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        requirements = [line for line in lines if not line.endswith(".whl")]
-        wheels = [line for line in lines if line.endswith(".whl")]
-        (code / "wheels").mkdir(exist_ok=True)
-        for wheel in wheels:
-            shutil.copyfile(source_dir / "wheels" / wheel, code / "wheels" / wheel)
-        # pip resolves a relative --find-links against the requirements file's own folder.
-        (code / "requirements.txt").write_text("--no-index\n--find-links wheels\n" + "\n".join(requirements) + "\n")
+        wheels = [line.strip() for line in listing.read_text().splitlines() if line.strip().endswith(".whl")]
+        unpack_wheels([source_dir / "wheels" / wheel for wheel in wheels], code / LIB_DIR)
     return sorted(p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file())
+
+
+def unpack_wheels(wheels: list[Path], lib: Path) -> None:
+    """Install ``wheels`` into ``lib`` as ``pip install --target`` would, without pip.
+
+    A wheel is a zip of its import tree plus ``<name>.data/``, whose ``purelib`` and ``platlib`` also belong
+    in site-packages (PEP 427, "Installing a wheel"); its ``scripts`` and ``headers`` do not serve a model.
+    Records which CPython the wheels were built for (their ``cpXY`` tag).
+    """
+    shutil.rmtree(lib, ignore_errors=True)
+    lib.mkdir(parents=True)
+    versions = set()
+    for wheel in wheels:
+        tag = _CPYTHON_TAG.search(wheel.name)
+        if tag:
+            versions.add(f"{tag.group(1)}.{tag.group(2)}")
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.infolist():
+                parts = Path(member.filename).parts
+                if member.is_dir() or ".." in parts:
+                    continue
+                if parts[0].endswith(".data"):
+                    if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                        continue
+                    parts = parts[2:]
+                target = lib.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+    if len(versions) > 1:
+        raise ValueError(f"serving wheels built for several Pythons: {sorted(versions)}")
+    if versions:
+        version = versions.pop()
+        (lib / LIB_PYTHON_FILE).write_text(version + "\n")
+        if version == f"{sys.version_info[0]}.{sys.version_info[1]}":  # the job runs the image's Python: as pip
+            # does at install, compile the bytecode now, so that no container start compiles it (or cannot write it)
+            compileall.compile_dir(str(lib), quiet=1, workers=0)

@@ -1,7 +1,9 @@
 """Endpoint handler (SageMaker PyTorch inference toolkit): ``model_fn``, ``input_fn``, ``predict_fn``, ``output_fn``.
 
-Serves ``model.onnx`` with ONNX Runtime (vendored in ``code/wheels``: endpoints have no internet)
-and imports neither torch nor boto3, so a cold start is ONNX Runtime's load and nothing more.
+Serves ``model.onnx`` with ONNX Runtime, unpacked with its dependencies in ``code/lib`` for the image's
+Python (``artifact.unpack_wheels``: endpoints have no internet, and the toolkit would pip-install a
+``requirements.txt`` at every container start), and imports neither torch nor boto3, so a cold start is
+ONNX Runtime's load and nothing more.
 Every input goes through the one normaliser (``imaging.py``, shipped beside this file), then the
 resize policy recorded in ``model.json``, exactly as at training time; logits become probabilities,
 a label and the referral (``refer_to_radiologist`` with the ``referral_reasons`` that fired, the
@@ -35,16 +37,24 @@ import base64
 import io
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import decision
-import imaging
-import numpy as np
-import onnxruntime as ort
-import ood
-from PIL import Image
+LIB = Path(__file__).resolve().parent / "lib"
+"""The serving wheels unpacked (``artifact.LIB_DIR``), first on the path under the Python they were built for;
+elsewhere (the offline cloud, ``cxr evaluate``, a Lambda) the environment provides the packages."""
+if (LIB / "python-version.txt").is_file() and str(LIB) not in sys.path and (
+        (LIB / "python-version.txt").read_text().strip() == f"{sys.version_info[0]}.{sys.version_info[1]}"):
+    sys.path.insert(0, str(LIB))
+
+import decision  # noqa: E402 (after the vendored path)
+import imaging  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import ood  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ARTIFACT_SHA256_VARIABLE = "CXR_ARTIFACT_SHA256"
 """Set by the deploy step (``lambdas.domain.audit``); absent when the model is served outside a deployment."""
@@ -164,7 +174,7 @@ def predict_fn(request: Request | Refused, model: Model, context=None) -> dict:
                 "artifact_sha256": model.artifact_sha256}
     started = time.perf_counter()
     config = model.config
-    stored = imaging.open_stored(request.image.png)
+    stored = request.image.stored  # decoded once, by the normaliser: the PNG is never made again here
     outputs = model.session.run(None, {"image": model_input(stored, config)})
     logits, cams = outputs[:2]
     probs = decision.model_probabilities(logits[0], config)

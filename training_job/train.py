@@ -50,6 +50,7 @@ import metrics as m
 import networks
 import numpy as np
 import ood
+import quantize
 import report
 import torch
 from torch.nn import functional as F
@@ -502,6 +503,11 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     sample = splits[evaluated_on].images[:8].float()
     onnx_diff = artifact.check_onnx(model, model_dir / artifact.ONNX_FILE, sample)
     guard = fit_guard(model, splits, model_dir, trainer.to_device)
+    int8 = quantize.choose(
+        model_dir, artifact.ONNX_FILE, calibration_images(splits["train"], args.seed),
+        splits["validation"].images.float().numpy(), lambda logits: m.classification_metrics(
+            val_y, decision.probabilities(logits, classes, temperature, prior), classes, rule)["accuracy"])
+    result["int8"] = int8
     fingerprint = data.fingerprint({k: v for k, v in splits.items() if k != "test"})
     config = {
         "model_id": f"cxr-{args.architecture}-{fingerprint[:12]}-{extra['finished'][:19].replace(':', '')}",
@@ -524,7 +530,8 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
                           "(argmax without a normal class)",
         "referral_margin": rule.margin,
         "referral_rule": decision.RULE,
-        "onnx": artifact.ONNX_FILE,
+        "onnx": quantize.INT8_FILE if int8["served"] else artifact.ONNX_FILE,
+        "onnx_fp32": artifact.ONNX_FILE,
         "onnx_outputs": artifact.ONNX_OUTPUTS,
         "out_of_distribution": guard.describe(),
         "onnx_max_abs_diff": onnx_diff,
@@ -548,6 +555,12 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     shutil.copyfile(model_dir / "metrics.json", output_dir / "metrics.json")
     shutil.copytree(report_dir, output_dir / "report", dirs_exist_ok=True)
     return result
+
+
+def calibration_images(train: data.Split, seed: int) -> np.ndarray:
+    """The training inputs INT8 calibration reads: a seeded sample, not the whole split in float32."""
+    picked = np.sort(np.random.default_rng(seed).permutation(len(train))[:quantize.CALIBRATION_IMAGES])
+    return train.images[torch.from_numpy(picked)].float().numpy()
 
 
 def score_benchmark(args, trainer: Trainer, model, classes, temperature, prior, rule) -> dict:

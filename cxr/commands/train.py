@@ -102,12 +102,21 @@ def start_and_follow(say, sfn, state_machine_arn: str, run_id: str, dataset: str
                 say(f"  champion gate: {name} challenger - champion {stats['difference']:+.4f} "
                     f"[{low:+.4f}, {high:+.4f}]: {'pass' if stats['passed'] else 'FAIL'}")
     return {"status": described["status"], "output": output, "cause": described.get("cause", ""),
-            "deployed": described["status"] == "SUCCEEDED" and "deployment" in output}
+            "deployed": deployed(described["status"], output)}
+
+
+def deployed(status: str, output: dict) -> bool:
+    """A new model serves: an endpoint took it, or (``endpoint_mode=lambda``, no Deploy step) the registry approved."""
+    approved = bool((output.get("registration") or {}).get("approved"))
+    return status == "SUCCEEDED" and ("deployment" in output or approved)
 
 
 def print_outcome(outcome: dict) -> None:
     output = outcome["output"]
-    if outcome["deployed"]:
+    if outcome["deployed"] and "deployment" not in output:
+        print(f"model v{output['registration']['version']} approved: the predict function serves it "
+              "(endpoint_mode=lambda, no endpoint)")
+    elif outcome["deployed"]:
         deployment = output["deployment"]
         print(f"deployed model {deployment['model_name']} to endpoint {deployment['endpoint_name']}")
     elif outcome["status"] == "SUCCEEDED":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cxr import manifest, operations, target
+from cxr import manifest, operations, progress, target
 from cxr.commands import check
 from cxr.errors import UsageError, UserError
 from infra import wiring
@@ -43,25 +43,30 @@ def run(args) -> int:
     if not files:
         raise UserError(f"{folder} holds no files")
     prefix = key_prefix(folder, dataset)
-    keys = {path: prefix + path.relative_to(folder).as_posix() for path in files}
-    verdicts = [check.check_file(path, keys[path].split("/")[2:]) for path in files]  # as ingest will label it
-    accepted = [(path, v) for path, v in zip(files, verdicts, strict=True) if v.status == "accepted"]
+    accepted, rejected, found = [], [], set()
+    with progress.bar(len(files), "checking") as bar:  # one pass: verdict, then the digest of what is accepted
+        for path in files:
+            key = prefix + path.relative_to(folder).as_posix()
+            verdict = check.check_file(path, key.split("/")[2:])  # as ingest will label it
+            if verdict.status == "accepted":
+                accepted.append(local_item(key, path))
+                found.add(verdict.label)
+            else:
+                rejected.append(verdict)
+            bar.update()
     if not accepted:
-        unlabelled = sum(v.code == "unlabelled" for v in verdicts)
-        if unlabelled == len(verdicts):
+        if all(v.code == "unlabelled" for v in rejected):
             raise UserError(f"{folder} has no recognisable labels: put images in label folders such as "
                             "NORMAL/ and PNEUMONIA/ (optionally under train/ val/ test/)")
         raise UserError(f"none of the {len(files)} files in {folder} is an acceptable X-ray (see `cxr check`)")
-    found = sorted({v.label for _, v in accepted})
     classes = labels.class_set(found)
-    print(f"{len(files)} files: {len(accepted)} valid ({', '.join(found)}; a training run would use "
-          f"{len(classes)} classes), {len(files) - len(accepted)} rejected locally and not uploaded")
-    for v in verdicts:
-        if v.status != "accepted":
-            print(f"  skipped {v.path}: {v.code}: {v.reason}")
+    print(f"{len(files)} files: {len(accepted)} valid ({', '.join(sorted(found))}; a training run would use "
+          f"{len(classes)} classes), {len(rejected)} rejected locally and not uploaded")
+    for v in rejected:
+        print(f"  skipped {v.path}: {v.code}: {v.reason}")
     deployment = target.resolve(args)
     s3, bucket = deployment.client("s3"), deployment.bucket(wiring.DATA)
-    return send(args, s3, bucket, prefix, [local_item(keys[path], path) for path, _ in accepted], dataset)
+    return send(args, s3, bucket, prefix, accepted, dataset)
 
 
 def upload_manifest(args) -> int:
@@ -89,7 +94,7 @@ def upload_manifest(args) -> int:
     return send(args, s3, bucket, f"{layout.RAW}{dataset}/", items, dataset)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One object to send to ``key``: a local file, or an S3 object copied inside S3."""
 
@@ -141,8 +146,10 @@ def send(args, s3, bucket: str, prefix: str, items: list[Item], dataset: str) ->
             source_bucket, source_key = layout.split_s3_uri(item.source)
             s3.copy_object(Bucket=bucket, Key=item.key, CopySource={"Bucket": source_bucket, "Key": source_key},
                            Metadata={SOURCE_ETAG: item.fingerprint, **item.metadata}, MetadataDirective="REPLACE")
-    operations.upload_files(s3, bucket, [(item.source, item.key) for item in todo if isinstance(item.source, Path)],
-                            args.workers, progress_bar, metadata={i.key: i.metadata for i in todo if i.metadata})
+    files = [(item.source, item.key) for item in todo if isinstance(item.source, Path)]
+    with progress.bar(len(files), "uploading") as bar:
+        operations.upload_files(s3, bucket, files, args.workers, lambda done, total: bar.update(),
+                                metadata={i.key: i.metadata for i in todo if i.metadata})
     print(f"sent {len(todo)} files; each is preprocessed by the ingest Lambda "
           f"(see processed/{dataset}/ and quarantine/)")
     return 0
@@ -159,10 +166,7 @@ def already_there(s3, bucket: str, prefix: str, items: list[Item], workers: int)
     digests, not of the file, so such an object is sent again and then holds a full-object one.
     Reading a checksum of an SSE-KMS object needs ``kms:Decrypt`` on its key (HeadObject).
     """
-    sizes = {obj["Key"]: obj["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                                             Prefix=prefix)
-             for obj in page.get("Contents", [])}
-    candidates = [item for item in items if sizes.get(item.key) == item.size]
+    candidates = same_size(listed(s3, bucket, prefix), items)
 
     def holds(item: Item) -> bool:
         head = s3.head_object(Bucket=bucket, Key=item.key, ChecksumMode="ENABLED")
@@ -171,8 +175,39 @@ def already_there(s3, bucket: str, prefix: str, items: list[Item], workers: int)
             return full_object and head.get("ChecksumSHA256") == item.fingerprint
         return head.get("Metadata", {}).get(SOURCE_ETAG) == item.fingerprint
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        return {item.key for item, held in zip(candidates, pool.map(holds, candidates), strict=True) if held}
+    held = set()
+    with ThreadPoolExecutor(max(1, workers)) as pool, progress.bar(len(candidates), "comparing checksums") as bar:
+        for item, ok in zip(candidates, operations.bounded_map(pool, holds, candidates, 4 * max(1, workers)),
+                            strict=True):
+            if ok:
+                held.add(item.key)
+            bar.update()
+    return held
+
+
+def listed(s3, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+    """(key, size) of every object under ``prefix``, page by page, in S3's order: ascending UTF-8 bytes
+    ("Listing object keys programmatically", Amazon S3 User Guide), which is Python's order of ``str``."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield obj["Key"], obj["Size"]
+
+
+def same_size(listing: Iterator[tuple[str, int]], items: list[Item]) -> list[Item]:
+    """The items whose key is listed with their size: one merge of two sorted sequences, so the listing (200,000
+    keys at scale) streams past instead of being held beside the items."""
+    candidates, previous = [], ""
+    ordered = iter(sorted(items, key=lambda item: item.key))
+    item = next(ordered, None)
+    for key, size in listing:
+        if key < previous:
+            raise RuntimeError(f"the listing is out of order at {key!r}: S3 lists keys in ascending order")
+        previous = key
+        while item is not None and item.key <= key:
+            if item.key == key and item.size == size:
+                candidates.append(item)
+            item = next(ordered, None)
+    return candidates
 
 
 def dataset_name(folder: Path) -> str:
@@ -185,9 +220,3 @@ def key_prefix(folder: Path, dataset: str) -> str:
     """``raw/<dataset>/``, keeping a split folder given as DIR (``.../train``) in the keys."""
     split = folder.resolve().name if folder.resolve().name.lower() in labels.SPLITS else None
     return f"{layout.RAW}{dataset}/" + (f"{split}/" if split else "")
-
-
-def progress_bar(done: int, total: int) -> None:
-    filled = int(30 * done / total)
-    end = "\n" if done == total else ""
-    print(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)

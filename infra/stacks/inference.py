@@ -4,6 +4,10 @@ Like ingest, the predict function keeps one current outcome per ``incoming/`` ke
 table (``lambdas.domain.source_state``): it tombstones a superseded prediction or rejection (a delete
 without a version id) and never deletes anything under ``incoming/``.
 
+With ``endpoint_mode=lambda`` there is no endpoint to call: the predict function carries ONNX Runtime in a
+layer and runs the stage's approved model itself (``lambdas/served_model.py``), reading the registry and the
+artifact under ``models/`` instead.
+
 With ``endpoint_mode=async`` the predict Lambda queues each request (input under ``async-input/``) and
 the CompletePrediction Lambda, triggered by the result under ``async-output/``, writes the record.
 """
@@ -14,11 +18,12 @@ from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from infra import wiring
+from infra import bundling, wiring
 from infra.components.access import allow_objects, allow_retention
 from infra.components.buckets import bucket_arn, imported_bucket, nag_bucket_arn
 from infra.components.function import ServiceFunction
@@ -59,6 +64,7 @@ class InferenceStack(Stack):
             wiring.ENV_EXPLAIN_REFERRALS: "true" if config.explain_referrals else "false",
             **review_queue,
             wiring.ENV_DICOM_SR_OUTPUT: "true" if config.dicom_sr_output else "false",
+            wiring.ENV_MODEL_PACKAGE_GROUP: wiring.model_package_group(config.stage),
         })
         function = self.predict.function
         asynchronous = config.endpoint_mode == "async"
@@ -70,9 +76,13 @@ class InferenceStack(Stack):
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
             resources=[self.idempotency.table_arn]))
-        function.add_to_role_policy(iam.PolicyStatement(  # an asynchronous endpoint refuses InvokeEndpoint
-            actions=["sagemaker:InvokeEndpointAsync" if asynchronous else "sagemaker:InvokeEndpoint"],
-            resources=[self.format_arn(service="sagemaker", resource="endpoint", resource_name=self.endpoint_name)]))
+        if config.endpoint_mode == "lambda":
+            self._serve_in_function(function, config, key)
+        else:
+            function.add_to_role_policy(iam.PolicyStatement(  # an asynchronous endpoint refuses InvokeEndpoint
+                actions=["sagemaker:InvokeEndpointAsync" if asynchronous else "sagemaker:InvokeEndpoint"],
+                resources=[self.format_arn(service="sagemaker", resource="endpoint",
+                                           resource_name=self.endpoint_name)]))
         add_trigger(inference_bucket, function, spec.trigger)
 
         complete = wiring.COMPLETE_PREDICTION
@@ -97,6 +107,24 @@ class InferenceStack(Stack):
             allow_items(writer, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
             # a referred (or sampled) version opens its review task; a superseded one's open task is withdrawn
             allow_items(writer, self.review_tasks, key, "dynamodb:PutItem", "dynamodb:UpdateItem")
+
+    def _serve_in_function(self, function: lambda_.IFunction, config: Config, key: kms.IKey) -> None:
+        """``endpoint_mode=lambda``: ONNX Runtime as a layer, the registry's champion and its artifact readable."""
+        function.add_layers(lambda_.LayerVersion(
+            self, "ServingLayer", code=bundling.serving_layer_code(config.lambda_architecture),
+            compatible_runtimes=[bundling.RUNTIME],
+            compatible_architectures=[bundling.ARCHITECTURES[config.lambda_architecture]],
+            description="ONNX Runtime for the predict function (endpoint_mode=lambda)"))
+        group = wiring.model_package_group(config.stage)
+        function.add_to_role_policy(iam.PolicyStatement(actions=["sagemaker:DescribeModelPackage"], resources=[
+            self.format_arn(service="sagemaker", resource="model-package", resource_name=f"{group}/*")]))
+        function.add_to_role_policy(iam.PolicyStatement(  # no resource-level permissions (it lists by group name)
+            actions=["sagemaker:ListModelPackages"], resources=["*"]))
+        allow_objects(function, wiring.DATA, config.stage, key, read=[layout.MODELS])  # model.tar.gz, streamed
+        acknowledge(function.role, "Versioned model packages are named <group>/<version>, the version assigned by "
+                    "SageMaker; ListModelPackages has no resource-level permissions (it lists one group by name).",
+                    "AwsSolutions-IAM5[Resource::*]", "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:"
+                    f"<AWS::Region>:<AWS::AccountId>:model-package/{group}/*]")
 
     def _results_dicom_reader(self, stage: str, key: kms.IKey) -> iam.ManagedPolicy:
         """The one read permission on ``results-dicom/``, whose DICOM SRs carry patient identity for a PACS.

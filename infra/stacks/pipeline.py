@@ -265,27 +265,17 @@ class TrainingPipelineStack(Stack):
             "summary_uri": sfn.JsonPath.string_at("$.dataset.summary_uri"),
             "evaluation": sfn.JsonPath.object_at("$.evaluation"),
         }, "$.registration")
-        deploy = invoke(wiring.DEPLOY_STATE, self.deploy, {
-            "run_id": sfn.JsonPath.string_at("$.request.run_id"),
-            "model_name": sfn.JsonPath.string_at("$.training.TrainingJobName"),
-            "model_artifact": artifact,
-            "artifact_sha256": sfn.JsonPath.string_at("$.evaluation.artifact_sha256"),
-        }, "$.deployment")
-        deploy.add_retry(errors=["EndpointBusy"], max_attempts=20, interval=Duration.seconds(30), backoff_rate=1.5,
-                         max_delay=Duration.minutes(5))
-        wait = sfn.Wait(scope, wiring.WAIT_STATE, time=sfn.WaitTime.duration(Duration.seconds(WAIT_SECONDS)))
-        status = invoke(wiring.ENDPOINT_STATUS_STATE, self.status, {
-            "endpoint_name": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
-            "endpoint_config_name": sfn.JsonPath.string_at("$.deployment.endpoint_config_name"),
-        }, "$.endpoint")
+        in_function = self.config.endpoint_mode == "lambda"  # no endpoint: the approval is the deployment
         notify_deployed = guard(publish(wiring.NOTIFY_DEPLOYED_STATE, "model deployed", {
             "outcome": "deployed", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
-            "endpoint": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
-            "model": sfn.JsonPath.string_at("$.deployment.model_name"),
+            **({"endpoint": "none: the predict function serves the approved model (endpoint_mode=lambda)",
+                "model": sfn.JsonPath.string_at("$.training.TrainingJobName")} if in_function else {
+                "endpoint": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
+                "model": sfn.JsonPath.string_at("$.deployment.model_name")}),
             "artifact_sha256": sfn.JsonPath.string_at("$.evaluation.artifact_sha256"),
             "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
             "registration": sfn.JsonPath.object_at("$.registration"),
-            "rescore": sfn.JsonPath.object_at("$.rescore"),
+            **({} if in_function else {"rescore": sfn.JsonPath.object_at("$.rescore")}),
         }), sns_transient)
         notify_rejected = guard(publish(wiring.NOTIFY_REJECTED_STATE, "model not approved, not deployed", {
             "outcome": "rejected", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
@@ -293,32 +283,51 @@ class TrainingPipelineStack(Stack):
             "report": sfn.JsonPath.string_at("$.evaluation.report_uri"),
             "registration": sfn.JsonPath.object_at("$.registration"),
         }), sns_transient)
-        # The re-score of recent X-rays: a failure there is reported with the deployment, which stands.
-        start_rescore = lambda_task(wiring.START_RESCORE_STATE, self.start_rescore, {
-            "run_id": sfn.JsonPath.string_at("$.request.run_id"),
-            "model_name": sfn.JsonPath.string_at("$.deployment.model_name")}, "$.rescore")
-        rescore_status = lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
-            "run_id": sfn.JsonPath.string_at("$.request.run_id"), "job": sfn.JsonPath.string_at("$.rescore.job"),
-            "output": sfn.JsonPath.string_at("$.rescore.output"),
-            "manifest": sfn.JsonPath.string_at("$.rescore.manifest"),
-            "images": sfn.JsonPath.number_at("$.rescore.images"), "started": True}, "$.rescore")
-        for task in (start_rescore, rescore_status):
-            task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
-            task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
-        wait_rescore = sfn.Wait(scope, wiring.WAIT_FOR_RESCORE_STATE,
-                                time=sfn.WaitTime.duration(Duration.seconds(WAIT_SECONDS)))
-        rescore_done = (sfn.Choice(scope, wiring.RESCORE_DONE_STATE)
-                        .when(sfn.Condition.boolean_equals("$.rescore.done", True), notify_deployed)
-                        .otherwise(wait_rescore))
-        wait_rescore.next(rescore_status).next(rescore_done)
-        start_rescore.next(sfn.Choice(scope, wiring.RESCORE_STARTED_STATE)
-                           .when(sfn.Condition.boolean_equals("$.rescore.started", True), wait_rescore)
-                           .otherwise(notify_deployed))
-        ready = (sfn.Choice(scope, wiring.ENDPOINT_READY_STATE)
-                 .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), start_rescore)
-                 .otherwise(wait.next(status)))
+        def endpoint_path() -> sfn.IChainable:
+            """Deploy, wait until the endpoint serves, then re-score: built only when there is an endpoint, since
+            every state a Catch or transition names is rendered, and Step Functions refuses unreachable ones."""
+            deploy = invoke(wiring.DEPLOY_STATE, self.deploy, {
+                "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+                "model_name": sfn.JsonPath.string_at("$.training.TrainingJobName"),
+                "model_artifact": artifact,
+                "artifact_sha256": sfn.JsonPath.string_at("$.evaluation.artifact_sha256"),
+            }, "$.deployment")
+            deploy.add_retry(errors=["EndpointBusy"], max_attempts=20, interval=Duration.seconds(30), backoff_rate=1.5,
+                             max_delay=Duration.minutes(5))
+            wait = sfn.Wait(scope, wiring.WAIT_STATE, time=sfn.WaitTime.duration(Duration.seconds(WAIT_SECONDS)))
+            status = invoke(wiring.ENDPOINT_STATUS_STATE, self.status, {
+                "endpoint_name": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
+                "endpoint_config_name": sfn.JsonPath.string_at("$.deployment.endpoint_config_name"),
+            }, "$.endpoint")
+            # The re-score of recent X-rays: a failure there is reported with the deployment, which stands.
+            start_rescore = lambda_task(wiring.START_RESCORE_STATE, self.start_rescore, {
+                "run_id": sfn.JsonPath.string_at("$.request.run_id"),
+                "model_name": sfn.JsonPath.string_at("$.deployment.model_name")}, "$.rescore")
+            rescore_status = lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
+                "run_id": sfn.JsonPath.string_at("$.request.run_id"), "job": sfn.JsonPath.string_at("$.rescore.job"),
+                "output": sfn.JsonPath.string_at("$.rescore.output"),
+                "manifest": sfn.JsonPath.string_at("$.rescore.manifest"),
+                "images": sfn.JsonPath.number_at("$.rescore.images"), "started": True}, "$.rescore")
+            for task in (start_rescore, rescore_status):
+                task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+                task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
+            wait_rescore = sfn.Wait(scope, wiring.WAIT_FOR_RESCORE_STATE,
+                                    time=sfn.WaitTime.duration(Duration.seconds(WAIT_SECONDS)))
+            rescore_done = (sfn.Choice(scope, wiring.RESCORE_DONE_STATE)
+                            .when(sfn.Condition.boolean_equals("$.rescore.done", True), notify_deployed)
+                            .otherwise(wait_rescore))
+            wait_rescore.next(rescore_status).next(rescore_done)
+            start_rescore.next(sfn.Choice(scope, wiring.RESCORE_STARTED_STATE)
+                               .when(sfn.Condition.boolean_equals("$.rescore.started", True), wait_rescore)
+                               .otherwise(notify_deployed))
+            ready = (sfn.Choice(scope, wiring.ENDPOINT_READY_STATE)
+                     .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), start_rescore)
+                     .otherwise(wait.next(status)))
+            return deploy.next(status).next(ready)
+
         gate = (sfn.Choice(scope, wiring.GATE_STATE)
-                .when(sfn.Condition.boolean_equals("$.registration.approved", True), deploy.next(status).next(ready))
+                .when(sfn.Condition.boolean_equals("$.registration.approved", True),
+                      notify_deployed if in_function else endpoint_path())
                 .otherwise(notify_rejected.next(sfn.Succeed(scope, wiring.NOT_DEPLOYED_STATE,
                                                             comment="the previous endpoint keeps serving"))))
         # A request of another shape would fail a later input path or intrinsic with States.Runtime, which no

@@ -90,10 +90,27 @@ def test_serverless_total_is_the_sum_of_its_line_items():
 
 @pytest.mark.parametrize("mode, configured", [("serverless", "cxr, serverless endpoint"),
                                               ("realtime", "cxr, realtime endpoint ml.c6i.large"),
-                                              ("async", "cxr, realtime endpoint ml.c6i.large")])
+                                              ("async", "cxr, realtime endpoint ml.c6i.large"),
+                                              ("lambda", "cxr, lambda mode (no endpoint)")])
 def test_the_configured_endpoint_mode_is_marked(mode, configured):
     estimates = costs.serving_estimates(PRICES, inputs(endpoint_mode=mode))
     assert [e.name for e in estimates if e.configured] == [configured]
+
+
+def test_lambda_mode_bills_the_predict_function_for_the_model_and_nothing_for_an_endpoint():
+    """10,000 X-rays a month: the function's own time (normalise and the model, measured in process) and the same
+    requests, no endpoint compute or data: below the serverless figure, which also pays the Lambda's wait."""
+    latency = costs.Latency(endpoint_ms=20.0, normalise_ms=10.0, request_bytes=20_000, response_bytes=400,
+                            source="test", in_function_ms=8.0)
+    estimates = {e.name: e for e in costs.serving_estimates(PRICES, inputs(latency=latency, per_month=10_000))}
+    in_function, serverless = estimates["cxr, lambda mode (no endpoint)"], estimates["cxr, serverless endpoint"]
+    assert set(in_function.items) == {"lambda requests", "lambda compute", "s3 requests", "dynamodb writes"}
+    assert in_function.items["lambda compute"] == pytest.approx(
+        PRICES["lambda_gb_second.x86_64"].value * 2048 / 1024 * (10.0 + 8.0) / 1000)
+    assert in_function.per_month < serverless.per_month
+    older = costs.serving_estimates(PRICES, inputs())  # a result file without in_function_ms: the request's time
+    assert next(e for e in older if e.name.startswith("cxr, lambda")).items["lambda compute"] == pytest.approx(
+        PRICES["lambda_gb_second.x86_64"].value * 2048 / 1024 * (10.0 + 20.0) / 1000)
 
 
 def test_training_on_demand_against_spot():

@@ -87,3 +87,15 @@ def test_gpu_preset_runs_on_the_cpu_with_tiny_settings(medmnist_npz, tmp_path, c
     assert (hps["augment"], hps["ema_decay"], hps["epochs"], hps["threshold_rule"]) == (
         "acquisition", 0.998, 1, "sensitivity")
     assert "sensitivity >= 0.95" in config["threshold_rule"]
+
+
+def test_an_approved_model_in_lambda_mode_is_reported_deployed_without_an_endpoint(capsys):
+    """endpoint_mode=lambda has no Deploy step: the registry's approval is the deployment, and `cxr train` says so."""
+    from cxr.commands import train
+
+    approved = {"registration": {"approved": True, "version": 3, "reason": "passed"}}
+    assert train.deployed("SUCCEEDED", approved)
+    assert not train.deployed("SUCCEEDED", {"registration": {"approved": False, "version": 4, "reason": "no"}})
+    train.print_outcome({"status": "SUCCEEDED", "output": approved, "cause": "",
+                         "deployed": train.deployed("SUCCEEDED", approved)})
+    assert "v3 approved: the predict function serves it" in capsys.readouterr().out

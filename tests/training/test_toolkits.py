@@ -49,9 +49,12 @@ def test_sourcedir_holds_the_code_the_wheels_and_an_offline_requirements_file(so
                                      f"{sys.version_info[1]}").read_bytes() == sourcedir.read_bytes()
 
 
-def test_sagemaker_training_toolkit_runs_train_py_from_the_sourcedir(sourcedir, staged, tmp_path):
+@pytest.fixture(scope="module")
+def toolkit_job(sourcedir, staged, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The training toolkit's ``train`` entry point run on the sourcedir: its ``/opt/ml`` tree and the run."""
     from synthetic import TINY_HPS
 
+    tmp_path = tmp_path_factory.mktemp("toolkit")
     base = tmp_path / "opt_ml"
     config = base / "input" / "config"
     config.mkdir(parents=True)
@@ -68,16 +71,73 @@ def test_sagemaker_training_toolkit_runs_train_py_from_the_sourcedir(sourcedir, 
         {"current_host": "localhost", "hosts": ["localhost"], "network_interface_name": "lo"}))
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SM_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
            "PIP_NO_INDEX": "1"}
-    run = subprocess.run([str(BIN / "train")], env=env, capture_output=True, text=True, timeout=600)
+    return base, subprocess.run([str(BIN / "train")], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sagemaker_training_toolkit_runs_train_py_from_the_sourcedir(toolkit_job):
+    base, run = toolkit_job
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Installing dependencies from requirements.txt" in run.stdout + run.stderr
     model = base / "model"
     for name in ("model.onnx", "model.json", "metrics.json", "code/inference.py", "code/imaging.py",
-                 "code/requirements.txt"):
+                 "code/lib/onnxruntime/__init__.py", "code/lib/PIL/__init__.py"):
         assert (model / name).is_file(), name
-    assert list((model / "code" / "wheels").glob("onnxruntime-*.whl"))
+    # the serving dependencies ship unpacked: nothing for the inference toolkit to pip-install at start-up
+    assert not (model / "code" / "requirements.txt").exists()
+    assert not (model / "code" / "wheels").exists()
+    assert (model / "code" / "lib" / "python-version.txt").read_text().strip() == (
+        f"{sys.version_info.major}.{sys.version_info.minor}")
     assert (base / "output" / "data" / "metrics.json").is_file()
     assert (base / "code" / "train.py").is_file()  # the toolkit unpacked our archive and ran it
+
+
+START = """
+import importlib.resources, json, os, subprocess, sys, time, types
+# the toolkit finds its config files with setuptools' pkg_resources, which the image has and this venv lacks
+sys.modules["pkg_resources"] = types.SimpleNamespace(
+    resource_filename=lambda package, name: str(importlib.resources.files(package) / name.lstrip("/")))
+from sagemaker_pytorch_serving_container import torchserve
+
+launched, checked = [], []
+torchserve.TS_CONFIG_FILE = sys.argv[1]  # /etc/sagemaker-ts.properties in the image
+subprocess.Popen = lambda cmd, **kwargs: launched.append(cmd)  # the JVM: TorchServe is not installed here
+subprocess.check_call = lambda cmd, **kwargs: checked.append(cmd)  # pip, if the toolkit wanted it
+torchserve._retrieve_ts_server_process = lambda: type("Server", (), {"wait": lambda self: None, "pid": 0})()
+torchserve._add_sigterm_handler = lambda process: None
+started = time.perf_counter()
+torchserve.start_torchserve()
+print(json.dumps({"launched": launched, "checked": checked, "seconds": time.perf_counter() - started,
+                  "pythonpath": os.environ["PYTHONPATH"]}))
+"""
+
+
+def test_inference_toolkit_starts_without_pip_and_serves_with_the_unpacked_dependencies(toolkit_job, tmp_path):
+    """``start_torchserve``, the image's entry point, pip-installs ``code/requirements.txt`` when there is one
+    (``sagemaker_inference.model_server._install_requirements``): the artifact has none, so start-up goes
+    straight to the model server, whose worker then serves with ``code/lib``'s packages."""
+    base, run = toolkit_job
+    assert run.returncode == 0, run.stderr[-3000:]
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
+    env.pop("PYTHONPATH", None)
+    start = subprocess.run([sys.executable, "-c", START, str(tmp_path / "ts.properties")], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr[-3000:]
+    assert "installing packages from requirements.txt" not in start.stdout + start.stderr
+    started = json.loads(start.stdout.strip().splitlines()[-1])
+    assert started["checked"] == [], started  # no pip (nor any other command) before the model server
+    assert [cmd[0] for cmd in started["launched"]] == ["torchserve"]
+    assert started["pythonpath"] == str(base / "model" / "code")
+
+    image = tmp_path / "xray.jpeg"
+    image.write_bytes(encode(xray("viral", np.random.default_rng(2), size=(300, 280)), "JPEG"))
+    served = subprocess.run([sys.executable, "-c", SERVE + WHERE, str(base / "model"), str(image)],
+                            env={**env, "PYTHONPATH": started["pythonpath"]}, capture_output=True, text=True,
+                            timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]
+    *answers, where = served.stdout.strip().splitlines()
+    assert json.loads(json.loads(answers[-1])["body"])["label"] in ("bacterial", "normal", "viral")
+    lib = base / "model" / "code" / "lib"
+    assert all(Path(path).is_relative_to(lib) for path in json.loads(where).values()), where
 
 
 SERVE = """
@@ -105,6 +165,9 @@ for path in sys.argv[2:]:  # one request per file, each with its own context as 
     response = service.handle([{"body": open(path, "rb").read()}], context)
     body = response[0].decode() if isinstance(response[0], bytes) else response[0]
     print(json.dumps({"status": context.status, "content_type": context.content_type, "body": body}))
+"""
+WHERE = """
+print(json.dumps({name: sys.modules[name].__file__ for name in ("onnxruntime", "PIL")}))
 """
 
 

@@ -1,7 +1,10 @@
 """The pure rules of one current outcome per source key (lambdas/domain/source_state.py)."""
 
+import tracemalloc
+
 import pytest
 
+import seeded
 from lambdas.domain import source_state
 from lambdas.domain.source_state import Claim
 
@@ -78,3 +81,17 @@ def test_check_names_missing_stale_and_duplicated_keys():
         (d, "missing"),  # no record at all
         (e, "stale"),  # events not handled yet
     }
+
+
+def test_training_view_keeps_a_compact_item_per_image_not_the_records():
+    """PrepareDataset streams a dataset's records through the view (200,000 at scale): what it holds grows by a
+    small item per image, not by the records (about 2 KB each as Python objects), which it never lists."""
+    count = 4000
+    tracemalloc.start()
+    try:
+        view = source_state.training_view(seeded.records("cxr-data", "big", count))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(view) == count and view == sorted(view, key=lambda item: item.source_key)
+    assert peak < count * 700, f"{peak / count:.0f} bytes held per record"

@@ -1,0 +1,158 @@
+"""The approved model run inside the predict function (``endpoint_mode=lambda``): no SageMaker endpoint.
+
+The model served is the stage's champion in the SageMaker Model Registry, the approved package approved
+last (:func:`lambdas.domain.promotion.champion_of`, the rule the pipeline deploys by and ``cxr models
+rollback`` reverses), looked up at most once a minute. Its ``model.tar.gz`` is streamed from S3 once per
+execution environment (and again only when the champion changes), checked against the SHA-256 the package
+records, and only what the handler needs is written to ``/tmp``: never ``code/lib`` (the endpoint image's
+packages, built for another Python), the torch weights or the report. The artifact's own
+``code/inference.py`` then answers exactly as the endpoint would, from the pixels the predict function has
+already decoded (one decode per prediction); ONNX Runtime comes from the function's layer
+(``infra/bundling.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from lambdas import aws
+from lambdas.domain import audit, imaging, layout, promotion
+
+MODEL_PACKAGE_GROUP_VARIABLE = "MODEL_PACKAGE_GROUP"
+"""The stage's model package group (``infra.wiring.ENV_MODEL_PACKAGE_GROUP``)."""
+REGISTRY_CACHE_SECONDS = 60
+"""How long a looked-up champion is trusted: a promotion or rollback serves within a minute, as with an endpoint."""
+SKIPPED = ("code/lib/", "model.pt", "report/")
+"""Artifact members the Lambda never writes: the endpoint image's packages, the torch weights, the report."""
+WORK = Path(tempfile.gettempdir()) / "cxr-served-model"
+
+
+class NoApprovedModel(RuntimeError):
+    """The stage's group has no approved package yet: retried, then dead-lettered, as an endpoint not yet made."""
+
+
+class ArtifactDigestMismatch(RuntimeError):
+    """The artifact's bytes are not the ones the registry recorded: nothing is served from them."""
+
+
+@dataclass
+class Served:
+    package_arn: str
+    artifact: str
+    artifact_sha256: str | None
+    handler: ModuleType
+    model: object
+
+    @property
+    def name(self) -> str:
+        """What the prediction record names as its ``endpoint``."""
+        return f"lambda:{self.package_arn}"
+
+    def predict(self, image: imaging.NormalisedImage, explain: bool) -> dict:
+        """The endpoint's answer for an image the predict function normalised: ``predict_fn`` on its pixels."""
+        return self.handler.predict_fn(self.handler.Request(image, explain), self.model)
+
+
+_lock = threading.Lock()
+_served: Served | None = None
+_checked_at = float("-inf")
+
+
+def answer(image: imaging.NormalisedImage, explain: bool) -> tuple[bytes, str, float]:
+    """The champion's answer as the endpoint's JSON body, what the record names as its endpoint, and the ms taken."""
+    served = current(os.environ[MODEL_PACKAGE_GROUP_VARIABLE])
+    started = time.perf_counter()
+    body, _ = served.handler.output_fn(served.predict(image, explain), "application/json")
+    return body.encode(), served.name, round(1000 * (time.perf_counter() - started), 1)
+
+
+def current(group: str) -> Served:
+    """The champion, loaded; looked up in the registry at most every ``REGISTRY_CACHE_SECONDS``."""
+    global _served, _checked_at
+    with _lock:
+        if _served is not None and time.monotonic() - _checked_at < REGISTRY_CACHE_SECONDS:
+            return _served
+        package = champion(group)
+        container = package["InferenceSpecification"]["Containers"][0]
+        if _served is None or _served.artifact != container["ModelDataUrl"]:
+            _served = load(package["ModelPackageArn"], container["ModelDataUrl"],
+                           container.get("Environment", {}).get(audit.ARTIFACT_SHA256_VARIABLE))
+        _checked_at = time.monotonic()
+        return _served
+
+
+def champion(group: str) -> dict:
+    """The group's approved package approved last, described (ListModelPackages summaries carry no metadata)."""
+    sagemaker = aws.client("sagemaker")
+    arns = [summary["ModelPackageArn"]
+            for page in sagemaker.get_paginator("list_model_packages").paginate(
+                ModelPackageGroupName=group, ModelApprovalStatus=promotion.APPROVED)
+            for summary in page["ModelPackageSummaryList"]]
+    package = promotion.champion_of([sagemaker.describe_model_package(ModelPackageName=arn) for arn in arns])
+    if package is None:
+        raise NoApprovedModel(f"no approved model in {group}: train one (`cxr train`) or promote one")
+    return package
+
+
+def load(package_arn: str, artifact: str, digest: str | None) -> Served:
+    """Stream the artifact into ``/tmp`` (checked against ``digest``), import its handler and load the model."""
+    model_dir = WORK / hashlib.sha256(artifact.encode()).hexdigest()[:16]
+    shutil.rmtree(WORK, ignore_errors=True)  # the previous champion's files: /tmp is 512 MB by default
+    model_dir.mkdir(parents=True)
+    bucket, key = layout.split_s3_uri(artifact)
+    body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    stream = _Hashing(body)
+    with tarfile.open(fileobj=stream, mode="r|gz") as archive:
+        for member in archive:
+            name = member.name.removeprefix("./")
+            if member.isfile() and not name.startswith(SKIPPED):
+                archive.extract(member, model_dir, filter="data")
+    while stream.read(1 << 20):  # the rest of the gzip stream, so that the digest covers every byte
+        pass
+    if digest and stream.hexdigest() != digest:
+        raise ArtifactDigestMismatch(f"{artifact} has SHA-256 {stream.hexdigest()}, the registry records {digest}")
+    handler = _import_handler(model_dir / "code", stream.hexdigest())
+    model = handler.model_fn(str(model_dir))
+    model.artifact_sha256 = digest or stream.hexdigest()
+    return Served(package_arn, artifact, model.artifact_sha256, handler, model)
+
+
+def _import_handler(code_dir: Path, digest: str) -> ModuleType:
+    """The artifact's ``inference.py``, its flat siblings (``imaging``, ``decision``, ``ood``) importable: a
+    previous champion's are forgotten first, so that the new handler imports its own."""
+    sys.path[:] = [entry for entry in sys.path if not Path(entry).is_relative_to(WORK)]
+    for name, module in list(sys.modules.items()):
+        if Path(getattr(module, "__file__", None) or "/").is_relative_to(WORK):
+            del sys.modules[name]
+    sys.path.insert(0, str(code_dir))
+    spec = importlib.util.spec_from_file_location(f"cxr_served_{digest[:16]}", code_dir / "inference.py")
+    handler = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = handler  # dataclasses look their module up while the module runs
+    spec.loader.exec_module(handler)
+    return handler
+
+
+class _Hashing:
+    """A file-like view of a stream that hashes every byte read through it."""
+
+    def __init__(self, body):
+        self.body, self.sha256 = body, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.body.read(size) if size and size > 0 else self.body.read()
+        self.sha256.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()

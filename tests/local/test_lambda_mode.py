@@ -1,0 +1,61 @@
+"""endpoint_mode=lambda on the offline cloud: the predict function serves the registry's approved model itself.
+
+A tiny model (seconds of CPU training) goes through the pipeline's real Evaluate and Register functions, as
+its last steps would take it; an upload under ``incoming/`` is then predicted with no SageMaker endpoint
+anywhere, and every call of every principal is checked against the policies this mode synthesizes.
+"""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from recorded import recorded_cloud
+from test_async_endpoint import XRAY, invoke, model_archive  # noqa: F401 (a fixture)
+
+from cxr import operations
+from cxr.local import pipeline
+from cxr.model_registry import ModelRegistry
+from infra import wiring
+from infra.config import Config
+
+pytestmark = pytest.mark.slow
+STAGE = "lam"
+
+
+def test_an_upload_is_predicted_by_the_approved_model_in_the_predict_function(model_archive, tmp_path):  # noqa: F811
+    config = Config.demo(stage=STAGE, endpoint_mode="lambda", quality_gate={"accuracy": 0.0})
+    synthesized = pipeline.synthesize(config, tmp_path / "cdk.out")
+    checked = []
+    with recorded_cloud(synthesized, config, tmp_path / "local", checked) as cloud:
+        data = cloud.names.bucket(wiring.DATA)
+        artifact = f"s3://{data}/models/run-1/job/output/model.tar.gz"
+        boto3.client("s3").upload_file(str(model_archive), data, artifact.removeprefix(f"s3://{data}/"))
+        evaluation = invoke(wiring.EVALUATE_MODEL, cloud, {"run_id": "run-1", "model_artifact": artifact})
+        registration = invoke(wiring.REGISTER_MODEL, cloud, {
+            "run_id": "run-1", "dataset": "synth", "training_job_name": f"{wiring.resource_prefix(STAGE)}0-tiny",
+            "model_artifact": artifact, "summary_uri": None, "evaluation": evaluation})
+        assert registration["approved"] is True, registration
+
+        [prediction] = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [XRAY],
+                                                timeout_s=60).values()
+        assert prediction["status"] == "predicted", prediction
+        assert prediction["endpoint"] == f"lambda:{registration['model_package_arn']}"
+        assert prediction["label"] in ("bacterial", "normal", "viral")
+        assert prediction["audit"]["artifact_sha256"] == evaluation["artifact_sha256"]
+        assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+        # `cxr models promote` changes the registry, which is the whole deployment here: no Deploy call, no endpoint
+        models = ModelRegistry(boto3.client("sagemaker"), boto3.client("s3"), boto3.client("lambda"),
+                               wiring.model_package_group(STAGE), cloud.names.function(wiring.DEPLOY_MODEL),
+                               cloud.names.function(wiring.ENDPOINT_STATUS), poll_seconds=0.1)
+        promoted = models.promote(str(registration["version"]), log=lambda _: None)
+        assert promoted["package"] == registration["model_package_arn"] and "predict function" in promoted[
+            "endpoint_name"]
+        assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+    deployment, calls, _ = checked
+    denials = deployment.check(calls)
+    assert not denials, "the synthesized policies refuse:\n" + "\n".join(map(str, denials))
+    predict_role = next(call.principal for call in calls if call.action == "sagemaker:DescribeModelPackage"
+                        and "Predict" in call.principal)
+    assert {call.action for call in calls if call.principal == predict_role} >= {
+        "sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage", "s3:GetObject"}

@@ -1,0 +1,87 @@
+"""``endpoint_mode=lambda``: the predict function serves the registry's approved model itself, from a real artifact.
+
+A tiny trained model packed as SageMaker packs ``model.tar.gz``, registered in moto's Model Registry, and the real
+predict handler on an ``incoming/`` upload: no endpoint, no SSM lookup, the artifact checked against its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+import boto3
+import numpy as np
+import pytest
+from handlers.test_predict import BUCKET, counts, inference, invoke, read_json, upload  # noqa: F401 (a fixture)
+from synthetic import encode, xray
+
+from lambdas import register_model, served_model
+from lambdas.domain import imaging, promotion
+
+GROUP = "cxr-test-models"
+ARTIFACTS = "cxr-artifacts"
+
+
+def pack(model_dir) -> bytes:
+    """``model.tar.gz`` as the training job leaves it, plus a ``code/lib`` the Lambda must not unpack."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(model_dir, arcname=".")
+        for name, text in (("code/lib/python-version.txt", b"3.1\n"), ("code/lib/numpy/__init__.py", b"raise 1\n")):
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(text)
+            archive.addfile(info, io.BytesIO(text))
+    return buffer.getvalue()
+
+
+def register(key: str, body: bytes, approved_at: str, digest: str | None = None) -> str:
+    boto3.client("s3").put_object(Bucket=ARTIFACTS, Key=key, Body=body)
+    spec = register_model.inference_specification("image", f"s3://{ARTIFACTS}/{key}",
+                                                  digest or hashlib.sha256(body).hexdigest(), "0.1.0+gtest")
+    return boto3.client("sagemaker").create_model_package(
+        ModelPackageGroupName=GROUP, InferenceSpecification=spec, ModelApprovalStatus=promotion.APPROVED,
+        CustomerMetadataProperties={promotion.APPROVED_AT: approved_at})["ModelPackageArn"]
+
+
+@pytest.fixture
+def lambda_mode(inference, trained, monkeypatch, tmp_path):  # noqa: F811 (the predict tests' fixture)
+    monkeypatch.setenv("ENDPOINT_MODE", "lambda")
+    monkeypatch.setenv(served_model.MODEL_PACKAGE_GROUP_VARIABLE, GROUP)
+    monkeypatch.setattr(served_model, "WORK", tmp_path / "served")
+    monkeypatch.setattr(served_model, "_served", None)
+    monkeypatch.setattr(served_model, "_checked_at", float("-inf"))
+    boto3.client("s3").create_bucket(Bucket=ARTIFACTS)
+    boto3.client("sagemaker").create_model_package_group(ModelPackageGroupName=GROUP)
+    return pack(trained / "model")
+
+
+def test_the_predict_function_serves_the_approved_model_itself(lambda_mode, lambda_context, monkeypatch):
+    register("old/model.tar.gz", lambda_mode, "2026-11-01T00:00:00+00:00")
+    arn = register("new/model.tar.gz", lambda_mode, "2026-11-02T00:00:00+00:00")  # approved last: the champion
+    boto3.client("ssm").delete_parameter(Name="/cxr/endpoint")  # nothing reads the endpoint parameter
+    body = encode(xray("bacterial", np.random.default_rng(4), size=(700, 560)), "JPEG")
+    assert invoke(lambda_context, upload("incoming/a.jpeg", body)) == counts(predicted=1)
+
+    record = read_json("predictions/a.jpeg.json")
+    assert record["endpoint"] == f"lambda:{arn}"
+    assert record["label"] in ("bacterial", "normal", "viral") and record["model_id"]
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert record["audit"]["artifact_sha256"] == hashlib.sha256(lambda_mode).hexdigest()
+    assert record["audit"]["content_hash"] == imaging.normalise(body).content_hash
+    extracted = served_model.WORK / hashlib.sha256(f"s3://{ARTIFACTS}/new/model.tar.gz".encode()).hexdigest()[:16]
+    assert (extracted / "model.onnx").is_file() and (extracted / "code" / "inference.py").is_file()
+    assert not (extracted / "code" / "lib").exists() and not (extracted / "model.pt").exists()
+
+    # the registry is asked again after a minute: a rollback (the champion rejected) serves the previous one
+    boto3.client("sagemaker").update_model_package(ModelPackageArn=arn, ModelApprovalStatus=promotion.REJECTED)
+    monkeypatch.setattr(served_model, "REGISTRY_CACHE_SECONDS", 0)
+    invoke(lambda_context, upload("incoming/b.jpeg", body))
+    assert read_json("predictions/b.jpeg.json")["endpoint"] != f"lambda:{arn}"
+
+
+def test_an_artifact_that_is_not_the_registered_one_is_not_served(lambda_mode, lambda_context):
+    register("bad/model.tar.gz", lambda_mode, "2026-11-02T00:00:00+00:00", digest="0" * 64)
+    with pytest.raises(served_model.ArtifactDigestMismatch):
+        invoke(lambda_context, upload("incoming/a.png", encode(xray("normal", np.random.default_rng(5)), "PNG")))
+    assert not boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="predictions/").get("Contents")

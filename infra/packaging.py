@@ -162,14 +162,15 @@ def build_sourcedir(out_dir: Path, python_version: str = images.PYTHON_VERSION) 
         "\n".join(serving + sorted(w.name for w in serving_wheels.glob("*.whl"))) + "\n")
     archive = out_dir / "sourcedir.tar.gz"
     partial = _private_path(archive)
-    _write_tar(staging, partial)
+    _write_tar(staging, partial, name=archive.name)
     shutil.rmtree(staging)
     partial.replace(archive)  # the same inputs give the same bytes, so a concurrent writer's file is as good
     return archive
 
 
-def _write_tar(folder: Path, archive: Path) -> None:
-    """A reproducible tar.gz: sorted entries, zeroed times and owners (CDK asset hashes stay stable)."""
+def _write_tar(folder: Path, archive: Path, name: str) -> None:
+    """A reproducible tar.gz: sorted entries, zeroed times and owners (CDK asset hashes stay stable). ``name``
+    goes into the gzip header, which records a file name: the published one, not the private path's."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(folder.rglob("*")):
@@ -180,7 +181,7 @@ def _write_tar(folder: Path, archive: Path) -> None:
             info.mode = 0o644
             with path.open("rb") as handle:
                 tar.addfile(info, handle)
-    with gzip.GzipFile(archive, "wb", mtime=0) as gz:
+    with open(archive, "wb") as raw, gzip.GzipFile(filename=name, mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(buffer.getvalue())
 
 

@@ -33,6 +33,9 @@ def test_two_concurrent_sourcedir_builds_into_one_folder_both_give_the_same_whol
         names = archive.getnames()
     assert "train.py" in names and "wheels/tiny-1.0-py3-none-any.whl" in names and "requirements.txt" in names
     assert [p.name for p in out.iterdir()] == ["sourcedir.tar.gz"]  # no staging folder or partial file left
+    monkeypatch.setattr(packaging, "stage_sources", real_stage)
+    again = packaging.build_sourcedir(tmp_path / "again")  # the private paths leave no trace in the bytes
+    assert again.read_bytes() == archives[0].read_bytes()
 
 
 def test_concurrent_pretrained_bundles_are_one_whole_zip(monkeypatch, tmp_path):

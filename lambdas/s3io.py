@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import audit, imaging, layout
+from lambdas.domain import audit, imaging, layout, source_names
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,20 @@ def put_dicom(bucket: str, key: str, data: bytes) -> None:
 
 def put_png(bucket: str, key: str, png: bytes) -> None:
     aws.client("s3").put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")
+
+
+def put_pointer(bucket: str, key: str, source_name: str) -> None:
+    """Keep ``key`` as the body of its name's pointer object, beside the upload (``source_names.pointer_key``)."""
+    aws.client("s3").put_object(Bucket=bucket, Key=source_names.pointer_key(key, source_name), Body=key.encode(),
+                                ContentType="text/plain")
+
+
+def pointed_key(bucket: str, area_key: str, source_name: str) -> str | None:
+    """The key a name stands for, from its pointer in the area of ``area_key``; None when there is none."""
+    try:
+        body = aws.client("s3").get_object(Bucket=bucket, Key=source_names.pointer_key(area_key, source_name))["Body"]
+    except ClientError as exc:
+        if aws.is_missing(exc):
+            return None
+        raise
+    return body.read().decode()

@@ -16,7 +16,7 @@ from infra.components.function import ServiceFunction
 from infra.components.tables import allow_items
 from infra.components.trigger import add_trigger
 from infra.config import Config
-from lambdas.domain import layout
+from lambdas.domain import layout, source_names
 
 
 class IngestStack(Stack):
@@ -34,9 +34,11 @@ class IngestStack(Stack):
                                                        wiring.ENV_PSEUDONYM_SECRET: secret_name})
         function = self.preprocess.function
         # reads the current version of an upload; writes its outputs and tombstones superseded ones (a delete
-        # without a version id: every version stays); never deletes anything under raw/
+        # without a version id: every version stays); never deletes anything under raw/, where it writes only the
+        # pointers from opaque names back to keys (lambdas/domain/source_names.py)
         allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix],
-                      write=[layout.PROCESSED, layout.QUARANTINE], tombstone=[layout.PROCESSED, layout.QUARANTINE])
+                      write=[layout.PROCESSED, layout.QUARANTINE, layout.RAW + source_names.POINTERS],
+                      tombstone=[layout.PROCESSED, layout.QUARANTINE])
         # events, leases, outcomes and identical-pixel claims
         allow_items(function, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
         # the DICOM pseudonym key (lambdas/pseudonyms.py); kms:Decrypt on the stage key is granted above. Secrets

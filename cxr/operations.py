@@ -63,15 +63,17 @@ class IngestSummary:
     """Original key -> reason."""
 
 
-def ingest_summary(s3, bucket: str, dataset: str, raw_keys: list[str]) -> IngestSummary:
-    """How ingest dealt with the given uploads: processed images and quarantine reasons."""
+def ingest_summary(s3, bucket: str, dataset: str, raw_keys: list[str], name_of: Callable[[str], str]) -> IngestSummary:
+    """How ingest dealt with the given uploads: processed images and quarantine reasons (``name_of``: a key's
+    opaque name, ``cxr.source_names.namer``)."""
     paginator = s3.get_paginator("list_objects_v2")
     processed = sum(1 for page in paginator.paginate(Bucket=bucket, Prefix=f"{layout.PROCESSED}{dataset}/")
                     for obj in page.get("Contents", []) if obj["Key"].endswith(".png"))
     quarantined = {}
     for key in raw_keys:
+        error_key = layout.quarantine_key(f"{layout.RAW}{dataset}", name_of(key))
         try:
-            record = json.loads(s3.get_object(Bucket=bucket, Key=layout.quarantine_key(key))["Body"].read())
+            record = json.loads(s3.get_object(Bucket=bucket, Key=error_key)["Body"].read())
         except s3.exceptions.NoSuchKey:
             continue
         quarantined[key] = f"{record['reason']}: {record['message']}"

@@ -28,6 +28,11 @@ def _secret(secret_id: str) -> bytes:
     return value.encode()
 
 
+def forget() -> None:
+    """Drop the cached key: the offline cloud makes a new secret under the same name each time it starts."""
+    _secret.cache_clear()
+
+
 def source_name(settings: Settings, bucket: str, object_key: str) -> str:
     """The upload's opaque name (:mod:`lambdas.domain.source_names`), keyed by the same secret."""
     return source_names.name(key(settings), bucket, object_key)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import boto3
 
-from cxr import operations
+from cxr import operations, source_names
 from cxr.commands import train
 from cxr.commands.predict import probability, referral, rule_text
 from cxr.local import names as local_names
@@ -124,11 +124,13 @@ def ingest(say, s3, cloud, folder: Path) -> bool:
             say(f"  uploaded {done}/{total}")
 
     keys = operations.upload_dataset(s3, bucket, folder, DEMO_DATASET, progress=progress)
-    summary = operations.ingest_summary(s3, bucket, DEMO_DATASET, keys)
+    name_of = source_names.namer(boto3.client("secretsmanager", region_name=s3.meta.region_name), cloud.config.stage,
+                                 bucket)
+    summary = operations.ingest_summary(s3, bucket, DEMO_DATASET, keys, name_of)
     say(f"ingest: {summary.processed} images processed, {len(summary.quarantined)} quarantined "
         f"(originals kept in raw/)")
     for key, reason in summary.quarantined.items():
-        say(f"  quarantine/{key}.error.json  {reason}")
+        say(f"  {key}  {reason}")
     return summary.processed > 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from test_end_to_end import cloud, run_pipeline, traces  # noqa: F401
+from test_end_to_end import cloud, name_of, run_pipeline, traces  # noqa: F401
 
 import dicom_corpus
 from cxr import operations
@@ -78,7 +78,7 @@ def test_dicom_dataset_trains_and_predicts_with_no_identifier_outside_raw(cloud,
     s3 = boto3.client("s3")
     data = cloud.names.bucket(wiring.DATA)
     keys = operations.upload_dataset(s3, data, dicom_folder, "synth")
-    summary = operations.ingest_summary(s3, data, "synth", keys)
+    summary = operations.ingest_summary(s3, data, "synth", keys, name_of(cloud))
     assert summary.processed == 42 and not summary.quarantined
 
     run = run_pipeline(cloud, "dicom-1", QUICK)

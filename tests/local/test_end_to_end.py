@@ -13,7 +13,7 @@ import pytest
 from recorded import recorded_cloud
 
 import corpus
-from cxr import operations
+from cxr import operations, source_names
 from cxr.local import cloud as local_cloud
 from cxr.local import iam_trace
 from cxr.local.iam_deployment import summary
@@ -83,7 +83,12 @@ def run_pipeline(cloud, run_id: str, hyperparameters: dict) -> dict:
 def upload(cloud, dataset: Path) -> operations.IngestSummary:
     s3 = boto3.client("s3")
     keys = operations.upload_dataset(s3, cloud.names.bucket(wiring.DATA), dataset, "synth")
-    return operations.ingest_summary(s3, cloud.names.bucket(wiring.DATA), "synth", keys)
+    return operations.ingest_summary(s3, cloud.names.bucket(wiring.DATA), "synth", keys, name_of(cloud))
+
+
+def name_of(cloud):
+    """The offline cloud's names of its data bucket's uploads (``cxr.source_names``)."""
+    return source_names.namer(boto3.client("secretsmanager"), cloud.config.stage, cloud.names.bucket(wiring.DATA))
 
 
 def test_upload_train_deploy_predict(cloud, dataset):

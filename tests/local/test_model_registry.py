@@ -16,7 +16,7 @@ import boto3
 import pytest
 from recorded import recorded_cloud
 
-from cxr import operations
+from cxr import operations, source_names
 from cxr.model_registry import ModelRegistry
 from infra import wiring
 from infra.config import Config
@@ -38,7 +38,9 @@ def cloud(synthesized, tmp_path_factory):
     with recorded_cloud(synthesized, config, tmp_path_factory.mktemp("local"), checked) as running:
         s3 = boto3.client("s3")
         keys = operations.upload_dataset(s3, running.names.bucket(wiring.DATA), DEMO / "train", "demo")
-        assert operations.ingest_summary(s3, running.names.bucket(wiring.DATA), "demo", keys).processed == 300
+        assert operations.ingest_summary(s3, running.names.bucket(wiring.DATA), "demo", keys,
+                                         source_names.namer(boto3.client("secretsmanager"), config.stage,
+                                                            running.names.bucket(wiring.DATA))).processed == 300
         yield running
     deployment, calls, _ = checked
     denials = deployment.check(calls)

@@ -58,7 +58,7 @@ ENV_REVIEW_DATASET = "REVIEW_DATASET"
 ENV_REVIEW_SAMPLE_RATE = "REVIEW_SAMPLE_RATE"
 """Share of unreferred predictions drawn for quality-control review (``review_sample_rate``)."""
 ENV_PSEUDONYM_SECRET = "PSEUDONYM_SECRET_ARN"
-"""The retained Secrets Manager secret that keys DICOM pseudonyms (``lambdas/pseudonyms.py``)."""
+"""The retained Secrets Manager secret keying DICOM pseudonyms and uploads' opaque names (``lambdas/pseudonyms.py``)."""
 PSEUDONYM_SECRET_NAME = "cxr-{stage}/dicom-pseudonym-key"
 """Days of S3 Object Lock retention (governance mode) on each prediction JSON; 0: none."""
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
@@ -196,7 +196,7 @@ PREDICT = Function(
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
                  ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE, ENV_CODE_VERSION,
                  ENV_PREDICTION_RETENTION_DAYS, ENV_EXPLAIN_REFERRALS, ENV_DICOM_SR_OUTPUT, ENV_REVIEW_TASKS_TABLE,
-                 ENV_REVIEW_SAMPLE_RATE),
+                 ENV_REVIEW_SAMPLE_RATE, ENV_PSEUDONYM_SECRET),
     trigger=Trigger(INFERENCE, layout.INCOMING, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # a delete retires it
     service="cxr-predict",
 )

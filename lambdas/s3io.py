@@ -23,6 +23,8 @@ class SourceObject:
     size: int
     version_id: str | None
     sequencer: str
+    name: str = ""
+    """The key's opaque name (``lambdas/domain/source_names.py``): what records say instead of the key."""
 
     @classmethod
     def from_record(cls, record: S3EventRecord) -> SourceObject:
@@ -41,7 +43,8 @@ class SourceObject:
         return layout.key_ref(self.bucket, self.key)
 
     def describe(self) -> dict:
-        return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "size": self.size}
+        """The object as records and outputs name it: never its key."""
+        return {"bucket": self.bucket, "name": self.name, "version_id": self.version_id, "size": self.size}
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,9 @@ def predict(say, s3, cloud, folder: Path, out: Path) -> list[dict]:
     bucket = cloud.names.bucket(wiring.INFERENCE)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     say(f"dropping {len(files)} X-rays into s3://{bucket}/incoming/ (each upload triggers the predict Lambda)")
-    results = operations.predict_files(s3, bucket, files)
+    name_of = source_names.namer(boto3.client("secretsmanager", region_name=s3.meta.region_name), cloud.config.stage,
+                                 bucket)
+    results = operations.predict_files(s3, bucket, files, name_of)
     (out / "predictions").mkdir()
     rows = []
     for path, result in results.items():
@@ -159,7 +161,7 @@ def audit_first(cloud, rows: list[dict], out: Path) -> dict | None:
     deployment = target.Target(session=boto3.Session(), stage=cloud.names.stage, account=local_names.ACCOUNT,
                                region=local_names.REGION)
     trail = audit.Trail(deployment, cloud.names.table(wiring.PREDICTIONS_TABLE),
-                        cloud.names.table(wiring.SOURCE_STATE_TABLE)).collect(predicted[0]["source"]["key"])
+                        cloud.names.table(wiring.SOURCE_STATE_TABLE)).collect(predicted[0]["audit"]["content_hash"])
     with (out / "audit.txt").open("w") as file, contextlib.redirect_stdout(file):
         audit.print_trail(trail)
     return trail

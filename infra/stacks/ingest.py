@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_dynamodb as dynamodb
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from infra import wiring
-from infra.components.access import allow_objects
+from infra.components.access import allow_objects, allow_secret
 from infra.components.buckets import imported_bucket
 from infra.components.function import ServiceFunction
 from infra.components.tables import allow_items
@@ -41,11 +40,6 @@ class IngestStack(Stack):
                       tombstone=[layout.PROCESSED, layout.QUARANTINE])
         # events, leases, outcomes and identical-pixel claims
         allow_items(function, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
-        # the DICOM pseudonym key (lambdas/pseudonyms.py); kms:Decrypt on the stage key is granted above. Secrets
-        # Manager appends six random characters to a secret's ARN, hence the wildcard (its IAM user guide,
-        # "Resource: use wildcards in secret ARNs")
-        secret_arn = self.format_arn(service="secretsmanager", resource="secret", resource_name=f"{secret_name}-??????",
-                                     arn_format=ArnFormat.COLON_RESOURCE_NAME)
-        function.add_to_role_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
-                                                        resources=[secret_arn]))
+        # the pseudonym key (lambdas/pseudonyms.py): DICOM pseudonyms and every upload's opaque name
+        allow_secret(function, self, secret_name)
         add_trigger(data_bucket, function, spec.trigger)

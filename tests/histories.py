@@ -44,7 +44,8 @@ RAW_KEYS = (f"raw/{DATASET}/NORMAL/DOE_JANE_MRN5550001_chest.png", f"raw/{DATASE
             f"raw/{DATASET}/PNEUMONIA/DOE_JANE_MRN5550001_followup.png")
 IDENTIFIERS = ("DOE_JANE", "ROE_RICK", "MRN555000")
 """What the file names say about patients: found only under the uploads' prefix."""
-INCOMING_KEYS = ("incoming/a.png", "incoming/b.png", "incoming/ward/a.png")
+INCOMING_KEYS = ("incoming/DOE_JANE_MRN5550001.png", "incoming/ROE_RICK_MRN5550002.png",
+                 "incoming/ward/DOE_JANE_MRN5550001.png")
 DELETE = "delete"
 
 
@@ -271,7 +272,7 @@ class Replay:
             if "Size" in version and version["Key"].endswith(".json"):  # PNGs are pixels only (imaging.normalise)
                 obj = self.s3.get_object(Bucket=self.bucket, Key=version["Key"], VersionId=version["VersionId"])
                 written.append(obj["Body"].read().decode())
-        for table in aws.client("dynamodb").list_tables()["TableNames"]:
+        for table in aws.client("dynamodb").list_tables()["TableNames"]:  # state, predictions, idempotency, tasks
             if table.endswith(f"-{self.n}"):
                 written += [json.dumps(item) for item in aws.client("dynamodb").scan(TableName=table)["Items"]]
         text = "\n".join(written)
@@ -329,7 +330,7 @@ class PredictReplay(Replay):
     """``incoming/`` and the predict handler, against a stand-in endpoint that labels each PNG by its digest."""
 
     keys, uploads, outputs = INCOMING_KEYS, layout.INCOMING, (layout.PREDICTIONS, layout.REJECTED)
-    identifiers = ()
+    identifiers = IDENTIFIERS
 
     def __init__(self):
         super().__init__()
@@ -380,7 +381,7 @@ class PredictReplay(Replay):
         recorded = {(i["pk"]["S"].split("/", 1)[1], i["sk"]["S"]) for i in items}
         for key, (outcome, _, version) in expected.items():
             if outcome == source_state.PREDICTED:
-                assert (key, version) in recorded  # the audit trail holds every current prediction
+                assert (name_of(key, self.bucket), version) in recorded  # the audit trail has every current one
 
 
 def label_of(png: bytes) -> str:

@@ -261,7 +261,7 @@ RESCORE_STATUS = Function(
     handler="lambdas.rescore.status_handler",
     memory_mb=512,
     timeout_s=300,  # reads one answer and one prediction per re-scored X-ray
-    environment=(ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET),
+    environment=(ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET, ENV_PSEUDONYM_SECRET),
     service="cxr-rescore",
 )
 ENDPOINT_STATUS = Function(

@@ -150,7 +150,11 @@ def put_png(bucket: str, key: str, png: bytes) -> None:
 
 
 def put_pointer(bucket: str, key: str, source_name: str) -> None:
-    """Keep ``key`` as the body of its name's pointer object, beside the upload (``source_names.pointer_key``)."""
+    """Keep ``key`` as the body of its name's pointer object, beside the upload (``source_names.pointer_key``).
+
+    Written when a key is first derived (again only on a retry): its own S3 event invokes the upload's
+    function, which skips it. Never looked up first: without ``s3:ListBucket`` a missing object answers 403.
+    """
     aws.client("s3").put_object(Bucket=bucket, Key=source_names.pointer_key(key, source_name), Body=key.encode(),
                                 ContentType="text/plain")
 

@@ -58,10 +58,12 @@ def test_failing_async_invocation_is_retried_then_dead_lettered(cloud, monkeypat
     # No model is deployed yet, so the endpoint parameter is missing: the predict handler fails every time.
     calls = []
     run_function = cloud.run_function
-    monkeypatch.setattr(cloud, "run_function", lambda *args: calls.append(1) or run_function(*args))
+    monkeypatch.setattr(cloud, "run_function", lambda *args: calls.append(args[1]) or run_function(*args))
     s3, sqs = boto3.client("s3"), boto3.client("sqs")
     s3.put_object(Bucket=cloud.names.bucket(wiring.INFERENCE), Key="incoming/x.png", Body=corpus.png())
-    assert len(calls) == 1 + wiring.ASYNC_RETRIES
+    keys = [event["Records"][0]["s3"]["object"]["key"] for event in calls]
+    assert keys.count("incoming/x.png") == 1 + wiring.ASYNC_RETRIES
+    assert all(key.startswith("incoming/.names/") for key in keys if key != "incoming/x.png")  # pointers, skipped
     queue = sqs.get_queue_url(QueueName=cloud.names.dead_letter_queue(wiring.PREDICT))["QueueUrl"]
     [message] = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, MessageAttributeNames=["All"])[
         "Messages"]

@@ -115,3 +115,33 @@ def test_dicom_without_the_secret_fails_loudly(data_bucket, state_table, lambda_
     s3.put_object(Bucket=BUCKET, Key=key, Body=case.data)
     with pytest.raises(RuntimeError, match="PSEUDONYM_SECRET"):
         preprocess.handler(s3_events.event(s3_events.record_for_object(s3, BUCKET, key)), lambda_context)
+
+
+def test_a_dicom_keys_duplicate_overwrite_and_delete_retire_its_own_outputs(data_bucket, state_table, lambda_context):
+    """An identifier-named DICOM key: delivered twice, then overwritten by a lateral view, then deleted. Its
+    outputs follow its current version under its name, and no output key or body names the file."""
+    accepted = next(c for c in corpus() if c.reason is None)
+    lateral = next(c for c in corpus() if c.reason == "dicom_lateral")
+    s3, key = boto3.client("s3"), f"raw/{DATASET}/NORMAL/{dicom_corpus.FILE_NAME_IDENTIFIER}_MRN5550001.dcm"
+
+    def outputs() -> list[str]:
+        listing = s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+        return sorted(o["Key"] for o in listing if not o["Key"].startswith("raw/"))
+
+    s3.put_object(Bucket=BUCKET, Key=key, Body=accepted.data)
+    event = s3_events.event(s3_events.record_for_object(s3, BUCKET, key))
+    assert preprocess.handler(event, lambda_context)["accepted"] == 1
+    processed = outputs()
+    assert preprocess.handler(event, lambda_context)["duplicate"] == 1 and outputs() == processed  # redelivered
+    s3.put_object(Bucket=BUCKET, Key=key, Body=lateral.data)
+    assert preprocess.handler(s3_events.event(s3_events.record_for_object(s3, BUCKET, key)),
+                              lambda_context)["rejected"] == 1
+    assert outputs() == [quarantine_key(key, BUCKET)]  # the image and sidecar retired, the reason current
+    assert json.loads(read(quarantine_key(key, BUCKET)))["reason"] == "dicom_lateral"
+    marker = s3.delete_object(Bucket=BUCKET, Key=key)["VersionId"]
+    removed = s3_events.object_created_record(BUCKET, key, 0, version_id=marker,
+                                              event_name="ObjectRemoved:DeleteMarkerCreated")
+    assert preprocess.handler(s3_events.event(removed), lambda_context)["removed"] == 1
+    assert outputs() == []
+    written = [v["Key"] for v in s3.list_object_versions(Bucket=BUCKET)["Versions"] if not v["Key"].startswith("raw/")]
+    assert len(written) == 3 and not [w for w in written if "Zelda" in w or "MRN" in w]  # every version named

@@ -22,7 +22,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from lambdas import aws, pseudonyms
-from lambdas.domain import layout
+from lambdas.domain import layout, source_names
 from lambdas.domain.settings import Settings
 
 logger = Logger(service="cxr-rescore")
@@ -41,7 +41,7 @@ def recent_keys(bucket: str, days: int, now: datetime) -> list[str]:
     since = now - timedelta(days=days)
     return sorted(obj["Key"] for page in aws.client("s3").get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=layout.INCOMING) for obj in page.get("Contents", [])
-        if obj["LastModified"] >= since and not obj["Key"].endswith("/"))
+        if obj["LastModified"] >= since and not obj["Key"].endswith("/") and not source_names.is_pointer(obj["Key"]))
 
 
 def job_name(prefix: str, run_id: str) -> str:

@@ -225,21 +225,27 @@ def training_view(records: Iterable[Mapping]) -> list[TrainingItem]:
     """What a training run may read: current processed records, identical pixels once, no label conflict.
 
     Conflicts are quarantined at ingest; checking again here keeps a run safe from a record caught
-    mid-update. Items come sorted by source name.
+    mid-update. Of identical pixels the copy kept, and the order of the items, do not depend on the names
+    (a deployment's secret decides them): by patient id and split, then content hash.
     """
     current = [r for r in records if r.get("outcome") == PROCESSED]
     labels_by_hash: dict[str, set[str]] = defaultdict(set)
     for record in current:
         labels_by_hash[record["image"]["content_hash"]].add(record["image"]["label"])
     chosen: dict[str, TrainingItem] = {}
-    for record in sorted(current, key=lambda r: r["source"]["name"]):
+    for record in sorted(current, key=_stable_order):
         image = record["image"]
         if len(labels_by_hash[image["content_hash"]]) > 1 or image["content_hash"] in chosen:
             continue
         chosen[image["content_hash"]] = TrainingItem(
             key=image["processed_key"], source_name=record["source"]["name"], label=image["label"],
             patient_id=image.get("patient_id"), content_hash=image["content_hash"], split=image.get("split"))
-    return sorted(chosen.values(), key=lambda item: item.source_name)
+    return sorted(chosen.values(), key=lambda item: (item.content_hash, item.source_name))
+
+
+def _stable_order(record: Mapping) -> tuple:
+    image = record["image"]
+    return image.get("patient_id") or "", image.get("split") or "", image["content_hash"], record["source"]["name"]
 
 
 # --- consistency check (cxr fsck) ---------------------------------------------------------------

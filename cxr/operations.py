@@ -83,15 +83,17 @@ class IngestSummary:
     """Original key -> reason."""
 
 
-def ingest_summary(s3, bucket: str, dataset: str, raw_keys: list[str]) -> IngestSummary:
-    """How ingest dealt with the given uploads: processed images and quarantine reasons."""
+def ingest_summary(s3, bucket: str, dataset: str, raw_keys: list[str], name_of: Callable[[str], str]) -> IngestSummary:
+    """How ingest dealt with the given uploads: processed images and quarantine reasons (``name_of``: a key's
+    opaque name, ``cxr.source_names.namer``)."""
     paginator = s3.get_paginator("list_objects_v2")
     processed = sum(1 for page in paginator.paginate(Bucket=bucket, Prefix=f"{layout.PROCESSED}{dataset}/")
                     for obj in page.get("Contents", []) if obj["Key"].endswith(".png"))
     quarantined = {}
     for key in raw_keys:
+        error_key = layout.quarantine_key(f"{layout.RAW}{dataset}", name_of(key))
         try:
-            record = json.loads(s3.get_object(Bucket=bucket, Key=layout.quarantine_key(key))["Body"].read())
+            record = json.loads(s3.get_object(Bucket=bucket, Key=error_key)["Body"].read())
         except s3.exceptions.NoSuchKey:
             continue
         quarantined[key] = f"{record['reason']}: {record['message']}"
@@ -113,25 +115,27 @@ def follow_execution(sfn, execution_arn: str, poll_seconds: float = 0.5,
         time.sleep(poll_seconds)
 
 
-def predict_files(s3, bucket: str, files: list[Path], timeout_s: float = 120.0,
+def predict_files(s3, bucket: str, files: list[Path], name_of: Callable[[str], str], timeout_s: float = 120.0,
                   prefix: str = "", explain: bool = False) -> dict[Path, dict]:
     """Upload each file to a key of its own (``incoming/<prefix><n>/<name>``) and wait for that version's outcome.
 
     Two files with one name never share a key, and an outcome counts only when it names the version
-    this call uploaded (another upload to the key would have its own). ``explain``: each upload asks the
-    predict function for its class-activation overlay (``predictions/<key>.overlay.png``).
+    this call uploaded (another upload to the key would have its own). Outcomes are found by the key's
+    opaque name (``name_of``, ``cxr.source_names.namer``), as the predict function writes them.
+    ``explain``: each upload asks the predict function for its class-activation overlay
+    (``predictions/<name>.overlay.png``).
     """
     pending = {}
     metadata = {layout.EXPLAIN_METADATA: "true"} if explain else {}
     for index, path in enumerate(files):
         key = f"{layout.INCOMING}{prefix}{index:04d}/{path.name}"
         version = s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), Metadata=metadata).get("VersionId")
-        pending[path] = (key, version)
+        pending[path] = (name_of(key), version)
     results: dict[Path, dict] = {}
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
-        for path, (key, version) in list(pending.items()):
-            outcomes = ((layout.prediction_key(key), "predicted"), (layout.rejected_key(key), "rejected"))
+        for path, (name, version) in list(pending.items()):
+            outcomes = ((layout.prediction_key(name), "predicted"), (layout.rejected_key(name), "rejected"))
             for result_key, status in outcomes:
                 try:
                     record = json.loads(s3.get_object(Bucket=bucket, Key=result_key)["Body"].read())
@@ -144,8 +148,8 @@ def predict_files(s3, bucket: str, files: list[Path], timeout_s: float = 120.0,
                 break
         if pending:
             time.sleep(0.5)
-    for path, (key, _) in pending.items():
-        results[path] = {"status": "timeout", "key": key}
+    for path, (name, _) in pending.items():
+        results[path] = {"status": "timeout", "key": layout.prediction_key(name)}
     return results
 
 

@@ -58,7 +58,7 @@ ENV_REVIEW_DATASET = "REVIEW_DATASET"
 ENV_REVIEW_SAMPLE_RATE = "REVIEW_SAMPLE_RATE"
 """Share of unreferred predictions drawn for quality-control review (``review_sample_rate``)."""
 ENV_PSEUDONYM_SECRET = "PSEUDONYM_SECRET_ARN"
-"""The retained Secrets Manager secret that keys DICOM pseudonyms (``lambdas/pseudonyms.py``)."""
+"""The retained Secrets Manager secret keying DICOM pseudonyms and uploads' opaque names (``lambdas/pseudonyms.py``)."""
 PSEUDONYM_SECRET_NAME = "cxr-{stage}/dicom-pseudonym-key"
 """Days of S3 Object Lock retention (governance mode) on each prediction JSON; 0: none."""
 POWERTOOLS_ENV = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL")
@@ -196,7 +196,8 @@ PREDICT = Function(
     environment=(ENV_INFERENCE_BUCKET, ENV_ENDPOINT_PARAMETER, ENV_PREDICTIONS_TABLE, ENV_IDEMPOTENCY_TABLE,
                  ENV_ENDPOINT_MODE, ENV_SOURCE_STATE_TABLE, ENV_CODE_VERSION,
                  ENV_PREDICTION_RETENTION_DAYS, ENV_EXPLAIN_REFERRALS, ENV_DICOM_SR_OUTPUT, ENV_REVIEW_TASKS_TABLE,
-                 ENV_REVIEW_SAMPLE_RATE, ENV_MODEL_PACKAGE_GROUP),  # lambda mode serves its champion
+                 ENV_REVIEW_SAMPLE_RATE, ENV_MODEL_PACKAGE_GROUP,  # lambda mode serves its champion
+                 ENV_PSEUDONYM_SECRET),
     trigger=Trigger(INFERENCE, layout.INCOMING, events=(OBJECT_CREATED, OBJECT_REMOVED)),  # a delete retires it
     service="cxr-predict",
 )
@@ -261,7 +262,7 @@ RESCORE_STATUS = Function(
     handler="lambdas.rescore.status_handler",
     memory_mb=512,
     timeout_s=300,  # reads one answer and one prediction per re-scored X-ray
-    environment=(ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET),
+    environment=(ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET, ENV_PSEUDONYM_SECRET),
     service="cxr-rescore",
 )
 ENDPOINT_STATUS = Function(

@@ -52,10 +52,10 @@ def handler(event: S3Event, context) -> dict:
         if result.key.startswith(layout.ASYNC_FAILURES):
             raise AsyncInferenceFailed(f"the endpoint failed a request ({layout.file_name(result.key)}): "
                                        f"{_read(result)[:500].decode(errors='replace')}")
-        prediction, overlay = complete(result, _landed_at(record.event_time), settings)
+        prediction, overlay, key = complete(result, _landed_at(record.event_time), settings)
         source = prediction["source"]
-        report = structured_report(prediction) if "dicom_sr" in prediction else None
-        handle(predictions.store, SourceRef(source["bucket"], source["key"]), "",
+        report = structured_report(prediction, key) if "dicom_sr" in prediction else None
+        handle(predictions.store, SourceRef(source["bucket"], key, source["name"]), "",
                functools.partial(_derive_with_outputs, predictions, source["version_id"], overlay, report), context)
         predictions.latencies.append(prediction["latency_ms"]["total"])
         predictions.out_of_distribution += predict.out_of_distribution(prediction)
@@ -77,34 +77,39 @@ def _derive_with_outputs(predictions: predict.Predictions, version_id: str | Non
     return record
 
 
-def structured_report(prediction: dict) -> bytes | None:
-    """The DICOM SR of a prediction on a DICOM upload, made from the very version that was predicted (None when
-    that version is gone: its key then has another outcome)."""
+def structured_report(prediction: dict, key: str) -> bytes | None:
+    """The DICOM SR of a prediction on a DICOM upload (``key``), made from the very version that was predicted
+    (None when that version is gone: its key then has another outcome)."""
     from lambdas.domain import dicom, dicom_sr  # noqa: PLC0415 (pydicom only when a DICOM file arrives)
 
     source = prediction["source"]
     try:
-        data, _ = s3io.download(source["bucket"], source["key"], source["version_id"])
+        data, _ = s3io.download(source["bucket"], key, source["version_id"])
         return dicom_sr.to_bytes(dicom_sr.structured_report(dicom.read(data), prediction))
     except imaging.RejectedImage:
         return None
 
 
-def complete(result: SourceObject, landed_at: float, settings: Settings) -> tuple[dict, bytes | None]:
-    """Record the prediction one result object answers (the version's DynamoDB item); returns the record and
-    the overlay PNG to keep beside it, if any."""
+def complete(result: SourceObject, landed_at: float, settings: Settings) -> tuple[dict, bytes | None, str]:
+    """Record the prediction one result object answers (the version's DynamoDB item); returns the record, the
+    overlay PNG to keep beside it, if any, and the upload's key (from its name's pointer: the request names
+    the upload, never keys it)."""
     name = layout.file_name(result.key)
     request = name.removesuffix(predict.ASYNC_RESULT_SUFFIX)
     context = s3io.read_json(result.bucket, predict.request_key(request))
     if name == request or context is None:
         raise UnknownAsyncResult(f"no request {predict.request_key(request)} for the result {name}")
     source = context["source"]
-    obj = SourceObject(source["bucket"], source["key"], source["size"], source["version_id"], "")
+    key = s3io.pointed_key(source["bucket"], layout.INCOMING, source["name"])
+    if key is None:
+        raise UnknownAsyncResult(f"no pointer to the upload named {source['name']}")
+    obj = SourceObject(source["bucket"], key, source["size"], source["version_id"], "", source["name"])
     answer = predict.parse_answer(_read(result))
     latency = {"endpoint": round(1000 * (landed_at - context["submitted_at"]), 1),
                "total": round(1000 * (time.time() - context["started_at"]), 1)}
-    return predict.record_prediction(obj, answer, context["endpoint"], settings, latency, context.get("explain"),
-                                     dicom_sr=context.get("dicom_sr", False))
+    prediction, overlay = predict.record_prediction(obj, answer, context["endpoint"], settings, latency,
+                                                    context.get("explain"), dicom_sr=context.get("dicom_sr", False))
+    return prediction, overlay, key
 
 
 def _read(result: SourceObject) -> bytes:

@@ -1,11 +1,12 @@
 """Predict Lambda: S3 ``incoming/`` events -> one current outcome per key: predicted, rejected, submitted, deleted.
 
 The image goes through the one normaliser before the endpoint sees it (bad input gets
-``rejected/<key>.error.json``, the original stays). The endpoint's name is read from SSM, so a
+``rejected/<name>.error.json``, the original stays). The endpoint's name is read from SSM, so a
 newly deployed model needs no change here. As in ingest (:mod:`lambdas.domain.source_state`), any
 event for a key, created or removed, means "derive this key from its current version" under the
-key's lease in the source-state table: ``predictions/<key>.json`` and ``rejected/<key>.error.json``
-are never both current, and the previous outcome is tombstoned. Each (bucket, key, version) is sent
+key's lease in the source-state table: ``predictions/<name>.json`` and ``rejected/<name>.error.json``
+(``<name>`` the key's opaque name, :mod:`lambdas.domain.source_names`: records, outputs and items never
+carry the key) are never both current, and the previous outcome is tombstoned. Each (bucket, key, version) is sent
 to the endpoint once (Powertools idempotency on DynamoDB, and the record of the version reused);
 the DynamoDB item per version is the audit trail and is never retired. Throttling and endpoint
 errors are retried by botocore, then raised so Lambda retries the event and finally hands it to
@@ -21,7 +22,7 @@ in S3: the PNG goes to ``async-input/``, what the record needs to ``async-reques
 Explanations: when the upload asks (user metadata ``cxr-explain: true``, as ``cxr predict --explain``
 sends it) or ``EXPLAIN_REFERRALS`` is on, the endpoint is asked for its class-activation overlay
 (inference.py's JSON request; the answer stays far below the 4 MB serverless limit), and the overlay
-is written as ``predictions/<key>.overlay.png`` beside the JSON: always when asked, for referred
+is written as ``predictions/<name>.overlay.png`` beside the JSON: always when asked, for referred
 predictions only under ``EXPLAIN_REFERRALS``. The overlay is never part of a DynamoDB item (400 KB).
 """
 
@@ -49,8 +50,8 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
-from lambdas import aws, review_queue, s3io, served_model
-from lambdas.domain import audit, imaging, layout, source_state, uploads
+from lambdas import aws, pseudonyms, review_queue, s3io, served_model
+from lambdas.domain import audit, imaging, layout, source_names, source_state, uploads
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
 from lambdas.state_store import SourceRef, StateStore, handle
@@ -87,12 +88,12 @@ def handler(event: S3Event, context) -> dict:
     for record in event.records:
         source = SourceObject.from_record(record)
         if not record.event_name.startswith(("ObjectCreated", "ObjectRemoved")) or not source.key.startswith(
-                layout.INCOMING) or source.key.endswith("/"):
+                layout.INCOMING) or source.key.endswith("/") or source_names.is_pointer(source.key):
             outcomes["skipped"] += 1
             continue
         try:
-            outcome = handle(predictions.store, SourceRef(source.bucket, source.key), source.sequencer,
-                             predictions.derive, context)
+            ref = SourceRef(source.bucket, source.key, pseudonyms.source_name(settings, source.bucket, source.key))
+            outcome = handle(predictions.store, ref, source.sequencer, predictions.derive, context)
         except Exception as exc:
             if not _retriable(exc):
                 raise
@@ -144,13 +145,15 @@ class Predictions:
     def derive(self, ref: SourceRef, previous: dict | None) -> dict:
         """The key's outcome from its current version; writes what it owns, tombstones what it no longer owns."""
         current = s3io.current_version(ref.bucket, ref.key)
-        record = (_removed(ref) if current is None else
-                  self._outcome(SourceObject(ref.bucket, ref.key, current.size, current.version_id, ""), previous))
+        if current is not None and (previous or {}).get("outcome") in (None, source_state.DELETED):
+            s3io.put_pointer(ref.bucket, ref.key, ref.name)  # the way back, for a review copy or an async result
+        record = (_removed(ref) if current is None else self._outcome(
+            SourceObject(ref.bucket, ref.key, current.size, current.version_id, "", ref.name), previous))
         if record["outcome"] == source_state.PREDICTED:  # the record is kept: Object Lock retention when configured
-            s3io.put_json(ref.bucket, layout.prediction_key(ref.key), record["prediction"],
+            s3io.put_json(ref.bucket, layout.prediction_key(ref.name), record["prediction"],
                           retain_until=audit.retain_until(self.settings.prediction_retention_days))
         elif record["outcome"] == source_state.REJECTED:
-            s3io.put_json(ref.bucket, layout.rejected_key(ref.key), source_state.error_document(record))
+            s3io.put_json(ref.bucket, layout.rejected_key(ref.name), source_state.error_document(record))
         if previous is not None:
             for name in set(source_state.outputs(previous)) - set(source_state.outputs(record)):
                 s3io.tombstone(ref.bucket, name)
@@ -170,7 +173,7 @@ class Predictions:
             # only an asynchronous result that has landed can change it; new versions are the predict function's
             return _completed(source, self.settings) or previous or {"outcome": source_state.SUBMITTED,
                                                                      "source": source}
-        result = _idempotent_predict(self.settings.idempotency_table)(source=source)
+        result = _idempotent_predict(self.settings.idempotency_table)(source={**source, "key": obj.key})
         if result["status"] == "rejected":
             return {"outcome": source_state.REJECTED, "source": source, "reason": result["reason"],
                     "message": result["message"]}
@@ -182,14 +185,14 @@ class Predictions:
 
 
 def _removed(ref: SourceRef) -> dict:
-    return {"outcome": source_state.DELETED, "source": {"bucket": ref.bucket, "key": ref.key, "version_id": None,
+    return {"outcome": source_state.DELETED, "source": {"bucket": ref.bucket, "name": ref.name, "version_id": None,
                                                          "size": 0}}
 
 
 def _completed(source: dict, settings: Settings) -> dict | None:
     """The predicted record of a version whose asynchronous result has landed (its DynamoDB item), if it has."""
     item = aws.client("dynamodb").get_item(TableName=settings.predictions_table, ConsistentRead=True, Key={
-        "pk": {"S": f"{source['bucket']}/{source['key']}"}, "sk": {"S": source["version_id"] or "null"}}).get("Item")
+        "pk": {"S": f"{source['bucket']}/{source['name']}"}, "sk": {"S": source["version_id"] or "null"}}).get("Item")
     if item is None:
         return None
     return {"outcome": source_state.PREDICTED, "source": source, "prediction": json.loads(item["record"]["S"])}
@@ -205,9 +208,11 @@ def _idempotent_predict(table_name: str):
 
 
 def predict_object(source: dict) -> dict:
-    """Normalise and predict one version, or queue it: ``rejected``, ``predicted`` (with the record), ``submitted``."""
+    """Normalise and predict one version, or queue it: ``rejected``, ``predicted`` (with the record), ``submitted``.
+
+    ``source`` has the key to read; what is returned (and kept in the idempotency table) has only its name."""
     settings = Settings.from_env()
-    obj = SourceObject(source["bucket"], source["key"], source["size"], source["version_id"], "")
+    obj = SourceObject(source["bucket"], source["key"], source["size"], source["version_id"], "", source["name"])
     started, started_at = time.perf_counter(), time.time()
     try:
         imaging.check_upload_size(obj.size, settings.max_upload_bytes)
@@ -323,7 +328,7 @@ def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: 
     the record names the DICOM SR the caller writes (``results-dicom/``)."""
     prediction = prediction_record(obj, answer, endpoint)
     if dicom_sr:
-        prediction["dicom_sr"] = {"key": layout.structured_report_key(obj.key)}
+        prediction["dicom_sr"] = {"key": layout.structured_report_key(obj.name)}
     prediction["latency_ms"] = latency
     prediction["audit"] = audit.fields(answer, code_version=settings.code_version)
     explanation = answer.get("explanation")
@@ -331,7 +336,7 @@ def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: 
     overlay = None
     if keep and explanation:
         overlay = base64.b64decode(explanation["overlay_png"])
-        prediction["explanation"] = {"overlay_key": layout.overlay_key(obj.key), "method": explanation["method"]}
+        prediction["explanation"] = {"overlay_key": layout.overlay_key(obj.name), "method": explanation["method"]}
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
     logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
                 referral_reasons=prediction["referral_reasons"], explained=overlay is not None, latency_ms=latency,
@@ -371,7 +376,7 @@ def _dynamodb_item(prediction: dict) -> dict:
     source = prediction["source"]
     plain = json.loads(json.dumps(prediction), parse_float=Decimal)
     item = {
-        "pk": f"{source['bucket']}/{source['key']}",
+        "pk": f"{source['bucket']}/{source['name']}",
         "sk": source["version_id"] or "null",
         "label": plain["label"],
         "confidence": plain["confidence"],

@@ -3,8 +3,9 @@
 Any event for a key (created or removed, in any order, delivered any number of times) means
 "derive this key again from its current version"; the rules and why are in
 :mod:`lambdas.domain.source_state`. A processed key owns ``processed/<dataset>/<label>/<id>.png``
-and its ``.json`` sidecar; a rejected one owns ``quarantine/<key>.error.json`` with the reason;
-a deleted one owns nothing. Outputs of an older outcome are tombstoned; the original stays in
+and its ``.json`` sidecar; a rejected one owns ``quarantine/raw/<dataset>/<name>.error.json`` with the
+reason; a deleted one owns nothing. Outputs and records name an upload by its opaque name, never its key
+(:mod:`lambdas.domain.source_names`). Outputs of an older outcome are tombstoned; the original stays in
 ``raw/``. Bad images are recorded, not raised (no retry); AWS throttling and timeouts are raised
 so that Lambda retries the event.
 """
@@ -16,7 +17,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 
 from lambdas import aws, pseudonyms, s3io
-from lambdas.domain import deid, imaging, layout, review, source_state, uploads
+from lambdas.domain import deid, imaging, layout, review, source_names, source_state, uploads
 from lambdas.domain.labels import UnlabelledError
 from lambdas.domain.settings import Settings
 from lambdas.domain.source_state import Claim
@@ -44,7 +45,7 @@ def handler(event: S3Event, context) -> dict:
     for record in event.records:
         source = SourceObject.from_record(record)
         if not record.event_name.startswith(("ObjectCreated", "ObjectRemoved")) or not source.key.startswith(
-                layout.RAW) or source.key.endswith("/"):
+                layout.RAW) or source.key.endswith("/") or source_names.is_pointer(source.key):
             outcomes["skipped"] += 1
             continue
         try:
@@ -77,8 +78,8 @@ class Ingest:
 
     def handle(self, source: SourceObject) -> str:
         """One event: its count (``accepted``, ``rejected``, ``removed``, duplicate, superseded or deferred)."""
-        outcome = handle(self.store, SourceRef(source.bucket, source.key), source.sequencer, self.derive,
-                         self.context)
+        ref = SourceRef(source.bucket, source.key, pseudonyms.source_name(self.settings, source.bucket, source.key))
+        outcome = handle(self.store, ref, source.sequencer, self.derive, self.context)
         if outcome not in COUNTED:
             logger.info("no new work", key_ref=source.ref, outcome=outcome)
         return COUNTED.get(outcome, outcome)
@@ -98,12 +99,16 @@ class Ingest:
             s3io.put_png(ref.bucket, record["image"]["processed_key"], png)
             s3io.put_json(ref.bucket, record["image"]["metadata_key"], source_state.sidecar(record))  # after the PNG
         elif record["outcome"] == source_state.QUARANTINED:
-            s3io.put_json(ref.bucket, layout.quarantine_key(ref.key), source_state.error_document(record))
+            s3io.put_json(ref.bucket, source_state.outputs(record)[0], source_state.error_document(record))
         if previous is not None:
             for name in set(source_state.outputs(previous)) - set(source_state.outputs(record)):
                 s3io.tombstone(ref.bucket, name)
         for peer in sorted(peers):  # identical pixels elsewhere: their outcome may have changed with ours
-            peer_ref = SourceRef(ref.bucket, peer)
+            peer_key = s3io.pointed_key(ref.bucket, ref.key, peer)
+            if peer_key is None:  # written before its claim, so never missing unless removed by hand
+                logger.warning("a claim's pointer is missing", peer=peer)
+                continue
+            peer_ref = SourceRef(ref.bucket, peer_key, peer)
             self.store.nudge(peer_ref)
             reconcile(self.store, peer_ref, self.derive, self.context)
         logger.info(record["outcome"], key_ref=layout.key_ref(ref.bucket, ref.key), outcome=record["outcome"],
@@ -121,10 +126,12 @@ class Ingest:
             peers |= set(self.store.unclaim(ref, old["content_hash"]))
         if not new:
             return record, peers
+        if not old:  # a claim names the key, and a peer re-derives it: its pointer must exist first
+            s3io.put_pointer(ref.bucket, ref.key, ref.name)
         claims = self.store.claim(ref, new["content_hash"], Claim(new["label"], new["authority"]))
         if old != new:
-            peers |= set(claims) - {ref.key}
-        verdict = source_state.resolve_group(claims)[ref.key]
+            peers |= set(claims) - {ref.name}
+        verdict = source_state.resolve_group(claims)[ref.name]
         if not verdict.trains:
             record = {**record, "outcome": source_state.QUARANTINED, "reason": verdict.reason,
                       "message": verdict.message(new["label"]), "conflicts_with": list(verdict.others)}
@@ -132,13 +139,18 @@ class Ingest:
 
 
 def _deleted(ref: SourceRef) -> dict:
-    return {"outcome": source_state.DELETED, "source": {"bucket": ref.bucket, "key": ref.key, "version_id": None,
-                                                         "size": 0}}
+    return {"outcome": source_state.DELETED, "source": _source(ref, None, 0)}
+
+
+def _source(ref: SourceRef, version_id: str | None, size: int) -> dict:
+    """What records and outputs say of their upload: its name, never its key."""
+    return {"bucket": ref.bucket, "name": ref.name, "scope": source_state.scope(ref.key), "version_id": version_id,
+            "size": size}
 
 
 def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) -> tuple[dict, bytes | None]:
     """Processed or quarantined, for the key's current version; the PNG when processed."""
-    source = {"bucket": ref.bucket, "key": ref.key, "version_id": current.version_id, "size": current.size}
+    source = _source(ref, current.version_id, current.size)
     try:
         dataset, info = layout.parse_raw_key(ref.key)
         imaging.check_upload_size(current.size, settings.max_upload_bytes)
@@ -154,7 +166,7 @@ def _examine(ref: SourceRef, current: s3io.CurrentObject, settings: Settings) ->
     named = current.metadata.get(review.PATIENT_METADATA) if authority == source_state.REVIEW else None
     patient = (deid.pseudonymous_patient_id(pseudonyms.key(settings), declared) if declared.strip() else
                described["patient_id"] if described else named or info.patient_id)
-    image_id = source_state.output_id(ref.key, image.content_hash)
+    image_id = source_state.output_id(ref.name, image.content_hash)
     record = {
         "outcome": source_state.PROCESSED,
         "source": source,

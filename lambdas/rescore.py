@@ -4,8 +4,10 @@
 writes them as a SageMaker manifest (``batch-input/rescore-<run>.manifest``) and starts a Batch Transform job
 of the newly deployed model over it, with per-record errors (``inference.py``); ``status_handler`` is polled
 by the state machine's wait loop and, once the job has completed, compares each answer with the
-prediction on record (``predictions/<key>.json``) and writes ``reports/<run>/rescore.csv``: key, the label
-and model on record, the new label and confidence, and whether the label changed.
+prediction on record (``predictions/<name>.json``) and writes ``reports/<run>/rescore.csv``: the upload's
+opaque name (never its key: :mod:`lambdas.domain.source_names`), the label and model on record, the new label
+and confidence, and whether the label changed. The manifest and the job's answers (``batch-input/``,
+``batch-output/``) are named by keys, as Batch Transform reads objects by key.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from datetime import UTC, datetime, timedelta
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from lambdas import aws
-from lambdas.domain import layout
+from lambdas import aws, pseudonyms
+from lambdas.domain import layout, source_names
+from lambdas.domain.settings import Settings
 
 logger = Logger(service="cxr-rescore")
 
 RESCORE_FILE = "rescore.csv"
-FIELDS = ("key", "previous_label", "previous_model", "new_label", "new_confidence", "changed", "error")
+FIELDS = ("name", "previous_label", "previous_model", "new_label", "new_confidence", "changed", "error")
 PER_RECORD_ERRORS = {"CXR_PER_RECORD_ERRORS": "1"}
 """The transform container's environment (``training_job/inference.py``): a bad record is answered, not fatal."""
 
@@ -38,7 +41,7 @@ def recent_keys(bucket: str, days: int, now: datetime) -> list[str]:
     since = now - timedelta(days=days)
     return sorted(obj["Key"] for page in aws.client("s3").get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=layout.INCOMING) for obj in page.get("Contents", [])
-        if obj["LastModified"] >= since and not obj["Key"].endswith("/"))
+        if obj["LastModified"] >= since and not obj["Key"].endswith("/") and not source_names.is_pointer(obj["Key"]))
 
 
 def job_name(prefix: str, run_id: str) -> str:
@@ -108,12 +111,13 @@ def compare(event: dict) -> list[dict]:
     bucket, manifest_key = layout.split_s3_uri(event["manifest"])
     entries = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())[1:]
     out_bucket, out_prefix = layout.split_s3_uri(event["output"])
-    rows = []
+    rows, settings = [], Settings.from_env()
     for key in entries:
+        name = pseudonyms.source_name(settings, bucket, key)
         new = _json(out_bucket, f"{out_prefix}{key}.out") or {"error": "the job wrote no answer"}
-        old = _json(bucket, layout.prediction_key(key)) or {}
+        old = _json(bucket, layout.prediction_key(name)) or {}
         new_label = new.get("label")
-        rows.append({"key": key, "previous_label": old.get("label", ""), "previous_model": old.get("model_id", ""),
+        rows.append({"name": name, "previous_label": old.get("label", ""), "previous_model": old.get("model_id", ""),
                      "new_label": new_label or "", "new_confidence": new.get("confidence", ""),
                      "changed": "true" if new_label and old.get("label") and new_label != old["label"] else "false",
                      "error": new.get("error", "")})

@@ -17,18 +17,27 @@ import hashlib
 import io
 from pathlib import PurePosixPath
 
-from lambdas import aws
+from lambdas import aws, s3io
 from lambdas.domain import labels, layout, review, source_state, uploads
 
 IMAGE_SUFFIXES = {".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".png": "image/png"}
 NO_STORE = "no-store"
 
 
+def original_key(task: dict) -> str:
+    """The ``incoming/`` key of the task's upload, from its name's pointer: a task names the upload, never keys it
+    (``lambdas/domain/source_names.py``), and only roles that read originals read pointers."""
+    key = s3io.pointed_key(task["bucket"], layout.INCOMING, task["name"])
+    if key is None:
+        raise LookupError(f"no pointer to the upload named {task['name']}")
+    return key
+
+
 def content_name(task: dict) -> str:
     """The task's content hash (the normalised pixels', from the prediction's audit block), else the bytes'."""
     if task.get("content_hash"):
         return task["content_hash"]
-    body = aws.client("s3").get_object(Bucket=task["bucket"], Key=task["key"],
+    body = aws.client("s3").get_object(Bucket=task["bucket"], Key=original_key(task),
                                        **_version(task.get("version_id")))["Body"].read()
     return hashlib.sha256(body).hexdigest()
 
@@ -55,9 +64,9 @@ def _exists(bucket: str, key: str) -> bool:
 
 def review_copies(task: dict, review_bucket: str) -> dict[str, str]:
     """``image`` (and ``overlay`` when the prediction kept one): keys of the content-named copies, made once."""
-    name = f"{layout.REVIEW}{content_name(task)}"
-    copies = {"image": f"{name}{suffix(task['key']) or '.png'}"}
-    sources = {"image": (task["key"], task.get("version_id"), IMAGE_SUFFIXES.get(suffix(task["key"]), "image/png"))}
+    name, original = f"{layout.REVIEW}{content_name(task)}", original_key(task)
+    copies = {"image": f"{name}{suffix(original) or '.png'}"}
+    sources = {"image": (original, task.get("version_id"), IMAGE_SUFFIXES.get(suffix(original), "image/png"))}
     if task.get("overlay_key"):
         copies["overlay"] = f"{name}{layout.OVERLAY_SUFFIX}"
         sources["overlay"] = (task["overlay_key"], None, "image/png")
@@ -93,7 +102,7 @@ def training_key(task: dict, verdict: str, dataset: str) -> str | None:
     folder = review.training_folder(verdict, task.get("probabilities") or {})
     if folder is None:
         return None
-    return f"{layout.RAW}{dataset}/{folder}/{content_name(task)}{suffix(task['key'])}"
+    return f"{layout.RAW}{dataset}/{folder}/{content_name(task)}{suffix(original_key(task))}"
 
 
 def copy_for_training(task: dict, verdict: str, dataset: str, data_bucket: str) -> str | None:
@@ -101,13 +110,13 @@ def copy_for_training(task: dict, verdict: str, dataset: str, data_bucket: str) 
     key = training_key(task, verdict, dataset)
     if key is None or _exists(data_bucket, key):
         return key
-    metadata = {source_state.REVIEW_METADATA: task["pk"]}
-    patient = labels.patient_id(layout.file_name(task["key"]))
+    metadata, original = {source_state.REVIEW_METADATA: task["pk"]}, original_key(task)
+    patient = labels.patient_id(layout.file_name(original))
     if patient:
         metadata[review.PATIENT_METADATA] = patient
     aws.client("s3").copy_object(
-        Bucket=data_bucket, Key=key, CopySource={"Bucket": task["bucket"], "Key": task["key"],
+        Bucket=data_bucket, Key=key, CopySource={"Bucket": task["bucket"], "Key": original,
                                                  **_version(task.get("version_id"))},
-        MetadataDirective="REPLACE", Metadata=metadata, ContentType=IMAGE_SUFFIXES.get(suffix(task["key"]),
+        MetadataDirective="REPLACE", Metadata=metadata, ContentType=IMAGE_SUFFIXES.get(suffix(original),
                                                                                        "application/octet-stream"))
     return key

@@ -17,7 +17,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import layout, review, source_state
+from lambdas.domain import review, source_state
 
 QUEUE_INDEX = "Queue"
 QUEUE_ATTRIBUTE = "queue"
@@ -58,18 +58,19 @@ def follow(table: str, sample_rate: float, previous: dict | None, record: dict) 
         source = previous["source"]
         if (record["outcome"] != source_state.PREDICTED
                 or record["source"].get("version_id") != source.get("version_id")):
-            withdraw(table, review.task_id(source["bucket"], source["key"], source.get("version_id")))
+            withdraw(table, review.task_id(source["bucket"], source["name"], source.get("version_id")))
     return created
 
 
 def task_item(prediction: dict, task: str, reason: str, at: str) -> dict:
-    """What a reviewer needs, and nothing that names the patient beyond the key (kept for the copy, never shown)."""
+    """What a reviewer needs, and nothing that names the patient: the upload's opaque name, never its key (the copy
+    finds the key from the name's pointer, ``review_data.original_key``)."""
     source = prediction["source"]
     audit = prediction.get("audit") or {}
     return {
         "pk": task, "sk": review.TASK_SORT_KEY, "status": review.OPEN, QUEUE_ATTRIBUTE: review.OPEN,
         "reason": reason, "created_at": at, "updated_at": at, "assigned_reviewer": None,
-        "bucket": source["bucket"], "key": source["key"], "version_id": source.get("version_id"),
+        "bucket": source["bucket"], "name": source["name"], "version_id": source.get("version_id"),
         "label": prediction["label"], "confidence": prediction["confidence"],
         "probabilities": prediction["probabilities"], "pneumonia_probability": prediction.get("pneumonia_probability"),
         "referral_reasons": prediction.get("referral_reasons") or [], "threshold": prediction.get("threshold"),
@@ -82,7 +83,7 @@ def task_item(prediction: dict, task: str, reason: str, at: str) -> dict:
 def open_task(table: str, prediction: dict, sample_rate: float) -> str | None:
     """The version's task, created if the rules select it and it does not exist yet; its id, or None."""
     source = prediction["source"]
-    task = review.task_id(source["bucket"], source["key"], source.get("version_id"))
+    task = review.task_id(source["bucket"], source["name"], source.get("version_id"))
     reason = review.reason_to_review(prediction, task, sample_rate)
     if reason is None:
         return None
@@ -112,5 +113,5 @@ def withdraw(table: str, task: str) -> bool:
 
 
 def task_ref(task: dict) -> str:
-    """What logs carry for a task's image: the key's hash (keys hold patient identifiers)."""
-    return layout.key_ref(task["bucket"], task["key"])
+    """What logs carry for a task's image: its upload's opaque name (keys hold patient identifiers)."""
+    return task["name"]

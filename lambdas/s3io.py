@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import audit, imaging, layout
+from lambdas.domain import audit, imaging, layout, source_names
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class SourceObject:
     size: int
     version_id: str | None
     sequencer: str
+    name: str = ""
+    """The key's opaque name (``lambdas/domain/source_names.py``): what records say instead of the key."""
 
     @classmethod
     def from_record(cls, record: S3EventRecord) -> SourceObject:
@@ -41,7 +43,8 @@ class SourceObject:
         return layout.key_ref(self.bucket, self.key)
 
     def describe(self) -> dict:
-        return {"bucket": self.bucket, "key": self.key, "version_id": self.version_id, "size": self.size}
+        """The object as records and outputs name it: never its key."""
+        return {"bucket": self.bucket, "name": self.name, "version_id": self.version_id, "size": self.size}
 
 
 @dataclass(frozen=True)
@@ -144,3 +147,24 @@ def put_dicom(bucket: str, key: str, data: bytes) -> None:
 
 def put_png(bucket: str, key: str, png: bytes) -> None:
     aws.client("s3").put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")
+
+
+def put_pointer(bucket: str, key: str, source_name: str) -> None:
+    """Keep ``key`` as the body of its name's pointer object, beside the upload (``source_names.pointer_key``).
+
+    Written when a key is first derived (again only on a retry): its own S3 event invokes the upload's
+    function, which skips it. Never looked up first: without ``s3:ListBucket`` a missing object answers 403.
+    """
+    aws.client("s3").put_object(Bucket=bucket, Key=source_names.pointer_key(key, source_name), Body=key.encode(),
+                                ContentType="text/plain")
+
+
+def pointed_key(bucket: str, area_key: str, source_name: str) -> str | None:
+    """The key a name stands for, from its pointer in the area of ``area_key``; None when there is none."""
+    try:
+        body = aws.client("s3").get_object(Bucket=bucket, Key=source_names.pointer_key(area_key, source_name))["Body"]
+    except ClientError as exc:
+        if aws.is_missing(exc):
+            return None
+        raise
+    return body.read().decode()

@@ -31,13 +31,17 @@ class LeaseLost(RuntimeError):
 
 @dataclass(frozen=True)
 class SourceRef:
+    """An upload: its key (known only to the invocation handling it) and its opaque name, which is what the table
+    stores (:mod:`lambdas.domain.source_names`)."""
+
     bucket: str
     key: str
+    name: str
 
     @property
     def item_key(self) -> dict:
         return {"pk": {"S": source_state.partition(self.bucket, self.key)},
-                "sk": {"S": source_state.source_sort_key(self.key)}}
+                "sk": {"S": source_state.source_sort_key(self.name)}}
 
 
 @dataclass(frozen=True)
@@ -173,10 +177,10 @@ class StateStore:
 
     # --- identical pixels ------------------------------------------------------------------------
     def claim(self, ref: SourceRef, content_hash: str, claim: Claim) -> dict[str, Claim]:
-        """Register ``ref`` as holding these pixels; returns every claim of the group, this one included."""
+        """Register ``ref`` as holding these pixels; returns every claim of the group by name, this one included."""
         item = self.client.update_item(
             TableName=self.table, Key=self._group_key(ref, content_hash), UpdateExpression="SET #claim = :claim",
-            ExpressionAttributeNames={"#claim": source_state.CLAIM_PREFIX + ref.key},
+            ExpressionAttributeNames={"#claim": source_state.CLAIM_PREFIX + ref.name},
             ExpressionAttributeValues={":claim": {"M": {"label": {"S": claim.label},
                                                         "authority": {"S": claim.authority}}}},
             ReturnValues="ALL_NEW",
@@ -187,7 +191,7 @@ class StateStore:
         """Withdraw ``ref``'s claim; returns the claims that remain."""
         item = self.client.update_item(
             TableName=self.table, Key=self._group_key(ref, content_hash), UpdateExpression="REMOVE #claim",
-            ExpressionAttributeNames={"#claim": source_state.CLAIM_PREFIX + ref.key}, ReturnValues="ALL_NEW",
+            ExpressionAttributeNames={"#claim": source_state.CLAIM_PREFIX + ref.name}, ReturnValues="ALL_NEW",
         ).get("Attributes", {})
         return _claims(item)
 
@@ -206,9 +210,9 @@ class StateStore:
                 if "record" in item:
                     yield {**json.loads(item["record"]["S"]), "pending": _pending(item)}
                 elif "seen" in item or "nudges" in item:  # observed, never derived
-                    key = item["sk"]["S"].removeprefix(source_state.SOURCE_PREFIX)
+                    name = item["sk"]["S"].removeprefix(source_state.SOURCE_PREFIX)
                     yield {"outcome": None, "pending": True,
-                           "source": {"bucket": partition.split("/", 1)[0], "key": key, "version_id": None}}
+                           "source": {"bucket": partition.split("/", 1)[0], "name": name, "version_id": None}}
 
     def _item(self, ref: SourceRef) -> dict:
         return self.client.get_item(TableName=self.table, Key=ref.item_key, ConsistentRead=True).get("Item", {})

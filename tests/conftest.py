@@ -58,9 +58,13 @@ def lambda_context():
 
 @pytest.fixture
 def state_table(aws, monkeypatch):
-    """The source-state table, named in the handlers' environment."""
-    from infra import wiring
-    from ingested import create_state_table
+    """The source-state table and the pseudonym secret that names its records, in the handlers' environment."""
+    import boto3
 
+    from infra import wiring
+    from ingested import PSEUDONYM_SECRET, create_state_table
+
+    secret = boto3.client("secretsmanager").create_secret(Name="cxr-test/source-names", SecretString=PSEUDONYM_SECRET)
+    monkeypatch.setenv(wiring.ENV_PSEUDONYM_SECRET, secret["ARN"])
     monkeypatch.setenv(wiring.ENV_SOURCE_STATE_TABLE, create_state_table("cxr-source-state"))
     return "cxr-source-state"

@@ -9,7 +9,8 @@ while the next operation happens. It is played against ``raw/`` and the real pre
 After the events drain, every key's state must be what its newest version alone gives (identical
 pixels under two labels being a conflict in a dataset), the outputs in S3 must be exactly the
 current ones, PrepareDataset must see exactly the trainable set, and no version of an upload may
-be lost.
+be lost. The keys carry patient names and MRNs, as hospital exports do: none of them may appear in
+any object outside the uploads' prefixes (keys and bodies) or in any table item.
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ import corpus
 from cxr.local import s3_events
 from cxr.local.context import LambdaContext
 from infra import wiring
-from ingested import create_state_table
+from ingested import PSEUDONYM_SECRET, create_state_table, name_of
 from lambdas import aws, predict, prepare_dataset, preprocess
-from lambdas.domain import imaging, layout, source_state
+from lambdas.domain import imaging, layout, source_names, source_state
 from lambdas.state_store import StateStore
 
 DATASET = "ds"
-RAW_KEYS = (f"raw/{DATASET}/NORMAL/a.png", f"raw/{DATASET}/NORMAL/b.png", f"raw/{DATASET}/PNEUMONIA/c.png")
-INCOMING_KEYS = ("incoming/a.png", "incoming/b.png", "incoming/ward/a.png")
+RAW_KEYS = (f"raw/{DATASET}/NORMAL/DOE_JANE_MRN5550001_chest.png", f"raw/{DATASET}/NORMAL/ROE_RICK_MRN5550002.png",
+            f"raw/{DATASET}/PNEUMONIA/DOE_JANE_MRN5550001_followup.png")
+IDENTIFIERS = ("DOE_JANE", "ROE_RICK", "MRN555000")
+"""What the file names say about patients: found only under the uploads' prefix."""
+INCOMING_KEYS = ("incoming/DOE_JANE_MRN5550001.png", "incoming/ROE_RICK_MRN5550002.png",
+                 "incoming/ward/DOE_JANE_MRN5550001.png")
 DELETE = "delete"
 
 
@@ -138,7 +143,9 @@ class Replay:
         self.s3 = aws.client("s3")
         self.s3.create_bucket(Bucket=self.bucket)
         self.s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
-        self.environment = {wiring.ENV_SOURCE_STATE_TABLE: create_state_table(f"history-{self.n}")}
+        secret = aws.client("secretsmanager").create_secret(Name=f"history-{self.n}", SecretString=PSEUDONYM_SECRET)
+        self.environment = {wiring.ENV_SOURCE_STATE_TABLE: create_state_table(f"history-{self.n}"),
+                            wiring.ENV_PSEUDONYM_SECRET: secret["ARN"]}
         self.store = StateStore(f"history-{self.n}")
         self.events: list[dict | None] = []
         self.versions: list[str | None] = []
@@ -237,7 +244,8 @@ class Replay:
     def check(self, history: History) -> None:
         """Each key's record is current and what its newest version alone gives; outputs are exactly current."""
         expected = self.expected(history)
-        records = {r["source"]["key"]: r for r in self.store.records(self.partition)}
+        keys = {name_of(key, self.bucket): key for key in self.keys}
+        records = {keys[r["source"]["name"]]: r for r in self.store.records(self.partition)}
         assert set(records) == set(expected), (sorted(records), sorted(expected))
         for key, (outcome, detail, version) in expected.items():
             record = records[key]
@@ -247,9 +255,28 @@ class Replay:
         current_outputs = {name for r in records.values() for name in source_state.outputs(r)}
         assert set().union(*(self._listed(prefix) for prefix in self.outputs)) == current_outputs
         listing = self.s3.list_object_versions(Bucket=self.bucket, Prefix=self.uploads)
-        kept = [v["VersionId"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
+        kept = [v["VersionId"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])
+                if not source_names.is_pointer(v["Key"])]
         assert sorted(kept) == sorted(v for v in self.versions if v)  # no upload was lost
         self.check_more(expected, records)
+        self.check_no_identifier()
+
+    def check_no_identifier(self) -> None:
+        """No file name's identifier in any object (key or body) outside the uploads' prefix, or in any table."""
+        listing = self.s3.list_object_versions(Bucket=self.bucket)
+        written = []
+        for version in listing.get("Versions", []) + listing.get("DeleteMarkers", []):
+            if version["Key"].startswith(self.uploads):
+                continue
+            written.append(version["Key"])
+            if "Size" in version and version["Key"].endswith(".json"):  # PNGs are pixels only (imaging.normalise)
+                obj = self.s3.get_object(Bucket=self.bucket, Key=version["Key"], VersionId=version["VersionId"])
+                written.append(obj["Body"].read().decode())
+        for table in aws.client("dynamodb").list_tables()["TableNames"]:  # state, predictions, idempotency, tasks
+            if table.endswith(f"-{self.n}"):
+                written += [json.dumps(item) for item in aws.client("dynamodb").scan(TableName=table)["Items"]]
+        text = "\n".join(written)
+        assert not [i for i in self.identifiers if i in text], [i for i in self.identifiers if i in text]
 
     def _listed(self, prefix: str) -> set[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
@@ -263,6 +290,7 @@ class IngestReplay(Replay):
     """``raw/`` and the preprocess handler; PrepareDataset's view checked too."""
 
     keys, uploads, outputs = RAW_KEYS, layout.RAW, (layout.PROCESSED, layout.QUARANTINE)
+    identifiers = IDENTIFIERS
 
     @property
     def partition(self) -> str:
@@ -295,13 +323,14 @@ class IngestReplay(Replay):
     def check_more(self, expected: dict, records: dict) -> None:
         view = prepare_dataset.load_items(self.environment[wiring.ENV_SOURCE_STATE_TABLE], self.bucket, DATASET)
         assert sorted(i.key for i in view) == sorted(records[k]["image"]["processed_key"]
-                                                     for k in trainable_keys(expected))
+                                                     for k in trainable_keys(expected, self.bucket))
 
 
 class PredictReplay(Replay):
     """``incoming/`` and the predict handler, against a stand-in endpoint that labels each PNG by its digest."""
 
     keys, uploads, outputs = INCOMING_KEYS, layout.INCOMING, (layout.PREDICTIONS, layout.REJECTED)
+    identifiers = IDENTIFIERS
 
     def __init__(self):
         super().__init__()
@@ -341,7 +370,7 @@ class PredictReplay(Replay):
 
     def check_detail(self, record: dict, detail: str | None) -> None:
         if record["outcome"] == source_state.PREDICTED:
-            prediction = self._json(layout.prediction_key(record["source"]["key"]))
+            prediction = self._json(layout.prediction_key(record["source"]["name"]))
             assert (prediction["label"], prediction["source"]["version_id"]) == (
                 detail, record["source"]["version_id"]), record
         elif record["outcome"] == source_state.REJECTED:
@@ -352,7 +381,7 @@ class PredictReplay(Replay):
         recorded = {(i["pk"]["S"].split("/", 1)[1], i["sk"]["S"]) for i in items}
         for key, (outcome, _, version) in expected.items():
             if outcome == source_state.PREDICTED:
-                assert (key, version) in recorded  # the audit trail holds every current prediction
+                assert (name_of(key, self.bucket), version) in recorded  # the audit trail has every current one
 
 
 def label_of(png: bytes) -> str:
@@ -376,10 +405,10 @@ def verdict(content: str) -> tuple[str, str]:
         return source_state.QUARANTINED, exc.code
 
 
-def trainable_keys(expected: dict[str, tuple[str, str | None, str | None]]) -> list[str]:
-    """Processed keys, identical pixels once (the smallest key)."""
+def trainable_keys(expected: dict[str, tuple[str, str | None, str | None]], bucket: str) -> list[str]:
+    """Processed keys, identical pixels once (the one with the smallest name)."""
     processed = {key: detail for key, (outcome, detail, _) in expected.items() if outcome == source_state.PROCESSED}
     chosen: dict[str, str] = {}
-    for key in sorted(processed):
+    for key in sorted(processed, key=lambda k: name_of(k, bucket)):
         chosen.setdefault(processed[key], key)
     return sorted(chosen.values())

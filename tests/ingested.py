@@ -8,6 +8,20 @@ import corpus
 from cxr.local import s3_events
 from cxr.local.context import LambdaContext
 from infra import wiring
+from lambdas.domain import layout, source_names, source_state
+
+PSEUDONYM_SECRET = "n" * 48
+"""The handlers' pseudonym key in tests (the ``state_table`` fixture): it names every upload."""
+
+
+def name_of(key: str, bucket: str = "cxr-data") -> str:
+    """The opaque name the handlers give an upload (``lambdas/domain/source_names.py``)."""
+    return source_names.name(PSEUDONYM_SECRET.encode(), bucket, key)
+
+
+def quarantine_key(key: str, bucket: str = "cxr-data") -> str:
+    """Where a rejected ``raw/`` upload's reason is written."""
+    return layout.quarantine_key(source_state.scope(key), name_of(key, bucket))
 
 
 def create_state_table(name: str) -> str:

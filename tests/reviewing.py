@@ -10,8 +10,9 @@ from unittest import mock
 
 import histories
 from infra import wiring
+from ingested import name_of
 from lambdas import aws, predict, review_queue
-from lambdas.domain import review, source_state
+from lambdas.domain import layout, review, source_names, source_state
 
 SAMPLE_RATE = 0.5
 """High, so that short histories see sampled and unsampled unreferred versions alike."""
@@ -62,7 +63,7 @@ class ReviewReplay(histories.PredictReplay):
         super().check_more(expected, records)
         selected = set()
         for key, (outcome, label, version) in expected.items():
-            task = review.task_id(self.bucket, key, version)
+            task = review.task_id(self.bucket, name_of(key, self.bucket), version)
             if outcome == source_state.PREDICTED and (label == "viral" or review.sampled(task, SAMPLE_RATE)):
                 selected.add(task)
         found = tasks(self.environment[wiring.ENV_REVIEW_TASKS_TABLE])
@@ -79,16 +80,19 @@ class ReviewReplay(histories.PredictReplay):
 
 def referred_task(s3, bucket: str, table: str, xray: Path, content_hash: str, probabilities: dict,
                   key: str = "incoming/ward/NORMAL2-IM-1436-0001.jpeg", overlay: bytes | bool = True) -> str:
-    """Upload an X-ray under ``incoming/`` and open the task its referred prediction would; returns the task id."""
+    """Upload an X-ray under ``incoming/`` and open the task its referred prediction would (with the pointer from
+    the upload's name to its key, as the predict function writes it); returns the task id."""
     version = s3.put_object(Bucket=bucket, Key=key, Body=xray.read_bytes())["VersionId"]
+    name = name_of(key, bucket)
+    s3.put_object(Bucket=bucket, Key=source_names.pointer_key(key, name), Body=key.encode())
     label = max(probabilities, key=probabilities.get)
-    prediction = {"source": {"bucket": bucket, "key": key, "version_id": version, "size": xray.stat().st_size},
+    prediction = {"source": {"bucket": bucket, "name": name, "version_id": version, "size": xray.stat().st_size},
                   "label": label, "confidence": probabilities[label], "probabilities": probabilities,
                   "pneumonia_probability": 1 - probabilities["normal"], "refer_to_radiologist": True,
                   "referral_reasons": ["near_threshold"], "threshold": 0.5, "referral_band": [0.2, 0.8],
                   "model_id": "m", "predicted_at": review_queue.now(), "audit": {"content_hash": content_hash}}
     if overlay:
-        overlay_key = "predictions/" + key.removeprefix("incoming/") + ".overlay.png"
+        overlay_key = layout.overlay_key(name)
         s3.put_object(Bucket=bucket, Key=overlay_key, Body=overlay if isinstance(overlay, bytes) else b"\x89PNG")
         prediction["explanation"] = {"overlay_key": overlay_key, "method": "cam"}
     return review_queue.open_task(table, prediction, 0.0)

@@ -12,6 +12,10 @@ every record, the same whatever file format or name carried the pixels). The tra
 * for each model that judged it: the SageMaker model (if not yet retired) with its artifact digest tag,
   and the training run whose gate report names the same digest, with the gate's verdict.
 
+Records name uploads by the keys' opaque names (``lambdas/domain/source_names.py``): a KEY is turned
+into its name with the deployment's pseudonym secret, and the trail shows a key only when it is the one
+given; uploads found from a HASH are shown by name (their versions are read through the name's pointer).
+
 It reads only, and works the same against AWS and the offline cloud (``--local``). Exit status 0 when
 anything was found, 1 when nothing was.
 """
@@ -24,10 +28,11 @@ from collections.abc import Iterator
 
 from botocore.exceptions import ClientError
 
-from cxr import target
+from cxr import source_names, target
 from cxr.errors import UsageError
 from infra import wiring
 from lambdas.domain import audit, layout, source_state
+from lambdas.domain import source_names as names
 
 HASH = re.compile(r"^[0-9a-f]{64}$")
 GATE_REPORT = "gate.json"
@@ -58,6 +63,7 @@ class Trail:
     def __init__(self, deployment: target.Target, predictions_table: str, state_table: str):
         self.deployment, self.predictions_table, self.state_table = deployment, predictions_table, state_table
         self.s3, self.dynamodb = deployment.client("s3"), deployment.client("dynamodb")
+        self._namers: dict = {}
 
     @classmethod
     def of(cls, deployment: target.Target) -> Trail:
@@ -72,12 +78,13 @@ class Trail:
         if HASH.match(subject):
             hashes = {subject}
             items = list(self._items_with_hash(subject))
-            keys = sorted({tuple(item["pk"]["S"].split("/", 1)) for item in items})
+            found = sorted({tuple(item["pk"]["S"].split("/", 1)) for item in items})
+            uploads = (self._upload(bucket, name, layout.INCOMING) for bucket, name in found)
         else:
             bucket, key = self._locate(subject)
-            keys, hashes = [(bucket, key)], set()
-            items = list(self._items_of_key(bucket, key)) if key.startswith(layout.INCOMING) else []
-        uploads = (self._upload(bucket, key) for bucket, key in keys)
+            name, hashes = self._name(bucket, key), set()
+            items = list(self._items_of(bucket, name)) if key.startswith(layout.INCOMING) else []
+            uploads = iter([self._upload(bucket, name, key, given=True)])
         trail["uploads"] = [u for u in uploads if u["versions"] or "ingest" in u or "outcome" in u]
         for upload in trail["uploads"]:
             image = (upload.get("ingest") or {}).get("image")
@@ -105,9 +112,19 @@ class Trail:
         raise UsageError(f"{subject!r} is neither a key under {layout.INCOMING} or {layout.RAW}, an s3:// URI, "
                          "nor a 64-digit content hash")
 
-    def _upload(self, bucket: str, key: str) -> dict:
-        upload = {"bucket": bucket, "key": key, "versions": self._versions(bucket, key)}
-        record = self._state_record(bucket, key)
+    def _name(self, bucket: str, key: str) -> str:
+        if bucket not in self._namers:
+            self._namers[bucket] = source_names.namer(self.deployment.client("secretsmanager"), self.deployment.stage,
+                                                      bucket)
+        return self._namers[bucket](key)
+
+    def _upload(self, bucket: str, name: str, key: str, *, given: bool = False) -> dict:
+        """An upload by name; ``key`` is the given key, or only its area (the key is then read from the name's
+        pointer, to list its versions, and not shown)."""
+        real = key if given else self._pointed(bucket, key, name)
+        upload = {"bucket": bucket, "name": name, **({"key": key} if given else {}),
+                  "versions": self._versions(bucket, real) if real else []}
+        record = self._state_record(source_state.partition(bucket, real or key), name)
         if record is not None:
             upload["ingest" if key.startswith(layout.RAW) else "outcome"] = {
                 name: record.get(name) for name in ("outcome", "reason", "message", "image") if record.get(name)}
@@ -135,9 +152,16 @@ class Trail:
             return {"lock": None}
         return {"lock": head["ObjectLockMode"], "retain_until": head["ObjectLockRetainUntilDate"]}
 
-    def _state_record(self, bucket: str, key: str) -> dict | None:
+    def _pointed(self, bucket: str, area: str, name: str) -> str | None:
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=names.pointer_key(area, name))["Body"]
+        except ClientError:
+            return None
+        return body.read().decode()
+
+    def _state_record(self, partition: str, name: str) -> dict | None:
         item = self.dynamodb.get_item(TableName=self.state_table, ConsistentRead=True, Key={
-            "pk": {"S": source_state.partition(bucket, key)}, "sk": {"S": source_state.source_sort_key(key)}},
+            "pk": {"S": partition}, "sk": {"S": source_state.source_sort_key(name)}},
         ).get("Item")
         return json.loads(item["record"]["S"]) if item and "record" in item else None
 
@@ -152,18 +176,18 @@ class Trail:
         for page in pages:
             for item in page["Items"]:
                 bucket = item["pk"]["S"].split("/", 1)[0]
-                for name, claim in item.items():
-                    if name.startswith(source_state.CLAIM_PREFIX):
-                        key = name.removeprefix(source_state.CLAIM_PREFIX)
-                        record = self._state_record(bucket, key) or {}
-                        yield {"bucket": bucket, "key": key, "label": claim["M"]["label"]["S"],
+                for attribute, claim in item.items():
+                    if attribute.startswith(source_state.CLAIM_PREFIX):
+                        name = attribute.removeprefix(source_state.CLAIM_PREFIX)
+                        record = self._state_record(item["pk"]["S"], name) or {}
+                        yield {"bucket": bucket, "name": name, "label": claim["M"]["label"]["S"],
                                "content_hash": content_hash, "outcome": record.get("outcome"),
                                "processed_key": (record.get("image") or {}).get("processed_key")}
 
     # --- predictions -------------------------------------------------------------------------------------------
-    def _items_of_key(self, bucket: str, key: str) -> Iterator[dict]:
+    def _items_of(self, bucket: str, name: str) -> Iterator[dict]:
         yield from self._query(KeyConditionExpression="pk = :pk",
-                               ExpressionAttributeValues={":pk": {"S": f"{bucket}/{key}"}})
+                               ExpressionAttributeValues={":pk": {"S": f"{bucket}/{name}"}})
 
     def _items_with_hash(self, content_hash: str) -> Iterator[dict]:
         index = wiring.CONTENT_HASH_INDEX
@@ -178,13 +202,13 @@ class Trail:
         record = json.loads(item["record"]["S"])
         source = record["source"]
         return {
-            "bucket": source["bucket"], "key": source["key"], "version_id": source.get("version_id"),
+            "bucket": source["bucket"], "name": source["name"], "version_id": source.get("version_id"),
             "label": record["label"], "confidence": record["confidence"],
             "refer_to_radiologist": record.get("refer_to_radiologist"), "model_id": record["model_id"],
             "endpoint": record.get("endpoint"), "predicted_at": record["predicted_at"],
             "audit": record.get("audit") or {},
-            "json": {"key": layout.prediction_key(source["key"]),
-                     "versions": self._versions(source["bucket"], layout.prediction_key(source["key"]),
+            "json": {"key": layout.prediction_key(source["name"]),
+                     "versions": self._versions(source["bucket"], layout.prediction_key(source["name"]),
                                                 retention=True)},
         }
 
@@ -246,7 +270,8 @@ def print_trail(trail: dict) -> None:
     print(f"audit of {trail['subject']}")
     print(f"content hash(es): {', '.join(trail['content_hashes']) or '-'}")
     for upload in trail["uploads"]:
-        print(f"\nupload s3://{upload['bucket']}/{upload['key']}: {len(upload['versions'])} version(s)")
+        print(f"\nupload s3://{upload['bucket']}/{upload.get('key', upload['name'])}: {len(upload['versions'])} "
+              "version(s)")
         for v in upload["versions"]:
             what = "delete marker" if v["delete_marker"] else f"{v.get('size', 0)} bytes"
             print(f"  {v['last_modified']}  {v['version_id']}  {what}{'  (current)' if v['latest'] else ''}")
@@ -260,13 +285,13 @@ def print_trail(trail: dict) -> None:
     if trail["training_data"]:
         print("\nin the training data (same pixels):")
         for entry in trail["training_data"]:
-            print(f"  s3://{entry['bucket']}/{entry['key']}  label {entry['label']}  {entry['outcome']}"
+            print(f"  {entry['name']} in {entry['bucket']}  label {entry['label']}  {entry['outcome']}"
                   + (f" -> {entry['processed_key']}" if entry["processed_key"] else ""))
     print(f"\npredictions: {len(trail['predictions'])}")
     for p in trail["predictions"]:
         trail_ = p["audit"]
         refer = {True: "referred", False: "not referred", None: "-"}[p["refer_to_radiologist"]]
-        print(f"  {p['predicted_at']}  {p['key']} version {p['version_id']}: {p['label']} "
+        print(f"  {p['predicted_at']}  {p['name']} version {p['version_id']}: {p['label']} "
               f"({p['confidence']:.3f}), {refer}")
         print(f"    model {p['model_id']}  artifact sha256 {trail_.get('artifact_sha256', '-')}")
         print(f"    threshold {trail_.get('threshold')}  referral band {trail_.get('referral_band')}  "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import boto3
 
-from cxr import operations
+from cxr import operations, source_names
 from cxr.commands import train
 from cxr.commands.predict import probability, referral, rule_text
 from cxr.local import names as local_names
@@ -124,11 +124,13 @@ def ingest(say, s3, cloud, folder: Path) -> bool:
             say(f"  uploaded {done}/{total}")
 
     keys = operations.upload_dataset(s3, bucket, folder, DEMO_DATASET, progress=progress)
-    summary = operations.ingest_summary(s3, bucket, DEMO_DATASET, keys)
+    name_of = source_names.namer(boto3.client("secretsmanager", region_name=s3.meta.region_name), cloud.config.stage,
+                                 bucket)
+    summary = operations.ingest_summary(s3, bucket, DEMO_DATASET, keys, name_of)
     say(f"ingest: {summary.processed} images processed, {len(summary.quarantined)} quarantined "
         f"(originals kept in raw/)")
     for key, reason in summary.quarantined.items():
-        say(f"  quarantine/{key}.error.json  {reason}")
+        say(f"  {key}  {reason}")
     return summary.processed > 0
 
 
@@ -136,7 +138,9 @@ def predict(say, s3, cloud, folder: Path, out: Path) -> list[dict]:
     bucket = cloud.names.bucket(wiring.INFERENCE)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     say(f"dropping {len(files)} X-rays into s3://{bucket}/incoming/ (each upload triggers the predict Lambda)")
-    results = operations.predict_files(s3, bucket, files)
+    name_of = source_names.namer(boto3.client("secretsmanager", region_name=s3.meta.region_name), cloud.config.stage,
+                                 bucket)
+    results = operations.predict_files(s3, bucket, files, name_of)
     (out / "predictions").mkdir()
     rows = []
     for path, result in results.items():
@@ -157,7 +161,7 @@ def audit_first(cloud, rows: list[dict], out: Path) -> dict | None:
     deployment = target.Target(session=boto3.Session(), stage=cloud.names.stage, account=local_names.ACCOUNT,
                                region=local_names.REGION)
     trail = audit.Trail(deployment, cloud.names.table(wiring.PREDICTIONS_TABLE),
-                        cloud.names.table(wiring.SOURCE_STATE_TABLE)).collect(predicted[0]["source"]["key"])
+                        cloud.names.table(wiring.SOURCE_STATE_TABLE)).collect(predicted[0]["audit"]["content_hash"])
     with (out / "audit.txt").open("w") as file, contextlib.redirect_stdout(file):
         audit.print_trail(trail)
     return trail

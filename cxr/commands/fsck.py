@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from botocore.exceptions import ClientError
 
-from cxr import target
+from cxr import source_names, target
 from cxr.errors import UserError
 from cxr.local import s3_events
 from infra import wiring
@@ -65,7 +65,10 @@ class Ingest:
         environment = deployment.client("lambda").get_function_configuration(FunctionName=function)
         self.store = StateStore(environment["Environment"]["Variables"][wiring.ENV_SOURCE_STATE_TABLE],
                                 client=deployment.client("dynamodb"))
+        self.name_of = source_names.namer(deployment.client("secretsmanager"), deployment.stage, self.bucket)
         self.current: dict[str, str | None] = {}
+        self.keys: dict[str, str] = {}
+        """Name -> raw key, for the keys listed (records and outputs name uploads, never key them)."""
         self.strays: dict[str, str | None] = {}
         """Outputs no record owns -> the raw key each names (None when nothing says)."""
 
@@ -75,8 +78,9 @@ class Ingest:
 
     def check(self, dataset: str) -> list[Finding]:
         self.current = dict(self._current_versions(f"{layout.RAW}{dataset}/"))
+        self.keys = {self.name_of(key): key for key in self.current}
         partition = source_state.dataset_partition(self.bucket, dataset)
-        records = {r["source"]["key"]: r for r in self.store.records(partition)}
+        records = {self._key(r["source"]["name"]): r for r in self.store.records(partition)}
         present = {*self._listed(f"{layout.PROCESSED}{dataset}/"),
                    *self._listed(f"{layout.QUARANTINE}{layout.RAW}{dataset}/")}
         owned = {name for record in records.values() for name in source_state.outputs(record)}
@@ -111,15 +115,20 @@ class Ingest:
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             yield from (o["Key"] for o in page.get("Contents", []))
 
+    def _key(self, name: str) -> str:
+        """The raw key of a name, when a listed key has it (else the name: a key with no version left)."""
+        return self.keys.get(name, name)
+
     def _source_of(self, name: str, strays: set[str]) -> str | None:
         """The raw key a stray output belongs to: from its name (quarantine) or its sidecar (processed)."""
         if name.startswith(layout.QUARANTINE):
-            return name.removeprefix(layout.QUARANTINE).removesuffix(layout.ERROR_SUFFIX)
+            return self._key(layout.file_name(name).removesuffix(layout.ERROR_SUFFIX))
         sidecar = name.rsplit(".", 1)[0] + ".json"
         if sidecar not in strays:
             return None
         try:
-            return json.loads(self.s3.get_object(Bucket=self.bucket, Key=sidecar)["Body"].read())["source"]["key"]
+            source = json.loads(self.s3.get_object(Bucket=self.bucket, Key=sidecar)["Body"].read())["source"]
+            return self._key(source["name"])
         except (ClientError, ValueError, KeyError):
             return None
 

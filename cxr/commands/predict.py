@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cxr import operations, target
+from cxr import operations, source_names, target
 from cxr.errors import UsageError, UserError
 from infra import wiring
 from infra.version import code_version
@@ -48,8 +48,9 @@ def run(args) -> int:
         results = {path: predict_direct(deployment, path, explain=bool(args.explain)) for path in args.files}
     else:
         bucket = deployment.bucket(wiring.INFERENCE)
-        results = operations.predict_files(deployment.client("s3"), bucket, args.files, timeout_s=args.timeout,
-                                           prefix=run_prefix(), explain=bool(args.explain))
+        name_of = source_names.namer(deployment.client("secretsmanager"), deployment.stage, bucket)
+        results = operations.predict_files(deployment.client("s3"), bucket, args.files, name_of,
+                                           timeout_s=args.timeout, prefix=run_prefix(), explain=bool(args.explain))
         for result in results.values() if args.explain else ():  # referred cases have one under explain_referrals
             overlay = operations.read_overlay(deployment.client("s3"), bucket, result)
             if overlay is not None:

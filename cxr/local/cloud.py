@@ -25,6 +25,7 @@ from cxr.local.transforms import LocalTransformJobs
 from infra import wiring
 from infra.config import Config
 from infra.version import code_version
+from lambdas import pseudonyms
 
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -87,6 +88,7 @@ class LocalCloud:
         boto3.client("secretsmanager", region_name=REGION).create_secret(
             Name=wiring.PSEUDONYM_SECRET_NAME.format(stage=self.config.stage), KmsKeyId=self.kms_key_arn,
             SecretString=secrets.token_urlsafe(48))
+        pseudonyms.forget()  # functions of an earlier cloud in this process cached that one's key
         trust = json.dumps({"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com", "sagemaker.amazonaws.com",
                                                           "states.amazonaws.com"]},

@@ -34,6 +34,8 @@ import moto.sagemakerruntime.responses as runtime_responses
 from moto.core.utils import utcnow
 from moto.sagemaker.exceptions import ValidationError as SageMakerValidationError
 
+from lambdas.domain import source_names
+
 MOTO_VERSION = "5.2.5"
 
 # (owner, attribute, parameter names it must still take): what each hook replaces.
@@ -158,8 +160,16 @@ def _replacements(executors: Executors) -> list[tuple[Any, str, Callable]]:
         return event
 
     def invoke_async(account_id, event_body, fn_arn, region_name):
-        """S3 invokes Lambda asynchronously: retries, then the function's dead-letter queue (AWS semantics)."""
+        """S3 invokes Lambda asynchronously: retries, then the function's dead-letter queue (AWS semantics).
+
+        Not for a name's pointer object (``lambdas/domain/source_names.py``), which the functions skip: moto
+        delivers inside the PutObject a running function makes, and in the ``cxr local up`` server that nested
+        delivery would wait for the function lock its own caller holds."""
         from moto.awslambda.utils import get_backend
+
+        records = (json.loads(event_body) if isinstance(event_body, str | bytes) else event_body).get("Records", [])
+        if records and all(source_names.is_pointer(unquote(r["s3"]["object"]["key"])) for r in records):
+            return
 
         function = get_backend(account_id, region_name).get_function(fn_arn)
         for _ in range(1 + _max_retries(function)):

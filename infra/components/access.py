@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 
@@ -59,3 +60,13 @@ def allow_retention(principal: iam.IGrantable, bucket: str, stage: str, prefixes
     arn = bucket_arn(bucket, stage)
     principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(
         actions=["s3:PutObjectRetention"], resources=[f"{arn}/{prefix}*" for prefix in prefixes]))
+
+
+def allow_secret(principal: iam.IGrantable, scope: Stack, name: str) -> None:
+    """Read the secret named ``name`` (by name, as the stacks reference the retained pseudonym key); kms:Decrypt on
+    its key comes with the principal's object access. Secrets Manager appends six random characters to a secret's
+    ARN, hence the wildcard (its IAM user guide, "Resource: use wildcards in secret ARNs")."""
+    arn = scope.format_arn(service="secretsmanager", resource="secret", resource_name=f"{name}-??????",
+                           arn_format=ArnFormat.COLON_RESOURCE_NAME)
+    principal.grant_principal.add_to_principal_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
+                                                                          resources=[arn]))

@@ -24,7 +24,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra import bundling, wiring
-from infra.components.access import allow_objects, allow_retention
+from infra.components.access import allow_objects, allow_retention, allow_secret
 from infra.components.buckets import bucket_arn, imported_bucket, nag_bucket_arn
 from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
@@ -32,7 +32,7 @@ from infra.components.tables import allow_items, table
 from infra.components.trigger import add_trigger
 from infra.config import Config
 from infra.version import code_version
-from lambdas.domain import layout
+from lambdas.domain import layout, source_names
 
 
 class InferenceStack(Stack):
@@ -52,6 +52,7 @@ class InferenceStack(Stack):
         review_queue = {wiring.ENV_REVIEW_TASKS_TABLE: self.review_tasks.table_name,
                         wiring.ENV_REVIEW_SAMPLE_RATE: str(config.review_sample_rate)}
         spec = wiring.PREDICT
+        secret_name = wiring.PSEUDONYM_SECRET_NAME.format(stage=config.stage)  # by name, as in the ingest stack
         self.predict = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic, environment={
             wiring.ENV_INFERENCE_BUCKET: inference_bucket.bucket_name,
             wiring.ENV_ENDPOINT_PARAMETER: self.endpoint_parameter.parameter_name,
@@ -65,13 +66,17 @@ class InferenceStack(Stack):
             **review_queue,
             wiring.ENV_DICOM_SR_OUTPUT: "true" if config.dicom_sr_output else "false",
             wiring.ENV_MODEL_PACKAGE_GROUP: wiring.model_package_group(config.stage),
+            wiring.ENV_PSEUDONYM_SECRET: secret_name,
         })
         function = self.predict.function
         asynchronous = config.endpoint_mode == "async"
         queued = [layout.ASYNC_INPUT, layout.ASYNC_REQUESTS] if asynchronous else []
+        # incoming/.names/: the pointers from opaque names back to keys (lambdas/domain/source_names.py)
         allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix],
-                      write=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM, *queued],
+                      write=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM,
+                             layout.INCOMING + source_names.POINTERS, *queued],
                       tombstone=[layout.PREDICTIONS, layout.REJECTED, layout.RESULTS_DICOM])
+        allow_secret(function, self, secret_name)  # the key of every upload's opaque name
         self.endpoint_parameter.grant_read(function)
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],

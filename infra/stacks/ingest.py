@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_dynamodb as dynamodb
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from infra import wiring
-from infra.components.access import allow_objects
+from infra.components.access import allow_objects, allow_secret
 from infra.components.buckets import imported_bucket
 from infra.components.function import ServiceFunction
 from infra.components.tables import allow_items
 from infra.components.trigger import add_trigger
 from infra.config import Config
-from lambdas.domain import layout
+from lambdas.domain import layout, source_names
 
 
 class IngestStack(Stack):
@@ -34,16 +33,13 @@ class IngestStack(Stack):
                                                        wiring.ENV_PSEUDONYM_SECRET: secret_name})
         function = self.preprocess.function
         # reads the current version of an upload; writes its outputs and tombstones superseded ones (a delete
-        # without a version id: every version stays); never deletes anything under raw/
+        # without a version id: every version stays); never deletes anything under raw/, where it writes only the
+        # pointers from opaque names back to keys (lambdas/domain/source_names.py)
         allow_objects(function, spec.trigger.bucket, config.stage, key, read=[spec.trigger.prefix],
-                      write=[layout.PROCESSED, layout.QUARANTINE], tombstone=[layout.PROCESSED, layout.QUARANTINE])
+                      write=[layout.PROCESSED, layout.QUARANTINE, layout.RAW + source_names.POINTERS],
+                      tombstone=[layout.PROCESSED, layout.QUARANTINE])
         # events, leases, outcomes and identical-pixel claims
         allow_items(function, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
-        # the DICOM pseudonym key (lambdas/pseudonyms.py); kms:Decrypt on the stage key is granted above. Secrets
-        # Manager appends six random characters to a secret's ARN, hence the wildcard (its IAM user guide,
-        # "Resource: use wildcards in secret ARNs")
-        secret_arn = self.format_arn(service="secretsmanager", resource="secret", resource_name=f"{secret_name}-??????",
-                                     arn_format=ArnFormat.COLON_RESOURCE_NAME)
-        function.add_to_role_policy(iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"],
-                                                        resources=[secret_arn]))
+        # the pseudonym key (lambdas/pseudonyms.py): DICOM pseudonyms and every upload's opaque name
+        allow_secret(function, self, secret_name)
         add_trigger(data_bucket, function, spec.trigger)

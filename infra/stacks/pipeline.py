@@ -26,7 +26,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from infra import images, wiring
-from infra.components.access import allow_objects
+from infra.components.access import allow_objects, allow_secret
 from infra.components.buckets import bucket_name
 from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
@@ -166,8 +166,11 @@ class TrainingPipelineStack(Stack):
                       write=[layout.BATCH_INPUT])
         self.start_rescore.function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:CreateTransformJob"], resources=self._stage_resources("transform-job")))
+        secret_name = wiring.PSEUDONYM_SECRET_NAME.format(stage=stage)  # the predictions' names (source_names.py)
         self.rescore_status = function(wiring.RESCORE_STATUS, {wiring.ENV_INFERENCE_BUCKET: inference_bucket,
-                                                               wiring.ENV_DATA_BUCKET: data_bucket})
+                                                               wiring.ENV_DATA_BUCKET: data_bucket,
+                                                               wiring.ENV_PSEUDONYM_SECRET: secret_name})
+        allow_secret(self.rescore_status.function, self, secret_name)
         allow_objects(self.rescore_status.function, wiring.INFERENCE, stage, key,
                       read=[layout.BATCH_INPUT, layout.BATCH_OUTPUT, layout.PREDICTIONS])
         allow_objects(self.rescore_status.function, wiring.DATA, stage, key, write=[layout.REPORTS])

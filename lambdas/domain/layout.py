@@ -85,25 +85,29 @@ def processed_metadata_key(dataset: str, label: str, image_id: str) -> str:
     return f"{PROCESSED}{dataset}/{label}/{image_id}.json"
 
 
-def quarantine_key(raw_key: str) -> str:
-    return f"{QUARANTINE}{raw_key}{ERROR_SUFFIX}"
+def quarantine_key(scope: str, source_name: str) -> str:
+    """``quarantine/raw/<dataset>/<name>.error.json``: named by the upload's opaque name
+    (``lambdas/domain/source_names.py``), never its key; ``scope`` is ``raw/<dataset>`` (``raw`` without one)."""
+    return f"{QUARANTINE}{scope}/{source_name}{ERROR_SUFFIX}"
 
 
-def prediction_key(incoming_key: str) -> str:
-    return f"{PREDICTIONS}{incoming_key.removeprefix(INCOMING)}.json"
+def prediction_key(source_name: str) -> str:
+    """``predictions/<name>.json``, named by the ``incoming/`` upload's opaque name, never its key."""
+    return f"{PREDICTIONS}{source_name}.json"
 
 
-def structured_report_key(incoming_key: str) -> str:
-    return f"{RESULTS_DICOM}{incoming_key.removeprefix(INCOMING)}.sr.dcm"
+def structured_report_key(source_name: str) -> str:
+    """The SR carries identity in its body, not in its key: the prediction record that points at it must not."""
+    return f"{RESULTS_DICOM}{source_name}.sr.dcm"
 
 
-def overlay_key(incoming_key: str) -> str:
+def overlay_key(source_name: str) -> str:
     """The class-activation overlay PNG, beside the prediction JSON."""
-    return f"{PREDICTIONS}{incoming_key.removeprefix(INCOMING)}{OVERLAY_SUFFIX}"
+    return f"{PREDICTIONS}{source_name}{OVERLAY_SUFFIX}"
 
 
-def rejected_key(incoming_key: str) -> str:
-    return f"{REJECTED}{incoming_key.removeprefix(INCOMING)}{ERROR_SUFFIX}"
+def rejected_key(source_name: str) -> str:
+    return f"{REJECTED}{source_name}{ERROR_SUFFIX}"
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -53,9 +53,9 @@ id that ingest pseudonymises: the original's other images carry the name-derived
 them together."""
 
 
-def task_id(bucket: str, key: str, version_id: str | None) -> str:
-    """One id per (bucket, key, version); the key holds patient identifiers, so only its hash is shown."""
-    return hashlib.sha256(f"{bucket}/{key}?versionId={version_id or 'null'}".encode()).hexdigest()[:32]
+def task_id(bucket: str, source_name: str, version_id: str | None) -> str:
+    """One id per (bucket, upload, version), from the upload's opaque name (keys hold patient identifiers)."""
+    return hashlib.sha256(f"{bucket}/{source_name}?versionId={version_id or 'null'}".encode()).hexdigest()[:32]
 
 
 def sampled(task: str, rate: float) -> bool:

@@ -9,7 +9,8 @@ The design.
 
 * **A state record per source key** (``raw/...`` in the data bucket, ``incoming/...`` in the
   inference bucket), in one DynamoDB table (``infra.wiring.SOURCE_STATE_TABLE``): partition
-  ``<bucket>/<scope>`` (``raw/<dataset>`` or ``incoming``), sort key ``src#<key>``. It holds the
+  ``<bucket>/<scope>`` (``raw/<dataset>`` or ``incoming``), sort key ``src#<name>``, the key's opaque
+  name (:mod:`lambdas.domain.source_names`: keys carry patient identifiers, records never do). It holds the
   key's one current outcome (processed, quarantined, deleted; predicted, rejected, deleted) and
   the outputs that outcome owns. PrepareDataset reads these records, never a bucket listing.
 * **The outcome is derived from the key's current version** (GetObject without a version id at
@@ -33,11 +34,11 @@ The design.
   bucket adds a delete marker and keeps every version (and never touches a version under
   Object Lock). Originals under ``raw/`` and ``incoming/`` are never deleted.
 * **Each source key owns its outputs**: a processed image is named from its pixels *and* its
-  source key (:func:`output_id`), so retiring one upload's image can never remove another's.
-  Identical pixels with one label train once (:func:`training_view` keeps the smallest key).
+  source's name (:func:`output_id`), so retiring one upload's image can never remove another's.
+  Identical pixels with one label train once (:func:`training_view` keeps the smallest name).
 * **Label conflicts.** Identical pixels (one content hash) under different labels in one
   dataset cannot both be right. Each processed key claims its hash in a group record
-  (``grp#<hash>`` in the dataset's partition; one attribute per claiming key, so claims are
+  (``grp#<hash>`` in the dataset's partition; one attribute per claiming key's name, so claims are
   single atomic writes). :func:`resolve_group` decides: with two labels every claimant is
   quarantined as ``conflicting_labels``, naming the others, and none trains until an upload is
   removed or corrected; a key whose claim changes nudges the others so they re-derive. A
@@ -86,7 +87,7 @@ SEQUENCER_WIDTH = 64
 SOURCE_PREFIX = "src#"
 GROUP_PREFIX = "grp#"
 CLAIM_PREFIX = "claim:"
-"""Group records hold one attribute per claiming key: ``claim:<key>`` -> ``{label, authority}``."""
+"""Group records hold one attribute per claiming key: ``claim:<name>`` -> ``{label, authority}``."""
 
 
 def sequencer_rank(sequencer: str) -> str:
@@ -117,17 +118,17 @@ def dataset_partition(bucket: str, dataset: str) -> str:
     return f"{bucket}/{layout.RAW}{dataset}"
 
 
-def source_sort_key(key: str) -> str:
-    return f"{SOURCE_PREFIX}{key}"
+def source_sort_key(source_name: str) -> str:
+    return f"{SOURCE_PREFIX}{source_name}"
 
 
 def group_sort_key(content_hash: str) -> str:
     return f"{GROUP_PREFIX}{content_hash}"
 
 
-def output_id(source_key: str, content_hash: str) -> str:
-    """Name stem of a processed image: from its pixels and its source key, so each upload owns its outputs."""
-    return hashlib.sha256(f"{source_key}\n{content_hash}".encode()).hexdigest()[:32]
+def output_id(source_name: str, content_hash: str) -> str:
+    """Name stem of a processed image: from its pixels and its source's name, so each upload owns its outputs."""
+    return hashlib.sha256(f"{source_name}\n{content_hash}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,10 @@ class GroupVerdict:
     trains: bool
     reason: str | None = None
     others: tuple[tuple[str, str], ...] = ()
-    """(key, label) of the claims this key disagrees with."""
+    """(name, label) of the claims this key disagrees with."""
 
     def message(self, label: str) -> str:
-        named = "; ".join(f"{key} ({other})" for key, other in self.others)
+        named = "; ".join(f"{name} ({other})" for name, other in self.others)
         if self.reason == OVERRULED:
             return f"a radiologist's verdict labels these pixels otherwise: {named}; this {label} upload does not train"
         return (f"identical pixels were also uploaded under {named}; labelled {label} here, so none of these "
@@ -177,18 +178,19 @@ def resolve_group(claims: Mapping[str, Claim]) -> dict[str, GroupVerdict]:
 def outputs(record: Mapping) -> tuple[str, ...]:
     """The objects a record's outcome owns (the image and its sidecar, the prediction and its overlay, or one
     error document)."""
-    kind, key = record["outcome"], record["source"]["key"]
+    kind, source = record["outcome"], record["source"]
+    name = source["name"]
     if kind == PROCESSED:
         return record["image"]["processed_key"], record["image"]["metadata_key"]
     if kind == QUARANTINED:
-        return (layout.quarantine_key(key),)
+        return (layout.quarantine_key(source["scope"], name),)
     if kind == PREDICTED:
         explained = "explanation" in record.get("prediction", {})
         reported = "dicom_sr" in record.get("prediction", {})
-        return (layout.prediction_key(key), *([layout.overlay_key(key)] if explained else []),
-                *([layout.structured_report_key(key)] if reported else []))
+        return (layout.prediction_key(name), *([layout.overlay_key(name)] if explained else []),
+                *([layout.structured_report_key(name)] if reported else []))
     if kind == REJECTED:
-        return (layout.rejected_key(key),)
+        return (layout.rejected_key(name),)
     return ()
 
 
@@ -204,7 +206,7 @@ def error_document(record: Mapping) -> dict:
     """``quarantine/<key>.error.json`` / ``rejected/<key>.error.json``: the reason, for people and tools."""
     document = {"source": record["source"], "reason": record["reason"], "message": record["message"]}
     if record.get("conflicts_with"):
-        document["conflicts_with"] = [{"key": k, "label": label} for k, label in record["conflicts_with"]]
+        document["conflicts_with"] = [{"name": n, "label": label} for n, label in record["conflicts_with"]]
     return document
 
 
@@ -212,7 +214,7 @@ def error_document(record: Mapping) -> dict:
 class TrainingItem:
     key: str
     """The processed image's key."""
-    source_key: str
+    source_name: str
     label: str
     patient_id: str | None
     content_hash: str
@@ -223,24 +225,31 @@ def training_view(records: Iterable[Mapping]) -> list[TrainingItem]:
     """What a training run may read: current processed records, identical pixels once, no label conflict.
 
     Conflicts are quarantined at ingest; checking again here keeps a run safe from a record caught
-    mid-update. Items come sorted by source key. One pass that keeps a compact item per content hash and
-    none of the records, so a dataset of 200,000 records is read as they stream in (bench/pipeline_scale.py).
+    mid-update. Of identical pixels the copy kept, and the order of the items, do not depend on the names
+    (a deployment's secret decides them): by patient id and split, then content hash. One pass that keeps a
+    compact item per content hash and none of the records, so a dataset of 200,000 records is read as they
+    stream in (bench/pipeline_scale.py).
     """
-    chosen: dict[str, TrainingItem] = {}
+    chosen: dict[str, tuple[tuple, TrainingItem]] = {}
     conflicted: set[str] = set()
     for record in records:
         if record.get("outcome") != PROCESSED:
             continue
-        image, source_key = record["image"], record["source"]["key"]
+        image, order = record["image"], _stable_order(record)
         content_hash, kept = image["content_hash"], chosen.get(image["content_hash"])
-        if kept is not None and kept.label != image["label"]:
+        if kept is not None and kept[1].label != image["label"]:
             conflicted.add(content_hash)
-        if kept is None or source_key < kept.source_key:  # identical pixels train once, under the smallest key
-            chosen[content_hash] = TrainingItem(
-                key=image["processed_key"], source_key=source_key, label=image["label"],
+        if kept is None or order < kept[0]:  # identical pixels train once, the copy first in the stable order
+            chosen[content_hash] = order, TrainingItem(
+                key=image["processed_key"], source_name=record["source"]["name"], label=image["label"],
                 patient_id=image.get("patient_id"), content_hash=content_hash, split=image.get("split"))
-    return sorted((item for content_hash, item in chosen.items() if content_hash not in conflicted),
-                  key=lambda item: item.source_key)
+    return sorted((item for content_hash, (_, item) in chosen.items() if content_hash not in conflicted),
+                  key=lambda item: (item.content_hash, item.source_name))
+
+
+def _stable_order(record: Mapping) -> tuple:
+    image = record["image"]
+    return image.get("patient_id") or "", image.get("split") or "", image["content_hash"], record["source"]["name"]
 
 
 # --- consistency check (cxr fsck) ---------------------------------------------------------------

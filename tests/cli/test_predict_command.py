@@ -8,9 +8,15 @@ import boto3
 import pytest
 
 from cxr import operations
+from ingested import name_of
 from lambdas.domain import layout
 
 BUCKET = "cxr-inference"
+
+
+def named(key: str) -> str:
+    """The key's opaque name, as the predict function and `cxr predict` compute it with the deployment's secret."""
+    return name_of(key, BUCKET)
 
 
 @pytest.fixture
@@ -25,9 +31,9 @@ def inference_bucket(aws, monkeypatch):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=layout.INCOMING):
             for obj in page.get("Contents", []):
                 current = s3.get_object(Bucket=BUCKET, Key=obj["Key"])
-                record = {"source": {"key": obj["Key"], "version_id": current["VersionId"]},
+                record = {"source": {"name": named(obj["Key"]), "version_id": current["VersionId"]},
                           "label": current["Body"].read().decode()}
-                s3.put_object(Bucket=BUCKET, Key=layout.prediction_key(obj["Key"]), Body=json.dumps(record))
+                s3.put_object(Bucket=BUCKET, Key=layout.prediction_key(named(obj["Key"])), Body=json.dumps(record))
 
     monkeypatch.setattr(operations.time, "sleep", predict_what_is_there)
     return s3
@@ -39,19 +45,19 @@ def test_two_files_with_one_name_get_their_own_predictions(inference_bucket, tmp
     a, b = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
     a.write_text("from a")
     b.write_text("from b")
-    results = operations.predict_files(inference_bucket, BUCKET, [a, b], timeout_s=5, prefix="run/")
+    results = operations.predict_files(inference_bucket, BUCKET, [a, b], named, timeout_s=5, prefix="run/")
     assert results[a]["label"] == "from a" and results[b]["label"] == "from b"
-    assert results[a]["source"]["key"] != results[b]["source"]["key"]
-    assert all(r["source"]["key"].endswith("/x.png") for r in results.values())
+    assert [results[p]["source"]["name"] for p in (a, b)] == [named("incoming/run/0000/x.png"),
+                                                              named("incoming/run/0001/x.png")]
 
 
 def test_an_outcome_of_another_version_is_not_taken_for_this_one(inference_bucket, tmp_path):
     path = tmp_path / "x.png"
     path.write_text("this upload")
     key = f"{layout.INCOMING}run/0000/x.png"  # where the call will upload it
-    stale = {"source": {"key": key, "version_id": "an-older-version"}, "label": "someone else's"}
-    inference_bucket.put_object(Bucket=BUCKET, Key=layout.prediction_key(key), Body=json.dumps(stale))
-    result = operations.predict_files(inference_bucket, BUCKET, [path], timeout_s=5, prefix="run/")[path]
+    stale = {"source": {"name": named(key), "version_id": "an-older-version"}, "label": "someone else's"}
+    inference_bucket.put_object(Bucket=BUCKET, Key=layout.prediction_key(named(key)), Body=json.dumps(stale))
+    result = operations.predict_files(inference_bucket, BUCKET, [path], named, timeout_s=5, prefix="run/")[path]
     assert result["status"] == "predicted" and result["label"] == "this upload"
 
 

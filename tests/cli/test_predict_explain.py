@@ -14,6 +14,8 @@ from PIL import Image
 
 import corpus
 from cxr import cli, operations, target
+from infra import wiring
+from ingested import PSEUDONYM_SECRET, name_of
 from lambdas.domain import imaging, layout
 
 BUCKET = "cxr-inference"
@@ -28,7 +30,7 @@ def png_of(shade: int) -> bytes:
 class Deployment:
     """What `cxr predict` needs of a target: clients, the inference bucket, the endpoint's name."""
 
-    endpoint_name = "cxr-test"
+    endpoint_name, stage = "cxr-test", "test"
 
     def __init__(self, **clients):
         self.clients = clients
@@ -67,17 +69,19 @@ def test_through_the_bucket_the_upload_asks_and_the_overlay_is_fetched(aws, tmp_
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    boto3.client("secretsmanager").create_secret(Name=wiring.PSEUDONYM_SECRET_NAME.format(stage=Deployment.stage),
+                                                 SecretString=PSEUDONYM_SECRET)
 
     def predict_lambda(seconds):
         """Explains only an upload that asks through its metadata, as the predict function does."""
         for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=layout.INCOMING).get("Contents", []):
-            current = s3.get_object(Bucket=BUCKET, Key=obj["Key"])
-            record = {"source": {"key": obj["Key"], "version_id": current["VersionId"]}, "label": "normal",
+            current, name = s3.get_object(Bucket=BUCKET, Key=obj["Key"]), name_of(obj["Key"], BUCKET)
+            record = {"source": {"name": name, "version_id": current["VersionId"]}, "label": "normal",
                       "confidence": 0.9, "pneumonia_probability": 0.1, "refer_to_radiologist": False}
             if current["Metadata"].get(layout.EXPLAIN_METADATA) == "true":
-                s3.put_object(Bucket=BUCKET, Key=layout.overlay_key(obj["Key"]), Body=png_of(33))
-                record["explanation"] = {"overlay_key": layout.overlay_key(obj["Key"]), "method": "cam"}
-            s3.put_object(Bucket=BUCKET, Key=layout.prediction_key(obj["Key"]), Body=json.dumps(record))
+                s3.put_object(Bucket=BUCKET, Key=layout.overlay_key(name), Body=png_of(33))
+                record["explanation"] = {"overlay_key": layout.overlay_key(name), "method": "cam"}
+            s3.put_object(Bucket=BUCKET, Key=layout.prediction_key(name), Body=json.dumps(record))
 
     monkeypatch.setattr(operations.time, "sleep", predict_lambda)
     monkeypatch.setattr(target, "resolve", lambda args: Deployment())

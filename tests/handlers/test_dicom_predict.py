@@ -9,10 +9,22 @@ import boto3
 import highdicom
 import pydicom
 import pytest
-from test_predict import ANSWER, BUCKET, answer, current, endpoint, inference, invoke, read_json, upload  # noqa: F401
+from test_predict import (  # noqa: F401
+    ANSWER,
+    BUCKET,
+    answer,
+    current,
+    endpoint,
+    inference,
+    invoke,
+    prediction_key,
+    read_json,
+    upload,
+)
 
 import dicom_corpus
-from lambdas.domain import imaging, uploads
+from ingested import name_of
+from lambdas.domain import imaging, layout, uploads
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +52,9 @@ def test_a_dicom_upload_is_predicted_and_reported_as_a_valid_sr(endpoint, lambda
     answer(endpoint, png=image.png)  # the endpoint receives the normalised PNG, never the DICOM
     key = f"incoming/ward 7/{case.name}"
     assert invoke(lambda_context, upload(key, case.data))["predicted"] == 1
-    prediction = read_json(f"predictions/ward 7/{case.name}.json")
+    prediction, name = read_json(prediction_key(key)), name_of(key, BUCKET)
     assert prediction["label"] == "bacterial"
-    assert prediction["dicom_sr"] == {"key": f"results-dicom/ward 7/{case.name}.sr.dcm"}
+    assert prediction["dicom_sr"] == {"key": layout.structured_report_key(name)}  # identity inside, not in its key
     sr = structured_report(prediction["dicom_sr"]["key"])
     assert sr.StudyInstanceUID == source.StudyInstanceUID == dicom_corpus.STUDY_UID
     assert sr.PatientID == dicom_corpus.PATIENT_ID  # a PACS files the result by it: results-dicom/ only
@@ -58,10 +70,10 @@ def test_a_dicom_upload_is_predicted_and_reported_as_a_valid_sr(endpoint, lambda
     assert values["Source of Measurement"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sr.SOPInstanceUID != source.SOPInstanceUID and sr.Modality == "SR"
     item = boto3.client("dynamodb").get_item(TableName="predictions", Key={
-        "pk": {"S": f"{BUCKET}/{key}"}, "sk": {"S": prediction["source"]["version_id"]}})["Item"]
+        "pk": {"S": f"{BUCKET}/{name}"}, "sk": {"S": prediction["source"]["version_id"]}})["Item"]
     assert json.loads(item["record"]["S"])["dicom_sr"] == prediction["dicom_sr"]  # the audit trail names it too
-    text = json.dumps(prediction)
-    assert not [i for i in dicom_corpus.IDENTIFIERS if i in text.replace(key, "").replace(case.name, "")]
+    text = json.dumps(prediction) + json.dumps(item)  # the file name carries identifiers: nothing taken out
+    assert not [i for i in dicom_corpus.IDENTIFIERS if i in text]
 
 
 def test_the_sr_is_off_when_configured_and_retired_with_its_prediction(endpoint, lambda_context, case,  # noqa: F811
@@ -69,7 +81,7 @@ def test_the_sr_is_off_when_configured_and_retired_with_its_prediction(endpoint,
     key = f"incoming/{case.name}"
     answer(endpoint)
     invoke(lambda_context, upload(key, case.data))
-    assert current("results-dicom/") == [f"results-dicom/{case.name}.sr.dcm"]
+    assert current("results-dicom/") == [layout.structured_report_key(name_of(key, BUCKET))]
     invoke(lambda_context, upload(key, b"not an image any more"))  # its current version is rejected now
     assert current("results-dicom/") == []
     monkeypatch.setenv("DICOM_SR_OUTPUT", "false")
@@ -77,4 +89,5 @@ def test_the_sr_is_off_when_configured_and_retired_with_its_prediction(endpoint,
     answer(endpoint)
     assert invoke(lambda_context, upload("incoming/plain.jpeg", dicom_corpus.SOURCE.read_bytes()),
                   upload(f"incoming/again-{case.name}", case.data))["predicted"] == 2
-    assert current("results-dicom/") == [] and "dicom_sr" not in read_json(f"predictions/again-{case.name}.json")
+    assert current("results-dicom/") == []
+    assert "dicom_sr" not in read_json(prediction_key(f"incoming/again-{case.name}"))

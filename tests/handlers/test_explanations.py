@@ -15,6 +15,7 @@ from handlers.test_predict import (  # noqa: F401 (fixtures)
     endpoint,
     inference,
     invoke,
+    prediction_key,
     read_json,
 )
 from handlers.test_predict_async import asynchronous, complete, land, queue  # noqa: F401 (fixtures)
@@ -23,8 +24,13 @@ from PIL import Image
 import corpus
 from cxr.local import s3_events
 from infra import wiring
+from ingested import name_of
 from lambdas.domain import imaging, layout
 from lambdas.domain.settings import Settings
+
+
+def overlay_key(key: str) -> str:
+    return layout.overlay_key(name_of(key, BUCKET))
 
 
 def overlay_png(shade: int) -> str:
@@ -73,10 +79,10 @@ def test_a_referred_prediction_gets_its_overlay_beside_the_json(referrals_explai
     body = corpus.png(seed=1)
     answer_json(endpoint, explained(0.5), body)
     invoke(lambda_context, upload("incoming/ward/a.png", body))
-    prediction = read_json("predictions/ward/a.png.json")
+    prediction = read_json(prediction_key("incoming/ward/a.png"))
     assert prediction["refer_to_radiologist"] is True
-    assert prediction["explanation"]["overlay_key"] == "predictions/ward/a.png.overlay.png"
-    assert shade_of("predictions/ward/a.png.overlay.png") == 200
+    assert prediction["explanation"]["overlay_key"] == overlay_key("incoming/ward/a.png")
+    assert shade_of(overlay_key("incoming/ward/a.png")) == 200
     item = boto3.client("dynamodb").scan(TableName="predictions")["Items"][0]
     assert "overlay_png" not in item["record"]["S"]  # the PNG never goes into the 400 KB item
 
@@ -85,8 +91,8 @@ def test_a_confident_prediction_keeps_no_overlay(referrals_explained, endpoint, 
     body = corpus.png(seed=2)
     answer_json(endpoint, explained(0.9), body)
     invoke(lambda_context, upload("incoming/b.png", body))
-    assert "explanation" not in read_json("predictions/b.png.json")
-    assert current("predictions/") == ["predictions/b.png.json"]
+    assert "explanation" not in read_json(prediction_key("incoming/b.png"))
+    assert current("predictions/") == [prediction_key("incoming/b.png")]
 
 
 def test_an_upload_that_asks_gets_its_overlay_and_a_newer_version_retires_it(endpoint,  # noqa: F811
@@ -94,14 +100,14 @@ def test_an_upload_that_asks_gets_its_overlay_and_a_newer_version_retires_it(end
     first = corpus.png(seed=3)
     answer_json(endpoint, explained(0.95), first)  # not referred, EXPLAIN_REFERRALS unset: kept because asked
     invoke(lambda_context, upload("incoming/c.png", first, explain=True))
-    assert current("predictions/") == ["predictions/c.png.json", "predictions/c.png.overlay.png"]
+    assert current("predictions/") == [prediction_key("incoming/c.png"), overlay_key("incoming/c.png")]
     endpoint.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(json.dumps(ANSWER).encode()),
                                                                     len(json.dumps(ANSWER))),
                                               "ContentType": "application/json"},
                           {"EndpointName": "cxr-endpoint", "ContentType": "image/png", "Accept": "application/json",
                            "Body": ANY})
     invoke(lambda_context, upload("incoming/c.png", corpus.png(seed=4)))  # plain upload, nothing asked
-    assert current("predictions/") == ["predictions/c.png.json"]
+    assert current("predictions/") == [prediction_key("incoming/c.png")]
 
 
 def test_an_older_versions_late_result_does_not_replace_the_newer_overlay(referrals_explained,
@@ -117,8 +123,8 @@ def test_an_older_versions_late_result_does_not_replace_the_newer_overlay(referr
     assert json.loads(pending["Body"].read())["explain"] is True
     complete(lambda_context, land(f"{layout.ASYNC_OUTPUT}{new_request}.out", json.dumps(explained(0.5, 10)).encode()))
     complete(lambda_context, land(f"{layout.ASYNC_OUTPUT}{old_request}.out", json.dumps(explained(0.5, 99)).encode()))
-    assert read_json("predictions/v.png.json")["explanation"]["overlay_key"] == "predictions/v.png.overlay.png"
-    assert shade_of("predictions/v.png.overlay.png") == 10
+    assert read_json(prediction_key("incoming/v.png"))["explanation"]["overlay_key"] == overlay_key("incoming/v.png")
+    assert shade_of(overlay_key("incoming/v.png")) == 10
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, False), ("true", True), ("false", False)])

@@ -10,8 +10,9 @@ from botocore.stub import ANY, Stubber
 
 import corpus
 from cxr.local import s3_events
+from ingested import name_of
 from lambdas import aws, predict
-from lambdas.domain import imaging
+from lambdas.domain import imaging, layout
 
 BUCKET = "cxr-inference"
 ANSWER = {
@@ -25,6 +26,14 @@ ANSWER = {
     "referral_band": [0.097, 0.632],
     "model_id": "model-test-1",
 }
+
+
+def prediction_key(key: str) -> str:
+    return layout.prediction_key(name_of(key, BUCKET))
+
+
+def rejected_key(key: str) -> str:
+    return layout.rejected_key(name_of(key, BUCKET))
 
 
 @pytest.fixture
@@ -109,16 +118,18 @@ def test_happy_path_writes_prediction_json_and_dynamodb_record(endpoint, lambda_
     answer(endpoint, png=imaging.normalise(body).png)  # the endpoint receives the normalised PNG
     record = upload("incoming/ward 3/x+ray.jpeg", body)
     assert invoke(lambda_context, record)["predicted"] == 1
-    prediction = read_json("predictions/ward 3/x+ray.jpeg.json")
+    prediction = read_json(prediction_key("incoming/ward 3/x+ray.jpeg"))
     assert prediction["label"] == "bacterial" and prediction["confidence"] == 0.71
     assert prediction["probabilities"] == ANSWER["probabilities"]
     assert prediction["pneumonia_probability"] == 0.8 and prediction["refer_to_radiologist"] is False
     assert prediction["model_id"] == "model-test-1" and prediction["endpoint"] == "cxr-endpoint"
-    assert prediction["source"]["key"] == "incoming/ward 3/x+ray.jpeg" and prediction["source"]["version_id"]
+    name = name_of("incoming/ward 3/x+ray.jpeg", BUCKET)
+    assert prediction["source"]["name"] == name and prediction["source"]["version_id"]
+    assert "ward" not in json.dumps(prediction)  # the record names its upload, never keys it
     assert prediction["latency_ms"]["total"] >= prediction["latency_ms"]["endpoint"] >= 0
     item = boto3.client("dynamodb").get_item(
         TableName="predictions",
-        Key={"pk": {"S": f"{BUCKET}/incoming/ward 3/x+ray.jpeg"}, "sk": {"S": prediction["source"]["version_id"]}},
+        Key={"pk": {"S": f"{BUCKET}/{name}"}, "sk": {"S": prediction["source"]["version_id"]}},
     )["Item"]
     assert item["label"]["S"] == "bacterial" and item["refer_to_radiologist"]["BOOL"] is False
     assert json.loads(item["record"]["S"])["model_id"] == "model-test-1"
@@ -135,22 +146,23 @@ def test_the_record_carries_the_models_referral_and_the_rule_that_fired(endpoint
     answer(endpoint, ANSWER | {"pneumonia_probability": 0.5})  # a 0.5 the model's rule leaves unreferred stays so
     invoke(lambda_context, upload("incoming/a.png", corpus.png()))
     invoke(lambda_context, upload("incoming/b.png", corpus.png(seed=1)))
-    record = read_json("predictions/a.png.json")
+    record = read_json(prediction_key("incoming/a.png"))
     assert record["refer_to_radiologist"] is True
     assert record["referral_reasons"] == ["near_threshold", "label_not_most_probable"]
     assert (record["threshold"], record["referral_band"]) == (0.163, [0.046, 0.438])
     assert "uncertainty_band" not in record
     item = boto3.client("dynamodb").get_item(TableName="predictions", Key={
-        "pk": {"S": f"{BUCKET}/incoming/a.png"}, "sk": {"S": record["source"]["version_id"]}})["Item"]
+        "pk": {"S": f"{BUCKET}/{name_of('incoming/a.png', BUCKET)}"},
+        "sk": {"S": record["source"]["version_id"]}})["Item"]
     assert [r["S"] for r in item["referral_reasons"]["L"]] == ["near_threshold", "label_not_most_probable"]
-    assert read_json("predictions/b.png.json")["refer_to_radiologist"] is False
+    assert read_json(prediction_key("incoming/b.png"))["refer_to_radiologist"] is False
 
 
 def test_an_endpoint_older_than_the_rule_gets_every_case_referred(endpoint, lambda_context):
     """Its answer has no referral: the label is recorded, never without a radiologist."""
     answer(endpoint, {k: v for k, v in ANSWER.items() if k not in predict.REFERRAL_FIELDS})
     invoke(lambda_context, upload("incoming/a.png", corpus.png()))
-    record = read_json("predictions/a.png.json")
+    record = read_json(prediction_key("incoming/a.png"))
     assert record["refer_to_radiologist"] is True and record["referral_reasons"] == [predict.MODEL_WITHOUT_RULE]
     assert record["threshold"] is None and record["referral_band"] is None
 
@@ -163,7 +175,7 @@ def test_an_out_of_distribution_input_is_referred_and_counted(endpoint, lambda_c
     capsys.readouterr()
     assert invoke(lambda_context, upload("incoming/photo.png", corpus.png()),
                   upload("incoming/b.png", corpus.png(seed=1)))["predicted"] == 2
-    flagged, plain = read_json("predictions/photo.png.json"), read_json("predictions/b.png.json")
+    flagged, plain = read_json(prediction_key("incoming/photo.png")), read_json(prediction_key("incoming/b.png"))
     assert flagged["refer_to_radiologist"] is True and flagged["referral_reasons"] == ["out_of_distribution"]
     assert flagged["out_of_distribution"] == guard
     assert plain["refer_to_radiologist"] is False and plain["out_of_distribution"] is None
@@ -174,19 +186,19 @@ def test_an_out_of_distribution_input_is_referred_and_counted(endpoint, lambda_c
 def test_bad_input_is_rejected_with_reason_and_kept(endpoint, lambda_context):
     records = [upload("incoming/report.pdf", corpus.minimal_pdf()), upload("incoming/empty.png", b"")]
     assert invoke(lambda_context, *records) == counts(rejected=2)
-    assert read_json("rejected/report.pdf.error.json")["reason"] == "unsupported_format"
-    assert read_json("rejected/empty.png.error.json")["reason"] == "empty"
-    listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="incoming/")["Contents"]
-    assert len(listing) == 2  # originals kept
+    assert read_json(rejected_key("incoming/report.pdf"))["reason"] == "unsupported_format"
+    assert read_json(rejected_key("incoming/empty.png"))["reason"] == "empty"
+    originals = [key for key in current("incoming/") if not key.startswith("incoming/.names/")]
+    assert originals == ["incoming/empty.png", "incoming/report.pdf"]  # kept
 
 
 def test_duplicate_events_invoke_the_endpoint_once(endpoint, lambda_context):
     answer(endpoint)  # exactly one call queued: a second call would fail the Stubber
     record = upload("incoming/dup.png", corpus.png())
     invoke(lambda_context, record, record)
-    first = read_json("predictions/dup.png.json")
+    first = read_json(prediction_key("incoming/dup.png"))
     invoke(lambda_context, record)
-    assert read_json("predictions/dup.png.json") == first
+    assert read_json(prediction_key("incoming/dup.png")) == first
 
 
 def test_reordered_versions_show_the_newest(endpoint, lambda_context):
@@ -195,7 +207,7 @@ def test_reordered_versions_show_the_newest(endpoint, lambda_context):
     answer(endpoint, ANSWER | {"model_id": "for-newer"})  # one call: the older version is never current again
     assert invoke(lambda_context, newer) == counts(predicted=1)
     assert invoke(lambda_context, older) == counts(superseded=1)
-    prediction = read_json("predictions/v.png.json")
+    prediction = read_json(prediction_key("incoming/v.png"))
     assert prediction["model_id"] == "for-newer"
     assert prediction["source"]["version_id"] == newer["s3"]["object"]["versionId"]
     assert len(boto3.client("dynamodb").scan(TableName="predictions")["Items"]) == 1
@@ -207,11 +219,11 @@ def test_a_good_version_then_a_bad_one_leaves_only_the_rejection(endpoint, lambd
     if order == "in order":
         answer(endpoint)
         invoke(lambda_context, good)
-        assert current("predictions/") == ["predictions/x.png.json"]
+        assert current("predictions/") == [prediction_key("incoming/x.png")]
     bad = upload("incoming/x.png", corpus.minimal_pdf())
     invoke(lambda_context, *((bad, good) if order == "newest first" else (bad,)))
-    assert current("predictions/") == [] and current("rejected/") == ["rejected/x.png.error.json"]
-    assert read_json("rejected/x.png.error.json")["source"]["version_id"] == bad["s3"]["object"]["versionId"]
+    assert current("predictions/") == [] and current("rejected/") == [rejected_key("incoming/x.png")]
+    assert read_json(rejected_key("incoming/x.png"))["source"]["version_id"] == bad["s3"]["object"]["versionId"]
 
 
 def test_a_bad_version_then_a_good_one_leaves_only_the_prediction(endpoint, lambda_context):
@@ -219,8 +231,8 @@ def test_a_bad_version_then_a_good_one_leaves_only_the_prediction(endpoint, lamb
     answer(endpoint)
     good = upload("incoming/x.png", corpus.png())
     assert invoke(lambda_context, good) == counts(predicted=1)
-    assert current("rejected/") == [] and current("predictions/") == ["predictions/x.png.json"]
-    assert read_json("predictions/x.png.json")["source"]["version_id"] == good["s3"]["object"]["versionId"]
+    assert current("rejected/") == [] and current("predictions/") == [prediction_key("incoming/x.png")]
+    assert read_json(prediction_key("incoming/x.png"))["source"]["version_id"] == good["s3"]["object"]["versionId"]
 
 
 def test_a_delete_retires_the_prediction_and_keeps_its_record(endpoint, lambda_context):
@@ -232,7 +244,7 @@ def test_a_delete_retires_the_prediction_and_keeps_its_record(endpoint, lambda_c
     assert invoke(lambda_context, removed) == counts(removed=1)
     assert current("predictions/") == []
     assert len(boto3.client("dynamodb").scan(TableName="predictions")["Items"]) == 1  # the audit trail stays
-    versions = boto3.client("s3").list_object_versions(Bucket=BUCKET, Prefix="incoming/")["Versions"]
+    versions = boto3.client("s3").list_object_versions(Bucket=BUCKET, Prefix="incoming/x")["Versions"]
     assert len(versions) == 1  # the upload itself is kept
 
 

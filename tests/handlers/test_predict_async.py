@@ -14,13 +14,16 @@ from handlers.test_predict import (  # noqa: F401 (fixtures)
     endpoint,
     inference,
     invoke,
+    prediction_key,
     read_json,
+    rejected_key,
     upload,
 )
 
 import corpus
 from cxr.local import s3_events
 from infra import wiring
+from ingested import name_of
 from lambdas import aws, complete_prediction, predict
 from lambdas.domain import imaging, layout
 from lambdas.s3io import SourceObject
@@ -66,7 +69,8 @@ def test_the_request_is_queued_with_its_input_in_s3(asynchronous, lambda_context
     png = s3.get_object(Bucket=BUCKET, Key=f"{layout.ASYNC_INPUT}{request}.png")["Body"].read()
     assert png == imaging.normalise(body).png  # the endpoint reads the normalised PNG, as the sync path sends it
     pending = read_json(f"{layout.ASYNC_REQUESTS}{request}.json")
-    assert pending["source"]["key"] == "incoming/ward 3/x+ray.jpeg" and pending["endpoint"] == "cxr-endpoint"
+    assert pending["source"]["name"] == name_of("incoming/ward 3/x+ray.jpeg", BUCKET)
+    assert "ward" not in json.dumps(pending) and pending["endpoint"] == "cxr-endpoint"  # the request keys nothing
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=layout.PREDICTIONS)  # not predicted yet
 
 
@@ -77,18 +81,19 @@ def test_the_result_completes_the_record_exactly_as_the_sync_path_writes_it(asyn
     invoke(lambda_context, record)
     assert complete(lambda_context, land(f"{layout.ASYNC_OUTPUT}{request}.out", json.dumps(ANSWER).encode())) == {
         "predicted": 1, "skipped": 0}
-    queued = read_json("predictions/a.png.json")
+    queued = read_json(prediction_key("incoming/a.png"))
 
     monkeypatch.setenv(wiring.ENV_ENDPOINT_MODE, "serverless")
     answer(asynchronous)
     invoke(lambda_context, upload("incoming/b.png", corpus.png(seed=4)))
-    direct = read_json("predictions/b.png.json")
+    direct = read_json(prediction_key("incoming/b.png"))
 
     assert set(queued) == set(direct) and set(queued["latency_ms"]) == set(direct["latency_ms"])
     variable = {"source", "predicted_at", "latency_ms"}
     assert {k: v for k, v in queued.items() if k not in variable} == {
         k: v for k, v in direct.items() if k not in variable}
-    assert queued["source"] == {**SourceObject.from_record(_parsed(record)).describe()}
+    assert queued["source"] == {**SourceObject.from_record(_parsed(record)).describe(),
+                                "name": name_of("incoming/a.png", BUCKET)}
     assert queued["latency_ms"]["total"] >= queued["latency_ms"]["endpoint"] >= 0
     items = boto3.client("dynamodb").scan(TableName="predictions")["Items"]
     assert len(items) == 2 and {frozenset(item) for item in items} == {frozenset(items[0])}
@@ -112,7 +117,7 @@ def test_an_older_versions_late_result_does_not_replace_the_newer_prediction(asy
                                   json.dumps(ANSWER | {"model_id": "for-newer"}).encode()))
     complete(lambda_context, land(f"{layout.ASYNC_OUTPUT}{old_request}.out",
                                   json.dumps(ANSWER | {"model_id": "for-older"}).encode()))
-    assert read_json("predictions/v.png.json")["model_id"] == "for-newer"
+    assert read_json(prediction_key("incoming/v.png"))["model_id"] == "for-newer"
     assert len(boto3.client("dynamodb").scan(TableName="predictions")["Items"]) == 2  # both answers recorded
 
 
@@ -122,7 +127,7 @@ def test_a_result_for_a_version_replaced_by_a_bad_one_is_not_current(asynchronou
     invoke(lambda_context, good)
     invoke(lambda_context, upload("incoming/v.png", corpus.minimal_pdf()))
     complete(lambda_context, land(f"{layout.ASYNC_OUTPUT}{request}.out", json.dumps(ANSWER).encode()))
-    assert current("predictions/") == [] and current("rejected/") == ["rejected/v.png.error.json"]
+    assert current("predictions/") == [] and current("rejected/") == [rejected_key("incoming/v.png")]
 
 
 def test_a_failure_the_endpoint_writes_is_raised_for_retry_and_the_dead_letter_queue(asynchronous, lambda_context):

@@ -14,7 +14,9 @@ from handlers.test_predict import (  # noqa: F401 (fixtures)
     endpoint,
     inference,
     invoke,
+    prediction_key,
     read_json,
+    rejected_key,
     upload,
 )
 
@@ -42,7 +44,7 @@ def test_the_record_names_input_artifact_model_rule_and_code(endpoint, lambda_co
     content_hash = imaging.normalise(body).content_hash
     answer(endpoint, {**FULL_ANSWER, "content_hash": content_hash})
     assert invoke(lambda_context, upload("incoming/x.jpeg", body)) == counts(predicted=1)
-    record = read_json("predictions/x.jpeg.json")
+    record = read_json(prediction_key("incoming/x.jpeg"))
     assert record["audit"] == {"content_hash": content_hash, "artifact_sha256": DIGEST, "model_id": "model-test-1",
                                "threshold": 0.42, "referral_band": [0.3, 0.6], "code_version": "0.1.0+gfeed"}
     assert datetime.fromisoformat(record["predicted_at"]) > datetime.now(UTC) - timedelta(minutes=1)
@@ -55,7 +57,7 @@ def test_an_answer_without_the_models_rule_records_no_band(endpoint, lambda_cont
     old = {k: v for k, v in ANSWER.items() if k not in predict.REFERRAL_FIELDS}
     answer(endpoint, old)  # an older model: no digest, referral, threshold or band in its answer
     invoke(lambda_context, upload("incoming/old.png", corpus.png(seed=2)))
-    record = read_json("predictions/old.png.json")
+    record = read_json(prediction_key("incoming/old.png"))
     trail = record["audit"]
     assert trail["referral_band"] is None and trail["threshold"] is None  # no rule of the Lambda's own
     assert record["refer_to_radiologist"] is True  # so it is referred (lambdas.predict.MODEL_WITHOUT_RULE)
@@ -66,28 +68,28 @@ def test_prediction_json_is_locked_per_object_and_nothing_else_is(locked, endpoi
     answer(endpoint, FULL_ANSWER)
     invoke(lambda_context, upload("incoming/p.png", corpus.png(seed=5)))
     s3 = boto3.client("s3")
-    head = s3.head_object(Bucket=BUCKET, Key="predictions/p.png.json")
+    head = s3.head_object(Bucket=BUCKET, Key=prediction_key("incoming/p.png"))
     assert head["ObjectLockMode"] == "GOVERNANCE"
     assert timedelta(days=29) < head["ObjectLockRetainUntilDate"] - datetime.now(UTC) <= timedelta(days=30)
     assert "ObjectLockMode" not in s3.head_object(Bucket=BUCKET, Key="incoming/p.png")  # no bucket-wide default
     with pytest.raises(ClientError, match="AccessDenied"):  # a locked version cannot be deleted without bypass
-        s3.delete_object(Bucket=BUCKET, Key="predictions/p.png.json", VersionId=head["VersionId"])
+        s3.delete_object(Bucket=BUCKET, Key=prediction_key("incoming/p.png"), VersionId=head["VersionId"])
     incoming = s3.head_object(Bucket=BUCKET, Key="incoming/p.png")["VersionId"]
     s3.delete_object(Bucket=BUCKET, Key="incoming/p.png", VersionId=incoming)  # the upload stays deletable
     assert invoke(lambda_context, {**upload("incoming/p.png", b"not an image")}) == counts(rejected=1)
     assert current("predictions/") == []  # tombstoned: a delete marker, the locked version kept
-    versions = s3.list_object_versions(Bucket=BUCKET, Prefix="predictions/p.png.json")["Versions"]
+    versions = s3.list_object_versions(Bucket=BUCKET, Prefix=prediction_key("incoming/p.png"))["Versions"]
     assert [v["VersionId"] for v in versions] == [head["VersionId"]]
-    rejected = s3.head_object(Bucket=BUCKET, Key="rejected/p.png.error.json")
+    rejected = s3.head_object(Bucket=BUCKET, Key=rejected_key("incoming/p.png"))
     assert "ObjectLockMode" not in rejected
-    s3.delete_object(Bucket=BUCKET, Key="rejected/p.png.error.json", VersionId=rejected["VersionId"])
+    s3.delete_object(Bucket=BUCKET, Key=rejected_key("incoming/p.png"), VersionId=rejected["VersionId"])
 
 
 def test_retention_off_writes_unlocked_json(inference, endpoint, lambda_context, monkeypatch):  # noqa: F811
     monkeypatch.setenv(wiring.ENV_PREDICTION_RETENTION_DAYS, "0")
     answer(endpoint, FULL_ANSWER)
     invoke(lambda_context, upload("incoming/q.png", corpus.png(seed=6)))
-    assert "ObjectLockMode" not in boto3.client("s3").head_object(Bucket=BUCKET, Key="predictions/q.png.json")
+    assert "ObjectLockMode" not in boto3.client("s3").head_object(Bucket=BUCKET, Key=prediction_key("incoming/q.png"))
 
 
 def test_a_locked_write_sends_its_own_checksum(locked, monkeypatch):

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 import corpus
 from cxr.local import s3_events
+from ingested import name_of, quarantine_key
 from lambdas import aws, preprocess, s3io
-from lambdas.domain import imaging, layout, source_state
+from lambdas.domain import imaging, source_state
 from lambdas.state_store import StateStore
 
 BUCKET = "cxr-data"
@@ -46,8 +47,12 @@ def keys(prefix: str) -> list[str]:
     return sorted(o["Key"] for o in listing.get("Contents", []))
 
 
+def read_text(key: str) -> str:
+    return boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+
+
 def read_json(key: str) -> dict:
-    return json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    return json.loads(read_text(key))
 
 
 def sidecars() -> list[dict]:
@@ -57,7 +62,7 @@ def sidecars() -> list[dict]:
 
 def records(dataset: str = "ds") -> dict[str, dict]:
     partition = source_state.dataset_partition(BUCKET, dataset)
-    return {r["source"]["key"]: r for r in StateStore("cxr-source-state").records(partition)}
+    return {r["source"]["name"]: r for r in StateStore("cxr-source-state").records(partition)}
 
 
 def counts(**nonzero) -> dict:
@@ -71,16 +76,18 @@ def test_happy_path_writes_png_and_metadata(data_bucket, lambda_context):
     result = invoke(lambda_context, upload(key, body))
     assert result == counts(accepted=1)
     expected = imaging.normalise(body)
-    png_key = f"processed/kermany/bacterial/{source_state.output_id(key, expected.content_hash)}.png"
+    png_key = f"processed/kermany/bacterial/{source_state.output_id(name_of(key), expected.content_hash)}.png"
     assert keys("processed/") == [png_key.replace(".png", ".json"), png_key]
     stored = boto3.client("s3").get_object(Bucket=BUCKET, Key=png_key)
     assert stored["ContentType"] == "image/png" and stored["Body"].read() == expected.png
     record = read_json(png_key.replace(".png", ".json"))
-    assert record["source"]["key"] == key and record["source"]["version_id"]
+    assert record["source"]["name"] == name_of(key) and record["source"]["version_id"]
     assert (record["label"], record["patient_id"], record["split"]) == ("bacterial", "1946", "train")
     assert record["original"] == {"width": 600, "height": 480, "format": "JPEG", "mode": "L"}
     assert record["content_hash"] == expected.content_hash
-    assert keys("raw/") == [key] and keys("quarantine/") == []
+    assert keys("quarantine/") == []
+    # beside the upload, the one place that maps its name back to it
+    assert keys("raw/") == [f"raw/.names/{name_of(key)}", key] and read_text(f"raw/.names/{name_of(key)}") == key
     [state] = records("kermany").values()
     assert state["outcome"] == "processed" and not state["pending"]
     assert state["source"]["version_id"] == record["source"]["version_id"]
@@ -100,7 +107,7 @@ def test_form_encoded_keys_are_decoded_once(data_bucket, lambda_context, key):
     assert "%" in record["s3"]["object"]["key"] or "+" in record["s3"]["object"]["key"]
     assert invoke(lambda_context, record)["accepted"] == 1
     [metadata_key] = [k for k in keys("processed/") if k.endswith(".json")]
-    assert read_json(metadata_key)["source"]["key"] == key
+    assert read_json(metadata_key)["source"]["name"] == name_of(key)
 
 
 def test_duplicate_delivery_is_counted_as_duplicate_and_writes_nothing(data_bucket, lambda_context, capsys):
@@ -123,7 +130,7 @@ def test_reupload_with_other_content_keeps_only_the_newest_image(data_bucket, la
     assert sidecar["source"]["version_id"] == newer["s3"]["object"]["versionId"]
     assert sidecar["content_hash"] == imaging.normalise(corpus.png(seed=2)).content_hash
     assert len(keys("processed/")) == 2 and keys("quarantine/") == []
-    assert records()[key]["source"]["version_id"] == newer["s3"]["object"]["versionId"]
+    assert records()[name_of(key)]["source"]["version_id"] == newer["s3"]["object"]["versionId"]
 
 
 @pytest.mark.parametrize("order", ["in order", "newest first"])
@@ -132,8 +139,8 @@ def test_valid_then_pdf_retires_the_image(data_bucket, lambda_context, order):
     valid, pdf = upload(key, corpus.png()), upload(key, corpus.minimal_pdf())
     invoke(lambda_context, *((valid, pdf) if order == "in order" else (pdf, valid)))
     assert keys("processed/") == []
-    assert read_json(layout.quarantine_key(key))["reason"] == "unsupported_format"
-    assert records()[key]["outcome"] == "quarantined"
+    assert read_json(quarantine_key(key))["reason"] == "unsupported_format"
+    assert records()[name_of(key)]["outcome"] == "quarantined"
     assert len(boto3.client("s3").list_object_versions(Bucket=BUCKET, Prefix="raw/")["Versions"]) == 2
 
 
@@ -152,7 +159,7 @@ def test_a_delete_retires_the_processed_image_and_keeps_every_version(data_bucke
     invoke(lambda_context, upload(key, corpus.png()))
     assert invoke(lambda_context, delete(key)) == counts(removed=1)
     assert keys("processed/") == [] and keys("quarantine/") == []
-    assert records()[key]["outcome"] == "deleted"
+    assert records()[name_of(key)]["outcome"] == "deleted"
     listing = boto3.client("s3").list_object_versions(Bucket=BUCKET)
     assert len([v for v in listing["Versions"] if v["Key"] == key]) == 1  # the original is still there
     assert len([v for v in listing["Versions"] if v["Key"].startswith("processed/")]) == 2  # tombstoned, not erased
@@ -165,20 +172,21 @@ def test_identical_pixels_under_normal_and_pneumonia_train_neither(data_bucket, 
     invoke(lambda_context, upload(pneumonia, body))
     assert keys("processed/") == []
     for key, other, label in ((normal, pneumonia, "pneumonia"), (pneumonia, normal, "normal")):
-        error = read_json(layout.quarantine_key(key))
-        assert error["reason"] == "conflicting_labels" and other in error["message"]
-        assert error["conflicts_with"] == [{"key": other, "label": label}]
+        error = read_json(quarantine_key(key))
+        assert error["reason"] == "conflicting_labels" and name_of(other) in error["message"]
+        assert error["conflicts_with"] == [{"name": name_of(other), "label": label}]
     assert source_state.training_view(records().values()) == []
     invoke(lambda_context, delete(pneumonia))  # the user removes the wrong upload: the other one trains
-    assert [s["source"]["key"] for s in sidecars()] == [normal] and keys("quarantine/") == []
+    assert [s["source"]["name"] for s in sidecars()] == [name_of(normal)] and keys("quarantine/") == []
 
 
 def test_identical_pixels_with_one_label_train_once(data_bucket, lambda_context):
     body = corpus.png(seed=7)
     invoke(lambda_context, upload("raw/ds/NORMAL/b.png", body), upload("raw/ds/NORMAL/a.png", body))
-    assert sorted(s["source"]["key"] for s in sidecars()) == ["raw/ds/NORMAL/a.png", "raw/ds/NORMAL/b.png"]
+    names = sorted(map(name_of, ["raw/ds/NORMAL/a.png", "raw/ds/NORMAL/b.png"]))
+    assert sorted(s["source"]["name"] for s in sidecars()) == names
     [item] = source_state.training_view(records().values())
-    assert item.source_key == "raw/ds/NORMAL/a.png"
+    assert item.source_name == names[0]
 
 
 def test_a_reviewed_verdict_overrules_the_folder_label(data_bucket, lambda_context):
@@ -186,8 +194,8 @@ def test_a_reviewed_verdict_overrules_the_folder_label(data_bucket, lambda_conte
     invoke(lambda_context, upload("raw/ds/NORMAL/a.png", body))
     invoke(lambda_context, upload("raw/ds/PNEUMONIA/verdict.png", body,
                                   Metadata={source_state.REVIEW_METADATA: "reviewer-1"}))
-    assert [s["source"]["key"] for s in sidecars()] == ["raw/ds/PNEUMONIA/verdict.png"]
-    assert read_json(layout.quarantine_key("raw/ds/NORMAL/a.png"))["reason"] == "overruled_by_review"
+    assert [s["source"]["name"] for s in sidecars()] == [name_of("raw/ds/PNEUMONIA/verdict.png")]
+    assert read_json(quarantine_key("raw/ds/NORMAL/a.png"))["reason"] == "overruled_by_review"
 
 
 def test_an_older_event_handled_concurrently_cannot_write_last(data_bucket, lambda_context, monkeypatch):
@@ -204,9 +212,9 @@ def test_an_older_event_handled_concurrently_cannot_write_last(data_bucket, lamb
 
     monkeypatch.setattr(imaging, "normalise", normalise_while_replaced)
     invoke(lambda_context, older)
-    assert keys("processed/") == [] and read_json(layout.quarantine_key(key))["reason"] == "unsupported_format"
+    assert keys("processed/") == [] and read_json(quarantine_key(key))["reason"] == "unsupported_format"
     assert interleaved == [counts(deferred=1)]  # the newer event found the key held and left it to the holder
-    assert not records()[key]["pending"]
+    assert not records()[name_of(key)]["pending"]
 
 
 def test_batch_mixing_good_and_bad_objects(data_bucket, lambda_context):
@@ -218,16 +226,17 @@ def test_batch_mixing_good_and_bad_objects(data_bucket, lambda_context):
     assert result["accepted"] == 1 and result["rejected"] == len(records_) - 1
     for name, (data, code) in broken.items():
         if data:
-            assert read_json(f"quarantine/raw/ds/PNEUMONIA/{name}.error.json")["reason"] == code
-    error = read_json("quarantine/raw/ds/loose.png.error.json")
+            assert read_json(quarantine_key(f"raw/ds/PNEUMONIA/{name}"))["reason"] == code
+    error = read_json(quarantine_key("raw/ds/loose.png"))
     assert error["reason"] == "unlabelled" and "label folder" in error["message"]
-    assert len(keys("raw/")) == len(records_)  # every original untouched
+    originals = [k for k in keys("raw/") if not k.startswith("raw/.names/")]
+    assert len(originals) == len(records_)  # every original untouched
 
 
 def test_an_event_for_a_key_that_is_gone_records_it_as_deleted(data_bucket, lambda_context):
     record = s3_events.object_created_record(BUCKET, "raw/ds/NORMAL/gone.png", 1234, version_id="v-missing")
     assert invoke(lambda_context, record) == counts(removed=1)
-    assert keys("quarantine/") == [] and records()["raw/ds/NORMAL/gone.png"]["outcome"] == "deleted"
+    assert keys("quarantine/") == [] and records()[name_of("raw/ds/NORMAL/gone.png")]["outcome"] == "deleted"
 
 
 def test_size_cap_is_checked_before_the_body_is_read(data_bucket, lambda_context, monkeypatch):
@@ -235,7 +244,7 @@ def test_size_cap_is_checked_before_the_body_is_read(data_bucket, lambda_context
     monkeypatch.setenv("MAX_UPLOAD_BYTES", "1000")
     monkeypatch.setattr(s3io.CurrentObject, "read", lambda self: pytest.fail("read an oversized object"))
     assert invoke(lambda_context, record)["rejected"] == 1
-    assert read_json("quarantine/raw/ds/NORMAL/huge.png.error.json")["reason"] == "too_large"
+    assert read_json(quarantine_key("raw/ds/NORMAL/huge.png"))["reason"] == "too_large"
 
 
 def test_throttling_raises_so_lambda_retries(data_bucket, lambda_context, monkeypatch):

@@ -21,7 +21,7 @@ import dicom_corpus
 import reviewing
 from cxr.local import s3_events
 from cxr.local.context import LambdaContext
-from ingested import create_state_table
+from ingested import name_of
 from lambdas import prepare_dataset, preprocess, review_api, review_queue
 from lambdas.domain import review, source_state
 
@@ -34,13 +34,12 @@ THREE = {"normal": 0.55, "bacterial": 0.15, "viral": 0.30}
 
 
 @pytest.fixture
-def loop(aws, monkeypatch):
+def loop(aws, state_table, monkeypatch):
     s3 = boto3.client("s3")
     for bucket in (INCOMING, DATA):
         s3.create_bucket(Bucket=bucket)
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     reviewing.create_review_table(TABLE)
-    monkeypatch.setenv("SOURCE_STATE_TABLE", create_state_table("cxr-source-state"))
     for name, value in ((review_api.ENV_TABLE, TABLE), (review_api.ENV_REVIEW_BUCKET, REVIEW_COPIES),
                         (review_api.ENV_DATA_BUCKET, DATA), (review_api.ENV_DATASET, DATASET)):
         monkeypatch.setenv(name, value)
@@ -173,13 +172,13 @@ def test_ingest_trains_on_the_reviewed_label_with_the_patient_id_and_overrules_t
     loop.put_object(Bucket=DATA, Key=folder_key, Body=XRAY.read_bytes())
     records = [s3_events.record_for_object(loop, DATA, key) for key in raw_keys(loop)]
     preprocess.handler(s3_events.event(*records), LambdaContext(function_name="preprocess"))
-    state = {r["source"]["key"]: r for r in preprocess.StateStore(
+    state = {r["source"]["name"]: r for r in preprocess.StateStore(
         review_api.os.environ["SOURCE_STATE_TABLE"]).records(source_state.dataset_partition(DATA, DATASET))}
-    reviewed = state[f"raw/{DATASET}/BACTERIAL/{HASH}.jpeg"]
+    reviewed = state[name_of(f"raw/{DATASET}/BACTERIAL/{HASH}.jpeg", DATA)]
     assert reviewed["outcome"] == source_state.PROCESSED
     assert (reviewed["image"]["label"], reviewed["image"]["patient_id"]) == ("bacterial", "1436")
-    assert (state[folder_key]["outcome"], state[folder_key]["reason"]) == (source_state.QUARANTINED,
-                                                                           source_state.OVERRULED)
+    folder = state[name_of(folder_key, DATA)]
+    assert (folder["outcome"], folder["reason"]) == (source_state.QUARANTINED, source_state.OVERRULED)
     items = prepare_dataset.load_items(review_api.os.environ["SOURCE_STATE_TABLE"], DATA, DATASET)
     assert [(i.label, i.patient_id) for i in items] == [("bacterial", "1436")]
 

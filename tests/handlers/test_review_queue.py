@@ -33,7 +33,7 @@ def test_task_ids_differ_per_version_and_never_show_the_key():
     assert one != two and "person" not in one and len(one) == 32
 
 
-PREDICTION = {"source": {"bucket": "b", "key": "incoming/x.png", "version_id": "v1", "size": 3},
+PREDICTION = {"source": {"bucket": "b", "name": "s-0123456789abcdef0123456789abcdef", "version_id": "v1", "size": 3},
               "label": "normal", "confidence": 0.6, "probabilities": {"normal": 0.6, "pneumonia": 0.4},
               "pneumonia_probability": 0.4, "refer_to_radiologist": True, "referral_reasons": ["near_threshold"],
               "model_id": "m", "predicted_at": "2026-11-30T07:00:00.000+00:00",

@@ -20,14 +20,16 @@ def test_the_pseudonym_key_is_a_retained_never_rotated_secret_under_the_stage_ke
     assert not synth.resources("AWS::SecretsManager::RotationSchedule")
 
 
-def test_only_the_preprocess_function_reads_the_pseudonym_key(synth):
-    readers = [lid for lid, statements in policy_statements(synth, "AWS::IAM::Policy").items()
-               for s in statements if "secretsmanager:GetSecretValue" in json.dumps(s["Action"])]
-    assert len(readers) == 1 and readers[0].startswith(f"{wiring.PREPROCESS.id}Role")
-    (function,) = [f for f in synth.resources("AWS::Lambda::Function", "ingest").values()
-                   if "PSEUDONYM_SECRET_ARN" in json.dumps(f)]
-    assert function["Properties"]["Environment"]["Variables"][wiring.ENV_PSEUDONYM_SECRET] == \
-        wiring.PSEUDONYM_SECRET_NAME.format(stage="dev")
+def test_only_the_functions_that_name_uploads_read_the_pseudonym_key(synth):
+    """Preprocess (DICOM pseudonyms, raw/ names) and predict (incoming/ names), nothing else."""
+    readers = sorted(lid for lid, statements in policy_statements(synth, "AWS::IAM::Policy").items()
+                     for s in statements if "secretsmanager:GetSecretValue" in json.dumps(s["Action"]))
+    assert len(readers) == 2 and [r.split("Role")[0] for r in readers] == [wiring.PREDICT.id, wiring.PREPROCESS.id]
+    for stack in ("ingest", "inference"):
+        (function,) = [f for f in synth.resources("AWS::Lambda::Function", stack).values()
+                       if "PSEUDONYM_SECRET_ARN" in json.dumps(f)]
+        assert function["Properties"]["Environment"]["Variables"][wiring.ENV_PSEUDONYM_SECRET] == \
+            wiring.PSEUDONYM_SECRET_NAME.format(stage="dev")
 
 
 def test_results_dicom_is_read_only_through_its_own_policy(synth):

@@ -30,7 +30,7 @@ def test_off_by_default_and_nothing_recent(rescore_env, lambda_context, monkeypa
 def test_recent_uploads_become_a_manifest_job(rescore_env, lambda_context, monkeypatch):
     monkeypatch.setenv(wiring.ENV_RESCORE_DAYS, "7")
     s3 = boto3.client("s3")
-    for key in ("incoming/a/1.jpeg", "incoming/b.png", "other/c.png"):
+    for key in ("incoming/a/1.jpeg", "incoming/b.png", "other/c.png", "incoming/.names/s-0123"):  # no pointer
         s3.put_object(Bucket=rescore_env, Key=key, Body=b"x")
     out = rescore.start_handler({"run_id": "run 1/x", "model_name": "m"}, lambda_context)
     assert out["started"] and out["job"] == f"{PREFIX}rescore-run-1-x" and out["images"] == 2

@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from cxr import operations
+from cxr import operations, source_names
 from cxr.local import cloud as local_cloud
 from infra import wiring
 from infra.config import Config
@@ -90,10 +90,11 @@ def test_an_asynchronous_endpoint_refuses_a_synchronous_invoke(cloud):
 
 def test_an_upload_is_predicted_through_the_asynchronous_endpoint(cloud):
     s3, bucket = boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE)
-    [prediction] = operations.predict_files(s3, bucket, [XRAY], timeout_s=60).values()
+    name_of = source_names.namer(boto3.client("secretsmanager"), STAGE, bucket)
+    [prediction] = operations.predict_files(s3, bucket, [XRAY], name_of, timeout_s=60).values()
     assert prediction["status"] == "predicted", prediction
     assert prediction["endpoint"] == wiring.endpoint_name(STAGE)
-    assert prediction["source"]["key"] == f"incoming/0000/{XRAY.name}"  # each file of a call has its own key
+    assert prediction["source"]["name"] == name_of(f"incoming/0000/{XRAY.name}")  # each file its own key
     assert prediction["label"] in ("bacterial", "normal", "viral")
     assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-4
     results = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=layout.ASYNC_OUTPUT)["Contents"]

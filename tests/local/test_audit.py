@@ -16,7 +16,7 @@ import boto3
 import pytest
 from local.test_async_endpoint import deploy, model_archive  # noqa: F401 (fixture)
 
-from cxr import operations, target
+from cxr import operations, source_names, target
 from cxr.commands import audit
 from cxr.local import cloud as local_cloud
 from infra import wiring
@@ -34,14 +34,17 @@ def traced(tmp_path_factory, model_archive):  # noqa: F811
     with local_cloud.start(config, tmp_path_factory.mktemp("local")) as running:
         evaluation = deploy(running, model_archive, STAGE)
         s3 = boto3.client("s3")
-        [result] = operations.predict_files(s3, running.names.bucket(wiring.INFERENCE), [XRAY]).values()
+        inference = running.names.bucket(wiring.INFERENCE)
+        name_of = source_names.namer(boto3.client("secretsmanager"), STAGE, inference)
+        [result] = operations.predict_files(s3, inference, [XRAY], name_of).values()
         s3.put_object(Bucket=running.names.bucket(wiring.DATA), Key=f"raw/wards/NORMAL/{XRAY.name}",
                       Body=XRAY.read_bytes())
         deployment = target.Target(session=boto3.Session(), stage=STAGE, account=local_cloud.ACCOUNT,
                                    region=local_cloud.REGION)
         names = running.names
         trail = audit.Trail(deployment, names.table(wiring.PREDICTIONS_TABLE), names.table(wiring.SOURCE_STATE_TABLE))
-        yield SimpleNamespace(cloud=running, evaluation=evaluation, result=result, trail=trail, deployment=deployment)
+        yield SimpleNamespace(cloud=running, evaluation=evaluation, result=result, trail=trail, deployment=deployment,
+                              key=f"incoming/0000/{XRAY.name}")  # where predict_files uploaded it
 
 
 def test_an_audit_by_key_traces_the_prediction_to_the_artifact_and_its_gate(traced):
@@ -51,8 +54,9 @@ def test_an_audit_by_key_traces_the_prediction_to_the_artifact_and_its_gate(trac
     assert traced.evaluation["artifact_sha256"] == digest
     assert traced.result["audit"]["artifact_sha256"] == digest  # the endpoint's own answer, through the record
 
-    trail = traced.trail.collect(traced.result["source"]["key"])
+    trail = traced.trail.collect(traced.key)
     [upload] = trail["uploads"]
+    assert (upload["key"], upload["name"]) == (traced.key, traced.result["source"]["name"])
     assert [v["version_id"] for v in upload["versions"]] == [traced.result["source"]["version_id"]]
     assert upload["outcome"]["outcome"] == "predicted"
     [prediction] = trail["predictions"]
@@ -66,20 +70,24 @@ def test_an_audit_by_key_traces_the_prediction_to_the_artifact_and_its_gate(trac
     assert model["run"]["run_id"] == "run-1" and model["run"]["digest_matches"]
     assert model["run"]["passed"] == traced.evaluation["passed"]
     [training] = trail["training_data"]  # the same pixels were uploaded to the training data
-    assert training["key"] == f"raw/wards/NORMAL/{XRAY.name}" and training["processed_key"].startswith("processed/")
+    data = traced.cloud.names.bucket(wiring.DATA)
+    data_name = source_names.namer(boto3.client("secretsmanager"), STAGE, data)(f"raw/wards/NORMAL/{XRAY.name}")
+    assert training["name"] == data_name and training["processed_key"].startswith("processed/")
 
 
 def test_an_audit_by_content_hash_finds_the_same_trail(traced):
     content_hash = imaging.normalise(XRAY.read_bytes()).content_hash
     trail = traced.trail.collect(content_hash)
-    assert [u["key"] for u in trail["uploads"]] == [traced.result["source"]["key"]]
+    [upload] = trail["uploads"]  # by name: the key was not given, so it is not shown (its pointer lists versions)
+    assert upload["name"] == traced.result["source"]["name"] and "key" not in upload
+    assert [v["version_id"] for v in upload["versions"]] == [traced.result["source"]["version_id"]]
     assert [p["version_id"] for p in trail["predictions"]] == [traced.result["source"]["version_id"]]
     assert trail["models"][0]["run"]["run_id"] == "run-1"
 
 
 def test_a_retired_model_is_traced_to_its_run_by_the_digest_in_the_gate_report(traced):
     boto3.client("sagemaker").delete_model(ModelName=f"{wiring.resource_prefix(STAGE)}0-tiny")
-    trail = traced.trail.collect(traced.result["source"]["key"])
+    trail = traced.trail.collect(traced.key)
     [model] = trail["models"]
     assert model["sagemaker_model"] is None
     assert model["run"]["run_id"] == "run-1" and model["run"]["digest_matches"]
@@ -88,7 +96,7 @@ def test_a_retired_model_is_traced_to_its_run_by_the_digest_in_the_gate_report(t
 def test_the_command_prints_the_trail_and_fails_on_an_unknown_subject(traced, monkeypatch, capsys):
     monkeypatch.setattr(audit.target, "resolve", lambda args: traced.deployment)
     monkeypatch.setattr(audit.Trail, "of", classmethod(lambda cls, deployment: traced.trail))
-    args = SimpleNamespace(subject=traced.result["source"]["key"], json=False)
+    args = SimpleNamespace(subject=traced.key, json=False)
     assert audit.run(args) == 0
     out = capsys.readouterr().out
     assert traced.evaluation["artifact_sha256"] in out and "training run run-1" in out and "GOVERNANCE" in out

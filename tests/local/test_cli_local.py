@@ -84,7 +84,7 @@ def test_life_cycle_across_separate_commands(env, dataset):
     digest = record["audit"]["artifact_sha256"]
     assert len(digest) == 64 and direct_record["audit"]["artifact_sha256"] == digest
     assert direct_record["audit"]["content_hash"] == record["audit"]["content_hash"]
-    audited = cxr(env, "audit", record["source"]["key"], "--local")  # the trail back to the run's gate
+    audited = cxr(env, "audit", record["audit"]["content_hash"], "--local")  # the trail back to the run's gate
     assert audited.returncode == 0, audited.stderr
     assert digest in audited.stdout and "training run cli-run" in audited.stdout and "matches" in audited.stdout
 

@@ -13,7 +13,7 @@ import pytest
 from recorded import recorded_cloud
 
 import corpus
-from cxr import operations
+from cxr import operations, source_names
 from cxr.local import cloud as local_cloud
 from cxr.local import iam_trace
 from cxr.local.iam_deployment import summary
@@ -83,7 +83,12 @@ def run_pipeline(cloud, run_id: str, hyperparameters: dict) -> dict:
 def upload(cloud, dataset: Path) -> operations.IngestSummary:
     s3 = boto3.client("s3")
     keys = operations.upload_dataset(s3, cloud.names.bucket(wiring.DATA), dataset, "synth")
-    return operations.ingest_summary(s3, cloud.names.bucket(wiring.DATA), "synth", keys)
+    return operations.ingest_summary(s3, cloud.names.bucket(wiring.DATA), "synth", keys, name_of(cloud))
+
+
+def name_of(cloud, role: str = wiring.DATA):
+    """The offline cloud's names of a bucket's uploads (``cxr.source_names``)."""
+    return source_names.namer(boto3.client("secretsmanager"), cloud.config.stage, cloud.names.bucket(role))
 
 
 def test_upload_train_deploy_predict(cloud, dataset):
@@ -107,15 +112,17 @@ def test_upload_train_deploy_predict(cloud, dataset):
 
     s3 = boto3.client("s3")
     xrays = sorted(Path("samples/kermany-val16").rglob("*.jpeg"))[:2]
-    results = operations.predict_files(s3, cloud.names.bucket(wiring.INFERENCE), [*xrays, Path("README.md")])
+    inference = name_of(cloud, wiring.INFERENCE)
+    results = operations.predict_files(s3, cloud.names.bucket(wiring.INFERENCE), [*xrays, Path("README.md")],
+                                       inference)
     assert len({results[path]["model_id"] for path in xrays}) == 1
     for path in xrays:
         prediction = results[path]
         assert prediction["status"] == "predicted" and prediction["endpoint"] == wiring.endpoint_name("e2e")
         assert prediction["label"] in ("bacterial", "normal", "viral")
         assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-4
-        assert prediction["source"]["key"].startswith("incoming/") and prediction["source"]["key"].endswith(
-            f"/{path.name}")
+        assert path.stem not in json.dumps(prediction)  # the upload is named, never keyed
+        assert prediction["source"]["name"] in {inference(f"incoming/{n:04d}/{path.name}") for n in range(3)}
     assert results[Path("README.md")]["status"] == "rejected"
     items = boto3.client("dynamodb").scan(TableName=cloud.names.table(wiring.PREDICTIONS_TABLE))["Items"]
     assert len(items) == 2
@@ -134,14 +141,14 @@ def check_review_loop(cloud, prediction: dict, xray: Path) -> dict:
     from lambdas.state_store import StateStore
 
     source = prediction["source"]
-    task = review.task_id(source["bucket"], source["key"], source["version_id"])
+    task = review.task_id(source["bucket"], source["name"], source["version_id"])
     with review_server.for_cloud(cloud, "reader@example.org") as server:
         review_on_the_page(server.url, task)
     data = cloud.names.bucket(wiring.DATA)
     copy = f"{layout.RAW}synth/NORMAL/{prediction['audit']['content_hash']}{xray.suffix}"
-    records = {r["source"]["key"]: r for r in StateStore(cloud.names.table(wiring.SOURCE_STATE_TABLE)).records(
+    records = {r["source"]["name"]: r for r in StateStore(cloud.names.table(wiring.SOURCE_STATE_TABLE)).records(
         source_state.dataset_partition(data, "synth"))}
-    reviewed = records[copy]  # the copy's S3 event ran ingest
+    reviewed = records[name_of(cloud)(copy)]  # the copy's S3 event ran ingest
     assert reviewed["outcome"] == source_state.PROCESSED
     assert (reviewed["image"]["label"], reviewed["image"]["patient_id"]) == ("normal", "1427")
     run = run_pipeline(cloud, "run-after-review", QUICK)
@@ -199,7 +206,7 @@ def check_audit_trail(cloud, run: dict, message: dict, prediction: dict, xray: P
     assert trail["content_hash"] == imaging.normalise(xray.read_bytes()).content_hash
     assert trail["model_id"] == prediction["model_id"] and len(trail["referral_band"]) == 2
     locked = s3.head_object(Bucket=cloud.names.bucket(wiring.INFERENCE),
-                            Key=layout.prediction_key(prediction["source"]["key"]))
+                            Key=layout.prediction_key(prediction["source"]["name"]))
     assert locked["ObjectLockMode"] == "GOVERNANCE"
     deployment = target.Target(session=boto3.Session(), stage="e2e", account=local_cloud.ACCOUNT,
                                region=local_cloud.REGION)
@@ -234,7 +241,8 @@ def check_a_better_model_replaces_the_endpoint_one_below_the_gate_does_not(cloud
     assert second["output"]["deployment"]["action"] == "updated"
     serving = second["output"]["training"]["TrainingJobName"]
     assert sagemaker.describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))["EndpointConfigName"] == serving
-    before = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], prefix="before/")[xray]
+    names = name_of(cloud, wiring.INFERENCE)
+    before = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], names, prefix="before/")[xray]
 
     lambda_client = boto3.client("lambda")  # the operator tightens the gate beyond what one epoch can reach
     function = cloud.names.function(wiring.EVALUATE_MODEL)
@@ -251,7 +259,7 @@ def check_a_better_model_replaces_the_endpoint_one_below_the_gate_does_not(cloud
     [message] = messages(inbox)
     assert message["outcome"] == "rejected" and message["failures"]
     assert sagemaker.describe_endpoint(EndpointName=wiring.endpoint_name("e2e"))["EndpointConfigName"] == serving
-    after = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], prefix="after/")[xray]
+    after = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], names, prefix="after/")[xray]
     assert after["status"] == "predicted" and after["model_id"] == before["model_id"]
 
 

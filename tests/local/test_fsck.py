@@ -13,7 +13,7 @@ from cxr.commands import fsck
 from cxr.local import cloud as local_cloud
 from infra import wiring
 from infra.config import Config
-from lambdas.domain import source_state
+from lambdas.domain import layout, source_state
 
 DATASET = "wards"
 A, B, C, D = (f"raw/{DATASET}/NORMAL/{name}.png" for name in "abcd")
@@ -41,7 +41,7 @@ def ingest(cloud, monkeypatch):
 
 def record_of(ingest, key: str) -> dict:
     records = ingest.store.records(source_state.dataset_partition(ingest.bucket, DATASET))
-    return next(r for r in records if r["source"]["key"] == key)
+    return next(r for r in records if r["source"]["name"] == ingest.name_of(key))
 
 
 def test_an_intact_dataset_is_consistent(ingest, capsys):
@@ -55,11 +55,12 @@ def test_damage_is_named_key_by_key_and_repaired(ingest, cloud, capsys):
     image_a = record_of(ingest, A)["image"]["processed_key"]
     s3.delete_object(Bucket=bucket, Key=image_a)  # a processed image lost
     stale = f"processed/{DATASET}/normal/{'0' * 32}.json"  # a sidecar no record owns, naming B
-    s3.put_object(Bucket=bucket, Key=stale, Body=json.dumps({"source": {"key": B, "version_id": "older"}}))
+    s3.put_object(Bucket=bucket, Key=stale, Body=json.dumps({"source": {"name": ingest.name_of(B),
+                                                                                 "version_id": "older"}}))
     table = ingest.store.table
     boto3.client("dynamodb").delete_item(TableName=table, Key={  # a state record lost
-        "pk": {"S": source_state.partition(bucket, C)}, "sk": {"S": source_state.source_sort_key(C)}})
-    s3.delete_object(Bucket=bucket, Key=f"quarantine/{D}.error.json")  # a rejection record lost
+        "pk": {"S": source_state.partition(bucket, C)}, "sk": {"S": source_state.source_sort_key(ingest.name_of(C))}})
+    s3.delete_object(Bucket=bucket, Key=layout.quarantine_key(f"raw/{DATASET}", ingest.name_of(D)))  # a rejection lost
 
     findings = {(f.key, f.problem) for f in ingest.check(DATASET)}
     assert findings == {(A, "missing"), (B, "duplicated"), (C, "missing"), (D, "missing")}
@@ -75,7 +76,7 @@ def test_damage_is_named_key_by_key_and_repaired(ingest, cloud, capsys):
     s3.head_object(Bucket=bucket, Key=image_a)  # the image is back
     assert record_of(ingest, C)["outcome"] == "processed"
     s3.head_object(Bucket=bucket, Key=record_of(ingest, C)["image"]["processed_key"])
-    versions = s3.list_object_versions(Bucket=bucket, Prefix="raw/")
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=f"raw/{DATASET}/")
     assert len(versions["Versions"]) == 4 and not versions.get("DeleteMarkers")  # no upload was touched
 
 

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from recorded import recorded_cloud
 
-from cxr import operations
+from cxr import operations, source_names
 from cxr.model_registry import ModelRegistry
 from infra import wiring
 from infra.config import Config
@@ -38,7 +38,9 @@ def cloud(synthesized, tmp_path_factory):
     with recorded_cloud(synthesized, config, tmp_path_factory.mktemp("local"), checked) as running:
         s3 = boto3.client("s3")
         keys = operations.upload_dataset(s3, running.names.bucket(wiring.DATA), DEMO / "train", "demo")
-        assert operations.ingest_summary(s3, running.names.bucket(wiring.DATA), "demo", keys).processed == 300
+        assert operations.ingest_summary(s3, running.names.bucket(wiring.DATA), "demo", keys,
+                                         source_names.namer(boto3.client("secretsmanager"), config.stage,
+                                                            running.names.bucket(wiring.DATA))).processed == 300
         yield running
     deployment, calls, _ = checked
     denials = deployment.check(calls)
@@ -90,7 +92,8 @@ def test_champion_challenger_and_rollback_on_the_demo_dataset(cloud):
 
     ward = sorted(Path("samples/kermany-val16").rglob("*.jpeg"))[:3]  # X-rays seen by the first champion
     inference_bucket = cloud.names.bucket(wiring.INFERENCE)
-    seen = operations.predict_files(boto3.client("s3"), inference_bucket, ward, prefix="ward/")
+    names = source_names.namer(boto3.client("secretsmanager"), cloud.config.stage, inference_bucket)
+    seen = operations.predict_files(boto3.client("s3"), inference_bucket, ward, names, prefix="ward/")
     lambda_client, function = boto3.client("lambda"), cloud.names.function(wiring.START_RESCORE)
     environment = lambda_client.get_function_configuration(FunctionName=function)["Environment"]["Variables"]
     lambda_client.update_function_configuration(FunctionName=function, Environment={"Variables": {
@@ -103,9 +106,9 @@ def test_champion_challenger_and_rollback_on_the_demo_dataset(cloud):
     bucket, key = rescore["report"][len("s3://"):].split("/", 1)
     rows = list(csv.DictReader(io.StringIO(boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
                                            .decode())))
-    by_key = {row["key"]: row for row in rows}
+    by_name = {row["name"]: row for row in rows}
     for path in ward:  # the same weights through Batch Transform tell each X-ray what the endpoint told it
-        row = by_key[seen[path]["source"]["key"]]
+        row = by_name[seen[path]["source"]["name"]]
         assert row["previous_label"] == seen[path]["label"] == row["new_label"] and row["changed"] == "false"
         assert row["previous_model"] == seen[path]["model_id"]
     assert equal["dataset"]["benchmark_version"] == set_version
@@ -123,7 +126,7 @@ def test_champion_challenger_and_rollback_on_the_demo_dataset(cloud):
     assert rolled["version"] == 1 and serving(cloud) == first["training"]["TrainingJobName"]
     assert [r["status"] for r in models.list()] == [promotion.APPROVED, promotion.REJECTED, promotion.REJECTED]
     xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
-    after = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [xray])[xray]
+    after = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], names)[xray]
     assert after["status"] == "predicted"
     assert after["audit"]["artifact_sha256"] == first["evaluation"]["artifact_sha256"]
 

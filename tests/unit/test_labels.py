@@ -1,6 +1,6 @@
 import pytest
 
-from lambdas.domain import labels, layout
+from lambdas.domain import labels, layout, source_names
 
 
 @pytest.mark.parametrize(
@@ -43,9 +43,10 @@ def test_class_set_is_derived_from_the_data():
 
 
 def test_key_layout_and_log_reference():
-    assert layout.quarantine_key("raw/ds/NORMAL/a b.png") == "quarantine/raw/ds/NORMAL/a b.png.error.json"
-    assert layout.prediction_key("incoming/x/y.jpeg") == "predictions/x/y.jpeg.json"
-    assert layout.rejected_key("incoming/y.jpeg") == "rejected/y.jpeg.error.json"
+    assert layout.quarantine_key("raw/ds", "s-1") == "quarantine/raw/ds/s-1.error.json"
+    assert layout.prediction_key("s-2") == "predictions/s-2.json"
+    assert layout.rejected_key("s-3") == "rejected/s-3.error.json"
+    assert layout.structured_report_key("s-4") == "results-dicom/s-4.sr.dcm"
     ref = layout.key_ref("b", "raw/ds/NORMAL/person12_bacteria_1.jpeg")
     assert len(ref) == 16 and "person" not in ref
 
@@ -56,3 +57,14 @@ def test_s3_uris_split_into_bucket_and_key():
     for bad in ("https://b/x", "s3://", "b/x"):
         with pytest.raises(ValueError):
             layout.split_s3_uri(bad)
+
+
+def test_an_uploads_name_is_stable_keyed_and_says_nothing_of_its_key():
+    key = "raw/ds/NORMAL/DOE_JOHN_MRN1234567_chest.dcm"
+    name = source_names.name(b"k" * 32, "b", key)
+    assert name == source_names.name(b"k" * 32, "b", key)  # every version, event and delete of the key
+    assert name.startswith("s-") and len(name) == 34 and "DOE" not in name and "1234567" not in name
+    assert name != source_names.name(b"j" * 32, "b", key)  # without the secret, no guess can be confirmed
+    assert name != source_names.name(b"k" * 32, "other", key)
+    assert source_names.pointer_key(key, name) == f"raw/.names/{name}"
+    assert source_names.is_pointer(f"incoming/.names/{name}") and not source_names.is_pointer(key)

@@ -13,7 +13,7 @@ from lambdas.domain import review
 
 def task(pk: str, label: str, reason: str = review.REFERRED, status: str = review.REVIEWED) -> dict:
     return {"pk": pk, "sk": "task", "label": label, "reason": reason, "status": status, "confidence": 0.6,
-            "key": "incoming/person9_virus_1.jpeg", "content_hash": "ab" * 32, "model_id": "m"}
+            "name": "s-0123456789abcdef0123456789abcdef", "content_hash": "ab" * 32, "model_id": "m"}
 
 
 def verdict(pk: str, reviewer: str, value: str, model_label: str, at: str) -> dict:

@@ -54,7 +54,7 @@ def test_a_reviewed_verdict_decides_its_group():
 
 
 def processed(key: str, content_hash: str, label: str = "normal") -> dict:
-    return {"outcome": "processed", "source": {"key": key, "version_id": "v1"},
+    return {"outcome": "processed", "source": {"name": key, "version_id": "v1"},
             "image": {"content_hash": content_hash, "label": label, "processed_key": f"processed/{key}.png",
                       "metadata_key": f"processed/{key}.json", "patient_id": None, "split": None}}
 
@@ -62,8 +62,8 @@ def processed(key: str, content_hash: str, label: str = "normal") -> dict:
 def test_training_sees_current_images_once_and_no_conflict():
     records = [processed("raw/d/NORMAL/b", "h1"), processed("raw/d/NORMAL/a", "h1"), processed("raw/d/NORMAL/c", "h2"),
                processed("raw/d/NORMAL/x", "h3"), processed("raw/d/VIRAL/y", "h3", "viral"),
-               {"outcome": "quarantined", "source": {"key": "raw/d/NORMAL/q"}}, {"outcome": "deleted", "source": {}}]
-    assert [i.source_key for i in source_state.training_view(records)] == ["raw/d/NORMAL/a", "raw/d/NORMAL/c"]
+               {"outcome": "quarantined", "source": {"name": "raw/d/NORMAL/q"}}, {"outcome": "deleted", "source": {}}]
+    assert [i.source_name for i in source_state.training_view(records)] == ["raw/d/NORMAL/a", "raw/d/NORMAL/c"]
 
 
 def test_check_names_missing_stale_and_duplicated_keys():

@@ -19,8 +19,12 @@ HOURS_PER_MONTH = 730
 """AWS's and Google's billing month for always-on resources (8,760 h / 12)."""
 GB = 1024**3
 
-S3_PUTS_PER_PREDICTION = 2
-"""The client's upload to ``incoming/`` and the prediction JSON (``lambdas/predict.py``)."""
+S3_PUTS_PER_PREDICTION = 3
+"""The client's upload to ``incoming/``, the pointer from its opaque name back to its key (``incoming/.names/``,
+issue 17) and the prediction JSON (``lambdas/predict.py``)."""
+LAMBDA_INVOCATIONS_PER_PREDICTION = 2
+"""The upload's event and the pointer object's (S3 notification filters cannot exclude ``incoming/.names/``; the
+function skips it)."""
 S3_GETS_PER_PREDICTION = 2
 """The key's current version (HeadObject, billed as a GET) and its download."""
 DYNAMODB_WRITE_UNITS = 2 + 2 + 3
@@ -165,7 +169,7 @@ def predict_path_per_prediction(prices: dict[str, Price], inputs: Inputs, model_
     lambda_seconds = (inputs.latency.normalise_ms + (inputs.latency.endpoint_ms if model_ms is None else model_ms)
                       ) / 1000
     return {
-        "lambda requests": price(prices, "lambda_request"),
+        "lambda requests": LAMBDA_INVOCATIONS_PER_PREDICTION * price(prices, "lambda_request"),
         "lambda compute": price(prices, f"lambda_gb_second.{inputs.lambda_architecture}")
         * inputs.lambda_memory_mb / 1024 * lambda_seconds,
         "s3 requests": S3_PUTS_PER_PREDICTION * price(prices, "s3_put_request")

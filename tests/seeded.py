@@ -12,12 +12,14 @@ import hashlib
 import json
 from collections.abc import Iterator
 
-from lambdas.domain import layout, source_state
+from lambdas.domain import layout, source_names, source_state
 
 LABELS = ("normal", "bacterial", "viral")
 FOLDERS = {"normal": "NORMAL/IM-{p:06d}-{i:04d}.jpeg", "bacterial": "PNEUMONIA/person{p}_bacteria_{i}.jpeg",
            "viral": "PNEUMONIA/person{p}_virus_{i}.jpeg"}
 PER_PATIENT = 2
+SECRET = b"seeded-pseudonym-key"
+"""Names the seeded uploads as a deployment's pseudonym secret would (records carry names, never keys)."""
 
 
 def raw_key(dataset: str, n: int) -> str:
@@ -28,13 +30,13 @@ def raw_key(dataset: str, n: int) -> str:
 
 def processed_record(bucket: str, dataset: str, n: int) -> dict:
     """The record ingest commits for image ``n`` (distinct pixels per image)."""
-    key = raw_key(dataset, n)
+    name = source_names.name(SECRET, bucket, raw_key(dataset, n))
     label = LABELS[(n // PER_PATIENT) % 3]
     content_hash = hashlib.sha256(f"{dataset}/{n}".encode()).hexdigest()
-    image_id = source_state.output_id(key, content_hash)
+    image_id = source_state.output_id(name, content_hash)
     return {
         "outcome": source_state.PROCESSED,
-        "source": {"bucket": bucket, "key": key, "version_id": f"v{n:032x}", "size": 150_000 + n % 9_000},
+        "source": {"bucket": bucket, "name": name, "version_id": f"v{n:032x}", "size": 150_000 + n % 9_000},
         "image": {
             "dataset": dataset, "label": label, "patient_id": str(n // PER_PATIENT), "split": "train",
             "image_id": image_id, "content_hash": content_hash,
@@ -55,9 +57,10 @@ def records(bucket: str, dataset: str, count: int) -> Iterator[dict]:
 
 def table_item(record: dict) -> dict:
     """The DynamoDB item ``StateStore.commit`` leaves for a record (attribute values in the wire form)."""
-    sequencer = source_state.sequencer_rank(hashlib.sha256(record["source"]["key"].encode()).hexdigest()[:16])
-    return {"pk": {"S": source_state.partition(record["source"]["bucket"], record["source"]["key"])},
-            "sk": {"S": source_state.source_sort_key(record["source"]["key"])},
+    source = record["source"]
+    sequencer = source_state.sequencer_rank(hashlib.sha256(source["name"].encode()).hexdigest()[:16])
+    return {"pk": {"S": source_state.dataset_partition(source["bucket"], record["image"]["dataset"])},
+            "sk": {"S": source_state.source_sort_key(source["name"])},
             "record": {"S": json.dumps(record, sort_keys=True)}, "outcome": {"S": record["outcome"]},
             "seen": {"S": sequencer}, "done": {"S": sequencer}, "settled": {"N": "0"},
             "updated_at": {"S": "2026-11-30T00:00:00+00:00"}}

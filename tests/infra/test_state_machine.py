@@ -24,7 +24,7 @@ import boto3
 import pytest
 
 from infra import asl, wiring
-from ingested import create_state_table, ingest, kermany_like
+from ingested import PSEUDONYM_SECRET, create_state_table, ingest, kermany_like
 from lambdas.domain import layout
 
 pytestmark = pytest.mark.slow
@@ -138,6 +138,8 @@ def cloud(synth, monkeypatch):
             s3.create_bucket(Bucket=bucket)
             s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         monkeypatch.setenv(wiring.ENV_SOURCE_STATE_TABLE, create_state_table("source-state"))  # for seed_dataset
+        secret = boto3.client("secretsmanager").create_secret(Name="source-names", SecretString=PSEUDONYM_SECRET)
+        monkeypatch.setenv(wiring.ENV_PSEUDONYM_SECRET, secret["ARN"])  # ingest names the uploads with it
         key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
         topic = boto3.client("sns").create_topic(Name="notifications")["TopicArn"]
         sqs = boto3.client("sqs")
@@ -169,6 +171,7 @@ def cloud(synth, monkeypatch):
             wiring.ENV_CHAMPION_MARGIN: "0.02",
             wiring.ENV_RESCORE_DAYS: "0",
             wiring.ENV_INFERENCE_BUCKET: INFERENCE,
+            wiring.ENV_PSEUDONYM_SECRET: secret["ARN"],
         }
         boto3.client("sagemaker").create_model_package_group(ModelPackageGroupName=wiring.model_package_group(STAGE))
         zipped = io.BytesIO()

@@ -64,7 +64,10 @@ def everything_written(cloud) -> str:  # noqa: F811 (the imported fixture)
             found += [version["Key"], json.dumps(obj.get("Metadata", {})), body.decode("latin-1")]
             if version["Key"].endswith((".tar.gz", ".tgz")):
                 with tarfile.open(fileobj=io.BytesIO(body)) as archive:
-                    found += [archive.extractfile(m).read().decode("latin-1") for m in archive if m.isfile()]
+                    # code/lib is the serving wheels unpacked (issue 20), the same bytes whatever the data: its
+                    # 180 MB of binaries hold any six digits by chance (the StudyTime 101112 is in ONNX Runtime's)
+                    found += [archive.extractfile(m).read().decode("latin-1") for m in archive
+                              if m.isfile() and not m.name.startswith("code/lib/")]
             if version["Key"].endswith(".png"):
                 image = Image.open(io.BytesIO(body))
                 found.append(json.dumps({k: str(v) for k, v in image.info.items()}))

@@ -290,7 +290,8 @@ def test_two_training_instances_train_through_the_toolkit_launch_and_deploy(two_
             hosts / "algo-2" / "train.log").read_text()
         assert json.loads((hosts / "algo-1" / "model" / "model.json").read_text())["distributed"]["world_size"] == 2
         xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
-        results = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [xray])
+        results = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [xray],
+                                           name_of(cloud, wiring.INFERENCE))
         assert results[xray]["status"] == "predicted"
     deployment, calls, _ = checked
     denials = deployment.check(calls)

@@ -12,7 +12,7 @@ import pytest
 from recorded import recorded_cloud
 from test_async_endpoint import XRAY, invoke, model_archive  # noqa: F401 (a fixture)
 
-from cxr import operations
+from cxr import operations, source_names
 from cxr.local import pipeline
 from cxr.model_registry import ModelRegistry
 from infra import wiring
@@ -36,8 +36,9 @@ def test_an_upload_is_predicted_by_the_approved_model_in_the_predict_function(mo
             "model_artifact": artifact, "summary_uri": None, "evaluation": evaluation})
         assert registration["approved"] is True, registration
 
-        [prediction] = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [XRAY],
-                                                timeout_s=60).values()
+        inference = cloud.names.bucket(wiring.INFERENCE)
+        name_of = source_names.namer(boto3.client("secretsmanager"), STAGE, inference)
+        [prediction] = operations.predict_files(boto3.client("s3"), inference, [XRAY], name_of, timeout_s=60).values()
         assert prediction["status"] == "predicted", prediction
         assert prediction["endpoint"] == f"lambda:{registration['model_package_arn']}"
         assert prediction["label"] in ("bacterial", "normal", "viral")

@@ -39,7 +39,7 @@ def test_a_delete_marker_retires_the_processed_image(cloud):
     assert len(sidecar_versions(s3, bucket)) == 1
     s3.delete_object(Bucket=bucket, Key=KEY)
     assert sidecar_versions(s3, bucket) == []
-    assert len(s3.list_object_versions(Bucket=bucket, Prefix="raw/")["Versions"]) == 1  # the upload is kept
+    assert len(s3.list_object_versions(Bucket=bucket, Prefix=KEY)["Versions"]) == 1  # the upload is kept
 
 
 def test_deleting_the_newest_version_brings_the_previous_one_back(cloud):

@@ -13,7 +13,7 @@ import tarfile
 import boto3
 import numpy as np
 import pytest
-from handlers.test_predict import BUCKET, counts, inference, invoke, read_json, upload  # noqa: F401 (a fixture)
+from handlers.test_predict import BUCKET, counts, inference, invoke, prediction_key, read_json, upload  # noqa: F401,E501
 from synthetic import encode, xray
 
 from lambdas import register_model, served_model
@@ -63,7 +63,7 @@ def test_the_predict_function_serves_the_approved_model_itself(lambda_mode, lamb
     body = encode(xray("bacterial", np.random.default_rng(4), size=(700, 560)), "JPEG")
     assert invoke(lambda_context, upload("incoming/a.jpeg", body)) == counts(predicted=1)
 
-    record = read_json("predictions/a.jpeg.json")
+    record = read_json(prediction_key("incoming/a.jpeg"))  # predictions are named, never keyed (issue 17)
     assert record["endpoint"] == f"lambda:{arn}"
     assert record["label"] in ("bacterial", "normal", "viral") and record["model_id"]
     assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -77,7 +77,7 @@ def test_the_predict_function_serves_the_approved_model_itself(lambda_mode, lamb
     boto3.client("sagemaker").update_model_package(ModelPackageArn=arn, ModelApprovalStatus=promotion.REJECTED)
     monkeypatch.setattr(served_model, "REGISTRY_CACHE_SECONDS", 0)
     invoke(lambda_context, upload("incoming/b.jpeg", body))
-    assert read_json("predictions/b.jpeg.json")["endpoint"] != f"lambda:{arn}"
+    assert read_json(prediction_key("incoming/b.jpeg"))["endpoint"] != f"lambda:{arn}"
 
 
 def test_an_artifact_that_is_not_the_registered_one_is_not_served(lambda_mode, lambda_context):

@@ -93,5 +93,5 @@ def test_training_view_keeps_a_compact_item_per_image_not_the_records():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert len(view) == count and view == sorted(view, key=lambda item: item.source_key)
+    assert len(view) == count and view == sorted(view, key=lambda item: (item.content_hash, item.source_name))
     assert peak < count * 700, f"{peak / count:.0f} bytes held per record"

@@ -51,7 +51,7 @@ def test_serverless_endpoint_bills_memory_times_measured_duration_and_bytes():
 
 def test_predict_lambda_is_billed_while_it_normalises_and_waits_for_the_endpoint():
     items = costs.predict_path_per_prediction(PRICES, inputs())
-    assert items["lambda requests"] == pytest.approx(0.2e-6)
+    assert items["lambda requests"] == pytest.approx(2 * 0.2e-6)  # the upload's event and its .names pointer's
     assert items["lambda compute"] == pytest.approx(2 * 0.030 * 0.0000166667)
     assert items["s3 requests"] == pytest.approx(2 * 0.005 / 1000 + 2 * 0.0004 / 1000)
     assert items["dynamodb writes"] == pytest.approx(7 * 0.625e-6)

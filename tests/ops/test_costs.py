@@ -53,7 +53,7 @@ def test_predict_lambda_is_billed_while_it_normalises_and_waits_for_the_endpoint
     items = costs.predict_path_per_prediction(PRICES, inputs())
     assert items["lambda requests"] == pytest.approx(2 * 0.2e-6)  # the upload's event and its .names pointer's
     assert items["lambda compute"] == pytest.approx(2 * 0.030 * 0.0000166667)
-    assert items["s3 requests"] == pytest.approx(2 * 0.005 / 1000 + 2 * 0.0004 / 1000)
+    assert items["s3 requests"] == pytest.approx(3 * 0.005 / 1000 + 2 * 0.0004 / 1000)  # PUTs: upload, pointer, JSON
     assert items["dynamodb writes"] == pytest.approx(7 * 0.625e-6)
     arm = costs.predict_path_per_prediction(PRICES, inputs(lambda_architecture="arm64"))
     assert arm["lambda compute"] == pytest.approx(2 * 0.030 * 0.0000133334)

@@ -51,7 +51,7 @@ def split_items(
     """Assign every item to train, validation or test; deterministic for a given input set and seed."""
     if not (0 < validation_fraction < 1 and 0 <= test_fraction < 1 and validation_fraction + test_fraction < 1):
         raise ValueError("fractions must be in (0, 1) and sum to less than 1")
-    items = sorted(set(items), key=lambda i: i.key)
+    items = sorted(set(items), key=_by_pixels)
     notes: list[str] = []
     user_test = [i for i in items if i.user_split == "test"]
     user_val = [i for i in items if i.user_split == "val"]
@@ -89,13 +89,19 @@ def split_items(
 def carve(pool: Iterable[Item], fraction: float, seed: int) -> list[Item]:
     """A patient-grouped, stratified ``fraction`` of the pool (identical pixels kept together), as the
     splits are dealt: what the fixed benchmark set (``lambdas.domain.benchmark``) is drawn with."""
-    return sorted(_grouped_stratified(sorted(set(pool), key=lambda i: i.key), {"carved": fraction}, seed)["carved"],
+    return sorted(_grouped_stratified(sorted(set(pool), key=_by_pixels), {"carved": fraction}, seed)["carved"],
                   key=lambda i: i.key)
 
 
 def group_of(item: Item) -> str:
     """The unit that must not be divided: the patient, or the image itself when no patient is known."""
     return f"patient:{item.patient_id}" if item.patient_id else f"image:{item.content_hash}"
+
+
+def _by_pixels(item: Item) -> tuple[str, str]:
+    """The order splits are dealt in: by content, not by key, since processed keys derive from the deployment's
+    secret (issue 17's names); the same images split the same way in every deployment."""
+    return item.content_hash, item.key
 
 
 def _grouped_stratified(pool: list[Item], fractions: dict[str, float], seed: int) -> dict[str, list[Item]]:
@@ -106,7 +112,7 @@ def _grouped_stratified(pool: list[Item], fractions: dict[str, float], seed: int
     out: dict[str, list[Item]] = {TRAIN: [], **{name: [] for name in fractions}}
     rng = random.Random(seed)
     for label in sorted(by_class):
-        class_groups = sorted(by_class[label], key=lambda g: g[0].key)
+        class_groups = sorted(by_class[label], key=lambda g: min(map(_by_pixels, g)))
         rng.shuffle(class_groups)
         total = sum(len(g) for g in class_groups)
         targets = {name: fraction * total for name, fraction in fractions.items()}

@@ -74,7 +74,7 @@ def everything_written(cloud) -> str:  # noqa: F811 (the imported fixture)
     for table in ddb.list_tables()["TableNames"]:
         found += [json.dumps(item) for item in ddb.scan(TableName=table)["Items"]]
     found += [p.read_bytes().decode("latin-1") for p in Path(cloud.workdir).rglob("*")
-              if p.is_file() and p.stat().st_size < 50_000_000]
+              if p.is_file() and p.stat().st_size < 50_000_000 and "/code/lib/" not in str(p)]  # as above
     return "\n".join(found)
 
 

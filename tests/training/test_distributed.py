@@ -143,7 +143,8 @@ def test_a_two_rank_job_stopped_mid_epoch_resumes_on_one_process(staged, code, t
     saved = max((base / "checkpoints").glob("ckpt-*.pt"))  # the stop's (an epoch's end may precede it under load)
     state = torch.load(saved, weights_only=False)["state"]
     # inside an epoch: after 1 to 9 of its global batches of 4 (9: before the epoch's validation), by load
-    assert state["world_size"] == 2 and 0 < state["samples_in_epoch"] <= 36 and state["samples_in_epoch"] % 4 == 0
+    # (0: under load the stop can land on an epoch's boundary; the toolkit test above resumes mid-epoch for sure)
+    assert state["world_size"] == 2 and 0 <= state["samples_in_epoch"] <= 36 and state["samples_in_epoch"] % 4 == 0
     assert not (base / "model" / "model.json").exists()
 
     model_dir = training_run.run_training_job(staged.channels, hps, tmp_path / "one",

@@ -174,7 +174,7 @@ def print_audit(trail: dict | None, out: Path) -> None:
     prediction, model = trail["predictions"][-1], trail["models"][0]
     run = model["run"] or {}
     content_hash = prediction["audit"].get("content_hash") or "-"
-    print(f"\naudit of {prediction['key']} (cxr audit, full trail in {out / 'audit.txt'}): content hash "
+    print(f"\naudit of {prediction['name']} (cxr audit, full trail in {out / 'audit.txt'}): content hash "
           f"{content_hash[:16]}..., artifact sha256 {model['artifact_sha256'][:16]}..., "
           f"run {run.get('run_id', '-')} gate {'passed' if run.get('passed') else 'not found/failed'}, digest "
           f"{'matches' if run.get('digest_matches') else 'DOES NOT MATCH'} the prediction's")

@@ -83,14 +83,14 @@ def split_items(
     made = ", ".join(f"{name} {fraction:.0%}" for name, fraction in fractions.items())
     if fractions:
         notes.append(f"{made} of the pool, grouped by patient and stratified by class (seed {seed})")
-    return SplitResult(splits={name: sorted(v, key=lambda i: i.key) for name, v in splits.items()}, notes=notes)
+    return SplitResult(splits={name: sorted(v, key=_by_pixels) for name, v in splits.items()}, notes=notes)
 
 
 def carve(pool: Iterable[Item], fraction: float, seed: int) -> list[Item]:
     """A patient-grouped, stratified ``fraction`` of the pool (identical pixels kept together), as the
     splits are dealt: what the fixed benchmark set (``lambdas.domain.benchmark``) is drawn with."""
     return sorted(_grouped_stratified(sorted(set(pool), key=_by_pixels), {"carved": fraction}, seed)["carved"],
-                  key=lambda i: i.key)
+                  key=_by_pixels)
 
 
 def group_of(item: Item) -> str:

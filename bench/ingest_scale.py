@@ -22,8 +22,9 @@ import resource
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
+
+from aws_requests import count_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -86,20 +87,6 @@ def measure(count: int) -> dict:
             "dead_letters": dead,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "load_average_after": round(os.getloadavg()[0], 1)}
-
-
-def count_requests() -> Counter:
-    """AWS requests the function makes per upload, by operation (the S3 and DynamoDB load of an ingest)."""
-    from botocore.client import BaseClient
-
-    calls, make = Counter(), BaseClient._make_api_call
-
-    def counted(self, operation, params):
-        calls[operation] += 1
-        return make(self, operation, params)
-
-    BaseClient._make_api_call = counted
-    return calls
 
 
 def main() -> None:

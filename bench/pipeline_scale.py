@@ -36,8 +36,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
+
+from aws_requests import count_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -226,21 +227,6 @@ def run_step(step: str, url: str, count: int, code: Path | None) -> None:
 def cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def count_requests() -> Counter:
-    """Requests made from here on, by operation: with a request's latency on AWS they give the step's time there
-    (the wall time here is mostly moto's)."""
-    from botocore.client import BaseClient
-
-    calls, make = Counter(), BaseClient._make_api_call
-
-    def counted(self, operation, params):
-        calls[operation] += 1
-        return make(self, operation, params)
-
-    BaseClient._make_api_call = counted
-    return calls
 
 
 # --- driver --------------------------------------------------------------------------------------

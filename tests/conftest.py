@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -68,3 +69,24 @@ def state_table(aws, monkeypatch):
     monkeypatch.setenv(wiring.ENV_PSEUDONYM_SECRET, secret["ARN"])
     monkeypatch.setenv(wiring.ENV_SOURCE_STATE_TABLE, create_state_table("cxr-source-state"))
     return "cxr-source-state"
+
+
+@pytest.fixture(scope="module")
+def module_dir(request, tmp_path_factory):
+    """``mktemp`` for module fixtures, removed when the module ends unless one of its tests failed.
+
+    Module fixtures hold CDK synths (300 MB each) and offline clouds (up to 2 GB); kept to the end of the run
+    they filled CI's disk. With ``tmp_path_retention_policy = "failed"`` a run's disk now peaks near one
+    module's worth per worker.
+    """
+    made: list[Path] = []
+    failed_before = request.session.testsfailed
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

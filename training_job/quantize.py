@@ -43,12 +43,12 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
-def logits(path: Path, images: np.ndarray) -> np.ndarray:
-    """The model's logits on ``images`` (N x 1 x S x S, float32), in batches, on one thread."""
+def logits(path: Path, images: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The model's logits on ``images`` (N x 1 x S x S, float32), in batches, on ``threads`` threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(["logits"], {"image": np.ascontiguousarray(images[i:i + BATCH])})[0]
                            for i in range(0, len(images), BATCH)])

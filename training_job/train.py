@@ -478,28 +478,12 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     if threshold is not None and not 0 < threshold < 1:  # a saturated score: no log-odds band around it
         threshold, threshold_rule = None, f"{threshold_rule} gave {threshold}, at the edge: none kept"
     rule = decision.Rule.for_classes(classes, threshold, args.referral_margin)
-    validation = m.classification_metrics(val_y, val_probs, classes, rule)
-    evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
-    eval_logits = trainer.logits(splits[evaluated_on], model) if evaluated_on == "test" else val_logits
-    eval_y = splits[evaluated_on].targets.numpy()
-    probs_before = decision.probabilities(eval_logits, classes, 1.0, prior)
-    probs = decision.probabilities(eval_logits, classes, temperature, prior)
-    result = m.classification_metrics(eval_y, probs, classes, rule)
-    reliability_before, reliability_after = m.reliability(probs_before, eval_y), m.reliability(probs, eval_y)
-    result.update(
-        evaluated_on=evaluated_on,
-        calibration={"temperature": temperature, "ece_before": m.expected_calibration_error(probs_before, eval_y),
-                     "ece_after": m.expected_calibration_error(probs, eval_y),
-                     "reliability_before": reliability_before, "reliability_after": reliability_after},
-        validation=validation,
-        training={"best_epoch": trainer.state["best_epoch"], "epochs_run": len(trainer.state["history"]),
-                  "stopped_early": trainer.state["stopped_early"], "history": trainer.state["history"]},
-    )
 
     model_dir = Path(args.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), model_dir / "model.pt")
     artifact.export_onnx(model, args.image_size, model_dir / artifact.ONNX_FILE)
+    evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
     sample = splits[evaluated_on].images[:8].float()
     onnx_diff = artifact.check_onnx(model, model_dir / artifact.ONNX_FILE, sample)
     guard = fit_guard(model, splits, model_dir, trainer.to_device)
@@ -507,6 +491,33 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         model_dir, artifact.ONNX_FILE, calibration_images(splits["train"], args.seed),
         splits["validation"].images.float().numpy(), lambda logits: m.classification_metrics(
             val_y, decision.probabilities(logits, classes, temperature, prior), classes, rule)["accuracy"])
+    served = quantize.INT8_FILE if int8["served"] else artifact.ONNX_FILE
+
+    def served_logits(split: data.Split) -> np.ndarray:
+        """The logits of the file the endpoint serves: every figure below is the served model's own."""
+        if not int8["served"]:
+            return trainer.logits(split, model)
+        return quantize.logits(model_dir / served, split.images.float().numpy(), threads=torch.get_num_threads())
+
+    val_served = served_logits(splits["validation"]) if int8["served"] else val_logits
+    validation = m.classification_metrics(val_y, decision.probabilities(val_served, classes, temperature, prior),
+                                          classes, rule)
+    eval_logits = served_logits(splits[evaluated_on]) if evaluated_on == "test" else val_served
+    eval_y = splits[evaluated_on].targets.numpy()
+    probs_before = decision.probabilities(eval_logits, classes, 1.0, prior)
+    probs = decision.probabilities(eval_logits, classes, temperature, prior)
+    result = m.classification_metrics(eval_y, probs, classes, rule)
+    reliability_before, reliability_after = m.reliability(probs_before, eval_y), m.reliability(probs, eval_y)
+    result.update(
+        evaluated_on=evaluated_on,
+        served_file=served,
+        calibration={"temperature": temperature, "ece_before": m.expected_calibration_error(probs_before, eval_y),
+                     "ece_after": m.expected_calibration_error(probs, eval_y),
+                     "reliability_before": reliability_before, "reliability_after": reliability_after},
+        validation=validation,
+        training={"best_epoch": trainer.state["best_epoch"], "epochs_run": len(trainer.state["history"]),
+                  "stopped_early": trainer.state["stopped_early"], "history": trainer.state["history"]},
+    )
     result["int8"] = int8
     fingerprint = data.fingerprint({k: v for k, v in splits.items() if k != "test"})
     config = {
@@ -530,7 +541,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
                           "(argmax without a normal class)",
         "referral_margin": rule.margin,
         "referral_rule": decision.RULE,
-        "onnx": quantize.INT8_FILE if int8["served"] else artifact.ONNX_FILE,
+        "onnx": served,
         "onnx_fp32": artifact.ONNX_FILE,
         "onnx_outputs": artifact.ONNX_OUTPUTS,
         "out_of_distribution": guard.describe(),
@@ -543,7 +554,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     }
     (model_dir / "model.json").write_text(json.dumps(config, indent=1))
     (model_dir / "metrics.json").write_text(json.dumps(result, indent=1))
-    benchmark.write(model_dir, score_benchmark(args, trainer, model, classes, temperature, prior, rule))
+    benchmark.write(model_dir, score_benchmark(args, served_logits, classes, temperature, prior, rule))
     report_dir = model_dir / "report"
     report_dir.mkdir(exist_ok=True)
     channel = Path(args.test if evaluated_on == "test" else args.validation)
@@ -563,15 +574,16 @@ def calibration_images(train: data.Split, seed: int) -> np.ndarray:
     return train.images[torch.from_numpy(picked)].float().numpy()
 
 
-def score_benchmark(args, trainer: Trainer, model, classes, temperature, prior, rule) -> dict:
-    """The final model's answers on the benchmark channel (empty when the dataset has no set yet)."""
+def score_benchmark(args, served_logits: Callable[[data.Split], np.ndarray], classes, temperature, prior,
+                    rule) -> dict:
+    """The served model's answers on the benchmark channel (empty when the dataset has no set yet)."""
     channel = Path(args.benchmark) if args.benchmark else None
     records = data.read_records(channel) if channel and channel.exists() else []
     if not records:
         return benchmark.answers([], np.zeros((0, len(classes))), classes, rule)
     split = data.load_split(channel, classes, args.image_size, args.resize_policy,
                             max(1, torch.get_num_threads()), intensity=args.intensity)
-    probs = decision.probabilities(trainer.logits(split, model), classes, temperature, prior)
+    probs = decision.probabilities(served_logits(split), classes, temperature, prior)
     return benchmark.answers(split.records, probs, classes, rule)
 
 

@@ -23,11 +23,11 @@ ADOPT = {"stage": "prod", "adopt_buckets": ",".join(wiring.BUCKETS), "adopt_key_
 
 
 @pytest.fixture(scope="module")
-def adopted(tmp_path_factory, synth):
+def adopted(module_dir, synth):
     """The whole app adopting the three buckets and the key (after the session's synthesis, reusing its caches)."""
     from infra.app import build, make_app
 
-    outdir = tmp_path_factory.mktemp("adopt.out")
+    outdir = module_dir("adopt.out")
     context = json.loads((Path(__file__).resolve().parents[2] / "cdk.json").read_text())["context"]
     app = make_app(outdir=str(outdir), context={**context, **ADOPT})
     stacks = build(app)

@@ -16,11 +16,11 @@ LAMBDA_UNZIPPED_LIMIT = 250 * 2**20
 
 
 @pytest.fixture(scope="module")
-def lambda_mode(tmp_path_factory, synth):
+def lambda_mode(module_dir, synth):
     """A synthesis in lambda mode, cdk-nag on (after the session's, reusing its caches)."""
     from infra.app import build, make_app
 
-    outdir = tmp_path_factory.mktemp("lambda-mode.out")
+    outdir = module_dir("lambda-mode.out")
     context = json.loads((Path(__file__).resolve().parents[2] / "cdk.json").read_text())["context"]
     app = make_app(outdir=str(outdir), context={**context, "cxr": {**context["cxr"], "endpoint_mode": "lambda"}})
     stacks = build(app)

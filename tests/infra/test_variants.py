@@ -25,11 +25,11 @@ VARIANT = {
 
 
 @pytest.fixture(scope="module")
-def variant(tmp_path_factory, synth):
+def variant(module_dir, synth):
     """A second synthesis with every non-default option (after the session's, reusing its caches)."""
     from infra.app import build, make_app
 
-    outdir = tmp_path_factory.mktemp("variant.out")
+    outdir = module_dir("variant.out")
     app = make_app(outdir=str(outdir), context={"cxr": VARIANT})
     stacks = build(app)
     assembly = app.synth()  # cdk-nag raises here on any unacknowledged finding

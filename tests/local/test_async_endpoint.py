@@ -27,12 +27,12 @@ XRAY = min(Path("samples/kermany-val16").rglob("*.jpeg"))
 
 
 @pytest.fixture(scope="module")
-def model_archive(tmp_path_factory) -> Path:
+def model_archive(module_dir) -> Path:
     from training import synthetic
 
     from cxr import training_run
 
-    work = tmp_path_factory.mktemp("tiny-model")
+    work = module_dir("tiny-model")
     staged = training_run.stage_dataset(synthetic.write_dataset(work / "xrays", per_class=10), work / "staged",
                                         workers=1)
     model_dir = training_run.run_training_job(staged.channels, TINY, work / "job")
@@ -48,10 +48,10 @@ def invoke(function: wiring.Function, cloud, payload: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory, model_archive):
+def cloud(module_dir, model_archive):
     """The offline cloud in async mode with the tiny model deployed, as the pipeline's last steps deploy it."""
     config = Config.demo(stage=STAGE, endpoint_mode="async")
-    with local_cloud.start(config, tmp_path_factory.mktemp("local")) as running:
+    with local_cloud.start(config, module_dir("local")) as running:
         deploy(running, model_archive, STAGE)
         yield running
 

@@ -29,9 +29,9 @@ XRAY = min(Path("samples/kermany-val16").rglob("*.jpeg"))
 
 
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory, model_archive):  # noqa: F811
+def traced(module_dir, model_archive):  # noqa: F811
     config = Config.demo(stage=STAGE, prediction_retention_days=30)
-    with local_cloud.start(config, tmp_path_factory.mktemp("local")) as running:
+    with local_cloud.start(config, module_dir("local")) as running:
         evaluation = deploy(running, model_archive, STAGE)
         s3 = boto3.client("s3")
         inference = running.names.bucket(wiring.INFERENCE)

@@ -16,8 +16,8 @@ QUICK = ["--hp", "architecture=compact", "--hp", "image-size=64", "--hp", "epoch
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = {**os.environ, "CXR_LOCAL_DIR": str(tmp_path_factory.mktemp("cxr-local")),
+def env(module_dir):
+    env = {**os.environ, "CXR_LOCAL_DIR": str(module_dir("cxr-local")),
            "AWS_EC2_METADATA_DISABLED": "true"}
     up = cxr(env, "local", "up", "--quality-gate", '{"accuracy": 0.0}')
     assert up.returncode == 0, up.stdout + up.stderr
@@ -28,10 +28,10 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(module_dir):
     from training import synthetic
 
-    root = synthetic.write_dataset(tmp_path_factory.mktemp("data") / "wards", per_class=14)
+    root = synthetic.write_dataset(module_dir("data") / "wards", per_class=14)
     (root / "NORMAL" / "IM-9998-0001.jpeg").write_bytes(corpus.minimal_pdf())
     return root
 

@@ -32,12 +32,12 @@ ALLOWED = (layout.RAW, layout.INCOMING, layout.RESULTS_DICOM)
 
 
 @pytest.fixture(scope="module")
-def dicom_folder(tmp_path_factory) -> Path:
+def dicom_folder(module_dir) -> Path:
     """The synthetic three-class dataset as DICOM: one fake PatientID per synthetic patient, named in the files."""
     from training import synthetic
 
-    source = synthetic.write_dataset(tmp_path_factory.mktemp("jpeg") / "synth", per_class=14)
-    root = tmp_path_factory.mktemp("dicom") / "synth"
+    source = synthetic.write_dataset(module_dir("jpeg") / "synth", per_class=14)
+    root = module_dir("dicom") / "synth"
     folders = {"NORMAL": "NORMAL", "PNEUMONIA": None}
     for number, path in enumerate(sorted(source.rglob("*.jpeg")), 1):
         label = path.parent.name if folders.get(path.parent.name) else (

@@ -26,10 +26,10 @@ ANY_MODEL = {"accuracy": 0.0}
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(module_dir):
     from training import synthetic
 
-    root = synthetic.write_dataset(tmp_path_factory.mktemp("data") / "synth", per_class=14)
+    root = synthetic.write_dataset(module_dir("data") / "synth", per_class=14)
     (root / "NORMAL" / "IM-9999-0001-broken.jpeg").write_bytes(corpus.truncated(corpus.jpeg(), 0.5))
     return root
 
@@ -264,12 +264,12 @@ def check_a_better_model_replaces_the_endpoint_one_below_the_gate_does_not(cloud
 
 
 @pytest.fixture(scope="module")
-def two_instances(tmp_path_factory, synthesized) -> tuple[Config, object]:
+def two_instances(module_dir, synthesized) -> tuple[Config, object]:
     """The app with ``training_instance_count=2`` (after the session's synthesis, reusing its caches)."""
     from cxr.local import pipeline
 
     config = Config.demo(stage="e2e", quality_gate=ANY_MODEL, prediction_retention_days=7, training_instance_count=2)
-    return config, pipeline.synthesize(config, tmp_path_factory.mktemp("cdk-2") / "cdk.out")
+    return config, pipeline.synthesize(config, module_dir("cdk-2") / "cdk.out")
 
 
 def test_two_training_instances_train_through_the_toolkit_launch_and_deploy(two_instances, dataset, tmp_path):

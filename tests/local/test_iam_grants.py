@@ -30,8 +30,8 @@ JOB = f"{wiring.resource_prefix(CONFIG.stage)}0-3f1c2b61-0000-4000-8000-00000000
 
 
 @pytest.fixture(scope="module")
-def synthesized(tmp_path_factory):
-    return pipeline.synthesize(CONFIG, tmp_path_factory.mktemp("cdk") / "cdk.out")
+def synthesized(module_dir):
+    return pipeline.synthesize(CONFIG, module_dir("cdk") / "cdk.out")
 
 
 @pytest.fixture(scope="module")

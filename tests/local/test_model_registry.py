@@ -30,12 +30,12 @@ DEGRADED = {**GOOD, "epochs": "1", "lr": "0.0000001"}
 
 
 @pytest.fixture(scope="module")
-def cloud(synthesized, tmp_path_factory):
+def cloud(synthesized, module_dir):
     """The offline cloud with the demo dataset ingested; every call of the deployment's principals (functions,
     state machine, training job, model: the transform jobs too) checked against the synthesized policies."""
     config = Config.demo(stage="e2e", quality_gate={"accuracy": 0.0}, prediction_retention_days=7)
     checked = []
-    with recorded_cloud(synthesized, config, tmp_path_factory.mktemp("local"), checked) as running:
+    with recorded_cloud(synthesized, config, module_dir("local"), checked) as running:
         s3 = boto3.client("s3")
         keys = operations.upload_dataset(s3, running.names.bucket(wiring.DATA), DEMO / "train", "demo")
         assert operations.ingest_summary(s3, running.names.bucket(wiring.DATA), "demo", keys,

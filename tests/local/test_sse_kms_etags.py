@@ -19,8 +19,8 @@ PSEUDO = {"AWS::AccountId": local_cloud.ACCOUNT, "AWS::Region": local_cloud.REGI
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    with local_cloud.start(Config.demo(stage="e2e"), tmp_path_factory.mktemp("local")) as running:
+def cloud(module_dir):
+    with local_cloud.start(Config.demo(stage="e2e"), module_dir("local")) as running:
         yield running
 
 

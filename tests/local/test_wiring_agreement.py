@@ -14,9 +14,9 @@ PSEUDO = {"AWS::AccountId": local_cloud.ACCOUNT, "AWS::Region": local_cloud.REGI
 
 
 @pytest.fixture(scope="module")
-def cloud(synthesized, tmp_path_factory):
+def cloud(synthesized, module_dir):
     config = Config.demo(stage="e2e", prediction_retention_days=7)  # as conftest's synthesis
-    with local_cloud.start(config, tmp_path_factory.mktemp("local")) as running:
+    with local_cloud.start(config, module_dir("local")) as running:
         running.install_pipeline(synthesized)
         yield running
 

@@ -31,12 +31,12 @@ ALL_ROLES = ",".join(sorted(wiring.BUCKETS))
 
 
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory):
+def templates(module_dir):
     """The storage stack as `cxr deploy` synthesizes it: (normal, adopting every bucket and ``PLACEHOLDER_KEY``)."""
     from infra.app import make_app
     from infra.stacks.storage import StorageStack
 
-    app = make_app(outdir=str(tmp_path_factory.mktemp("cdk.out")))
+    app = make_app(outdir=str(module_dir("cdk.out")))
     adopting = Config.from_values({"stage": STAGE, "adopt_buckets": ALL_ROLES, "adopt_key_arn": PLACEHOLDER_KEY,
                                    "adopt_pseudonym_secret": "true"})
     stacks = [StorageStack(app, id_, stack_name=STORAGE, config=config)

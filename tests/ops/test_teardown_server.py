@@ -21,8 +21,8 @@ def cxr(env, *args):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("cxr-local")
+def server(module_dir):
+    directory = module_dir("cxr-local")
     env = {**os.environ, "CXR_LOCAL_DIR": str(directory), "AWS_EC2_METADATA_DISABLED": "true"}
     up = cxr(env, "local", "up")
     assert up.returncode == 0, up.stdout + up.stderr

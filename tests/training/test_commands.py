@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def medmnist_npz(tmp_path_factory):
+def medmnist_npz(module_dir):
     """A PneumoniaMNIST-shaped file: 28 px uint8, labels (N, 1), 0 normal / 1 pneumonia."""
     rng = np.random.default_rng(0)
 
@@ -24,7 +24,7 @@ def medmnist_npz(tmp_path_factory):
         images = np.stack([np.asarray(xray("bacterial" if y else "normal", rng, size=(28, 28))) for y in labels])
         return images, labels[:, None]
 
-    path = tmp_path_factory.mktemp("npz") / "pneumoniamnist_trainval.npz"
+    path = module_dir("npz") / "pneumoniamnist_trainval.npz"
     (tr_x, tr_y), (va_x, va_y) = split(60), split(20)
     np.savez(path, train_images=tr_x, train_labels=tr_y, val_images=va_x, val_labels=va_y)
     return path

@@ -64,9 +64,9 @@ def opt_ml(base: Path, host: str, host_list: list[str], channels: dict[str, Path
 
 
 @pytest.fixture(scope="module")
-def code(tmp_path_factory) -> Path:
+def code(module_dir) -> Path:
     """train.py and its modules as a directory ``sagemaker_submit_directory`` (the toolkit copies it to code/)."""
-    folder = tmp_path_factory.mktemp("code")
+    folder = module_dir("code")
     packaging.stage_sources(folder)
     return folder
 
@@ -132,14 +132,19 @@ def test_a_two_rank_job_stopped_mid_epoch_resumes_on_one_process(staged, code, t
     base = opt_ml(tmp_path / "algo-1", "algo-1", ["algo-1"], staged.channels, code,
                   {**hps, "sagemaker_mpi_num_of_processes_per_host": 2})
     hosts.ensure_resolvable(["algo-1"])
-    cluster = hosts.Cluster({"algo-1": hosts.launch(base, {"PET_MASTER_PORT": str(free_port())})})
     log = base / "train.log"
-    deadline = time.monotonic() + 300
-    while '"epoch": 0, "step": 1,' not in log.read_text() and cluster.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    cluster.send_signal(signal.SIGTERM)
-    cluster.processes["algo-1"].wait(timeout=120)
-    hosts.wait_for_group(cluster.processes["algo-1"].pid)  # the ranks outlive the toolkit's entry
+    # The toolkit's rendezvous is algo-1:7777 whatever PET_MASTER_PORT says: another file's cluster must not run
+    # beside this one (without the lock both failed in CI, this one with no checkpoint).
+    with hosts.exclusive():
+        cluster = hosts.Cluster({"algo-1": hosts.launch(base, {"PET_MASTER_PORT": str(free_port())})})
+        deadline = time.monotonic() + 300
+        while ('"epoch": 0, "step": 1,' not in log.read_text() and cluster.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        assert cluster.poll() is None, f"the job ended before the stop:\n{log.read_text()[-3000:]}"
+        cluster.send_signal(signal.SIGTERM)
+        cluster.processes["algo-1"].wait(timeout=120)
+        hosts.wait_for_group(cluster.processes["algo-1"].pid)  # the ranks outlive the toolkit's entry
     saved = max((base / "checkpoints").glob("ckpt-*.pt"))  # the stop's (an epoch's end may precede it under load)
     state = torch.load(saved, weights_only=False)["state"]
     # inside an epoch: after 1 to 9 of its global batches of 4 (9: before the epoch's validation), by load

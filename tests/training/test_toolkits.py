@@ -27,10 +27,10 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def sourcedir(tmp_path_factory) -> Path:
+def sourcedir(module_dir) -> Path:
     """The real archive, with wheels for this interpreter so the toolkit can install them here, offline."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return packaging.build_sourcedir(tmp_path_factory.mktemp("sourcedir"), python_version=version)
+    return packaging.build_sourcedir(module_dir("sourcedir"), python_version=version)
 
 
 def test_sourcedir_holds_the_code_the_wheels_and_an_offline_requirements_file(sourcedir):
@@ -50,11 +50,11 @@ def test_sourcedir_holds_the_code_the_wheels_and_an_offline_requirements_file(so
 
 
 @pytest.fixture(scope="module")
-def toolkit_job(sourcedir, staged, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def toolkit_job(sourcedir, staged, module_dir) -> tuple[Path, subprocess.CompletedProcess]:
     """The training toolkit's ``train`` entry point run on the sourcedir: its ``/opt/ml`` tree and the run."""
     from synthetic import TINY_HPS
 
-    tmp_path = tmp_path_factory.mktemp("toolkit")
+    tmp_path = module_dir("toolkit")
     base = tmp_path / "opt_ml"
     config = base / "input" / "config"
     config.mkdir(parents=True)

@@ -3,8 +3,11 @@
 The job runs the serving model (the same ``model.tar.gz`` and ``inference.py`` as the endpoint) over every
 object under the input prefix, one object a request, with ``CXR_PER_RECORD_ERRORS=1`` so that an X-ray the
 model cannot take is answered with its error rather than failing the job (``inference.py``). A local
-folder is first uploaded to ``batch-input/<job>/`` in the inference bucket; answers land in
-``batch-output/<job>/`` and are written to ``--out`` as one JSON per image and ``predictions.csv``.
+folder's files are first uploaded to ``batch-input/<job>/``, an S3 prefix's objects copied there (server-side),
+each under its position (``000000``, ``000001``...): Batch Transform names every answer after its input, and
+file names in hospital exports carry patient names and MRNs, so none goes into the inference bucket's keys; the
+position-to-file map stays on this machine. Answers land in ``batch-output/<job>/`` and are written to ``--out``
+as one JSON per image and ``predictions.csv``, each under its own file name.
 """
 
 from __future__ import annotations
@@ -48,18 +51,27 @@ class BatchScoring:
         config = self.sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
         return config["ProductionVariants"][0]["ModelName"]
 
-    def upload(self, folder: Path, job: str) -> tuple[str, list[str]]:
-        """A folder's images under ``batch-input/<job>/``: the input prefix and the relative names."""
+    def upload(self, folder: Path, job: str) -> tuple[str, dict[str, str]]:
+        """A folder's files under ``batch-input/<job>/<position>``: the input prefix and position -> file name."""
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
             raise UserError(f"no files under {folder}")
-        prefix = f"{layout.BATCH_INPUT}{job}/"
-        names = []
-        for path in files:
-            name = path.relative_to(folder).as_posix()
-            self.s3.put_object(Bucket=self.inference_bucket, Key=prefix + name, Body=path.read_bytes())
-            names.append(name)
-        return f"s3://{self.inference_bucket}/{prefix}", names
+        prefix, staged = f"{layout.BATCH_INPUT}{job}/", {}
+        for position, path in enumerate(files):
+            staged[f"{position:06d}"] = path.relative_to(folder).as_posix()
+            self.s3.put_object(Bucket=self.inference_bucket, Key=f"{prefix}{position:06d}", Body=path.read_bytes())
+        return f"s3://{self.inference_bucket}/{prefix}", staged
+
+    def copy(self, uri: str, job: str) -> tuple[str, dict[str, str]]:
+        """An S3 prefix's objects copied to ``batch-input/<job>/<position>``: the prefix and position -> name."""
+        bucket, prefix = layout.split_s3_uri(uri)
+        target, staged = f"{layout.BATCH_INPUT}{job}/", {}
+        for position, name in enumerate(self.listed(uri)):
+            staged[f"{position:06d}"] = name
+            self.s3.copy_object(Bucket=self.inference_bucket, Key=f"{target}{position:06d}",
+                                CopySource={"Bucket": bucket, "Key": prefix[: prefix.rfind("/") + 1] + name},
+                                MetadataDirective="REPLACE", ContentType="application/x-image")
+        return f"s3://{self.inference_bucket}/{target}", staged
 
     def listed(self, uri: str, suffix: str = "") -> list[str]:
         bucket, prefix = layout.split_s3_uri(uri)
@@ -72,15 +84,14 @@ class BatchScoring:
             log: Callable[[str], None] = print) -> dict:
         job = f"{wiring.resource_prefix(self.stage)}batch-{uuid.uuid4().hex[:12]}"
         if source.startswith("s3://"):
-            input_uri = source if source.endswith("/") else source + "/"
-            names = self.listed(input_uri)
+            input_uri, names = self.copy(source if source.endswith("/") else source + "/", job)
+            if not names:
+                raise UserError(f"nothing to score under {source}")
         else:
             folder = Path(source)
             if not folder.is_dir():
                 raise UserError(f"{source} is neither an s3:// prefix nor a folder")
             input_uri, names = self.upload(folder, job)
-        if not names:
-            raise UserError(f"nothing to score under {input_uri}")
         output_uri = f"s3://{self.inference_bucket}/{layout.BATCH_OUTPUT}{job}/"
         model_name = model or self.serving_model()
         self.sagemaker.create_transform_job(
@@ -90,7 +101,7 @@ class BatchScoring:
                             "ContentType": "application/x-image", "SplitType": "None"},
             TransformOutput={"S3OutputPath": output_uri, "Accept": "application/json", "AssembleWith": "None"},
             TransformResources={"InstanceType": self.instance_type, "InstanceCount": 1})
-        log(f"transform job {job}: {len(names)} file(s) from {input_uri} with model {model_name}")
+        log(f"transform job {job}: {len(names)} file(s) from {source} with model {model_name}")
         status = self.wait(job, output_uri, len(names), log)
         if status["TransformJobStatus"] != "Completed":
             raise UserError(f"transform job {job} {status['TransformJobStatus'].lower()}: "
@@ -109,14 +120,14 @@ class BatchScoring:
                 return described
             time.sleep(self.poll_seconds)
 
-    def collect(self, job: str, output_uri: str, names: list[str], out: Path) -> dict:
+    def collect(self, job: str, output_uri: str, names: dict[str, str], out: Path) -> dict:
         """One JSON per input and ``predictions.csv`` in ``out``; an input with no answer is listed as missing."""
         bucket, prefix = layout.split_s3_uri(output_uri)
         out.mkdir(parents=True, exist_ok=True)
         rows = []
-        for name in names:
+        for staged, name in names.items():
             try:
-                body = self.s3.get_object(Bucket=bucket, Key=f"{prefix}{name}{OUTPUT_SUFFIX}")["Body"].read()
+                body = self.s3.get_object(Bucket=bucket, Key=f"{prefix}{staged}{OUTPUT_SUFFIX}")["Body"].read()
                 answer = json.loads(body)
             except self.s3.exceptions.NoSuchKey:
                 answer = {"status": "missing", "error": "the job wrote no answer for this input"}

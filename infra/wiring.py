@@ -253,8 +253,8 @@ START_RESCORE = Function(
     id="StartRescore",
     handler="lambdas.rescore.start_handler",
     memory_mb=512,
-    timeout_s=120,  # lists incoming/ for the manifest
-    environment=(ENV_INFERENCE_BUCKET, ENV_RESCORE_DAYS, ENV_RESOURCE_PREFIX),
+    timeout_s=300,  # lists incoming/ and copies each recent upload under its name (16 copies in flight)
+    environment=(ENV_INFERENCE_BUCKET, ENV_RESCORE_DAYS, ENV_RESOURCE_PREFIX, ENV_PSEUDONYM_SECRET),
     service="cxr-rescore",
 )
 RESCORE_STATUS = Function(
@@ -262,7 +262,7 @@ RESCORE_STATUS = Function(
     handler="lambdas.rescore.status_handler",
     memory_mb=512,
     timeout_s=300,  # reads one answer and one prediction per re-scored X-ray
-    environment=(ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET, ENV_PSEUDONYM_SECRET),
+    environment=(ENV_INFERENCE_BUCKET, ENV_DATA_BUCKET),
     service="cxr-rescore",
 )
 ENDPOINT_STATUS = Function(

@@ -91,14 +91,16 @@ def handler(event: S3Event, context) -> dict:
                 layout.INCOMING) or source.key.endswith("/") or source_names.is_pointer(source.key):
             outcomes["skipped"] += 1
             continue
+        name = None  # until the secret is read: a transient error may come before it
         try:
-            ref = SourceRef(source.bucket, source.key, pseudonyms.source_name(settings, source.bucket, source.key))
-            outcome = handle(predictions.store, ref, source.sequencer, predictions.derive, context)
+            name = pseudonyms.source_name(settings, source.bucket, source.key)
+            outcome = handle(predictions.store, SourceRef(source.bucket, source.key, name), source.sequencer,
+                             predictions.derive, context)
         except Exception as exc:
             if not _retriable(exc):
                 raise
             outcomes["transient"] += 1
-            logger.warning("prediction will be retried", key_ref=source.ref, error=type(exc).__name__)
+            logger.warning("prediction will be retried", source=name, error=type(exc).__name__)
             continue
         outcomes[COUNTED.get(outcome, outcome)] += 1
     publish(outcomes, predictions.latencies, predictions.out_of_distribution)
@@ -159,7 +161,7 @@ class Predictions:
                 s3io.tombstone(ref.bucket, name)
         if self.settings.review_tasks_table:  # referred (or sampled) versions queue for a radiologist
             review_queue.follow(self.settings.review_tasks_table, self.settings.review_sample_rate, previous, record)
-        logger.info(record["outcome"], key_ref=layout.key_ref(ref.bucket, ref.key), outcome=record["outcome"],
+        logger.info(record["outcome"], source=ref.name, outcome=record["outcome"],
                     reason=record.get("reason"))
         return record
 
@@ -338,7 +340,7 @@ def record_prediction(obj: SourceObject, answer: dict, endpoint: str, settings: 
         overlay = base64.b64decode(explanation["overlay_png"])
         prediction["explanation"] = {"overlay_key": layout.overlay_key(obj.name), "method": explanation["method"]}
     aws.client("dynamodb").put_item(TableName=settings.predictions_table, Item=_dynamodb_item(prediction))
-    logger.info("predicted", key_ref=obj.ref, label=prediction["label"], refer=prediction["refer_to_radiologist"],
+    logger.info("predicted", source=obj.name, label=prediction["label"], refer=prediction["refer_to_radiologist"],
                 referral_reasons=prediction["referral_reasons"], explained=overlay is not None, latency_ms=latency,
                 content_hash=prediction["audit"]["content_hash"],
                 artifact_sha256=prediction["audit"]["artifact_sha256"])

@@ -48,13 +48,15 @@ def handler(event: S3Event, context) -> dict:
                 layout.RAW) or source.key.endswith("/") or source_names.is_pointer(source.key):
             outcomes["skipped"] += 1
             continue
+        name = None  # until the secret is read: a transient error may come before it
         try:
-            outcomes[ingest.handle(source)] += 1
+            name = pseudonyms.source_name(settings, source.bucket, source.key)
+            outcomes[ingest.handle(SourceRef(source.bucket, source.key, name), source.sequencer)] += 1
         except Exception as exc:
             if not aws.is_transient(exc):
                 raise
             outcomes["transient"] += 1
-            logger.warning("transient AWS error, the event will be retried", key_ref=source.ref, error=str(exc))
+            logger.warning("transient AWS error, the event will be retried", source=name, error=str(exc))
     _publish(outcomes)
     if outcomes["transient"]:
         # Whole-event retry is safe: finished records count as duplicates and do no work.
@@ -76,12 +78,11 @@ class Ingest:
     def __init__(self, store: StateStore, settings: Settings, context):
         self.store, self.settings, self.context = store, settings, context
 
-    def handle(self, source: SourceObject) -> str:
+    def handle(self, ref: SourceRef, sequencer: str) -> str:
         """One event: its count (``accepted``, ``rejected``, ``removed``, duplicate, superseded or deferred)."""
-        ref = SourceRef(source.bucket, source.key, pseudonyms.source_name(self.settings, source.bucket, source.key))
-        outcome = handle(self.store, ref, source.sequencer, self.derive, self.context)
+        outcome = handle(self.store, ref, sequencer, self.derive, self.context)
         if outcome not in COUNTED:
-            logger.info("no new work", key_ref=source.ref, outcome=outcome)
+            logger.info("no new work", source=ref.name, outcome=outcome)
         return COUNTED.get(outcome, outcome)
 
     def derive(self, ref: SourceRef, previous: dict | None) -> dict:
@@ -111,7 +112,7 @@ class Ingest:
             peer_ref = SourceRef(ref.bucket, peer_key, peer)
             self.store.nudge(peer_ref)
             reconcile(self.store, peer_ref, self.derive, self.context)
-        logger.info(record["outcome"], key_ref=layout.key_ref(ref.bucket, ref.key), outcome=record["outcome"],
+        logger.info(record["outcome"], source=ref.name, outcome=record["outcome"],
                     reason=record.get("reason"))
         return record
 

@@ -1,13 +1,17 @@
 """Rescore Lambdas (training pipeline): after a promotion, the new model scores the last days' X-rays again.
 
 ``start_handler`` lists the current ``incoming/`` objects written in the last ``RESCORE_DAYS`` days (0: off),
-writes them as a SageMaker manifest (``batch-input/rescore-<run>.manifest``) and starts a Batch Transform job
-of the newly deployed model over it, with per-record errors (``inference.py``); ``status_handler`` is polled
-by the state machine's wait loop and, once the job has completed, compares each answer with the
-prediction on record (``predictions/<name>.json``) and writes ``reports/<run>/rescore.csv``: the upload's
-opaque name (never its key: :mod:`lambdas.domain.source_names`), the label and model on record, the new label
-and confidence, and whether the label changed. The manifest and the job's answers (``batch-input/``,
-``batch-output/``) are named by keys, as Batch Transform reads objects by key.
+copies each (server-side) to ``batch-input/<job>/<name>``, named by the upload's opaque name
+(:mod:`lambdas.domain.source_names`), and starts a Batch Transform job of the newly deployed model over that
+prefix, with per-record errors (``inference.py``); ``status_handler`` is polled by the state machine's wait loop
+and, once the job has completed, compares each answer (``batch-output/<job>/<name>.out``) with the prediction
+on record (``predictions/<name>.json``) and writes ``reports/<run>/rescore.csv``: the name, the label and model
+on record, the new label and confidence, and whether the label changed.
+
+Why copies. Batch Transform names each answer after its input object, so a manifest of ``incoming/`` keys
+would carry the uploads' file names (patient names and MRNs, in hospital exports) into ``batch-input/`` and
+``batch-output/``; copies under names keep every key inside ``incoming/``, and the model role reads
+``batch-input/`` only. A copy is one request per X-ray, billed as a PUT; the prefix expires with ``batch-input/``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import csv
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from aws_lambda_powertools import Logger
@@ -44,6 +49,25 @@ def recent_keys(bucket: str, days: int, now: datetime) -> list[str]:
         if obj["LastModified"] >= since and not obj["Key"].endswith("/") and not source_names.is_pointer(obj["Key"]))
 
 
+COPY_THREADS = 16
+"""Copies in flight: a week of uploads (thousands) fits the function's timeout."""
+
+
+def stage_copies(bucket: str, keys: list[str], prefix: str) -> list[str]:
+    """Copy each key to ``prefix<name>`` in the same bucket; the names, in the keys' order."""
+    settings, s3 = Settings.from_env(), aws.client("s3")
+    names = [pseudonyms.source_name(settings, bucket, key) for key in keys]
+
+    def copy(pair: tuple[str, str]) -> None:
+        key, name = pair
+        s3.copy_object(Bucket=bucket, Key=prefix + name, CopySource={"Bucket": bucket, "Key": key},
+                       MetadataDirective="REPLACE", ContentType="application/x-image")  # no user metadata copied
+
+    with ThreadPoolExecutor(COPY_THREADS) as pool:
+        list(pool.map(copy, zip(keys, names, strict=True)))
+    return names
+
+
 def job_name(prefix: str, run_id: str) -> str:
     """``<stage prefix>rescore-<run>``, cut to SageMaker's 63 characters (letters, digits and '-' only)."""
     clean = "".join(c if c.isalnum() else "-" for c in run_id).strip("-") or "run"
@@ -61,16 +85,15 @@ def start_handler(event: dict, context) -> dict:
         return {"started": False, "reason": f"no X-rays under {layout.INCOMING} in the last {days} days"}
     run_id = str(event["run_id"])
     job = job_name(os.environ["RESOURCE_PREFIX"], run_id)
-    manifest_key = f"{layout.BATCH_INPUT}{job}.manifest"
-    aws.client("s3").put_object(Bucket=bucket, Key=manifest_key, ContentType="application/json",
-                                Body=json.dumps([{"prefix": f"s3://{bucket}/"}, *keys]).encode())
+    staged = f"{layout.BATCH_INPUT}{job}/"
+    stage_copies(bucket, keys, staged)
     output = f"s3://{bucket}/{layout.BATCH_OUTPUT}{job}/"
     try:
         aws.client("sagemaker").create_transform_job(
             TransformJobName=job, ModelName=str(event["model_name"]), BatchStrategy="SingleRecord",
             MaxPayloadInMB=32, Environment=PER_RECORD_ERRORS,
-            TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "ManifestFile",
-                                                            "S3Uri": f"s3://{bucket}/{manifest_key}"}},
+            TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                            "S3Uri": f"s3://{bucket}/{staged}"}},
                             "ContentType": "application/x-image", "SplitType": "None"},
             TransformOutput={"S3OutputPath": output, "Accept": "application/json", "AssembleWith": "None"},
             TransformResources={"InstanceType": os.environ.get("RESCORE_INSTANCE_TYPE", "ml.c6i.large"),
@@ -79,7 +102,7 @@ def start_handler(event: dict, context) -> dict:
         if "already exists" not in str(exc) and "must be unique" not in str(exc):
             raise
     logger.info("re-score started", extra={"run_id": run_id, "job": job, "images": len(keys), "days": days})
-    return {"started": True, "job": job, "output": output, "manifest": f"s3://{bucket}/{manifest_key}",
+    return {"started": True, "job": job, "output": output, "input": f"s3://{bucket}/{staged}",
             "images": len(keys), "done": False}
 
 
@@ -106,15 +129,14 @@ def status_handler(event: dict, context) -> dict:
 
 
 def compare(event: dict) -> list[dict]:
-    """One row per manifest entry: the prediction on record against the new answer."""
-    s3 = aws.client("s3")
-    bucket, manifest_key = layout.split_s3_uri(event["manifest"])
-    entries = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())[1:]
+    """One row per staged copy: the prediction on record against the new answer."""
+    bucket, staged = layout.split_s3_uri(event["input"])
+    names = sorted(obj["Key"][len(staged):] for page in aws.client("s3").get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=staged) for obj in page.get("Contents", []))
     out_bucket, out_prefix = layout.split_s3_uri(event["output"])
-    rows, settings = [], Settings.from_env()
-    for key in entries:
-        name = pseudonyms.source_name(settings, bucket, key)
-        new = _json(out_bucket, f"{out_prefix}{key}.out") or {"error": "the job wrote no answer"}
+    rows = []
+    for name in names:
+        new = _json(out_bucket, f"{out_prefix}{name}.out") or {"error": "the job wrote no answer"}
         old = _json(bucket, layout.prediction_key(name)) or {}
         new_label = new.get("label")
         rows.append({"name": name, "previous_label": old.get("label", ""), "previous_model": old.get("model_id", ""),

@@ -163,7 +163,7 @@ def view_task(task_id: str | None, reviewer: str) -> dict:
     at = review_queue.now()
     aws.client("dynamodb").put_item(TableName=_table(), Item=review_queue.encode(
         {"pk": task["pk"], "sk": f"{review.VIEW_PREFIX}{at}#{reviewer}", "reviewer": reviewer, "at": at}))
-    logger.info("task viewed", task=task["pk"], reviewer=reviewer, key_ref=review_queue.task_ref(task))
+    logger.info("task viewed", task=task["pk"], reviewer=reviewer, source=review_queue.task_ref(task))
     mine = _verdict(task["pk"], reviewer)
     return {**summary(task), **urls, "expires_in": PRESIGN_SECONDS, "verdict": mine and mine["verdict"]}
 

@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import audit, imaging, layout, source_names
+from lambdas.domain import audit, imaging, source_names
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,6 @@ class SourceObject:
             version_id=obj.version_id,
             sequencer=obj.get("sequencer", ""),
         )
-
-    @property
-    def ref(self) -> str:
-        """What logs carry instead of the key."""
-        return layout.key_ref(self.bucket, self.key)
 
     def describe(self) -> dict:
         """The object as records and outputs name it: never its key."""

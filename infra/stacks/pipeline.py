@@ -159,20 +159,20 @@ class TrainingPipelineStack(Stack):
             actions=["ssm:PutParameter"],
             resources=[self.format_arn(service="ssm", resource="parameter", resource_name=parameter_name.lstrip("/"))]))
 
+        secret_name = wiring.PSEUDONYM_SECRET_NAME.format(stage=stage)  # the uploads' names (source_names.py)
         self.start_rescore = function(wiring.START_RESCORE, {
             wiring.ENV_INFERENCE_BUCKET: inference_bucket, wiring.ENV_RESCORE_DAYS: str(config.rescore_days),
-            wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(stage)})
+            wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(stage), wiring.ENV_PSEUDONYM_SECRET: secret_name})
+        allow_secret(self.start_rescore.function, self, secret_name)
+        # CopyObject: read the upload, write its copy under its name (lambdas/rescore.py says why)
         allow_objects(self.start_rescore.function, wiring.INFERENCE, stage, key, list_=[layout.INCOMING],
-                      write=[layout.BATCH_INPUT])
+                      read=[layout.INCOMING], write=[layout.BATCH_INPUT])
         self.start_rescore.function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:CreateTransformJob"], resources=self._stage_resources("transform-job")))
-        secret_name = wiring.PSEUDONYM_SECRET_NAME.format(stage=stage)  # the predictions' names (source_names.py)
         self.rescore_status = function(wiring.RESCORE_STATUS, {wiring.ENV_INFERENCE_BUCKET: inference_bucket,
-                                                               wiring.ENV_DATA_BUCKET: data_bucket,
-                                                               wiring.ENV_PSEUDONYM_SECRET: secret_name})
-        allow_secret(self.rescore_status.function, self, secret_name)
-        allow_objects(self.rescore_status.function, wiring.INFERENCE, stage, key,
-                      read=[layout.BATCH_INPUT, layout.BATCH_OUTPUT, layout.PREDICTIONS])
+                                                               wiring.ENV_DATA_BUCKET: data_bucket})
+        allow_objects(self.rescore_status.function, wiring.INFERENCE, stage, key, list_=[layout.BATCH_INPUT],
+                      read=[layout.BATCH_OUTPUT, layout.PREDICTIONS])
         allow_objects(self.rescore_status.function, wiring.DATA, stage, key, write=[layout.REPORTS])
         self.rescore_status.function.add_to_role_policy(iam.PolicyStatement(
             actions=["sagemaker:DescribeTransformJob"], resources=self._stage_resources("transform-job")))
@@ -375,9 +375,9 @@ class TrainingPipelineStack(Stack):
         role = iam.Role(self, wiring.MODEL_ROLE_ID, assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                         description="cxr SageMaker models and endpoints")
         allow_objects(role, wiring.DATA, self.config.stage, self.key, read=[layout.MODELS])
-        # Batch Transform (`cxr batch-predict`): a folder's upload in, one answer per X-ray out
-        # and the post-deployment re-score's manifest of incoming/ X-rays (lambdas/rescore.py)
-        allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.BATCH_INPUT, layout.INCOMING],
+        # Batch Transform (`cxr batch-predict`, the post-deployment re-score): X-rays copied under opaque names into
+        # batch-input/ (never incoming/'s keys: lambdas/rescore.py), one answer per X-ray out
+        allow_objects(role, wiring.INFERENCE, self.config.stage, self.key, read=[layout.BATCH_INPUT],
                       write=[layout.BATCH_OUTPUT], list_=[layout.BATCH_INPUT])
         self._allow_container(role, images.INFERENCE_CPU,
                               wiring.endpoint_log_group(wiring.endpoint_name(self.config.stage)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import PurePosixPath
 
 from .labels import LabelInfo, describe
@@ -117,11 +116,6 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     if scheme != "s3" or not bucket:
         raise ValueError(f"not an S3 URI: {uri!r}")
     return bucket, key
-
-
-def key_ref(bucket: str, key: str) -> str:
-    """What logs carry instead of a key: keys hold patient identifiers."""
-    return hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:16]
 
 
 def file_name(key: str) -> str:

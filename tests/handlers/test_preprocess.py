@@ -278,7 +278,8 @@ def test_logs_are_json_and_carry_no_key(data_bucket, lambda_context):
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     logs = [entry for entry in lines if "outcome" in entry]
     assert {entry["outcome"] for entry in logs} == {"processed", "quarantined"}
-    assert all(len(entry["key_ref"]) == 16 for entry in logs)
+    # the keyed name, never an unkeyed hash of the key (a guessable MRN in a name could be confirmed by hashing)
+    assert {entry["source"] for entry in logs} == {name_of(key), name_of("raw/ds/NORMAL/person4243_x.txt")}
     text = json.dumps(lines)
     assert "person4242" not in text and "person4243" not in text and "4242" not in text
 

@@ -160,6 +160,13 @@ def test_batch_predict_scores_a_folder_with_one_bad_file(cloud, tmp_path):
             assert answer["status"] == "rejected" and answer["error"] and not answer.get("label")
         else:
             assert answer["label"] in ("bacterial", "normal", "viral") and 0 <= float(row["confidence"]) <= 1
-    uploaded = f"s3://{cloud.names.bucket(wiring.INFERENCE)}/batch-input/{result['transform_job']}/"
-    again = scoring.run(uploaded, tmp_path / "again", log=lambda _: None)
-    assert again["counts"] == result["counts"]  # an s3:// prefix scores the same
+    bucket = cloud.names.bucket(wiring.INFERENCE)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="wards/a/DOE_JOHN_MRN1234567.jpeg",
+                  Body=min(Path("samples/kermany-val16").rglob("*.jpeg")).read_bytes())
+    again = scoring.run(f"s3://{bucket}/wards/a", tmp_path / "again", log=lambda _: None)
+    assert again["counts"] == {"predicted": 1}  # an s3:// prefix, copied under positions
+    assert json.loads((tmp_path / "again" / "DOE_JOHN_MRN1234567.jpeg.json").read_text())["status"] == "predicted"
+    keys = [o["Key"] for prefix in ("batch-input/", "batch-output/")
+            for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    assert len(keys) == 2 * 18 and not [k for k in keys if "MRN" in k or "person" in k or "NORMAL" in k]

@@ -7,7 +7,11 @@ allows (processed, identical pixels once, no label conflict), splits with :mod:`
 and writes, for each of train/validation/test, ``manifests/<run>/<split>.jsonl`` (one record per
 image) and ``manifests/<run>/<split>.manifest`` (a SageMaker ``ManifestFile``: the PNGs plus the
 jsonl, so a channel lands as ``<channel>/<key>``), then ``manifests/<run>/summary.json``.
-Returns the manifest URIs and the class list for CreateTrainingJob.
+Train, validation and test are also packed into tar shards (``manifests/<run>/shards/<split>/``,
+:mod:`lambdas.shard_writer`), which is what the Train state reads: a few large objects instead of one per
+image. The jsonl stays the run's record of what it trained on; the ``.manifest`` files stay beside the shards
+so a ``File``-mode job (or a user's own) can still read the same splits image by image.
+Returns the manifest and shard URIs and the class list for CreateTrainingJob.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Iterable, Iterator
 
 from aws_lambda_powertools import Logger
 
-from lambdas import aws, benchmark_set
+from lambdas import aws, benchmark_set, shard_writer
 from lambdas.domain import benchmark, labels, layout, source_state, splits
 from lambdas.state_store import StateStore
 
@@ -101,7 +105,7 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
         for i in group] for group in (items, bench_members))
     params = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
     result = splits.split_items(items, validation_fraction, test_fraction, seed)
-    channels = {}
+    channels, packed = {}, {}
     for name, members in {**result.splits, benchmark_set.CHANNEL: bench_members}.items():
         if not members and name != benchmark_set.CHANNEL:  # the benchmark channel holds its (empty) jsonl
             raise DatasetError(f"the {name} split is empty: the dataset is too small to split by patient")
@@ -115,8 +119,11 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
                     itertools.chain("[", itertools.chain.from_iterable(
                         (", " if n else "", e) for n, e in enumerate(entries)), "]"))
         channels[name] = f"s3://{bucket}/{manifest_key(run_id, name)}"
+        if name != benchmark_set.CHANNEL:  # the Train state reads these three splits from their shards
+            packed[name] = shard_writer.write_split(s3, bucket, run_id, name, list(manifest_records(members, dataset)))
     summary = build_summary(result, dataset, run_id, classes, params)
     summary["images"][benchmark_set.CHANNEL] = len(bench_members)
+    summary["shards"] = {name: shard["shards"] for name, shard in packed.items()}
     summary["benchmark"] = {"version": bench["version"] if bench else None, "images": len(bench_members),
                             "uri": f"s3://{bucket}/{benchmark.key(dataset)}" if bench else None, "note": bench_note}
     s3.put_object(Bucket=bucket, Key=summary_key(run_id), Body=json.dumps(summary, indent=1).encode(),
@@ -126,6 +133,7 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
         "dataset": dataset,
         "classes": classes,
         "channels": channels,
+        "shards": {name: shard["uri"] for name, shard in packed.items()},
         "summary_uri": f"s3://{bucket}/{summary_key(run_id)}",
         "images": summary["images"],
         "benchmark_version": bench["version"] if bench else "none",

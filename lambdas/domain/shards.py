@@ -37,12 +37,13 @@ def name(index: int) -> str:
 
 
 def plan(count: int, images_per_shard: int = IMAGES_PER_SHARD, min_shards: int = MIN_SHARDS) -> list[range]:
-    """Consecutive blocks of ``count`` items, sizes differing by at most one (an even deal keeps the ranks'
-    shares alike): ``ceil(count / images_per_shard)`` of them, but at least ``min_shards`` while there are
-    that many items."""
+    """Consecutive blocks of ``count`` items, sizes differing by at most one: ``ceil(count / images_per_shard)``
+    rounded up to a multiple of ``min_shards`` (one item a shard when there are fewer items). Every world size
+    that divides ``min_shards`` then holds equal shares: ranks take the same number of steps an epoch, so a rank
+    with a larger share would leave its surplus unread."""
     if count == 0:
         return []
-    shards = max(math.ceil(count / images_per_shard), min(count, min_shards))
+    shards = min(count, math.ceil(math.ceil(count / images_per_shard) / min_shards) * min_shards)
     bounds = [count * i // shards for i in range(shards + 1)]
     return [range(bounds[i], bounds[i + 1]) for i in range(shards)]
 

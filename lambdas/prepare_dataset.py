@@ -20,12 +20,13 @@ import itertools
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from aws_lambda_powertools import Logger
 
 from lambdas import aws, benchmark_set, shard_writer
-from lambdas.domain import benchmark, labels, layout, source_state, splits
+from lambdas.domain import benchmark, labels, source_state, splits
+from lambdas.domain.manifests import build_summary, jsonl_key, manifest_key, manifest_records, summary_key
 from lambdas.state_store import StateStore
 
 logger = Logger(service="cxr-prepare-dataset")
@@ -33,13 +34,6 @@ logger = Logger(service="cxr-prepare-dataset")
 
 class DatasetError(ValueError):
     """The dataset cannot be trained on (missing, or fewer than two classes); the pipeline fails clearly."""
-
-
-def manifest_records(items: list[splits.Item], dataset: str) -> Iterator[dict]:
-    return (
-        {"key": i.key, "label": i.label, "patient_id": i.patient_id, "dataset": dataset, "content_hash": i.content_hash}
-        for i in items
-    )
 
 
 def put_spooled(s3, bucket: str, key: str, content_type: str, parts: Iterable[str]) -> None:
@@ -50,31 +44,6 @@ def put_spooled(s3, bucket: str, key: str, content_type: str, parts: Iterable[st
             spool.write(part.encode())
         spool.seek(0)
         s3.put_object(Bucket=bucket, Key=key, Body=spool, ContentType=content_type)
-
-
-def jsonl_key(run_id: str, split: str) -> str:
-    return f"{layout.MANIFESTS}{run_id}/{split}.jsonl"
-
-
-def manifest_key(run_id: str, split: str) -> str:
-    return f"{layout.MANIFESTS}{run_id}/{split}.manifest"
-
-
-def summary_key(run_id: str) -> str:
-    return f"{layout.MANIFESTS}{run_id}/summary.json"
-
-
-def build_summary(result: splits.SplitResult, dataset: str, run_id: str, classes: list[str], params: dict) -> dict:
-    return {
-        "run_id": run_id,
-        "dataset": dataset,
-        "classes": classes,
-        "counts": result.counts(),
-        "images": {name: len(items) for name, items in result.splits.items()},
-        "patients": {name: len({splits.group_of(i) for i in items}) for name, items in result.splits.items()},
-        "split_method": result.notes,
-        "parameters": params,
-    }
 
 
 def load_items(table: str, bucket: str, dataset: str) -> list[splits.Item]:

@@ -139,3 +139,13 @@ def test_train_validation_and_test_are_packed_into_shards_in_jsonl_order(dataset
         assert [record for record, _ in packed] == [json.loads(line) for line in lines]
         for record, png in packed:
             assert png == s3.get_object(Bucket=bucket, Key=record["key"])["Body"].read()
+
+
+def test_local_staging_writes_the_manifests_without_the_aws_sdk():
+    """``cxr train-local`` stages with the pure manifest helpers (lambdas/domain/manifests.py), not the Lambda."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, cxr.training_run\n"
+             "print(sorted({'boto3', 'botocore', 'aws_lambda_powertools'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"

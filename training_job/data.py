@@ -96,31 +96,34 @@ def load_split(channel_dir: Path, classes: list[str], size: int, policy: str, th
     other input."""
     packed = shard_files(channel_dir) if only is None else only
     parts: list[tuple[Path, int]] = []
-    if packed:  # each shard read once, front to back
+    if packed:  # the shards' records first (their first members), then each shard front to back
         records = []
-
-        def take(path: Path, pair: tuple[dict, bytes]) -> bytes:
-            records.append(pair[0])
-            if not parts or parts[-1][0] != path:
-                parts.append((path, 0))
-            parts[-1] = (path, parts[-1][1] + 1)
-            return pair[1]
-        pngs = (take(path, pair) for path in packed for pair in _stream(path))
+        for path in packed:
+            with path.open("rb") as stream:
+                found = shards.records(stream)
+            records += found
+            parts.append((path, len(found)))
+        pngs = (png for path in packed for _, png in _stream(path))
     else:
         records = read_records(channel_dir)
         pngs = ((channel_dir / r["key"]).read_bytes() for r in records)
+    unknown = {r["label"] for r in records} - set(classes)
+    if unknown:
+        raise ValueError(f"channel {channel_dir.name} has labels {sorted(unknown)} outside the classes {classes}")
 
     def load(png: bytes) -> np.ndarray:
         return imaging.to_model_input(imaging.open_stored(png), size, policy, intensity).astype(np.float16)
 
-    arrays = []
-    with ThreadPoolExecutor(threads) as pool:  # a bounded batch in flight: Executor.map would read every file first
+    # filled in place, a bounded batch in flight: Executor.map would read every file first, and stacking a list
+    # of arrays would hold the split twice
+    images = torch.empty((len(records), 1, size, size), dtype=torch.float16)
+    filled = 0
+    with ThreadPoolExecutor(threads) as pool:
         while batch := list(itertools.islice(pngs, DECODE_BATCH)):
-            arrays += pool.map(load, batch)
-    unknown = {r["label"] for r in records} - set(classes)
-    if unknown:
-        raise ValueError(f"channel {channel_dir.name} has labels {sorted(unknown)} outside the classes {classes}")
-    images = torch.from_numpy(np.stack(arrays)[:, None]) if arrays else torch.zeros((0, 1, size, size))
+            images[filled: filled + len(batch), 0] = torch.from_numpy(np.stack(list(pool.map(load, batch))))
+            filled += len(batch)
+    if filled != len(records):
+        raise ValueError(f"channel {channel_dir.name}: {filled} images for {len(records)} records")
     targets = torch.tensor([classes.index(r["label"]) for r in records], dtype=torch.int64)
     return Split(records, images, targets, parts)
 

@@ -36,14 +36,15 @@ def test_a_shard_holds_its_records_first_then_each_image_in_order():
     assert shards.plan(0) == [] and shards.name(7) == "000007.tar"
 
 
-def test_start_up_opens_one_file_a_shard_not_one_an_image(staged, tmp_path, monkeypatch):
-    """36 training images in 4 shards: 4 opens; the ManifestFile channel opens each PNG and its jsonl (37)."""
+def test_start_up_opens_each_shard_twice_not_each_image(staged, tmp_path, monkeypatch):
+    """36 training images in 4 shards: 8 opens (each shard's records, then the shard front to back); the
+    ManifestFile channel opens each PNG and its jsonl (37)."""
     packed = pack_channel(staged.channels["train"], tmp_path / "train", images_per_shard=10)
     opened = []
     real_open = Path.open
     monkeypatch.setattr(Path, "open", lambda self, *a, **k: opened.append(self.name) or real_open(self, *a, **k))
     from_shards = data.load_split(packed, staged.classes, 16, "squash", 1, intensity="linear")
-    assert sorted(opened) == ["000000.tar", "000001.tar", "000002.tar", "000003.tar"]
+    assert sorted(opened) == sorted(2 * ["000000.tar", "000001.tar", "000002.tar", "000003.tar"])
     opened.clear()
     from_files = data.load_split(staged.channels["train"], staged.classes, 16, "squash", 1, intensity="linear")
     assert len(opened) == len(from_files) + 1 == 37

@@ -3,7 +3,8 @@
 Contract (the same on SageMaker and under ``cxr train-local``):
 
 * inputs: ``SM_CHANNEL_TRAIN``, ``SM_CHANNEL_VALIDATION``, optional ``SM_CHANNEL_TEST`` (each holds a
-  ``*.jsonl`` manifest and the PNGs at ``<channel>/<key>``), optional ``SM_CHANNEL_PRETRAINED``
+  ``*.jsonl`` manifest and the PNGs at ``<channel>/<key>``, or PrepareDataset's ``NNNNNN.tar`` shards:
+  ``data.py``), optional ``SM_CHANNEL_PRETRAINED``
   (a ``*.pth`` state dict in efficientnet_pytorch's layout);
 * hyperparameters: command-line flags (``--epochs 8``; see ``python train.py --help``; dashes
   or underscores both work);
@@ -13,7 +14,8 @@ Contract (the same on SageMaker and under ``cxr train-local``):
   a restarted job (spot interruption) resumes from the newest one and ends with the same weights
   as an uninterrupted run. SIGTERM (how SageMaker stops a job) saves a checkpoint first.
 
-Under ``torchrun`` (SageMaker's ``torch_distributed`` launch) it trains data-parallel: see ``distributed.py``.
+Under ``torchrun`` (SageMaker's ``torch_distributed`` launch) it trains data-parallel: see ``distributed.py``;
+a training channel of shards is walked rank by rank over each rank's own shards: see ``shard_epochs.py``.
 
 Seeds are fixed; on a GPU the step runs under automatic mixed precision, on a CPU under bf16
 autocast with channels-last tensors when the CPU has bf16 instructions.

@@ -114,8 +114,8 @@ def load_split(channel_dir: Path, classes: list[str], size: int, policy: str, th
     def load(png: bytes) -> np.ndarray:
         return imaging.to_model_input(imaging.open_stored(png), size, policy, intensity).astype(np.float16)
 
-    # filled in place, a bounded batch in flight: Executor.map would read every file first, and stacking a list
-    # of arrays would hold the split twice
+    # filled in place, a bounded batch in flight: Executor.map drains its iterable first (from shards, every PNG's
+    # bytes at once), and stacking a list of arrays would hold the split twice
     images = torch.empty((len(records), 1, size, size), dtype=torch.float16)
     filled = 0
     with ThreadPoolExecutor(threads) as pool:

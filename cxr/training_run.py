@@ -24,8 +24,7 @@ from pathlib import Path
 
 from cxr import operations
 from infra import packaging
-from lambdas import prepare_dataset
-from lambdas.domain import imaging, labels, layout, splits, uploads
+from lambdas.domain import imaging, labels, layout, manifests, splits, uploads
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
@@ -92,7 +91,7 @@ def stage_dataset(data_dir: Path, work_dir: Path, run_id: str = "local", validat
     result = splits.split_items(items, validation_fraction, test_fraction, seed)
     channels = {name: write_channel(stored_root, work_dir / "channels" / name, members, dataset, run_id, name)
                 for name, members in result.splits.items() if members}
-    summary = prepare_dataset.build_summary(result, dataset, run_id, classes, {
+    summary = manifests.build_summary(result, dataset, run_id, classes, {
         "validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed})
     summary["rejected"] = rejected
     (work_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -107,10 +106,10 @@ def write_channel(stored_root: Path, channel: Path, members: list[splits.Item], 
     for item in members:
         (channel / item.key).parent.mkdir(parents=True, exist_ok=True)
         os.link(stored_root / item.key, channel / item.key)
-    manifest = channel / prepare_dataset.jsonl_key(run_id, name)
+    manifest = channel / manifests.jsonl_key(run_id, name)
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text("".join(json.dumps(r, sort_keys=True) + "\n"
-                                for r in prepare_dataset.manifest_records(members, dataset)))
+                                for r in manifests.manifest_records(members, dataset)))
     return channel
 
 

@@ -1,7 +1,7 @@
 """Builds the training job's ``sourcedir.tar.gz``: the code plus every wheel it needs, for an offline job.
 
 SageMaker runs the job with network isolation, so nothing can be fetched at job start. The
-archive holds ``training_job/*.py`` (the ``imaging.py`` symlink dereferenced), ``wheels/`` with
+archive holds ``training_job/*.py`` (the ``imaging.py`` and ``shards.py`` symlinks dereferenced), ``wheels/`` with
 the dependencies beyond the SageMaker PyTorch image, for the images' Python (``infra.images.PYTHON_VERSION``,
 the one constant both derive from) on manylinux x86_64, and a ``requirements.txt`` that the training
 toolkit installs with ``--no-index``.
@@ -129,7 +129,7 @@ def download_wheels(requirements: list[str], constraints: list[str] = (), python
 
 
 def stage_sources(dest: Path) -> list[Path]:
-    """Copy the job's Python files into ``dest``, dereferencing the normaliser's symlink."""
+    """Copy the job's Python files into ``dest``, dereferencing the symlinks into lambdas/domain."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for source in sorted(TRAINING_JOB.glob("*.py")):

@@ -7,7 +7,11 @@ allows (processed, identical pixels once, no label conflict), splits with :mod:`
 and writes, for each of train/validation/test, ``manifests/<run>/<split>.jsonl`` (one record per
 image) and ``manifests/<run>/<split>.manifest`` (a SageMaker ``ManifestFile``: the PNGs plus the
 jsonl, so a channel lands as ``<channel>/<key>``), then ``manifests/<run>/summary.json``.
-Returns the manifest URIs and the class list for CreateTrainingJob.
+Train, validation and test are also packed into tar shards (``manifests/<run>/shards/<split>/``,
+:mod:`lambdas.shard_writer`), which is what the Train state reads: a few large objects instead of one per
+image. The jsonl stays the run's record of what it trained on; the ``.manifest`` files stay beside the shards
+so a ``File``-mode job (or a user's own) can still read the same splits image by image.
+Returns the manifest and shard URIs and the class list for CreateTrainingJob.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import itertools
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from aws_lambda_powertools import Logger
 
-from lambdas import aws, benchmark_set
-from lambdas.domain import benchmark, labels, layout, source_state, splits
+from lambdas import aws, benchmark_set, shard_writer
+from lambdas.domain import benchmark, labels, source_state, splits
+from lambdas.domain.manifests import build_summary, jsonl_key, manifest_key, manifest_records, summary_key
 from lambdas.state_store import StateStore
 
 logger = Logger(service="cxr-prepare-dataset")
@@ -29,13 +34,6 @@ logger = Logger(service="cxr-prepare-dataset")
 
 class DatasetError(ValueError):
     """The dataset cannot be trained on (missing, or fewer than two classes); the pipeline fails clearly."""
-
-
-def manifest_records(items: list[splits.Item], dataset: str) -> Iterator[dict]:
-    return (
-        {"key": i.key, "label": i.label, "patient_id": i.patient_id, "dataset": dataset, "content_hash": i.content_hash}
-        for i in items
-    )
 
 
 def put_spooled(s3, bucket: str, key: str, content_type: str, parts: Iterable[str]) -> None:
@@ -46,31 +44,6 @@ def put_spooled(s3, bucket: str, key: str, content_type: str, parts: Iterable[st
             spool.write(part.encode())
         spool.seek(0)
         s3.put_object(Bucket=bucket, Key=key, Body=spool, ContentType=content_type)
-
-
-def jsonl_key(run_id: str, split: str) -> str:
-    return f"{layout.MANIFESTS}{run_id}/{split}.jsonl"
-
-
-def manifest_key(run_id: str, split: str) -> str:
-    return f"{layout.MANIFESTS}{run_id}/{split}.manifest"
-
-
-def summary_key(run_id: str) -> str:
-    return f"{layout.MANIFESTS}{run_id}/summary.json"
-
-
-def build_summary(result: splits.SplitResult, dataset: str, run_id: str, classes: list[str], params: dict) -> dict:
-    return {
-        "run_id": run_id,
-        "dataset": dataset,
-        "classes": classes,
-        "counts": result.counts(),
-        "images": {name: len(items) for name, items in result.splits.items()},
-        "patients": {name: len({splits.group_of(i) for i in items}) for name, items in result.splits.items()},
-        "split_method": result.notes,
-        "parameters": params,
-    }
 
 
 def load_items(table: str, bucket: str, dataset: str) -> list[splits.Item]:
@@ -101,7 +74,7 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
         for i in group] for group in (items, bench_members))
     params = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
     result = splits.split_items(items, validation_fraction, test_fraction, seed)
-    channels = {}
+    channels, packed = {}, {}
     for name, members in {**result.splits, benchmark_set.CHANNEL: bench_members}.items():
         if not members and name != benchmark_set.CHANNEL:  # the benchmark channel holds its (empty) jsonl
             raise DatasetError(f"the {name} split is empty: the dataset is too small to split by patient")
@@ -115,8 +88,11 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
                     itertools.chain("[", itertools.chain.from_iterable(
                         (", " if n else "", e) for n, e in enumerate(entries)), "]"))
         channels[name] = f"s3://{bucket}/{manifest_key(run_id, name)}"
+        if name != benchmark_set.CHANNEL:  # the Train state reads these three splits from their shards
+            packed[name] = shard_writer.write_split(s3, bucket, run_id, name, list(manifest_records(members, dataset)))
     summary = build_summary(result, dataset, run_id, classes, params)
     summary["images"][benchmark_set.CHANNEL] = len(bench_members)
+    summary["shards"] = {name: shard["shards"] for name, shard in packed.items()}
     summary["benchmark"] = {"version": bench["version"] if bench else None, "images": len(bench_members),
                             "uri": f"s3://{bucket}/{benchmark.key(dataset)}" if bench else None, "note": bench_note}
     s3.put_object(Bucket=bucket, Key=summary_key(run_id), Body=json.dumps(summary, indent=1).encode(),
@@ -126,6 +102,7 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
         "dataset": dataset,
         "classes": classes,
         "channels": channels,
+        "shards": {name: shard["uri"] for name, shard in packed.items()},
         "summary_uri": f"s3://{bucket}/{summary_key(run_id)}",
         "images": summary["images"],
         "benchmark_version": bench["version"] if bench else "none",

@@ -85,6 +85,22 @@ def any_rank(flag: bool, world: World) -> bool:
     return bool(value.item())
 
 
+def reduce_min(value: int, world: World) -> int:
+    """The least of the ranks' ``value`` (on every rank)."""
+    return _reduce(value, world, dist.ReduceOp.MIN) if world.size > 1 else value
+
+
+def reduce_sum(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The sum of the ranks' tensors (on every rank)."""
+    return _reduce(value, world, dist.ReduceOp.SUM) if world.size > 1 else value
+
+
+def _reduce(value, world: World, op):
+    tensor = torch.as_tensor(value).to(_device()).clone()
+    dist.all_reduce(tensor, op=op)
+    return tensor.item() if tensor.ndim == 0 else tensor.to(torch.as_tensor(value).device)
+
+
 def from_main(value: float, world: World) -> float:
     """Rank 0's value on every rank, so that early stopping decides alike everywhere."""
     if world.size == 1:

@@ -3,7 +3,8 @@
 Contract (the same on SageMaker and under ``cxr train-local``):
 
 * inputs: ``SM_CHANNEL_TRAIN``, ``SM_CHANNEL_VALIDATION``, optional ``SM_CHANNEL_TEST`` (each holds a
-  ``*.jsonl`` manifest and the PNGs at ``<channel>/<key>``), optional ``SM_CHANNEL_PRETRAINED``
+  ``*.jsonl`` manifest and the PNGs at ``<channel>/<key>``, or PrepareDataset's ``NNNNNN.tar`` shards:
+  ``data.py``), optional ``SM_CHANNEL_PRETRAINED``
   (a ``*.pth`` state dict in efficientnet_pytorch's layout);
 * hyperparameters: command-line flags (``--epochs 8``; see ``python train.py --help``; dashes
   or underscores both work);
@@ -13,7 +14,8 @@ Contract (the same on SageMaker and under ``cxr train-local``):
   a restarted job (spot interruption) resumes from the newest one and ends with the same weights
   as an uninterrupted run. SIGTERM (how SageMaker stops a job) saves a checkpoint first.
 
-Under ``torchrun`` (SageMaker's ``torch_distributed`` launch) it trains data-parallel: see ``distributed.py``.
+Under ``torchrun`` (SageMaker's ``torch_distributed`` launch) it trains data-parallel: see ``distributed.py``;
+a training channel of shards is walked rank by rank over each rank's own shards: see ``shard_epochs.py``.
 
 Seeds are fixed; on a GPU the step runs under automatic mixed precision, on a CPU under bf16
 autocast with channels-last tensors when the CPU has bf16 instructions.
@@ -34,7 +36,7 @@ import signal
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +54,7 @@ import numpy as np
 import ood
 import quantize
 import report
+import shard_epochs
 import torch
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -203,13 +206,18 @@ class Trainer:
             lr=args.lr,
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        # a rank holding its own shards walks its own images (shard_epochs); the counts are then the ranks' sum
+        self.walk = (shard_epochs.ShardWalk(splits["train"], self.world, args.seed, args.batch_size)
+                     if splits["train"].parts else None)
         self.class_counts = torch.bincount(splits["train"].targets, minlength=len(classes))
+        if self.walk:
+            self.class_counts = distributed.reduce_sum(self.class_counts, self.world)
         counts = self.class_counts.float()
         weights = counts.sum() / (len(classes) * counts.clamp(min=1))
         self.class_weights = (weights if args.class_weighting == "balanced" else torch.ones_like(weights)).to(device)
         self.global_batch = args.batch_size * world.size
         self.peak_lr = args.lr * world.size
-        self.steps_per_epoch = max(1, len(splits["train"]) // self.global_batch)
+        self.steps_per_epoch = max(1, int(counts.sum()) // self.global_batch)
         self.total_steps = self.steps_per_epoch * args.epochs
         self.warmup_steps = int(args.warmup_epochs * self.steps_per_epoch)
         self.augment_rng = torch.Generator().manual_seed(args.seed + 1 + RANK_SEED_STRIDE * world.rank)
@@ -218,11 +226,13 @@ class Trainer:
         # The average smooths out the last steps' noise; batch-norm statistics are averaged with it.
         self.ema = (AveragedModel(model, multi_avg_fn=bias_corrected_ema(args.ema_decay), use_buffers=True)
                     if args.ema_decay > 0 else None)
-        self.state = {"epoch": 0, "samples_in_epoch": 0, "global_step": 0, "world_size": world.size,
+        self.state = {"epoch": 0, "samples_in_epoch": 0, "steps_in_epoch": 0, "global_step": 0,
+                      "world_size": world.size,
                       "best_loss": float("inf"),
                       "best_epoch": -1, "bad_epochs": 0, "history": [], "stopped_early": False}
         self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.stop_requested = False
+        self.train_records = splits["train"].records  # the whole split's: main gathers them when ranks hold shards
 
     # -- checkpoints ---------------------------------------------------------------------
     def checkpoint_dir(self) -> Path:
@@ -244,6 +254,8 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Every rank calls it (their random streams are gathered); rank 0 alone writes."""
         self.state["world_size"] = self.world.size
+        if self.walk:
+            self.state["shard_walk"] = self.walk.state() if self.walk.position or self.walk.skip else None
         streams = distributed.gather(self.random_streams(), self.world)
         if not self.world.is_main:
             return None
@@ -279,6 +291,11 @@ class Trainer:
         if self.ema:
             self.ema.load_state_dict(payload["ema"])
         self.best_weights, self.state = payload["best_weights"], payload["state"]
+        self.state.setdefault("steps_in_epoch", 0)
+        if self.walk:  # a checkpoint of a replicated channel has no shard walk: its epoch restarts
+            exact = self.walk.restore(self.state.get("shard_walk"))
+            self.say({"shard_walk": "exact" if exact else "other ranks: images already taken this epoch skipped",
+                      "position": self.walk.position, "skipped": len(self.walk.skip)})
         streams = payload["streams"]
         if self.world.rank < len(streams):
             self.restore_streams(streams[self.world.rank])
@@ -302,7 +319,19 @@ class Trainer:
         train = self.splits["train"]
         global_index = global_index[: len(global_index) // self.world.size * self.world.size]
         index = distributed.share(global_index, self.world)
-        position = self.state["epoch"] * self.steps_per_epoch + self.state["samples_in_epoch"] // self.global_batch
+        scale = distributed.loss_scale(self.class_weights[train.targets[global_index].to(self.device)], self.world)
+        return self._step(index, scale, self.state["samples_in_epoch"] // self.global_batch)
+
+    def shard_step(self, index: torch.Tensor, step_in_epoch: int) -> float:
+        """One optimizer step on this rank's own batch (``index`` into its shards' images): the global batch's
+        weight is the ranks' sum, so DDP's average is again the gradient of the global weighted mean."""
+        weights = self.class_weights[self.splits["train"].targets[index].to(self.device)]
+        total = distributed.reduce_sum(weights.sum().detach(), self.world)
+        return self._step(index, self.world.size / float(total), step_in_epoch)
+
+    def _step(self, index: torch.Tensor, scale: float, step_in_epoch: int) -> float:
+        train = self.splits["train"]
+        position = self.state["epoch"] * self.steps_per_epoch + step_in_epoch
         lr = learning_rate(position, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -315,7 +344,6 @@ class Trainer:
             logits = self.ddp(self.to_device(images))
         per_sample = F.cross_entropy(logits.float(), train.targets[index].to(self.device), weight=self.class_weights,
                                      label_smoothing=self.args.label_smoothing, reduction="none")
-        scale = distributed.loss_scale(self.class_weights[train.targets[global_index].to(self.device)], self.world)
         loss = per_sample.sum() * scale
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -350,20 +378,12 @@ class Trainer:
             print(message if isinstance(message, str) else json.dumps(message), flush=True)
 
     def run(self) -> None:
-        train = self.splits["train"]
         log = self.state["history"]
         while self.state["epoch"] < self.args.epochs and not self.state["stopped_early"]:
             epoch = self.state["epoch"]
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.args.seed * 1000 + epoch))
             started, losses, first = time.perf_counter(), [], self.state["global_step"]
-            # Whole global batches (the first one even when the split is smaller), from where the epoch stands.
-            while (position := self.state["samples_in_epoch"]) == 0 or position + self.global_batch <= len(train):
-                global_index = order[position: position + self.global_batch]
-                losses.append(self.train_step(global_index))
-                self.state["global_step"] += 1
-                self.state["samples_in_epoch"] = position + len(global_index)
-                step = self.state["samples_in_epoch"] // self.global_batch
-                more = self.state["samples_in_epoch"] + self.global_batch <= len(train)
+            for loss, step, more in (self.shard_steps(epoch) if self.walk else self.replicated_steps(epoch)):
+                losses.append(loss)
                 if step % self.args.log_steps == 0:
                     rate = (time.perf_counter() - started) / (self.state["global_step"] - first)
                     self.say({"epoch": epoch, "step": step, "of": self.steps_per_epoch,
@@ -388,9 +408,32 @@ class Trainer:
                      "validation_loss": val_loss, "seconds": round(time.perf_counter() - started, 1)}
             log.append(entry)
             self.say(entry)
-            self.state.update(epoch=epoch + 1, samples_in_epoch=0)
+            self.state.update(epoch=epoch + 1, samples_in_epoch=0, steps_in_epoch=0)
             self.save_checkpoint()
         self.model.load_state_dict(self.best_weights)
+
+    def replicated_steps(self, epoch: int) -> Iterator[tuple[float, int, bool]]:
+        """The epoch's steps on a split every rank holds whole: one seeded permutation, global batches from where
+        the epoch stands (the first one even when the split is smaller). Yields (loss, step, more to come)."""
+        train = self.splits["train"]
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.args.seed * 1000 + epoch))
+        while (position := self.state["samples_in_epoch"]) == 0 or position + self.global_batch <= len(train):
+            global_index = order[position: position + self.global_batch]
+            loss = self.train_step(global_index)
+            self.state["global_step"] += 1
+            self.state["samples_in_epoch"] = position + len(global_index)
+            yield (loss, self.state["samples_in_epoch"] // self.global_batch,
+                   self.state["samples_in_epoch"] + self.global_batch <= len(train))
+
+    def shard_steps(self, epoch: int) -> Iterator[tuple[float, int, bool]]:
+        """The epoch's steps when each rank walks its own shards' images (:mod:`shard_epochs`)."""
+        self.walk.start(epoch)
+        while (left := self.walk.steps_left()) > 0:
+            loss = self.shard_step(self.walk.next_batch(), self.state["steps_in_epoch"])
+            self.state["global_step"] += 1
+            self.state["steps_in_epoch"] += 1
+            yield loss, self.state["steps_in_epoch"], left > 1
+        self.walk.end_epoch()
 
 
 @torch.no_grad()
@@ -412,17 +455,25 @@ def fit_guard(model: networks.Classifier, splits: dict[str, data.Split], model_d
     return guard
 
 
-def load_channels(args, classes_hint: list[str] | None = None,
-                  evaluating: bool = True) -> tuple[dict[str, data.Split], list[str]]:
-    """The splits' images; ``evaluating=False`` (ranks other than 0) loads the training split's only."""
+def load_channels(args, classes_hint: list[str] | None = None, evaluating: bool = True,
+                  world: distributed.World | None = None) -> tuple[dict[str, data.Split], list[str]]:
+    """The splits' images; ``evaluating=False`` (ranks other than 0) loads the training split's only. A training
+    channel of shards gives each rank of ``world`` its own shards (:func:`shard_epochs.own_shards`); the classes
+    are then those of every rank's records."""
+    world = world or distributed.World()
     channel_dirs = {"train": args.train, "validation": args.validation}
     if args.test and Path(args.test).exists():
         channel_dirs["test"] = args.test
-    records = {name: data.read_records(Path(d)) for name, d in channel_dirs.items()}
-    classes = classes_hint or data.classes_of(records["train"] + records["validation"])
+    own = data.shard_files(Path(args.train))
+    if own and world.size > 1:
+        own = shard_epochs.own_shards(own, world)
+    records = {name: data.shard_records(own) if name == "train" and own else data.read_records(Path(d))
+               for name, d in channel_dirs.items() if evaluating or name != "test"}
+    labels = set(data.classes_of(records["train"] + records["validation"]))
+    classes = classes_hint or sorted(set().union(*distributed.gather(labels, world)))
     threads = max(1, torch.get_num_threads())
     splits = {name: data.load_split(Path(d), classes, args.image_size, args.resize_policy, threads,
-                                    intensity=args.intensity)
+                                    intensity=args.intensity, only=own if name == "train" and own else None)
               for name, d in channel_dirs.items() if evaluating or name == "train"}
     return splits, classes
 
@@ -519,7 +570,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
                   "stopped_early": trainer.state["stopped_early"], "history": trainer.state["history"]},
     )
     result["int8"] = int8
-    fingerprint = data.fingerprint({k: v for k, v in splits.items() if k != "test"})
+    fingerprint = data.fingerprint({"train": trainer.train_records, "validation": splits["validation"].records})
     config = {
         "model_id": f"cxr-{args.architecture}-{fingerprint[:12]}-{extra['finished'][:19].replace(':', '')}",
         "classes": classes,
@@ -595,7 +646,7 @@ def write_report(model: torch.nn.Module, split: data.Split, name: str, channel: 
     def overlay(i: int, k: int) -> bytes:
         with torch.no_grad():
             cam = exported(split.images[i: i + 1].float())[1][0, k].numpy()
-        stored = imaging.open_stored((channel / split.records[i]["key"]).read_bytes())
+        stored = imaging.open_stored(split.stored_png(channel, i))
         return base64.b64decode(inference.explanation(stored, cam, config["resize_policy"])["overlay_png"])
 
     referred, band = report.referrals(probs, config["classes"], config)
@@ -615,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     world = distributed.World.from_environment()
     device = distributed.start(world)
     dtype = choose_precision(args.precision, device)
-    splits, classes = load_channels(args, evaluating=world.is_main)
+    splits, classes = load_channels(args, evaluating=world.is_main, world=world)
     print(json.dumps({"rank": world.rank, "world_size": world.size, "classes": classes,
                       "images": {k: len(v) for k, v in splits.items()}, "device": str(device),
                       "autocast": str(dtype), "threads": torch.get_num_threads(),
@@ -640,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
                      "samples_in_epoch": trainer.state["samples_in_epoch"], "world_size": world.size})
     signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "stop_requested", True))
     trainer.run()
+    # every rank's training records, where each held its own shards: the fingerprint is of the whole split
+    if trainer.walk and world.size > 1:
+        trainer.train_records = [r for part in distributed.gather(trainer.train_records, world) for r in part]
     distributed.finish(world)
     if not world.is_main:
         return 0

@@ -150,13 +150,34 @@ def exclusive(lock_file: Path = LOCK_FILE):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def sharded_by_s3_key(files: list[str], host_index: int, hosts: int) -> list[str]:
+    """A host's part of a ``ShardedByS3Key`` channel: every ``hosts``-th object in S3 key order, from its own index.
+    AWS documents only that "each instance gets approximately 1/n of the number of S3 objects" (CreateTrainingJob,
+    ``S3DataSource``), not which: train.py must not rely on this rule, only on the shares being disjoint."""
+    return sorted(files)[host_index::hosts]
+
+
+def _place_channel(channel: Path, target: Path, distribution: str, host_index: int, hosts: int) -> None:
+    """Hard links of what the host gets: the whole channel, or its ``ShardedByS3Key`` part. ``FastFile`` channels
+    are placed the same way (SageMaker mounts them; a link is what a mount reads like)."""
+    if distribution != "ShardedByS3Key":
+        shutil.copytree(channel, target, copy_function=os.link)
+        return
+    files = [str(p.relative_to(channel)) for p in channel.rglob("*") if p.is_file()]
+    for relative in sharded_by_s3_key(files, host_index, hosts):
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.link(channel / relative, target / relative)
+    target.mkdir(parents=True, exist_ok=True)
+
+
 def run_job(job_dir: Path, *, resources: Mapping, hyperparameters: Mapping[str, str], input_data_config: list[dict],
             channels: Mapping[str, Path], checkpoints: Path, on_start=None) -> tuple[Path, Path]:
     """A CreateTrainingJob request's ``ResourceConfig.InstanceCount`` simulated hosts, each with the request's
     hyperparameters and channels (``channels``: each one downloaded once); returns algo-1's model and output-data
     folders.
 
-    Every host gets every channel (``FullyReplicated``, hard links) and the job's checkpoints (SageMaker syncs
+    Every host gets every channel (``FullyReplicated``, hard links; ``ShardedByS3Key``: its share, see
+    :func:`sharded_by_s3_key`) and the job's checkpoints (SageMaker syncs
     the checkpoint prefix to each instance); what the hosts leave in theirs is gathered back into
     ``checkpoints``. ``sagemaker_submit_directory`` inside the container (``/opt/ml/...``) points into the
     host's own tree."""
@@ -166,11 +187,12 @@ def run_job(job_dir: Path, *, resources: Mapping, hyperparameters: Mapping[str, 
                                    c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated")}
                 for c in input_data_config}
     bases = {}
-    for host in names:
+    for index, host in enumerate(names):
         base = job_dir / "hosts" / host
         shutil.rmtree(base, ignore_errors=True)
         for name, channel in channels.items():
-            shutil.copytree(channel, base / "input" / "data" / name, copy_function=os.link)
+            _place_channel(channel, base / "input" / "data" / name, settings[name]["S3DistributionType"], index,
+                           len(names))
         shutil.copytree(checkpoints, base / "checkpoints", dirs_exist_ok=True)
         encoded = dict(hyperparameters)
         submit = json.loads(encoded["sagemaker_submit_directory"])

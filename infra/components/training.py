@@ -24,8 +24,10 @@ from lambdas.deploy_model import has_instance_storage
 from lambdas.domain import layout
 
 RESOURCE = wiring.TRAINING_INTEGRATION
-CHANNELS = ("train", "validation", "test", "benchmark")
-"""The manifests PrepareDataset writes (``$.dataset.channels.<name>``), one input channel each."""
+SHARDED_CHANNELS = ("train", "validation", "test")
+"""Read from PrepareDataset's tar shards (``$.dataset.shards.<name>``, an ``S3Prefix``)."""
+CHANNELS = (*SHARDED_CHANNELS, "benchmark")
+"""One input channel each; the benchmark set is a ``ManifestFile`` (``$.dataset.channels.benchmark``)."""
 PRETRAINED_CHANNEL = "pretrained"
 """Initial weights (a ``.pth`` file); train.py reads the channel when it is there."""
 EVENTS_RULE = "StepFunctionsGetEventsForSageMakerTrainingJobsRule"
@@ -35,6 +37,22 @@ def has_volume_key(config: Config) -> bool:
     """The job's volume gets the stage key, except on NVMe instances: SageMaker refuses one there (hardware
     encrypts the disk)."""
     return not has_instance_storage(config.training_instance_type)
+
+
+def shard_input(config: Config, channel: str) -> tuple[str, str]:
+    """``InputMode`` and ``S3DataDistributionType`` of a shard channel.
+
+    On one instance, ``File`` and ``FullyReplicated``: the instance downloads a few hundred shards, not an
+    object per image. On more, ``FastFile`` (SageMaker "streams data directly from S3 to the container ...
+    and provides file system access to the data", reading "best when the data is read sequentially":
+    CreateTrainingJob API, ``TrainingInputMode``): hosts start without a download and read their shards front
+    to back; validation and test are read by rank 0 alone, so the other hosts fetch none of them. The training
+    split is ``ShardedByS3Key`` ("each instance gets approximately 1/n of the number of S3 objects ... Don't
+    choose more ML compute instances for training than available S3 objects": ``S3DataSource``), which
+    ``lambdas.domain.shards.MIN_SHARDS`` guarantees up to the largest allowed world."""
+    if config.training_instance_count == 1:
+        return "File", "FullyReplicated"
+    return "FastFile", "ShardedByS3Key" if channel == "train" else "FullyReplicated"
 
 
 def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket_name: str, key_arn: str,
@@ -47,9 +65,9 @@ def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket
     if config.training_spot:
         stopping["MaxWaitTimeInSeconds"] = config.spot_max_wait_s
 
-    def channel(name: str, uri: dict, data_type: str) -> dict:
-        return {"ChannelName": name, "InputMode": "File", "DataSource": {"S3DataSource": {
-            "S3DataType": data_type, "S3DataDistributionType": "FullyReplicated", **uri}}}
+    def channel(name: str, uri: dict, data_type: str, mode: str = "File", distribution="FullyReplicated") -> dict:
+        return {"ChannelName": name, "InputMode": mode, "DataSource": {"S3DataSource": {
+            "S3DataType": data_type, "S3DataDistributionType": distribution, **uri}}}
 
     return {
         "TrainingJobName.$":
@@ -59,7 +77,9 @@ def training_job_parameters(*, config: Config, role_arn: str, image: str, bucket
         # the SDK's script-mode contract; values JSON-encoded as the SDK does, the request's own merged in
         "HyperParameters.$": "States.JsonMerge($.request.hyperparameters, $.code, false)",
         "InputDataConfig": [
-            *(channel(name, {"S3Uri.$": f"$.dataset.channels.{name}"}, "ManifestFile") for name in CHANNELS),
+            *(channel(name, {"S3Uri.$": f"$.dataset.shards.{name}"}, "S3Prefix", *shard_input(config, name))
+              for name in SHARDED_CHANNELS),
+            channel("benchmark", {"S3Uri.$": "$.dataset.channels.benchmark"}, "ManifestFile"),
             channel(wiring.TRAINING_CODE_CHANNEL, {"S3Uri": code.s3_object_url}, "S3Prefix"),
             *([channel(PRETRAINED_CHANNEL, {"S3Uri": pretrained.s3_object_url}, "S3Prefix")] if pretrained else []),
         ],

@@ -107,7 +107,8 @@ class TrainingPipelineStack(Stack):
 
         self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket,
                                                          wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
-        allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS])
+        allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS],
+                      read=[layout.PROCESSED])  # the PNGs it packs into shards
         # the benchmark set: listed before it is read (lambdas/benchmark_set.read)
         allow_objects(self.prepare.function, wiring.DATA, stage, key, read=[layout.BENCHMARKS],
                       list_=[layout.BENCHMARKS])
@@ -350,7 +351,8 @@ class TrainingPipelineStack(Stack):
                         description="cxr SageMaker training jobs")
         allow_objects(role, wiring.DATA, self.config.stage, self.key,
                       read=[layout.PROCESSED, layout.MANIFESTS, layout.CHECKPOINTS],
-                      write=[layout.MODELS, layout.CHECKPOINTS], list_=[layout.CHECKPOINTS])
+                      write=[layout.MODELS, layout.CHECKPOINTS],
+                      list_=[layout.CHECKPOINTS, layout.MANIFESTS])  # S3Prefix shard channels are listed first
         assets = [asset for asset in (self.code, self.pretrained) if asset]
         role.add_to_policy(iam.PolicyStatement(  # the code archive (and weights), exactly, in CDK's asset bucket
             actions=["s3:GetObject"],

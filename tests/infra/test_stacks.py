@@ -217,8 +217,12 @@ def test_train_state_runs_the_job_to_completion_isolated_and_encrypted(synth):
     assert params["AlgorithmSpecification"]["TrainingImage"] == images.image_table()["eu-west-1"][images.TRAINING_GPU]
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in params["InputDataConfig"]}
     assert {name: c["S3DataType"] for name, c in channels.items()} == {
-        "train": "ManifestFile", "validation": "ManifestFile", "test": "ManifestFile", "benchmark": "ManifestFile",
+        "train": "S3Prefix", "validation": "S3Prefix", "test": "S3Prefix", "benchmark": "ManifestFile",
         "code": "S3Prefix", "pretrained": "S3Prefix"}
+    # one instance: the shards downloaded whole (a few hundred objects, not one an image)
+    assert {(c["InputMode"], c["DataSource"]["S3DataSource"]["S3DataDistributionType"])
+            for c in params["InputDataConfig"]} == {("File", "FullyReplicated")}
+    assert channels["train"]["S3Uri.$"] == "$.dataset.shards.train"
     assert channels["pretrained"]["S3Uri"].endswith(".zip")  # the EfficientNet-Lite networks start from ImageNet
     code = state_machine_definition(synth)["States"][wiring.READ_REQUEST_STATE]["Parameters"]["code"]
     assert json.loads(code["sagemaker_program"]) == "train.py"

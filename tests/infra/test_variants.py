@@ -60,6 +60,13 @@ def test_training_without_spot_on_an_instance_without_nvme_gets_a_volume_key(var
     assert code["sagemaker_instance_type"] == '"ml.p3.2xlarge"'
     assert "cxr-prod-data-" in params["OutputDataConfig"]["S3OutputPath.$"]
     assert "pretrained" not in {c["ChannelName"] for c in params["InputDataConfig"]}
+    # two instances: each streams its own part of the training shards; validation and test whole, read by rank 0
+    channels = {c["ChannelName"]: (c["InputMode"], c["DataSource"]["S3DataSource"]) for c in params["InputDataConfig"]}
+    for name in ("train", "validation", "test"):
+        mode, source = channels[name]
+        assert (mode, source["S3DataType"], source["S3Uri.$"]) == ("FastFile", "S3Prefix", f"$.dataset.shards.{name}")
+        assert source["S3DataDistributionType"] == ("ShardedByS3Key" if name == "train" else "FullyReplicated")
+    assert channels["benchmark"][0] == "File" and channels["benchmark"][1]["S3DataType"] == "ManifestFile"
 
 
 def test_async_endpoints_use_the_cpu_image_and_an_output_location(variant):

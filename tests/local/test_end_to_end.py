@@ -289,6 +289,16 @@ def test_two_training_instances_train_through_the_toolkit_launch_and_deploy(two_
         assert "torchrun --nnodes 2 --nproc_per_node 1 --master_addr algo-1 --master_port 7777 --node_rank 1" in (
             hosts / "algo-2" / "train.log").read_text()
         assert json.loads((hosts / "algo-1" / "model" / "model.json").read_text())["distributed"]["world_size"] == 2
+        # the training shards dealt by ShardedByS3Key (FastFile: linked in place of a mount): disjoint, all of them
+        shares = [{p.name for p in (hosts / h / "input" / "data" / "train").rglob("*.tar")}
+                  for h in ("algo-1", "algo-2")]
+        prefix = run["output"]["dataset"]["shards"]["train"].split("/", 3)[3]
+        every = {o["Key"].rsplit("/", 1)[1] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(
+            Bucket=cloud.names.bucket(wiring.DATA), Prefix=prefix) for o in page.get("Contents", [])}
+        assert shares[0] and shares[1] and not shares[0] & shares[1] and shares[0] | shares[1] == every
+        config_of = json.loads((hosts / "algo-2" / "input" / "config" / "inputdataconfig.json").read_text())
+        assert (config_of["train"]["TrainingInputMode"], config_of["train"]["S3DistributionType"]) == (
+            "FastFile", "ShardedByS3Key")
         xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
         results = operations.predict_files(boto3.client("s3"), cloud.names.bucket(wiring.INFERENCE), [xray],
                                            name_of(cloud, wiring.INFERENCE))

@@ -45,7 +45,7 @@ def train_request(synthesized) -> dict:
     values = pipeline.reference_values(synthesized, NAMES, ACCOUNT, REGION, KEY)
     definition = json.loads(asl.definition(synthesized.templates, values, wiring.STATE_MACHINE_ID))
     data = NAMES.bucket(wiring.DATA)
-    paths = {"TrainingJobName": JOB, "HyperParameters": {}, "S3Uri": f"s3://{data}/manifests/run-1/train.manifest",
+    paths = {"TrainingJobName": JOB, "HyperParameters": {}, "S3Uri": f"s3://{data}/manifests/run-1/shards/train/",
              "S3OutputPath": f"s3://{data}/models/run-1/", "Value": "run-1"}
 
     def concrete(node):  # each JSONPath / intrinsic field takes what it evaluates to in one run
@@ -65,17 +65,19 @@ def check(deployment, recorder) -> tuple[list, list[str]]:
 
 
 def test_the_training_job_reads_its_code_and_weights_channels(deployment, train_request, tmp_path):
-    """S3Prefix channels are listed, then read: the job's role needs s3:ListBucket on CDK's asset bucket."""
+    """S3Prefix channels are listed, then read: the job's role needs s3:ListBucket on CDK's asset bucket, and on
+    the data bucket under the run's shard prefixes."""
     prefixed = [c for c in train_request["InputDataConfig"]
                 if c["DataSource"]["S3DataSource"]["S3DataType"] == "S3Prefix"]
-    assert {c["ChannelName"] for c in prefixed} == {wiring.TRAINING_CODE_CHANNEL, "pretrained"}
+    assert {c["ChannelName"] for c in prefixed} == {wiring.TRAINING_CODE_CHANNEL, "pretrained", "train", "validation",
+                                                    "test"}
     with mock_aws(), iam_trace.recording() as recorder:
         s3 = boto3.client("s3", region_name=REGION)
         for channel in prefixed:
             bucket, key = split_s3_uri(channel["DataSource"]["S3DataSource"]["S3Uri"])
             if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
                 s3.create_bucket(Bucket=bucket)
-            s3.put_object(Bucket=bucket, Key=key, Body=b"asset")
+            s3.put_object(Bucket=bucket, Key=key + ("000000.tar" if key.endswith("/") else ""), Body=b"asset")
         with iam_trace.acting_as(train_request["RoleArn"]):
             for channel in prefixed:
                 assert download_channel(channel, tmp_path / channel["ChannelName"]) == 1

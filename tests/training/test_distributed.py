@@ -169,3 +169,39 @@ def test_one_simulated_cluster_at_a_time(tmp_path):
     with hosts.exclusive(lock):
         assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 3
     assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0
+
+
+def test_two_ranks_on_their_own_shards_checkpoint_what_they_took_and_one_process_finishes_the_epoch(
+        staged, code, tmp_path):
+    """A shard channel on one host with two processes: the ranks deal its 9 shards (5 and 4) and walk their own
+    images, 4 steps an epoch at 4 a rank. The checkpoint 2 steps into epoch 1 records each rank's shards and the
+    16 images taken; one process resumes it, skips those 16 and finishes the run."""
+    from sharded import pack_channels
+
+    from cxr import training_run
+
+    channels = pack_channels(staged.channels, tmp_path / "packed", 4)
+    hps = {**TINY_HPS, "batch-size": 4}
+    base = opt_ml(tmp_path / "algo-1", "algo-1", ["algo-1"], channels, code,
+                  {**hps, "sagemaker_mpi_num_of_processes_per_host": 2})
+    launch_and_wait({"algo-1": base}, {"PET_MASTER_PORT": str(free_port())})
+    saved = base / "checkpoints" / "ckpt-00000006.pt"
+    state = torch.load(saved, weights_only=False)["state"]
+    walk = state["shard_walk"]
+    assert state["epoch"] == 1 and [r["position"] for r in walk["ranks"]] == [8, 8] and len(walk["taken"]) == 16
+    shares = [set(r["shards"]) for r in walk["ranks"]]
+    assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == 9
+    assert json.loads((base / "model" / "model.json").read_text())["distributed"]["world_size"] == 2
+
+    alone = tmp_path / "alone-checkpoints"
+    alone.mkdir()
+    shutil.copy(saved, alone)
+    model_dir = training_run.run_training_job(channels, hps, tmp_path / "one", checkpoint_dir=alone)
+    log = (tmp_path / "one" / "train.log").read_text().splitlines()
+    resumed = next(json.loads(line) for line in log if line.startswith('{"shard_walk"'))
+    assert resumed == {"shard_walk": "other ranks: images already taken this epoch skipped", "position": 0,
+                       "skipped": 16}
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["training"]["epochs_run"] == 3
+    # epoch 1 ends after the 20 images left (5 steps of 4): its end checkpoint is step 6 + 5
+    assert (alone / "ckpt-00000011.pt").exists()

@@ -115,3 +115,37 @@ def test_missing_dataset_is_a_clear_error(data_bucket, state_table, lambda_conte
     monkeypatch.setenv("DATA_BUCKET", data_bucket)
     with pytest.raises(prepare_dataset.DatasetError, match="no processed images"):
         prepare_dataset.handler({"run_id": "r3", "dataset": "nothing"}, lambda_context)
+
+
+def test_train_validation_and_test_are_packed_into_shards_in_jsonl_order(dataset, lambda_context):
+    """The shards hold each split's records (the jsonl's lines, in order) and the processed PNGs themselves; key
+    order is shard order; the benchmark set stays a manifest."""
+    import io
+
+    from lambdas.domain import shards
+
+    bucket, s3 = dataset, boto3.client("s3")
+    out = prepare_dataset.handler({"run_id": "r1", "dataset": "kermany", "seed": 4}, lambda_context)
+    assert set(out["shards"]) == {"train", "validation", "test"}
+    summary = json.loads(s3.get_object(Bucket=bucket, Key="manifests/r1/summary.json")["Body"].read())
+    for split, uri in out["shards"].items():
+        assert uri == f"s3://{bucket}/manifests/r1/shards/{split}/"
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=uri.split("/", 3)[3])["Contents"]]
+        assert keys == [f"manifests/r1/shards/{split}/{shards.name(i)}" for i in range(len(keys))]
+        assert len(keys) == summary["shards"][split] == summary["images"][split]  # fewer images than 128: one each
+        packed = [pair for key in keys for pair in shards.read(io.BytesIO(
+            s3.get_object(Bucket=bucket, Key=key)["Body"].read()))]
+        lines = s3.get_object(Bucket=bucket, Key=f"manifests/r1/{split}.jsonl")["Body"].read().decode().splitlines()
+        assert [record for record, _ in packed] == [json.loads(line) for line in lines]
+        for record, png in packed:
+            assert png == s3.get_object(Bucket=bucket, Key=record["key"])["Body"].read()
+
+
+def test_local_staging_writes_the_manifests_without_the_aws_sdk():
+    """``cxr train-local`` stages with the pure manifest helpers (lambdas/domain/manifests.py), not the Lambda."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, cxr.training_run\n"
+             "print(sorted({'boto3', 'botocore', 'aws_lambda_powertools'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -99,7 +99,7 @@ def serve(port: int, count: int, linear: bool) -> None:
         objects.put_object(bucket, image["metadata_key"], json.dumps(source_state.sidecar(record)).encode(),
                            disable_notification=True)
         body = raw_body(n)
-        key = objects.put_object(bucket, record["source"]["key"], body, disable_notification=True,
+        key = objects.put_object(bucket, seeded.raw_key(DATASET, n), body, disable_notification=True,
                                  checksum_value=sha256_base64(body))
         key.checksum_algorithm = "SHA256"
     print(json.dumps({"ready": url, "seed_s": round(time.perf_counter() - started, 1), "server_rss_mb": rss_mb()}),

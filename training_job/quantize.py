@@ -11,7 +11,7 @@ convolutions as integer dot products; ``bench/predict_path.py`` measures the spe
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,18 @@ CALIBRATION_IMAGES = 64
 BATCH = 32
 
 
-def quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
-    """Write the statically quantized copy of ``fp32`` to ``int8``, activation ranges from ``calibration``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def quantize(fp32: Path, int8: Path, calibration: np.ndarray, method: str = "MinMax",
+             exclude: Sequence[str] = ()) -> None:
+    """Write the statically quantized copy of ``fp32`` to ``int8``, activation ranges from ``calibration`` by
+    ONNX Runtime's calibrator ``method`` (``MinMax``, ``Percentile``, ``Entropy``), the ``exclude`` nodes left
+    in FP32 (``bench/int8_accuracy.py`` compares them)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -40,7 +49,8 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
         prepared = Path(tmp) / "prepared.onnx"  # shapes inferred and the graph folded first, as ORT advises
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(str(prepared), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod[method], nodes_to_exclude=list(exclude))
 
 
 def logits(path: Path, images, threads: int = 1, output: str = "logits") -> np.ndarray:

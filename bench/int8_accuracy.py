@@ -31,13 +31,12 @@ import train  # noqa: E402
 
 
 def first_conv_and_classifier(path: Path) -> list[str]:
-    """The graph's first ``Conv`` and its last ``Gemm`` / ``MatMul`` (the classifier), by node name."""
+    """The graph's first ``Conv`` and its classifier, by node name: the last ``Conv``, ``Gemm`` or ``MatMul`` (the
+    exported networks classify with a 1x1 convolution, whose map is the class-activation output, then average)."""
     import onnx
 
-    nodes = onnx.load(str(path)).graph.node
-    first = next(n.name for n in nodes if n.op_type == "Conv")
-    last = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
-    return [first, *last]
+    layers = [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return [layers[0], layers[-1]]
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The predict path end to end, today's code against the new, per mode: upload event in, prediction JSON out.
 
-Usage: ``python bench/predict_path.py MODEL_DIR [--baseline REV] [--repeats 3] [--warm 100] [--only TEXT] [--json PATH]``.
+Usage: ``python bench/predict_path.py MODEL_DIR [--baseline REV] [--repeats 3] [--warm 100] [--only TEXT]
+[--json PATH]``.
 
 ``MODEL_DIR`` is a trained model (``cxr train-local --out DIR`` leaves it at ``DIR/model``; with the new code it
 holds ``model.int8.onnx`` and both accuracies in ``metrics.json``). ``--baseline`` is today's code (a git

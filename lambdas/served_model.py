@@ -5,7 +5,7 @@ last (:func:`lambdas.domain.promotion.champion_of`, the rule the pipeline deploy
 rollback`` reverses), looked up at most once a minute. What is loaded, once per execution environment (and
 again only when the champion changes), is the artifact's lean serving copy that the Evaluate step wrote
 (``lambdas.domain.serving_copy``: the served ONNX file, ``model.json``, the guard and the handler's ``.py``
-files, a tenth of ``model.tar.gz``), checked against the SHA-256 the package records. A package registered
+files, about a tenth of the artifact unpacked), checked against the SHA-256 the package records. A package registered
 before serving copies existed has its ``model.tar.gz`` streamed instead, checked against its registered digest,
 with only what the handler needs written to ``/tmp``: never ``code/lib`` (the endpoint image's packages, built
 for another Python), the torch weights or the report. Either way the prediction's ``artifact_sha256`` is the

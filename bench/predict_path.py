@@ -1,6 +1,7 @@
 """The predict path end to end, today's code against the new, per mode: upload event in, prediction JSON out.
 
-Usage: ``python bench/predict_path.py MODEL_DIR [--baseline REV] [--repeats 3] [--warm 100] [--json PATH]``.
+Usage: ``python bench/predict_path.py MODEL_DIR [--baseline REV] [--repeats 3] [--warm 100] [--only TEXT]
+[--json PATH]``.
 
 ``MODEL_DIR`` is a trained model (``cxr train-local --out DIR`` leaves it at ``DIR/model``; with the new code it
 holds ``model.int8.onnx`` and both accuracies in ``metrics.json``). ``--baseline`` is today's code (a git
@@ -39,8 +40,10 @@ model = inference.model_fn(sys.argv[1])
 inference.predict_fn(inference.input_fn(open(sys.argv[2], "rb").read(), "image/png"), model)
 print(time.time())
 """
-CONFIGS = (("today", "serverless", "fp32"), ("new", "serverless", "fp32"), ("new", "lambda", "fp32"),
-           ("new", "lambda", "int8"))
+CONFIGS = (("today", "serverless", "fp32"), ("new", "serverless", "fp32"), ("new", "lambda-tar", "fp32"),
+           ("new", "lambda", "fp32"), ("new", "lambda-tar", "int8"), ("new", "lambda", "int8"))
+"""``lambda-tar``: lambda mode streaming the whole ``model.tar.gz`` (the previous stop's cold start), beside
+``lambda``, which loads the lean serving copy (``lambdas.domain.serving_copy``)."""
 
 
 def cpu_flags() -> dict:
@@ -82,6 +85,11 @@ def package(tree: Path, model_dir: Path, out: Path, onnx: str) -> Path:
     config = json.loads((out / "model.json").read_text())
     config["onnx"] = onnx
     (out / "model.json").write_text(json.dumps(config, indent=1))
+    if (tree / "lambdas" / "domain" / "serving_copy.py").is_file():  # the lean copy lambda mode loads, as Evaluate
+        serving_copy = jobcode.load("serving_copy", tree / "lambdas" / "domain")  # builds it from the archive
+        names = (p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        copy, _ = serving_copy.build({n: (out / n).read_bytes() for n in names if serving_copy.candidate(n)})
+        out.with_name(f"{out.name}.serving.tar").write_bytes(copy)
     return out
 
 
@@ -116,6 +124,7 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=100)
     parser.add_argument("--image", type=Path, default=IMAGE)
     parser.add_argument("--json", type=Path, metavar="PATH")
+    parser.add_argument("--only", default="", help="run only the configurations whose name contains this")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="predict-path-"))
     trees = {"today": code_tree(args.baseline, work), "new": ROOT}
@@ -133,9 +142,9 @@ def main() -> None:
     endpoints: dict[str, list[dict]] = {}
     for _ in range(args.repeats):
         for tree, mode, precision in CONFIGS:
-            if (tree, precision) not in models:
-                continue
             name = f"{tree} {mode} {precision}"
+            if (tree, precision) not in models or args.only not in name:
+                continue
             env = {**os.environ, "PYTHONPATH": str(trees[tree]), "OMP_NUM_THREADS": "1", "CXR_ONNX_THREADS": "1"}
             spawned = time.time()
             out = subprocess.run([sys.executable, str(RUN), mode, str(models[(tree, precision)]), str(args.image),
@@ -153,12 +162,13 @@ def main() -> None:
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"CPU {result['cpu']}\nload average {[round(v, 1) for v in result['load_average']]}, model "
           f"{result['model']}, {args.warm} warm calls, {args.repeats} repeats (ranges: min-max)\n")
-    print(f"{'code, mode, model':<26} {'cold s':>11} {'warm p50 ms':>13} {'p99 ms':>13} {'norm+model ms':>15} "
-          f"{'model ms':>11} {'RSS MB':>11}")
+    print(f"{'code, mode, model':<26} {'cold s':>11} {'cold CPU s':>11} {'warm p50 ms':>13} {'p99 ms':>13} "
+          f"{'norm+model ms':>15} {'model ms':>11} {'RSS MB':>11}")
     for name, measured in runs.items():
         cell = {key: span([m[key] for m in measured]) for key in measured[0] if key.endswith(("_s", "_ms", "_mb"))}
-        print(f"{name:<26} {cell['cold_start_s']:>11} {cell['warm_p50_ms']:>13} {cell['warm_p99_ms']:>13} "
-              f"{cell['compute_p50_ms']:>15} {cell['model_p50_ms']:>11} {cell['peak_rss_mb']:>11}")
+        print(f"{name:<26} {cell['cold_start_s']:>11} {cell.get('cold_start_cpu_s', '-'):>11} "
+              f"{cell['warm_p50_ms']:>13} {cell['warm_p99_ms']:>13} {cell['compute_p50_ms']:>15} "
+              f"{cell['model_p50_ms']:>11} {cell['peak_rss_mb']:>11}")
     for name, measured in endpoints.items():
         print(f"endpoint container start, {name}: pip {span([m['pip_s'] for m in measured])} s + handler "
               f"{span([m['handler_s'] for m in measured])} s = {span([m['total_s'] for m in measured])} s")

@@ -1,11 +1,15 @@
 """One measured process of ``bench/predict_path.py``: the real predict handler, upload events in, prediction JSON out.
 
 Run by the driver with ``PYTHONPATH`` set to one code tree (today's or the new), so the same script measures
-both. Usage: ``python predict_path_run.py MODE MODEL_DIR IMAGE WARM SPAWNED_AT``; prints one JSON line.
+both. Usage: ``python predict_path_run.py MODE MODEL_DIR IMAGE WARM SPAWNED_AT``; prints one JSON line. ``MODE``
+is an ``endpoint_mode``, or ``lambda-tar``: lambda mode on a package with no serving copy, whose whole
+``model.tar.gz`` the function streams (the previous stop's path, kept for packages registered before copies).
 
 Scaffolding that is not the function's (moto, its buckets and tables, the endpoint's own model load) is timed
 and subtracted from the cold start: cold start = process start (``SPAWNED_AT``, wall clock) to the first
-prediction JSON, dependencies and, in ``lambda`` mode, the model's download and load included. With an
+prediction JSON, dependencies and, in ``lambda`` mode, the model's download and load included. ``cold_start_cpu_s``
+is the CPU time the process spent on it (user + system, interpreter start included, scaffolding's subtracted):
+what a core of its own would take, where a shared machine's load inflates the wall clock. With an
 endpoint (``serverless``), the endpoint answers in this process through a botocore hook running the artifact's
 own ``inference.py``; its container start is measured apart by the driver.
 """
@@ -30,7 +34,7 @@ from pathlib import Path  # noqa: E402
 
 import boto3  # noqa: E402  (the function imports it too: counted in the cold start)
 
-SCAFFOLD_STARTED = time.time()
+SCAFFOLD_STARTED, SCAFFOLD_CPU = time.time(), time.process_time()
 from moto import mock_aws  # noqa: E402
 
 BUCKET, GROUP = "bench-inference", "bench-models"
@@ -41,9 +45,10 @@ def scaffold(mode: str, model_dir: Path):
     os.environ.update({"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
                        "INFERENCE_BUCKET": BUCKET, "PREDICTIONS_TABLE": "predictions", "IDEMPOTENCY_TABLE": "idem",
                        "ENDPOINT_PARAMETER": "/bench/endpoint", "SOURCE_STATE_TABLE": "state",
-                       "ENDPOINT_MODE": mode, "MODEL_PACKAGE_GROUP": GROUP, "CXR_ONNX_THREADS": "1",
+                       "ENDPOINT_MODE": mode.removesuffix("-tar"), "MODEL_PACKAGE_GROUP": GROUP,
+                       "CXR_ONNX_THREADS": "1",
                        "POWERTOOLS_METRICS_NAMESPACE": "bench", "POWERTOOLS_LOG_LEVEL": "WARNING",
-                       "EXPLAIN_REFERRALS": "false"})
+                       "EXPLAIN_REFERRALS": "false", "PSEUDONYM_SECRET_ARN": "bench-pseudonyms"})
     s3, ddb = boto3.client("s3"), boto3.client("dynamodb")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -53,17 +58,23 @@ def scaffold(mode: str, model_dir: Path):
                          KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
                          AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys])
     boto3.client("ssm").put_parameter(Name="/bench/endpoint", Value="bench-endpoint", Type="String")
-    if mode == "lambda":
+    boto3.client("secretsmanager").create_secret(Name="bench-pseudonyms", SecretString="k" * 40)  # upload names
+    if mode.startswith("lambda"):
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
             archive.add(model_dir, arcname=".")
         body = buffer.getvalue()
         s3.put_object(Bucket=BUCKET, Key="models/bench/model.tar.gz", Body=body)
+        metadata = {"cxr:approved-at": "2026-11-30T00:00:00+00:00"}
+        if mode == "lambda":  # the serving copy the driver built as the Evaluate step does, recorded as Register does
+            copy = model_dir.with_name(f"{model_dir.name}.serving.tar").read_bytes()
+            s3.put_object(Bucket=BUCKET, Key="serving/bench/model.tar", Body=copy)
+            metadata.update({"cxr:serving-artifact": f"s3://{BUCKET}/serving/bench/model.tar",
+                             "cxr:serving-sha256": hashlib.sha256(copy).hexdigest()})
         sagemaker = boto3.client("sagemaker")
         sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
         sagemaker.create_model_package(
-            ModelPackageGroupName=GROUP, ModelApprovalStatus="Approved",
-            CustomerMetadataProperties={"cxr:approved-at": "2026-11-30T00:00:00+00:00"},
+            ModelPackageGroupName=GROUP, ModelApprovalStatus="Approved", CustomerMetadataProperties=metadata,
             InferenceSpecification={"Containers": [{
                 "Image": "bench", "ModelDataUrl": f"s3://{BUCKET}/models/bench/model.tar.gz",
                 "Environment": {"CXR_ARTIFACT_SHA256": hashlib.sha256(body).hexdigest()}}],
@@ -84,11 +95,10 @@ def main() -> None:
     data = image.read_bytes()
     with mock_aws():
         endpoint = scaffold(mode, model_dir)
-        scaffold_s = time.time() - SCAFFOLD_STARTED
+        scaffold_s, scaffold_cpu_s = time.time() - SCAFFOLD_STARTED, time.process_time() - SCAFFOLD_CPU
         rss_scaffold = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         from cxr.local import s3_events
         from lambdas import aws, predict
-        from lambdas.domain import layout
 
         compute = {"normalise": [], "model": []}
 
@@ -136,12 +146,14 @@ def main() -> None:
             latencies.append(time.perf_counter() - started)
             assert outcome["predicted"] == 1, outcome
             if i == 0:
-                first_at = time.time()
-                prediction = json.loads(s3.get_object(Bucket=BUCKET, Key=layout.prediction_key(key))["Body"].read())
+                first_at, first_cpu = time.time(), time.process_time()
+                [written] = s3.list_objects_v2(Bucket=BUCKET, Prefix="predictions/")["Contents"]  # named, not keyed
+                prediction = json.loads(s3.get_object(Bucket=BUCKET, Key=written["Key"])["Body"].read())
     warm_ms = sorted(1000 * t for t in latencies[1:])
     path_ms = sorted(1000 * (a + b) for a, b in zip(compute["normalise"][1:], compute["model"][1:], strict=True))
     print(json.dumps({
         "mode": mode, "cold_start_s": round(first_at - spawned_at - scaffold_s, 3),
+        "cold_start_cpu_s": round(first_cpu - scaffold_cpu_s, 3),
         "first_invocation_ms": round(1000 * latencies[0], 1),
         "warm_p50_ms": round(statistics.median(warm_ms), 2),
         "warm_p99_ms": round(warm_ms[min(len(warm_ms) - 1, int(0.99 * len(warm_ms)))], 2),

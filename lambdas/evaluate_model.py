@@ -9,7 +9,9 @@ result, not an error; an artifact without metrics is an error.
 The same stream gives the archive's SHA-256 (``artifact_sha256``): this is the first step that sees
 the packed artifact whole (the training script writes what goes into it, SageMaker packs it), so the
 digest is taken here, recorded in the report and handed to the deploy step, which stamps it on the
-SageMaker model; every prediction then names the exact bytes that produced it.
+SageMaker model; every prediction then names the exact bytes that produced it. The same pass keeps the few
+members a predict function serves from and writes them as the artifact's lean serving copy
+(``serving/<run>/model.tar``, ``lambdas.domain.serving_copy``), whose digest the register step records.
 
 Whatever the configured minimums, a model must record the decision rule its endpoint applies
 (``metrics.json`` ``decision``, written by ``training_job/decision.py``): a positive log-odds margin
@@ -30,7 +32,7 @@ from collections.abc import Mapping
 from aws_lambda_powertools import Logger
 
 from lambdas import aws
-from lambdas.domain import audit, layout
+from lambdas.domain import audit, layout, serving_copy
 
 logger = Logger(service="cxr-evaluate-model")
 
@@ -55,18 +57,20 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None, str, bytes | None]:
+def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None, str, bytes | None, dict[str, bytes]]:
     """``metrics.json``, the HTML evaluation report (None in archives older than it), the SHA-256 of
-    the whole object and ``benchmark.json`` (None in older archives) from a gzipped tar on S3, in one
-    streamed read: the weights are never held in memory."""
+    the whole object, ``benchmark.json`` (None in older archives) and the serving copy's candidate members
+    from a gzipped tar on S3, in one streamed read: the weights and ``code/lib`` are never held in memory."""
     body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
-    stream, found = audit.DigestingReader(body), {}
+    stream, found, serving = audit.DigestingReader(body), {}, {}
     try:
         with tarfile.open(fileobj=stream, mode="r|gz") as archive:
             for member in archive:
                 name = member.name.removeprefix("./")
                 if member.isfile() and name in (METRICS_FILE, REPORT_MEMBER, BENCHMARK_FILE):
                     found[name] = archive.extractfile(member).read()
+                elif member.isfile() and serving_copy.candidate(name):
+                    serving[name] = archive.extractfile(member).read()
         metrics = json.loads(found[METRICS_FILE]) if METRICS_FILE in found else None
         digest = stream.drain()
     except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError) as exc:
@@ -75,7 +79,21 @@ def read_artifact(bucket: str, key: str) -> tuple[dict, bytes | None, str, bytes
         body.close()
     if metrics is None:
         raise ModelArtifactError(f"the model archive has no {METRICS_FILE}")
-    return metrics, found.get(REPORT_MEMBER), digest, found.get(BENCHMARK_FILE)
+    return metrics, found.get(REPORT_MEMBER), digest, found.get(BENCHMARK_FILE), serving
+
+
+def write_serving_copy(bucket: str, run_id: str, members: dict[str, bytes]) -> dict:
+    """``serving/<run>/model.tar`` and its SHA-256, or None for both when the archive holds no ``model.json``
+    (archives made by hand, as the tests' are): the predict function then streams ``model.tar.gz`` itself."""
+    if serving_copy.CONFIG not in members:
+        return {"serving_artifact": None, "serving_sha256": None}
+    try:
+        data, _ = serving_copy.build(members)
+    except serving_copy.IncompleteArtifact as exc:
+        raise ModelArtifactError(str(exc)) from exc
+    key = layout.serving_key(run_id)
+    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/x-tar")
+    return {"serving_artifact": f"s3://{bucket}/{key}", "serving_sha256": serving_copy.sha256(data)}
 
 
 def metric(metrics: Mapping, path: str) -> float | None:
@@ -142,12 +160,13 @@ def handler(event: dict, context) -> dict:
     run_id = str(event["run_id"])
     bucket, key = parse_s3_uri(event["model_artifact"])
     gate = load_gate(os.environ)
-    metrics, report_html, digest, benchmark_answers = read_artifact(bucket, key)
+    metrics, report_html, digest, benchmark_answers, serving = read_artifact(bucket, key)
     verdict = judge(metrics, gate)
+    data_bucket = os.environ["DATA_BUCKET"]
     report = {"run_id": run_id, "model_artifact": event["model_artifact"], "artifact_sha256": digest,
+              **write_serving_copy(data_bucket, run_id, serving),
               "code_version": os.environ.get(audit.CODE_VERSION_VARIABLE, audit.UNKNOWN), **verdict}
     s3 = aws.client("s3")
-    data_bucket = os.environ["DATA_BUCKET"]
     s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, METRICS_FILE),
                   Body=json.dumps(metrics, indent=2).encode(), ContentType="application/json")
     s3.put_object(Bucket=data_bucket, Key=layout.report_key(run_id, "gate.json"),

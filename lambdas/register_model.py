@@ -6,7 +6,8 @@ the minimums alone and why), writes the decision and its statistics to ``reports
 and creates the model package with that status: the artifact as its inference container (the same
 image and ``inference.py`` the endpoint and Batch Transform run), ``metrics.json`` as its model quality
 statistics, and in ``CustomerMetadataProperties`` the run, dataset, artifact digest, code version,
-training-data summary, report, benchmark set version and answers. The state machine deploys only an
+training-data summary, report, benchmark set version and answers, and the lean serving copy's location and
+digest (what ``endpoint_mode=lambda`` loads). The state machine deploys only an
 ``Approved`` package. A retried attempt finds the run's package and returns it unchanged.
 """
 
@@ -46,6 +47,9 @@ def properties(event: dict, evaluation: dict, answers: dict | None, decision: di
     }
     if answers and answers.get("records"):
         values[promotion.BENCHMARK_ANSWERS] = evaluation["benchmark_uri"]
+    if evaluation.get("serving_artifact"):
+        values[promotion.SERVING_ARTIFACT] = evaluation["serving_artifact"]
+        values[promotion.SERVING_SHA256] = evaluation["serving_sha256"]
     if decision["approved"]:
         values[promotion.APPROVED_AT] = registry.now()
     values = {key: promotion.metadata_value(value) for key, value in values.items()}

@@ -2,10 +2,14 @@
 
 The model served is the stage's champion in the SageMaker Model Registry, the approved package approved
 last (:func:`lambdas.domain.promotion.champion_of`, the rule the pipeline deploys by and ``cxr models
-rollback`` reverses), looked up at most once a minute. Its ``model.tar.gz`` is streamed from S3 once per
-execution environment (and again only when the champion changes), checked against the SHA-256 the package
-records, and only what the handler needs is written to ``/tmp``: never ``code/lib`` (the endpoint image's
-packages, built for another Python), the torch weights or the report. The artifact's own
+rollback`` reverses), looked up at most once a minute. What is loaded, once per execution environment (and
+again only when the champion changes), is the artifact's lean serving copy that the Evaluate step wrote
+(``lambdas.domain.serving_copy``: the served ONNX file, ``model.json``, the guard and the handler's ``.py``
+files, about a tenth of the artifact unpacked), checked against the SHA-256 the package records. A package registered
+before serving copies existed has its ``model.tar.gz`` streamed instead, checked against its registered digest,
+with only what the handler needs written to ``/tmp``: never ``code/lib`` (the endpoint image's packages, built
+for another Python), the torch weights or the report. Either way the prediction's ``artifact_sha256`` is the
+registered ``model.tar.gz``'s, whose members the copy holds byte for byte. The artifact's own
 ``code/inference.py`` then answers exactly as the endpoint would, from the pixels the predict function has
 already decoded (one decode per prediction); ONNX Runtime comes from the function's layer
 (``infra/bundling.py``).
@@ -86,8 +90,11 @@ def current(group: str) -> Served:
         package = champion(group)
         container = package["InferenceSpecification"]["Containers"][0]
         if _served is None or _served.artifact != container["ModelDataUrl"]:
+            metadata = package.get("CustomerMetadataProperties", {})
+            serving = (metadata[promotion.SERVING_ARTIFACT], metadata[promotion.SERVING_SHA256]) if (
+                promotion.SERVING_ARTIFACT in metadata) else None
             _served = load(package["ModelPackageArn"], container["ModelDataUrl"],
-                           container.get("Environment", {}).get(audit.ARTIFACT_SHA256_VARIABLE))
+                           container.get("Environment", {}).get(audit.ARTIFACT_SHA256_VARIABLE), serving)
         _checked_at = time.monotonic()
         return _served
 
@@ -105,26 +112,28 @@ def champion(group: str) -> dict:
     return package
 
 
-def load(package_arn: str, artifact: str, digest: str | None) -> Served:
-    """Stream the artifact into ``/tmp`` (checked against ``digest``), import its handler and load the model."""
+def load(package_arn: str, artifact: str, digest: str | None, serving: tuple[str, str] | None = None) -> Served:
+    """Write the serving copy (``serving``: its URI and SHA-256) into ``/tmp``, or without one the artifact's
+    handler files, each checked against its digest; import the handler and load the model."""
     model_dir = WORK / hashlib.sha256(artifact.encode()).hexdigest()[:16]
     shutil.rmtree(WORK, ignore_errors=True)  # the previous champion's files: /tmp is 512 MB by default
     model_dir.mkdir(parents=True)
-    bucket, key = layout.split_s3_uri(artifact)
+    uri, expected = serving or (artifact, digest)
+    bucket, key = layout.split_s3_uri(uri)
     body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
-    stream = _Hashing(body)
-    with tarfile.open(fileobj=stream, mode="r|gz") as archive:
+    stream = audit.DigestingReader(body)
+    with tarfile.open(fileobj=stream, mode="r|" if serving else "r|gz") as archive:
         for member in archive:
             name = member.name.removeprefix("./")
-            if member.isfile() and not name.startswith(SKIPPED):
+            if member.isfile() and (serving or not name.startswith(SKIPPED)):
                 archive.extract(member, model_dir, filter="data")
-    while stream.read(1 << 20):  # the rest of the gzip stream, so that the digest covers every byte
-        pass
-    if digest and stream.hexdigest() != digest:
-        raise ArtifactDigestMismatch(f"{artifact} has SHA-256 {stream.hexdigest()}, the registry records {digest}")
-    handler = _import_handler(model_dir / "code", stream.hexdigest())
+    found = stream.drain()  # the rest of the stream (tar padding, gzip trailer): the digest covers every byte
+    if expected and found != expected:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise ArtifactDigestMismatch(f"{uri} has SHA-256 {found}, the registry records {expected}")
+    handler = _import_handler(model_dir / "code", found)
     model = handler.model_fn(str(model_dir))
-    model.artifact_sha256 = digest or stream.hexdigest()
+    model.artifact_sha256 = digest or found
     return Served(package_arn, artifact, model.artifact_sha256, handler, model)
 
 
@@ -141,18 +150,3 @@ def _import_handler(code_dir: Path, digest: str) -> ModuleType:
     sys.modules[spec.name] = handler  # dataclasses look their module up while the module runs
     spec.loader.exec_module(handler)
     return handler
-
-
-class _Hashing:
-    """A file-like view of a stream that hashes every byte read through it."""
-
-    def __init__(self, body):
-        self.body, self.sha256 = body, hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.body.read(size) if size and size > 0 else self.body.read()
-        self.sha256.update(data)
-        return data
-
-    def hexdigest(self) -> str:
-        return self.sha256.hexdigest()

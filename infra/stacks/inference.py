@@ -125,7 +125,8 @@ class InferenceStack(Stack):
             self.format_arn(service="sagemaker", resource="model-package", resource_name=f"{group}/*")]))
         function.add_to_role_policy(iam.PolicyStatement(  # no resource-level permissions (it lists by group name)
             actions=["sagemaker:ListModelPackages"], resources=["*"]))
-        allow_objects(function, wiring.DATA, config.stage, key, read=[layout.MODELS])  # model.tar.gz, streamed
+        # the serving copy; model.tar.gz for packages registered before it
+        allow_objects(function, wiring.DATA, config.stage, key, read=[layout.SERVING, layout.MODELS])
         acknowledge(function.role, "Versioned model packages are named <group>/<version>, the version assigned by "
                     "SageMaker; ListModelPackages has no resource-level permissions (it lists one group by name).",
                     "AwsSolutions-IAM5[Resource::*]", "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:"

@@ -118,7 +118,8 @@ class TrainingPipelineStack(Stack):
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate), sort_keys=True),
             wiring.ENV_CODE_VERSION: code_version(),
         })
-        allow_objects(self.evaluate.function, wiring.DATA, stage, key, read=[layout.MODELS], write=[layout.REPORTS])
+        allow_objects(self.evaluate.function, wiring.DATA, stage, key, read=[layout.MODELS],
+                      write=[layout.REPORTS, layout.SERVING])
         self.model_group = sagemaker.CfnModelPackageGroup(
             self, "ModelPackageGroup", model_package_group_name=wiring.model_package_group(stage),
             model_package_group_description=f"cxr {stage}: every trained model; the approved one approved last serves")

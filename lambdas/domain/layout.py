@@ -24,6 +24,15 @@ def report_key(run_id: str, name: str) -> str:
 
 
 REPORT_HTML = "report.html"
+SERVING = "serving/"
+"""Each run's lean serving copy (``lambdas.domain.serving_copy``): what ``endpoint_mode=lambda`` loads."""
+
+
+def serving_key(run_id: str) -> str:
+    """``serving/<run>/model.tar``: written by the Evaluate step, read by the predict function."""
+    return f"{SERVING}{run_id}/model.tar"
+
+
 CHECKPOINTS = "checkpoints/"
 # inference bucket
 INCOMING = "incoming/"

@@ -37,6 +37,10 @@ BENCHMARK_ANSWERS = "cxr:benchmark-answers"
 DECISION = "cxr:decision"
 APPROVED_AT = "cxr:approved-at"
 """When the package was approved (ISO 8601, UTC): the champion is the approved package approved last."""
+SERVING_ARTIFACT = "cxr:serving-artifact"
+SERVING_SHA256 = "cxr:serving-sha256"
+"""The lean serving copy the Evaluate step wrote (``lambdas.domain.serving_copy``) and its digest: what
+``endpoint_mode=lambda`` loads; absent on packages registered before it."""
 
 MAX_PROPERTIES, MAX_KEY, MAX_VALUE, MAX_DESCRIPTION = 50, 128, 256, 1024
 _METADATA_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")

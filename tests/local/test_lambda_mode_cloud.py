@@ -2,10 +2,16 @@
 
 A tiny model (seconds of CPU training) goes through the pipeline's real Evaluate and Register functions, as
 its last steps would take it; an upload under ``incoming/`` is then predicted with no SageMaker endpoint
-anywhere, and every call of every principal is checked against the policies this mode synthesizes.
+anywhere, from the lean serving copy the Evaluate step wrote (never ``model.tar.gz``), and every call of every
+principal is checked against the policies this mode synthesizes.
 """
 
 from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
 
 import boto3
 import pytest
@@ -17,6 +23,7 @@ from cxr.local import pipeline
 from cxr.model_registry import ModelRegistry
 from infra import wiring
 from infra.config import Config
+from lambdas.domain import promotion
 
 pytestmark = pytest.mark.slow
 STAGE = "lam"
@@ -35,6 +42,19 @@ def test_an_upload_is_predicted_by_the_approved_model_in_the_predict_function(mo
             "run_id": "run-1", "dataset": "synth", "training_job_name": f"{wiring.resource_prefix(STAGE)}0-tiny",
             "model_artifact": artifact, "summary_uri": None, "evaluation": evaluation})
         assert registration["approved"] is True, registration
+        serving_key = evaluation["serving_artifact"].removeprefix(f"s3://{data}/")
+        copy = boto3.client("s3").get_object(Bucket=data, Key=serving_key)["Body"].read()
+        assert hashlib.sha256(copy).hexdigest() == evaluation["serving_sha256"]
+        metadata = boto3.client("sagemaker").describe_model_package(
+            ModelPackageName=registration["model_package_arn"])["CustomerMetadataProperties"]
+        assert metadata[promotion.SERVING_ARTIFACT] == evaluation["serving_artifact"]
+        assert metadata[promotion.SERVING_SHA256] == evaluation["serving_sha256"]
+        with tarfile.open(fileobj=io.BytesIO(copy)) as lean:
+            names = set(lean.getnames())
+            served = json.loads(lean.extractfile("model.json").read())
+        assert names == {"model.json", served["onnx"], served["out_of_distribution"]["file"], "code/inference.py",
+                         "code/imaging.py", "code/decision.py", "code/ood.py"}, names
+        assert len(copy) < model_archive.stat().st_size
 
         inference = cloud.names.bucket(wiring.INFERENCE)
         name_of = source_names.namer(boto3.client("secretsmanager"), STAGE, inference)
@@ -60,3 +80,6 @@ def test_an_upload_is_predicted_by_the_approved_model_in_the_predict_function(mo
                         and "Predict" in call.principal)
     assert {call.action for call in calls if call.principal == predict_role} >= {
         "sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage", "s3:GetObject"}
+    read = {call.resource.split(":::", 1)[-1] for call in calls
+            if call.principal == predict_role and call.action == "s3:GetObject"}
+    assert f"{data}/{serving_key}" in read and not any(key.endswith("model.tar.gz") for key in read), read

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 
 import boto3
@@ -16,8 +17,8 @@ import pytest
 from handlers.test_predict import BUCKET, counts, inference, invoke, prediction_key, read_json, upload  # noqa: F401,E501
 from synthetic import encode, xray
 
-from lambdas import register_model, served_model
-from lambdas.domain import imaging, promotion
+from lambdas import evaluate_model, register_model, served_model
+from lambdas.domain import imaging, promotion, serving_copy
 
 GROUP = "cxr-test-models"
 ARTIFACTS = "cxr-artifacts"
@@ -35,13 +36,24 @@ def pack(model_dir) -> bytes:
     return buffer.getvalue()
 
 
-def register(key: str, body: bytes, approved_at: str, digest: str | None = None) -> str:
+def register(key: str, body: bytes, approved_at: str, digest: str | None = None, serving: dict | None = None) -> str:
     boto3.client("s3").put_object(Bucket=ARTIFACTS, Key=key, Body=body)
     spec = register_model.inference_specification("image", f"s3://{ARTIFACTS}/{key}",
                                                   digest or hashlib.sha256(body).hexdigest(), "0.1.0+gtest")
+    metadata = {promotion.APPROVED_AT: approved_at}
+    if serving:
+        metadata.update({promotion.SERVING_ARTIFACT: serving["serving_artifact"],
+                         promotion.SERVING_SHA256: serving["serving_sha256"]})
     return boto3.client("sagemaker").create_model_package(
         ModelPackageGroupName=GROUP, InferenceSpecification=spec, ModelApprovalStatus=promotion.APPROVED,
-        CustomerMetadataProperties={promotion.APPROVED_AT: approved_at})["ModelPackageArn"]
+        CustomerMetadataProperties=metadata)["ModelPackageArn"]
+
+
+def serving_copy_of(archive: bytes, run_id: str) -> dict:
+    """What the Evaluate step writes for ``archive``: its serving copy in S3, with the copy's URI and SHA-256."""
+    boto3.client("s3").put_object(Bucket=ARTIFACTS, Key=f"{run_id}/model.tar.gz", Body=archive)
+    *_, members = evaluate_model.read_artifact(ARTIFACTS, f"{run_id}/model.tar.gz")
+    return evaluate_model.write_serving_copy(ARTIFACTS, run_id, members)
 
 
 @pytest.fixture
@@ -85,3 +97,41 @@ def test_an_artifact_that_is_not_the_registered_one_is_not_served(lambda_mode, l
     with pytest.raises(served_model.ArtifactDigestMismatch):
         invoke(lambda_context, upload("incoming/a.png", encode(xray("normal", np.random.default_rng(5)), "PNG")))
     assert not boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="predictions/").get("Contents")
+
+
+def test_the_lean_serving_copy_is_served_and_model_tar_gz_is_never_read(lambda_mode, lambda_context):
+    serving = serving_copy_of(lambda_mode, "run-1")
+    arn = register("lean/model.tar.gz", lambda_mode, "2026-11-02T00:00:00+00:00", serving=serving)
+    boto3.client("s3").delete_object(Bucket=ARTIFACTS, Key="lean/model.tar.gz")  # streaming it would now fail
+    assert invoke(lambda_context, upload("incoming/a.png", encode(xray("normal", np.random.default_rng(6)), "PNG"))
+                  ) == counts(predicted=1)
+    record = read_json(prediction_key("incoming/a.png"))
+    assert record["endpoint"] == f"lambda:{arn}"
+    assert record["audit"]["artifact_sha256"] == hashlib.sha256(lambda_mode).hexdigest()  # the registered artifact's
+    extracted = served_model.WORK / hashlib.sha256(f"s3://{ARTIFACTS}/lean/model.tar.gz".encode()).hexdigest()[:16]
+    config = json.loads((extracted / "model.json").read_text())
+    assert sorted(p.relative_to(extracted).as_posix() for p in extracted.rglob("*") if p.is_file()
+                  and "__pycache__" not in p.parts) == sorted(
+        ["model.json", config["onnx"], config["out_of_distribution"]["file"],
+         *(f"code/{name}" for name in ("inference.py", "imaging.py", "decision.py", "ood.py"))])
+
+
+def test_a_serving_copy_that_is_not_the_registered_one_is_not_served(lambda_mode, lambda_context):
+    serving = serving_copy_of(lambda_mode, "run-1")
+    register("lean/model.tar.gz", lambda_mode, "2026-11-02T00:00:00+00:00",
+             serving={**serving, "serving_sha256": "0" * 64})
+    with pytest.raises(served_model.ArtifactDigestMismatch, match="serving"):
+        invoke(lambda_context, upload("incoming/a.png", encode(xray("normal", np.random.default_rng(5)), "PNG")))
+    assert not served_model.WORK.exists() or not any(served_model.WORK.iterdir())
+
+
+def test_the_serving_copy_keeps_only_the_served_files_and_is_the_same_bytes_twice():
+    config = {"onnx": "model.int8.onnx", "out_of_distribution": {"file": "ood.npz"}}
+    members = {name: name.encode() for name in ("model.onnx", "model.int8.onnx", "ood.npz", "code/inference.py")}
+    members["model.json"] = json.dumps(config).encode()
+    assert not serving_copy.candidate("code/lib/numpy/__init__.py") and not serving_copy.candidate("model.pt")
+    data, names = serving_copy.build(members)
+    assert names == ["code/inference.py", "model.int8.onnx", "model.json", "ood.npz"]
+    assert serving_copy.build(dict(reversed(members.items())))[0] == data
+    with pytest.raises(serving_copy.IncompleteArtifact, match="model.int8.onnx"):
+        serving_copy.build({k: v for k, v in members.items() if k != "model.int8.onnx"})

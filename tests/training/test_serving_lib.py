@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,3 +113,33 @@ def test_training_writes_an_int8_model_and_serves_it_only_within_half_a_point_of
                             lambda logits: 1.0 if np.array_equal(logits, fp32) else 0.99)
     assert worse["served"] is False and worse["fp32_validation_accuracy"] == 1.0
     assert (copy / "model.int8.onnx").is_file()
+
+
+@pytest.fixture(scope="module")
+def int8_served(staged, module_dir) -> Path:
+    """A tiny model trained with ``int8-max-drop`` 1, so that its INT8 file serves whatever its accuracy."""
+    from synthetic import TINY_HPS
+
+    from cxr import training_run
+
+    return training_run.run_training_job(staged.channels, {**TINY_HPS, "epochs": 1, "int8-max-drop": 1},
+                                         module_dir("int8-job"))
+
+
+def test_when_int8_serves_the_guard_is_fitted_on_the_int8_graphs_features(int8_served, staged):
+    """The endpoint scores the served file's ``features``; quantization moves them (bench/RESULTS.md), so a guard
+    fitted on FP32 features would hold a threshold for features it never sees."""
+    config = json.loads((int8_served / "model.json").read_text())
+    assert config["onnx"] == "model.int8.onnx"
+    train, quantize, ood = (jobcode.load(name) for name in ("train", "quantize", "ood"))
+    args = SimpleNamespace(train=staged.channels["train"], validation=staged.channels["validation"], test=None,
+                           image_size=config["image_size"], resize_policy=config["resize_policy"],
+                           intensity=config["intensity"])
+    splits, _ = train.load_channels(args, config["classes"])
+    features = {name: quantize.logits(int8_served / "model.int8.onnx", split.images, output="features")
+                for name, split in splits.items()}
+    expected = ood.fit(features["train"], splits["train"].targets.numpy(), features["validation"])
+    saved = ood.load(int8_served / ood.FILE)
+    np.testing.assert_allclose(saved.means, expected.means, rtol=1e-4, atol=1e-5)
+    assert saved.threshold == pytest.approx(expected.threshold, rel=1e-4)
+    assert config["out_of_distribution"]["threshold"] == pytest.approx(saved.threshold)

@@ -311,7 +311,7 @@ class TrainingPipelineStack(Stack):
             rescore_status = lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
                 "run_id": sfn.JsonPath.string_at("$.request.run_id"), "job": sfn.JsonPath.string_at("$.rescore.job"),
                 "output": sfn.JsonPath.string_at("$.rescore.output"),
-                "manifest": sfn.JsonPath.string_at("$.rescore.manifest"),
+                "input": sfn.JsonPath.string_at("$.rescore.input"),
                 "images": sfn.JsonPath.number_at("$.rescore.images"), "started": True}, "$.rescore")
             for task in (start_rescore, rescore_status):
                 task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)

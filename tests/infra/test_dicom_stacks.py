@@ -21,11 +21,11 @@ def test_the_pseudonym_key_is_a_retained_never_rotated_secret_under_the_stage_ke
 
 
 def test_only_the_functions_that_name_uploads_read_the_pseudonym_key(synth):
-    """Preprocess (DICOM pseudonyms, raw/ names), predict (incoming/ names) and the re-score status (the names of
-    the predictions it writes), nothing else."""
+    """Preprocess (DICOM pseudonyms, raw/ names), predict (incoming/ names) and the re-score's start (the names its
+    copies of incoming/ uploads take), nothing else."""
     readers = sorted(lid for lid, statements in policy_statements(synth, "AWS::IAM::Policy").items()
                      for s in statements if "secretsmanager:GetSecretValue" in json.dumps(s["Action"]))
-    assert [r.split("Role")[0] for r in readers] == [wiring.PREDICT.id, wiring.PREPROCESS.id, wiring.RESCORE_STATUS.id]
+    assert [r.split("Role")[0] for r in readers] == [wiring.PREDICT.id, wiring.PREPROCESS.id, wiring.START_RESCORE.id]
     for stack in ("ingest", "inference"):
         (function,) = [f for f in synth.resources("AWS::Lambda::Function", stack).values()
                        if "PSEUDONYM_SECRET_ARN" in json.dumps(f)]

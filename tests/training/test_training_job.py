@@ -387,3 +387,20 @@ def test_the_benchmark_channel_is_answered_by_the_final_model(staged, tmp_path):
 def test_without_a_benchmark_channel_the_answers_say_so(trained):
     answers = json.loads((trained / "model" / "benchmark.json").read_text())
     assert answers == {"version": None, "records": [], "note": "no benchmark set"}
+
+
+def test_a_log_whose_reader_is_gone_does_not_stop_training(tmp_path):
+    """The toolkit's entry pipes rank 0's output through itself; a stop can end it first. Rank 0's next log line
+    must not raise (BrokenPipeError killed it before the stop's checkpoint), and later lines go nowhere."""
+    import subprocess
+    import sys
+
+    script = (f"import sys; sys.path.insert(0, {str(jobcode.TRAINING_JOB)!r}); import train\n"
+              "import time; time.sleep(0.5)\n"  # the reader closes its end meanwhile
+              "train.say({'epoch': 0}); train.say('two')\n"
+              "sys.stderr.write('still running\\n')")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err.decode()
+    assert b"still running" in err and b"BrokenPipeError" not in err

@@ -55,6 +55,10 @@ RECIPES = {
     "resnet64": {**PRESETS["small"], "architecture": "resnet", "width": 24, "image-size": 64},  # ~0.7 M parameters
     "resnet64-acquisition": {**PRESETS["small"], "architecture": "resnet", "width": 24, "image-size": 64,
                              "augment": "acquisition"},
+    # the plain residual network at the native 28 px (networks.resnet_small: 3x3 stem, no pooling, ~0.7 M parameters)
+    "resnet28": {**PRESETS["small"], "architecture": "resnet_small"},
+    "resnet28-strong": {**PRESETS["small"], "architecture": "resnet_small", "augment": "strong"},
+    "small-strong": {**PRESETS["small"], "augment": "strong"},  # exposure, resolution, noise; no frames or markers
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},

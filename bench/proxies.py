@@ -59,6 +59,11 @@ RECIPES = {
     "resnet28": {**PRESETS["small"], "architecture": "resnet_small"},
     "resnet28-strong": {**PRESETS["small"], "architecture": "resnet_small", "augment": "strong"},
     "small-strong": {**PRESETS["small"], "augment": "strong"},  # exposure, resolution, noise; no frames or markers
+    "small56": {**PRESETS["small"], "image-size": 56},  # the compact CNN on the input upsampled to 56 px
+    "small-long": {**PRESETS["small"], "epochs": 40, "patience": 6},  # early stopping ended small at 9-17 epochs
+    "small-linear": {**PRESETS["small"], "intensity": "linear"},  # grey levels as stored, not equalised
+    "small-narrow": {**PRESETS["small"], "width": 16},  # a quarter of the weights: less to fit the acquisitions by
+    "small-regular": {**PRESETS["small"], "weight-decay": 0.05, "dropout": 0.5},  # heavier regularisation
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},

@@ -62,9 +62,7 @@ RECIPES = {
                              "augment": "acquisition"},
     # the plain residual network at the native 28 px (networks.resnet_small: 3x3 stem, no pooling, ~0.7 M parameters)
     "resnet28": {**SMALL_EQUALIZED, "architecture": "resnet_small"},
-    "resnet28-strong": {**SMALL_EQUALIZED, "architecture": "resnet_small", "augment": "strong"},
     "small-strong": {**SMALL_EQUALIZED, "augment": "strong"},  # exposure, resolution, noise; no frames or markers
-    "small56": {**SMALL_EQUALIZED, "image-size": 56},  # the compact CNN on the input upsampled to 56 px
     "small-long": {**SMALL_EQUALIZED, "epochs": 40, "patience": 6},  # early stopping ended small at 9-17 epochs
     "small-linear": {**SMALL_EQUALIZED, "intensity": "linear"},  # grey levels as stored, not equalised
     "small-narrow": {**SMALL_EQUALIZED, "width": 16},  # a quarter of the weights: less to fit the acquisitions by

@@ -67,6 +67,7 @@ RECIPES = {
     "small-linear": {**SMALL_EQUALIZED, "intensity": "linear"},  # grey levels as stored, not equalised
     "small-narrow": {**SMALL_EQUALIZED, "width": 16},  # a quarter of the weights: less to fit the acquisitions by
     "small-regular": {**SMALL_EQUALIZED, "weight-decay": 0.05, "dropout": 0.5},  # heavier regularisation
+    "small-linear-regular": {**SMALL_EQUALIZED, "intensity": "linear", "weight-decay": 0.05, "dropout": 0.5},
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},

@@ -22,7 +22,7 @@ EFFICIENTNET_LITE = {
     "efficientnet_lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
                            (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
 }
-ARCHITECTURES = ("compact", "resnet", *EFFICIENTNET_LITE)
+ARCHITECTURES = ("compact", "resnet", "resnet_small", *EFFICIENTNET_LITE)
 
 
 class Standardise(nn.Module):
@@ -115,6 +115,18 @@ def resnet(num_classes: int, width: int = 32, dropout: float = 0.2) -> Classifie
     return Classifier(body, 8 * w, num_classes, dropout)
 
 
+def resnet_small(num_classes: int, width: int = 32, dropout: float = 0.2) -> Classifier:
+    """A CIFAR-style ResNet for 28-64 px inputs (He et al. 2016, section 4.2): a 3x3 stem without pooling,
+    then three stages of two basic blocks (w, 2w, 4w channels; about 0.7 M parameters at width 32), so a
+    28 px image keeps a 7x7 map at the end where ``resnet``'s stride-4 stem would leave 1x1."""
+    w = width
+    blocks, cin = [], w
+    for i, cout in enumerate((w, 2 * w, 4 * w)):
+        blocks += [BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)]
+        cin = cout
+    return Classifier(Stages(conv_bn(1, w), *blocks, guard_stages=(2, 4, 6)), 4 * w, num_classes, dropout)
+
+
 class MBConv(nn.Module):
     """EfficientNet-Lite's inverted residual (no squeeze-excitation, ReLU6), in efficientnet_pytorch's key layout."""
 
@@ -175,6 +187,8 @@ def build(architecture: str, num_classes: int, width: int = 32, dropout: float =
         return compact(num_classes, width, dropout)
     if architecture == "resnet":
         return resnet(num_classes, width, dropout)
+    if architecture == "resnet_small":
+        return resnet_small(num_classes, width, dropout)
     if architecture in EFFICIENTNET_LITE:
         return efficientnet_lite(architecture, num_classes, dropout)
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")

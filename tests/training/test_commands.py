@@ -58,7 +58,9 @@ def test_train_local_then_evaluate_on_imported_medmnist(medmnist_npz, tmp_path, 
     assert printed[-1]["evaluated_on"] == "test"  # carved out by patient-free grouping: no test/ in the folder
     with tarfile.open(out / "model.tar.gz") as archive:
         names = set(archive.getnames())
+        shipped = json.load(archive.extractfile("model.json"))
     assert {"model.onnx", "model.json", "metrics.json", "code/inference.py", "code/imaging.py"} <= names
+    assert shipped["intensity"] == "linear"  # the small preset's stored grey levels (bench/RESULTS.md, issue 21)
     summary = json.loads((out / "work" / "summary.json").read_text())
     assert summary["classes"] == ["normal", "pneumonia"]
     assert any("too few" in note for note in summary["split_method"])  # the 20-image val/ was replaced

@@ -61,3 +61,16 @@ def test_the_pipeline_bundle_gives_each_network_its_own_weights(tmp_path):
         state, name = train.pretrained_state(str(channel), variant)
         assert name.startswith(variant.replace("_", "-") + "-")
         assert networks.load_pretrained(networks.build(variant, 3), state) == []
+
+
+def test_the_small_residual_network_keeps_a_spatial_map_at_28_px():
+    """resnet's stride-4 stem leaves a 1x1 map at PneumoniaMNIST's 28 px; resnet_small keeps 7x7 (~0.7 M weights)."""
+    x = torch.rand(2, 1, 28, 28)
+    assert networks.build("resnet", 2).features(x).shape[-2:] == (1, 1)
+    model = networks.build("resnet_small", 2)
+    assert model.features(x).shape == (2, 128, 7, 7)
+    assert 0.6e6 < sum(p.numel() for p in model.parameters()) < 0.8e6
+    _, statistics = model.features_and_statistics(x)  # the out-of-distribution guard reads three stages
+    assert statistics.shape == (2, 2 * (32 + 64 + 128))
+    assert "resnet_small" in train.parse_args(["--train", "t", "--validation", "v",
+                                               "--architecture", "resnet_small"]).architecture

@@ -73,3 +73,11 @@ def test_a_proxy_run_is_scored_by_the_models_own_rule(bench, trained, staged):
     figures = bench.proxy_figures(trained / "model", staged.channels)
     assert set(figures["binary"]) >= {"sensitivity", "specificity", "roc_auc"}
     assert len(figures["scores"]["p_pneumonia"]) == len(figures["scores"]["pneumonia"]) > 0
+
+
+def test_the_small_preset_is_the_recipe_the_worst_proxy_rule_picked(bench):
+    """bench/RESULTS.md: small-linear beat the equalised preset on the worst proxy at full length, three seeds each."""
+    from cxr import presets
+
+    assert presets.expand("small", {}) == bench.RECIPES["small-linear"] == bench.RECIPES["small"]
+    assert bench.RECIPES["small-equalized"].get("intensity", "equalize") == "equalize"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from cxr import target
 from infra import wiring
@@ -31,9 +31,10 @@ def review_table(deployment: target.Target) -> str:
     return variables[wiring.ENV_REVIEW_TASKS_TABLE]
 
 
-def items(deployment: target.Target, table: str) -> list[dict]:
+def items(deployment: target.Target, table: str) -> Iterator[dict]:
+    """The table's items as the scan's pages stream past (one page held at a time)."""
     pages = deployment.client("dynamodb").get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
-    return [review_queue.decode(item) for page in pages for item in page["Items"]]
+    return (review_queue.decode(item) for page in pages for item in page["Items"])
 
 
 def verdict_rows(found: Iterable[dict]) -> list[dict]:
@@ -62,29 +63,60 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def _rate(pairs: list[bool]) -> dict:
-    return {"n": len(pairs), "agree": sum(pairs), "rate": round(sum(pairs) / len(pairs), 4) if pairs else None}
+def summary(found: Iterable[dict]) -> dict:
+    """What `cxr status` shows: the queue and the agreement, from one pass over the items with counters.
+
+    Its memory does not grow with the table: a verdict needs only its own task's reason (quality control or
+    not), and a task's item comes right before its verdicts when the scan reads the task's item collection in
+    sort-key order ("task" < "verdict#..."). A verdict met anywhere else waits until the end, when every
+    quality-control task (a 2 % sample) has been seen; so the figures do not depend on the scan's order.
+    """
+    statuses: dict[str, int] = defaultdict(int)
+    quality_control: set[str] = set()
+    tally, waiting, task_pk, task_is_qc = _Tally(), [], None, False
+    for item in found:
+        if item["sk"] == review.TASK_SORT_KEY:
+            statuses[item["status"]] += 1
+            task_pk, task_is_qc = item["pk"], item.get("reason") == review.QUALITY_CONTROL
+            if task_is_qc:
+                quality_control.add(item["pk"])
+        elif item["sk"].startswith(review.VERDICT_PREFIX):
+            if item["pk"] == task_pk:
+                tally.add(item, task_is_qc)
+            else:
+                waiting.append((item["pk"], item["verdict"], item["at"], item.get("agrees")))
+    for pk, verdict, at, agrees in waiting:
+        tally.add({"verdict": verdict, "at": at, "agrees": agrees}, pk in quality_control)
+    return {"tasks": dict(sorted(statuses.items())), "verdicts": tally.verdicts, "agreement": tally.agreement()}
 
 
-def agreement(rows: list[dict]) -> dict:
-    """Model vs reviewer: overall, per verdict class, per month, and for the quality-control sample alone."""
-    judged = [r for r in rows if r["agrees"] is not None]
-    by_class, by_month = defaultdict(list), defaultdict(list)
-    for row in judged:
-        by_class[row["verdict"]].append(bool(row["agrees"]))
-        by_month[row["reviewed_at"][:7]].append(bool(row["agrees"]))
-    return {"overall": _rate([bool(r["agrees"]) for r in judged]),
-            "per_class": {name: _rate(by_class[name]) for name in review.VERDICTS if by_class[name]},
-            "per_month": {month: _rate(by_month[month]) for month in sorted(by_month)},
-            "quality_control": _rate([bool(r["agrees"]) for r in judged if r["reason"] == review.QUALITY_CONTROL]),
-            "not_assessable": sum(r["verdict"] == review.NOT_ASSESSABLE for r in rows)}
+class _Tally:
+    """Model vs reviewer: overall, per verdict class, per month (when the verdict was given), and for the
+    quality-control sample alone; verdicts without an agreement (``not_assessable``) only counted."""
 
+    def __init__(self):
+        self.verdicts, self.not_assessable = 0, 0
+        self.overall, self.quality_control = [0, 0], [0, 0]
+        self.by_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.by_month: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
-def summary(found: list[dict]) -> dict:
-    """What `cxr status` shows: the queue and the agreement."""
-    tasks = [i for i in found if i["sk"] == review.TASK_SORT_KEY]
-    statuses = defaultdict(int)
-    for task in tasks:
-        statuses[task["status"]] += 1
-    rows = verdict_rows(found)
-    return {"tasks": dict(sorted(statuses.items())), "verdicts": len(rows), "agreement": agreement(rows)}
+    def add(self, verdict: dict, quality_control: bool) -> None:
+        self.verdicts += 1
+        self.not_assessable += verdict["verdict"] == review.NOT_ASSESSABLE
+        if verdict.get("agrees") is None:
+            return
+        agree = int(bool(verdict["agrees"]))
+        counters = [self.overall, self.by_class[verdict["verdict"]], self.by_month[verdict["at"][:7]]]
+        for counter in counters + ([self.quality_control] if quality_control else []):
+            counter[0] += 1
+            counter[1] += agree
+
+    def agreement(self) -> dict:
+        def rate(counter: list[int]) -> dict:
+            n, agree = counter
+            return {"n": n, "agree": agree, "rate": round(agree / n, 4) if n else None}
+
+        return {"overall": rate(self.overall),
+                "per_class": {name: rate(self.by_class[name]) for name in review.VERDICTS if name in self.by_class},
+                "per_month": {month: rate(self.by_month[month]) for month in sorted(self.by_month)},
+                "quality_control": rate(self.quality_control), "not_assessable": self.not_assessable}

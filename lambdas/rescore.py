@@ -53,8 +53,8 @@ COPY_THREADS = 16
 """Copies in flight: a week of uploads (thousands) fits the function's timeout."""
 
 
-def stage_copies(bucket: str, keys: list[str], prefix: str) -> list[str]:
-    """Copy each key to ``prefix<name>`` in the same bucket; the names, in the keys' order."""
+def stage_copies(bucket: str, keys: list[str], prefix: str) -> None:
+    """Copy each key to ``prefix<name>`` in the same bucket."""
     settings, s3 = Settings.from_env(), aws.client("s3")
     names = [pseudonyms.source_name(settings, bucket, key) for key in keys]
 
@@ -65,7 +65,6 @@ def stage_copies(bucket: str, keys: list[str], prefix: str) -> list[str]:
 
     with ThreadPoolExecutor(COPY_THREADS) as pool:
         list(pool.map(copy, zip(keys, names, strict=True)))
-    return names
 
 
 def job_name(prefix: str, run_id: str) -> str:

@@ -68,6 +68,9 @@ RECIPES = {
     "small-narrow": {**SMALL_EQUALIZED, "width": 16},  # a quarter of the weights: less to fit the acquisitions by
     "small-regular": {**SMALL_EQUALIZED, "weight-decay": 0.05, "dropout": 0.5},  # heavier regularisation
     "small-linear-regular": {**SMALL_EQUALIZED, "intensity": "linear", "weight-decay": 0.05, "dropout": 0.5},
+    # round 2, stop 6: changes to small-linear (the preset of stop 5)
+    "small-linear-mixup": {**SMALL_EQUALIZED, "intensity": "linear", "mixup": 0.2},  # blends of image pairs
+    "small-linear-56": {**SMALL_EQUALIZED, "intensity": "linear", "image-size": 56},  # upsampled: 4x the compute
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},

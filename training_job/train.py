@@ -49,6 +49,7 @@ import distributed
 import imaging
 import inference
 import metrics as m
+import mixing
 import networks
 import numpy as np
 import ood
@@ -93,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="validate and ship a bias-corrected exponential moving average of the weights (0: the raw weights)")
     add("class-weighting", default="balanced", choices=("balanced", "none"))
     add("augment", default="strong", choices=augment.STRENGTHS)
+    add("mixup", type=float, default=0.0, help="mixup's Beta(alpha, alpha) for blending image pairs (0: none)")
     add("referral-margin", type=float, default=decision.DEFAULT_MARGIN,
         help="refer to a radiologist while p(pneumonia) is within this many log-odds of the threshold "
              "(decision.py; log 4: [0.2, 0.8] at threshold 0.5); recorded in model.json")
@@ -341,11 +343,13 @@ class Trainer:
         if self.device.type == "cuda":  # augment where the network runs: the CPU cannot keep a GPU busy
             batch = batch.to(self.device, non_blocking=True)
         images = augment.augment(batch.float(), self.augment_rng, self.args.augment)
+        images, partner, kept = mixing.mixup(images, self.augment_rng, self.args.mixup)
         self.ddp.train()
         with self.autocast():
             logits = self.ddp(self.to_device(images))
-        per_sample = F.cross_entropy(logits.float(), train.targets[index].to(self.device), weight=self.class_weights,
-                                     label_smoothing=self.args.label_smoothing, reduction="none")
+        per_sample = mixing.loss(lambda targets: F.cross_entropy(
+            logits.float(), targets, weight=self.class_weights, label_smoothing=self.args.label_smoothing,
+            reduction="none"), train.targets[index].to(self.device), partner, kept)
         loss = per_sample.sum() * scale
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -71,6 +71,7 @@ RECIPES = {
     # round 2, stop 6: changes to small-linear (the preset of stop 5)
     "small-linear-mixup": {**SMALL_EQUALIZED, "intensity": "linear", "mixup": 0.2},  # blends of image pairs
     "small-linear-56": {**SMALL_EQUALIZED, "intensity": "linear", "image-size": 56},  # upsampled: 4x the compute
+    "small-linear-acquisition": {**SMALL_EQUALIZED, "intensity": "linear", "augment": "acquisition"},  # + frames
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},

@@ -72,6 +72,8 @@ RECIPES = {
     "small-linear-mixup": {**SMALL_EQUALIZED, "intensity": "linear", "mixup": 0.2},  # blends of image pairs
     "small-linear-56": {**SMALL_EQUALIZED, "intensity": "linear", "image-size": 56},  # upsampled: 4x the compute
     "small-linear-acquisition": {**SMALL_EQUALIZED, "intensity": "linear", "augment": "acquisition"},  # + frames
+    "small-linear-mixup-acquisition": {**SMALL_EQUALIZED, "intensity": "linear", "mixup": 0.2,
+                                       "augment": "acquisition"},
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -404,3 +405,25 @@ def test_a_log_whose_reader_is_gone_does_not_stop_training(tmp_path):
     _, err = child.communicate(timeout=120)
     assert child.returncode == 0, err.decode()
     assert b"still running" in err and b"BrokenPipeError" not in err
+
+
+def test_a_mixup_run_mixes_and_resumes_to_the_uninterrupted_weights(trained, staged, tmp_path):
+    """The blends draw from the checkpointed augmentation stream: a resumed run blends the same pairs. Compared on
+    the last checkpoint's raw weights: the shipped ones may be an epoch's from before the interruption."""
+    from synthetic import TINY_HPS
+
+    hps = TINY_HPS | {"mixup": 0.4}
+    training_run.run_training_job(staged.channels, hps, tmp_path / "whole")
+    interrupted = tmp_path / "checkpoints"
+    interrupted.mkdir()
+    shutil.copy(tmp_path / "whole" / "checkpoints" / "ckpt-00000006.pt", interrupted)  # mid epoch 1 of 3
+    training_run.run_training_job(staged.channels, hps, tmp_path / "job", checkpoint_dir=interrupted)
+    assert "resumed_from" in (tmp_path / "job" / "train.log").read_text()
+
+    def last_weights(checkpoints: Path) -> dict:
+        return torch.load(max(checkpoints.glob("ckpt-*.pt")), weights_only=False)["model"]
+
+    mixed, again = last_weights(tmp_path / "whole" / "checkpoints"), last_weights(interrupted)
+    plain = last_weights(trained / "checkpoints")
+    assert all(torch.equal(again[key], value) for key, value in mixed.items())
+    assert not all(torch.equal(plain[key], value) for key, value in mixed.items())

@@ -2,7 +2,7 @@
 function's object access.
 
 Inline Map, not Distributed: the items arrive in the state input as a JSON array of a few hundred bytes each, one
-per at most ``lambdas.domain.packing.IMAGES_PER_ITEM`` images (26 at 200,000 images), and an inline Map's
+per at most ``lambdas.domain.packing.IMAGES_PER_ITEM`` images (24 at 200,000 images), and an inline Map's
 iterations are written into the execution's own history (about 7 events an item; the limit is 25,000 events) with
 up to 40 iterations at once (Step Functions Developer Guide, "Using Map state in Inline mode"). A Distributed Map
 (child executions, items from S3) is for millions of items; it would add a child workflow per item and an

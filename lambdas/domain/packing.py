@@ -4,7 +4,7 @@ by one PackShards invocation (the pipeline's Map state), so no invocation's time
 An item names the byte range of the split's jsonl that holds its records: PrepareDataset notes the offsets while it
 spools the jsonl (:class:`Offsets`), and the packing function reads only its lines with a ranged GET pinned to the
 jsonl's ETag (a rewritten jsonl fails the read: ``If-Match``) instead of the whole manifest or an object per item.
-The items are small and few (about 30 at 200,000 images), so they travel in the state machine's payload.
+The items are small and few (24 at 200,000 images), so they travel in the state machine's payload.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ def test_groups_are_consecutive_bounded_and_small_splits_stay_whole():
         assert [i for g in groups for i in g] == list(range(len(blocks)))
         assert all(sum(len(blocks[i]) for i in g) <= packing.IMAGES_PER_ITEM for g in groups)
     assert len(packing.group(shards.plan(127))) == 1  # a demo split: up to 128 one-image shards, one item
-    assert len(packing.group(shards.plan(200_000))) == 26  # 256 shards of about 781: 10 a group
+    assert len(packing.group(shards.plan(200_000))) == 26  # one split of 200,000: 256 shards of about 781, 10 a group
+    assert len(packing.group(shards.plan(119_008))) == 16  # 200,000 X-rays' train split: 128 shards of 930, 8 a group
     assert packing.group([range(0, 5), range(5, 6)], images_per_item=3) == [range(0, 1), range(1, 2)]
     assert packing.group([]) == []
 

@@ -30,6 +30,21 @@ def test_groups_are_consecutive_bounded_and_small_splits_stay_whole():
     assert packing.group([]) == []
 
 
+def test_the_items_of_200000_xrays_are_a_small_payload():
+    """The items travel in the execution's state (Step Functions: 256 KiB at most a payload)."""
+    work = []
+    for split, count in (("train", 119_008), ("validation", 25_496), ("test", 25_496)):
+        blocks = shards.plan(count)
+        groups = packing.group(blocks)
+        offsets = packing.Offsets(packing.first_records(blocks, groups))
+        for _ in offsets.lines(f'{{"key": "processed/x/normal/{n:032x}.png"}}\n' for n in range(count)):
+            pass
+        work += packing.items("run", split, f"manifests/run/{split}.jsonl", '"0123456789abcdef0123456789abcdef"',
+                              blocks, groups, offsets)
+    assert len(work) == 24 and len(json.dumps(work)) < 16 * 1024
+    assert work[-1]["bytes"][1] == offsets.end
+
+
 def one_pass(records: list[dict], blocks: list[range], pngs: dict[str, bytes]) -> list[bytes]:
     """What the single-invocation writer (before the work items) put in each shard."""
     out = []

@@ -11,9 +11,10 @@ fresh processes on one thread, ``bench/predict_path_run.py`` under each tree: th
 an ``incoming/`` upload event per call, the prediction JSON written. Figures: cold start (process start to the
 first prediction, dependencies included), warm p50/p99 of the handler, the compute part (normalise + model:
 the function's normaliser, the PNG it encodes and the endpoint's handling of it, or the model in the function)
-in wall-clock and in the thread's CPU time, each with its speed-up over today's repeat by repeat, peak RSS. The endpoint's
-own container start is measured apart: the inference toolkit's ``pip install -r code/requirements.txt`` (what
-today's artifact makes it run at every start, here with ``--target`` into a scratch folder), then a fresh
+in wall-clock and in the thread's CPU time, each with its speed-up over today's repeat by repeat, peak RSS.
+The endpoint's own container start is measured apart: the inference toolkit's
+``pip install -r code/requirements.txt`` (what today's artifact makes it run at every start, here with
+``--target`` into a scratch folder), then a fresh
 process that imports the handler, loads the model and answers the first request. Ranges are min-max over
 the repeats; the CPU's VNNI / AMX flags are recorded.
 """

@@ -51,7 +51,7 @@ def logits(model_dir: Path, channel: Path, views: list) -> tuple[np.ndarray, np.
                             torch.get_num_threads(), intensity=config.get("intensity", "linear"))  # older: linear
     out = []
     for start in range(0, len(split), 32):
-        x = split.images[start: start + 32].float()
+        x = split.inputs[start: start + 32]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out.append(torch.stack([model(view(x, *v).contiguous(memory_format=torch.channels_last)).float()
                                     for v in views]).mean(0))

@@ -51,7 +51,7 @@ def main() -> None:
                              image_size=config["image_size"], resize_policy=config["resize_policy"],
                              intensity=config["intensity"])
     splits, _ = train.load_channels(loaded, classes)
-    val_x, val_y = splits["validation"].images.float().numpy(), splits["validation"].targets.numpy()
+    val_x, val_y = splits["validation"].inputs[:].numpy(), splits["validation"].targets.numpy()
     rule = decision.Rule.for_classes(classes, config["threshold"], config["referral_margin"])
 
     def accuracy(path: Path) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
 
     fp32 = model_dir / config.get("onnx_fp32", "model.onnx")
     seed = config["hyperparameters"]["seed"]
-    every = splits["train"].images.float().numpy()
+    every = splits["train"].inputs[:].numpy()
     shipped = train.calibration_images(splits["train"], seed)
     excluded = first_conv_and_classifier(fp32)
     recipes = {

@@ -18,8 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "training_job"))
 
@@ -37,7 +35,7 @@ def figures(onnx: Path, config: dict, splits: dict) -> dict:
     classes = config["classes"]
     out = {}
     for name in ("test", "validation"):
-        probs = decision.model_probabilities(quantize.logits(onnx, splits[name].images), config)
+        probs = decision.model_probabilities(quantize.logits(onnx, splits[name].inputs), config)
         truth = splits[name].targets.numpy() != classes.index(decision.NORMAL)
         score = decision.pneumonia_probability(probs, classes)
         threshold = config["threshold"] or 0.5
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                                        config["resize_policy"], 1, intensity=config["intensity"])
 
             splits = {name: load(name) for name in ("train", "validation", "test")}
-            calibration = train.calibration_images(splits["train"], hps["seed"]).astype(np.float32)
+            calibration = train.calibration_images(splits["train"], hps["seed"])
             row = {"work": str(work), "proxy": proxy, "seed": hps["seed"], "served": config["onnx"],
                    "FP32": figures(model_dir / "model.onnx", config, splits)}
             with tempfile.TemporaryDirectory() as tmp:

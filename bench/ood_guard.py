@@ -319,7 +319,7 @@ def fit_existing(run_dir: Path, out_dir: Path) -> Path:
               for name in ("train", "validation")}
     artifact.export_onnx(model, config["image_size"], model_dir / artifact.ONNX_FILE)
     config["onnx_max_abs_diff"] = artifact.check_onnx(model, model_dir / artifact.ONNX_FILE,
-                                                      splits["validation"].images[:8].float())
+                                                      splits["validation"].inputs[:8])
     guard = train.fit_guard(model, splits, model_dir)
     config.update(onnx_outputs=artifact.ONNX_OUTPUTS, out_of_distribution=guard.describe())
     (model_dir / "model.json").write_text(json.dumps(config, indent=1))

@@ -11,7 +11,10 @@ process against that server, so its memory and CPU time are the step's own, not 
 mostly moto's):
 
 * ``prepare``: ``lambdas.prepare_dataset.prepare`` (the PrepareDataset function, first run: it draws the
-  benchmark set), reading the dataset's records page by page and writing the manifests;
+  benchmark set), reading the dataset's records page by page, writing the manifests and returning the packing
+  items; then, in a process of its own, one packing child (``lambdas.pack_shards.pack``, the PackShards Map
+  state's function) on the largest item (``pack_child``). The seeded PNGs are 4 bytes, so the child's figures
+  are its requests and CPU, not the transfer of real PNGs (about 50 KB each);
 * ``status``: ``cxr status``'s object counts (``cxr.commands.status.counts``: four prefixes listed);
 * ``checksums``: upload-dataset's resume check (``already_there``) for every file, all already uploaded:
   one listing, then a HeadObject with ``ChecksumMode=ENABLED`` per file, 8 workers.
@@ -189,7 +192,7 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def run_step(step: str, url: str, count: int, code: Path | None) -> None:
+def run_step(step: str, url: str, count: int, code: Path | None, item: dict | None = None) -> None:
     os.environ["AWS_ENDPOINT_URL"] = url
     if code:  # another checkout's steps (the code before a change), with this one's seeding helpers
         sys.path[0] = str(code)
@@ -211,7 +214,12 @@ def run_step(step: str, url: str, count: int, code: Path | None) -> None:
     started = time.perf_counter()
     if step == "prepare":
         out = prepare_dataset.prepare(TABLE, bucket, f"bench-{count}", DATASET)
-        result = {"images": out["images"]}
+        result = {"images": out["images"], "items": len(out["packing"]),
+                  "largest_item": max(out["packing"], key=lambda i: sum(i["sizes"]))}
+    elif step == "pack":
+        from lambdas import pack_shards
+
+        result = pack_shards.pack(bucket, item)
     elif step == "status":
         result = status.counts(deployment)
     else:
@@ -253,6 +261,13 @@ def measure(count: int, steps: list[str], linear: bool, code: Path | None) -> di
                                   check=True, capture_output=True, text=True).stdout.splitlines()[-1]
             figures[step] = json.loads(line)
             print(f"{count}: {line}", file=sys.stderr, flush=True)
+            if step == "prepare":  # one packing child on the largest item, in its own process
+                item = json.dumps(figures[step]["result"]["largest_item"])
+                line = subprocess.run([sys.executable, __file__, "--step", "pack", "--url", ready["ready"], "--counts",
+                                       str(count), "--item", item, *(["--code", str(code)] if code else [])],
+                                      check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+                figures[step]["pack_child"] = json.loads(line)
+                print(f"{count}: {line}", file=sys.stderr, flush=True)
         return figures
     finally:
         server.terminate()  # freeing 200,000 objects at exit takes minutes
@@ -268,13 +283,14 @@ def main() -> None:
     parser.add_argument("--code", type=Path, help="run the steps of another checkout (e.g. the code before a change)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=(*STEPS, "pack"), help=argparse.SUPPRESS)
+    parser.add_argument("--item", type=json.loads, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve(args.serve, args.counts[0], args.linear)
     if args.step:
-        return run_step(args.step, args.url, args.counts[0], args.code)
+        return run_step(args.step, args.url, args.counts[0], args.code, args.item)
     results = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start",
                "code": str(args.code or ROOT), "runs": [measure(count, args.steps, args.linear, args.code)
                                                       for count in args.counts]}

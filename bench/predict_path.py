@@ -10,9 +10,11 @@ today's ``code/`` has its ``requirements.txt`` and wheels and the new one its ``
 fresh processes on one thread, ``bench/predict_path_run.py`` under each tree: the real predict handler on moto,
 an ``incoming/`` upload event per call, the prediction JSON written. Figures: cold start (process start to the
 first prediction, dependencies included), warm p50/p99 of the handler, the compute part (normalise + model:
-the function's normaliser and the endpoint's request, or the model in the function), peak RSS. The endpoint's
-own container start is measured apart: the inference toolkit's ``pip install -r code/requirements.txt`` (what
-today's artifact makes it run at every start, here with ``--target`` into a scratch folder), then a fresh
+the function's normaliser, the PNG it encodes and the endpoint's handling of it, or the model in the function)
+in wall-clock and in the thread's CPU time, each with its speed-up over today's repeat by repeat, peak RSS.
+The endpoint's own container start is measured apart: the inference toolkit's
+``pip install -r code/requirements.txt`` (what today's artifact makes it run at every start, here with
+``--target`` into a scratch folder), then a fresh
 process that imports the handler, loads the model and answers the first request. Ranges are min-max over
 the repeats; the CPU's VNNI / AMX flags are recorded.
 """
@@ -40,10 +42,12 @@ model = inference.model_fn(sys.argv[1])
 inference.predict_fn(inference.input_fn(open(sys.argv[2], "rb").read(), "image/png"), model)
 print(time.time())
 """
-CONFIGS = (("today", "serverless", "fp32"), ("new", "serverless", "fp32"), ("new", "lambda-tar", "fp32"),
-           ("new", "lambda", "fp32"), ("new", "lambda-tar", "int8"), ("new", "lambda", "int8"))
+CONFIGS = (("today", "serverless", "fp32"), ("new", "serverless", "fp32"), ("new", "serverless", "int8"),
+           ("new", "lambda-tar", "fp32"), ("new", "lambda", "fp32"), ("new", "lambda-tar", "int8"),
+           ("new", "lambda", "int8"))
 """``lambda-tar``: lambda mode streaming the whole ``model.tar.gz`` (the previous stop's cold start), beside
-``lambda``, which loads the lean serving copy (``lambdas.domain.serving_copy``)."""
+``lambda``, which loads the lean serving copy (``lambdas.domain.serving_copy``). ``serverless int8``: the endpoint
+serving the file ``model.json`` names when training chose INT8, as a deployed endpoint does."""
 
 
 def cpu_flags() -> dict:
@@ -116,6 +120,14 @@ def span(values: list[float]) -> str:
     return f"{min(values):g}" if min(values) == max(values) else f"{min(values):g}-{max(values):g}"
 
 
+def speed_up(today: list[dict], measured: list[dict], figure: str) -> str:
+    """Today's normalise + model over this configuration's, repeat by repeat (each pair ran minutes apart at
+    most): the range of the ratios, the warm target's figure, in wall-clock time and in the thread's CPU time
+    (which another process's load on a shared machine does not inflate)."""
+    ratios = [t[figure] / m[figure] for t, m in zip(today, measured, strict=False) if figure in t and figure in m]
+    return span([round(r, 2) for r in ratios]) if ratios else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", type=Path)
@@ -163,12 +175,15 @@ def main() -> None:
     print(f"CPU {result['cpu']}\nload average {[round(v, 1) for v in result['load_average']]}, model "
           f"{result['model']}, {args.warm} warm calls, {args.repeats} repeats (ranges: min-max)\n")
     print(f"{'code, mode, model':<26} {'cold s':>11} {'cold CPU s':>11} {'warm p50 ms':>13} {'p99 ms':>13} "
-          f"{'norm+model ms':>15} {'model ms':>11} {'RSS MB':>11}")
+          f"{'norm+model ms':>15} {'x today':>11} {'CPU ms':>11} {'x today':>11} {'model ms':>11} {'RSS MB':>11}")
+    today = runs.get(f"today {CONFIGS[0][1]} {CONFIGS[0][2]}", [])
     for name, measured in runs.items():
         cell = {key: span([m[key] for m in measured]) for key in measured[0] if key.endswith(("_s", "_ms", "_mb"))}
         print(f"{name:<26} {cell['cold_start_s']:>11} {cell.get('cold_start_cpu_s', '-'):>11} "
               f"{cell['warm_p50_ms']:>13} {cell['warm_p99_ms']:>13} {cell['compute_p50_ms']:>15} "
-              f"{cell['model_p50_ms']:>11} {cell['peak_rss_mb']:>11}")
+              f"{speed_up(today, measured, 'compute_p50_ms'):>11} {cell.get('compute_cpu_p50_ms', '-'):>11} "
+              f"{speed_up(today, measured, 'compute_cpu_p50_ms'):>11} {cell['model_p50_ms']:>11} "
+              f"{cell['peak_rss_mb']:>11}")
     for name, measured in endpoints.items():
         print(f"endpoint container start, {name}: pip {span([m['pip_s'] for m in measured])} s + handler "
               f"{span([m['handler_s'] for m in measured])} s = {span([m['total_s'] for m in measured])} s")

@@ -67,7 +67,7 @@ def score_views(model_dir: Path, channels: Path, view_set: str, onnx_file: str) 
     def probs(name: str) -> tuple[np.ndarray, np.ndarray]:
         split = data.load_split(channels / name, classes, config["image_size"], config["resize_policy"], 1,
                                 intensity=config["intensity"])
-        return decision.softmax(logits(split.images.float())), split.targets.numpy()
+        return decision.softmax(logits(split.inputs[:])), split.targets.numpy()
 
     val_p, val_y = probs("validation")
     test_p, test_y = probs("test")

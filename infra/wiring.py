@@ -222,6 +222,14 @@ PREPARE_DATASET = Function(
     environment=(ENV_DATA_BUCKET, ENV_SOURCE_STATE_TABLE),
     service="cxr-prepare-dataset",
 )
+PACK_SHARDS = Function(
+    id="PackShards",
+    handler="lambdas.pack_shards.handler",
+    memory_mb=1024,  # one shard (about 50 MB) in /tmp and 16 PNGs in flight; network-bound, not CPU-bound
+    timeout_s=600,  # one packing item: at most lambdas.domain.packing.IMAGES_PER_ITEM images, whatever the dataset
+    environment=(ENV_DATA_BUCKET,),
+    service="cxr-pack-shards",
+)
 EVALUATE_MODEL = Function(
     id="EvaluateModel",
     handler="lambdas.evaluate_model.handler",
@@ -288,7 +296,7 @@ REVIEW_PAGE_CONFIG = "config.json"
 """What the page reads at start, beside it: the API's URL, the Cognito endpoint, region and client id."""
 FUNCTIONS: dict[str, Function] = {
     f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, REGISTER_MODEL,
-                      DEPLOY_MODEL, ENDPOINT_STATUS, START_RESCORE, RESCORE_STATUS, REVIEW_API)
+                      DEPLOY_MODEL, ENDPOINT_STATUS, START_RESCORE, RESCORE_STATUS, REVIEW_API, PACK_SHARDS)
 }
 
 
@@ -337,6 +345,9 @@ INVALID_REQUEST_STATE = "InvalidRequest"
 NOTIFY_INVALID_REQUEST_STATE = "NotifyInvalidRequest"
 APPLY_DEFAULTS_STATE = "ApplyDefaults"
 PREPARE_DATASET_STATE = "PrepareDataset"
+PACK_SHARDS_STATE = "PackShards"
+"""The Map state over PrepareDataset's packing items; each iteration is the ``PackShard`` task."""
+PACK_SHARD_STATE = "PackShard"
 TRAIN_STATE = "Train"
 TRAINING_RETRYABLE_STATE = "TrainingRetryable"
 COUNT_TRAINING_RETRY_STATE = "CountTrainingRetry"
@@ -363,6 +374,7 @@ STATE_ORDER = (
     VALID_REQUEST_STATE,
     APPLY_DEFAULTS_STATE,
     PREPARE_DATASET_STATE,
+    PACK_SHARDS_STATE,
     TRAIN_STATE,
     EVALUATE_STATE,
     REGISTER_STATE,
@@ -391,6 +403,7 @@ unavailable, capacity) goes ``Train`` -> ``TrainingRetryable`` -> ``CountTrainin
 ``WaitToRetryTraining`` -> ``Train``, a bounded number of times; any other goes to ``NotifyFailure``."""
 TASK_FUNCTIONS = {
     PREPARE_DATASET_STATE: PREPARE_DATASET.id,
+    PACK_SHARD_STATE: PACK_SHARDS.id,  # inside the PackShards Map state
     EVALUATE_STATE: EVALUATE_MODEL.id,
     REGISTER_STATE: REGISTER_MODEL.id,
     DEPLOY_STATE: DEPLOY_MODEL.id,

@@ -229,9 +229,9 @@ def predict_object(source: dict) -> dict:
     else:
         endpoint = parameters.get_parameter(settings.endpoint_parameter, max_age=ENDPOINT_CACHE_SECONDS)
         if os.environ.get("ENDPOINT_MODE") == "async":
-            submit_async(obj, endpoint, image.png, started_at, explain, dicom_sr=reported)
+            submit_async(obj, endpoint, image.wire_png, started_at, explain, dicom_sr=reported)
             return {"status": "submitted"}
-        body, endpoint_ms = invoke_endpoint(endpoint, image.png, explain is not None)
+        body, endpoint_ms = invoke_endpoint(endpoint, image.wire_png, explain is not None)
     latency = {"endpoint": endpoint_ms, "total": round(1000 * (time.perf_counter() - started), 1)}
     prediction, overlay = record_prediction(obj, parse_answer(body), endpoint, settings, latency, explain,
                                             dicom_sr=reported)

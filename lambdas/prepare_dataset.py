@@ -7,11 +7,14 @@ allows (processed, identical pixels once, no label conflict), splits with :mod:`
 and writes, for each of train/validation/test, ``manifests/<run>/<split>.jsonl`` (one record per
 image) and ``manifests/<run>/<split>.manifest`` (a SageMaker ``ManifestFile``: the PNGs plus the
 jsonl, so a channel lands as ``<channel>/<key>``), then ``manifests/<run>/summary.json``.
-Train, validation and test are also packed into tar shards (``manifests/<run>/shards/<split>/``,
-:mod:`lambdas.shard_writer`), which is what the Train state reads: a few large objects instead of one per
-image. The jsonl stays the run's record of what it trained on; the ``.manifest`` files stay beside the shards
-so a ``File``-mode job (or a user's own) can still read the same splits image by image.
-Returns the manifest and shard URIs and the class list for CreateTrainingJob.
+Train, validation and test are also packed into tar shards (``manifests/<run>/shards/<split>/``), which is what
+the Train state reads: a few large objects instead of one per image. This function only plans them
+(:func:`lambdas.domain.shards.plan`) and returns the packing work items (:mod:`lambdas.domain.packing`), which the
+PackShards Map state hands to :mod:`lambdas.pack_shards`: it reads no PNG, so its time grows with the number of
+records, not with the bytes of the dataset. The jsonl stays the run's record of what it trained on; the
+``.manifest`` files stay beside the shards so a ``File``-mode job (or a user's own) can still read the same
+splits image by image.
+Returns the manifest and shard URIs, the packing items and the class list for CreateTrainingJob.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Iterable
 from aws_lambda_powertools import Logger
 
 from lambdas import aws, benchmark_set, shard_writer
-from lambdas.domain import benchmark, labels, source_state, splits
+from lambdas.domain import benchmark, labels, packing, shards, source_state, splits
 from lambdas.domain.manifests import build_summary, jsonl_key, manifest_key, manifest_records, summary_key
 from lambdas.state_store import StateStore
 
@@ -36,14 +39,14 @@ class DatasetError(ValueError):
     """The dataset cannot be trained on (missing, or fewer than two classes); the pipeline fails clearly."""
 
 
-def put_spooled(s3, bucket: str, key: str, content_type: str, parts: Iterable[str]) -> None:
+def put_spooled(s3, bucket: str, key: str, content_type: str, parts: Iterable[str]) -> str:
     """PUT text written part by part to a temporary file (Lambda's /tmp), never whole in memory: a manifest of
-    200,000 images is tens of MB, and a string plus its encoded copy would hold it twice."""
+    200,000 images is tens of MB, and a string plus its encoded copy would hold it twice. Returns the ETag."""
     with tempfile.TemporaryFile() as spool:
         for part in parts:
             spool.write(part.encode())
         spool.seek(0)
-        s3.put_object(Bucket=bucket, Key=key, Body=spool, ContentType=content_type)
+        return s3.put_object(Bucket=bucket, Key=key, Body=spool, ContentType=content_type)["ETag"]
 
 
 def load_items(table: str, bucket: str, dataset: str) -> list[splits.Item]:
@@ -74,25 +77,29 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
         for i in group] for group in (items, bench_members))
     params = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
     result = splits.split_items(items, validation_fraction, test_fraction, seed)
-    channels, packed = {}, {}
+    channels, planned, work = {}, {}, []
     for name, members in {**result.splits, benchmark_set.CHANNEL: bench_members}.items():
         if not members and name != benchmark_set.CHANNEL:  # the benchmark channel holds its (empty) jsonl
             raise DatasetError(f"the {name} split is empty: the dataset is too small to split by patient")
         # the training job records which set its benchmark answers are on (members imply a set)
         extra = {"benchmark_version": bench["version"]} if name == benchmark_set.CHANNEL and members else {}
-        put_spooled(s3, bucket, jsonl_key(run_id, name), "application/jsonl",
-                    (json.dumps({**r, **extra}, sort_keys=True) + "\n" for r in manifest_records(members, dataset)))
+        blocks = shards.plan(len(members)) if name != benchmark_set.CHANNEL else []  # Train reads 3 splits' shards
+        groups = packing.group(blocks)
+        offsets = packing.Offsets(packing.first_records(blocks, groups))
+        etag = put_spooled(s3, bucket, jsonl_key(run_id, name), "application/jsonl", offsets.lines(
+            json.dumps({**r, **extra}, sort_keys=True) + "\n" for r in manifest_records(members, dataset)))
         entries = (json.dumps(entry) for entry in ({"prefix": f"s3://{bucket}/"}, *(i.key for i in members),
                                                     jsonl_key(run_id, name)))
         put_spooled(s3, bucket, manifest_key(run_id, name), "application/json",
                     itertools.chain("[", itertools.chain.from_iterable(
                         (", " if n else "", e) for n, e in enumerate(entries)), "]"))
         channels[name] = f"s3://{bucket}/{manifest_key(run_id, name)}"
-        if name != benchmark_set.CHANNEL:  # the Train state reads these three splits from their shards
-            packed[name] = shard_writer.write_split(s3, bucket, run_id, name, list(manifest_records(members, dataset)))
+        if blocks:
+            planned[name] = len(blocks)
+            work += packing.items(run_id, name, jsonl_key(run_id, name), etag, blocks, groups, offsets)
     summary = build_summary(result, dataset, run_id, classes, params)
     summary["images"][benchmark_set.CHANNEL] = len(bench_members)
-    summary["shards"] = {name: shard["shards"] for name, shard in packed.items()}
+    summary["shards"] = planned
     summary["benchmark"] = {"version": bench["version"] if bench else None, "images": len(bench_members),
                             "uri": f"s3://{bucket}/{benchmark.key(dataset)}" if bench else None, "note": bench_note}
     s3.put_object(Bucket=bucket, Key=summary_key(run_id), Body=json.dumps(summary, indent=1).encode(),
@@ -102,7 +109,8 @@ def prepare(table: str, bucket: str, run_id: str, dataset: str, validation_fract
         "dataset": dataset,
         "classes": classes,
         "channels": channels,
-        "shards": {name: shard["uri"] for name, shard in packed.items()},
+        "shards": {name: f"s3://{bucket}/{shard_writer.prefix(run_id, name)}" for name in planned},
+        "packing": work,
         "summary_uri": f"s3://{bucket}/{summary_key(run_id)}",
         "images": summary["images"],
         "benchmark_version": bench["version"] if bench else "none",

@@ -363,7 +363,8 @@ class PredictReplay(Replay):
             if content == DELETE:
                 expected[key] = (source_state.DELETED, None, None)
             elif verdict(content)[0] == source_state.PROCESSED:
-                expected[key] = (source_state.PREDICTED, label_of(imaging.normalise(contents()[content]).png), version)
+                sent = imaging.normalise(contents()[content]).wire_png  # what the predict function sends
+                expected[key] = (source_state.PREDICTED, label_of(sent), version)
             else:
                 expected[key] = (source_state.REJECTED, verdict(content)[1], version)
         return expected

@@ -55,7 +55,7 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray, method: str = "Min
 
 def logits(path: Path, images, threads: int = 1, output: str = "logits") -> np.ndarray:
     """The model's ``output`` (its logits, or its ``features`` for the guard) on ``images`` (N x 1 x S x S, any
-    array whose slices convert to float32: a float16 tensor is converted a batch at a time), on ``threads``."""
+    array whose slices convert to float32: a split's ``data.Inputs`` is converted a batch at a time), on ``threads``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -339,10 +339,10 @@ class Trainer:
         lr = learning_rate(position, self.total_steps, self.warmup_steps, self.peak_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = train.images[index]
+        batch = train.pixels[index]
         if self.device.type == "cuda":  # augment where the network runs: the CPU cannot keep a GPU busy
             batch = batch.to(self.device, non_blocking=True)
-        images = augment.augment(batch.float(), self.augment_rng, self.args.augment)
+        images = augment.augment(data.to_inputs(batch), self.augment_rng, self.args.augment)
         images, partner, kept = mixing.mixup(images, self.augment_rng, self.args.mixup)
         self.ddp.train()
         with self.autocast():
@@ -366,7 +366,7 @@ class Trainer:
         out = []
         for start in range(0, len(split), 64):
             with self.autocast():
-                out.append(model(self.to_device(split.images[start: start + 64].float())).float().cpu())
+                out.append(model(self.to_device(split.inputs[start: start + 64])).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)))
 
     @property
@@ -453,10 +453,10 @@ def say(message) -> None:
 
 
 @torch.no_grad()
-def guard_features(model: networks.Classifier, images: torch.Tensor, to_device=lambda x: x) -> np.ndarray:
-    """The stage statistics (the ONNX ``features`` output) of fp32 images, 64 at a time."""
+def guard_features(model: networks.Classifier, images: data.Inputs, to_device=lambda x: x) -> np.ndarray:
+    """The stage statistics (the ONNX ``features`` output) of a split's inputs, 64 at a time."""
     model.eval()
-    out = [model.features_and_statistics(to_device(images[start: start + 64].float()))[1].float().cpu().numpy()
+    out = [model.features_and_statistics(to_device(images[start: start + 64]))[1].float().cpu().numpy()
            for start in range(0, len(images), 64)]
     return np.concatenate(out)
 
@@ -469,8 +469,8 @@ def fit_guard(model: networks.Classifier, splits: dict[str, data.Split], model_d
     model, INT8 scored the training X-rays 40 % further from their class means than FP32 at the median)."""
     def features(split: data.Split) -> np.ndarray:
         if served_onnx is None:
-            return guard_features(model, split.images, to_device)
-        return quantize.logits(served_onnx, split.images, threads=torch.get_num_threads(), output="features")
+            return guard_features(model, split.inputs, to_device)
+        return quantize.logits(served_onnx, split.inputs, threads=torch.get_num_threads(), output="features")
 
     train, validation = features(splits["train"]), features(splits["validation"])
     guard = ood.fit(train, splits["train"].targets.numpy(), validation)
@@ -558,11 +558,11 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
     torch.save(model.state_dict(), model_dir / "model.pt")
     artifact.export_onnx(model, args.image_size, model_dir / artifact.ONNX_FILE)
     evaluated_on = "test" if "test" in splits and len(splits["test"]) else "validation"
-    sample = splits[evaluated_on].images[:8].float()
+    sample = splits[evaluated_on].inputs[:8]
     onnx_diff = artifact.check_onnx(model, model_dir / artifact.ONNX_FILE, sample)
     int8 = quantize.choose(
         model_dir, artifact.ONNX_FILE, calibration_images(splits["train"], args.seed),
-        splits["validation"].images.float().numpy(), lambda logits: m.classification_metrics(
+        splits["validation"].inputs[:].numpy(), lambda logits: m.classification_metrics(
             val_y, decision.probabilities(logits, classes, temperature, prior), classes, rule)["accuracy"],
         max_drop=args.int8_max_drop)
     served = quantize.INT8_FILE if int8["served"] else artifact.ONNX_FILE
@@ -572,7 +572,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         """The logits of the file the endpoint serves: every figure below is the served model's own."""
         if not int8["served"]:
             return trainer.logits(split, model)
-        return quantize.logits(model_dir / served, split.images.float().numpy(), threads=torch.get_num_threads())
+        return quantize.logits(model_dir / served, split.inputs, threads=torch.get_num_threads())
 
     val_served = served_logits(splits["validation"]) if int8["served"] else val_logits
     validation = m.classification_metrics(val_y, decision.probabilities(val_served, classes, temperature, prior),
@@ -646,7 +646,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
 def calibration_images(train: data.Split, seed: int) -> np.ndarray:
     """The training inputs INT8 calibration reads: a seeded sample, not the whole split in float32."""
     picked = np.sort(np.random.default_rng(seed).permutation(len(train))[:quantize.CALIBRATION_IMAGES])
-    return train.images[torch.from_numpy(picked)].float().numpy()
+    return train.inputs[torch.from_numpy(picked)].numpy()
 
 
 def score_benchmark(args, served_logits: Callable[[data.Split], np.ndarray], classes, temperature, prior,
@@ -669,7 +669,7 @@ def write_report(model: torch.nn.Module, split: data.Split, name: str, channel: 
 
     def overlay(i: int, k: int) -> bytes:
         with torch.no_grad():
-            cam = exported(split.images[i: i + 1].float())[1][0, k].numpy()
+            cam = exported(split.inputs[i: i + 1])[1][0, k].numpy()
         stored = imaging.open_stored(split.stored_png(channel, i))
         return base64.b64decode(inference.explanation(stored, cam, config["resize_policy"])["overlay_png"])
 

@@ -13,7 +13,7 @@ Exit status: 0 consistent, 1 damage found (or left after --repair).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from botocore.exceptions import ClientError
 
@@ -58,14 +58,11 @@ def run(args) -> int:
 class Ingest:
     """The deployment's data bucket, source-state table and preprocess function."""
 
-    def __init__(self, deployment: target.Target, function: str):
-        self.deployment, self.function = deployment, function
-        self.s3 = deployment.client("s3")
-        self.bucket = deployment.bucket(wiring.DATA)
-        environment = deployment.client("lambda").get_function_configuration(FunctionName=function)
-        self.store = StateStore(environment["Environment"]["Variables"][wiring.ENV_SOURCE_STATE_TABLE],
-                                client=deployment.client("dynamodb"))
-        self.name_of = source_names.namer(deployment.client("secretsmanager"), deployment.stage, self.bucket)
+    def __init__(self, s3, bucket: str, store: StateStore, name_of: Callable[[str], str], functions=None,
+                 function: str | None = None):
+        self.s3, self.bucket, self.store, self.name_of = s3, bucket, store, name_of
+        self.functions, self.function = functions, function
+        """The Lambda client and the preprocess function's name, which ``repair`` invokes."""
         self.current: dict[str, str | None] = {}
         self.keys: dict[str, str] = {}
         """Name -> raw key, for the keys listed (records and outputs name uploads, never key them)."""
@@ -74,16 +71,22 @@ class Ingest:
 
     @classmethod
     def of(cls, deployment: target.Target) -> Ingest:
-        return cls(deployment, preprocess_function(deployment))
+        functions, function = deployment.client("lambda"), preprocess_function(deployment)
+        environment = functions.get_function_configuration(FunctionName=function)["Environment"]["Variables"]
+        bucket = deployment.bucket(wiring.DATA)
+        return cls(deployment.client("s3"), bucket,
+                   StateStore(environment[wiring.ENV_SOURCE_STATE_TABLE], client=deployment.client("dynamodb")),
+                   source_names.namer(deployment.client("secretsmanager"), deployment.stage, bucket),
+                   functions, function)
 
     def check(self, dataset: str) -> list[Finding]:
         self.current = dict(self._current_versions(f"{layout.RAW}{dataset}/"))
         self.keys = {self.name_of(key): key for key in self.current}
         partition = source_state.dataset_partition(self.bucket, dataset)
-        records = {self._key(r["source"]["name"]): r for r in self.store.records(partition)}
+        records = {self._key(r["source"]["name"]): source_state.checked(r) for r in self.store.records(partition)}
         present = {*self._listed(f"{layout.PROCESSED}{dataset}/"),
                    *self._listed(f"{layout.QUARANTINE}{layout.RAW}{dataset}/")}
-        owned = {name for record in records.values() for name in source_state.outputs(record)}
+        owned = {name for record in records.values() for name in record.outputs}
         self.strays = {name: self._source_of(name, present - owned) for name in sorted(present - owned)}
         return source_state.check_dataset(self.current, records, present, self.strays)
 
@@ -92,11 +95,10 @@ class Ingest:
         for name in self.strays:
             self.s3.delete_object(Bucket=self.bucket, Key=name)
         keys = sorted({f.key for f in findings if f.key.startswith(layout.RAW)})
-        client = self.deployment.client("lambda")
         for start in range(0, len(keys), REPAIR_BATCH):
             event = s3_events.event(*(repair_record(self.bucket, key, self.current.get(key))
                                       for key in keys[start:start + REPAIR_BATCH]))
-            response = client.invoke(FunctionName=self.function, Payload=json.dumps(event).encode())
+            response = self.functions.invoke(FunctionName=self.function, Payload=json.dumps(event).encode())
             if response.get("FunctionError"):
                 raise UserError(f"the preprocess function failed: {response['Payload'].read().decode()[:500]}")
         return {"tombstoned": sorted(self.strays), "rederived": keys}

@@ -1,7 +1,8 @@
 """Training pipeline: a Step Functions state machine from dataset to a serving endpoint, with a quality gate.
 
 ReadRequest -> RequestComplete (else NotifyInvalidRequest -> InvalidRequest) -> ApplyDefaults -> PrepareDataset
-(Lambda) -> Train (SageMaker, RUN_JOB; a transient failure waits and runs again) -> Evaluate (Lambda) -> Register
+(Lambda) -> PackShards (a Map state: the PackShard Lambda per packing item) -> Train (SageMaker, RUN_JOB; a
+transient failure waits and runs again) -> Evaluate (Lambda) -> Register
 (Lambda: a model package in the stage's group, approved only past the minimums and the champion gate) -> PassesGate
 (approved?) -> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again)
 -> NotifyDeployed. Every task retries what is transient and catches everything else into
@@ -30,6 +31,7 @@ from infra.components.access import allow_objects, allow_secret
 from infra.components.buckets import bucket_name
 from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
+from infra.components.packing import allow_pack_shards, pack_shards
 from infra.components.retention import retention
 from infra.components.tables import allow_items
 from infra.components.training import TrainingJob, has_volume_key
@@ -107,12 +109,13 @@ class TrainingPipelineStack(Stack):
 
         self.prepare = function(wiring.PREPARE_DATASET, {wiring.ENV_DATA_BUCKET: data_bucket,
                                                          wiring.ENV_SOURCE_STATE_TABLE: state_table.table_name})
-        allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS],
-                      read=[layout.PROCESSED])  # the PNGs it packs into shards
+        allow_objects(self.prepare.function, wiring.DATA, stage, key, write=[layout.MANIFESTS])
         # the benchmark set: listed before it is read (lambdas/benchmark_set.read)
         allow_objects(self.prepare.function, wiring.DATA, stage, key, read=[layout.BENCHMARKS],
                       list_=[layout.BENCHMARKS])
         allow_items(self.prepare.function, state_table, key, "dynamodb:Query")  # the dataset's current records
+        self.pack = function(wiring.PACK_SHARDS, {wiring.ENV_DATA_BUCKET: data_bucket})
+        allow_pack_shards(self.pack.function, stage, key)
         self.evaluate = function(wiring.EVALUATE_MODEL, {
             wiring.ENV_DATA_BUCKET: data_bucket,
             wiring.ENV_QUALITY_GATE: json.dumps(dict(config.quality_gate), sort_keys=True),
@@ -244,6 +247,8 @@ class TrainingPipelineStack(Stack):
             "run_id": sfn.JsonPath.string_at("$.request.run_id"),
             "dataset": sfn.JsonPath.string_at("$.request.dataset"),
         }, "$.dataset")
+        pack = pack_shards(scope, self.pack.function, LAMBDA_TRANSIENT)  # a failed item (after retries) fails the run
+        pack.add_catch(notify_failure, errors=["States.ALL"], result_path="$.error")
         train = self.training.state
         retry_training = (sfn.Choice(scope, wiring.TRAINING_RETRYABLE_STATE)
                           .when(sfn.Condition.is_not_present("$.error.Cause"), notify_failure)
@@ -340,7 +345,7 @@ class TrainingPipelineStack(Stack):
         invalid = guard(publish(wiring.NOTIFY_INVALID_REQUEST_STATE, "training request refused",
                                 failure({"Error": "InvalidRequest", "Cause": INVALID_REQUEST_CAUSE})), sns_transient)
         invalid.next(sfn.Fail(scope, wiring.INVALID_REQUEST_STATE, error="InvalidRequest", cause=INVALID_REQUEST_CAUSE))
-        apply_defaults.next(prepare).next(train).next(evaluate).next(register).next(gate)
+        apply_defaults.next(prepare).next(pack).next(train).next(evaluate).next(register).next(gate)
         check = sfn.Choice(scope, wiring.VALID_REQUEST_STATE)
         for condition, valid in _request_rules():
             check.when(condition, apply_defaults if valid else invalid)
@@ -448,7 +453,7 @@ class TrainingPipelineStack(Stack):
         acknowledge(machine_role, "CDK's Lambda task grant includes the function's versions and aliases (ARN:*) of "
                     "exactly these functions.", *(
                         f"AwsSolutions-IAM5[Resource::<{self.resolve(self.get_logical_id(f.function.node.default_child))}.Arn>:*]"
-                        for f in (self.prepare, self.evaluate, self.register, self.deploy, self.status,
+                        for f in (self.prepare, self.pack, self.evaluate, self.register, self.deploy, self.status,
                                   self.start_rescore, self.rescore_status)))
         arn = "arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"
         job = f"{wiring.resource_prefix(self.config.stage)}*"

@@ -41,6 +41,10 @@ MAX_ASPECT = 4.0
 """A chest X-ray is roughly square; a 10:1 strip is a scanning or upload accident."""
 STORED_MAX_SIDE = 256
 """Longest side of the stored PNG; images are never enlarged."""
+STORED_PNG_LEVEL = 6
+"""zlib level of the stored PNG (kept: the bytes of a stored copy do not change)."""
+WIRE_PNG_LEVEL = 0
+"""zlib level of the PNG an endpoint request carries: stored blocks, no deflate (``NormalisedImage.wire_png``)."""
 ALLOWED_FORMATS = ("JPEG", "PNG")
 RESIZE_POLICIES = ("squash", "pad")
 INTENSITY_POLICIES = ("linear", "equalize")
@@ -108,10 +112,9 @@ class RejectedImage(ValueError):
 class NormalisedImage:
     """The stored form of an accepted image and what we learnt about the original.
 
-    ``stored`` is the image itself and ``png`` its encoding, made on first use: ingest stores the PNG and an
-    endpoint request carries it, while a model in the same process (the endpoint's handler after its one
-    decode, the predict function with ``endpoint_mode=lambda``) reads the pixels and never pays for the
-    encoding, 7 of the 8 ms that normalising a stored-size PNG took (``bench/predict_path.py``).
+    ``stored`` is the image itself; ``png`` (what ingest stores) and ``wire_png`` (what an endpoint request
+    carries) are its encodings, made on first use. A model in the same process (the endpoint's handler after
+    its one decode, the predict function with ``endpoint_mode=lambda``) reads the pixels and encodes nothing.
     """
 
     stored: Image.Image = field(compare=False, repr=False)
@@ -125,15 +128,30 @@ class NormalisedImage:
 
     @functools.cached_property
     def png(self) -> bytes:
-        """The 8-bit grayscale PNG of ``stored`` (the same bytes whenever it is made)."""
-        buffer = io.BytesIO()
-        self.stored.save(buffer, format="PNG", compress_level=6)
-        return buffer.getvalue()
+        """The 8-bit grayscale PNG of ``stored`` (the same bytes whenever it is made): the stored copy."""
+        return _png(self.stored, STORED_PNG_LEVEL)
+
+    @functools.cached_property
+    def wire_png(self) -> bytes:
+        """The same pixels as ``png`` in an uncompressed PNG: what the predict function sends an endpoint.
+
+        Nothing keeps it, so its size hardly matters (at most 256 x 256 bytes of pixels, 66 KB, far under a
+        serverless endpoint's 4 MB), while deflate is most of an encode's time: 0.6-0.8 ms to make against
+        3-5 ms at ``STORED_PNG_LEVEL``, and the endpoint reads it back in half the time
+        (``bench/predict_path.py``). Any PNG reader, an older endpoint's included, decodes it to the same pixels.
+        """
+        return _png(self.stored, WIRE_PNG_LEVEL)
 
     @property
     def image_id(self) -> str:
         """Object name stem: a re-delivered event rewrites the very same object."""
         return self.content_hash[:32]
+
+
+def _png(image: Image.Image, level: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=level)
+    return buffer.getvalue()
 
 
 def check_upload_size(n_bytes: int, cap: int = MAX_UPLOAD_BYTES) -> None:

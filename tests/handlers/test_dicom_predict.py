@@ -49,7 +49,7 @@ def content(sr) -> dict[str, object]:
 
 def test_a_dicom_upload_is_predicted_and_reported_as_a_valid_sr(endpoint, lambda_context, case):  # noqa: F811
     image, source = uploads.normalise(case.data)
-    answer(endpoint, png=image.png)  # the endpoint receives the normalised PNG, never the DICOM
+    answer(endpoint, png=image.wire_png)  # the endpoint receives the normalised pixels, never the DICOM
     key = f"incoming/ward 7/{case.name}"
     assert invoke(lambda_context, upload(key, case.data))["predicted"] == 1
     prediction, name = read_json(prediction_key(key)), name_of(key, BUCKET)
@@ -85,7 +85,7 @@ def test_the_sr_is_off_when_configured_and_retired_with_its_prediction(endpoint,
     invoke(lambda_context, upload(key, b"not an image any more"))  # its current version is rejected now
     assert current("results-dicom/") == []
     monkeypatch.setenv("DICOM_SR_OUTPUT", "false")
-    answer(endpoint, png=imaging.normalise(dicom_corpus.SOURCE.read_bytes()).png)
+    answer(endpoint, png=imaging.normalise(dicom_corpus.SOURCE.read_bytes()).wire_png)
     answer(endpoint)
     assert invoke(lambda_context, upload("incoming/plain.jpeg", dicom_corpus.SOURCE.read_bytes()),
                   upload(f"incoming/again-{case.name}", case.data))["predicted"] == 2

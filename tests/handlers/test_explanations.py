@@ -51,7 +51,7 @@ def explained(pneumonia: float, shade: int = 200) -> dict:
 def answer_json(stubber, body: dict, sent: bytes):
     """An InvokeEndpoint that must carry inference.py's JSON request asking for the overlay of ``sent``."""
     payload = json.dumps(body).encode()
-    request = json.dumps({"image": base64.b64encode(imaging.normalise(sent).png).decode(), "explain": True})
+    request = json.dumps({"image": base64.b64encode(imaging.normalise(sent).wire_png).decode(), "explain": True})
     stubber.add_response("invoke_endpoint",
                          {"Body": StreamingBody(io.BytesIO(payload), len(payload)), "ContentType": "application/json"},
                          {"EndpointName": "cxr-endpoint", "ContentType": "application/json",

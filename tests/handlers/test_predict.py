@@ -115,7 +115,7 @@ def current(prefix: str) -> list[str]:
 
 def test_happy_path_writes_prediction_json_and_dynamodb_record(endpoint, lambda_context):
     body = corpus.jpeg(800, 600)
-    answer(endpoint, png=imaging.normalise(body).png)  # the endpoint receives the normalised PNG
+    answer(endpoint, png=imaging.normalise(body).wire_png)  # the endpoint receives the normalised pixels
     record = upload("incoming/ward 3/x+ray.jpeg", body)
     assert invoke(lambda_context, record)["predicted"] == 1
     prediction = read_json(prediction_key("incoming/ward 3/x+ray.jpeg"))

@@ -67,7 +67,7 @@ def test_the_request_is_queued_with_its_input_in_s3(asynchronous, lambda_context
     assert invoke(lambda_context, record) == counts(submitted=1)
     s3 = boto3.client("s3")
     png = s3.get_object(Bucket=BUCKET, Key=f"{layout.ASYNC_INPUT}{request}.png")["Body"].read()
-    assert png == imaging.normalise(body).png  # the endpoint reads the normalised PNG, as the sync path sends it
+    assert png == imaging.normalise(body).wire_png  # the endpoint reads the normalised PNG, as the sync path sends it
     pending = read_json(f"{layout.ASYNC_REQUESTS}{request}.json")
     assert pending["source"]["name"] == name_of("incoming/ward 3/x+ray.jpeg", BUCKET)
     assert "ward" not in json.dumps(pending) and pending["endpoint"] == "cxr-endpoint"  # the request keys nothing

@@ -281,8 +281,10 @@ def test_state_names_and_task_functions_match_the_shared_wiring(synth):
     assert states[wiring.RESCORE_DONE_STATE]["Default"] == wiring.WAIT_FOR_RESCORE_STATE
     functions = {lid: f["Properties"]["Handler"]
                  for lid, f in synth.resources("AWS::Lambda::Function", "pipeline").items()}
+    nested = {name: state for map_state in states.values() if "ItemProcessor" in map_state
+              for name, state in map_state["ItemProcessor"]["States"].items()}
     for state, function_id in wiring.TASK_FUNCTIONS.items():
-        resource = states[state]["Resource"]
+        resource = {**states, **nested}[state]["Resource"]
         logical_id = resource.strip("<>").removesuffix(".Arn")
         assert functions[logical_id] == wiring.FUNCTIONS[function_id].handler
 

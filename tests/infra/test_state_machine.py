@@ -267,7 +267,8 @@ def test_moto_refuses_the_synchronous_training_integration(cloud):
     assert "Unsupported sync callback procedure" in reason and "sagemaker:createTrainingJob.sync" in reason
     assert cloud.entered(execution) == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE,
                                         wiring.APPLY_DEFAULTS_STATE,
-                                        wiring.PREPARE_DATASET_STATE]  # Train aborts the engine itself
+                                        wiring.PREPARE_DATASET_STATE, wiring.PACK_SHARDS_STATE,
+                                        *[wiring.PACK_SHARD_STATE] * 3]  # one item a split; Train aborts the engine
     assert nothing_deployed()
 
 
@@ -394,6 +395,22 @@ def test_a_validation_error_is_not_retried(cloud):
     assert message["error"]["Error"] == "SageMaker.AmazonSageMakerException"
     assert "ValidationException" in message["error"]["Cause"]
     assert len(STAND_IN_CALLS) == 1
+
+
+def test_a_failed_packing_item_fails_the_run_before_training(cloud):
+    """A processed PNG gone from the bucket: its item fails (not a transient error, so not retried), the Map's
+    Catch notifies, and no training job starts."""
+    seed_dataset()
+    s3 = boto3.client("s3")
+    key = s3.list_objects_v2(Bucket=DATA, Prefix="processed/kermany/")["Contents"][0]["Key"]
+    s3.delete_object(Bucket=DATA, Key=key if key.endswith(".png") else key.removesuffix(".json") + ".png")
+    execution = cloud.run(cloud.state_machine(localize=True), "run-packing-fails")
+    assert execution["status"] == "FAILED"
+    entered = cloud.entered(execution)
+    assert wiring.PACK_SHARDS_STATE in entered and wiring.TRAIN_STATE not in entered
+    (message,) = cloud.notifications()
+    assert "NoSuchKey" in json.dumps(message["error"])
+    assert not STAND_IN_CALLS
 
 
 def test_train_retries_by_name_only_what_has_a_transient_name(synth):

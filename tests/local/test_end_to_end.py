@@ -101,8 +101,12 @@ def test_upload_train_deploy_predict(cloud, dataset):
     run = run_pipeline(cloud, "run-1", QUICK)
 
     assert run["status"] == "SUCCEEDED", run
-    assert run["states"][:6] == [wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE, wiring.APPLY_DEFAULTS_STATE,
-                                 wiring.PREPARE_DATASET_STATE, wiring.TRAIN_STATE, wiring.EVALUATE_STATE]
+    packing = run["output"]["dataset"]["packing"]  # one item a split at this size, each packed by its own invocation
+    assert run["states"][:7 + len(packing)] == [
+        wiring.READ_REQUEST_STATE, wiring.VALID_REQUEST_STATE, wiring.APPLY_DEFAULTS_STATE,
+        wiring.PREPARE_DATASET_STATE, wiring.PACK_SHARDS_STATE, *[wiring.PACK_SHARD_STATE] * len(packing),
+        wiring.TRAIN_STATE, wiring.EVALUATE_STATE]
+    assert [item["split"] for item in packing] == ["train", "validation", "test"]
     assert run["states"][-1] == wiring.NOTIFY_DEPLOYED_STATE
     [message] = messages(inbox)
     assert message["outcome"] == "deployed" and message["run_id"] == "run-1"

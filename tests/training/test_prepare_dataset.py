@@ -118,14 +118,31 @@ def test_missing_dataset_is_a_clear_error(data_bucket, state_table, lambda_conte
 
 
 def test_train_validation_and_test_are_packed_into_shards_in_jsonl_order(dataset, lambda_context):
-    """The shards hold each split's records (the jsonl's lines, in order) and the processed PNGs themselves; key
-    order is shard order; the benchmark set stays a manifest."""
+    """PrepareDataset reads no PNG: it returns one packing item per split here (fewer than 128 images), and the
+    PackShards function packs each. The shards hold each split's records (the jsonl's lines, in order) and the
+    processed PNGs themselves; key order is shard order; the benchmark set stays a manifest."""
     import io
 
+    from lambdas import pack_shards
     from lambdas.domain import shards
 
     bucket, s3 = dataset, boto3.client("s3")
-    out = prepare_dataset.handler({"run_id": "r1", "dataset": "kermany", "seed": 4}, lambda_context)
+    reads = []
+
+    def read(params, **kwargs):
+        reads.append(params["Key"])
+
+    aws.client("s3").meta.events.register("provide-client-params.s3.GetObject", read)
+    try:
+        out = prepare_dataset.handler({"run_id": "r1", "dataset": "kermany", "seed": 4}, lambda_context)
+    finally:
+        aws.client("s3").meta.events.unregister("provide-client-params.s3.GetObject", read)
+    assert not [key for key in reads if key.startswith("processed/")]
+    assert [item["split"] for item in out["packing"]] == ["train", "validation", "test"]
+    assert len(json.dumps(out["packing"])) < 4096  # the state machine's payload stays small
+    for item in out["packing"]:
+        assert pack_shards.handler(item, lambda_context) == {"split": item["split"], "shards": len(item["sizes"]),
+                                                             "images": out["images"][item["split"]]}
     assert set(out["shards"]) == {"train", "validation", "test"}
     summary = json.loads(s3.get_object(Bucket=bucket, Key="manifests/r1/summary.json")["Body"].read())
     for split, uri in out["shards"].items():

@@ -136,7 +136,7 @@ def test_when_int8_serves_the_guard_is_fitted_on_the_int8_graphs_features(int8_s
                            image_size=config["image_size"], resize_policy=config["resize_policy"],
                            intensity=config["intensity"])
     splits, _ = train.load_channels(args, config["classes"])
-    features = {name: quantize.logits(int8_served / "model.int8.onnx", split.images, output="features")
+    features = {name: quantize.logits(int8_served / "model.int8.onnx", split.inputs, output="features")
                 for name, split in splits.items()}
     expected = ood.fit(features["train"], splits["train"].targets.numpy(), features["validation"])
     saved = ood.load(int8_served / ood.FILE)

@@ -199,6 +199,27 @@ def test_full_resolution_samples_shrink_with_aspect_kept():
         assert_output_contract(result, (result.original_width, result.original_height))
 
 
+def wire_cases() -> list[tuple[str, bytes]]:
+    """The benchmark's inputs (every full-resolution sample), and PNGs of each mode the normaliser converts."""
+    samples = [(path.name, path.read_bytes()) for path in sorted((ROOT / corpus.SAMPLES).rglob("*.jpeg"))]
+    return samples + [("png", corpus.png()), ("png-16bit", corpus.png_16bit()), ("png-rgba", corpus.png_rgba()),
+                      ("png-palette", corpus.png_palette()), ("jpeg-exif-rotated", corpus.jpeg_exif_rotated())]
+
+
+def test_the_endpoints_request_carries_exactly_the_stored_pixels_uncompressed():
+    """The predict function sends ``wire_png``, not the stored ``png``: the endpoint must see the same model input
+    (same pixels, same content hash), and the request must skip deflate (every pixel byte is in the file)."""
+    for name, data in wire_cases():
+        image = imaging.normalise(data)
+        received = imaging.normalise(image.wire_png)  # what the endpoint's input_fn makes of the request
+        assert received.content_hash == image.content_hash, name
+        assert np.array_equal(np.asarray(received.stored), np.asarray(Image.open(io.BytesIO(image.png)))), name
+        for policy in imaging.RESIZE_POLICIES:
+            assert np.array_equal(imaging.to_model_input(received.stored, 128, policy),
+                                  imaging.to_model_input(image.stored, 128, policy)), name
+        assert len(image.wire_png) > image.width * image.height, name  # every pixel byte: stored, not deflated
+
+
 def test_content_hash_is_deterministic_and_content_addressed():
     first, second = imaging.normalise(corpus.png(seed=1)), imaging.normalise(corpus.png(seed=1))
     assert first.png == second.png and first.image_id == second.image_id

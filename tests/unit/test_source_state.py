@@ -73,7 +73,8 @@ def test_check_names_missing_stale_and_duplicated_keys():
     present = {*source_state.outputs(records[b]), *source_state.outputs(records[c]), "processed/old.json",
                *source_state.outputs(records[e])}
     current = {a: "v1", b: "v2", c: "v1", d: "v1", e: "v1"}
-    findings = source_state.check_dataset(current, records, present, {"processed/old.json": c})
+    findings = source_state.check_dataset(current, {key: source_state.checked(r) for key, r in records.items()},
+                                          present, {"processed/old.json": c})
     assert {(f.key, f.problem) for f in findings} == {
         (a, "missing"),  # its image and sidecar are gone
         (b, "stale"),  # recorded for v1, v2 is current

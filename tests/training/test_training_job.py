@@ -54,6 +54,11 @@ def test_every_artifact_is_written(trained):
     assert json.loads((trained / "output" / "data" / "metrics.json").read_text()) == metrics
 
 
+def last_weights(checkpoints: Path) -> dict:
+    """The raw weights of a job's last checkpoint."""
+    return torch.load(max(checkpoints.glob("ckpt-*.pt")), weights_only=False)["model"]
+
+
 def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(trained, staged, tmp_path):
     from synthetic import TINY_HPS
 
@@ -69,6 +74,10 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(trai
     assert resumed.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
         assert torch.equal(resumed[key], value), key
+    # the shipped weights may be an epoch's from before the interruption (the best on validation): the last
+    # checkpoint's are the ones the resumed steps made
+    last, last_resumed = last_weights(trained / "checkpoints"), last_weights(interrupted)
+    assert last.keys() == last_resumed.keys() and all(torch.equal(last_resumed[k], v) for k, v in last.items())
     assert json.loads((model_dir / "metrics.json").read_text())["accuracy"] == json.loads(
         (trained / "model" / "metrics.json").read_text())["accuracy"]
 
@@ -419,9 +428,6 @@ def test_a_mixup_run_mixes_and_resumes_to_the_uninterrupted_weights(trained, sta
     shutil.copy(tmp_path / "whole" / "checkpoints" / "ckpt-00000006.pt", interrupted)  # mid epoch 1 of 3
     training_run.run_training_job(staged.channels, hps, tmp_path / "job", checkpoint_dir=interrupted)
     assert "resumed_from" in (tmp_path / "job" / "train.log").read_text()
-
-    def last_weights(checkpoints: Path) -> dict:
-        return torch.load(max(checkpoints.glob("ckpt-*.pt")), weights_only=False)["model"]
 
     mixed, again = last_weights(tmp_path / "whole" / "checkpoints"), last_weights(interrupted)
     plain = last_weights(trained / "checkpoints")

@@ -5,7 +5,8 @@ weights and the same full-resolution X-ray, and include the normaliser (decode, 
 the stored PNG) and the model-input resize; the model-only time gives achieved GFLOP/s from the
 network's counted FLOPs. Cold start is measured in a fresh process: import the handler, load the
 model, answer the first request, as an endpoint worker does. ``endpoint_ms`` is one deployed
-request: the stored PNG the predict Lambda sends, through ``input_fn`` and ``predict_fn``.
+request: the PNG the predict Lambda sends (the stored pixels, uncompressed: ``wire_png``), through ``input_fn``
+and ``predict_fn``.
 ``--json PATH`` also writes the result to PATH (``cxr cost`` reads ``bench/results/latency.json``).
 """
 
@@ -77,7 +78,7 @@ def main() -> None:
     model, config = artifact.load_torch_model(model_dir)
     handler = inference.model_fn(str(model_dir))
     data = args.image.read_bytes()
-    stored_png = imaging.normalise(data).png
+    request_png = imaging.normalise(data).wire_png
 
     def model_input():
         stored = imaging.open_stored(imaging.normalise(data).png)
@@ -104,7 +105,7 @@ def main() -> None:
         inference.predict_fn(inference.input_fn(data, "image/jpeg"), handler)
 
     def endpoint_request():
-        inference.predict_fn(inference.input_fn(stored_png, "image/png"), handler)
+        inference.predict_fn(inference.input_fn(request_png, "image/png"), handler)
 
     result = {
         "model": config.get("model_id"), "architecture": config["architecture"], "input": config["image_size"],
@@ -116,9 +117,9 @@ def main() -> None:
         "torch_path_ms": round(median_ms(torch_path, args.runs), 2),
         "onnx_path_ms": round(median_ms(onnx_path, args.runs), 2),
         "endpoint_ms": round(median_ms(endpoint_request, args.runs), 2),
-        "endpoint_request_bytes": len(stored_png),
+        "endpoint_request_bytes": len(request_png),
         "endpoint_response_bytes": len(inference.output_fn(
-            inference.predict_fn(inference.input_fn(stored_png, "image/png"), handler), "application/json"
+            inference.predict_fn(inference.input_fn(request_png, "image/png"), handler), "application/json"
         )[0].encode()),
         "cold_start": {k: round(v, 3) for k, v in cold.items()},
         "load_average": os.getloadavg()[0],

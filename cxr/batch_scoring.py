@@ -8,6 +8,10 @@ each under its position (``000000``, ``000001``...): Batch Transform names every
 file names in hospital exports carry patient names and MRNs, so none goes into the inference bucket's keys; the
 position-to-file map stays on this machine. Answers land in ``batch-output/<job>/`` and are written to ``--out``
 as one JSON per image and ``predictions.csv``, each under its own file name.
+
+With ``endpoint_mode=lambda`` there is no SageMaker model to run: the same staged objects are sent to the predict
+function, one invocation an object and a few at a time, which answers with the registry's champion and writes
+each answer where Batch Transform would (``lambdas/batch_requests.py``); the answers are collected the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,11 @@ class BatchScoring:
     inference_bucket: str
     instance_type: str = "ml.c6i.large"
     poll_seconds: float = 15.0
+    functions: Any = None
+    predict_function: str | None = None
+    """With ``endpoint_mode=lambda``: the Lambda client and the predict function that scores each object."""
+    workers: int = 8
+    """Invocations in flight in lambda mode: well under the function's reserved concurrency (10 at least)."""
 
     def serving_model(self) -> str:
         """The SageMaker model the stage's endpoint serves."""
@@ -93,6 +103,12 @@ class BatchScoring:
                 raise UserError(f"{source} is neither an s3:// prefix nor a folder")
             input_uri, names = self.upload(folder, job)
         output_uri = f"s3://{self.inference_bucket}/{layout.BATCH_OUTPUT}{job}/"
+        if self.predict_function:
+            if model:
+                raise UserError("--model names a SageMaker model; with endpoint_mode=lambda the predict function "
+                                "scores with the registry's champion")
+            self.invoke_each(input_uri, names, log)
+            return self.collect(job, output_uri, names, out, kind="lambda_batch")
         model_name = model or self.serving_model()
         self.sagemaker.create_transform_job(
             TransformJobName=job, ModelName=model_name, BatchStrategy="SingleRecord", MaxPayloadInMB=32,
@@ -108,6 +124,24 @@ class BatchScoring:
                             f"{status.get('FailureReason', '')}")
         return self.collect(job, output_uri, names, out)
 
+    def invoke_each(self, input_uri: str, names: dict[str, str], log: Callable[[str], None]) -> None:
+        """Each staged object through the predict function (``{"batch": {"key": ...}}``), ``workers`` at a time."""
+        _, prefix = layout.split_s3_uri(input_uri)
+        log(f"batch of {len(names)} file(s) through the predict function {self.predict_function}")
+
+        def invoke(staged: str) -> str | None:
+            response = self.functions.invoke(FunctionName=self.predict_function, Payload=json.dumps(
+                {"batch": {"key": f"{prefix}{staged}"}}).encode())
+            payload = response["Payload"].read().decode()
+            return payload[:500] if response.get("FunctionError") else None
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            for done, failure in enumerate(pool.map(invoke, names), 1):
+                if failure:
+                    raise UserError(f"the predict function failed: {failure}")
+                if done % 100 == 0 or done == len(names):
+                    log(f"  {done}/{len(names)} scored")
+
     def wait(self, job: str, output_uri: str, total: int, log: Callable[[str], None]) -> dict:
         seen = -1
         while True:
@@ -120,7 +154,7 @@ class BatchScoring:
                 return described
             time.sleep(self.poll_seconds)
 
-    def collect(self, job: str, output_uri: str, names: dict[str, str], out: Path) -> dict:
+    def collect(self, job: str, output_uri: str, names: dict[str, str], out: Path, kind: str = "transform_job") -> dict:
         """One JSON per input and ``predictions.csv`` in ``out``; an input with no answer is listed as missing."""
         bucket, prefix = layout.split_s3_uri(output_uri)
         out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +168,7 @@ class BatchScoring:
             answer.setdefault("status", "predicted")
             target = out / f"{name}.json"
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps({"file": name, "transform_job": job, **answer}, indent=1))
+            target.write_text(json.dumps({"file": name, kind: job, **answer}, indent=1))
             rows.append({"file": name, **{k: answer.get(k) for k in CSV_FIELDS if k != "file"}})
         with (out / "predictions.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
@@ -143,5 +177,5 @@ class BatchScoring:
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["status"]] = counts.get(row["status"], 0) + 1
-        return {"transform_job": job, "output": output_uri, "files": len(rows), "counts": counts,
+        return {kind: job, "output": output_uri, "files": len(rows), "counts": counts,
                 "csv": str(out / "predictions.csv")}

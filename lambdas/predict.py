@@ -50,7 +50,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
-from lambdas import aws, pseudonyms, review_queue, s3io, served_model
+from lambdas import aws, batch_requests, pseudonyms, review_queue, s3io, served_model
 from lambdas.domain import audit, imaging, layout, source_names, source_state, uploads
 from lambdas.domain.settings import Settings
 from lambdas.s3io import SourceObject
@@ -77,8 +77,26 @@ class EndpointResponseError(RuntimeError):
 
 
 @logger.inject_lambda_context(log_event=False)
+def handler(event: dict, context) -> dict:
+    """S3 events on ``incoming/``; with ``endpoint_mode=lambda`` also `cxr batch-predict`'s direct requests."""
+    if batch_requests.EVENT_FIELD in event:
+        return answer_batch_request(event[batch_requests.EVENT_FIELD])
+    return on_uploads(event, context)
+
+
+def answer_batch_request(request: dict) -> dict:
+    """One staged object of a batch job (:mod:`lambdas.batch_requests`), in this stage's inference bucket only."""
+    if os.environ.get("ENDPOINT_MODE") != "lambda":
+        raise batch_requests.BatchRequestError("batch requests are answered with endpoint_mode=lambda only; the "
+                                               "other modes score batches with Batch Transform")
+    settings = Settings.from_env()
+    result = batch_requests.answer(settings.inference_bucket, str(request["key"]), settings.max_upload_bytes)
+    logger.info("batch request answered", extra=result)
+    return result
+
+
 @event_source(data_class=S3Event)
-def handler(event: S3Event, context) -> dict:
+def on_uploads(event: S3Event, context) -> dict:
     settings = Settings.from_env()
     settings.require("predictions_table", "idempotency_table", "endpoint_parameter", "source_state_table")
     IDEMPOTENCY.register_lambda_context(context)

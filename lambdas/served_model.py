@@ -81,6 +81,15 @@ def answer(image: imaging.NormalisedImage, explain: bool) -> tuple[bytes, str, f
     return body.encode(), served.name, round(1000 * (time.perf_counter() - started), 1)
 
 
+def refusal(error: str) -> bytes:
+    """The champion's answer to an input it cannot take, as a Batch Transform job's container writes it
+    (``predict_fn`` on the handler's ``Refused``: the status, the error, the model and its digest)."""
+    served = current(os.environ[MODEL_PACKAGE_GROUP_VARIABLE])
+    body, _ = served.handler.output_fn(served.handler.predict_fn(served.handler.Refused(error), served.model),
+                                       "application/json")
+    return body.encode()
+
+
 def current(group: str) -> Served:
     """The champion, loaded; looked up in the registry at most every ``REGISTRY_CACHE_SECONDS``."""
     global _served, _checked_at

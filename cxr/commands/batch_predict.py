@@ -1,8 +1,10 @@
 """`cxr batch-predict s3://bucket/prefix/ | FOLDER --out DIR`: score every X-ray with SageMaker Batch Transform.
 
 The serving model (or ``--model``, a SageMaker model name) runs as a transform job over the prefix, or over the
-folder uploaded to the inference bucket's ``batch-input/``; one JSON per image and ``predictions.csv`` are
-written to ``--out``. A file the model cannot take gets its error in its JSON and row; the others are scored.
+folder uploaded to the inference bucket's ``batch-input/``; with ``endpoint_mode=lambda``, the predict function
+scores each staged object instead (no SageMaker model exists in that mode); one JSON per image and
+``predictions.csv`` are written to ``--out``. A file the model cannot take gets its error in its JSON and row;
+the others are scored.
 Exit status: 0 every file predicted, 1 some were rejected or missing.
 """
 
@@ -30,9 +32,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     deployment = target.resolve(args)
+    functions, predict = deployment.client("lambda"), deployment.function_name(wiring.PREDICT, "Inference")
+    variables = functions.get_function_configuration(FunctionName=predict)["Environment"]["Variables"]
+    lambda_mode = variables.get(wiring.ENV_ENDPOINT_MODE) == "lambda"
     scoring = BatchScoring(deployment.client("sagemaker"), deployment.client("s3"), deployment.stage,
                            deployment.bucket(wiring.INFERENCE), args.instance_type,
-                           poll_seconds=0.5 if deployment.is_local else 15.0)
+                           poll_seconds=0.5 if deployment.is_local else 15.0,
+                           functions=functions if lambda_mode else None,
+                           predict_function=predict if lambda_mode else None)
     result = scoring.run(args.source, args.out, args.model, log=(lambda _: None) if args.json else print)
     if args.json:
         print(json.dumps(result, indent=1))

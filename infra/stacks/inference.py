@@ -127,6 +127,9 @@ class InferenceStack(Stack):
             actions=["sagemaker:ListModelPackages"], resources=["*"]))
         # the serving copy; model.tar.gz for packages registered before it
         allow_objects(function, wiring.DATA, config.stage, key, read=[layout.SERVING, layout.MODELS])
+        # `cxr batch-predict`'s staged objects and their answers (lambdas/batch_requests.py)
+        allow_objects(function, wiring.INFERENCE, config.stage, key, read=[layout.BATCH_INPUT],
+                      write=[layout.BATCH_OUTPUT])
         acknowledge(function.role, "Versioned model packages are named <group>/<version>, the version assigned by "
                     "SageMaker; ListModelPackages has no resource-level permissions (it lists one group by name).",
                     "AwsSolutions-IAM5[Resource::*]", "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:"

@@ -19,6 +19,8 @@ from recorded import recorded_cloud
 from test_async_endpoint import XRAY, invoke, model_archive  # noqa: F401 (a fixture)
 
 from cxr import operations, source_names
+from cxr.batch_scoring import BatchScoring
+from cxr.errors import UserError
 from cxr.local import pipeline
 from cxr.model_registry import ModelRegistry
 from infra import wiring
@@ -64,6 +66,27 @@ def test_an_upload_is_predicted_by_the_approved_model_in_the_predict_function(mo
         assert prediction["label"] in ("bacterial", "normal", "viral")
         assert prediction["audit"]["artifact_sha256"] == evaluation["artifact_sha256"]
         assert boto3.client("sagemaker").list_endpoints()["Endpoints"] == []
+
+        # `cxr batch-predict`: no SageMaker model in this mode, so the predict function scores each staged object
+        folder = tmp_path / "batch"
+        (folder / "ward 7").mkdir(parents=True)
+        (folder / "ward 7" / "Jane Doe chest.jpeg").write_bytes(XRAY.read_bytes())
+        (folder / "notes.txt").write_text("not an image")
+        scoring = BatchScoring(boto3.client("sagemaker"), boto3.client("s3"), STAGE, inference, poll_seconds=0.1,
+                               functions=boto3.client("lambda"), predict_function=cloud.names.function(wiring.PREDICT))
+        scored = scoring.run(str(folder), tmp_path / "scored", log=lambda _: None)
+        assert scored["files"] == 2 and scored["counts"] == {"predicted": 1, "rejected": 1}, scored
+        answer = json.loads((tmp_path / "scored" / "ward 7" / "Jane Doe chest.jpeg.json").read_text())
+        assert answer["label"] in ("bacterial", "normal", "viral") and answer["lambda_batch"] == scored["lambda_batch"]
+        assert answer["artifact_sha256"] == evaluation["artifact_sha256"]
+        refused = json.loads((tmp_path / "scored" / "notes.txt.json").read_text())
+        assert refused["status"] == "rejected" and refused["error"].startswith("not_an_image: ")
+        assert refused["artifact_sha256"] == evaluation["artifact_sha256"]
+        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=inference)["Contents"]]
+        assert not any("Jane" in key or "notes" in key for key in keys), keys
+        assert boto3.client("sagemaker").list_transform_jobs()["TransformJobSummaries"] == []
+        with pytest.raises(UserError, match="--model"):
+            scoring.run(str(folder), tmp_path / "again", model="some-model", log=lambda _: None)
 
         # `cxr models promote` changes the registry, which is the whole deployment here: no Deploy call, no endpoint
         models = ModelRegistry(boto3.client("sagemaker"), boto3.client("s3"), boto3.client("lambda"),

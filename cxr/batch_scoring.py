@@ -28,12 +28,11 @@ from typing import Any
 
 from cxr.errors import UserError
 from infra import wiring
+from lambdas import batch_requests
 from lambdas.domain import layout
 
 PER_RECORD_ERRORS = {"CXR_PER_RECORD_ERRORS": "1"}
 """The job's container environment (``training_job/inference.py``, ``PER_RECORD_ERRORS_VARIABLE``)."""
-OUTPUT_SUFFIX = ".out"
-"""What Batch Transform appends to each input object's name in the output path."""
 CSV_FIELDS = ("file", "status", "label", "confidence", "pneumonia_probability", "refer_to_radiologist", "error",
               "model_id", "artifact_sha256")
 
@@ -125,13 +124,14 @@ class BatchScoring:
         return self.collect(job, output_uri, names, out)
 
     def invoke_each(self, input_uri: str, names: dict[str, str], log: Callable[[str], None]) -> None:
-        """Each staged object through the predict function (``{"batch": {"key": ...}}``), ``workers`` at a time."""
+        """Each staged object through the predict function (:func:`lambdas.batch_requests.request`), ``workers`` at
+        a time."""
         _, prefix = layout.split_s3_uri(input_uri)
         log(f"batch of {len(names)} file(s) through the predict function {self.predict_function}")
 
         def invoke(staged: str) -> str | None:
             response = self.functions.invoke(FunctionName=self.predict_function, Payload=json.dumps(
-                {"batch": {"key": f"{prefix}{staged}"}}).encode())
+                batch_requests.request(f"{prefix}{staged}")).encode())
             payload = response["Payload"].read().decode()
             return payload[:500] if response.get("FunctionError") else None
 
@@ -146,7 +146,7 @@ class BatchScoring:
         seen = -1
         while True:
             described = self.sagemaker.describe_transform_job(TransformJobName=job)
-            done = len(self.listed(output_uri, OUTPUT_SUFFIX))
+            done = len(self.listed(output_uri, layout.BATCH_OUTPUT_SUFFIX))
             if done != seen:
                 log(f"  {described['TransformJobStatus']}: {done}/{total} scored")
                 seen = done
@@ -161,7 +161,8 @@ class BatchScoring:
         rows = []
         for staged, name in names.items():
             try:
-                body = self.s3.get_object(Bucket=bucket, Key=f"{prefix}{staged}{OUTPUT_SUFFIX}")["Body"].read()
+                key = f"{prefix}{staged}{layout.BATCH_OUTPUT_SUFFIX}"
+                body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
                 answer = json.loads(body)
             except self.s3.exceptions.NoSuchKey:
                 answer = {"status": "missing", "error": "the job wrote no answer for this input"}

@@ -16,8 +16,6 @@ from lambdas.domain import imaging, layout, uploads
 
 EVENT_FIELD = "batch"
 """A direct invocation carrying this field is a batch request, not an S3 event."""
-OUTPUT_SUFFIX = ".out"
-"""What Batch Transform appends to an input object's name in its output path (``cxr.batch_scoring`` reads it)."""
 
 
 class BatchRequestError(ValueError):
@@ -29,7 +27,12 @@ def output_key(input_key: str) -> str:
     parts = input_key.removeprefix(layout.BATCH_INPUT).split("/")
     if not input_key.startswith(layout.BATCH_INPUT) or len(parts) != 2 or not all(parts):
         raise BatchRequestError(f"not a staged batch input: {input_key!r}")
-    return f"{layout.BATCH_OUTPUT}{parts[0]}/{parts[1]}{OUTPUT_SUFFIX}"
+    return f"{layout.BATCH_OUTPUT}{parts[0]}/{parts[1]}{layout.BATCH_OUTPUT_SUFFIX}"
+
+
+def request(input_key: str) -> dict:
+    """The predict function's event for one staged object (what `cxr batch-predict` sends)."""
+    return {EVENT_FIELD: {"key": input_key}}
 
 
 def answer(bucket: str, key: str, max_upload_bytes: int) -> dict:

@@ -135,7 +135,8 @@ def compare(event: dict) -> list[dict]:
     out_bucket, out_prefix = layout.split_s3_uri(event["output"])
     rows = []
     for name in names:
-        new = _json(out_bucket, f"{out_prefix}{name}.out") or {"error": "the job wrote no answer"}
+        new = (_json(out_bucket, f"{out_prefix}{name}{layout.BATCH_OUTPUT_SUFFIX}")
+               or {"error": "the job wrote no answer"})
         old = _json(bucket, layout.prediction_key(name)) or {}
         new_label = new.get("label")
         rows.append({"name": name, "previous_label": old.get("label", ""), "previous_model": old.get("model_id", ""),

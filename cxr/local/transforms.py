@@ -21,9 +21,7 @@ import boto3
 
 from cxr.local.endpoints import EndpointError, LocalEndpoints
 from cxr.local.iam_trace import acting_as
-from lambdas.domain.layout import split_s3_uri
-
-OUTPUT_SUFFIX = ".out"
+from lambdas.domain.layout import BATCH_OUTPUT_SUFFIX, split_s3_uri
 
 
 class LocalTransformJobs:
@@ -65,7 +63,7 @@ class LocalTransformJobs:
                         job.transform_output.get("Accept", "application/json"), job.environment or {})
                 except EndpointError as exc:
                     raise RuntimeError(f"{key}: {exc}") from None
-                s3.put_object(Bucket=out_bucket, Key=f"{out_prefix}{key[len(folder):]}{OUTPUT_SUFFIX}",
+                s3.put_object(Bucket=out_bucket, Key=f"{out_prefix}{key[len(folder):]}{BATCH_OUTPUT_SUFFIX}",
                               Body=payload, **encryption)
 
     @staticmethod

@@ -54,6 +54,8 @@ BATCH_INPUT = "batch-input/"
 """A local folder's X-rays, uploaded for one batch job (``batch-input/<job>/...``): the model role reads them."""
 BATCH_OUTPUT = "batch-output/"
 """Each batch job's ``S3OutputPath`` (``batch-output/<job>/``): one ``<input>.out`` JSON per X-ray."""
+BATCH_OUTPUT_SUFFIX = ".out"
+"""What Batch Transform appends to an input object's name in its output path."""
 
 RESULTS_DICOM = "results-dicom/"
 """Predictions on DICOM input as DICOM SR (``lambdas/domain/dicom_sr.py``): the one output that carries patient

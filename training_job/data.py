@@ -30,8 +30,8 @@ DECODE_BATCH = 256
 
 
 def to_inputs(pixels: torch.Tensor) -> torch.Tensor:
-    """8-bit grey levels as the model's input: float32 ``level / 255``, the values
-    :func:`imaging.to_model_input` returns (its output is an 8-bit image divided by 255)."""
+    """:func:`imaging.model_levels` as the model's input: float32 ``level / 255``, the values
+    :func:`imaging.to_model_input` returns."""
     return pixels.float().div_(255.0)
 
 
@@ -138,8 +138,7 @@ def load_split(channel_dir: Path, classes: list[str], size: int, policy: str, th
         raise ValueError(f"channel {channel_dir.name} has labels {sorted(unknown)} outside the classes {classes}")
 
     def load(png: bytes) -> np.ndarray:
-        levels = np.rint(imaging.to_model_input(imaging.open_stored(png), size, policy, intensity) * 255.0)
-        return levels.astype(np.uint8)
+        return imaging.model_levels(imaging.open_stored(png), size, policy, intensity)
 
     # filled in place, a bounded batch in flight: Executor.map drains its iterable first (from shards, every PNG's
     # bytes at once), and stacking a list of arrays would hold the split twice

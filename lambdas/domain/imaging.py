@@ -192,7 +192,14 @@ def open_stored(png: bytes) -> Image.Image:
 
 
 def to_model_input(image: Image.Image, size: int, policy: str, intensity: str = "linear") -> np.ndarray:
-    """Resize a stored grayscale image to the model's ``size`` square, as ``float32`` in [0, 1].
+    """Resize a stored grayscale image to the model's ``size`` square, as ``float32`` in [0, 1]: its
+    :func:`model_levels` divided by 255."""
+    return model_levels(image, size, policy, intensity).astype(np.float32) / 255.0
+
+
+def model_levels(image: Image.Image, size: int, policy: str, intensity: str = "linear") -> np.ndarray:
+    """The model input's 8-bit grey levels (``uint8``, ``size`` square): what training holds in memory, one byte a
+    pixel (``training_job/data.py``); :func:`to_model_input` is them over 255.
 
     ``squash`` stretches to the square (the geometry of Kermany's published 224 px copies);
     ``pad`` keeps the aspect ratio and centres the image on black. ``equalize`` first spreads the
@@ -211,7 +218,7 @@ def to_model_input(image: Image.Image, size: int, policy: str, intensity: str = 
         resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     else:
         resized = ImageOps.pad(image, (size, size), Image.Resampling.BILINEAR, color=0)
-    return np.asarray(resized, dtype=np.float32) / 255.0
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def _sniff_format(data: bytes) -> str:

@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -33,18 +32,13 @@ os.environ.setdefault("CXR_ONNX_THREADS", "1")
 import inference  # noqa: E402
 
 import dicom_corpus  # noqa: E402
+from bench.latency import median_ms  # noqa: E402
 from bench.predict_path import IMAGE  # noqa: E402
 from lambdas.domain import imaging, uploads  # noqa: E402
 
 
 def cpu_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        started = time.thread_time()
-        fn()
-        times.append(time.thread_time() - started)
-    return round(1000 * statistics.median(times), 3)
+    return round(median_ms(fn, runs, warmup=1, clock=time.thread_time), 3)
 
 
 def uploads_of(jpeg: Path) -> dict[str, tuple[bytes, Image.Image]]:

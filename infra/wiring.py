@@ -169,6 +169,8 @@ class Function:
     trigger: Trigger | None = None
     service: str = ""
     """Powertools service name, also the metrics dimension the dashboard reads."""
+    endpoint_modes: tuple[str, ...] | None = None
+    """The ``endpoint_mode`` values it is deployed in; None: every mode."""
 
     @property
     def module(self) -> str:
@@ -262,9 +264,20 @@ START_RESCORE = Function(
     handler="lambdas.rescore.start_handler",
     memory_mb=512,
     timeout_s=300,  # lists incoming/ and copies each recent upload under its name (16 copies in flight)
-    environment=(ENV_INFERENCE_BUCKET, ENV_RESCORE_DAYS, ENV_RESOURCE_PREFIX, ENV_PSEUDONYM_SECRET),
+    environment=(ENV_INFERENCE_BUCKET, ENV_RESCORE_DAYS, ENV_RESOURCE_PREFIX, ENV_PSEUDONYM_SECRET, ENV_ENDPOINT_MODE),
     service="cxr-rescore",
 )
+RESCORE_BATCH = Function(
+    id="RescoreBatch",
+    handler="lambdas.rescore.batch_handler",
+    memory_mb=1769,  # one full vCPU, as the predict function: the approved model runs here (endpoint_mode=lambda)
+    timeout_s=600,  # a batch of lambdas.rescore.BATCH_IMAGES copies, 10 to 40 s, with room for large uploads
+    environment=(ENV_INFERENCE_BUCKET,),
+    service="cxr-rescore",
+    endpoint_modes=("lambda",),
+)
+"""The re-score's model runner with ``endpoint_mode=lambda``, where a Batch Transform job does this part in the
+other modes."""
 RESCORE_STATUS = Function(
     id="RescoreStatus",
     handler="lambdas.rescore.status_handler",
@@ -296,7 +309,8 @@ REVIEW_PAGE_CONFIG = "config.json"
 """What the page reads at start, beside it: the API's URL, the Cognito endpoint, region and client id."""
 FUNCTIONS: dict[str, Function] = {
     f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, REGISTER_MODEL,
-                      DEPLOY_MODEL, ENDPOINT_STATUS, START_RESCORE, RESCORE_STATUS, REVIEW_API, PACK_SHARDS)
+                      DEPLOY_MODEL, ENDPOINT_STATUS, START_RESCORE, RESCORE_BATCH, RESCORE_STATUS, REVIEW_API,
+                      PACK_SHARDS)
 }
 
 
@@ -364,6 +378,9 @@ RESCORE_STARTED_STATE = "RescoreStarted"
 WAIT_FOR_RESCORE_STATE = "WaitForRescore"
 RESCORE_STATUS_STATE = "RescoreStatus"
 RESCORE_DONE_STATE = "RescoreDone"
+SCORE_RECENT_STATE = "ScoreRecent"
+"""With ``endpoint_mode=lambda``: the Map state over ``StartRescore``'s batches; each iteration is ``ScoreBatch``."""
+SCORE_BATCH_STATE = "ScoreBatch"
 NOTIFY_DEPLOYED_STATE = "NotifyDeployed"
 NOTIFY_REJECTED_STATE = "NotifyRejected"
 NOT_DEPLOYED_STATE = "NotDeployed"
@@ -391,6 +408,8 @@ STATE_ORDER = (
 Batch Transform re-score of the last ``rescore_days`` of ``incoming/`` when that is above 0; then
 ``RescoreStarted`` -> ``WaitForRescore`` -> ``RescoreStatus`` -> ``RescoreDone`` loops until
 ``reports/<run>/rescore.csv`` is written (a re-score failure is reported in ``NotifyDeployed``, not a failure).
+With ``endpoint_mode=lambda`` the approval is the deployment: ``PassesGate`` -> ``StartRescore`` ->
+``RescoreStarted`` -> ``ScoreRecent`` (``ScoreBatch`` per batch) -> ``RescoreStatus`` -> ``NotifyDeployed``.
 
 ``Register`` puts every model in the stage's model package group with its approval status (the minimums,
 then the champion gate); a package not ``Approved`` (rejected, or pending with ``approval=manual``) goes
@@ -410,8 +429,14 @@ TASK_FUNCTIONS = {
     ENDPOINT_STATUS_STATE: ENDPOINT_STATUS.id,
     START_RESCORE_STATE: START_RESCORE.id,
     RESCORE_STATUS_STATE: RESCORE_STATUS.id,
+    SCORE_BATCH_STATE: RESCORE_BATCH.id,  # inside the ScoreRecent Map state (endpoint_mode=lambda only)
 }
 """Which function each Lambda task state invokes."""
+
+
+def deployed_functions(endpoint_mode: str) -> list[Function]:
+    """The functions a deployment in ``endpoint_mode`` has."""
+    return [f for f in FUNCTIONS.values() if f.endpoint_modes is None or endpoint_mode in f.endpoint_modes]
 TRAINING_JOB_PREFIX = "cxr"
 """What every stage's SageMaker names begin with (``cxr-``); a stage's own names begin with :func:`resource_prefix`."""
 SAGEMAKER_NAME_MAX = 63

@@ -35,8 +35,9 @@ def request(input_key: str) -> dict:
     return {EVENT_FIELD: {"key": input_key}}
 
 
-def answer(bucket: str, key: str, max_upload_bytes: int) -> dict:
-    """Score ``key`` with the stage's champion and write the answer beside the job's other outputs."""
+def answer(bucket: str, key: str, max_upload_bytes: int, served: served_model.Served) -> dict:
+    """Score ``key`` with ``served`` (the stage's champion; a re-score's newly approved package) and write the
+    answer beside the job's other outputs."""
     target = output_key(key)
     s3 = aws.client("s3")
     response = s3.get_object(Bucket=bucket, Key=key)
@@ -44,8 +45,8 @@ def answer(bucket: str, key: str, max_upload_bytes: int) -> dict:
         imaging.check_upload_size(response["ContentLength"], max_upload_bytes)
         image, _ = uploads.normalise(response["Body"].read())
     except imaging.RejectedImage as exc:  # the endpoint handler's wording (inference.input_fn)
-        body, status = served_model.refusal(f"{exc.code}: {exc.message}"), "rejected"
+        body, status = served.refusal(f"{exc.code}: {exc.message}"), "rejected"
     else:
-        body, status = served_model.answer(image, explain=False)[0], "predicted"
+        body, status = served.answer(image, explain=False), "predicted"
     s3.put_object(Bucket=bucket, Key=target, Body=body, ContentType="application/json")
     return {"status": status, "output": target}

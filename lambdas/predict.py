@@ -90,7 +90,8 @@ def answer_batch_request(request: dict) -> dict:
         raise batch_requests.BatchRequestError("batch requests are answered with endpoint_mode=lambda only; the "
                                                "other modes score batches with Batch Transform")
     settings = Settings.from_env()
-    result = batch_requests.answer(settings.inference_bucket, str(request["key"]), settings.max_upload_bytes)
+    result = batch_requests.answer(settings.inference_bucket, str(request["key"]), settings.max_upload_bytes,
+                                   served_model.current(os.environ[served_model.MODEL_PACKAGE_GROUP_VARIABLE]))
     logger.info("batch request answered", extra=result)
     return result
 

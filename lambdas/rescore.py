@@ -8,6 +8,12 @@ and, once the job has completed, compares each answer (``batch-output/<job>/<nam
 on record (``predictions/<name>.json``) and writes ``reports/<run>/rescore.csv``: the name, the label and model
 on record, the new label and confidence, and whether the label changed.
 
+With ``endpoint_mode=lambda`` there is no SageMaker model for a transform job to run: ``start_handler`` stages
+the same copies and returns them in batches of names (:func:`batches`), the pipeline's ``ScoreRecent`` Map state
+runs ``batch_handler`` on each (the approved package, loaded inside the function as the predict function loads
+its champion, answers every copy where the transform job would have), and ``status_handler`` writes the report
+at once.
+
 Why copies. Batch Transform names each answer after its input object, so a manifest of ``incoming/`` keys
 would carry the uploads' file names (patient names and MRNs, in hospital exports) into ``batch-input/`` and
 ``batch-output/``; copies under names keep every key inside ``incoming/``, and the model role reads
@@ -26,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from lambdas import aws, pseudonyms
+from lambdas import aws, batch_requests, pseudonyms, served_model
 from lambdas.domain import layout, source_names
 from lambdas.domain.settings import Settings
 
@@ -36,6 +42,15 @@ RESCORE_FILE = "rescore.csv"
 FIELDS = ("name", "previous_label", "previous_model", "new_label", "new_confidence", "changed", "error")
 PER_RECORD_ERRORS = {"CXR_PER_RECORD_ERRORS": "1"}
 """The transform container's environment (``training_job/inference.py``): a bad record is answered, not fatal."""
+IN_FUNCTION = "function"
+"""``scorer`` of a re-score run by ``batch_handler`` (``endpoint_mode=lambda``); otherwise a transform job."""
+BATCH_IMAGES = 200
+"""Copies a ``batch_handler`` invocation scores: 10 to 40 s at 50 to 200 ms an X-ray (a GET, the normaliser, the
+model, a PUT), inside its timeout even for uploads near the 30 MB cap."""
+MAX_BATCHES = 1000
+"""Batches at most, larger ones past it: an inline Map writes about 7 history events an item, under the
+execution's 25,000 (Step Functions Developer Guide, "Using Map state in Inline mode"), and 1,000 items of about
+100 bytes stay far under its 256 KiB of state data."""
 
 
 class RescoreFailed(RuntimeError):
@@ -53,8 +68,8 @@ COPY_THREADS = 16
 """Copies in flight: a week of uploads (thousands) fits the function's timeout."""
 
 
-def stage_copies(bucket: str, keys: list[str], prefix: str) -> None:
-    """Copy each key to ``prefix<name>`` in the same bucket."""
+def stage_copies(bucket: str, keys: list[str], prefix: str) -> list[str]:
+    """Copy each key to ``prefix<name>`` in the same bucket; returns the names."""
     settings, s3 = Settings.from_env(), aws.client("s3")
     names = [pseudonyms.source_name(settings, bucket, key) for key in keys]
 
@@ -65,6 +80,7 @@ def stage_copies(bucket: str, keys: list[str], prefix: str) -> None:
 
     with ThreadPoolExecutor(COPY_THREADS) as pool:
         list(pool.map(copy, zip(keys, names, strict=True)))
+    return names
 
 
 def job_name(prefix: str, run_id: str) -> str:
@@ -73,9 +89,20 @@ def job_name(prefix: str, run_id: str) -> str:
     return f"{prefix}rescore-{clean}"[:63].rstrip("-")
 
 
+def batches(names: list[str], size: int = BATCH_IMAGES, most: int = MAX_BATCHES) -> list[dict]:
+    """The staged names, sorted as S3 lists them, cut into at most ``most`` runs of at least ``size``: each the
+    names after ``start_after`` ("" for the first) up to ``last``, so the Map's items stay small whatever the count
+    and a copy a retried start added between two names still falls in a batch."""
+    ordered = sorted(set(names), key=str.encode)  # S3 lists keys in UTF-8 byte order
+    size = max(size, -(-len(ordered) // most))
+    return [{"start_after": ordered[i - 1] if i else "", "last": ordered[min(i + size, len(ordered)) - 1]}
+            for i in range(0, len(ordered), size)]
+
+
 @logger.inject_lambda_context(log_event=False)
 def start_handler(event: dict, context) -> dict:
-    """Input ``{"run_id", "model_name"}``; output ``started`` and, when started, the job and its locations."""
+    """Input ``{"run_id", "model_name"}`` (with ``endpoint_mode=lambda``: ``{"run_id", "model_package_arn"}``);
+    output ``started`` and, when started, the job's name and locations (in lambda mode, its ``batches``)."""
     days, bucket = int(os.environ.get("RESCORE_DAYS", "0")), os.environ["INFERENCE_BUCKET"]
     if days <= 0:
         return {"started": False, "reason": "rescore_days is 0: no re-score"}
@@ -85,8 +112,13 @@ def start_handler(event: dict, context) -> dict:
     run_id = str(event["run_id"])
     job = job_name(os.environ["RESOURCE_PREFIX"], run_id)
     staged = f"{layout.BATCH_INPUT}{job}/"
-    stage_copies(bucket, keys, staged)
+    names = stage_copies(bucket, keys, staged)
     output = f"s3://{bucket}/{layout.BATCH_OUTPUT}{job}/"
+    located = {"job": job, "output": output, "input": f"s3://{bucket}/{staged}", "images": len(keys)}
+    if os.environ.get("ENDPOINT_MODE") == "lambda":
+        logger.info("re-score staged", extra={"run_id": run_id, "job": job, "images": len(keys), "days": days})
+        return {"started": True, **located, "scorer": IN_FUNCTION, "package": str(event["model_package_arn"]),
+                "batches": batches(names), "done": False}
     try:
         aws.client("sagemaker").create_transform_job(
             TransformJobName=job, ModelName=str(event["model_name"]), BatchStrategy="SingleRecord",
@@ -101,19 +133,36 @@ def start_handler(event: dict, context) -> dict:
         if "already exists" not in str(exc) and "must be unique" not in str(exc):
             raise
     logger.info("re-score started", extra={"run_id": run_id, "job": job, "images": len(keys), "days": days})
-    return {"started": True, "job": job, "output": output, "input": f"s3://{bucket}/{staged}",
-            "images": len(keys), "done": False}
+    return {"started": True, **located, "done": False}
+
+
+@logger.inject_lambda_context(log_event=False)
+def batch_handler(event: dict, context) -> dict:
+    """One item of ``ScoreRecent``: ``{"package", "input", "start_after", "last"}``. The package answers each
+    staged copy of the batch where a transform job would (``batch_requests.answer``); a retried batch writes the
+    same answers again."""
+    bucket, staged = layout.split_s3_uri(str(event["input"]))
+    served = served_model.package(str(event["package"]))
+    max_bytes = Settings.from_env().max_upload_bytes
+    outcomes = [batch_requests.answer(bucket, key, max_bytes, served)["status"]
+                for key in _listed(bucket, staged, str(event["start_after"]), str(event["last"]))]
+    logger.info("re-score batch answered", extra={"answered": len(outcomes), "rejected": outcomes.count("rejected")})
+    return {"answered": len(outcomes), "rejected": outcomes.count("rejected")}
 
 
 @logger.inject_lambda_context(log_event=False)
 def status_handler(event: dict, context) -> dict:
-    """Input: ``start_handler``'s output plus ``run_id``; ``done`` once ``reports/<run>/rescore.csv`` is written."""
-    described = aws.client("sagemaker").describe_transform_job(TransformJobName=event["job"])
-    status = described["TransformJobStatus"]
-    if status in ("Failed", "Stopped"):
-        raise RescoreFailed(f"transform job {event['job']} {status.lower()}: {described.get('FailureReason', '')}")
-    if status != "Completed":
-        return {**event, "status": status, "done": False}
+    """Input: ``start_handler``'s output plus ``run_id``; ``done`` once ``reports/<run>/rescore.csv`` is written.
+    A re-score in the function (``scorer``) is complete when this runs: its Map state ran every batch first."""
+    status = "Completed"
+    if event.get("scorer") != IN_FUNCTION:
+        described = aws.client("sagemaker").describe_transform_job(TransformJobName=event["job"])
+        status = described["TransformJobStatus"]
+        if status in ("Failed", "Stopped"):
+            raise RescoreFailed(f"transform job {event['job']} {status.lower()}: "
+                                f"{described.get('FailureReason', '')}")
+        if status != "Completed":
+            return {**event, "status": status, "done": False}
     rows = compare(event)
     body = io.StringIO()
     writer = csv.DictWriter(body, fieldnames=FIELDS)
@@ -125,6 +174,19 @@ def status_handler(event: dict, context) -> dict:
     logger.info("re-score written", extra={"job": event["job"], "scored": len(rows), "changed": changed})
     return {**event, "status": status, "done": True, "scored": len(rows), "changed": changed,
             "report": f"s3://{data_bucket}/{key}"}
+
+
+def _listed(bucket: str, prefix: str, start_after: str, last: str) -> list[str]:
+    """The keys ``prefix<name>`` with ``start_after < name <= last``, in S3's order."""
+    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, **({"StartAfter": prefix + start_after} if start_after else {}))
+    keys = []
+    for page in pages:
+        for obj in page.get("Contents", []):
+            if obj["Key"][len(prefix):].encode() > last.encode():
+                return keys
+            keys.append(obj["Key"])
+    return keys
 
 
 def compare(event: dict) -> list[dict]:

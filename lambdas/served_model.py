@@ -67,6 +67,18 @@ class Served:
         """The endpoint's answer for an image the predict function normalised: ``predict_fn`` on its pixels."""
         return self.handler.predict_fn(self.handler.Request(image, explain), self.model)
 
+    def answer(self, image: imaging.NormalisedImage, explain: bool) -> bytes:
+        """The endpoint's JSON body for an image already normalised."""
+        body, _ = self.handler.output_fn(self.predict(image, explain), "application/json")
+        return body.encode()
+
+    def refusal(self, error: str) -> bytes:
+        """The answer to an input the model cannot take, as a Batch Transform job's container writes it
+        (``predict_fn`` on the handler's ``Refused``: the status, the error, the model and its digest)."""
+        body, _ = self.handler.output_fn(self.handler.predict_fn(self.handler.Refused(error), self.model),
+                                         "application/json")
+        return body.encode()
+
 
 _lock = threading.Lock()
 _served: Served | None = None
@@ -77,17 +89,8 @@ def answer(image: imaging.NormalisedImage, explain: bool) -> tuple[bytes, str, f
     """The champion's answer as the endpoint's JSON body, what the record names as its endpoint, and the ms taken."""
     served = current(os.environ[MODEL_PACKAGE_GROUP_VARIABLE])
     started = time.perf_counter()
-    body, _ = served.handler.output_fn(served.predict(image, explain), "application/json")
-    return body.encode(), served.name, round(1000 * (time.perf_counter() - started), 1)
-
-
-def refusal(error: str) -> bytes:
-    """The champion's answer to an input it cannot take, as a Batch Transform job's container writes it
-    (``predict_fn`` on the handler's ``Refused``: the status, the error, the model and its digest)."""
-    served = current(os.environ[MODEL_PACKAGE_GROUP_VARIABLE])
-    body, _ = served.handler.output_fn(served.handler.predict_fn(served.handler.Refused(error), served.model),
-                                       "application/json")
-    return body.encode()
+    body = served.answer(image, explain)
+    return body, served.name, round(1000 * (time.perf_counter() - started), 1)
 
 
 def current(group: str) -> Served:
@@ -97,15 +100,35 @@ def current(group: str) -> Served:
         if _served is not None and time.monotonic() - _checked_at < REGISTRY_CACHE_SECONDS:
             return _served
         package = champion(group)
-        container = package["InferenceSpecification"]["Containers"][0]
-        if _served is None or _served.artifact != container["ModelDataUrl"]:
-            metadata = package.get("CustomerMetadataProperties", {})
-            serving = (metadata[promotion.SERVING_ARTIFACT], metadata[promotion.SERVING_SHA256]) if (
-                promotion.SERVING_ARTIFACT in metadata) else None
-            _served = load(package["ModelPackageArn"], container["ModelDataUrl"],
-                           container.get("Environment", {}).get(audit.ARTIFACT_SHA256_VARIABLE), serving)
+        if _served is None or _served.artifact != _artifact(package):
+            _served = _load_package(package)
         _checked_at = time.monotonic()
         return _served
+
+
+def package(package_arn: str) -> Served:
+    """One registered package, loaded (the re-score after a promotion names the package it approved, where the
+    champion may still be cached as the previous one for up to ``REGISTRY_CACHE_SECONDS``)."""
+    global _served, _checked_at
+    with _lock:
+        if _served is None or _served.package_arn != package_arn:
+            _served = _load_package(aws.client("sagemaker").describe_model_package(ModelPackageName=package_arn))
+            _checked_at = float("-inf")  # not looked up as the champion: a champion lookup loads its own
+        return _served
+
+
+def _artifact(package: dict) -> str:
+    return package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+
+
+def _load_package(package: dict) -> Served:
+    """The package's serving copy (or, registered before copies, its artifact), checked against its digest."""
+    container = package["InferenceSpecification"]["Containers"][0]
+    metadata = package.get("CustomerMetadataProperties", {})
+    serving = (metadata[promotion.SERVING_ARTIFACT], metadata[promotion.SERVING_SHA256]) if (
+        promotion.SERVING_ARTIFACT in metadata) else None
+    return load(package["ModelPackageArn"], container["ModelDataUrl"],
+                container.get("Environment", {}).get(audit.ARTIFACT_SHA256_VARIABLE), serving)
 
 
 def champion(group: str) -> dict:

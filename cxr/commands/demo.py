@@ -67,7 +67,8 @@ def run(args) -> int:
     synthesized = pipeline.synthesize(config, out / "cdk.out")
     with local_cloud.start(config, out / "local") as cloud:
         cloud.install_pipeline(synthesized)
-        say(f"offline cloud up: buckets, tables, {len(wiring.FUNCTIONS)} Lambda functions, S3 triggers, "
+        functions = wiring.deployed_functions(config.endpoint_mode)
+        say(f"offline cloud up: buckets, tables, {len(functions)} Lambda functions, S3 triggers, "
             f"state machine {cloud.names.state_machine}")
         s3, sfn = boto3.client("s3", region_name=local_cloud.REGION), boto3.client(
             "stepfunctions", region_name=local_cloud.REGION)

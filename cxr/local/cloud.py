@@ -95,7 +95,7 @@ class LocalCloud:
              "Action": "sts:AssumeRole"}]})
         for arn in self.names.roles:  # one per principal: the IAM trace tells them apart by it
             iam.create_role(RoleName=arn.rsplit("/", 1)[1], AssumeRolePolicyDocument=trust)
-        for function in wiring.FUNCTIONS.values():
+        for function in wiring.deployed_functions(self.config.endpoint_mode):
             self._create_function(function)
         self._create_triggers()
         boto3.client("sagemaker", region_name=REGION).create_model_package_group(  # as the pipeline stack does

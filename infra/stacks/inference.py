@@ -18,16 +18,16 @@ from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from infra import bundling, wiring
+from infra import wiring
 from infra.components.access import allow_objects, allow_retention, allow_secret
 from infra.components.buckets import bucket_arn, imported_bucket, nag_bucket_arn
 from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
+from infra.components.serving import serve_in_function
 from infra.components.tables import allow_items, table
 from infra.components.trigger import add_trigger
 from infra.config import Config
@@ -81,8 +81,8 @@ class InferenceStack(Stack):
         function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
             resources=[self.idempotency.table_arn]))
-        if config.endpoint_mode == "lambda":
-            self._serve_in_function(function, config, key)
+        if config.endpoint_mode == "lambda":  # the champion, for uploads and `cxr batch-predict`
+            serve_in_function(self, function, config, key, champion=True)
         else:
             function.add_to_role_policy(iam.PolicyStatement(  # an asynchronous endpoint refuses InvokeEndpoint
                 actions=["sagemaker:InvokeEndpointAsync" if asynchronous else "sagemaker:InvokeEndpoint"],
@@ -112,28 +112,6 @@ class InferenceStack(Stack):
             allow_items(writer, state_table, key, "dynamodb:GetItem", "dynamodb:UpdateItem")
             # a referred (or sampled) version opens its review task; a superseded one's open task is withdrawn
             allow_items(writer, self.review_tasks, key, "dynamodb:PutItem", "dynamodb:UpdateItem")
-
-    def _serve_in_function(self, function: lambda_.IFunction, config: Config, key: kms.IKey) -> None:
-        """``endpoint_mode=lambda``: ONNX Runtime as a layer, the registry's champion and its artifact readable."""
-        function.add_layers(lambda_.LayerVersion(
-            self, "ServingLayer", code=bundling.serving_layer_code(config.lambda_architecture),
-            compatible_runtimes=[bundling.RUNTIME],
-            compatible_architectures=[bundling.ARCHITECTURES[config.lambda_architecture]],
-            description="ONNX Runtime for the predict function (endpoint_mode=lambda)"))
-        group = wiring.model_package_group(config.stage)
-        function.add_to_role_policy(iam.PolicyStatement(actions=["sagemaker:DescribeModelPackage"], resources=[
-            self.format_arn(service="sagemaker", resource="model-package", resource_name=f"{group}/*")]))
-        function.add_to_role_policy(iam.PolicyStatement(  # no resource-level permissions (it lists by group name)
-            actions=["sagemaker:ListModelPackages"], resources=["*"]))
-        # the serving copy; model.tar.gz for packages registered before it
-        allow_objects(function, wiring.DATA, config.stage, key, read=[layout.SERVING, layout.MODELS])
-        # `cxr batch-predict`'s staged objects and their answers (lambdas/batch_requests.py)
-        allow_objects(function, wiring.INFERENCE, config.stage, key, read=[layout.BATCH_INPUT],
-                      write=[layout.BATCH_OUTPUT])
-        acknowledge(function.role, "Versioned model packages are named <group>/<version>, the version assigned by "
-                    "SageMaker; ListModelPackages has no resource-level permissions (it lists one group by name).",
-                    "AwsSolutions-IAM5[Resource::*]", "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:sagemaker:"
-                    f"<AWS::Region>:<AWS::AccountId>:model-package/{group}/*]")
 
     def _results_dicom_reader(self, stage: str, key: kms.IKey) -> iam.ManagedPolicy:
         """The one read permission on ``results-dicom/``, whose DICOM SRs carry patient identity for a PACS.

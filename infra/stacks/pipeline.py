@@ -5,8 +5,11 @@ ReadRequest -> RequestComplete (else NotifyInvalidRequest -> InvalidRequest) -> 
 transient failure waits and runs again) -> Evaluate (Lambda) -> Register
 (Lambda: a model package in the stage's group, approved only past the minimums and the champion gate) -> PassesGate
 (approved?) -> Deploy (Lambda) -> EndpointStatus (Lambda) -> EndpointReady (else WaitForEndpoint, check again)
--> NotifyDeployed. Every task retries what is transient and catches everything else into
-NotifyFailure -> PipelineFailed, so a failure notifies and deploys nothing. State names come from ``infra.wiring``.
+-> StartRescore (Lambda; rescore_days > 0: a Batch Transform job, waited for by RescoreStatus) -> NotifyDeployed.
+With endpoint_mode=lambda, PassesGate -> StartRescore -> ScoreRecent (a Map state: the RescoreBatch Lambda per
+batch of recent uploads) -> RescoreStatus -> NotifyDeployed. Every task retries what is transient and catches
+everything else into NotifyFailure -> PipelineFailed, so a failure notifies and deploys nothing (a re-score's
+failure is reported in NotifyDeployed). State names come from ``infra.wiring``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from infra.components.function import ServiceFunction
 from infra.components.nag import acknowledge
 from infra.components.packing import allow_pack_shards, pack_shards
 from infra.components.retention import retention
+from infra.components.serving import serve_in_function
 from infra.components.tables import allow_items
 from infra.components.training import TrainingJob, has_volume_key
 from infra.config import Config
@@ -43,6 +47,9 @@ LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lam
                     "Lambda.TooManyRequestsException", "TransientError"]
 """Lambda's own failures and the handlers' ``lambdas.aws.TransientError``; other errors are final."""
 WAIT_SECONDS = 30
+RESCORE_CONCURRENCY = 10
+"""Re-score batches at once (endpoint_mode=lambda): 10 of the account's Lambda concurrency (1,000 by default), so
+uploads keep being predicted while a run re-scores."""
 REQUEST_DEFAULTS = {"hyperparameters": {}}
 """Merged under the execution input by ``ApplyDefaults``: a JSON value in the definition. Inside an intrinsic's
 string literal AWS reserves ``'{}\\`` (unescaped, the definition is refused: Step Functions Developer Guide,
@@ -167,20 +174,25 @@ class TrainingPipelineStack(Stack):
         secret_name = wiring.PSEUDONYM_SECRET_NAME.format(stage=stage)  # the uploads' names (source_names.py)
         self.start_rescore = function(wiring.START_RESCORE, {
             wiring.ENV_INFERENCE_BUCKET: inference_bucket, wiring.ENV_RESCORE_DAYS: str(config.rescore_days),
-            wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(stage), wiring.ENV_PSEUDONYM_SECRET: secret_name})
+            wiring.ENV_RESOURCE_PREFIX: wiring.resource_prefix(stage), wiring.ENV_PSEUDONYM_SECRET: secret_name,
+            wiring.ENV_ENDPOINT_MODE: config.endpoint_mode})
         allow_secret(self.start_rescore.function, self, secret_name)
         # CopyObject: read the upload, write its copy under its name (lambdas/rescore.py says why)
         allow_objects(self.start_rescore.function, wiring.INFERENCE, stage, key, list_=[layout.INCOMING],
                       read=[layout.INCOMING], write=[layout.BATCH_INPUT])
-        self.start_rescore.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["sagemaker:CreateTransformJob"], resources=self._stage_resources("transform-job")))
         self.rescore_status = function(wiring.RESCORE_STATUS, {wiring.ENV_INFERENCE_BUCKET: inference_bucket,
                                                                wiring.ENV_DATA_BUCKET: data_bucket})
         allow_objects(self.rescore_status.function, wiring.INFERENCE, stage, key, list_=[layout.BATCH_INPUT],
                       read=[layout.BATCH_OUTPUT, layout.PREDICTIONS])
         allow_objects(self.rescore_status.function, wiring.DATA, stage, key, write=[layout.REPORTS])
-        self.rescore_status.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["sagemaker:DescribeTransformJob"], resources=self._stage_resources("transform-job")))
+        if config.endpoint_mode == "lambda":  # the approved package scores the copies in RescoreBatch
+            self.rescore_batch = function(wiring.RESCORE_BATCH, {wiring.ENV_INFERENCE_BUCKET: inference_bucket})
+            serve_in_function(self, self.rescore_batch.function, config, key, champion=False)
+        else:  # a Batch Transform job does
+            self.start_rescore.function.add_to_role_policy(iam.PolicyStatement(
+                actions=["sagemaker:CreateTransformJob"], resources=self._stage_resources("transform-job")))
+            self.rescore_status.function.add_to_role_policy(iam.PolicyStatement(
+                actions=["sagemaker:DescribeTransformJob"], resources=self._stage_resources("transform-job")))
 
         self.training = TrainingJob(self, "Training", config=config, role=self.training_role,
                                     image=self.images.uri(images.TRAINING_GPU), bucket_name=data_bucket, key=key,
@@ -285,7 +297,7 @@ class TrainingPipelineStack(Stack):
             "artifact_sha256": sfn.JsonPath.string_at("$.evaluation.artifact_sha256"),
             "gate": sfn.JsonPath.object_at("$.evaluation.checks"),
             "registration": sfn.JsonPath.object_at("$.registration"),
-            **({} if in_function else {"rescore": sfn.JsonPath.object_at("$.rescore")}),
+            "rescore": sfn.JsonPath.object_at("$.rescore"),
         }), sns_transient)
         notify_rejected = guard(publish(wiring.NOTIFY_REJECTED_STATE, "model not approved, not deployed", {
             "outcome": "rejected", "run_id": sfn.JsonPath.string_at("$.request.run_id"),
@@ -293,6 +305,46 @@ class TrainingPipelineStack(Stack):
             "report": sfn.JsonPath.string_at("$.evaluation.report_uri"),
             "registration": sfn.JsonPath.object_at("$.registration"),
         }), sns_transient)
+        def start_rescore(model: dict) -> tasks.LambdaInvoke:
+            """The re-score's first step (a failure in any step is reported with the deployment, which stands)."""
+            task = lambda_task(wiring.START_RESCORE_STATE, self.start_rescore, {
+                "run_id": sfn.JsonPath.string_at("$.request.run_id"), **model}, "$.rescore")
+            task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+            task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
+            return task
+
+        def rescore_status() -> tasks.LambdaInvoke:
+            task = lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
+                "run_id": sfn.JsonPath.string_at("$.request.run_id"), "job": sfn.JsonPath.string_at("$.rescore.job"),
+                "output": sfn.JsonPath.string_at("$.rescore.output"),
+                "input": sfn.JsonPath.string_at("$.rescore.input"),
+                "images": sfn.JsonPath.number_at("$.rescore.images"), "started": True,
+                **({"scorer": sfn.JsonPath.string_at("$.rescore.scorer")} if in_function else {})}, "$.rescore")
+            task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+            task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
+            return task
+
+        def function_path() -> sfn.IChainable:
+            """endpoint_mode=lambda: the approval is the deployment; the re-score runs the approved package in
+            RescoreBatch, a batch of copies an iteration of an inline Map (infra/components/packing.py says why
+            inline), then writes the report."""
+            start = start_rescore({"model_package_arn": sfn.JsonPath.string_at("$.registration.model_package_arn")})
+            score = tasks.LambdaInvoke(scope, wiring.SCORE_BATCH_STATE, lambda_function=self.rescore_batch.function,
+                                       payload_response_only=True, retry_on_service_exceptions=False)
+            score.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
+            recent = sfn.Map(scope, wiring.SCORE_RECENT_STATE, items_path=sfn.JsonPath.string_at("$.rescore.batches"),
+                             item_selector={"package": sfn.JsonPath.string_at("$.rescore.package"),
+                                            "input": sfn.JsonPath.string_at("$.rescore.input"),
+                                            "start_after": sfn.JsonPath.string_at("$$.Map.Item.Value.start_after"),
+                                            "last": sfn.JsonPath.string_at("$$.Map.Item.Value.last")},
+                             max_concurrency=RESCORE_CONCURRENCY, result_path=sfn.JsonPath.DISCARD)
+            recent.item_processor(score)
+            recent.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
+            recent.next(rescore_status()).next(notify_deployed)
+            return start.next(sfn.Choice(scope, wiring.RESCORE_STARTED_STATE)
+                              .when(sfn.Condition.boolean_equals("$.rescore.started", True), recent)
+                              .otherwise(notify_deployed))
+
         def endpoint_path() -> sfn.IChainable:
             """Deploy, wait until the endpoint serves, then re-score: built only when there is an endpoint, since
             every state a Catch or transition names is rendered, and Step Functions refuses unreachable ones."""
@@ -309,35 +361,25 @@ class TrainingPipelineStack(Stack):
                 "endpoint_name": sfn.JsonPath.string_at("$.deployment.endpoint_name"),
                 "endpoint_config_name": sfn.JsonPath.string_at("$.deployment.endpoint_config_name"),
             }, "$.endpoint")
-            # The re-score of recent X-rays: a failure there is reported with the deployment, which stands.
-            start_rescore = lambda_task(wiring.START_RESCORE_STATE, self.start_rescore, {
-                "run_id": sfn.JsonPath.string_at("$.request.run_id"),
-                "model_name": sfn.JsonPath.string_at("$.deployment.model_name")}, "$.rescore")
-            rescore_status = lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
-                "run_id": sfn.JsonPath.string_at("$.request.run_id"), "job": sfn.JsonPath.string_at("$.rescore.job"),
-                "output": sfn.JsonPath.string_at("$.rescore.output"),
-                "input": sfn.JsonPath.string_at("$.rescore.input"),
-                "images": sfn.JsonPath.number_at("$.rescore.images"), "started": True}, "$.rescore")
-            for task in (start_rescore, rescore_status):
-                task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
-                task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
+            # The re-score of recent X-rays by a Batch Transform job of the deployed model.
+            start = start_rescore({"model_name": sfn.JsonPath.string_at("$.deployment.model_name")})
             wait_rescore = sfn.Wait(scope, wiring.WAIT_FOR_RESCORE_STATE,
                                     time=sfn.WaitTime.duration(Duration.seconds(WAIT_SECONDS)))
             rescore_done = (sfn.Choice(scope, wiring.RESCORE_DONE_STATE)
                             .when(sfn.Condition.boolean_equals("$.rescore.done", True), notify_deployed)
                             .otherwise(wait_rescore))
-            wait_rescore.next(rescore_status).next(rescore_done)
-            start_rescore.next(sfn.Choice(scope, wiring.RESCORE_STARTED_STATE)
-                               .when(sfn.Condition.boolean_equals("$.rescore.started", True), wait_rescore)
-                               .otherwise(notify_deployed))
+            wait_rescore.next(rescore_status()).next(rescore_done)
+            start.next(sfn.Choice(scope, wiring.RESCORE_STARTED_STATE)
+                       .when(sfn.Condition.boolean_equals("$.rescore.started", True), wait_rescore)
+                       .otherwise(notify_deployed))
             ready = (sfn.Choice(scope, wiring.ENDPOINT_READY_STATE)
-                     .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), start_rescore)
+                     .when(sfn.Condition.boolean_equals("$.endpoint.ready", True), start)
                      .otherwise(wait.next(status)))
             return deploy.next(status).next(ready)
 
         gate = (sfn.Choice(scope, wiring.GATE_STATE)
                 .when(sfn.Condition.boolean_equals("$.registration.approved", True),
-                      notify_deployed if in_function else endpoint_path())
+                      function_path() if in_function else endpoint_path())
                 .otherwise(notify_rejected.next(sfn.Succeed(scope, wiring.NOT_DEPLOYED_STATE,
                                                             comment="the previous endpoint keeps serving"))))
         # A request of another shape would fail a later input path or intrinsic with States.Runtime, which no
@@ -454,7 +496,8 @@ class TrainingPipelineStack(Stack):
                     "exactly these functions.", *(
                         f"AwsSolutions-IAM5[Resource::<{self.resolve(self.get_logical_id(f.function.node.default_child))}.Arn>:*]"
                         for f in (self.prepare, self.pack, self.evaluate, self.register, self.deploy, self.status,
-                                  self.start_rescore, self.rescore_status)))
+                                  self.start_rescore, self.rescore_status,
+                                  *([self.rescore_batch] if self.config.endpoint_mode == "lambda" else []))))
         arn = "arn:<AWS::Partition>:{service}:<AWS::Region>:<AWS::AccountId>:{resource}"
         job = f"{wiring.resource_prefix(self.config.stage)}*"
 
@@ -472,7 +515,8 @@ class TrainingPipelineStack(Stack):
                     "AwsSolutions-IAM5[Resource::*]",
                     "AwsSolutions-IAM5[Resource::"
                     f"{arn.format(service='sagemaker', resource='model-package/' + group)}/*]")
-        for role in (self.start_rescore.role, self.rescore_status.role):
+        transform_roles = (self.start_rescore.role, self.rescore_status.role)
+        for role in transform_roles if self.config.endpoint_mode != "lambda" else ():
             acknowledge(role, "Re-score transform jobs are named after the run; " + scope,
                         *stage_findings("transform-job"))
         acknowledge(self.deploy.role, "Models and endpoint configurations are named after each run's training job; "

@@ -6,6 +6,8 @@ import json
 
 import boto3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infra import wiring
 from ingested import name_of
@@ -68,3 +70,48 @@ def test_the_report_joins_answers_to_predictions_by_name(rescore_env, lambda_con
 def test_job_names_fit_sagemaker():
     name = rescore.job_name(PREFIX, "a" * 80 + "_b")
     assert len(name) <= 63 and name.startswith(f"{PREFIX}rescore-") and not name.endswith("-")
+
+
+def test_in_lambda_mode_the_copies_are_staged_in_batches_and_no_transform_job_starts(rescore_env, lambda_context,
+                                                                                      monkeypatch):
+    monkeypatch.setenv(wiring.ENV_RESCORE_DAYS, "7")
+    monkeypatch.setenv(wiring.ENV_ENDPOINT_MODE, "lambda")
+    s3 = boto3.client("s3")
+    for i in range(5):
+        s3.put_object(Bucket=rescore_env, Key=f"incoming/x{i}.png", Body=b"x")
+    out = rescore.start_handler({"run_id": "r", "model_package_arn": "arn:pkg/1"}, lambda_context)
+    assert out["started"] and out["scorer"] == rescore.IN_FUNCTION and out["package"] == "arn:pkg/1"
+    staged = sorted(o["Key"].rsplit("/", 1)[1] for o in s3.list_objects_v2(
+        Bucket=rescore_env, Prefix=f"batch-input/{out['job']}/")["Contents"])
+    assert out["batches"] == rescore.batches(staged) == [{"start_after": "", "last": staged[-1]}]
+    assert boto3.client("sagemaker").list_transform_jobs()["TransformJobSummaries"] == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.sets(st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_characters="/"),
+                             min_size=1, max_size=6), max_size=40),
+       size=st.integers(1, 7), most=st.integers(1, 9))
+def test_the_batches_cover_every_staged_name_once_in_s3s_order(names, size, most):
+    """What ``batch_handler`` lists for each batch (after ``start_after``, up to ``last``, in UTF-8 byte order)
+    partitions the names, and there are never more than ``most`` batches."""
+    found = rescore.batches(list(names), size, most)
+    ordered = sorted(names, key=str.encode)
+    listed = [[n for n in ordered if b["start_after"].encode() < n.encode() <= b["last"].encode()]
+              if b["start_after"] else [n for n in ordered if n.encode() <= b["last"].encode()] for b in found]
+    assert [n for batch in listed for n in batch] == ordered
+    assert all(batch for batch in listed) and len(found) <= most
+
+
+def test_a_rescore_in_the_function_is_reported_without_a_transform_job(rescore_env, lambda_context, monkeypatch):
+    monkeypatch.setenv(wiring.ENV_DATA_BUCKET, rescore_env)
+    s3, job = boto3.client("s3"), f"{PREFIX}rescore-r"
+    s3.put_object(Bucket=rescore_env, Key=f"batch-input/{job}/s-1", Body=b"x")
+    s3.put_object(Bucket=rescore_env, Key=f"batch-output/{job}/s-1.out",
+                  Body=json.dumps({"label": "normal", "confidence": 0.8}).encode())
+    event = {"run_id": "r", "job": job, "input": f"s3://{rescore_env}/batch-input/{job}/",
+             "output": f"s3://{rescore_env}/batch-output/{job}/", "images": 1, "started": True,
+             "scorer": rescore.IN_FUNCTION}
+    out = rescore.status_handler(event, lambda_context)
+    assert out["done"] and out["scored"] == 1 and out["report"].endswith("reports/r/rescore.csv")
+    with pytest.raises(Exception, match="TransformJob"):  # the transform path would describe a job that is not
+        rescore.status_handler({**event, "scorer": None}, lambda_context)

@@ -8,6 +8,7 @@ principal is checked against the policies this mode synthesizes.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -32,7 +33,7 @@ STAGE = "lam"
 
 
 def test_an_upload_is_predicted_by_the_approved_model_in_the_predict_function(model_archive, tmp_path):  # noqa: F811
-    config = Config.demo(stage=STAGE, endpoint_mode="lambda", quality_gate={"accuracy": 0.0})
+    config = Config.demo(stage=STAGE, endpoint_mode="lambda", quality_gate={"accuracy": 0.0}, rescore_days=1)
     synthesized = pipeline.synthesize(config, tmp_path / "cdk.out")
     checked = []
     with recorded_cloud(synthesized, config, tmp_path / "local", checked) as cloud:
@@ -87,6 +88,25 @@ def test_an_upload_is_predicted_by_the_approved_model_in_the_predict_function(mo
         assert boto3.client("sagemaker").list_transform_jobs()["TransformJobSummaries"] == []
         with pytest.raises(UserError, match="--model"):
             scoring.run(str(folder), tmp_path / "again", model="some-model", log=lambda _: None)
+
+        # the re-score after the approval: the approved package, loaded in RescoreBatch, answers the day's uploads
+        started = invoke(wiring.START_RESCORE, cloud, {"run_id": "run-1",
+                                                       "model_package_arn": registration["model_package_arn"]})
+        assert started["started"] and started["images"] == 1 and len(started["batches"]) == 1, started
+        for batch in started["batches"]:
+            assert invoke(wiring.RESCORE_BATCH, cloud, {"package": started["package"], "input": started["input"],
+                                                        **batch}) == {"answered": 1, "rejected": 0}
+        report = invoke(wiring.RESCORE_STATUS, cloud, {**{k: started[k] for k in (
+            "job", "output", "input", "images", "scorer")}, "run_id": "run-1", "started": True})
+        assert report["done"] and report["scored"] == 1 and report["changed"] == 0, report
+        [row] = list(csv.DictReader(io.StringIO(boto3.client("s3").get_object(
+            Bucket=data, Key="reports/run-1/rescore.csv")["Body"].read().decode())))
+        assert row["new_label"] == row["previous_label"] == prediction["label"] and not row["error"], row
+        [answer_key] = [o["Key"] for o in boto3.client("s3").list_objects_v2(
+            Bucket=inference, Prefix=f"batch-output/{started['job']}/")["Contents"]]
+        rescored = json.loads(boto3.client("s3").get_object(Bucket=inference, Key=answer_key)["Body"].read())
+        assert rescored["artifact_sha256"] == evaluation["artifact_sha256"]
+        assert boto3.client("sagemaker").list_transform_jobs()["TransformJobSummaries"] == []
 
         # `cxr models promote` changes the registry, which is the whole deployment here: no Deploy call, no endpoint
         models = ModelRegistry(boto3.client("sagemaker"), boto3.client("s3"), boto3.client("lambda"),

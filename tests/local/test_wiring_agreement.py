@@ -10,6 +10,8 @@ from cxr.local import pipeline
 from infra import asl, wiring
 from infra.config import Config
 
+DEPLOYED = wiring.deployed_functions(Config.demo(stage="e2e").endpoint_mode)
+
 PSEUDO = {"AWS::AccountId": local_cloud.ACCOUNT, "AWS::Region": local_cloud.REGION, "AWS::Partition": "aws"}
 
 
@@ -34,7 +36,7 @@ def deployed_function(synthesized, function: wiring.Function) -> tuple[str, dict
     return logical_id, resource["Properties"]
 
 
-@pytest.mark.parametrize("function", wiring.FUNCTIONS.values(), ids=lambda f: f.id)
+@pytest.mark.parametrize("function", DEPLOYED, ids=lambda f: f.id)
 def test_functions_agree(synthesized, cloud, function):
     _, deployed = deployed_function(synthesized, function)
     local = boto3.client("lambda").get_function_configuration(FunctionName=cloud.names.function(function))
@@ -48,7 +50,7 @@ def test_functions_agree(synthesized, cloud, function):
 
 
 def test_bucket_names_and_triggers_agree(synthesized, cloud):
-    functions_by_logical_id = {deployed_function(synthesized, f)[0]: f for f in wiring.FUNCTIONS.values()}
+    functions_by_logical_id = {deployed_function(synthesized, f)[0]: f for f in DEPLOYED}
     notifications = resources(synthesized, "Custom::S3BucketNotifications").values()
     assert notifications
     for resource in notifications:
@@ -66,7 +68,7 @@ def test_asynchronous_retry_policy_agrees(synthesized, cloud):
     configs = resources(synthesized, "AWS::Lambda::EventInvokeConfig").values()
     assert {(c["Properties"]["MaximumRetryAttempts"], c["Properties"]["MaximumEventAgeInSeconds"]) for c in configs} \
         == {(wiring.ASYNC_RETRIES, wiring.MAX_EVENT_AGE_S)}
-    for function in wiring.FUNCTIONS.values():
+    for function in DEPLOYED:
         _, deployed = deployed_function(synthesized, function)
         has_dlq = "DeadLetterConfig" in deployed
         assert has_dlq == (cloud.dead_letter_queues.get(cloud.names.function(function)) is not None), function.id

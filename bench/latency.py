@@ -4,9 +4,11 @@ Usage: ``python bench/latency.py MODEL_DIR [--runs 100] [--json PATH]``. Both pa
 weights and the same full-resolution X-ray, and include the normaliser (decode, grayscale, resize to
 the stored PNG) and the model-input resize; the model-only time gives achieved GFLOP/s from the
 network's counted FLOPs. Cold start is measured in a fresh process: import the handler, load the
-model, answer the first request, as an endpoint worker does. ``endpoint_ms`` is one deployed
-request: the PNG the predict Lambda sends (the stored pixels, uncompressed: ``wire_png``), through ``input_fn``
-and ``predict_fn``.
+model, answer the first request, as an endpoint worker does. What ``cxr cost`` bills: ``normalise_ms``, the
+predict function's own work before it calls an endpoint (the normaliser, then the request's uncompressed PNG,
+``wire_png``); ``endpoint_ms``, one deployed request (that PNG through ``input_fn`` and ``predict_fn``); and
+``in_function_ms``, the model in the predict function itself (``endpoint_mode=lambda``: ``predict_fn`` and
+``output_fn`` on the pixels already normalised, no request).
 ``--json PATH`` also writes the result to PATH (``cxr cost`` reads ``bench/results/latency.json``).
 """
 
@@ -102,6 +104,14 @@ def main() -> None:
         with torch.no_grad():
             model(torch.from_numpy(model_input()))
 
+    def predict_function_work():
+        _ = imaging.normalise(data).wire_png  # a new image each call: the encode is timed too
+
+    normalised = imaging.normalise(data)
+
+    def in_function():
+        inference.output_fn(inference.predict_fn(inference.Request(normalised, False), handler), "application/json")
+
     def onnx_path():
         inference.predict_fn(inference.input_fn(data, "image/jpeg"), handler)
 
@@ -112,7 +122,8 @@ def main() -> None:
         "model": config.get("model_id"), "architecture": config["architecture"], "input": config["image_size"],
         "image": args.image.name, "threads": 1, "runs": args.runs,
         "gflop_per_image": round(flops / 1e9, 3),
-        "normalise_ms": round(median_ms(model_input, args.runs), 2),
+        "normalise_ms": round(median_ms(predict_function_work, args.runs), 2),
+        "in_function_ms": round(median_ms(in_function, args.runs), 2),
         "torch_model_ms": round(median_ms(torch_model, args.runs), 2),
         "onnx_model_ms": round(median_ms(onnx_model, args.runs), 2),
         "torch_path_ms": round(median_ms(torch_path, args.runs), 2),

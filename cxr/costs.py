@@ -83,7 +83,7 @@ class Latency:
     endpoint_ms: float
     """One endpoint request: the stored PNG through ``input_fn`` and ``predict_fn``."""
     normalise_ms: float
-    """The predict Lambda's own compute: decoding and normalising the upload."""
+    """The predict Lambda's own compute: decoding and normalising the upload, and the endpoint request's PNG."""
     request_bytes: int
     response_bytes: int
     source: str

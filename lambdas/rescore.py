@@ -91,11 +91,13 @@ def job_name(prefix: str, run_id: str) -> str:
 
 def batches(names: list[str], size: int = BATCH_IMAGES, most: int = MAX_BATCHES) -> list[dict]:
     """The staged names, sorted as S3 lists them, cut into at most ``most`` runs of at least ``size``: each the
-    names after ``start_after`` ("" for the first) up to ``last``, so the Map's items stay small whatever the count
-    and a copy a retried start added between two names still falls in a batch."""
+    names after ``start_after`` ("" for the first) up to ``last`` (None for the last run: to the end), so the Map's
+    items stay small whatever the count, and a copy that an earlier attempt of the same start staged falls in a
+    batch too."""
     ordered = sorted(set(names), key=str.encode)  # S3 lists keys in UTF-8 byte order
     size = max(size, -(-len(ordered) // most))
-    return [{"start_after": ordered[i - 1] if i else "", "last": ordered[min(i + size, len(ordered)) - 1]}
+    return [{"start_after": ordered[i - 1] if i else "",
+             "last": ordered[i + size - 1] if i + size < len(ordered) else None}
             for i in range(0, len(ordered), size)]
 
 
@@ -145,7 +147,7 @@ def batch_handler(event: dict, context) -> dict:
     served = served_model.package(str(event["package"]))
     max_bytes = Settings.from_env().max_upload_bytes
     outcomes = [batch_requests.answer(bucket, key, max_bytes, served)["status"]
-                for key in _listed(bucket, staged, str(event["start_after"]), str(event["last"]))]
+                for key in _listed(bucket, staged, str(event["start_after"]), event["last"])]
     logger.info("re-score batch answered", extra={"answered": len(outcomes), "rejected": outcomes.count("rejected")})
     return {"answered": len(outcomes), "rejected": outcomes.count("rejected")}
 
@@ -176,14 +178,14 @@ def status_handler(event: dict, context) -> dict:
             "report": f"s3://{data_bucket}/{key}"}
 
 
-def _listed(bucket: str, prefix: str, start_after: str, last: str) -> list[str]:
-    """The keys ``prefix<name>`` with ``start_after < name <= last``, in S3's order."""
+def _listed(bucket: str, prefix: str, start_after: str, last: str | None) -> list[str]:
+    """The keys ``prefix<name>`` with ``start_after < name <= last`` (no upper bound: ``last`` None), in S3's order."""
     pages = aws.client("s3").get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix, **({"StartAfter": prefix + start_after} if start_after else {}))
     keys = []
     for page in pages:
         for obj in page.get("Contents", []):
-            if obj["Key"][len(prefix):].encode() > last.encode():
+            if last is not None and obj["Key"][len(prefix):].encode() > last.encode():
                 return keys
             keys.append(obj["Key"])
     return keys

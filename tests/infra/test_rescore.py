@@ -83,7 +83,7 @@ def test_in_lambda_mode_the_copies_are_staged_in_batches_and_no_transform_job_st
     assert out["started"] and out["scorer"] == rescore.IN_FUNCTION and out["package"] == "arn:pkg/1"
     staged = sorted(o["Key"].rsplit("/", 1)[1] for o in s3.list_objects_v2(
         Bucket=rescore_env, Prefix=f"batch-input/{out['job']}/")["Contents"])
-    assert out["batches"] == rescore.batches(staged) == [{"start_after": "", "last": staged[-1]}]
+    assert out["batches"] == rescore.batches(staged) == [{"start_after": "", "last": None}]
     assert boto3.client("sagemaker").list_transform_jobs()["TransformJobSummaries"] == []
 
 
@@ -96,10 +96,11 @@ def test_the_batches_cover_every_staged_name_once_in_s3s_order(names, size, most
     partitions the names, and there are never more than ``most`` batches."""
     found = rescore.batches(list(names), size, most)
     ordered = sorted(names, key=str.encode)
-    listed = [[n for n in ordered if b["start_after"].encode() < n.encode() <= b["last"].encode()]
-              if b["start_after"] else [n for n in ordered if n.encode() <= b["last"].encode()] for b in found]
+    listed = [[n for n in ordered if b["start_after"].encode() < n.encode()
+               and (b["last"] is None or n.encode() <= b["last"].encode())] for b in found]
     assert [n for batch in listed for n in batch] == ordered
     assert all(batch for batch in listed) and len(found) <= most
+    assert [b["last"] for b in found].count(None) == (1 if names else 0) and (not found or found[-1]["last"] is None)
 
 
 def test_a_rescore_in_the_function_is_reported_without_a_transform_job(rescore_env, lambda_context, monkeypatch):
@@ -115,3 +116,13 @@ def test_a_rescore_in_the_function_is_reported_without_a_transform_job(rescore_e
     assert out["done"] and out["scored"] == 1 and out["report"].endswith("reports/r/rescore.csv")
     with pytest.raises(Exception, match="TransformJob"):  # the transform path would describe a job that is not
         rescore.status_handler({**event, "scorer": None}, lambda_context)
+
+
+def test_each_batch_lists_its_names_and_the_last_one_takes_what_a_retried_start_staged_late(rescore_env):
+    s3, prefix = boto3.client("s3"), "batch-input/job/"
+    for name in ("s-a", "s-b", "s-c", "s-d"):  # s-d: staged by an earlier attempt, not among this attempt's names
+        s3.put_object(Bucket=rescore_env, Key=prefix + name, Body=b"x")
+    found = rescore.batches(["s-c", "s-a", "s-b"], size=2)
+    assert found == [{"start_after": "", "last": "s-b"}, {"start_after": "s-b", "last": None}]
+    assert [rescore._listed(rescore_env, prefix, b["start_after"], b["last"]) for b in found] == [
+        [prefix + "s-a", prefix + "s-b"], [prefix + "s-c", prefix + "s-d"]]

@@ -45,8 +45,10 @@ PER_RECORD_ERRORS = {"CXR_PER_RECORD_ERRORS": "1"}
 IN_FUNCTION = "function"
 """``scorer`` of a re-score run by ``batch_handler`` (``endpoint_mode=lambda``); otherwise a transform job."""
 BATCH_IMAGES = 200
-"""Copies a ``batch_handler`` invocation scores: 10 to 40 s at 50 to 200 ms an X-ray (a GET, the normaliser, the
-model, a PUT), inside its timeout even for uploads near the 30 MB cap."""
+"""Copies a ``batch_handler`` invocation scores, one after another. The normaliser and the model take 6 to 20 ms
+an X-ray on one thread (``bench/latency.py``: the demo's Lite0 at 128 px, the default Lite2 at 160); a GET and a
+PUT, assumed 20 to 50 ms each on AWS (not measured here), make it about 50 to 120 ms, 10 to 25 s a batch, far
+inside the function's timeout even for a batch of uploads near the 30 MB cap."""
 MAX_BATCHES = 1000
 """Batches at most, larger ones past it: an inline Map writes about 7 history events an item, under the
 execution's 25,000 (Step Functions Developer Guide, "Using Map state in Inline mode"), and 1,000 items of about

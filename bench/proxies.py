@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -171,12 +173,16 @@ def run_one(work: Path, recipe: str, hps: dict, proxy: proxies.Proxy, dataset: s
     pretrained = training_run.pretrained_channel(out / "channels")  # ImageNet weights, as train-local starts
     if pretrained is not None:
         channels["pretrained"] = pretrained
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()
     model_dir = training_run.run_training_job(channels, hps, out)
     seconds = round(time.perf_counter() - started, 1)
+    load_after = os.getloadavg()
     record = {"recipe": recipe, "proxy": proxy.name, "hyperparameters": hps, "train_seconds": seconds,
+              # the machine is shared: the 1-, 5- and 15-minute load averages when training began and ended
+              "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in load_after]},
               "n": {name: len(members) for name, members in proxy.parts().items()},
               **proxy_figures(model_dir, channels)}
+    record["wall_seconds"] = round(time.perf_counter() - started, 1)  # training and scoring
     done.write_text(json.dumps(record))
     return record
 
@@ -189,26 +195,15 @@ def proxy_figures(model_dir: Path, channels: dict[str, Path]) -> dict:
     normal = classes.index(decision.NORMAL)
     p_pneumonia = decision.pneumonia_probability(probs, classes)
     result = metrics.classification_metrics(y, probs, classes, decision.Rule.of(config))
-    own = metrics.sensitivity_threshold([(p_pneumonia, y != normal)], MIN_SENSITIVITY)
     validation_point = metrics.choose_operating_point(val_probs, val_y, classes, MIN_SENSITIVITY)
     return {
         "threshold": config.get("threshold"), "epochs_run": len(json.loads((model_dir / "metrics.json").read_text())
                                                                 ["training"]["history"]),
         "accuracy": result["accuracy"], "binary": result["binary"],
-        "specificity_at_sensitivity": _at(p_pneumonia, y != normal, own),
-        "validation_operating_point": {"threshold": validation_point,
-                                       **_at(p_pneumonia, y != normal, validation_point)},
+        "specificity_at_sensitivity": metrics.at_sensitivity(p_pneumonia, y != normal, MIN_SENSITIVITY),
+        "validation_operating_point": metrics.operating_point(p_pneumonia, y != normal, validation_point),
         "scores": {"p_pneumonia": np.round(p_pneumonia, 5).tolist(), "pneumonia": (y != normal).astype(int).tolist()},
     }
-
-
-def _at(score: np.ndarray, truth: np.ndarray, threshold: float | None) -> dict:
-    if threshold is None:
-        return {"threshold": None}
-    called = score >= threshold
-    return {"threshold": float(threshold), "accuracy": float((called == truth).mean()),
-            "sensitivity": float(called[truth].mean()),
-            "specificity": float((~called[~truth]).mean()) if (~truth).any() else None}
 
 
 def summarise(results: dict[str, dict[str, dict]]) -> dict:
@@ -220,7 +215,7 @@ def summarise(results: dict[str, dict[str, dict]]) -> dict:
     for recipe, by_proxy in results.items():
         sets = [(np.array(r["scores"]["p_pneumonia"]), np.array(r["scores"]["pneumonia"]).astype(bool))
                 for r in by_proxy.values()]
-        rule = {name: _at(*pair, r["validation_operating_point"].get("threshold"))
+        rule = {name: metrics.operating_point(*pair, r["validation_operating_point"].get("threshold"))
                 for (name, r), pair in zip(by_proxy.items(), sets, strict=True)}
         rows = {name: {"accuracy": r["accuracy"], "binary_accuracy": r["binary"]["accuracy"],
                        "auc": r["binary"]["roc_auc"], "sensitivity": r["binary"]["sensitivity"],
@@ -229,7 +224,8 @@ def summarise(results: dict[str, dict[str, dict]]) -> dict:
                        "validation_point": rule[name],
                        **{f"validation_rule_{k}": rule[name].get(k) for k in ("accuracy", "sensitivity",
                                                                                "specificity")},
-                       "n": r["n"]["test"], "train_seconds": r["train_seconds"]}
+                       "n": r["n"]["test"], "train_seconds": r["train_seconds"],
+                       "wall_seconds": r.get("wall_seconds"), "load_average": r.get("load_average")}
                 for name, r in by_proxy.items()}
         shared = metrics.sensitivity_threshold(sets, MIN_SENSITIVITY)
         worst = {key: min(_none_low(row[key]) for row in rows.values())
@@ -239,7 +235,7 @@ def summarise(results: dict[str, dict[str, dict]]) -> dict:
         worst_proxy = min(rows, key=lambda name: _none_low(rows[name]["specificity_at_sensitivity_0.95"]))
         table[recipe] = {"proxies": rows, "worst": worst, "worst_proxy": worst_proxy,
                          "worst_proxy_threshold": shared,
-                         "at_worst_proxy_threshold": {name: _at(s, t, shared) for name, (s, t)
+                         "at_worst_proxy_threshold": {name: metrics.operating_point(s, t, shared) for name, (s, t)
                                                       in zip(by_proxy, sets, strict=True)}}
     ranking = sorted(table, key=lambda r: (table[r]["worst"]["specificity_at_sensitivity_0.95"],
                                            table[r]["worst"]["auc"]), reverse=True)
@@ -295,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "spec@sens0.95": record["specificity_at_sensitivity"].get("specificity")}),
                   flush=True)
     summary = summarise(results) if results else {}
-    summary.update(data=str(args.data), overrides=overrides, clusters=clusters,
+    summary.update(command=shlex.join(["python", "bench/proxies.py", *(sys.argv[1:] if argv is None else argv)]),
+                   data=str(args.data), overrides=overrides, clusters=clusters,
                    proxies={p.name: {"description": p.description, **{k: len(v) for k, v in p.parts().items()}}
                             for p in found},
                    seconds=round(time.perf_counter() - started, 1))

@@ -111,6 +111,25 @@ def sensitivity_threshold(sets: list[tuple[np.ndarray, np.ndarray]], min_sensiti
     return float(min(chosen)) if chosen else None
 
 
+def operating_point(score: np.ndarray, truth: np.ndarray, threshold: float | None) -> dict:
+    """Binary ACC, sensitivity and specificity when ``score >= threshold`` calls pneumonia (``truth``: is
+    pneumonia); only the threshold when there is none, specificity None when there are no normals."""
+    if threshold is None:
+        return {"threshold": None}
+    score, truth = np.asarray(score), np.asarray(truth).astype(bool)
+    called = score >= threshold
+    return {"threshold": float(threshold), "accuracy": float((called == truth).mean()),
+            "sensitivity": float(called[truth].mean()),
+            "specificity": float((~called[~truth]).mean()) if (~truth).any() else None}
+
+
+def at_sensitivity(score: np.ndarray, truth: np.ndarray, min_sensitivity: float = 0.95) -> dict:
+    """:func:`operating_point` at this one set's own :func:`sensitivity_threshold`: its ``specificity`` is the
+    threshold-free "specificity at sensitivity >= 0.95" that the worst-proxy rule of issue 21 ranks recipes by."""
+    truth = np.asarray(truth).astype(bool)
+    return operating_point(score, truth, sensitivity_threshold([(np.asarray(score), truth)], min_sensitivity))
+
+
 def choose_operating_point(probs: np.ndarray, y: np.ndarray, classes: list[str],
                            min_sensitivity: float = 0.95) -> float | None:
     """:func:`sensitivity_threshold` on one labelled split (validation), for ``--threshold-rule sensitivity``."""

@@ -164,3 +164,24 @@ def test_operating_point_trades_youden_for_specificity_at_the_sensitivity_floor(
     assert called[is_pneumonia].mean() >= 0.95 > (1 - p_normal >= t + 0.01)[is_pneumonia].mean()
     assert m.choose_operating_point(probs, y, ["bacterial", "viral"]) is None  # no normal class: argmax
     assert m.sensitivity_threshold([(np.array([0.2, 0.9]), np.array([False, False]))]) is None
+
+
+def test_specificity_at_sensitivity_by_hand():
+    """bench/proxies.py, bench/tta.py and bench/int8_shift.py rank recipes by this one figure."""
+    score = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.5, 0.2, 0.1])
+    truth = np.r_[np.ones(4, bool), np.zeros(4, bool)]
+    assert m.at_sensitivity(score, truth, 0.75) == {"threshold": 0.6, "accuracy": 0.75, "sensitivity": 0.75,
+                                                    "specificity": 0.75}
+    assert m.at_sensitivity(score, truth, 0.95) == {"threshold": 0.3, "accuracy": 0.75, "sensitivity": 1.0,
+                                                    "specificity": 0.5}
+    assert m.at_sensitivity(score, np.zeros(8, bool)) == {"threshold": None}  # no pneumonia: no operating point
+    assert m.at_sensitivity(score[:4], truth[:4])["specificity"] is None  # no normals
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.tuples(st.integers(1, 40), st.integers(1, 40)), target=st.floats(0.5, 1.0), seed=st.integers(0, 10_000))
+def test_specificity_at_sensitivity_is_the_normals_below_the_sets_own_threshold(sizes, target, seed):
+    """The expression the benches computed inline before they shared :func:`metrics.at_sensitivity`."""
+    [(score, truth)] = _binary_sets([sizes], seed)
+    own = m.sensitivity_threshold([(score, truth)], target)
+    assert m.at_sensitivity(score, truth, target)["specificity"] == float((score[~truth] < own).mean())

@@ -65,7 +65,7 @@ def main() -> None:
     for _ in range(5):
         out = subprocess.run([sys.executable, "-c", COLD, str(model_dir), str(args.image)],
                              capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        colds.append([float(v) for v in out.stdout.split()])
+        colds.append([float(v) for v in out.stdout.splitlines()[-1].split()])  # after the handler's log line
     cold = {name: statistics.median(c[i] for c in colds)
             for i, name in enumerate(("load_s", "first_prediction_s", "total_s"))}
 

@@ -233,10 +233,11 @@ class TrainingPipelineStack(Stack):
         notify_failure.add_catch(failed, result_path="$.notify_error")
         notify_failure.next(failed)
 
-        def guard(task: sfn.TaskStateBase | sfn.CustomState, retry: dict | None = None, catch: sfn.IChainable = None):
+        def guard(task: sfn.TaskStateBase | sfn.CustomState, retry: dict | None = None, catch: sfn.IChainable = None,
+                  caught_at: str = "$.error"):
             task.add_retry(**(retry or {"errors": LAMBDA_TRANSIENT, "max_attempts": 3,
                                         "interval": Duration.seconds(5), "backoff_rate": 2}))
-            task.add_catch(catch or notify_failure, errors=["States.ALL"], result_path="$.error")
+            task.add_catch(catch or notify_failure, errors=["States.ALL"], result_path=caught_at)
             return task
 
         def lambda_task(state: str, function: ServiceFunction, payload: dict, result_path: str) -> tasks.LambdaInvoke:
@@ -307,22 +308,18 @@ class TrainingPipelineStack(Stack):
         }), sns_transient)
         def start_rescore(model: dict) -> tasks.LambdaInvoke:
             """The re-score's first step (a failure in any step is reported with the deployment, which stands)."""
-            task = lambda_task(wiring.START_RESCORE_STATE, self.start_rescore, {
-                "run_id": sfn.JsonPath.string_at("$.request.run_id"), **model}, "$.rescore")
-            task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
-            task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
-            return task
+            return guard(lambda_task(wiring.START_RESCORE_STATE, self.start_rescore, {
+                "run_id": sfn.JsonPath.string_at("$.request.run_id"), **model}, "$.rescore"),
+                catch=notify_deployed, caught_at="$.rescore")
 
         def rescore_status() -> tasks.LambdaInvoke:
-            task = lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
+            return guard(lambda_task(wiring.RESCORE_STATUS_STATE, self.rescore_status, {
                 "run_id": sfn.JsonPath.string_at("$.request.run_id"), "job": sfn.JsonPath.string_at("$.rescore.job"),
                 "output": sfn.JsonPath.string_at("$.rescore.output"),
                 "input": sfn.JsonPath.string_at("$.rescore.input"),
                 "images": sfn.JsonPath.number_at("$.rescore.images"), "started": True,
-                **({"scorer": sfn.JsonPath.string_at("$.rescore.scorer")} if in_function else {})}, "$.rescore")
-            task.add_retry(errors=LAMBDA_TRANSIENT, max_attempts=3, interval=Duration.seconds(5), backoff_rate=2)
-            task.add_catch(notify_deployed, errors=["States.ALL"], result_path="$.rescore")
-            return task
+                **({"scorer": sfn.JsonPath.string_at("$.rescore.scorer")} if in_function else {})}, "$.rescore"),
+                catch=notify_deployed, caught_at="$.rescore")
 
         def function_path() -> sfn.IChainable:
             """endpoint_mode=lambda: the approval is the deployment; the re-score runs the approved package in

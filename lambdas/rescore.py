@@ -196,8 +196,7 @@ def _listed(bucket: str, prefix: str, start_after: str, last: str | None) -> lis
 def compare(event: dict) -> list[dict]:
     """One row per staged copy: the prediction on record against the new answer."""
     bucket, staged = layout.split_s3_uri(event["input"])
-    names = sorted(obj["Key"][len(staged):] for page in aws.client("s3").get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=staged) for obj in page.get("Contents", []))
+    names = [key[len(staged):] for key in _listed(bucket, staged, "", None)]  # S3's order: sorted
     out_bucket, out_prefix = layout.split_s3_uri(event["output"])
     rows = []
     for name in names:

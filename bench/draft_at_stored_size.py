@@ -27,14 +27,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.latency import median_ms  # noqa: E402
+from bench.latency import cpu_ms  # noqa: E402
 from lambdas.domain import imaging  # noqa: E402
 
 SAMPLES = sorted((ROOT / "samples" / "kermany-val16").glob("*/*.jpeg"))
-
-
-def cpu_ms(fn, data: bytes, runs: int) -> float:
-    return median_ms(functools.partial(fn, data), runs, warmup=1, clock=time.thread_time)
 
 
 def drafted_at_stored_size(data: bytes) -> Image.Image:
@@ -57,8 +53,8 @@ def main() -> None:
         moved = (np.abs(np.asarray(now, dtype=np.int16) - np.asarray(drafted, dtype=np.int16))
                  if now.size == drafted.size else None)
         rows.append({"image": path.name, "original": list(Image.open(path).size), "stored": list(now.size),
-                     "normalise_ms": round(cpu_ms(imaging.normalise, data, args.runs), 2),
-                     "drafted_ms": round(cpu_ms(drafted_at_stored_size, data, args.runs), 2),
+                     "normalise_ms": round(cpu_ms(functools.partial(imaging.normalise, data), args.runs), 2),
+                     "drafted_ms": round(cpu_ms(functools.partial(drafted_at_stored_size, data), args.runs), 2),
                      "stored_size_changes": moved is None,
                      "mean_abs_grey_change": None if moved is None else round(float(moved.mean()), 3),
                      "max_abs_grey_change": None if moved is None else int(moved.max())})

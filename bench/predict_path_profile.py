@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,9 @@ os.environ.setdefault("CXR_ONNX_THREADS", "1")
 import inference  # noqa: E402
 
 import dicom_corpus  # noqa: E402
-from bench.latency import median_ms  # noqa: E402
+from bench.latency import cpu_ms  # noqa: E402
 from bench.predict_path import IMAGE  # noqa: E402
 from lambdas.domain import imaging, uploads  # noqa: E402
-
-
-def cpu_ms(fn, runs: int) -> float:
-    return round(median_ms(fn, runs, warmup=1, clock=time.thread_time), 3)
 
 
 def uploads_of(jpeg: Path) -> dict[str, tuple[bytes, Image.Image]]:

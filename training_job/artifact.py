@@ -41,7 +41,8 @@ _CPYTHON_TAG = re.compile(r"-cp(\d)(\d+)-cp\d+[dmu]*-")
 def load_torch_model(model_dir: Path) -> tuple[Classifier, dict]:
     """A model directory's network in torch (eval mode) and its ``model.json``: for checks and benchmarks."""
     config = json.loads((Path(model_dir) / "model.json").read_text())
-    model = networks.build(config["architecture"], len(config["classes"]), config["width"])
+    model = networks.build(config["architecture"], len(config["classes"]), config["width"],
+                           members=config.get("ensemble", 1))  # models from before ensembles have none
     model.load_state_dict(torch.load(Path(model_dir) / "model.pt", map_location="cpu"))
     return model.eval(), config
 

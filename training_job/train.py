@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "recorded in model.json")
     add("width", type=int, default=32, help="base channel width of compact/resnet")
     add("dropout", type=float, default=0.2)
+    add("ensemble", type=int, default=1,
+        help="networks trained side by side from their own random starts, each on its own loss; the model's "
+             "logits are their mean (networks.Ensemble); recorded in model.json")
     add("epochs", type=int, default=5)
     add("batch-size", type=int, default=32)
     add("lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine decay)")
@@ -270,8 +273,8 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "best_weights": self.best_weights, "state": self.state,
             "ema": self.ema.state_dict() if self.ema else None, "streams": streams,
-            "config": {k: getattr(self.args, k) for k in ("architecture", "image_size", "epochs", "batch_size",
-                                                           "seed", "lr", "ema_decay", "intensity")},
+            "config": {k: getattr(self.args, k) for k in ("architecture", "ensemble", "image_size", "epochs",
+                                                           "batch_size", "seed", "lr", "ema_decay", "intensity")},
         }
         partial = path.with_suffix(".partial")
         torch.save(payload, partial)
@@ -347,9 +350,9 @@ class Trainer:
         self.ddp.train()
         with self.autocast():
             logits = self.ddp(self.to_device(images))
-        per_sample = mixing.loss(lambda targets: F.cross_entropy(
-            logits.float(), targets, weight=self.class_weights, label_smoothing=self.args.label_smoothing,
-            reduction="none"), train.targets[index].to(self.device), partner, kept)
+        per_sample = mixing.loss(lambda targets: networks.member_losses(logits.float(), lambda member: F.cross_entropy(
+            member, targets, weight=self.class_weights, label_smoothing=self.args.label_smoothing,
+            reduction="none")), train.targets[index].to(self.device), partner, kept)
         loss = per_sample.sum() * scale
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -600,6 +603,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
         "classes": classes,
         "architecture": args.architecture,
         "width": args.width,
+        "ensemble": args.ensemble,
         "image_size": args.image_size,
         "resize_policy": args.resize_policy,
         "intensity": args.intensity,
@@ -695,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                       "images": {k: len(v) for k, v in splits.items()}, "device": str(device),
                       "autocast": str(dtype), "threads": torch.get_num_threads(),
                       "hyperparameters": hyperparameters(args)}), flush=True)
-    model = networks.build(args.architecture, len(classes), args.width, args.dropout)
+    model = networks.build(args.architecture, len(classes), args.width, args.dropout, args.ensemble)
     state, pretrained_name = pretrained_state(args.pretrained, args.architecture)
     if state is not None and args.architecture not in networks.EFFICIENTNET_LITE:
         # The pipeline ships the ImageNet weights to every job; only the EfficientNet-Lite networks use them.

@@ -74,3 +74,47 @@ def test_the_small_residual_network_keeps_a_spatial_map_at_28_px():
     assert statistics.shape == (2, 2 * (32 + 64 + 128))
     assert "resnet_small" in train.parse_args(["--train", "t", "--validation", "v",
                                                "--architecture", "resnet_small"]).architecture
+
+
+def test_an_ensemble_trains_its_members_apart_and_answers_with_their_mean():
+    torch.manual_seed(0)
+    model = networks.build("compact", 3, width=8, members=3)
+    x = torch.rand(4, 1, 28, 28)
+    each = torch.stack([member.eval()(x) for member in model.members])
+    assert torch.allclose(model.eval()(x), each.mean(dim=0))
+    assert model.train()(x).shape == (3, 4, 3)  # every member's logits, for its own loss
+    assert len({member.classifier.weight.sum().item() for member in model.members}) == 3  # apart from the start
+
+
+def test_an_ensembles_class_maps_are_its_members_mean_maps_and_average_back_to_its_logits():
+    torch.manual_seed(0)
+    model = networks.build("compact", 2, width=8, members=2).eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        logits, cams, statistics = networks.Exported(model)(x)
+        member_cams = torch.stack([networks.Exported(member)(x)[1] for member in model.members]).mean(dim=0)
+        assert torch.allclose(logits, model(x), atol=1e-5)
+        assert torch.allclose(cams, member_cams, atol=1e-5)
+        assert statistics.shape == (3, 2 * 2 * (8 + 16 + 32))  # each member's three stages, side by side
+
+
+def test_each_member_learns_from_its_own_loss():
+    targets = torch.tensor([0, 1])
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[0.0, 2.0], [2.0, 0.0]]])  # one right, one wrong
+    loss = torch.nn.functional.cross_entropy
+    per_sample = networks.member_losses(logits, lambda member: loss(member, targets, reduction="none"))
+    assert torch.allclose(per_sample, (loss(logits[0], targets, reduction="none")
+                                       + loss(logits[1], targets, reduction="none")) / 2)
+    assert not torch.allclose(per_sample, loss(logits.mean(dim=0), targets, reduction="none"))
+    assert torch.equal(networks.member_losses(logits[0], lambda m: loss(m, targets, reduction="none")),
+                       loss(logits[0], targets, reduction="none"))
+    with pytest.raises(ValueError, match="at least"):
+        networks.build("compact", 2, members=0)
+
+
+def test_every_member_of_a_lite_ensemble_starts_from_the_imagenet_weights():
+    model = networks.build("efficientnet_lite0", 3, members=2)
+    state = imagenet_layout(model.members[0])
+    assert networks.load_pretrained(model, dict(state)) == []
+    assert all(torch.equal(member.body._conv_stem.weight, state["_conv_stem.weight"].sum(dim=1, keepdim=True))
+               for member in model.members)

@@ -433,3 +433,22 @@ def test_a_mixup_run_mixes_and_resumes_to_the_uninterrupted_weights(trained, sta
     plain = last_weights(trained / "checkpoints")
     assert all(torch.equal(again[key], value) for key, value in mixed.items())
     assert not all(torch.equal(plain[key], value) for key, value in mixed.items())
+
+
+def test_an_ensemble_is_trained_exported_and_served_as_one_model(staged, tmp_path):
+    """Two members: model.json records them, the torch model loads back as their mean, and the ONNX file (the
+    one that serves) answers with it."""
+    import onnxruntime as ort
+    from synthetic import TINY_HPS
+
+    model_dir = training_run.run_training_job(staged.channels, TINY_HPS | {"ensemble": 2, "epochs": 1},
+                                              tmp_path / "job")
+    config = json.loads((model_dir / "model.json").read_text())
+    assert config["ensemble"] == 2 and config["hyperparameters"]["ensemble"] == 2
+    model, _ = jobcode.load("artifact").load_torch_model(model_dir)
+    assert len(model.members) == 2
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        mean = torch.stack([member(x) for member in model.members]).mean(dim=0)
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["logits"], {"image": x.numpy()})[0], mean.numpy(), atol=1e-4)

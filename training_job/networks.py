@@ -198,9 +198,9 @@ class Ensemble(nn.Module):
 
     While training, ``forward`` returns every member's logits, ``(members, N, classes)``, for
     :func:`member_losses`; in eval mode their mean. It presents :class:`Classifier`'s interface to export and
-    the guard: the feature maps and stage statistics of the members side by side, and a classifier over them
-    whose weights are each member's divided by the count, so a class-activation map is the members' mean map
-    and its spatial mean plus the bias is exactly the mean logit.
+    the guard: the members' feature maps side by side and a classifier over them whose weights are each
+    member's divided by the count, so a class-activation map is the members' mean map and its spatial mean
+    plus the bias is exactly the mean logit.
     """
 
     def __init__(self, members: list[Classifier]):
@@ -214,8 +214,11 @@ class Ensemble(nn.Module):
         return logits if self.training else logits.mean(dim=0)
 
     def features_and_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' last maps side by side, and the first member's stage statistics: the guard's distance
+        is on one network's features, as bench/ood_guard.py measured it, and its covariance stays the size
+        of one network's (``members`` times the features would square it)."""
         features, statistics = zip(*(member.features_and_statistics(x) for member in self.members), strict=True)
-        return torch.cat(features, dim=1), torch.cat(statistics, dim=1)
+        return torch.cat(features, dim=1), statistics[0]
 
     @property
     def classifier(self) -> Head:

@@ -76,9 +76,8 @@ RECIPES = {
     "small-linear-acquisition": {**SMALL_EQUALIZED, "intensity": "linear", "augment": "acquisition"},  # + frames
     "small-linear-mixup-acquisition": {**SMALL_EQUALIZED, "intensity": "linear", "mixup": 0.2,
                                        "augment": "acquisition"},
-    # round 2, stop 8: small-linear's networks as an ensemble trained side by side (networks.Ensemble)
+    # round 2, stop 8: three small-linear networks (seeds s, s + 1, s + 2) served as their mean (networks.Ensemble)
     "small-linear-ensemble3": {**SMALL_EQUALIZED, "intensity": "linear", "ensemble": 3},
-    "small-linear-ensemble5": {**SMALL_EQUALIZED, "intensity": "linear", "ensemble": 5},
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},

@@ -9,7 +9,6 @@ after global average pooling), which is what a class-activation map needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -192,15 +191,13 @@ class Head(NamedTuple):
 
 
 class Ensemble(nn.Module):
-    """Members of one architecture trained side by side from their own random starts, each on its own loss; the
-    model's logits are their mean. An ensemble's errors are less correlated than one network's across seeds,
-    so it holds up better on acquisitions it did not see (bench/RESULTS.md, seed ensembles).
+    """Networks of one architecture, each trained alone from its own seed; the logits are their mean. Their
+    errors are less correlated than one network's across seeds, so the mean holds up better on acquisitions
+    none of them saw (bench/RESULTS.md, "seed ensembles").
 
-    While training, ``forward`` returns every member's logits, ``(members, N, classes)``, for
-    :func:`member_losses`; in eval mode their mean. It presents :class:`Classifier`'s interface to export and
-    the guard: the members' feature maps side by side and a classifier over them whose weights are each
-    member's divided by the count, so a class-activation map is the members' mean map and its spatial mean
-    plus the bias is exactly the mean logit.
+    It presents :class:`Classifier`'s interface to export and the guard: the members' last maps side by side
+    and a classifier over them whose weights are each member's divided by the count, so a class-activation
+    map is the members' mean map and its spatial mean plus the bias is exactly the mean logit.
     """
 
     def __init__(self, members: list[Classifier]):
@@ -210,8 +207,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.stack([member(x) for member in self.members])
-        return logits if self.training else logits.mean(dim=0)
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
     def features_and_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' last maps side by side, and the first member's stage statistics: the guard's distance
@@ -227,17 +223,9 @@ class Ensemble(nn.Module):
                     torch.stack([m.classifier.bias for m in self.members]).mean(dim=0))
 
 
-def member_losses(logits: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``loss`` of each member's logits, averaged: an ensemble's members learn alone (a loss on their mean
-    logits would train one wide network instead). A single network's ``(N, classes)`` logits pass through."""
-    if logits.ndim == 2:
-        return loss(logits)
-    return torch.stack([loss(member) for member in logits]).mean(dim=0)
-
-
 def build(architecture: str, num_classes: int, width: int = 32, dropout: float = 0.2,
           members: int = 1) -> Classifier | Ensemble:
-    """The network, or an :class:`Ensemble` of ``members`` of it, each from its own random start."""
+    """The network, or an :class:`Ensemble` of ``members`` of it (to load a trained one's weights into)."""
     if members > 1:
         return Ensemble([build(architecture, num_classes, width, dropout) for _ in range(members)])
     if members < 1:
@@ -253,16 +241,13 @@ def build(architecture: str, num_classes: int, width: int = 32, dropout: float =
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
 
-def load_pretrained(model: Classifier | Ensemble, state: dict[str, torch.Tensor]) -> list[str]:
+def load_pretrained(model: Classifier, state: dict[str, torch.Tensor]) -> list[str]:
     """Initialise the body from a checkpoint in efficientnet_pytorch's layout (ImageNet EfficientNet-Lite).
 
     RGB stem filters are summed over their colour channels, which is exactly what an RGB network
     computes on a gray image copied to three channels; the ImageNet classifier is dropped.
-    Returns the body keys that found no weights (empty when the checkpoint fits). An ensemble's members
-    all start from the weights; their heads start apart.
+    Returns the body keys that found no weights (empty when the checkpoint fits).
     """
-    if isinstance(model, Ensemble):
-        return sorted({key for member in model.members for key in load_pretrained(member, state)})
     if not isinstance(model.body, EfficientNetLiteBody):
         raise ValueError("pretrained weights are available for the efficientnet_lite networks only")
     state = {k: v for k, v in state.items() if not k.startswith("_fc.")}

@@ -85,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("width", type=int, default=32, help="base channel width of compact/resnet")
     add("dropout", type=float, default=0.2)
     add("ensemble", type=int, default=1,
-        help="networks trained side by side from their own random starts, each on its own loss; the model's "
-             "logits are their mean (networks.Ensemble); recorded in model.json")
+        help="networks trained one after another, member k with seed + k; the model's logits are their mean "
+             "(networks.Ensemble); recorded in model.json")
     add("epochs", type=int, default=5)
     add("batch-size", type=int, default=32)
     add("lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine decay)")
@@ -350,9 +350,9 @@ class Trainer:
         self.ddp.train()
         with self.autocast():
             logits = self.ddp(self.to_device(images))
-        per_sample = mixing.loss(lambda targets: networks.member_losses(logits.float(), lambda member: F.cross_entropy(
-            member, targets, weight=self.class_weights, label_smoothing=self.args.label_smoothing,
-            reduction="none")), train.targets[index].to(self.device), partner, kept)
+        per_sample = mixing.loss(lambda targets: F.cross_entropy(
+            logits.float(), targets, weight=self.class_weights, label_smoothing=self.args.label_smoothing,
+            reduction="none"), train.targets[index].to(self.device), partner, kept)
         loss = per_sample.sum() * scale
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -541,8 +541,23 @@ def choose_threshold(args, val_probs: np.ndarray, val_y: np.ndarray, classes: li
     return m.choose_threshold(val_probs, val_y, classes), "Youden's J on validation"
 
 
-def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path, extra: dict) -> dict:
-    model = trainer.model.float().to(memory_format=torch.contiguous_format)
+def training_record(trainers: list[Trainer]) -> dict:
+    """metrics.json's account of training: an ensemble's lists each member's, and tags its history by member."""
+    each = [{"best_epoch": t.state["best_epoch"], "epochs_run": len(t.state["history"]),
+             "stopped_early": t.state["stopped_early"], "history": t.state["history"]} for t in trainers]
+    if len(each) == 1:
+        return each[0]
+    return {"epochs_run": sum(e["epochs_run"] for e in each),
+            "history": [{"member": k, **entry} for k, e in enumerate(each) for entry in e["history"]],
+            "members": [{key: value for key, value in e.items() if key != "history"} for e in each]}
+
+
+def evaluate_and_write(args, trainers: list[Trainer], splits, classes, source_dir: Path, extra: dict) -> dict:
+    """Calibrate, choose the threshold, export, quantize and score the trained network (or the mean of an
+    ensemble's), and write the artifact's files."""
+    trainer = trainers[0]  # every member shares the data, class counts and device
+    network = trainer.model if len(trainers) == 1 else networks.Ensemble([t.model for t in trainers])
+    model = network.float().to(memory_format=torch.contiguous_format)
     trainer.dtype, trainer.channels_last = None, False  # final figures in fp32, as ONNX serves them
     val_logits = trainer.logits(splits["validation"], model)
     val_y = splits["validation"].targets.numpy()
@@ -593,8 +608,7 @@ def evaluate_and_write(args, trainer: Trainer, splits, classes, source_dir: Path
                      "ece_after": m.expected_calibration_error(probs, eval_y),
                      "reliability_before": reliability_before, "reliability_after": reliability_after},
         validation=validation,
-        training={"best_epoch": trainer.state["best_epoch"], "epochs_run": len(trainer.state["history"]),
-                  "stopped_early": trainer.state["stopped_early"], "history": trainer.state["history"]},
+        training=training_record(trainers),
     )
     result["int8"] = int8
     fingerprint = data.fingerprint({"train": trainer.train_records, "validation": splits["validation"].records})
@@ -685,6 +699,36 @@ def write_report(model: torch.nn.Module, split: data.Split, name: str, channel: 
     path.write_text(report.render(evaluation))
 
 
+def member_arguments(args: argparse.Namespace, k: int) -> argparse.Namespace:
+    """Member ``k`` of ``--ensemble``: seed + k, and its own checkpoint folder after the first (a one-network
+    job's checkpoints stay where they were), so a restarted job skips the members it finished."""
+    if not k:
+        return args
+    return argparse.Namespace(**{**vars(args), "seed": args.seed + k,
+                                 "checkpoint_dir": str(Path(args.checkpoint_dir) / f"member-{k}")})
+
+
+def train_member(args, k: int, splits, classes, device, dtype, world, state,
+                 pretrained_name) -> tuple[Trainer, Path | None]:
+    """Member ``k``, trained as a one-network job with its seed trains it (random start, data order and
+    augmentation), resumed from its last checkpoint if it has one."""
+    args = member_arguments(args, k)
+    if k:  # the first member starts from main's seeding, as a one-network job does
+        seed_everything(args.seed, bool(args.deterministic))
+    model = networks.build(args.architecture, len(classes), args.width, args.dropout)
+    if state is not None:
+        missing = networks.load_pretrained(model, state)
+        print(json.dumps({"pretrained": pretrained_name, "missing_keys": missing}), flush=True)
+    trainer = Trainer(args, model, splits, classes, device, dtype, world)
+    resumed = trainer.resume()
+    if resumed:
+        trainer.say({"resumed_from": resumed.name, "global_step": trainer.state["global_step"],
+                     "samples_in_epoch": trainer.state["samples_in_epoch"], "world_size": world.size})
+    signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "stop_requested", True))
+    trainer.run()
+    return trainer, resumed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -699,26 +743,18 @@ def main(argv: list[str] | None = None) -> int:
                       "images": {k: len(v) for k, v in splits.items()}, "device": str(device),
                       "autocast": str(dtype), "threads": torch.get_num_threads(),
                       "hyperparameters": hyperparameters(args)}), flush=True)
-    model = networks.build(args.architecture, len(classes), args.width, args.dropout, args.ensemble)
     state, pretrained_name = pretrained_state(args.pretrained, args.architecture)
     if state is not None and args.architecture not in networks.EFFICIENTNET_LITE:
         # The pipeline ships the ImageNet weights to every job; only the EfficientNet-Lite networks use them.
         print(json.dumps({"note": f"pretrained channel not used: {args.architecture} has no ImageNet weights"}),
               flush=True)
         state = pretrained_name = None
-    if state is not None:
-        missing = networks.load_pretrained(model, state)
-        print(json.dumps({"pretrained": pretrained_name, "missing_keys": missing}), flush=True)
-    elif args.architecture in networks.EFFICIENTNET_LITE:
+    if state is None and args.architecture in networks.EFFICIENTNET_LITE:
         print(json.dumps({"warning": f"no pretrained channel: {args.architecture} starts from random weights, "
                                      "which needs far more epochs than the presets use"}), flush=True)
-    trainer = Trainer(args, model, splits, classes, device, dtype, world)
-    resumed = trainer.resume()
-    if resumed:
-        trainer.say({"resumed_from": resumed.name, "global_step": trainer.state["global_step"],
-                     "samples_in_epoch": trainer.state["samples_in_epoch"], "world_size": world.size})
-    signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "stop_requested", True))
-    trainer.run()
+    members = [train_member(args, k, splits, classes, device, dtype, world, state, pretrained_name)
+               for k in range(args.ensemble)]
+    trainer, resumed = members[0][0], next((r for _, r in members if r), None)
     # every rank's training records, where each held its own shards: the fingerprint is of the whole split
     if trainer.walk and world.size > 1:
         trainer.train_records = [r for part in distributed.gather(trainer.train_records, world) for r in part]
@@ -730,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
              "pretrained": pretrained_name, "resumed_from": resumed.name if resumed else None,
              "device": str(device), "autocast": str(dtype), "torch": torch.__version__,
              "finished": datetime.now(UTC).isoformat(), "training_seconds": round(time.perf_counter() - started, 1)}
-    result = evaluate_and_write(args, trainer, splits, classes, Path(__file__).resolve().parent, extra)
+    result = evaluate_and_write(args, [t for t, _ in members], splits, classes, Path(__file__).resolve().parent,
+                                extra)
     summary = {k: result[k] for k in ("evaluated_on", "accuracy", "macro_f1", "roc_auc")}
     if "binary" in result:
         summary["binary"] = {k: result["binary"][k] for k in ("accuracy", "roc_auc", "sensitivity", "specificity")}

@@ -435,20 +435,37 @@ def test_a_mixup_run_mixes_and_resumes_to_the_uninterrupted_weights(trained, sta
     assert not all(torch.equal(plain[key], value) for key, value in mixed.items())
 
 
-def test_an_ensemble_is_trained_exported_and_served_as_one_model(staged, tmp_path):
-    """Two members: model.json records them, the torch model loads back as their mean, and the ONNX file (the
-    one that serves) answers with it."""
+def test_an_ensemble_is_its_seeds_networks_trained_alone_and_served_as_their_mean(trained, staged, tmp_path):
+    """Two members: the first is the one-network job's network (same seed), the second seed + 1's; model.json
+    records them, metrics.json each one's training, and the ONNX file (the one that serves) answers with the mean.
+    A job stopped inside the second member resumes it and keeps the first: the uninterrupted weights."""
     import onnxruntime as ort
     from synthetic import TINY_HPS
 
-    model_dir = training_run.run_training_job(staged.channels, TINY_HPS | {"ensemble": 2, "epochs": 1},
-                                              tmp_path / "job")
+    hps = TINY_HPS | {"ensemble": 2}
+    model_dir = training_run.run_training_job(staged.channels, hps, tmp_path / "whole")
     config = json.loads((model_dir / "model.json").read_text())
     assert config["ensemble"] == 2 and config["hyperparameters"]["ensemble"] == 2
+    training = json.loads((model_dir / "metrics.json").read_text())["training"]
+    assert [m["epochs_run"] for m in training["members"]] == [3, 3] and training["epochs_run"] == 6
+    assert [entry["member"] for entry in training["history"]] == [0, 0, 0, 1, 1, 1]
+
     model, _ = jobcode.load("artifact").load_torch_model(model_dir)
-    assert len(model.members) == 2
+    alone, _ = jobcode.load("artifact").load_torch_model(trained / "model")
+    assert all(torch.equal(value, model.members[0].state_dict()[key]) for key, value in alone.state_dict().items())
+    assert not torch.equal(model.members[1].classifier.weight, alone.classifier.weight)
     x = torch.rand(3, 1, 32, 32)
     with torch.no_grad():
         mean = torch.stack([member(x) for member in model.members]).mean(dim=0)
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(["logits"], {"image": x.numpy()})[0], mean.numpy(), atol=1e-4)
+
+    interrupted = tmp_path / "checkpoints"
+    (interrupted / "member-1").mkdir(parents=True)
+    shutil.copy(max((tmp_path / "whole" / "checkpoints").glob("ckpt-*.pt")), interrupted)  # the first: done
+    shutil.copy(tmp_path / "whole" / "checkpoints" / "member-1" / "ckpt-00000006.pt", interrupted / "member-1")
+    resumed_dir = training_run.run_training_job(staged.channels, hps, tmp_path / "job", checkpoint_dir=interrupted)
+    log = (tmp_path / "job" / "train.log").read_text()
+    assert log.count("resumed_from") == 2 and '"epoch": 0' not in log  # neither member started again
+    again, _ = jobcode.load("artifact").load_torch_model(resumed_dir)
+    assert all(torch.equal(value, again.state_dict()[key]) for key, value in model.state_dict().items())

@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.train or not args.validation:
         p.error("the train and validation channels are required (SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION)")
+    if args.ensemble < 1:
+        p.error(f"--ensemble must be at least 1 (one network), got {args.ensemble}")
     if args.threshold is not None and not 0 < args.threshold < 1:
         p.error(f"--threshold must lie inside (0, 1), got {args.threshold}")
     if not (math.isfinite(args.referral_margin) and args.referral_margin > 0):

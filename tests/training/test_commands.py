@@ -61,6 +61,7 @@ def test_train_local_then_evaluate_on_imported_medmnist(medmnist_npz, tmp_path, 
         shipped = json.load(archive.extractfile("model.json"))
     assert {"model.onnx", "model.json", "metrics.json", "code/inference.py", "code/imaging.py"} <= names
     assert shipped["intensity"] == "linear"  # the small preset's stored grey levels (bench/RESULTS.md, issue 21)
+    assert shipped["ensemble"] == 3  # and its three networks
     summary = json.loads((out / "work" / "summary.json").read_text())
     assert summary["classes"] == ["normal", "pneumonia"]
     assert any("too few" in note for note in summary["split_method"])  # the 20-image val/ was replaced

@@ -97,3 +97,9 @@ def test_an_ensembles_class_maps_are_its_members_mean_maps_and_average_back_to_i
         assert torch.allclose(logits, model(x), atol=1e-5)
         assert torch.allclose(cams, member_cams, atol=1e-5)
         assert torch.equal(statistics, model.members[0].features_and_statistics(x)[1])  # the guard reads one
+
+
+def test_an_ensemble_of_no_networks_is_refused_at_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--train", "t", "--validation", "v", "--ensemble", "0"])
+    assert "--ensemble must be at least 1" in capsys.readouterr().err

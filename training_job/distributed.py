@@ -16,6 +16,7 @@ same global batch (batch-norm statistics aside, which each rank computes on its 
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -53,7 +54,10 @@ def start(world: World) -> torch.device:
 
 
 def finish(world: World) -> None:
+    """Destroy the group once nothing holds it: collect the released DDP wrappers first (their hooks make
+    reference cycles), so its worker threads are joined here and not during interpreter exit."""
     if world.size > 1 and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -422,6 +422,9 @@ class Trainer:
             self.state.update(epoch=epoch + 1, samples_in_epoch=0, steps_in_epoch=0)
             self.save_checkpoint()
         self.model.load_state_dict(self.best_weights)
+        # DDP's reducer holds the process group: let it go now, so that distributed.finish frees the group's
+        # threads while Python is alive, not at interpreter exit (where a rank once aborted)
+        self.ddp = self.model
 
     def replicated_steps(self, epoch: int) -> Iterator[tuple[float, int, bool]]:
         """The epoch's steps on a split every rank holds whole: one seeded permutation, global batches from where

@@ -54,8 +54,9 @@ def start(world: World) -> torch.device:
 
 
 def finish(world: World) -> None:
-    """Destroy the group once nothing holds it: collect the released DDP wrappers first (their hooks make
-    reference cycles), so its worker threads are joined here and not during interpreter exit."""
+    """Destroy the group once nothing else holds it: collect the released DDP wrappers first (one left in a
+    reference cycle would keep its reducer, and with it the group, until interpreter exit), so the group's
+    worker threads are joined here."""
     if world.size > 1 and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()

@@ -422,9 +422,6 @@ class Trainer:
             self.state.update(epoch=epoch + 1, samples_in_epoch=0, steps_in_epoch=0)
             self.save_checkpoint()
         self.model.load_state_dict(self.best_weights)
-        # DDP's reducer holds the process group: let it go now, so that distributed.finish frees the group's
-        # threads while Python is alive, not at interpreter exit (where a rank once aborted)
-        self.ddp = self.model
 
     def replicated_steps(self, epoch: int) -> Iterator[tuple[float, int, bool]]:
         """The epoch's steps on a split every rank holds whole: one seeded permutation, global batches from where
@@ -765,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.train_records = [r for part in distributed.gather(trainer.train_records, world) for r in part]
     distributed.finish(world)
     if not world.is_main:
-        return 0
+        distributed.leave()
     extra = {"distributed": {"world_size": world.size, "global_batch": trainer.global_batch,
                              "peak_lr": trainer.peak_lr},
              "pretrained": pretrained_name, "resumed_from": resumed.name if resumed else None,

@@ -166,6 +166,21 @@ def binary_scores(model_dir: Path, channel: Path) -> tuple[np.ndarray, np.ndarra
     return scored.probs, y, scored.config["classes"], scored.config
 
 
+def validation_rule_figures(test_p: np.ndarray, test_y: np.ndarray, val_p: np.ndarray, val_y: np.ndarray,
+                            classes: list[str]) -> dict:
+    """Served probabilities on a held-out part, scored as ``train.py`` would threshold them: AUC and specificity at
+    sensitivity >= 0.95 (threshold-free: what the worst-proxy rule ranks by), then ACC, sensitivity and
+    specificity at the threshold chosen on validation (Youden's J, else 0.5)."""
+    metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
+    truth = test_y != classes.index(decision.NORMAL)
+    score = decision.pneumonia_probability(test_p, classes)
+    threshold = metrics.choose_threshold(val_p, val_y, classes) or decision.DEFAULT_THRESHOLD
+    at_threshold = metrics.operating_point(score, truth, threshold)
+    return {"auc": metrics.binary_metrics(truth, score, score >= threshold)["roc_auc"],
+            "specificity_at_sensitivity_0.95": metrics.at_sensitivity(score, truth, MIN_SENSITIVITY)["specificity"],
+            **{k: at_threshold[k] for k in ("accuracy", "sensitivity", "specificity", "threshold")}}
+
+
 def run_one(work: Path, recipe: str, hps: dict, proxy: proxies.Proxy, dataset: str) -> dict:
     out = work / "runs" / recipe / proxy.name
     done = out / "result.json"

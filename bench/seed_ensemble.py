@@ -30,11 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.proxies import MIN_SENSITIVITY, binary_scores  # noqa: E402
-from cxr import jobcode  # noqa: E402
+from bench.proxies import binary_scores, validation_rule_figures  # noqa: E402
 from lambdas.domain import splits  # noqa: E402
-
-metrics, decision = jobcode.load("metrics"), jobcode.load("decision")
 
 
 def member_scores(run: Path) -> dict:
@@ -51,15 +48,8 @@ def figures(members: list[dict]) -> dict:
     test_y, val_y = members[0]["test"][1], members[0]["validation"][1]
     if any(not (np.array_equal(m["test"][1], test_y) and np.array_equal(m["validation"][1], val_y)) for m in members):
         raise ValueError("the members were not scored on the same images: are the works of one proxy deal?")
-    test_p = np.mean([m["test"][0] for m in members], axis=0)
-    val_p = np.mean([m["validation"][0] for m in members], axis=0)
-    truth = test_y != classes.index(decision.NORMAL)
-    score = decision.pneumonia_probability(test_p, classes)
-    threshold = metrics.choose_threshold(val_p, val_y, classes) or decision.DEFAULT_THRESHOLD
-    at_threshold = metrics.operating_point(score, truth, threshold)
-    return {"auc": metrics.binary_metrics(truth, score, score >= threshold)["roc_auc"],
-            "specificity_at_sensitivity_0.95": metrics.at_sensitivity(score, truth, MIN_SENSITIVITY)["specificity"],
-            **{k: at_threshold[k] for k in ("accuracy", "sensitivity", "specificity", "threshold")}}
+    return validation_rule_figures(np.mean([m["test"][0] for m in members], axis=0), test_y,
+                                   np.mean([m["validation"][0] for m in members], axis=0), val_y, classes)
 
 
 def groups(seeds: list[str], size: int) -> list[list[str]]:

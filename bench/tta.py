@@ -26,9 +26,8 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.proxies import validation_rule_figures  # noqa: E402
 from cxr import jobcode  # noqa: E402
-
-MIN_SENSITIVITY = 0.95
 
 SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
 """(rows, columns) a view moves the image by, one pixel each way (the training shifts reach +-0.8 px)."""
@@ -56,7 +55,7 @@ def views(x: torch.Tensor, name: str) -> list[torch.Tensor]:
 def score_views(model_dir: Path, channels: Path, view_set: str, onnx_file: str) -> dict:
     """One model file's figures with the logits of ``view_set``'s views averaged (views made in torch, each
     scored by ONNX Runtime, as an exported graph averaging them would)."""
-    data, decision, metrics, quantize = (jobcode.load(n) for n in ("data", "decision", "metrics", "quantize"))
+    data, decision, quantize = (jobcode.load(n) for n in ("data", "decision", "quantize"))
     config = json.loads((model_dir / "model.json").read_text())
     classes = config["classes"]
 
@@ -69,14 +68,8 @@ def score_views(model_dir: Path, channels: Path, view_set: str, onnx_file: str) 
                                 intensity=config["intensity"])
         return decision.softmax(logits(split.inputs[:])), split.targets.numpy()
 
-    val_p, val_y = probs("validation")
-    test_p, test_y = probs("test")
-    normal = classes.index(decision.NORMAL)
-    score, truth = decision.pneumonia_probability(test_p, classes), test_y != normal
-    threshold = metrics.choose_threshold(val_p, val_y, classes) or 0.5
-    return {"auc": metrics.binary_metrics(truth, score, score >= threshold)["roc_auc"],
-            "specificity_at_sensitivity_0.95": metrics.at_sensitivity(score, truth, MIN_SENSITIVITY)["specificity"],
-            "accuracy": float(((score >= threshold) == truth).mean()), "threshold": threshold}
+    figures = validation_rule_figures(*probs("test"), *probs("validation"), classes)
+    return {k: figures[k] for k in ("auc", "specificity_at_sensitivity_0.95", "accuracy", "threshold")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ The folder is staged once as ``cxr train-local`` stages it (WORK/stage). The pro
 
 * ``split``: the split ``cxr train-local`` makes (its test part);
 * ``cluster<j>``: appearance cluster ``j`` of every class held out (k-means on acquisition statistics);
+* ``sequence-early`` / ``sequence-late`` (numbered patients only): the lowest- / highest-numbered
+  patients of each class and naming series held out, about 20 % of each (a temporal hold-out);
 * ``acquisition`` (with ``--holdout-acquisition``): the images whose pixels match that folder's files
   (Kermany's 744 ``NORMAL2-IM-*`` normals) held out, scored beside a patient-grouped 15 % of the
   pneumonias.
@@ -113,8 +115,20 @@ def _content_hash(path: str) -> str | None:
         return None
 
 
-def build_proxies(work: Path, items: list[splits.Item], clusters: int,
-                  acquisition: Path | None) -> tuple[list[proxies.Proxy], dict]:
+def original_names(data: Path, work: Path, items: list[splits.Item]) -> dict[str, str]:
+    """Each stored key's original file name (the stage names files by content), by content hash; cached."""
+    cache = work / "original-names.json"
+    if not cache.exists():
+        files = sorted(str(p) for p in data.rglob("*") if p.is_file())
+        with ProcessPoolExecutor(2) as pool:
+            hashes = list(pool.map(_content_hash, files, chunksize=32))
+        cache.write_text(json.dumps({h: Path(f).name for h, f in zip(hashes, files, strict=True) if h}))
+    by_hash = json.loads(cache.read_text())
+    return {i.key: by_hash[i.content_hash] for i in items if i.content_hash in by_hash}
+
+
+def build_proxies(work: Path, items: list[splits.Item], clusters: int, acquisition: Path | None,
+                  names: dict[str, str]) -> tuple[list[proxies.Proxy], dict]:
     stored = work / "stage" / "stored"
     keys = [i.key for i in items]
     cache = work / "features.npy"
@@ -137,6 +151,7 @@ def build_proxies(work: Path, items: list[splits.Item], clusters: int,
     found = [proxies.Proxy("split", "the split cut from train by cxr train-local (its test part)",
                            by_split[splits.TRAIN], by_split[splits.VALIDATION], by_split[splits.TEST])]
     found += proxies.cluster_proxies(items, ranks)
+    found += proxies.sequence_proxies(items, names)
     if acquisition is not None:
         files = sorted(str(p) for p in acquisition.rglob("*") if p.is_file())
         with ProcessPoolExecutor(2) as pool:
@@ -291,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     dataset, items = stage(args.data, args.work)
-    found, clusters = build_proxies(args.work, items, args.clusters, args.holdout_acquisition)
+    found, clusters = build_proxies(args.work, items, args.clusters, args.holdout_acquisition,
+                                    original_names(args.data, args.work, items))
     if args.only:
         found = [p for p in found if p.name in args.only]
     print(json.dumps({"proxies": {p.name: {k: len(v) for k, v in p.parts().items()} for p in found}}), flush=True)

@@ -11,6 +11,10 @@ predict how a model does on another hospital's X-rays (the official Kermany test
   cluster of every class at once, so the model meets an appearance it was not trained on;
 * an **acquisition**: named images (e.g. Kermany's ``NORMAL2-IM-*`` normals) with the pneumonias
   of a patient-grouped test split beside them;
+* the **ends of the patient sequence**: patients numbered in order of arrival (Kermany's
+  ``personN_*``, ``IM-NNNN-*``) were filmed in that order, so the lowest-numbered patients of each
+  naming series (and, in a second fold, the highest) are the ones farthest in time from the rest:
+  a temporal hold-out, where equipment, protocol and the readers who labelled them drift;
 * beside them, the usual **split cut from train** (the one ``cxr train-local`` makes), for comparison.
 
 Every proxy keeps whole patient groups (:func:`splits.merge_groups`: the patient, or identical
@@ -19,9 +23,11 @@ pixels) on one side: a held-out cluster takes every group most of whose images f
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import numpy as np
 
@@ -175,6 +181,54 @@ def cluster_proxies(items: Iterable[splits.Item], ranks: dict[str, int], seed: i
         proxies.append(held_out(f"cluster{rank}", f"appearance cluster {rank} of each class held out ({described})",
                                 items, held, seed))
     return proxies
+
+
+SEQUENCE_FRACTION = 0.2
+"""Share of each naming series' images (whole patients) a sequence fold holds out."""
+
+
+def naming_series(name: str) -> str:
+    """A file name's series: numbers blanked, cut after its last letter (a patient's second film stays
+    in the series): ``person12_virus_40.jpeg`` -> ``person#_virus``, ``NORMAL2-IM-0115-0001-0002`` ->
+    ``NORMAL#-IM``."""
+    return re.sub(r"[^A-Za-z]*$", "", re.sub(r"\d+", "#", PurePosixPath(name).stem))
+
+
+def sequence_proxies(items: Iterable[splits.Item], names: Mapping[str, str], fraction: float = SEQUENCE_FRACTION,
+                     seed: int = 0) -> list[Proxy]:
+    """``sequence-early`` and ``sequence-late``: the lowest- and highest-numbered patients of every
+    (class, naming series) held out, about ``fraction`` of its images each. ``names`` gives each key's
+    original file name (stored keys are content names); none when fewer than half the images carry a
+    numeric patient id and a name (PneumoniaMNIST has neither)."""
+    if not 0 < fraction < 0.5:
+        raise ValueError("fraction must be in (0, 0.5)")
+    items = list(items)
+    numbered = [i for i in items if i.patient_id and i.patient_id.isdigit() and i.key in names]
+    if len(numbered) * 2 < len(items):
+        return []
+    series: dict[tuple[str, str], list[splits.Item]] = {}
+    for item in numbered:
+        series.setdefault((item.label, naming_series(names[item.key])), []).append(item)
+    folds = []
+    for name, from_end in (("sequence-early", False), ("sequence-late", True)):
+        held: set[str] = set()
+        for members in series.values():
+            per_patient = Counter(int(i.patient_id) for i in members)
+            taken: set[int] = set()
+            count, budget = 0, fraction * len(members)
+            for number in sorted(per_patient, reverse=from_end):  # whole patients, up to the series' share
+                if taken and count + per_patient[number] > budget:
+                    break
+                taken.add(number)
+                count += per_patient[number]
+            held |= {i.key for i in members if int(i.patient_id) in taken}
+        end = "highest" if from_end else "lowest"
+        # every held image is scored: patient numbers are shared across series (Kermany's IM-0383 and
+        # NORMAL2-IM-0383), and such a group's images of the other series are set aside, not trained on
+        folds.append(held_out(name, f"the {end}-numbered patients of each class and naming series held out "
+                              f"({len(held)} images, about {fraction:.0%} of each series)", items, held, seed,
+                              every_held_image=True))
+    return folds
 
 
 def leaked_groups(proxy: Proxy) -> set[str]:

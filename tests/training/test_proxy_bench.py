@@ -78,3 +78,18 @@ def test_the_small_preset_is_the_recipe_the_worst_proxy_rule_picked(bench):
     assert presets.expand("small", {}) == bench.RECIPES["small-linear-ensemble3"] == bench.RECIPES["small"]
     assert {**bench.RECIPES["small-linear"], "ensemble": 3} == bench.RECIPES["small"]
     assert bench.RECIPES["small-equalized"].get("intensity", "equalize") == "equalize"
+
+
+def test_sequence_folds_find_each_stored_images_original_name(bench, tiny_dataset, tmp_path):
+    """The stage names files by content; the sequence folds need the names they came with."""
+    from cxr import proxies
+
+    _, items = bench.stage(tiny_dataset, tmp_path)
+    names = bench.original_names(tiny_dataset, tmp_path, items)
+    originals = {p.name: p.parent.name for p in tiny_dataset.rglob("*") if p.is_file()}
+    assert len(names) == len(items) and set(names.values()) <= set(originals)
+    folds = {p.name: p for p in proxies.sequence_proxies(items, names)}
+    early = folds["sequence-early"]
+    # the lowest-numbered patient of every class's series is held out
+    assert {i.patient_id for i in early.test} >= {"1000", "2000", "3000"}
+    assert proxies.leaked_groups(early) == set()

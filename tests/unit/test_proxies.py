@@ -116,3 +116,55 @@ def test_acquisition_hold_out_can_score_every_held_image_and_set_aside_their_gro
     assert "k0003" in {i.key for i in every.test}  # the pneumonia of the same patient is scored
     assert proxies.leaked_groups(every) == set()
 
+
+
+def _named(name: str, label: str, patient: str | None) -> splits.Item:
+    return splits.Item(f"stored/{label}/{name}.png", label, patient, f"h-{name}")
+
+
+def _names(items: list[splits.Item]) -> dict[str, str]:
+    """Stored keys are content names; the original file name is the key's stem here."""
+    return {i.key: i.key.rsplit("/", 1)[1].removesuffix(".png") for i in items}
+
+
+def test_sequence_folds_hold_out_each_series_lowest_then_highest_patients():
+    items = [_named(f"IM-{n:04d}-0001.jpeg", "normal", f"{n:04d}") for n in range(100, 150)]
+    items += [_named(f"NORMAL2-IM-{n:04d}-0001.jpeg", "normal", f"{n:04d}") for n in range(400, 450)]
+    items += [_named(f"person{n}_bacteria_{k}.jpeg", "bacterial", str(n)) for n in range(1, 51) for k in (1, 2)]
+    early, late = proxies.sequence_proxies(items, _names(items))
+    assert (early.name, late.name) == ("sequence-early", "sequence-late")
+    held_normals = sorted(_names(items)[i.key] for i in early.test if i.label == "normal")
+    # the first 20 % of each series, not the 20 % lowest numbers overall (which would all be IM-01xx)
+    assert held_normals == sorted([f"IM-{n:04d}-0001.jpeg" for n in range(100, 110)]
+                                  + [f"NORMAL2-IM-{n:04d}-0001.jpeg" for n in range(400, 410)])
+    assert {int(i.patient_id) for i in early.test if i.label == "bacterial"} == set(range(1, 11))
+    assert {int(i.patient_id) for i in late.test if i.label == "bacterial"} == set(range(41, 51))
+    for fold in (early, late):
+        assert proxies.leaked_groups(fold) == set()
+        assert not {i.key for i in fold.test} & {i.key for i in fold.train + fold.validation}
+
+
+def test_sequence_folds_need_numbered_patients():
+    unnumbered = [_item(i, "normal", None) for i in range(40)]
+    assert proxies.sequence_proxies(unnumbered, {i.key: f"x{n}.png" for n, i in enumerate(unnumbered)}) == []
+    numbered = [_named(f"IM-{n:04d}-0001.jpeg", "normal", f"{n:04d}") for n in range(40)]
+    assert proxies.sequence_proxies(numbered, {}) == []  # no original names: no series
+    assert proxies.naming_series("train/PNEUMONIA/person12_virus_40.jpeg") == "person#_virus"
+    assert proxies.naming_series("NORMAL2-IM-0115-0001-0002.jpeg") == proxies.naming_series("NORMAL2-IM-0116-0001.jpeg")
+    with pytest.raises(ValueError):
+        proxies.sequence_proxies([], {}, fraction=0.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(patients=st.lists(st.integers(1, 40), min_size=20, max_size=80), fraction=st.floats(0.05, 0.45))
+def test_sequence_folds_take_whole_patients_from_the_ends(patients, fraction):
+    items = [_named(f"person{n}_virus_{k}.jpeg", "viral", str(n)) for k, n in enumerate(patients)]
+    items += [_named(f"IM-{n:04d}-{k:04d}.jpeg", "normal", f"{n:04d}") for k, n in enumerate(patients)]
+    early, late = proxies.sequence_proxies(items, _names(items), fraction)
+    for fold, pick in ((early, min), (late, max)):
+        for label in ("viral", "normal"):
+            held = {int(i.patient_id) for i in fold.test if i.label == label}
+            rest = {int(i.patient_id) for i in fold.train + fold.validation if i.label == label}
+            assert held and pick(patients) in held
+            assert not held & rest  # whole patients
+            assert all(h < r for h in held for r in rest) if pick is min else all(h > r for h in held for r in rest)

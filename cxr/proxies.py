@@ -11,10 +11,10 @@ predict how a model does on another hospital's X-rays (the official Kermany test
   cluster of every class at once, so the model meets an appearance it was not trained on;
 * an **acquisition**: named images (e.g. Kermany's ``NORMAL2-IM-*`` normals) with the pneumonias
   of a patient-grouped test split beside them;
-* the **ends of the patient sequence**: patients numbered in order of arrival (Kermany's
-  ``personN_*``, ``IM-NNNN-*``) were filmed in that order, so the lowest-numbered patients of each
-  naming series (and, in a second fold, the highest) are the ones farthest in time from the rest:
-  a temporal hold-out, where equipment, protocol and the readers who labelled them drift;
+* the **ends of the patient sequence**: where patients are numbered as they arrive (Kermany's
+  ``personN_*``, ``IM-NNNN-*``, presumably), the lowest-numbered patients of each patient series
+  (and, in a second fold, the highest) are the ones farthest in time from the rest: a temporal
+  hold-out, for the drift of equipment, protocol and the readers who labelled them;
 * beside them, the usual **split cut from train** (the one ``cxr train-local`` makes), for comparison.
 
 Every proxy keeps whole patient groups (:func:`splits.merge_groups`: the patient, or identical
@@ -23,15 +23,13 @@ pixels) on one side: a held-out cluster takes every group most of whose images f
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import numpy as np
 
-from lambdas.domain import splits
+from lambdas.domain import labels, splits
 
 FEATURES = (
     "q05", "q25", "q50", "q75", "q95", "mean", "std",  # intensity histogram (exposure, contrast curve)
@@ -184,31 +182,25 @@ def cluster_proxies(items: Iterable[splits.Item], ranks: dict[str, int], seed: i
 
 
 SEQUENCE_FRACTION = 0.2
-"""Share of each naming series' images (whole patients) a sequence fold holds out."""
-
-
-def naming_series(name: str) -> str:
-    """A file name's series: numbers blanked, cut after its last letter (a patient's second film stays
-    in the series): ``person12_virus_40.jpeg`` -> ``person#_virus``, ``NORMAL2-IM-0115-0001-0002`` ->
-    ``NORMAL#-IM``."""
-    return re.sub(r"[^A-Za-z]*$", "", re.sub(r"\d+", "#", PurePosixPath(name).stem))
+"""Share of each patient series' images (whole patients) a sequence fold holds out."""
 
 
 def sequence_proxies(items: Iterable[splits.Item], names: Mapping[str, str], fraction: float = SEQUENCE_FRACTION,
                      seed: int = 0) -> list[Proxy]:
     """``sequence-early`` and ``sequence-late``: the lowest- and highest-numbered patients of every
-    (class, naming series) held out, about ``fraction`` of its images each. ``names`` gives each key's
-    original file name (stored keys are content names); none when fewer than half the images carry a
-    numeric patient id and a name (PneumoniaMNIST has neither)."""
+    class and patient series (:func:`labels.patient_series`) held out, about ``fraction`` of its images
+    each. ``names`` gives each key's original file name (stored keys are content names); none when
+    fewer than half the images have a numbered patient in a known series (PneumoniaMNIST's own names)."""
     if not 0 < fraction < 0.5:
         raise ValueError("fraction must be in (0, 0.5)")
     items = list(items)
-    numbered = [i for i in items if i.patient_id and i.patient_id.isdigit() and i.key in names]
+    series_of = {i.key: labels.patient_series(names[i.key]) for i in items if i.key in names}
+    numbered = [i for i in items if series_of.get(i.key) and i.patient_id and i.patient_id.isdigit()]
     if len(numbered) * 2 < len(items):
         return []
     series: dict[tuple[str, str], list[splits.Item]] = {}
     for item in numbered:
-        series.setdefault((item.label, naming_series(names[item.key])), []).append(item)
+        series.setdefault((item.label, series_of[item.key]), []).append(item)
     folds = []
     for name, from_end in (("sequence-early", False), ("sequence-late", True)):
         held: set[str] = set()
@@ -225,7 +217,7 @@ def sequence_proxies(items: Iterable[splits.Item], names: Mapping[str, str], fra
         end = "highest" if from_end else "lowest"
         # every held image is scored: patient numbers are shared across series (Kermany's IM-0383 and
         # NORMAL2-IM-0383), and such a group's images of the other series are set aside, not trained on
-        folds.append(held_out(name, f"the {end}-numbered patients of each class and naming series held out "
+        folds.append(held_out(name, f"the {end}-numbered patients of each class and patient series held out "
                               f"({len(held)} images, about {fraction:.0%} of each series)", items, held, seed,
                               every_held_image=True))
     return folds

@@ -53,9 +53,20 @@ def label_for_file(folder: str, filename: str) -> str:
 
 def patient_id(filename: str) -> str | None:
     """Patient id from Kermany file names (``personN_...``, ``[NORMAL2-]IM-XXXX-YYYY``); None if unknown."""
-    stem = PurePosixPath(filename).name
-    match = _PERSON.search(stem) or _KERMANY_NORMAL.match(stem)
+    match = _patient_match(filename)
     return match.group(1) if match else None
+
+
+def patient_series(filename: str) -> str | None:
+    """The numbering a patient id belongs to: the name up to the number (``person``, ``IM-``,
+    ``NORMAL2-IM-``), since each series numbers its patients on its own; None if unknown."""
+    match = _patient_match(filename)
+    return match.string[: match.start(1)] if match else None
+
+
+def _patient_match(filename: str) -> re.Match | None:
+    stem = PurePosixPath(filename).name
+    return _PERSON.search(stem) or _KERMANY_NORMAL.match(stem)
 
 
 def describe(parts: list[str] | tuple[str, ...]) -> LabelInfo:

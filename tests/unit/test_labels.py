@@ -66,3 +66,19 @@ def test_an_uploads_name_is_stable_keyed_and_says_nothing_of_its_key():
     assert name != source_names.name(b"k" * 32, "other", key)
     assert source_names.pointer_key(key, name) == f"raw/.names/{name}"
     assert source_names.is_pointer(f"incoming/.names/{name}") and not source_names.is_pointer(key)
+
+
+@pytest.mark.parametrize(
+    ("name", "series", "patient"),
+    [
+        ("IM-0115-0001.jpeg", "IM-", "0115"),
+        ("IM-0117-0001-0002.jpeg", "IM-", "0117"),
+        ("NORMAL2-IM-0002-0001.jpeg", "NORMAL2-IM-", "0002"),
+        ("person2_virus_13.jpeg", "person", "2"),
+        ("person1000_bacteria_2931.jpeg", "person", "1000"),
+        ("scan_0001.png", None, None),
+    ],
+)
+def test_patient_series_is_the_numbering_the_id_belongs_to(name, series, patient):
+    """IM-0383 and NORMAL2-IM-0383 share a number but not a numbering (bench proxies order each series)."""
+    assert (labels.patient_series(name), labels.patient_id(name)) == (series, patient)

@@ -149,8 +149,6 @@ def test_sequence_folds_need_numbered_patients():
     assert proxies.sequence_proxies(unnumbered, {i.key: f"x{n}.png" for n, i in enumerate(unnumbered)}) == []
     numbered = [_named(f"IM-{n:04d}-0001.jpeg", "normal", f"{n:04d}") for n in range(40)]
     assert proxies.sequence_proxies(numbered, {}) == []  # no original names: no series
-    assert proxies.naming_series("train/PNEUMONIA/person12_virus_40.jpeg") == "person#_virus"
-    assert proxies.naming_series("NORMAL2-IM-0115-0001-0002.jpeg") == proxies.naming_series("NORMAL2-IM-0116-0001.jpeg")
     with pytest.raises(ValueError):
         proxies.sequence_proxies([], {}, fraction=0.5)
 

@@ -80,6 +80,8 @@ RECIPES = {
                                        "augment": "acquisition"},
     # round 2, stop 8: three small-linear networks (seeds s, s + 1, s + 2) served as their mean (networks.Ensemble)
     "small-linear-ensemble3": {**SMALL_EQUALIZED, "intensity": "linear", "ensemble": 3},
+    # round 2, stop 9: the plain residual network of the anchor on stored grey levels, as small-linear
+    "resnet28-linear": {**SMALL_EQUALIZED, "architecture": "resnet_small", "intensity": "linear"},
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},

@@ -11,7 +11,7 @@ The folder is staged once as ``cxr train-local`` stages it (WORK/stage). The pro
 * ``split``: the split ``cxr train-local`` makes (its test part);
 * ``cluster<j>``: appearance cluster ``j`` of every class held out (k-means on acquisition statistics);
 * ``sequence-early`` / ``sequence-late`` (numbered patients only): the lowest- / highest-numbered
-  patients of each class and naming series held out, about 20 % of each (a temporal hold-out);
+  patients of each class and patient series held out, about 20 % of each (a temporal hold-out);
 * ``acquisition`` (with ``--holdout-acquisition``): the images whose pixels match that folder's files
   (Kermany's 744 ``NORMAL2-IM-*`` normals) held out, scored beside a patient-grouped 15 % of the
   pneumonias.

@@ -13,7 +13,7 @@ resize to 28 px. The copies at hand are squashed to 224 x 224 (``kermany-224``: 
 is lost) or kept whole (``kermany-val16``), so each source is cropped at every plausible width of
 that square (central bands of 40 to 100 % of either side) and reduced to 7 x 7 block means; an image
 takes the source whose crop correlates best, and is named after it only when that correlation is at
-least ``MIN_CORRELATION`` and the source's class folder agrees with its label.
+least ``MIN_CORRELATION`` and the source's class (its Kermany name says it) agrees with its label.
 
 The folder written holds ``cxr import-medmnist``'s pixels (the same content hashes), all of them
 in ``train/<LABEL>/``: MedMNIST's val split shares patients with its train split, and a user's val/
@@ -38,6 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cxr.commands.import_medmnist import KNOWN_LABELS  # noqa: E402
 from lambdas.domain import labels  # noqa: E402
 
 SIDE = 28
@@ -46,7 +47,8 @@ BANDS = np.linspace(0.40, 1.0, 31)
 """Crop widths tried, as a share of the stored side (MedMNIST's square crop of the original)."""
 MIN_CORRELATION = 0.99
 """Of the 7 x 7 block means. Matched images read 0.997 to 0.9995 (1st percentile to median, 2026-12-01)."""
-NAMES = {0: "NORMAL", 1: "PNEUMONIA"}
+NAMES = KNOWN_LABELS["pneumoniamnist"]
+"""Label folders by MedMNIST label, as ``cxr import-medmnist`` writes them."""
 SPLITS = ("train", "val")
 
 
@@ -91,8 +93,10 @@ def source_name(path: Path, label: int, split: str, index: int) -> str | None:
     """The written name carrying the source's patient, or None when the source's class disagrees
     (Kermany names say it: ``person*`` pneumonias, ``[NORMAL2-]IM-*`` normals)."""
     series = labels.patient_series(path.name)
-    normal = series is not None and series != "person"
-    if series is None or normal != (label == 0):
+    if series is None:
+        return None
+    normal = series != "person"
+    if normal != (label == 0):
         return None
     if normal:
         return f"{path.stem}-{split}_{index:05d}.png"

@@ -117,7 +117,6 @@ def test_acquisition_hold_out_can_score_every_held_image_and_set_aside_their_gro
     assert proxies.leaked_groups(every) == set()
 
 
-
 def _named(name: str, label: str, patient: str | None) -> splits.Item:
     return splits.Item(f"stored/{label}/{name}.png", label, patient, f"h-{name}")
 

@@ -4,6 +4,8 @@ Agreement compares the model's label at prediction time with each verdict (``lam
 a binary model's ``pneumonia`` agrees with any pneumonia verdict; ``not_assessable`` is left out), per verdict
 class, per month (when the verdict was given) and overall. Quality-control tasks (a random sample of
 predictions the model did not refer) are reported apart: they estimate the accuracy of what nobody reviews.
+Beside the raw agreement, the same pass weighs every verdict by how its task was drawn and estimates each model's
+sensitivity, specificity and sub-type accuracy on the site's patients (``lambdas.domain.field_performance``).
 """
 
 from __future__ import annotations
@@ -16,19 +18,29 @@ from collections.abc import Iterable, Iterator
 from cxr import target
 from infra import wiring
 from lambdas import review_queue
-from lambdas.domain import review
+from lambdas.domain import field_performance, review
 
 CSV_FIELDS = ("task_id", "reviewer", "verdict", "comment", "reviewed_at", "model_label", "agrees", "confidence",
               "pneumonia_probability", "reason", "status", "model_id", "predicted_at", "content_hash")
 """No key and no file name: keys hold patient identifiers; the content hash finds the image (`cxr audit HASH`)."""
 
 
+def _predict_environment(deployment: target.Target) -> dict[str, str]:
+    function = deployment.function_name(wiring.PREDICT, "Inference")
+    return deployment.client("lambda").get_function_configuration(FunctionName=function)["Environment"]["Variables"]
+
+
 def review_table(deployment: target.Target) -> str:
     """The review table as the predict function's environment names it (CloudFormation names it on AWS)."""
-    function = deployment.function_name(wiring.PREDICT, "Inference")
-    variables = deployment.client("lambda").get_function_configuration(FunctionName=function)["Environment"][
-        "Variables"]
-    return variables[wiring.ENV_REVIEW_TASKS_TABLE]
+    return _predict_environment(deployment)[wiring.ENV_REVIEW_TASKS_TABLE]
+
+
+def review_settings(deployment: target.Target) -> tuple[str, float]:
+    """The review table and the quality-control sample rate the predict function draws at now (what a task
+    older than the recorded rate is taken to have been drawn at)."""
+    variables = _predict_environment(deployment)
+    return (variables[wiring.ENV_REVIEW_TASKS_TABLE],
+            review.parse_sample_rate(variables.get(wiring.ENV_REVIEW_SAMPLE_RATE)))
 
 
 def items(deployment: target.Target, table: str) -> Iterator[dict]:
@@ -63,18 +75,23 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def summary(found: Iterable[dict]) -> dict:
-    """What `cxr status` shows: the queue and the agreement, from one pass over the items with counters.
+def summary(found: Iterable[dict], sample_rate: float = review.DEFAULT_SAMPLE_RATE,
+            references: dict[str, dict[str, float]] | None = None) -> dict:
+    """What `cxr status` shows: the queue, the agreement and each model's figures on the site's patients
+    (``field``, against ``references[model_id]``: ``field_performance.reference_figures``), from one pass.
 
     Its memory does not grow with the table: a verdict needs only its own task's reason (quality control or
     not), and a task's item comes right before its verdicts when the scan reads the task's item collection in
     sort-key order ("task" < "verdict#..."). A verdict met anywhere else waits until the end, when every
-    quality-control task (a 2 % sample) has been seen; so the figures do not depend on the scan's order.
+    quality-control task (a 2 % sample) has been seen; so the figures do not depend on the scan's order. The field
+    estimate keeps one small record per reviewed task (``field_performance.Tally``).
     """
     statuses: dict[str, int] = defaultdict(int)
     quality_control: set[str] = set()
     tally, waiting, task_pk, task_is_qc = _Tally(), [], None, False
+    field = field_performance.Tally(sample_rate)
     for item in found:
+        field.add(item)
         if item["sk"] == review.TASK_SORT_KEY:
             statuses[item["status"]] += 1
             task_pk, task_is_qc = item["pk"], item.get("reason") == review.QUALITY_CONTROL
@@ -87,7 +104,8 @@ def summary(found: Iterable[dict]) -> dict:
                 waiting.append((item["pk"], item["verdict"], item["at"], item.get("agrees")))
     for pk, verdict, at, agrees in waiting:
         tally.add({"verdict": verdict, "at": at, "agrees": agrees}, pk in quality_control)
-    return {"tasks": dict(sorted(statuses.items())), "verdicts": tally.verdicts, "agreement": tally.agreement()}
+    return {"tasks": dict(sorted(statuses.items())), "verdicts": tally.verdicts, "agreement": tally.agreement(),
+            "field": field.estimates(references)}
 
 
 class _Tally:

@@ -62,9 +62,10 @@ def follow(table: str, sample_rate: float, previous: dict | None, record: dict) 
     return created
 
 
-def task_item(prediction: dict, task: str, reason: str, at: str) -> dict:
+def task_item(prediction: dict, task: str, reason: str, at: str, sample_rate: float) -> dict:
     """What a reviewer needs, and nothing that names the patient: the upload's opaque name, never its key (the copy
-    finds the key from the name's pointer, ``review_data.original_key``)."""
+    finds the key from the name's pointer, ``review_data.original_key``). A quality-control task keeps the sample
+    rate it was drawn at: it weighs ``1 / rate`` predictions in ``field_performance``, whatever the rate is later."""
     source = prediction["source"]
     audit = prediction.get("audit") or {}
     return {
@@ -77,6 +78,7 @@ def task_item(prediction: dict, task: str, reason: str, at: str) -> dict:
         "referral_band": prediction.get("referral_band"), "model_id": prediction.get("model_id"),
         "predicted_at": prediction.get("predicted_at"), "content_hash": audit.get("content_hash"),
         "overlay_key": (prediction.get("explanation") or {}).get("overlay_key"),
+        **({"sample_rate": sample_rate} if reason == review.QUALITY_CONTROL else {}),
     }
 
 
@@ -88,7 +90,8 @@ def open_task(table: str, prediction: dict, sample_rate: float) -> str | None:
     if reason is None:
         return None
     try:
-        aws.client("dynamodb").put_item(TableName=table, Item=encode(task_item(prediction, task, reason, now())),
+        item = task_item(prediction, task, reason, now(), sample_rate)
+        aws.client("dynamodb").put_item(TableName=table, Item=encode(item),
                                         ConditionExpression="attribute_not_exists(pk)")
     except ClientError as exc:
         if aws.error_code(exc) != "ConditionalCheckFailedException":

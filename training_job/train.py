@@ -648,6 +648,7 @@ def evaluate_and_write(args, trainers: list[Trainer], splits, classes, source_di
         **extra,
     }
     (model_dir / "model.json").write_text(json.dumps(config, indent=1))
+    result["model_id"] = config["model_id"]  # what its predictions and review tasks name it by (cxr status)
     (model_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     benchmark.write(model_dir, score_benchmark(args, served_logits, classes, temperature, prior, rule))
     report_dir = model_dir / "report"

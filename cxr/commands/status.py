@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from cxr import reviews, target
 from infra import wiring
-from lambdas.domain import layout
+from lambdas.domain import field_performance, layout
 
 REPORT_URL_SECONDS = 3600
 
@@ -43,11 +43,17 @@ def collect(deployment: target.Target, runs: int) -> dict:
                   "stopped": e.get("stopDate")} for e in executions],
         "endpoint": endpoint_state(deployment),
         "counts": counts(deployment),
-        "review": reviews.summary(reviews.items(deployment, reviews.review_table(deployment))),
     }
+    references = {}
     if report["endpoint"].get("run_id"):
-        report["model_metrics"] = model_metrics(deployment, report["endpoint"]["run_id"])
+        metrics = serving_metrics(deployment, report["endpoint"]["run_id"])
+        report["model_metrics"] = summarise_metrics(metrics) if metrics else None
         report["model_report"] = model_report(deployment, report["endpoint"]["run_id"])
+        if metrics and metrics.get("model_id"):  # models trained before metrics.json named them have no figures here
+            report["endpoint"]["model_id"] = metrics["model_id"]
+            references[metrics["model_id"]] = field_performance.reference_figures(metrics)
+    table, sample_rate = reviews.review_settings(deployment)
+    report["review"] = reviews.summary(reviews.items(deployment, table), sample_rate, references)
     return report
 
 
@@ -78,14 +84,18 @@ def run_of(artifact: str) -> str | None:
     return parts[1] if key.startswith(layout.MODELS) and len(parts) > 2 else None
 
 
-def model_metrics(deployment: target.Target, run_id: str) -> dict | None:
+def serving_metrics(deployment: target.Target, run_id: str) -> dict | None:
     """What the Evaluate step recorded for the serving model's run (``reports/<run>/metrics.json``)."""
     s3 = deployment.client("s3")
     try:
         body = s3.get_object(Bucket=deployment.bucket(wiring.DATA), Key=layout.report_key(run_id, "metrics.json"))
     except ClientError:
         return None
-    metrics = json.loads(body["Body"].read())
+    return json.loads(body["Body"].read())
+
+
+def summarise_metrics(metrics: dict) -> dict:
+    """The serving model's headline figures."""
     summary = {k: metrics.get(k) for k in ("evaluated_on", "n", "accuracy", "macro_f1", "roc_auc")}
     if "binary" in metrics:
         summary["binary"] = {k: metrics["binary"].get(k) for k in ("accuracy", "roc_auc", "sensitivity",
@@ -154,6 +164,7 @@ def print_report(report: dict) -> None:
         print(f"  evaluation report ({where}): {report['model_report']}")
     print("counts: " + ", ".join(f"{n} {name}" for name, n in report["counts"].items()))
     print_review(report["review"])
+    print_field(report["review"]["field"], report["endpoint"].get("model_id"))
 
 
 def print_review(summary: dict) -> None:
@@ -169,3 +180,33 @@ def print_review(summary: dict) -> None:
               + (f"; quality-control sample {rate(agreement['quality_control'])}"
                  if agreement["quality_control"]["n"] else ""))
         print("  per month: " + ", ".join(f"{month} {rate(r)}" for month, r in agreement["per_month"].items()))
+
+
+MEASURE_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity",
+                 "subtype_accuracy": "bacterial vs viral accuracy"}
+
+
+def print_field(field: dict, serving: str | None) -> None:
+    """Each reviewed model's figures on this site's patients (``field_performance``), the serving model first,
+    and a warning for every measure whose whole interval lies below the figure the model was measured at."""
+    if not field:
+        return
+    print("on this site's patients (radiologists' verdicts, each weighted by how its task was drawn; 95 % intervals):")
+    for model in sorted(field, key=lambda m: (m != serving, m)):
+        found = field[model]
+        parts = []
+        for name, figure in found["measures"].items():
+            label = MEASURE_NAMES[name]
+            if figure["estimate"] is None:
+                parts.append(f"{label}: {figure['note']} ({figure['cases']})")
+                continue
+            text = (f"{label} {figure['estimate']:.3f} ({figure['interval'][0]:.3f}-{figure['interval'][1]:.3f}, "
+                    f"{figure['cases']} cases)")
+            if "model_figure" in figure:
+                text += f", measured {figure['model_figure']:.3f}" + (" BELOW" if figure["below_model_figure"] else "")
+            parts.append(text)
+        print(f"  {model}{' (serving)' if model == serving else ''}: " + "; ".join(parts))
+        for name in found["below_model_figure"]:
+            print(f"  WARNING: {MEASURE_NAMES[name]} on this site's patients is below what {model} was measured "
+                  "at: its figures do not describe these X-rays. Plan by the figure above, and train on the reviewed "
+                  "X-rays (the review_dataset setting) before relying on this call")

@@ -43,3 +43,26 @@ def test_offline_the_report_is_copied_to_a_local_path(published, tmp_path, monke
     assert path == str(tmp_path / "reports" / "run-1" / "report.html")
     assert open(path, "rb").read() == PAGE
     assert status.model_report(offline, "run-2") is None
+
+
+def test_figures_on_the_sites_patients_are_printed_with_a_warning_where_they_fall_short(capsys):
+    field = {
+        "cxr-old": {"measures": {"sensitivity": {"cases": 4, "estimate": None, "note": "fewer than 10 reviewed cases"}},
+                    "below_model_figure": []},
+        "cxr-new": {"measures": {
+            "sensitivity": {"cases": 120, "estimate": 0.97, "interval": [0.94, 0.99], "model_figure": 0.979,
+                            "below_model_figure": False},
+            "specificity": {"cases": 130, "estimate": 0.71, "interval": [0.62, 0.8], "model_figure": 0.985,
+                            "below_model_figure": True},
+            "subtype_accuracy": {"cases": 90, "estimate": 0.8, "interval": [0.7, 0.88]}},
+            "below_model_figure": ["specificity"]},
+    }
+    status.print_field(field, "cxr-new")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("  cxr-new (serving): sensitivity 0.970 (0.940-0.990, 120 cases), measured 0.979;")
+    assert "specificity 0.710 (0.620-0.800, 130 cases), measured 0.985 BELOW" in lines[1]
+    assert "bacterial vs viral accuracy 0.800 (0.700-0.880, 90 cases)" in lines[1]
+    assert lines[2].startswith("  WARNING: specificity on this site's patients is below what cxr-new was measured at")
+    assert lines[3] == "  cxr-old: sensitivity: fewer than 10 reviewed cases (4)"
+    status.print_field({}, None)
+    assert capsys.readouterr().out == ""

@@ -54,3 +54,20 @@ def test_a_duplicate_opens_nothing_twice_and_a_reviewed_task_is_not_withdrawn(aw
     deleted = {"outcome": source_state.DELETED, "source": {**PREDICTION["source"], "version_id": None}}
     review_queue.follow(table, 0.0, record, deleted)
     assert reviewing.tasks(table)[task]["status"] == review.REVIEWED
+
+
+def test_a_quality_control_task_keeps_the_rate_it_was_drawn_at(aws):
+    """`cxr status` weighs a sampled verdict by 1 / rate (field_performance): the rate must be the one in force when
+    the task was drawn, not whatever the deployment is set to later."""
+    table = reviewing.create_review_table("qc-tasks")
+    unreferred = {**PREDICTION, "refer_to_radiologist": False, "referral_reasons": []}
+    record = {"outcome": source_state.PREDICTED, "source": PREDICTION["source"], "prediction": unreferred}
+    assert review_queue.follow(table, 0.0, None, record) is None  # at rate 0 nothing is sampled
+    task = review_queue.follow(table, 1.0, None, record)
+    (item,) = reviewing.tasks(table).values()
+    assert (item["pk"], item["reason"], item["sample_rate"]) == (task, review.QUALITY_CONTROL, 1.0)
+    referred = {"outcome": source_state.PREDICTED, "prediction": PREDICTION,
+                "source": {**PREDICTION["source"], "version_id": "v2"}}
+    referred["prediction"] = {**PREDICTION, "source": referred["source"]}
+    review_queue.follow(table, 0.5, None, referred)
+    assert "sample_rate" not in [i for i in reviewing.tasks(table).values() if i["reason"] == review.REFERRED][0]

@@ -66,6 +66,7 @@ def test_life_cycle_across_separate_commands(env, dataset):
     assert report["runs"][0]["run_id"] == "cli-run" and report["runs"][0]["status"] == "SUCCEEDED"
     assert report["endpoint"]["status"] == "InService" and report["endpoint"]["run_id"] == "cli-run"
     assert report["model_metrics"]["accuracy"] is not None
+    assert report["review"]["field"] == {}  # nothing reviewed yet: no figures on the site's patients
     # training wrote the evaluation report, the Evaluate step published it, status copied it out of the cloud
     assert Path(report["model_report"]).read_text().startswith("<!DOCTYPE html>")
     assert report["counts"]["processed images"] == 42
@@ -75,6 +76,8 @@ def test_life_cycle_across_separate_commands(env, dataset):
     assert predicted.returncode == 0, predicted.stderr
     [record] = json.loads(predicted.stdout)
     assert record["status"] == "predicted" and record["label"] in ("bacterial", "normal", "viral")
+    # the run's metrics.json names the model its predictions (and so their review tasks) name
+    assert record["model_id"] == report["endpoint"]["model_id"]
     assert isinstance(record["refer_to_radiologist"], bool)
     direct = cxr(env, "predict", str(xray), "--local", "--direct", "--json")
     [direct_record] = json.loads(direct.stdout)

@@ -68,9 +68,11 @@ def test_the_summary_holds_no_rows_while_the_scan_streams():
         assert summary["verdicts"] == n and summary["agreement"]["quality_control"]["n"] == n // 50
         return size
 
-    # only the quality-control tasks' ids are kept (2 % of tasks): under 10 bytes for each of the 40,000 items read,
-    # where holding the decoded rows took hundreds
-    assert peak(20_000) < 10 * 40_000
+    # only the quality-control tasks' ids and a few counters are kept: memory grows by under 10 bytes for each of
+    # the 36,000 more items read, where holding the decoded rows took hundreds (the field estimate's bootstrap costs
+    # the same few hundred kilobytes at any size, so the growth is what is measured)
+    peak(100)  # imports and first-call caches
+    assert peak(20_000) - peak(2_000) < 10 * 36_000
 
 
 def test_the_csv_has_every_verdict_and_no_key():

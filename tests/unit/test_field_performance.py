@@ -1,0 +1,190 @@
+"""The serving model's figures on the site's patients, from weighted review verdicts (`field_performance`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lambdas.domain import field_performance as fp
+from lambdas.domain import review
+
+LABELS = ("normal", "bacterial", "viral")
+
+
+def population(n: int, specificity: float, seed: int = 0) -> list[dict]:
+    """Predictions with the truth a reviewer would give; the model's errors are the ones it tends to refer."""
+    rng = np.random.default_rng(seed)
+    found = []
+    for i in range(n):
+        truth = LABELS[rng.choice(3, p=[0.4, 0.4, 0.2])]
+        if truth == "normal":
+            label = "normal" if rng.random() < specificity else "viral"
+        else:
+            label = truth if rng.random() < 0.8 else ("bacterial" if truth == "viral" else "viral")
+            label = label if rng.random() < 0.95 else "normal"
+        referred = rng.random() < (0.6 if label != truth else 0.05)
+        found.append({"i": i, "truth": truth, "label": label, "referred": referred})
+    return found
+
+
+def true_measures(found: list[dict]) -> dict[str, float]:
+    normals = [p for p in found if p["truth"] == "normal"]
+    pneumonias = [p for p in found if p["truth"] != "normal"]
+    subtyped = [p for p in pneumonias if p["label"] != "normal"]
+    return {"specificity": np.mean([p["label"] == "normal" for p in normals]),
+            "sensitivity": np.mean([p["label"] != "normal" for p in pneumonias]),
+            "subtype_accuracy": np.mean([p["label"] == p["truth"] for p in subtyped])}
+
+
+def review_items(found: list[dict], rate: float, reviewed_share: float = 1.0, seed: int = 1) -> list[dict]:
+    """The review table the predict path and reviewers would leave: tasks (referred, or sampled at ``rate``) and
+    one verdict for each reviewed task."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for p in found:
+        pk = f"t{p['i']}"
+        reason = review.reason_to_review({"refer_to_radiologist": p["referred"]}, pk, rate)
+        if reason is None:
+            continue
+        done = rng.random() < reviewed_share
+        items.append({"pk": pk, "sk": "task", "reason": reason, "label": p["label"], "model_id": "m",
+                      "status": review.REVIEWED if done else review.OPEN,
+                      **({"sample_rate": rate} if reason == review.QUALITY_CONTROL else {})})
+        if done:
+            items.append({"pk": pk, "sk": "verdict#r1", "verdict": p["truth"]})
+    return items
+
+
+def estimates(items, default_rate: float = 0.02, references=None) -> dict:
+    tally = fp.Tally(default_rate)
+    for item in items:
+        tally.add(item)
+    return tally.estimates(references)
+
+
+@pytest.mark.parametrize(("verdicts", "settled"), [
+    (["viral"], "viral"), (["viral", "viral"], "viral"), (["viral", "normal"], None),
+    (["viral", "normal", "normal"], "normal"), (["not_assessable"], None),
+    (["not_assessable", "not_assessable", "normal"], None), ([], None),
+])
+def test_a_task_is_settled_by_a_strict_majority(verdicts, settled):
+    assert fp.settled(verdicts) == settled
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="unknown verdicts"):
+        fp.settled(["maybe"])
+    with pytest.raises(ValueError, match="sample rate"):
+        fp.inclusion(review.QUALITY_CONTROL, 0.0)
+    with pytest.raises(ValueError, match="stratum"):
+        fp.inclusion("curious", 0.5)
+    assert fp.inclusion(review.REFERRED, None) == 1.0
+
+
+def test_the_models_own_figures_come_from_its_metrics():
+    metrics = {"classes": ["bacterial", "normal", "viral"], "binary": {"sensitivity": 0.98, "specificity": 0.95},
+               "confusion_matrix": [[80, 2, 20], [1, 90, 9], [30, 0, 70]]}
+    assert fp.reference_figures(metrics) == {"sensitivity": 0.98, "specificity": 0.95, "subtype_accuracy": 0.75}
+    binary = {"classes": ["normal", "pneumonia"], "binary": {"sensitivity": 0.9, "specificity": None},
+              "confusion_matrix": [[9, 1], [1, 9]]}
+    assert fp.reference_figures(binary) == {"sensitivity": 0.9}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.3, 1.0))
+def test_when_every_prediction_is_reviewed_the_estimate_is_the_exact_figure(seed, specificity):
+    """At a sample rate of 1 every prediction is a task: the weighting must give back the population's figures,
+    whatever the model referred."""
+    found = population(300, specificity, seed)
+    field = estimates(review_items(found, rate=1.0))["m"]
+    for name, value in true_measures(found).items():
+        assert field["measures"][name]["estimate"] == pytest.approx(value, abs=1e-4)
+        low, high = field["measures"][name]["interval"]
+        assert low <= field["measures"][name]["estimate"] <= high
+    assert field["predictions_represented"] == pytest.approx(300)
+
+
+def test_a_two_percent_sample_corrects_what_the_referred_cases_alone_would_say():
+    """The referred X-rays are mostly the model's errors; the raw agreement over all reviews reads far below the
+    model's real specificity, the weighted estimate finds it inside its interval."""
+    found = population(40_000, specificity=0.8, seed=3)
+    truth = true_measures(found)
+    items = review_items(found, rate=0.02)
+    field = estimates(items)["m"]["measures"]
+    verdicts = {i["pk"]: i["verdict"] for i in items if i["sk"].startswith("verdict#")}
+    labels = {i["pk"]: i["label"] for i in items if i["sk"] == "task"}
+    raw = np.mean([labels[pk] == "normal" for pk, v in verdicts.items() if v == "normal"])
+    assert raw < truth["specificity"] - 0.1
+    for name in fp.MEASURES:
+        low, high = field[name]["interval"]
+        assert low <= truth[name] <= high, (name, truth[name], field[name])
+        assert abs(field[name]["estimate"] - truth[name]) < 0.05
+
+
+def test_unreviewed_tasks_stand_for_the_reviewed_ones_of_their_stratum():
+    found = population(40_000, specificity=0.8, seed=4)
+    all_reviewed = estimates(review_items(found, rate=0.05))["m"]["measures"]
+    half = estimates(review_items(found, rate=0.05, reviewed_share=0.5, seed=9))["m"]["measures"]
+    truth = true_measures(found)
+    for name in fp.MEASURES:
+        assert abs(half[name]["estimate"] - truth[name]) < 0.05
+        assert half[name]["cases"] < all_reviewed[name]["cases"]
+
+
+def test_a_site_below_the_models_figure_is_said_so_and_one_within_it_is_not():
+    found = population(20_000, specificity=0.72, seed=5)
+    items = review_items(found, rate=0.05)
+    below = estimates(items, references={"m": {"specificity": 0.985, "sensitivity": 0.5}})["m"]
+    assert below["below_model_figure"] == ["specificity"]
+    assert below["measures"]["specificity"]["model_figure"] == 0.985
+    assert below["measures"]["sensitivity"]["below_model_figure"] is False
+    assert estimates(items, references={"m": {"specificity": 0.72}})["m"]["below_model_figure"] == []
+
+
+def test_too_few_cases_give_no_figure():
+    items = review_items(population(60, 0.9, seed=6), rate=0.02)
+    field = estimates(items)["m"]["measures"]
+    assert field["subtype_accuracy"]["cases"] < fp.MIN_CASES
+    assert field["subtype_accuracy"]["estimate"] is None and "fewer than" in field["subtype_accuracy"]["note"]
+
+
+def test_withdrawn_tasks_old_rates_and_split_reviewers():
+    items = [
+        {"pk": "a", "sk": "task", "reason": "quality_control", "label": "normal", "model_id": "m",
+         "status": "reviewed"},  # no recorded rate: the deployment's rate (0.1) now
+        {"pk": "a", "sk": "verdict#r1", "verdict": "normal"},
+        {"pk": "b", "sk": "task", "reason": "referred", "label": "viral", "model_id": "m", "status": "withdrawn"},
+        {"pk": "c", "sk": "task", "reason": "referred", "label": "viral", "model_id": "m", "status": "adjudication"},
+        {"pk": "c", "sk": "verdict#r1", "verdict": "normal"}, {"pk": "c", "sk": "verdict#r2", "verdict": "viral"},
+        {"pk": "c", "sk": "view#2026-12-01#r3"},
+    ]
+    tally = fp.Tally(0.1)
+    for item in items:
+        tally.add(item)
+    field = tally.estimates()["m"]
+    assert tally.weight["m"] == {"referred": 1.0, "quality_control": 10.0}  # b withdrawn, c open to a third reader
+    assert field["reviewed"] == 1 and field["predictions_represented"] == 11.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_the_figures_do_not_depend_on_the_scans_order(random):
+    """A sequential scan reads each task with its verdicts; any other order (verdicts apart from their task) must
+    give the same figures."""
+    items = review_items(population(400, 0.8, seed=7), rate=0.2)
+    shuffled = list(items)
+    random.shuffle(shuffled)
+    assert estimates(shuffled) == estimates(items)
+
+
+def test_models_are_estimated_apart():
+    found = population(2_000, 0.9, seed=8)
+    items = review_items(found, rate=0.5)
+    for item in items[: len(items) // 2]:
+        if item["sk"] == "task":
+            item["model_id"] = "old"
+    both = estimates(items)
+    assert set(both) == {"m", "old"}
+    assert both["m"]["reviewed"] + both["old"]["reviewed"] == sum(i["sk"].startswith("verdict#") for i in items)

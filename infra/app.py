@@ -67,7 +67,7 @@ def build(app: App, config: Config | None = None, training_code: Path | None = N
     review = ReviewStack(app, name("Review"), review_tasks=inference.review_tasks, **common,
                          description="cxr: review page (CloudFront), review API (API Gateway, Cognito)")
     functions = [ingest.preprocess, inference.predict, inference.complete, pipeline.prepare, pipeline.evaluate,
-                 pipeline.deploy, pipeline.status, review.api_function]
+                 pipeline.deploy, pipeline.status, review.api_function, review.field_monitor]
     monitoring = MonitoringStack(app, name("Monitoring"), config=config, topic=storage.topic,
                                  functions=functions, state_machine=pipeline.state_machine,
                                  description="cxr: dashboard and alarms")

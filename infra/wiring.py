@@ -171,6 +171,13 @@ class Function:
     """Powertools service name, also the metrics dimension the dashboard reads."""
     endpoint_modes: tuple[str, ...] | None = None
     """The ``endpoint_mode`` values it is deployed in; None: every mode."""
+    schedule_hours: int | None = None
+    """Invoked by an EventBridge schedule every this many hours (asynchronously, like an S3 trigger)."""
+
+    @property
+    def asynchronous(self) -> bool:
+        """Invoked by an event source that does not wait (S3, EventBridge): bounded retries, a dead-letter queue."""
+        return self.trigger is not None or self.schedule_hours is not None
 
     @property
     def module(self) -> str:
@@ -303,6 +310,17 @@ REVIEW_API = Function(
     service="cxr-review-api",
 )
 """Behind the review page's HTTP API (``infra.stacks.review``); the offline server calls it the same way."""
+FIELD_MONITOR = Function(
+    id="FieldMonitor",
+    handler="lambdas.field_monitor.handler",
+    memory_mb=1024,
+    timeout_s=300,  # one consistent scan of the review table and one metrics.json per training run
+    environment=(ENV_REVIEW_TASKS_TABLE, ENV_REVIEW_SAMPLE_RATE, ENV_DATA_BUCKET),
+    service="cxr-field-monitor",
+    schedule_hours=24,
+)
+"""The models' figures on the site's patients from the weighted review verdicts, once a day (``infra.stacks.review``);
+the monitoring stack alarms on its ``FieldMeasuresBelowModelFigure``."""
 REVIEW_PAGE_DIR = Path(__file__).resolve().parent / "review_page"
 """The review page: one HTML file, no build step (CloudFront in AWS, ``cxr.local.review_server`` offline)."""
 REVIEW_PAGE_CONFIG = "config.json"
@@ -310,7 +328,7 @@ REVIEW_PAGE_CONFIG = "config.json"
 FUNCTIONS: dict[str, Function] = {
     f.id: f for f in (PREPROCESS, PREDICT, COMPLETE_PREDICTION, PREPARE_DATASET, EVALUATE_MODEL, REGISTER_MODEL,
                       DEPLOY_MODEL, ENDPOINT_STATUS, START_RESCORE, RESCORE_BATCH, RESCORE_STATUS, REVIEW_API,
-                      PACK_SHARDS)
+                      PACK_SHARDS, FIELD_MONITOR)
 }
 
 

@@ -162,7 +162,7 @@ class LocalCloud:
             MemorySize=function.memory_mb,
             Environment={"Variables": self.environment(function)},
         )
-        if function.trigger is not None:  # asynchronous: bounded retries and age, then a dead-letter queue
+        if function.asynchronous:  # bounded retries and age, then a dead-letter queue
             sqs = boto3.client("sqs", region_name=REGION)
             queue_url = sqs.create_queue(QueueName=self.names.dead_letter_queue(function))["QueueUrl"]
             self.dead_letter_queues[self.names.function(function)] = sqs.get_queue_attributes(

@@ -26,7 +26,8 @@ MAX_EVENT_AGE = Duration.seconds(wiring.MAX_EVENT_AGE_S)
 
 
 class ServiceFunction(Construct):
-    """One function; S3-triggered ones also get bounded retries and event age, a DLQ, optional reserved concurrency."""
+    """One function; asynchronously invoked ones (S3 events, schedules) also get bounded retries and event age, a DLQ,
+    optional reserved concurrency."""
 
     def __init__(
         self,
@@ -51,7 +52,7 @@ class ServiceFunction(Construct):
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description=f"cxr {config.stage}: {spec.id} function")
         self.log_group.grant_write(self.role)
-        asynchronous = spec.trigger is not None
+        asynchronous = spec.asynchronous
         self.dead_letter_queue = (
             sqs.Queue(self, "DeadLetters", encryption=sqs.QueueEncryption.KMS, encryption_master_key=key,
                       enforce_ssl=True, retention_period=Duration.days(14))

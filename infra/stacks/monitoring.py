@@ -12,6 +12,7 @@ from constructs import Construct
 from infra import wiring
 from infra.components.function import ServiceFunction
 from infra.config import Config
+from lambdas import field_monitor
 
 PERIOD = Duration.minutes(5)
 OOD_PERIOD = Duration.hours(1)
@@ -43,6 +44,14 @@ def out_of_distribution_rate(service: str) -> cloudwatch.MathExpression:
         label="out-of-distribution rate",
         using_metrics={"ood": _app_metric("OutOfDistribution", service).with_(period=OOD_PERIOD),
                        "predictions": _app_metric("Predictions", service).with_(period=OOD_PERIOD)})
+
+
+def field_figures_below(service: str) -> cloudwatch.Metric:
+    """How many measures of the recent models fall below their own figures on the site's patients (the daily
+    ``lambdas.field_monitor``); the day's highest reading."""
+    return cloudwatch.Metric(namespace=wiring.METRICS_NAMESPACE, metric_name=field_monitor.METRIC,
+                             dimensions_map={"service": service}, statistic="Maximum", period=Duration.days(1),
+                             label="measures below the model's own figures")
 
 
 REVIEW_PERIOD = Duration.days(1)
@@ -99,6 +108,14 @@ class MonitoringStack(Stack):
             alarm_description=f"Over {OOD_RATE_ALARM:.0%} of an hour's predictions were inputs unlike the training "
                               "X-rays (out-of-distribution referrals): wrong uploads or a new acquisition source"))
         self.alarms[-1].add_alarm_action(action)
+        self.alarms.append(field_figures_below(wiring.FIELD_MONITOR.service).create_alarm(
+            self, "FieldFiguresBelowModel", threshold=1, evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            alarm_description="On this site's reviewed patients, a recent model's sensitivity, specificity or "
+                              "bacterial-vs-viral accuracy is below what it was measured at (its whole 95 % interval): "
+                              "its figures do not describe these X-rays. `cxr status` shows the figures."))
+        self.alarms[-1].add_alarm_action(action)
         dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"cxr-{config.stage}",
                                          default_interval=Duration.days(1))
         dashboard.add_widgets(
@@ -140,6 +157,8 @@ class MonitoringStack(Stack):
                 f.function.metric_errors(period=PERIOD, label=f.spec.id) for f in functions
             ]),
             review_agreement_widget(),
+            cloudwatch.GraphWidget(title="Measures below the model's own figures on this site's patients (daily)",
+                                   width=24, left=[field_figures_below(wiring.FIELD_MONITOR.service)]),
             cloudwatch.AlarmStatusWidget(title="Alarms", width=24, alarms=[
                 *self.alarms, *(f.errors_alarm for f in functions),
             ]),

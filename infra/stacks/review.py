@@ -24,6 +24,8 @@ from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
 from aws_cdk import aws_cognito as cognito
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -139,6 +141,8 @@ class ReviewStack(Stack):
                                                                     layout.REVIEW], write=[layout.REVIEW])
         allow_objects(function, wiring.DATA, stage, key, read=[layout.RAW], write=[layout.RAW])
 
+        self.field_monitor = self._field_monitor(config, key, topic, review_tasks)
+
         authorizer = authorizers.HttpUserPoolAuthorizer("Reviewers", self.user_pool,
                                                         user_pool_clients=[self.client])
         self.api = apigw.HttpApi(
@@ -173,6 +177,23 @@ class ReviewStack(Stack):
         CfnOutput(self, "PageUrl", value=self.page_url, description="The review page")
         CfnOutput(self, "ApiUrl", value=self.api.api_endpoint)
         CfnOutput(self, "UserPoolId", value=self.user_pool.user_pool_id)
+
+    def _field_monitor(self, config: Config, key: kms.IKey, topic: sns.ITopic,
+                       review_tasks: dynamodb.ITable) -> ServiceFunction:
+        """The daily estimate of the models' figures on the site's patients (``lambdas.field_monitor``): it scans the
+        review table and reads each run's ``reports/<run>/metrics.json``; the monitoring stack alarms on its metric."""
+        spec = wiring.FIELD_MONITOR
+        monitor = ServiceFunction(self, spec, config=config, key=key, alarm_topic=topic, environment={
+            wiring.ENV_REVIEW_TASKS_TABLE: review_tasks.table_name,
+            wiring.ENV_REVIEW_SAMPLE_RATE: str(config.review_sample_rate),
+            wiring.ENV_DATA_BUCKET: bucket_name(wiring.DATA, config.stage),
+        })
+        allow_items(monitor.function, review_tasks, key, "dynamodb:Scan")
+        allow_objects(monitor.function, wiring.DATA, config.stage, key, read=[layout.REPORTS], list_=[layout.REPORTS])
+        events.Rule(self, "FieldMonitorSchedule", schedule=events.Schedule.rate(Duration.hours(spec.schedule_hours)),
+                    description=f"cxr {config.stage}: the models' figures on the site's patients, from the reviews",
+                    targets=[targets.LambdaFunction(monitor.function)])
+        return monitor
 
     def _acknowledge_page_deployment(self) -> None:
         """CDK's BucketDeployment runs its own provider function, which this stack neither writes nor configures."""

@@ -176,6 +176,8 @@ class Tally:
     def __init__(self, default_sample_rate: float):
         self.default_sample_rate = default_sample_rate
         self.weight: dict[str | None, dict[str, float]] = {}
+        self.latest: dict[str, str] = {}
+        """Each model's newest task (its ``created_at``): which models are still predicting."""
         self.cells: dict[str | None, dict[Reviewed, int]] = {}
         self._open: tuple[str, dict | None, list[str]] | None = None  # the item collection being read
         self._orphans: dict[str, dict] = {}  # reviewed tasks read without their verdicts
@@ -197,11 +199,13 @@ class Tally:
 
     def _task(self, item: Mapping) -> dict | None:
         """Count the task's weight in its stratum; its record, or None when it counts nowhere (withdrawn)."""
+        model = item.get("model_id")
+        if item.get("created_at") and item["created_at"] > self.latest.get(str(model), ""):
+            self.latest[str(model)] = item["created_at"]
         if item.get("status") == WITHDRAWN or item.get("reason") not in STRATA:
             return None
         rate = item.get("sample_rate", self.default_sample_rate)
         p = inclusion(item["reason"], rate if item["reason"] == QUALITY_CONTROL else None)
-        model = item.get("model_id")
         self.weight.setdefault(model, dict.fromkeys(STRATA, 0.0))[item["reason"]] += 1.0 / p
         return {"model_id": model, "stratum": item["reason"], "inclusion": p, "label": item["label"],
                 "status": item.get("status")}

@@ -108,3 +108,34 @@ def test_the_dashboard_shows_model_vs_reviewer_agreement(synth):
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
     assert "Model vs reviewer agreement" in body and "ReviewAgreements" in body and "ReviewComparable" in body
     assert wiring.REVIEW_API.service in body
+
+
+def test_the_field_monitor_runs_daily_reads_only_what_it_needs_and_is_alarmed_on(template, synth):
+    """The daily estimate of the models' figures on the site's patients: a schedule invokes it, its role scans the
+    review table and reads (and lists) only ``reports/``, and the monitoring stack alarms on its metric."""
+    functions = {lid: f for lid, f in template.find_resources("AWS::Lambda::Function").items()
+                 if f["Properties"]["Handler"] == wiring.FIELD_MONITOR.handler}
+    (function_id,) = functions
+    rule_id, rule = one(template, "AWS::Events::Rule")
+    assert rule["Properties"]["ScheduleExpression"] == "rate(1 day)"
+    assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    template.has_resource_properties("AWS::Lambda::Permission", {
+        "Action": "lambda:InvokeFunction", "Principal": "events.amazonaws.com",
+        "SourceArn": {"Fn::GetAtt": [rule_id, "Arn"]}})
+    role = functions[function_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+    (policy,) = [p for p in template.find_resources("AWS::IAM::Policy").values()
+                 if {"Ref": role} in p["Properties"]["Roles"]]
+    actions = {a for s in policy["Properties"]["PolicyDocument"]["Statement"]
+               for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert {"dynamodb:Scan", "s3:GetObject", "s3:ListBucket"} <= actions
+    assert not {a for a in actions if a.startswith(("dynamodb:Put", "dynamodb:Update", "dynamodb:Delete", "s3:Put",
+                                                    "s3:Delete", "sns:", "sagemaker:"))}
+    documents = json.dumps(policy["Properties"]["PolicyDocument"])
+    assert f"/{layout.REPORTS}*" in documents and f"/{layout.RAW}" not in documents
+    alarms = synth.resources("AWS::CloudWatch::Alarm", "monitoring")
+    (alarm,) = [a["Properties"] for a in alarms.values() if "FieldMeasuresBelowModelFigure" in json.dumps(a)]
+    (stat,) = [m["MetricStat"] for m in alarm["Metrics"]]
+    assert stat["Metric"]["Dimensions"] == [{"Name": "service", "Value": wiring.FIELD_MONITOR.service}]
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert (stat["Stat"], stat["Period"]) == ("Maximum", 86400)
+    assert alarm["AlarmActions"] and alarm["TreatMissingData"] == "notBreaching"

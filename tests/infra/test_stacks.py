@@ -129,8 +129,9 @@ def test_functions_match_the_shared_wiring(synth, spec):
 
 def test_asynchronous_functions_bound_retries_and_keep_failed_events(synth):
     configs = synth.resources("AWS::Lambda::EventInvokeConfig")
-    triggered = [spec for spec in wiring.FUNCTIONS.values() if spec.trigger]
-    assert len(configs) == len(triggered) == 3  # preprocess, predict and the asynchronous endpoint's completion
+    triggered = [spec for spec in wiring.FUNCTIONS.values() if spec.asynchronous]
+    # preprocess, predict and the asynchronous endpoint's completion (S3 events), the field monitor (a schedule)
+    assert len(configs) == len(triggered) == 4
     for config in configs.values():
         assert config["Properties"]["MaximumRetryAttempts"] == 2
         assert 60 <= config["Properties"]["MaximumEventAgeInSeconds"] <= 6 * 3600

@@ -132,6 +132,7 @@ def test_upload_train_deploy_predict(cloud, dataset):
     assert len(items) == 2
     check_audit_trail(cloud, run, message, results[xrays[0]], xrays[0])
     second = check_review_loop(cloud, results[xrays[0]], xrays[0])
+    check_field_monitor(cloud, results[xrays[0]])
     check_a_better_model_replaces_the_endpoint_one_below_the_gate_does_not(cloud, run, second)
 
 
@@ -162,6 +163,21 @@ def check_review_loop(cloud, prediction: dict, xray: Path) -> dict:
         "Body"].read()) for split in ("train", "validation", "test")]
     assert reviewed["image"]["processed_key"] in [key for manifest in manifests for key in manifest[1:]]
     return run
+
+
+def check_field_monitor(cloud, prediction: dict) -> None:
+    """The daily FieldMonitor, invoked as its schedule would (its role's calls checked like every other): it finds
+    the reviewed model's tasks and its run's metrics.json by the model id, and one verdict is too few to alarm on."""
+    from lambdas import field_monitor
+
+    answer = boto3.client("lambda").invoke(
+        FunctionName=cloud.names.function(wiring.FIELD_MONITOR),
+        Payload=json.dumps({"source": "aws.events", "detail-type": "Scheduled Event"}).encode())
+    result = json.loads(answer["Payload"].read())
+    assert "FunctionError" not in answer, result
+    model = prediction["model_id"]
+    assert model in result["models"] and model in result["recent"] and model in result["measured_against"]
+    assert result["below"] == {} and result[field_monitor.METRIC] == 0
 
 
 def review_on_the_page(url: str, task: str) -> None:

@@ -139,7 +139,10 @@ def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, f
             weights[:, members] *= float(tasks_per_stratum.get(name, 0.0)) / np.where(total > 0, total, 1)
     tail = (1 - confidence) / 2 * 100
     measures = {}
+    subtyping = any(c.label in SUBTYPES for c in cells)  # a two-class model (normal, pneumonia) has no sub-type call
     for name, (cases, correct) in _cases(cells).items():
+        if name == "subtype_accuracy" and not subtyping:
+            continue
         n = int(counts[cases].sum())
         figure = {"cases": n, "from_quality_control": int(counts[cases & (stratum == 1)].sum())}
         if reference and name in reference:

@@ -143,3 +143,12 @@ def test_models_are_estimated_apart():
     both = estimates(items)
     assert set(both) == {"m", "old"}
     assert both["m"]["reviewed"] + both["old"]["reviewed"] == sum(i["sk"].startswith("verdict#") for i in items)
+
+
+def test_a_two_class_model_has_no_sub_type_measure():
+    found = population(2_000, 0.9, seed=10)
+    for p in found:
+        p["label"] = "pneumonia" if p["label"] != "normal" else "normal"
+    field = estimates(review_items(found, rate=0.5))["m"]
+    assert set(field["measures"]) == {"sensitivity", "specificity"}
+    assert abs(field["measures"]["sensitivity"]["estimate"] - true_measures(found)["sensitivity"]) < 0.05

@@ -76,7 +76,7 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def summary(found: Iterable[dict], sample_rate: float = review.DEFAULT_SAMPLE_RATE,
-            references: dict[str, dict[str, float]] | None = None) -> dict:
+            references: dict[str, dict[str, field_performance.Reference]] | None = None) -> dict:
     """What `cxr status` shows: the queue, the agreement and each model's figures on the site's patients
     (``field``, against ``references[model_id]``: ``field_performance.reference_figures``), from one pass.
 

@@ -4,10 +4,10 @@
 makes sure someone is told when nobody asks: once a day it reads the review table, estimates each recent model's
 sensitivity, specificity and sub-type accuracy from the weighted verdicts, compares them with the figures the
 model was measured at (``reports/<run>/metrics.json``, which names its model), logs them and publishes
-``FieldMeasuresBelowModelFigure``: how many measures of the models that predicted in the last
-``RECENT_DAYS`` have a whole 95 % interval below their model's own figure. The monitoring stack's alarm sends
-the notification topic a message when it is 1 or more. A model replaced long ago stops counting once it makes
-no more predictions, and so stops alarming.
+``FieldMeasuresBelowModelFigure``: how many measures of the models that predicted in the last ``RECENT_DAYS``
+have a whole 95 % interval below their model's own (``field_performance``). The monitoring stack's alarm sends the
+notification topic a message when it is 1 or more. A model replaced long ago stops counting once it makes no more
+predictions, and so stops alarming.
 
 Logs and metrics hold model ids and figures only: no key, file name or patient.
 """

@@ -188,7 +188,7 @@ MEASURE_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity",
 
 def print_field(field: dict, serving: str | None) -> None:
     """Each reviewed model's figures on this site's patients (``field_performance``), the serving model first,
-    and a warning for every measure whose whole interval lies below the figure the model was measured at."""
+    and a warning for every measure whose whole interval lies below the model's own (field_performance)."""
     if not field:
         return
     print("on this site's patients (radiologists' verdicts, each weighted by how its task was drawn; 95 % intervals):")
@@ -203,7 +203,8 @@ def print_field(field: dict, serving: str | None) -> None:
             text = (f"{label} {figure['estimate']:.3f} ({figure['interval'][0]:.3f}-{figure['interval'][1]:.3f}, "
                     f"{figure['cases']} cases)")
             if "model_figure" in figure:
-                text += f", measured {figure['model_figure']:.3f}" + (" BELOW" if figure["below_model_figure"] else "")
+                text += (f", measured {figure['model_figure']:.3f} (at least {figure['model_figure_lower']:.3f})"
+                         + (" BELOW" if figure["below_model_figure"] else ""))
             parts.append(text)
         print(f"  {model}{' (serving)' if model == serving else ''}: " + "; ".join(parts))
         for name in found["below_model_figure"]:

@@ -113,8 +113,8 @@ class MonitoringStack(Stack):
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             alarm_description="On this site's reviewed patients, a recent model's sensitivity, specificity or "
-                              "bacterial-vs-viral accuracy is below what it was measured at (its whole 95 % interval): "
-                              "its figures do not describe these X-rays. `cxr status` shows the figures."))
+                              "bacterial-vs-viral accuracy is below what it was measured at (the two 95 % intervals "
+                              "do not meet): its figures do not describe these X-rays; `cxr status` shows them."))
         self.alarms[-1].add_alarm_action(action)
         dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"cxr-{config.stage}",
                                          default_interval=Duration.days(1))

@@ -19,13 +19,17 @@ model's figures on them:
 * **Intervals**: 95 % percentile intervals of a stratified bootstrap over the reviewed tasks, with a fixed seed
   so that the same verdicts always read the same. Tasks, not patients, are resampled (tasks carry no patient):
   a patient with several X-rays narrows the intervals somewhat.
-* **Below the model's own figure** is said only when the whole interval lies below it (the figure the model was
-  measured at: its ``metrics.json``, see :func:`reference_figures`). Then this site's patients are not served
-  as the model was measured, and the figure to plan by is the one estimated here.
+* **Below the model's own figure** is said only when the whole interval lies below the lower end of the model's
+  own 95 % interval (Wilson's, on the images it was measured on: its ``metrics.json``, see
+  :func:`reference_figures`). A model's figure is itself a measurement: a validation specificity of 1.000 on 265
+  normals says at least 0.986, and a site reading 0.96 is not worse than that measurement can tell. When the
+  intervals do not meet, this site's patients are not served as the model was measured, and the figure to plan
+  by is the one estimated here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -80,18 +84,38 @@ def inclusion(stratum: str, sample_rate: float | None) -> float:
     return float(sample_rate)
 
 
-def reference_figures(metrics: Mapping) -> dict[str, float]:
-    """The model's own figures to compare with (a ``metrics.json``): binary sensitivity and specificity, and
-    sub-type accuracy from the confusion matrix (rows truth, columns the model's label) when it has both
-    sub-types; a figure it lacks is left out."""
-    found = {k: float(v) for k, v in (metrics.get("binary") or {}).items()
-             if k in ("sensitivity", "specificity") and v is not None}
+@dataclass(frozen=True)
+class Reference:
+    """A model's own figure and the number of cases it was measured on (None: unknown, taken as exact)."""
+
+    figure: float
+    cases: int | None = None
+
+    @property
+    def lower(self) -> float:
+        """The lower end of its Wilson score interval at :data:`DEFAULT_CONFIDENCE` (the figure when unknown)."""
+        if not self.cases:
+            return self.figure
+        z, n, p = 1.959964, self.cases, self.figure
+        centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return (centre - spread) / (1 + z * z / n)
+
+
+def reference_figures(metrics: Mapping) -> dict[str, Reference]:
+    """The model's own figures to compare with (a ``metrics.json``, or its ``validation`` part): binary sensitivity
+    and specificity with their cases from the binary confusion matrix (rows truth: normal, pneumonia), and sub-type
+    accuracy from the confusion matrix (rows truth, columns the model's label) when it has both sub-types; a figure
+    it lacks is left out."""
+    binary = metrics.get("binary") or {}
+    rows = np.asarray(binary.get("confusion_matrix") or [[0, 0], [0, 0]]).sum(axis=1)
+    found = {name: Reference(float(binary[name]), int(n) or None)
+             for name, n in (("specificity", rows[0]), ("sensitivity", rows[1])) if binary.get(name) is not None}
     classes, matrix = metrics.get("classes") or [], metrics.get("confusion_matrix")
     if matrix is not None and all(s in classes for s in SUBTYPES):
         at = [classes.index(s) for s in SUBTYPES]
         block = np.asarray(matrix, dtype=np.float64)[np.ix_(at, at)]
         if block.sum() > 0:
-            found["subtype_accuracy"] = float(np.trace(block) / block.sum())
+            found["subtype_accuracy"] = Reference(float(np.trace(block) / block.sum()), int(block.sum()))
     return found
 
 
@@ -108,7 +132,7 @@ def _cases(cells: Sequence[Reviewed]) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 
 def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, float],
-             reference: Mapping[str, float] | None = None, *, confidence: float = DEFAULT_CONFIDENCE,
+             reference: Mapping[str, Reference] | None = None, *, confidence: float = DEFAULT_CONFIDENCE,
              resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict:
     """The measures on the site's patients for one model.
 
@@ -146,7 +170,8 @@ def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, f
         n = int(counts[cases].sum())
         figure = {"cases": n, "from_quality_control": int(counts[cases & (stratum == 1)].sum())}
         if reference and name in reference:
-            figure["model_figure"] = round(float(reference[name]), 4)
+            figure.update(model_figure=round(reference[name].figure, 4), model_cases=reference[name].cases,
+                          model_figure_lower=round(reference[name].lower, 4))
         if n < MIN_CASES:
             measures[name] = {**figure, "estimate": None, "note": f"fewer than {MIN_CASES} reviewed cases"}
             continue
@@ -156,7 +181,7 @@ def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, f
         low, high = np.percentile(kept, [tail, 100 - tail])
         figure.update(estimate=round(float(values[0]), 4), interval=[round(float(low), 4), round(float(high), 4)])
         if "model_figure" in figure:
-            figure["below_model_figure"] = bool(high < figure["model_figure"])
+            figure["below_model_figure"] = bool(high < reference[name].lower)
         measures[name] = figure
     below = [name for name, f in measures.items() if f.get("below_model_figure")]
     return {"measures": measures, "below_model_figure": below, "reviewed": int(counts.sum()),
@@ -231,7 +256,7 @@ class Tally:
         cells = self.cells.setdefault(record["model_id"], {})
         cells[cell] = cells.get(cell, 0) + 1
 
-    def estimates(self, references: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, dict]:
+    def estimates(self, references: Mapping[str, Mapping[str, Reference]] | None = None) -> dict[str, dict]:
         """:func:`estimate` for every model with a reviewed task, against ``references[model_id]`` where given."""
         if self._open is not None:
             self._close()

@@ -51,16 +51,17 @@ def test_figures_on_the_sites_patients_are_printed_with_a_warning_where_they_fal
                     "below_model_figure": []},
         "cxr-new": {"measures": {
             "sensitivity": {"cases": 120, "estimate": 0.97, "interval": [0.94, 0.99], "model_figure": 0.979,
-                            "below_model_figure": False},
+                            "model_figure_lower": 0.97, "below_model_figure": False},
             "specificity": {"cases": 130, "estimate": 0.71, "interval": [0.62, 0.8], "model_figure": 0.985,
-                            "below_model_figure": True},
+                            "model_figure_lower": 0.962, "below_model_figure": True},
             "subtype_accuracy": {"cases": 90, "estimate": 0.8, "interval": [0.7, 0.88]}},
             "below_model_figure": ["specificity"]},
     }
     status.print_field(field, "cxr-new")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("  cxr-new (serving): sensitivity 0.970 (0.940-0.990, 120 cases), measured 0.979;")
-    assert "specificity 0.710 (0.620-0.800, 130 cases), measured 0.985 BELOW" in lines[1]
+    assert lines[1].startswith("  cxr-new (serving): sensitivity 0.970 (0.940-0.990, 120 cases), measured 0.979 "
+                               "(at least 0.970);")
+    assert "specificity 0.710 (0.620-0.800, 130 cases), measured 0.985 (at least 0.962) BELOW" in lines[1]
     assert "bacterial vs viral accuracy 0.800 (0.700-0.880, 90 cases)" in lines[1]
     assert lines[2].startswith("  WARNING: specificity on this site's patients is below what cxr-new was measured at")
     assert lines[3] == "  cxr-old: sensitivity: fewer than 10 reviewed cases (4)"

@@ -39,12 +39,22 @@ def test_bad_inputs_are_refused():
 
 
 def test_the_models_own_figures_come_from_its_metrics():
-    metrics = {"classes": ["bacterial", "normal", "viral"], "binary": {"sensitivity": 0.98, "specificity": 0.95},
+    metrics = {"classes": ["bacterial", "normal", "viral"],
+               "binary": {"sensitivity": 0.98, "specificity": 0.95, "confusion_matrix": [[95, 5], [4, 196]]},
                "confusion_matrix": [[80, 2, 20], [1, 90, 9], [30, 0, 70]]}
-    assert fp.reference_figures(metrics) == {"sensitivity": 0.98, "specificity": 0.95, "subtype_accuracy": 0.75}
+    assert fp.reference_figures(metrics) == {"sensitivity": fp.Reference(0.98, 200),
+                                             "specificity": fp.Reference(0.95, 100),
+                                             "subtype_accuracy": fp.Reference(0.75, 200)}
     binary = {"classes": ["normal", "pneumonia"], "binary": {"sensitivity": 0.9, "specificity": None},
               "confusion_matrix": [[9, 1], [1, 9]]}
-    assert fp.reference_figures(binary) == {"sensitivity": 0.9}
+    assert fp.reference_figures(binary) == {"sensitivity": fp.Reference(0.9)}  # cases unknown: taken as exact
+
+
+@pytest.mark.parametrize(("figure", "cases", "lower"), [
+    (1.0, 265, 0.9857), (0.95, 100, 0.8883), (0.5, 10, 0.2366), (0.9, None, 0.9)])
+def test_a_models_figure_is_a_measurement_with_its_own_interval(figure, cases, lower):
+    """Wilson's score interval: a perfect 265 of 265 still only says 0.986 or more."""
+    assert fp.Reference(figure, cases).lower == pytest.approx(lower, abs=1e-4)
 
 
 @settings(max_examples=60, deadline=None)
@@ -91,11 +101,15 @@ def test_unreviewed_tasks_stand_for_the_reviewed_ones_of_their_stratum():
 def test_a_site_below_the_models_figure_is_said_so_and_one_within_it_is_not():
     found = population(20_000, specificity=0.72, seed=5)
     items = review_items(found, rate=0.05)
-    below = estimates(items, references={"m": {"specificity": 0.985, "sensitivity": 0.5}})["m"]
+    below = estimates(items, references={"m": {"specificity": fp.Reference(0.985, 800),
+                                               "sensitivity": fp.Reference(0.5)}})["m"]
     assert below["below_model_figure"] == ["specificity"]
     assert below["measures"]["specificity"]["model_figure"] == 0.985
     assert below["measures"]["sensitivity"]["below_model_figure"] is False
-    assert estimates(items, references={"m": {"specificity": 0.72}})["m"]["below_model_figure"] == []
+    assert estimates(items, references={"m": {"specificity": fp.Reference(0.72)}})["m"]["below_model_figure"] == []
+    # a model measured on 12 normals only: 11 of 12 says no more than about 0.65, and the site's 0.72 is not below it
+    loose = estimates(items, references={"m": {"specificity": fp.Reference(11 / 12, 12)}})["m"]
+    assert loose["below_model_figure"] == [] and loose["measures"]["specificity"]["model_figure_lower"] < 0.7
 
 
 def test_too_few_cases_give_no_figure():

@@ -44,7 +44,11 @@ DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 20261201
 MIN_CASES = 10
-"""Fewer reviewed cases in a measure's denominator give no estimate: a rate of 3 of 4 is not a finding."""
+"""Fewer reviewed cases in a measure's denominator give no estimate: a rate of 3 of 4 is not a finding. The
+quality-control sample must bring as many on its own wherever there are unreferred predictions: it is their only
+view, and without it the referred cases (where the model's errors gather) would speak for every prediction. In
+simulated review streams from scored Kermany sites (``bench/field_monitor.py``) that is what raised the false
+alarms of the first days."""
 SUBTYPES = (BACTERIAL, VIRAL)
 
 
@@ -174,6 +178,11 @@ def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, f
                           model_figure_lower=round(reference[name].lower, 4))
         if n < MIN_CASES:
             measures[name] = {**figure, "estimate": None, "note": f"fewer than {MIN_CASES} reviewed cases"}
+            continue
+        if tasks_per_stratum.get(QUALITY_CONTROL, 0.0) > 0 and figure["from_quality_control"] < MIN_CASES:
+            measures[name] = {**figure, "estimate": None,
+                              "note": f"fewer than {MIN_CASES} quality-control cases (the sample standing for the "
+                                      "predictions nobody referred)"}
             continue
         with np.errstate(invalid="ignore", divide="ignore"):
             values = (weights[:, cases] * correct[cases]).sum(axis=1) / weights[:, cases].sum(axis=1)

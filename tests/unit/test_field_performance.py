@@ -166,3 +166,20 @@ def test_a_two_class_model_has_no_sub_type_measure():
     field = estimates(review_items(found, rate=0.5))["m"]
     assert set(field["measures"]) == {"sensitivity", "specificity"}
     assert abs(field["measures"]["sensitivity"]["estimate"] - true_measures(found)["sensitivity"]) < 0.05
+
+
+def test_the_referred_cases_alone_never_speak_for_the_unreferred_predictions():
+    """Twenty referred pneumonias, most of them called normal, and two sampled ones: the referred errors would read
+    as a sensitivity of 0.3 for every prediction; with too few quality-control cases there is no figure."""
+    referred = fp.Reviewed(review.REFERRED, 1.0, "normal", "bacterial")
+    caught = fp.Reviewed(review.REFERRED, 1.0, "bacterial", "bacterial")
+    sampled = fp.Reviewed(review.QUALITY_CONTROL, 0.02, "viral", "viral")
+    found = fp.estimate({referred: 14, caught: 6, sampled: 2}, {"referred": 20.0, "quality_control": 100.0},
+                        {"sensitivity": fp.Reference(0.98, 400)})
+    sensitivity = found["measures"]["sensitivity"]
+    assert sensitivity["estimate"] is None and "quality-control cases" in sensitivity["note"]
+    assert found["below_model_figure"] == []
+    everything_referred = fp.estimate({referred: 14, caught: 6}, {"referred": 20.0},
+                                      {"sensitivity": fp.Reference(0.98, 400)})
+    assert everything_referred["measures"]["sensitivity"]["estimate"] == 0.3  # no unreferred predictions to stand for
+    assert everything_referred["below_model_figure"] == ["sensitivity"]

@@ -97,7 +97,7 @@ class Reference:
 
     @property
     def lower(self) -> float:
-        """The lower end of its Wilson score interval at :data:`DEFAULT_CONFIDENCE` (the figure when unknown)."""
+        """The lower end of its 95 % Wilson score interval (the figure itself when the cases are unknown)."""
         if not self.cases:
             return self.figure
         z, n, p = 1.959964, self.cases, self.figure

@@ -84,7 +84,7 @@ def summary(found: Iterable[dict], sample_rate: float = review.DEFAULT_SAMPLE_RA
     not), and a task's item comes right before its verdicts when the scan reads the task's item collection in
     sort-key order ("task" < "verdict#..."). A verdict met anywhere else waits until the end, when every
     quality-control task (a 2 % sample) has been seen; so the figures do not depend on the scan's order. The field
-    estimate keeps one small record per reviewed task (``field_performance.Tally``).
+    estimate keeps counters the same way (``field_performance.Tally``).
     """
     statuses: dict[str, int] = defaultdict(int)
     quality_control: set[str] = set()

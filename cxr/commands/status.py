@@ -188,7 +188,7 @@ MEASURE_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity",
 
 def print_field(field: dict, serving: str | None) -> None:
     """Each reviewed model's figures on this site's patients (``field_performance``), the serving model first,
-    and a warning for every measure whose whole interval lies below the model's own (field_performance)."""
+    and a warning for every measure whose whole interval lies below the model's own."""
     if not field:
         return
     print("on this site's patients (radiologists' verdicts, each weighted by how its task was drawn; 95 % intervals):")

@@ -194,20 +194,19 @@ def print_field(field: dict, serving: str | None) -> None:
     print("on this site's patients (radiologists' verdicts, each weighted by how its task was drawn; 95 % intervals):")
     for model in sorted(field, key=lambda m: (m != serving, m)):
         found = field[model]
-        parts = []
+        print(f"  {model}{' (serving)' if model == serving else ''}:")
         for name, figure in found["measures"].items():
             label = MEASURE_NAMES[name]
             if figure["estimate"] is None:
-                parts.append(f"{label}: {figure['note']} ({figure['cases']})")
+                print(f"    {label}: {figure['note']} ({figure['cases']} reviewed)")
                 continue
-            text = (f"{label} {figure['estimate']:.3f} ({figure['interval'][0]:.3f}-{figure['interval'][1]:.3f}, "
+            text = (f"    {label} {figure['estimate']:.3f} ({figure['interval'][0]:.3f}-{figure['interval'][1]:.3f}, "
                     f"{figure['cases']} cases)")
             if "model_figure" in figure:
-                text += (f", measured {figure['model_figure']:.3f} (at least {figure['model_figure_lower']:.3f})"
-                         + (" BELOW" if figure["below_model_figure"] else ""))
-            parts.append(text)
-        print(f"  {model}{' (serving)' if model == serving else ''}: " + "; ".join(parts))
+                text += (f"; measured {figure['model_figure']:.3f} (at least {figure['model_figure_lower']:.3f})"
+                         + (": BELOW" if figure["below_model_figure"] else ""))
+            print(text)
         for name in found["below_model_figure"]:
-            print(f"  WARNING: {MEASURE_NAMES[name]} on this site's patients is below what {model} was measured "
-                  "at: its figures do not describe these X-rays. Plan by the figure above, and train on the reviewed "
-                  "X-rays (the review_dataset setting) before relying on this call")
+            print(f"  WARNING: {MEASURE_NAMES[name]} on this site's patients is below what this model was measured at: "
+                  "its figures do not describe these X-rays. Plan by the figure above, and train on the reviewed "
+                  "X-rays (the review_dataset setting) before relying on this call.")

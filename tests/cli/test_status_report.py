@@ -59,11 +59,12 @@ def test_figures_on_the_sites_patients_are_printed_with_a_warning_where_they_fal
     }
     status.print_field(field, "cxr-new")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("  cxr-new (serving): sensitivity 0.970 (0.940-0.990, 120 cases), measured 0.979 "
-                               "(at least 0.970);")
-    assert "specificity 0.710 (0.620-0.800, 130 cases), measured 0.985 (at least 0.962) BELOW" in lines[1]
-    assert "bacterial vs viral accuracy 0.800 (0.700-0.880, 90 cases)" in lines[1]
-    assert lines[2].startswith("  WARNING: specificity on this site's patients is below what cxr-new was measured at")
-    assert lines[3] == "  cxr-old: sensitivity: fewer than 10 reviewed cases (4)"
+    assert lines[1:5] == [
+        "  cxr-new (serving):",
+        "    sensitivity 0.970 (0.940-0.990, 120 cases); measured 0.979 (at least 0.970)",
+        "    specificity 0.710 (0.620-0.800, 130 cases); measured 0.985 (at least 0.962): BELOW",
+        "    bacterial vs viral accuracy 0.800 (0.700-0.880, 90 cases)"]
+    assert lines[5].startswith("  WARNING: specificity on this site's patients is below what this model was measured")
+    assert lines[6:] == ["  cxr-old:", "    sensitivity: fewer than 10 reviewed cases (4 reviewed)"]
     status.print_field({}, None)
     assert capsys.readouterr().out == ""

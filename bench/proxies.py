@@ -85,6 +85,10 @@ RECIPES = {
     # Kermany (224 px stored)
     "x-ray": PRESETS["x-ray"],  # train.py's defaults: Lite2 160 px, strong augmentation
     "x-ray-acquisition": {"augment": "acquisition"},
+    # round 2, stop 10: the default with a linear probe first (one epoch of the classifier alone on the frozen
+    # ImageNet body, then the default's five of everything: LP-FT, which kept pretrained features better out of
+    # distribution in Kumar et al. 2022)
+    "x-ray-lpft": {"probe-epochs": 1, "epochs": 6},
     "lite0-128-acquisition": {"architecture": "efficientnet_lite0", "image-size": 128, "augment": "acquisition"},
     "gpu": PRESETS["gpu"],  # for a GPU: Lite2 at 288 px, 30 epochs, acquisition augmentation (bench/gpu_proxies.py)
 }

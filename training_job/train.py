@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="networks trained one after another, member k with seed + k; the model's logits are their mean "
              "(networks.Ensemble); recorded in model.json")
     add("epochs", type=int, default=5)
+    add("probe-epochs", type=int, default=0,
+        help="the first N epochs train the classifier alone on the frozen pretrained body (its batch-norm statistics "
+             "too), then everything (LP-FT: Kumar et al. 2022, arXiv:2202.10054); 0: everything from the start")
     add("batch-size", type=int, default=32)
     add("lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine decay)")
     add("weight-decay", type=float, default=1e-4)
@@ -132,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("the train and validation channels are required (SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION)")
     if args.ensemble < 1:
         p.error(f"--ensemble must be at least 1 (one network), got {args.ensemble}")
+    if not 0 <= args.probe_epochs < args.epochs:
+        p.error(f"--probe-epochs must leave epochs to train everything: 0 <= {args.probe_epochs} < {args.epochs}")
     if args.threshold is not None and not 0 < args.threshold < 1:
         p.error(f"--threshold must lie inside (0, 1), got {args.threshold}")
     if not (math.isfinite(args.referral_margin) and args.referral_margin > 0):
@@ -208,12 +213,15 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                     if world.size > 1 else model)
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=args.lr,
-        )
+        # the body's and the classifier's weights in groups of their own, so that probe epochs can hold the body still
+        classifier = getattr(model, "classifier", None)  # any module trains, though only a Classifier can probe
+        head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
+        groups = []
+        for in_head in (False, True):
+            named = [p for p in model.parameters() if (id(p) in head) == in_head]
+            groups += [{"params": [p for p in named if p.ndim > 1], "weight_decay": args.weight_decay, "head": in_head},
+                       {"params": [p for p in named if p.ndim <= 1], "weight_decay": 0.0, "head": in_head}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         # a rank holding its own shards walks its own images (shard_epochs); the counts are then the ranks' sum
         self.walk = (shard_epochs.ShardWalk(splits["train"], self.world, args.seed, args.batch_size)
@@ -276,7 +284,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "best_weights": self.best_weights, "state": self.state,
             "ema": self.ema.state_dict() if self.ema else None, "streams": streams,
             "config": {k: getattr(self.args, k) for k in ("architecture", "ensemble", "image_size", "epochs",
-                                                           "batch_size", "seed", "lr", "ema_decay", "intensity")},
+                                                           "batch_size", "seed", "lr", "ema_decay", "intensity",
+                                                           "probe_epochs")},
         }
         partial = path.with_suffix(".partial")
         torch.save(payload, partial)
@@ -342,14 +351,17 @@ class Trainer:
         train = self.splits["train"]
         position = self.state["epoch"] * self.steps_per_epoch + step_in_epoch
         lr = learning_rate(position, self.total_steps, self.warmup_steps, self.peak_lr)
+        probing = self.state["epoch"] < self.args.probe_epochs
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr if group["head"] or not probing else 0.0
         batch = train.pixels[index]
         if self.device.type == "cuda":  # augment where the network runs: the CPU cannot keep a GPU busy
             batch = batch.to(self.device, non_blocking=True)
         images = augment.augment(data.to_inputs(batch), self.augment_rng, self.args.augment)
         images, partner, kept = mixing.mixup(images, self.augment_rng, self.args.mixup)
         self.ddp.train()
+        if probing:  # a linear probe: the body's batch-norm statistics stay the pretrained ones as well
+            self.model.body.eval()
         with self.autocast():
             logits = self.ddp(self.to_device(images))
         per_sample = mixing.loss(lambda targets: F.cross_entropy(

@@ -93,3 +93,23 @@ def test_sequence_folds_find_each_stored_images_original_name(bench, tiny_datase
     # the lowest-numbered patient of every class's series is held out
     assert {i.patient_id for i in early.test} >= {"1000", "2000", "3000"}
     assert proxies.leaked_groups(early) == set()
+
+
+def test_the_linear_probe_reads_every_proxy_from_frozen_imagenet_features(tiny_dataset, tmp_path):
+    """bench/linear_probe.py on the tiny staged set: one pass of the pretrained body, a probe per proxy."""
+    from cxr import training_run
+
+    if training_run.pretrained_channel(tmp_path / "weights") is None:
+        pytest.skip("no ImageNet weights installed")
+    probe = importlib.import_module("bench.linear_probe")
+    out = tmp_path / "probe.json"
+    assert probe.main(["--data", str(tiny_dataset), "--work", str(tmp_path / "work"), "--clusters", "2",
+                       "--json", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert {"split", "cluster0", "cluster1"} <= set(result["proxies"])
+    for figures in result["proxies"].values():
+        assert figures["n"] > 0 and figures["C"] in probe.C_GRID
+        assert 0.5 <= figures["auc"] <= 1 and 0 <= figures["three_class_accuracy"] <= 1
+    assert (tmp_path / "work" / "linear-probe-efficientnet_lite2-160.npz").exists()  # features cached for the next run

@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = [first_alarms(truth, labels, referred, reference, per_day, args.days, args.sample_rate, seed)
                     for seed in range(args.repeats)]
             entry["volumes"][str(per_day)] = {
-                name: {"alarmed": sum(r[name] is not None for r in runs),
-                       "first_day": sorted(r[name] for r in runs if r[name] is not None)}
-                for name in field_performance.MEASURES}
+                measure: {"alarmed": sum(r[measure] is not None for r in runs),
+                          "first_day": sorted(r[measure] for r in runs if r[measure] is not None)}
+                for measure in field_performance.MEASURES}
             print(json.dumps({"site": name, "per_day": per_day,
                               **{m: v["alarmed"] for m, v in entry["volumes"][str(per_day)].items()}}), flush=True)
         result["sites"][name] = entry

@@ -213,9 +213,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                     if world.size > 1 else model)
-        # the body's and the classifier's weights in groups of their own, so that probe epochs can hold the body still
-        classifier = getattr(model, "classifier", None)  # any module trains, though only a Classifier can probe
-        head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
+        # with probe epochs, the classifier's weights in groups of their own, so that the body can be held still;
+        # without, the two groups as ever (and the optimizer state of earlier checkpoints still fits)
+        head = {id(p) for p in model.classifier.parameters()} if args.probe_epochs else set()
         groups = []
         for in_head in (False, True):
             named = [p for p in model.parameters() if (id(p) in head) == in_head]

@@ -167,12 +167,13 @@ def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, f
             weights[:, members] *= float(tasks_per_stratum.get(name, 0.0)) / np.where(total > 0, total, 1)
     tail = (1 - confidence) / 2 * 100
     measures = {}
+    sampled = stratum == STRATA.index(QUALITY_CONTROL)
     subtyping = any(c.label in SUBTYPES for c in cells)  # a two-class model (normal, pneumonia) has no sub-type call
     for name, (cases, correct) in _cases(cells).items():
         if name == "subtype_accuracy" and not subtyping:
             continue
         n = int(counts[cases].sum())
-        figure = {"cases": n, "from_quality_control": int(counts[cases & (stratum == 1)].sum())}
+        figure = {"cases": n, "from_quality_control": int(counts[cases & sampled].sum())}
         if reference and name in reference:
             figure.update(model_figure=round(reference[name].figure, 4), model_cases=reference[name].cases,
                           model_figure_lower=round(reference[name].lower, 4))

@@ -23,7 +23,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from botocore.exceptions import ClientError
 
 from lambdas import aws, review_queue
-from lambdas.domain import field_performance, layout, review
+from lambdas.domain import field_performance, layout, review, review_tally
 
 logger = Logger(service="cxr-field-monitor")
 METRICS_NAMESPACE, SERVICE = "CxrServerless", "cxr-field-monitor"
@@ -35,7 +35,7 @@ METRIC = "FieldMeasuresBelowModelFigure"
 
 
 def handler(event: dict, context) -> dict:
-    tally = field_performance.Tally(review.parse_sample_rate(os.environ.get(ENV_SAMPLE_RATE)))
+    tally = review_tally.Tally(review.parse_sample_rate(os.environ.get(ENV_SAMPLE_RATE)))
     pages = aws.client("dynamodb").get_paginator("scan").paginate(TableName=os.environ[ENV_TABLE],
                                                                    ConsistentRead=True)
     for page in pages:

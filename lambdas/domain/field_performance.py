@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .labels import BACTERIAL, NORMAL, VIRAL
-from .review import NOT_ASSESSABLE, OPEN, QUALITY_CONTROL, REFERRED, TASK_SORT_KEY, VERDICT_PREFIX, VERDICTS, WITHDRAWN
+from .review import NOT_ASSESSABLE, QUALITY_CONTROL, REFERRED, VERDICTS
 
 MEASURES = ("sensitivity", "specificity", "subtype_accuracy")
 STRATA = (REFERRED, QUALITY_CONTROL)
@@ -135,6 +135,28 @@ def _cases(cells: Sequence[Reviewed]) -> dict[str, tuple[np.ndarray, np.ndarray]
             "subtype_accuracy": (subtyped, labels == truth)}
 
 
+def bootstrap_weights(counts: np.ndarray, stratum: np.ndarray, inclusion: np.ndarray,
+                      tasks_per_stratum: Mapping[str, float], resamples: int, seed: int) -> np.ndarray:
+    """The predictions each cell stands for, shape ``(1 + resamples, cells)``: row 0 as reviewed, then stratified
+    bootstrap resamples of the reviewed tasks. ``counts``: reviewed tasks per cell; ``stratum``: each cell's index in
+    :data:`STRATA`; ``inclusion``: its inclusion probability. Each task weighs ``1 / inclusion``, and each stratum's
+    weights are scaled up to all of its tasks (``tasks_per_stratum``: reviewed or not)."""
+    rng = np.random.default_rng(seed)
+    draws = np.tile(counts, (1 + resamples, 1))
+    for index in range(len(STRATA)):
+        members = np.flatnonzero(stratum == index)
+        if len(members):
+            total = int(counts[members].sum())
+            draws[1:, members] = rng.multinomial(total, counts[members] / total, size=resamples)
+    weights = draws * (1.0 / inclusion)
+    for index, name in enumerate(STRATA):
+        members = stratum == index
+        if members.any():
+            total = weights[:, members].sum(axis=1, keepdims=True)
+            weights[:, members] *= float(tasks_per_stratum.get(name, 0.0)) / np.where(total > 0, total, 1)
+    return weights
+
+
 def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, float],
              reference: Mapping[str, Reference] | None = None, *, confidence: float = DEFAULT_CONFIDENCE,
              resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict:
@@ -151,20 +173,8 @@ def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, f
     cells = sorted(c for c, n in reviewed.items() if n > 0)
     counts = np.array([reviewed[c] for c in cells], dtype=np.float64)
     stratum = np.array([STRATA.index(c.stratum) for c in cells], dtype=np.int64)
-    base = np.array([1.0 / c.inclusion for c in cells], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    draws = np.tile(counts, (1 + resamples, 1))  # row 0: the tasks as reviewed; then resamples of the tasks
-    for index in range(len(STRATA)):
-        members = np.flatnonzero(stratum == index)
-        if len(members):
-            total = int(counts[members].sum())
-            draws[1:, members] = rng.multinomial(total, counts[members] / total, size=resamples)
-    weights = draws * base
-    for index, name in enumerate(STRATA):  # each stratum stands for all of its tasks, reviewed or not
-        members = stratum == index
-        if members.any():
-            total = weights[:, members].sum(axis=1, keepdims=True)
-            weights[:, members] *= float(tasks_per_stratum.get(name, 0.0)) / np.where(total > 0, total, 1)
+    weights = bootstrap_weights(counts, stratum, np.array([c.inclusion for c in cells]), tasks_per_stratum,
+                                resamples, seed)
     tail = (1 - confidence) / 2 * 100
     measures = {}
     sampled = stratum == STRATA.index(QUALITY_CONTROL)
@@ -199,81 +209,3 @@ def estimate(reviewed: Mapping[Reviewed, int], tasks_per_stratum: Mapping[str, f
             "confidence": confidence, "resamples": resamples, "seed": seed,
             "method": "Horvitz-Thompson weights (1 / inclusion probability, scaled per stratum to its unreviewed "
                       "tasks), stratified bootstrap over reviewed tasks, percentile interval"}
-
-
-class Tally:
-    """Reads a review table's items once (``cxr.reviews`` streams them) into counters: per model, the strata's
-    task weights and the reviewed tasks' cells, so memory does not grow with the table.
-
-    A task's verdicts are settled when the scan moves on from its item collection: a sequential Scan reads a
-    partition key's items together, in sort-key order (``task`` before ``verdict#...``). Items read apart from
-    their task (any other order) wait until the end, with the record of every task whose status says it has
-    verdicts but whose verdicts were not read with it.
-    """
-
-    def __init__(self, default_sample_rate: float):
-        self.default_sample_rate = default_sample_rate
-        self.weight: dict[str | None, dict[str, float]] = {}
-        self.latest: dict[str, str] = {}
-        """Each model's newest task (its ``created_at``): which models are still predicting."""
-        self.cells: dict[str | None, dict[Reviewed, int]] = {}
-        self._open: tuple[str, dict | None, list[str]] | None = None  # the item collection being read
-        self._orphans: dict[str, dict] = {}  # reviewed tasks read without their verdicts
-        self._loose: dict[str, list[str]] = {}  # verdicts read without their task
-
-    def add(self, item: Mapping) -> None:
-        """A task item (``sk`` ``task``) or a verdict item (``verdict#...``); anything else is ignored."""
-        pk = item["pk"]
-        if self._open is not None and self._open[0] != pk:
-            self._close()
-        if item["sk"] == TASK_SORT_KEY:
-            record = self._task(item)
-            self._open = (pk, record, [])
-        elif item["sk"].startswith(VERDICT_PREFIX):
-            if self._open is not None and self._open[0] == pk and self._open[1] is not None:
-                self._open[2].append(item["verdict"])
-            else:
-                self._loose.setdefault(pk, []).append(item["verdict"])
-
-    def _task(self, item: Mapping) -> dict | None:
-        """Count the task's weight in its stratum; its record, or None when it counts nowhere (withdrawn)."""
-        model = item.get("model_id")
-        if item.get("created_at") and item["created_at"] > self.latest.get(str(model), ""):
-            self.latest[str(model)] = item["created_at"]
-        if item.get("status") == WITHDRAWN or item.get("reason") not in STRATA:
-            return None
-        rate = item.get("sample_rate", self.default_sample_rate)
-        p = inclusion(item["reason"], rate if item["reason"] == QUALITY_CONTROL else None)
-        self.weight.setdefault(model, dict.fromkeys(STRATA, 0.0))[item["reason"]] += 1.0 / p
-        return {"model_id": model, "stratum": item["reason"], "inclusion": p, "label": item["label"],
-                "status": item.get("status")}
-
-    def _close(self) -> None:
-        pk, record, verdicts = self._open
-        self._open = None
-        if record is None:
-            return
-        if verdicts:
-            self._count(record, verdicts)
-        elif record["status"] not in (OPEN, None):  # its verdicts are elsewhere in the scan
-            self._orphans[pk] = record
-
-    def _count(self, record: dict, verdicts: list[str]) -> None:
-        verdict = settled(verdicts)
-        if verdict is None:
-            return
-        cell = Reviewed(record["stratum"], record["inclusion"], record["label"], verdict)
-        cells = self.cells.setdefault(record["model_id"], {})
-        cells[cell] = cells.get(cell, 0) + 1
-
-    def estimates(self, references: Mapping[str, Mapping[str, Reference]] | None = None) -> dict[str, dict]:
-        """:func:`estimate` for every model with a reviewed task, against ``references[model_id]`` where given."""
-        if self._open is not None:
-            self._close()
-        for pk, record in list(self._orphans.items()):
-            if pk in self._loose:
-                self._count(record, self._loose[pk])
-        self._orphans, self._loose = {}, {}
-        references = references or {}
-        return {str(model): estimate(cells, self.weight[model], references.get(model))
-                for model, cells in sorted(self.cells.items(), key=lambda kv: str(kv[0]))}

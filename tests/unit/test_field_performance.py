@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from simulated_site import population, review_items, true_measures
 
 from lambdas.domain import field_performance as fp
-from lambdas.domain import review
+from lambdas.domain import review, review_tally
 
 
 def estimates(items, default_rate: float = 0.02, references=None) -> dict:
-    tally = fp.Tally(default_rate)
+    tally = review_tally.Tally(default_rate)
     for item in items:
         tally.add(item)
     return tally.estimates(references)
@@ -129,7 +129,7 @@ def test_withdrawn_tasks_old_rates_and_split_reviewers():
         {"pk": "c", "sk": "verdict#r1", "verdict": "normal"}, {"pk": "c", "sk": "verdict#r2", "verdict": "viral"},
         {"pk": "c", "sk": "view#2026-12-01#r3"},
     ]
-    tally = fp.Tally(0.1)
+    tally = review_tally.Tally(0.1)
     for item in items:
         tally.add(item)
     field = tally.estimates()["m"]

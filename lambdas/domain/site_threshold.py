@@ -1,0 +1,215 @@
+"""The decision threshold this site's patients call for, fitted to the radiologists' verdicts (pure numpy).
+
+A model's threshold on p(pneumonia) was chosen on the acquisitions it was trained on. On another population the
+same threshold can call far more normals pneumonia: the default Kermany model read sensitivity 0.995 and
+specificity 0.714 on the official test, a threshold set for a sensitivity the site does not need
+(README, "Measured"). ``field_performance`` tells a site when its figures fall; this module says which threshold
+would serve it instead, from the same verdicts, short of retraining:
+
+* **The evidence.** Every reviewed task keeps the model's p(pneumonia) and the settled verdict, weighted as in
+  ``field_performance`` (``1 / inclusion``, each stratum scaled up to its unreviewed tasks; stratified
+  bootstrap). Sensitivity and specificity at any threshold are ratios of those weights.
+* **Where the threshold may move: inside the model's referral band only.** Every prediction in the band was
+  referred, so every one there is a task: moving the threshold across the band changes the call of cases that
+  radiologists have read, not of cases a 2 % sample stands for. Beyond the band a move would rest on the sample
+  alone, where a stretch with no sampled error reads as no error at all.
+* **The rule.** The highest threshold in the band whose sensitivity keeps the lower end of its 95 % interval at
+  or above the target (0.95, the rule ``train.py --threshold-rule sensitivity`` applies on validation): the most
+  specificity the evidence allows at that sensitivity. If the model's own threshold does not keep the target,
+  the fit moves down; if no threshold in the band does, there is none to offer.
+* **What it is not.** The fitted threshold changes no prediction by itself: it is a finding for the site, with
+  the figures to judge it by (estimates on the reviewed history, with their intervals). Serving it is a model
+  change: a ``model.json`` that records it, registered and gated like any model.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import field_performance
+from .field_performance import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, MIN_CASES, STRATA
+from .labels import NORMAL
+from .review import QUALITY_CONTROL
+
+TARGET_SENSITIVITY = 0.95
+DECIMALS = 3
+"""p(pneumonia) is counted to three decimals: tasks alike to that are one counter, so a table of any size is at
+most a few thousand cells, and a threshold finer than 0.001 is not a decision anyone can check."""
+
+
+@dataclass(frozen=True, order=True)
+class Scored:
+    """A reviewed task's cell for the threshold: why it was reviewed, how likely that was, the model's
+    p(pneumonia) (rounded to :data:`DECIMALS`) and whether the settled verdict is a pneumonia."""
+
+    stratum: str
+    inclusion: float
+    probability: float
+    pneumonia: bool
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The threshold the tasks were decided at and its referral band, as the tasks record them."""
+
+    threshold: float
+    band: tuple[float, float]
+
+    @classmethod
+    def of(cls, item: Mapping) -> OperatingPoint | None:
+        """From a task item; None when it records no threshold (a model without a normal class, or an old task)."""
+        threshold, band = item.get("threshold"), item.get("referral_band")
+        if threshold is None or not band:
+            return None
+        return cls(round(float(threshold), 6), (round(float(band[0]), 6), round(float(band[1]), 6)))
+
+
+def cell(stratum: str, inclusion: float, probability: float, verdict: str) -> Scored:
+    return Scored(stratum, inclusion, round(float(probability), DECIMALS), verdict != NORMAL)
+
+
+def fit(scored: Mapping[Scored, int], tasks_per_stratum: Mapping[str, float], point: OperatingPoint, *,
+        target: float = TARGET_SENSITIVITY, confidence: float = DEFAULT_CONFIDENCE,
+        resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict:
+    """The site's threshold for one model: its figures at the model's threshold and at the fitted one.
+
+    ``scored``: reviewed tasks per cell; ``tasks_per_stratum`` as in ``field_performance.estimate``; ``point``: the
+    threshold and band the model's tasks were decided at.
+    """
+    if not 0 < target < 1:
+        raise ValueError(f"target sensitivity must be inside (0, 1), got {target}")
+    cells = sorted(c for c, n in scored.items() if n > 0)
+    counts = np.array([scored[c] for c in cells], dtype=np.float64)
+    stratum = np.array([STRATA.index(c.stratum) for c in cells], dtype=np.int64)
+    pneumonia = np.array([c.pneumonia for c in cells], dtype=bool)
+    sampled = stratum == STRATA.index(QUALITY_CONTROL)
+    found = {"model_threshold": point.threshold, "band": list(point.band), "target_sensitivity": target,
+             "reviewed": int(counts.sum()), "pneumonias": int(counts[pneumonia].sum()),
+             "normals": int(counts[~pneumonia].sum()), "confidence": confidence, "resamples": resamples,
+             "seed": seed, "rule": "the highest threshold inside the model's referral band whose sensitivity's "
+                                   f"interval stays at or above {target}", "threshold": None}
+    short = _short_of_evidence(counts, pneumonia, sampled, tasks_per_stratum)
+    if short:
+        return {**found, "note": short}
+    probability = np.array([c.probability for c in cells], dtype=np.float64)
+    weights = field_performance.bootstrap_weights(counts, stratum, np.array([c.inclusion for c in cells]),
+                                                  tasks_per_stratum, resamples, seed)
+    low, high = point.band
+    inside = np.unique(probability[(probability > low) & (probability < high)])
+    candidates = np.unique(np.append(inside, round(point.threshold, DECIMALS)))
+    sensitivity, specificity = _rates(weights, probability, pneumonia, candidates)
+    lower = _sensitivity_bound(weights[0], probability, pneumonia, sampled, counts, candidates, 1 - confidence)
+    tail = (1 - confidence) / 2 * 100
+    current = int(np.searchsorted(candidates, round(point.threshold, DECIMALS)))
+    found["at_model_threshold"] = _figures(sensitivity[:, current], lower[current], specificity[:, current], tail)
+    keeping = np.flatnonzero(lower >= target)
+    if not len(keeping):
+        return {**found, "note": f"no threshold inside the referral band keeps sensitivity's interval at or above "
+                                 f"{target} on this evidence: the site needs a model trained for it"}
+    chosen = int(keeping.max())
+    gain = specificity[:, chosen] - specificity[:, current]
+    return {**found, "threshold": float(candidates[chosen]),
+            "at_threshold": _figures(sensitivity[:, chosen], lower[chosen], specificity[:, chosen], tail),
+            "specificity_change": _figure(gain, tail)}
+
+
+def _short_of_evidence(counts: np.ndarray, pneumonia: np.ndarray, sampled: np.ndarray,
+                       tasks_per_stratum: Mapping[str, float]) -> str | None:
+    """Why the verdicts cannot carry a fit (``field_performance.MIN_CASES``, for both classes), or None."""
+    for name, members in (("pneumonias", pneumonia), ("normals", ~pneumonia)):
+        if counts[members].sum() < MIN_CASES:
+            return f"fewer than {MIN_CASES} reviewed {name}"
+        if tasks_per_stratum.get(QUALITY_CONTROL, 0.0) > 0 and counts[members & sampled].sum() < MIN_CASES:
+            return f"fewer than {MIN_CASES} reviewed {name} from quality control (the sample standing for the " \
+                   "predictions nobody referred)"
+    return None
+
+
+def _rates(weights: np.ndarray, probability: np.ndarray, pneumonia: np.ndarray,
+           candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity and specificity at each candidate threshold (p >= threshold calls pneumonia), for every row of
+    ``weights``: shape ``(rows, candidates)``."""
+    order = np.argsort(probability, kind="stable")
+    weights, probability, pneumonia = weights[:, order], probability[order], pneumonia[order]
+    below = np.searchsorted(probability, candidates, side="left")  # cells called normal at each candidate
+    zero = np.zeros((len(weights), 1))
+    positives = np.concatenate([zero, np.cumsum(weights * pneumonia, axis=1)], axis=1)
+    negatives = np.concatenate([zero, np.cumsum(weights * ~pneumonia, axis=1)], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity = 1.0 - positives[:, below] / positives[:, -1:]
+        specificity = negatives[:, below] / negatives[:, -1:]
+    return np.nan_to_num(sensitivity, nan=0.0), np.nan_to_num(specificity, nan=0.0)
+
+
+def _sensitivity_bound(weights: np.ndarray, probability: np.ndarray, pneumonia: np.ndarray, sampled: np.ndarray,
+                       counts: np.ndarray, candidates: np.ndarray, alpha: float) -> np.ndarray:
+    """A one-sided ``1 - alpha`` lower bound on sensitivity at each candidate.
+
+    The referred cases are counted as reviewed (their stratum scaled up to its unreviewed tasks). The sample's
+    pneumonias are bounded exactly (Poisson, ``alpha / 2`` each side): the missed ones from above, the caught ones
+    from below, each counted at the largest weight a sampled task carries. A percentile bootstrap would not do:
+    the sample's missed pneumonias are a handful of tasks, and resampling a handful cannot show how many more
+    there could be (in simulated sites it let one fit in eight fall short of the target).
+    """
+    most = float((weights[sampled] / counts[sampled]).max()) if sampled.any() else 0.0
+    sick = pneumonia[:, None]
+    below = probability[:, None] < candidates[None, :]  # cells called normal at each candidate
+    referred = (weights * ~sampled)[:, None]
+    missed = (referred * (sick & below)).sum(axis=0)
+    caught = (referred * (sick & ~below)).sum(axis=0)
+    for called_normal, extreme in ((True, _poisson_upper), (False, _poisson_lower)):
+        cells = (sampled & pneumonia)[:, None] & (below if called_normal else ~below)
+        k = (counts[:, None] * cells).sum(axis=0)
+        bound = (weights[:, None] * cells).sum(axis=0) + most * (np.array([extreme(int(n), alpha / 2) for n in k]) - k)
+        missed, caught = (missed + bound, caught) if called_normal else (missed, caught + np.maximum(bound, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(caught / (missed + caught), nan=0.0)
+
+
+@functools.cache
+def _poisson_upper(k: int, alpha: float) -> float:
+    """The mean of a Poisson count whose chance of showing ``k`` or fewer is ``alpha`` (Garwood's upper bound)."""
+    return _solve(lambda mean: _poisson_cdf(k, mean) - alpha, k, 2 * k + 10 * (1 + math.sqrt(k)))
+
+
+@functools.cache
+def _poisson_lower(k: int, alpha: float) -> float:
+    """The mean of a Poisson count whose chance of showing ``k`` or more is ``alpha`` (0 for ``k`` = 0)."""
+    if k == 0:
+        return 0.0
+    return _solve(lambda mean: alpha - (1 - _poisson_cdf(k - 1, mean)), 0.0, k)
+
+
+def _poisson_cdf(k: int, mean: float) -> float:
+    if mean <= 0:
+        return 1.0
+    i = np.arange(k + 1)
+    terms = -mean + i * math.log(mean) - np.concatenate([[0.0], np.cumsum(np.log(i[1:]))])
+    return float(min(1.0, np.exp(terms).sum()))
+
+
+def _solve(decreasing, low: float, high: float) -> float:
+    """The root of a function decreasing on ``[low, high]`` (bisection to 1e-9)."""
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if decreasing(middle) > 0 else (low, middle)
+        if high - low < 1e-9:
+            break
+    return (low + high) / 2
+
+
+def _figures(sensitivity: np.ndarray, sensitivity_bound: float, specificity: np.ndarray, tail: float) -> dict:
+    return {"sensitivity": {**_figure(sensitivity, tail), "lower_bound": round(float(sensitivity_bound), 4)},
+            "specificity": _figure(specificity, tail)}
+
+
+def _figure(values: np.ndarray, tail: float) -> dict:
+    """Row 0's value and the percentile interval of the resampled rows."""
+    return {"estimate": round(float(values[0]), 4),
+            "interval": [round(float(v), 4) for v in np.percentile(values[1:], [tail, 100 - tail])]}
+

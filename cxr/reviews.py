@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from cxr import target
 from infra import wiring
 from lambdas import review_queue
-from lambdas.domain import field_performance, review
+from lambdas.domain import field_performance, review, review_tally
 
 CSV_FIELDS = ("task_id", "reviewer", "verdict", "comment", "reviewed_at", "model_label", "agrees", "confidence",
               "pneumonia_probability", "reason", "status", "model_id", "predicted_at", "content_hash")
@@ -84,12 +84,12 @@ def summary(found: Iterable[dict], sample_rate: float = review.DEFAULT_SAMPLE_RA
     not), and a task's item comes right before its verdicts when the scan reads the task's item collection in
     sort-key order ("task" < "verdict#..."). A verdict met anywhere else waits until the end, when every
     quality-control task (a 2 % sample) has been seen; so the figures do not depend on the scan's order. The field
-    estimate keeps counters the same way (``field_performance.Tally``).
+    estimate keeps counters the same way (``review_tally.Tally``).
     """
     statuses: dict[str, int] = defaultdict(int)
     quality_control: set[str] = set()
     tally, waiting, task_pk, task_is_qc = _Tally(), [], None, False
-    field = field_performance.Tally(sample_rate)
+    field = review_tally.Tally(sample_rate)
     for item in found:
         field.add(item)
         if item["sk"] == review.TASK_SORT_KEY:

@@ -206,7 +206,34 @@ def print_field(field: dict, serving: str | None) -> None:
                 text += (f"; measured {figure['model_figure']:.3f} (at least {figure['model_figure_lower']:.3f})"
                          + (": BELOW" if figure["below_model_figure"] else ""))
             print(text)
+        print_threshold(found.get("threshold"))
         for name in found["below_model_figure"]:
             print(f"  WARNING: {MEASURE_NAMES[name]} on this site's patients is below what this model was measured at: "
                   "its figures do not describe these X-rays. Plan by the figure above, and train on the reviewed "
                   "X-rays (the review_dataset setting) before relying on this call.")
+
+
+def print_threshold(fitted: dict | None) -> None:
+    """The threshold this site's verdicts call for (``site_threshold``), beside the model's own."""
+    if not fitted or "model_threshold" not in fitted:
+        return
+    if fitted["threshold"] is None:
+        print(f"    threshold: {fitted['note']}")
+        return
+
+    def figures(at: dict) -> str:
+        sensitivity, specificity = at["sensitivity"], at["specificity"]
+        return (f"sensitivity {sensitivity['estimate']:.3f} (at least {sensitivity['lower_bound']:.3f}), "
+                f"specificity {specificity['estimate']:.3f} ({specificity['interval'][0]:.3f}-"
+                f"{specificity['interval'][1]:.3f})")
+
+    target, model = fitted["target_sensitivity"], fitted["model_threshold"]
+    if fitted["threshold"] == round(model, 3):
+        print(f"    threshold: the model's {model:.3f} is the highest in its referral band that keeps sensitivity "
+              f">= {target} here: {figures(fitted['at_model_threshold'])}")
+        return
+    change = fitted["specificity_change"]
+    print(f"    threshold for this site: {fitted['threshold']:.3f}, the highest in the model's referral band that "
+          f"keeps sensitivity >= {target} here: {figures(fitted['at_threshold'])}")
+    print(f"      at the model's {model:.3f}: {figures(fitted['at_model_threshold'])}; the site's threshold changes "
+          f"specificity by {change['estimate']:+.3f} ({change['interval'][0]:+.3f} to {change['interval'][1]:+.3f})")

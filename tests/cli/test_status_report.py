@@ -68,3 +68,25 @@ def test_figures_on_the_sites_patients_are_printed_with_a_warning_where_they_fal
     assert lines[6:] == ["  cxr-old:", "    sensitivity: fewer than 10 reviewed cases (4 reviewed)"]
     status.print_field({}, None)
     assert capsys.readouterr().out == ""
+
+
+def test_the_sites_threshold_is_printed_beside_the_models(capsys):
+    def at(sensitivity, lower, specificity, interval):
+        return {"sensitivity": {"estimate": sensitivity, "interval": [0, 1], "lower_bound": lower},
+                "specificity": {"estimate": specificity, "interval": interval}}
+    fitted = {"model_threshold": 0.181, "band": [0.052, 0.47], "target_sensitivity": 0.95, "threshold": 0.412,
+              "at_model_threshold": at(0.991, 0.981, 0.741, [0.70, 0.78]), "at_threshold": at(0.962, 0.951, 0.874,
+                                                                                          [0.85, 0.89]),
+              "specificity_change": {"estimate": 0.133, "interval": [0.11, 0.15]}}
+    status.print_threshold(fitted)
+    assert capsys.readouterr().out.splitlines() == [
+        "    threshold for this site: 0.412, the highest in the model's referral band that keeps sensitivity >= 0.95 "
+        "here: sensitivity 0.962 (at least 0.951), specificity 0.874 (0.850-0.890)",
+        "      at the model's 0.181: sensitivity 0.991 (at least 0.981), specificity 0.741 (0.700-0.780); the site's "
+        "threshold changes specificity by +0.133 (+0.110 to +0.150)"]
+    status.print_threshold({**fitted, "threshold": 0.181})
+    assert capsys.readouterr().out.startswith("    threshold: the model's 0.181 is the highest in its referral band")
+    status.print_threshold({**fitted, "threshold": None, "note": "fewer than 10 reviewed normals"})
+    assert capsys.readouterr().out == "    threshold: fewer than 10 reviewed normals\n"
+    status.print_threshold({"threshold": None, "note": "its tasks record no threshold and p(pneumonia)"})
+    assert capsys.readouterr().out == ""

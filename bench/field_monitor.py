@@ -25,6 +25,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,16 +37,29 @@ from cxr.commands.evaluate import score  # noqa: E402
 from lambdas.domain import field_performance, review  # noqa: E402
 
 
-def scored_site(model_dir: Path, channel: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The site's labels, the model's labels and whether it referred each X-ray."""
+class Site(NamedTuple):
+    """A labelled channel scored through the model: the site's labels, the model's, whether it referred each X-ray,
+    its p(pneumonia), and the threshold and referral band the model decided at."""
+
+    truth: list[str]
+    labels: np.ndarray
+    referred: np.ndarray
+    probability: np.ndarray
+    threshold: float
+    band: tuple[float, float]
+
+
+def scored_site(model_dir: Path, channel: Path) -> Site:
     records = [json.loads(line) for path in sorted(channel.rglob("*.jsonl")) for line in path.read_text().splitlines()]
     scored = score(model_dir, [channel / r["key"] for r in records])
     truth_of = {str(channel / r["key"]): r["label"] for r in records}
     decision = jobcode.load("decision")
     classes = scored.config["classes"]
-    made = decision.decide_all(scored.probs, classes, decision.Rule.of(scored.config))
+    rule = decision.Rule.of(scored.config)
+    made = decision.decide_all(scored.probs, classes, rule)
     referred = np.any(np.stack(list(made.reasons.values())), axis=0)
-    return [truth_of[str(p)] for p in scored.paths], np.array(classes)[made.index], referred
+    return Site([truth_of[str(p)] for p in scored.paths], np.array(classes)[made.index], referred,
+                decision.pneumonia_probability(scored.probs, classes), rule.threshold, tuple(rule.band))
 
 
 def site_figures(truth: list[str], labels: np.ndarray) -> dict[str, float]:
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
               "repeats": args.repeats, "sites": {}}
     for site in args.site:
         name, channel = site.split("=", 1)
-        truth, labels, referred = scored_site(args.model, Path(channel))
+        truth, labels, referred, *_ = scored_site(args.model, Path(channel))
         entry = {"channel": channel, "n": len(truth), "referred": round(float(referred.mean()), 4),
                  "figures": site_figures(truth, labels), "volumes": {}}
         for per_day in args.per_day or [50, 200]:

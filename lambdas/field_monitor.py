@@ -57,7 +57,10 @@ def handler(event: dict, context) -> dict:
     if count:
         logger.warning("figures on the site's patients below the model's own", extra={"below": below})
     return {"models": sorted(estimates), "recent": sorted(recent), "measured_against": sorted(references),
-            "below": below, METRIC: count}
+            "below": below, METRIC: count,
+            "site_thresholds": {model: {"model": found["threshold"].get("model_threshold"),
+                                        "site": found["threshold"]["threshold"]}
+                                for model, found in estimates.items() if model in recent}}
 
 
 def model_figures(bucket: str) -> dict[str, dict[str, float]]:

@@ -77,7 +77,7 @@ def true_rates(site: dict, threshold: float) -> tuple[float, float]:
 
 
 def scored_review_items(site: dict, rate: float, model_id: str = "m", reviewed_share: float = 1.0,
-                        seed: int = 1) -> list[dict]:
+                        seed: int = 1, created_at: str = "2026-12-01T00:00:00.000+00:00") -> list[dict]:
     """The review table for a scored site: tasks with p(pneumonia), the threshold and band, and their verdicts."""
     rng = np.random.default_rng(seed)
     items = []
@@ -90,7 +90,7 @@ def scored_review_items(site: dict, rate: float, model_id: str = "m", reviewed_s
         items.append({"pk": pk, "sk": "task", "reason": reason, "model_id": model_id,
                       "label": "pneumonia" if p >= site["threshold"] else "normal", "pneumonia_probability": float(p),
                       "threshold": site["threshold"], "referral_band": site["band"],
-                      "created_at": "2026-12-01T00:00:00.000+00:00", "status": review.REVIEWED if done else review.OPEN,
+                      "created_at": created_at, "status": review.REVIEWED if done else review.OPEN,
                       **({"sample_rate": rate} if reason == review.QUALITY_CONTROL else {})})
         if done:
             items.append({"pk": pk, "sk": "verdict#r1", "verdict": review.UNSPECIFIED if sick else "normal"})

@@ -4,11 +4,12 @@ still predicting, the measures whose figures on the site's patients fall below t
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
-from simulated_site import population, review_items
+from simulated_site import population, review_items, scored_population, scored_review_items
 
 import reviewing
 from infra import wiring
@@ -76,3 +77,18 @@ def test_a_model_that_holds_up_or_has_no_figures_raises_nothing(deployed, capsys
     result = field_monitor.handler({}, None)
     assert result["below"] == {} and result[field_monitor.METRIC] == 0 and emitted(capsys) == [0]
     assert result["measured_against"] == ["fine"]  # "unmatched" has estimates but nothing to compare them with
+
+
+def test_the_threshold_a_recent_models_site_calls_for_is_reported(deployed):
+    """The official test's failure in small: normals scored high at the model's 0.2. The monitor reports the higher
+    threshold the verdicts allow inside the referral band; a model whose tasks record no threshold gets none."""
+    table, _ = deployed
+    recent = datetime.now(UTC).isoformat(timespec="milliseconds")
+    site = scored_population(8_000, threshold=0.2, margin=math.log(4), seed=3)
+    put(table, scored_review_items(site, rate=0.02, model_id="serving", created_at=recent))
+    put(table, review_items(population(3_000, specificity=0.97, seed=3), rate=0.2, model_id="bare",
+                            created_at=recent))
+    result = field_monitor.handler({}, None)
+    assert result["site_thresholds"]["bare"] == {"model": None, "site": None}
+    fitted = result["site_thresholds"]["serving"]
+    assert fitted["model"] == 0.2 and site["band"][0] < 0.2 < fitted["site"] < site["band"][1]

@@ -49,8 +49,8 @@ def best_in_band(site: Site, target: float) -> float | None:
     return max(keeping) if keeping else None
 
 
-def stream_fits(site: Site, per_day: int, days: list[int], rate: float, seed: int) -> dict[int, float | None]:
-    """The threshold fitted on each of ``days`` in one simulated review stream (None: none offered)."""
+def stream_fits(site: Site, per_day: int, days: list[int], rate: float, seed: int) -> dict[int, tuple]:
+    """The threshold fitted on each of ``days`` in one simulated review stream and its move (None: none offered)."""
     rng = np.random.default_rng(seed)
     scored: dict[site_threshold.Scored, int] = {}
     weight = dict.fromkeys(field_performance.STRATA, 0.0)
@@ -68,18 +68,21 @@ def stream_fits(site: Site, per_day: int, days: list[int], rate: float, seed: in
             cell = site_threshold.cell(stratum, p, float(site.probability[i]), site.truth[i])
             scored[cell] = scored.get(cell, 0) + 1
         if day in days:
-            found[day] = site_threshold.fit(scored, weight, point, resamples=500, seed=day)["threshold"]
+            fitted = site_threshold.fit(scored, weight, point, resamples=500, seed=day)
+            found[day] = (fitted["threshold"], fitted.get("move"))
     return found
 
 
-def summarise(site: Site, fits: list[float | None], target: float) -> dict:
-    """How the streams' thresholds serve the whole site."""
+def summarise(site: Site, fits: list[tuple], target: float) -> dict:
+    """How the streams' thresholds serve the whole site: how many moved which way, and what the thresholds
+    given read on the whole site (a kept threshold gains nothing)."""
     model_sensitivity, model_specificity = true_rates(site, site.threshold)
-    offered = [t for t in fits if t is not None]
+    offered = [t for t, _ in fits if t is not None]
     rates = [true_rates(site, t) for t in offered]
     gains = [specificity - model_specificity for _, specificity in rates]
     sensitivities = [sensitivity for sensitivity, _ in rates]
-    return {"offered": len(offered), "of": len(fits),
+    moves = [str(move) for _, move in fits]
+    return {"offered": len(offered), "of": len(fits), "moves": {m: moves.count(m) for m in sorted(set(moves))},
             "threshold": [round(min(offered), 3), round(float(np.median(offered)), 3), round(max(offered), 3)]
             if offered else None,
             "sensitivity_below_target": sum(s < target for s in sensitivities),

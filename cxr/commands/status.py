@@ -228,12 +228,16 @@ def print_threshold(fitted: dict | None) -> None:
                 f"{specificity['interval'][1]:.3f})")
 
     target, model = fitted["target_sensitivity"], fitted["model_threshold"]
+    if "at_threshold" not in fitted:  # kept: not yet shown either way
+        at_model = figures(fitted["at_model_threshold"])
+        print(f"    threshold: keep the model's {model:.3f} ({at_model}): {fitted['note']}")
+        return
     if fitted["threshold"] == round(model, 3):
-        print(f"    threshold: the model's {model:.3f} is the highest in its referral band that keeps sensitivity "
+        print(f"    threshold: the model's {model:.3f} is the highest in its referral band shown to keep sensitivity "
               f">= {target} here: {figures(fitted['at_model_threshold'])}")
         return
     change = fitted["specificity_change"]
-    print(f"    threshold for this site: {fitted['threshold']:.3f}, the highest in the model's referral band that "
-          f"keeps sensitivity >= {target} here: {figures(fitted['at_threshold'])}")
+    print(f"    threshold for this site: {fitted['threshold']:.3f}, the highest in the model's referral band shown to "
+          f"keep sensitivity >= {target} here: {figures(fitted['at_threshold'])}")
     print(f"      at the model's {model:.3f}: {figures(fitted['at_model_threshold'])}; the site's threshold changes "
           f"specificity by {change['estimate']:+.3f} ({change['interval'][0]:+.3f} to {change['interval'][1]:+.3f})")

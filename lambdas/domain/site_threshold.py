@@ -13,10 +13,12 @@ would serve it instead, from the same verdicts, short of retraining:
   referred, so every one there is a task: moving the threshold across the band changes the call of cases that
   radiologists have read, not of cases a 2 % sample stands for. Beyond the band a move would rest on the sample
   alone, where a stretch with no sampled error reads as no error at all.
-* **The rule.** The highest threshold in the band whose sensitivity keeps the lower end of its 95 % interval at
-  or above the target (0.95, the rule ``train.py --threshold-rule sensitivity`` applies on validation): the most
-  specificity the evidence allows at that sensitivity. If the model's own threshold does not keep the target,
-  the fit moves down; if no threshold in the band does, there is none to offer.
+* **The rule.** Sensitivity must stay at or above the target (0.95, the rule ``train.py --threshold-rule
+  sensitivity`` applies on validation), as a one-sided 95 % lower bound (:func:`_sensitivity_bound`). Where the
+  model's threshold is shown to keep it, the fit is the highest threshold in the band still shown to: the most
+  specificity the evidence allows (``raise``, or ``keep``). Where the site's sensitivity is estimated below the
+  target, it is the highest lower threshold shown to keep it (``lower``), or none. In between (estimated at the
+  target, not yet shown to keep it) the model's threshold stays: thin evidence is no reason to move either way.
 * **What it is not.** The fitted threshold changes no prediction by itself: it is a finding for the site, with
   the figures to judge it by (estimates on the reviewed history, with their intervals). Serving it is a model
   change: a ``model.json`` that records it, registered and gated like any model.
@@ -37,6 +39,7 @@ from .labels import NORMAL
 from .review import QUALITY_CONTROL
 
 TARGET_SENSITIVITY = 0.95
+RAISE, KEEP, LOWER = "raise", "keep", "lower"
 DECIMALS = 3
 """p(pneumonia) is counted to three decimals: tasks alike to that are one counter, so a table of any size is at
 most a few thousand cells, and a threshold finer than 0.001 is not a decision anyone can check."""
@@ -91,8 +94,10 @@ def fit(scored: Mapping[Scored, int], tasks_per_stratum: Mapping[str, float], po
     found = {"model_threshold": point.threshold, "band": list(point.band), "target_sensitivity": target,
              "reviewed": int(counts.sum()), "pneumonias": int(counts[pneumonia].sum()),
              "normals": int(counts[~pneumonia].sum()), "confidence": confidence, "resamples": resamples,
-             "seed": seed, "rule": "the highest threshold inside the model's referral band whose sensitivity's "
-                                   f"interval stays at or above {target}", "threshold": None}
+             "seed": seed, "threshold": None,
+             "rule": f"inside the model's referral band, the highest threshold whose sensitivity is shown (one-sided "
+                     f"{confidence:.0%} bound) to stay at or above {target}; the model's own while its sensitivity is "
+                     "estimated at the target but not yet shown to keep it"}
     short = _short_of_evidence(counts, pneumonia, sampled, tasks_per_stratum)
     if short:
         return {**found, "note": short}
@@ -107,13 +112,24 @@ def fit(scored: Mapping[Scored, int], tasks_per_stratum: Mapping[str, float], po
     tail = (1 - confidence) / 2 * 100
     current = int(np.searchsorted(candidates, round(point.threshold, DECIMALS)))
     found["at_model_threshold"] = _figures(sensitivity[:, current], lower[current], specificity[:, current], tail)
-    keeping = np.flatnonzero(lower >= target)
-    if not len(keeping):
-        return {**found, "note": f"no threshold inside the referral band keeps sensitivity's interval at or above "
-                                 f"{target} on this evidence: the site needs a model trained for it"}
-    chosen = int(keeping.max())
+    keeping = lower >= target
+    if keeping[current]:  # shown to keep the target here: the highest threshold still shown to
+        chosen, move = int(np.flatnonzero(keeping).max()), RAISE
+    elif sensitivity[0, current] < target:  # estimated short of it: the highest threshold below shown to keep it
+        below = np.flatnonzero(keeping[:current])
+        if not len(below):
+            return {**found, "move": None,
+                    "note": f"sensitivity here is below {target} at the model's threshold, and no threshold inside its "
+                            "referral band is shown to keep it: the site needs a model trained for it"}
+        chosen, move = int(below.max()), LOWER
+    else:  # estimated at the target or above, not yet shown to keep it: no move either way
+        return {**found, "threshold": float(candidates[current]), "move": KEEP,
+                "note": f"not yet shown to keep sensitivity {target} at the model's threshold (at least "
+                        f"{lower[current]:.3f}), nor to fall short of it: more verdicts will tell"}
+    if chosen == current:
+        move = KEEP
     gain = specificity[:, chosen] - specificity[:, current]
-    return {**found, "threshold": float(candidates[chosen]),
+    return {**found, "threshold": float(candidates[chosen]), "move": move,
             "at_threshold": _figures(sensitivity[:, chosen], lower[chosen], specificity[:, chosen], tail),
             "specificity_change": _figure(gain, tail)}
 

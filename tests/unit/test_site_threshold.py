@@ -54,7 +54,7 @@ def test_a_site_whose_normals_score_high_gets_a_higher_threshold_that_keeps_its_
         site = scored_population(20000, threshold=0.2, margin=MARGIN, seed=seed)
         found = fitted(scored_review_items(site, rate=0.02, seed=seed))
         assert site["band"][0] < found["threshold"] < site["band"][1]
-        assert found["threshold"] > 0.2
+        assert found["threshold"] > 0.2 and found["move"] == st_.RAISE
         sensitivity, specificity = true_rates(site, found["threshold"])
         kept += sensitivity >= 0.95
         gains.append(specificity - true_rates(site, 0.2)[1])
@@ -67,16 +67,27 @@ def test_a_site_short_of_sensitivity_gets_a_lower_threshold():
     site = scored_population(20000, threshold=0.45, margin=MARGIN, pneumonia_mean=1.5, seed=5)
     assert true_rates(site, 0.45)[0] < 0.95
     found = fitted(scored_review_items(site, rate=0.02))
-    assert found["threshold"] < 0.45
+    assert found["move"] == st_.LOWER and found["threshold"] < 0.45
     assert true_rates(site, found["threshold"])[0] >= 0.95
 
 
 def test_no_threshold_is_offered_when_none_in_the_band_keeps_the_target():
     site = scored_population(20000, threshold=0.5, margin=MARGIN, pneumonia_mean=0.5, seed=2)
     found = fitted(scored_review_items(site, rate=0.02))
-    assert found["threshold"] is None
-    assert "no threshold inside the referral band" in found["note"]
+    assert found["threshold"] is None and found["move"] is None
+    assert "no threshold inside its referral band is shown to keep it" in found["note"]
     assert found["at_model_threshold"]["sensitivity"]["estimate"] < 0.95
+
+
+def test_thin_evidence_moves_the_threshold_neither_way():
+    """Sensitivity estimated at the target but not yet shown to keep it (a small site, a 2 % sample): the model's
+    threshold stays, rather than being lowered for the uncertainty alone."""
+    site = scored_population(6000, threshold=0.3, margin=MARGIN, pneumonia_mean=2.2, seed=4)
+    found = fitted(scored_review_items(site, rate=0.02))
+    at_model = found["at_model_threshold"]["sensitivity"]
+    assert at_model["estimate"] >= 0.95 > at_model["lower_bound"]
+    assert found["move"] == st_.KEEP and found["threshold"] == 0.3
+    assert "more verdicts will tell" in found["note"]
 
 
 def test_too_few_verdicts_give_no_threshold():

@@ -233,11 +233,11 @@ def print_threshold(fitted: dict | None) -> None:
         print(f"    threshold: keep the model's {model:.3f} ({at_model}): {fitted['note']}")
         return
     if fitted["threshold"] == round(model, 3):
-        print(f"    threshold: the model's {model:.3f} is the highest in its referral band shown to keep sensitivity "
-              f">= {target} here: {figures(fitted['at_model_threshold'])}")
+        print(f"    threshold: the model's {model:.3f} gives the most specificity in its referral band shown to keep "
+              f"sensitivity >= {target} here: {figures(fitted['at_model_threshold'])}")
         return
     change = fitted["specificity_change"]
-    print(f"    threshold for this site: {fitted['threshold']:.3f}, the highest in the model's referral band shown to "
-          f"keep sensitivity >= {target} here: {figures(fitted['at_threshold'])}")
+    print(f"    threshold for this site: {fitted['threshold']:.3f}, the most specificity in the model's referral band "
+          f"shown to keep sensitivity >= {target} here: {figures(fitted['at_threshold'])}")
     print(f"      at the model's {model:.3f}: {figures(fitted['at_model_threshold'])}; the site's threshold changes "
           f"specificity by {change['estimate']:+.3f} ({change['interval'][0]:+.3f} to {change['interval'][1]:+.3f})")

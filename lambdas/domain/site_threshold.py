@@ -15,8 +15,9 @@ would serve it instead, from the same verdicts, short of retraining:
   alone, where a stretch with no sampled error reads as no error at all.
 * **The rule.** Sensitivity must stay at or above the target (0.95, the rule ``train.py --threshold-rule
   sensitivity`` applies on validation), as a one-sided 95 % lower bound (:func:`_sensitivity_bound`). Where the
-  model's threshold is shown to keep it, the fit is the highest threshold in the band still shown to: the most
-  specificity the evidence allows (``raise``, or ``keep``). Where the site's sensitivity is estimated below the
+  model's threshold is shown to keep it, the fit is the threshold in the band with the most specificity still
+  shown to keep it, and of those equal in specificity the lowest: a higher one would give up sensitivity for
+  nothing (``raise``, or ``keep``). Where the site's sensitivity is estimated below the
   target, it is the highest lower threshold shown to keep it (``lower``), or none. In between (estimated at the
   target, not yet shown to keep it) the model's threshold stays: thin evidence is no reason to move either way.
 * **What it is not.** The fitted threshold changes no prediction by itself: it is a finding for the site, with
@@ -95,9 +96,9 @@ def fit(scored: Mapping[Scored, int], tasks_per_stratum: Mapping[str, float], po
              "reviewed": int(counts.sum()), "pneumonias": int(counts[pneumonia].sum()),
              "normals": int(counts[~pneumonia].sum()), "confidence": confidence, "resamples": resamples,
              "seed": seed, "threshold": None,
-             "rule": f"inside the model's referral band, the highest threshold whose sensitivity is shown (one-sided "
-                     f"{confidence:.0%} bound) to stay at or above {target}; the model's own while its sensitivity is "
-                     "estimated at the target but not yet shown to keep it"}
+             "rule": f"inside the model's referral band, the most specificity with sensitivity shown (one-sided "
+                     f"{confidence:.0%} bound) to stay at or above {target}, at the lowest threshold giving it; the "
+                     "model's own while its sensitivity is estimated at the target but not yet shown to keep it"}
     short = _short_of_evidence(counts, pneumonia, sampled, tasks_per_stratum)
     if short:
         return {**found, "note": short}
@@ -113,8 +114,11 @@ def fit(scored: Mapping[Scored, int], tasks_per_stratum: Mapping[str, float], po
     current = int(np.searchsorted(candidates, round(point.threshold, DECIMALS)))
     found["at_model_threshold"] = _figures(sensitivity[:, current], lower[current], specificity[:, current], tail)
     keeping = lower >= target
-    if keeping[current]:  # shown to keep the target here: the highest threshold still shown to
-        chosen, move = int(np.flatnonzero(keeping).max()), RAISE
+    if keeping[current]:  # shown to keep the target here: the most specificity still shown to keep it, for the
+        # least sensitivity (specificity only grows with the threshold, so: the lowest threshold reaching the best)
+        shown = np.flatnonzero(keeping[current:]) + current
+        best = specificity[0, shown].max()
+        chosen, move = int(shown[specificity[0, shown] >= best].min()), RAISE
     elif sensitivity[0, current] < target:  # estimated short of it: the highest threshold below shown to keep it
         below = np.flatnonzero(keeping[:current])
         if not len(below):

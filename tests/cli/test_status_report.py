@@ -80,12 +80,12 @@ def test_the_sites_threshold_is_printed_beside_the_models(capsys):
               "specificity_change": {"estimate": 0.133, "interval": [0.11, 0.15]}}
     status.print_threshold(fitted)
     assert capsys.readouterr().out.splitlines() == [
-        "    threshold for this site: 0.412, the highest in the model's referral band shown to keep sensitivity >= "
-        "0.95 here: sensitivity 0.962 (at least 0.951), specificity 0.874 (0.850-0.890)",
+        "    threshold for this site: 0.412, the most specificity in the model's referral band shown to keep "
+        "sensitivity >= 0.95 here: sensitivity 0.962 (at least 0.951), specificity 0.874 (0.850-0.890)",
         "      at the model's 0.181: sensitivity 0.991 (at least 0.981), specificity 0.741 (0.700-0.780); the site's "
         "threshold changes specificity by +0.133 (+0.110 to +0.150)"]
     status.print_threshold({**fitted, "threshold": 0.181})
-    assert capsys.readouterr().out.startswith("    threshold: the model's 0.181 is the highest in its referral band")
+    assert capsys.readouterr().out.startswith("    threshold: the model's 0.181 gives the most specificity")
     kept = {k: v for k, v in fitted.items() if k not in ("at_threshold", "specificity_change")}
     status.print_threshold({**kept, "threshold": 0.181, "note": "more verdicts will tell"})
     assert capsys.readouterr().out == ("    threshold: keep the model's 0.181 (sensitivity 0.991 (at least 0.981), "

@@ -137,3 +137,13 @@ def test_bad_target_is_refused():
     point = st_.OperatingPoint(0.2, (0.05, 0.5))
     with pytest.raises(ValueError, match="target sensitivity"):
         st_.fit({}, {}, point, target=1.0)
+
+
+def test_no_sensitivity_is_given_up_for_specificity_already_reached():
+    """A site whose normals all score far below the band: every threshold in it gives the same specificity, so the
+    model's stays, where "the highest threshold shown to keep 0.95" would have given up sensitivity for nothing."""
+    site = scored_population(20000, threshold=0.2, margin=MARGIN, normal_mean=-9.0, spread=1.0, seed=6)
+    assert true_rates(site, 0.2)[1] == 1.0
+    found = fitted(scored_review_items(site, rate=0.02))
+    assert found["move"] == st_.KEEP and found["threshold"] == 0.2
+    assert found["specificity_change"]["estimate"] == 0.0

@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
                 sensitivity, specificity = true_rates(site, fitted["threshold"])
                 below += sensitivity < fitted["target_sensitivity"]
                 gains.append(specificity - true_rates(site, shape["threshold"])[1])
+        first = scored_population(args.predictions, margin=math.log(4), seed=0, **shape)
         result["kinds"][kind] = {
-            "shape": shape, "moves": moves, "with_threshold": len(gains), "true_sensitivity_below_target": below,
+            "shape": shape, "at_model_threshold_seed0": [round(v, 4) for v in true_rates(first, shape["threshold"])],
+            "moves": moves, "with_threshold": len(gains), "true_sensitivity_below_target": below,
             "specificity_gain": [round(float(np.min(gains)), 4), round(float(np.median(gains)), 4),
                                  round(float(np.max(gains)), 4)] if gains else None}
         print(json.dumps({kind: result["kinds"][kind]}), flush=True)

@@ -174,7 +174,7 @@ def _sensitivity_bound(weights: np.ndarray, probability: np.ndarray, pneumonia: 
     pneumonias are bounded exactly (Poisson, ``alpha / 2`` each side): the missed ones from above, the caught ones
     from below, each counted at the largest weight a sampled task carries. A percentile bootstrap would not do:
     the sample's missed pneumonias are a handful of tasks, and resampling a handful cannot show how many more
-    there could be (in simulated sites it let one fit in eight fall short of the target).
+    there could be (bench/RESULTS.md, "The threshold a site calls for").
     """
     most = float((weights[sampled] / counts[sampled]).max()) if sampled.any() else 0.0
     sick = pneumonia[:, None]

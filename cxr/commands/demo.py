@@ -37,8 +37,10 @@ Lite2 at 128 px 8/16 against 14/16; equalised input 10/16, which needs the full 
 
 Pinned so that every clean run trains the same weights: fp32 (``auto`` picks bfloat16 on CPUs with AMX or
 AVX512-BF16 and fp32 elsewhere, two different models), 2 threads (the summation order of a reduction follows
-the thread count, and so the weights do, 4 epochs later), torch's deterministic kernels, seed 0. The split is
-already a function of the uploaded files (processed names derive from source key and pixels)."""
+the thread count, and so the weights do, 4 epochs later), torch's deterministic kernels held to the baseline
+x86-64 instruction set (``train.PORTABLE_CPU_KERNELS``: each CPU's widest kernels round differently, and two
+machines trained two different demo models), seed 0. The split is already a function of the uploaded files
+(processed names derive from source key and pixels)."""
 FLOOR_BINARY = 14
 """Of the 16 X-rays, at least this many right on normal vs pneumonia in every clean run (README, demo)."""
 

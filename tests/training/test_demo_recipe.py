@@ -1,6 +1,10 @@
-"""The demo's training is pinned: the same weights on every clean run of one machine and software stack."""
+"""The demo's training is pinned: the same weights on every clean run of one software stack, on any x86-64 CPU."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -35,3 +39,26 @@ def test_deterministic_kernels_are_switched_on_only_when_asked():
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+PIN = """
+import sys
+from cxr import jobcode
+train = jobcode.load("train")
+import torch
+if sys.argv[1] == "late":
+    torch.ones(3).sum()  # a kernel runs first: its instruction set is fixed already
+train.pin_cpu_kernels()
+print(torch.backends.cpu.get_cpu_capability())
+"""
+
+
+def test_deterministic_runs_hold_the_cpu_kernels_to_the_baseline_instruction_set():
+    """Each library reads its variable at its first use, so the pin must come first, and says so when it cannot."""
+    env = {k: v for k, v in os.environ.items() if k not in train.PORTABLE_CPU_KERNELS}
+    early = subprocess.run([sys.executable, "-c", PIN, "early"], capture_output=True, text=True, env=env, check=True)
+    assert early.stdout.strip() == "DEFAULT"
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":  # a CPU whose own kernels are the baseline ones
+        return
+    late = subprocess.run([sys.executable, "-c", PIN, "late"], capture_output=True, text=True, env=env)
+    assert late.returncode != 0 and "a CPU kernel ran before --deterministic could pin them" in late.stderr

@@ -1,10 +1,10 @@
 """The decision threshold this site's patients call for, fitted to the radiologists' verdicts (pure numpy).
 
 A model's threshold on p(pneumonia) was chosen on the acquisitions it was trained on. On another population the
-same threshold can call far more normals pneumonia: the default Kermany model read sensitivity 0.995 and
-specificity 0.714 on the official test, a threshold set for a sensitivity the site does not need
-(README, "Measured"). ``field_performance`` tells a site when its figures fall; this module says which threshold
-would serve it instead, from the same verdicts, short of retraining:
+same threshold can call far more normals pneumonia: the default Kermany model read specificity 0.714 on the
+official test, at sensitivity 0.995, well above the 0.95 the product aims for (README, "Measured").
+``field_performance`` tells a site when its figures fall; this module says which threshold would serve it
+instead, from the same verdicts, short of retraining:
 
 * **The evidence.** Every reviewed task keeps the model's p(pneumonia) and the settled verdict, weighted as in
   ``field_performance`` (``1 / inclusion``, each stratum scaled up to its unreviewed tasks; stratified
@@ -17,9 +17,9 @@ would serve it instead, from the same verdicts, short of retraining:
   sensitivity`` applies on validation), as a one-sided 95 % lower bound (:func:`_sensitivity_bound`). Where the
   model's threshold is shown to keep it, the fit is the threshold in the band with the most specificity still
   shown to keep it, and of those equal in specificity the lowest: a higher one would give up sensitivity for
-  nothing (``raise``, or ``keep``). Where the site's sensitivity is estimated below the
-  target, it is the highest lower threshold shown to keep it (``lower``), or none. In between (estimated at the
-  target, not yet shown to keep it) the model's threshold stays: thin evidence is no reason to move either way.
+  nothing (``raise``, or ``keep``). Where the site's sensitivity is estimated below the target, it is the
+  highest lower threshold shown to keep it (``lower``), or none. In between (estimated at the target, not yet
+  shown to keep it) the model's threshold stays: thin evidence is no reason to move either way.
 * **What it is not.** The fitted threshold changes no prediction by itself: it is a finding for the site, with
   the figures to judge it by (estimates on the reviewed history, with their intervals). Serving it is a model
   change: a ``model.json`` that records it, registered and gated like any model.

@@ -177,16 +177,17 @@ def _sensitivity_bound(weights: np.ndarray, probability: np.ndarray, pneumonia: 
     there could be (bench/RESULTS.md, "The threshold a site calls for").
     """
     most = float((weights[sampled] / counts[sampled]).max()) if sampled.any() else 0.0
-    sick = pneumonia[:, None]
     below = probability[:, None] < candidates[None, :]  # cells called normal at each candidate
-    referred = (weights * ~sampled)[:, None]
-    missed = (referred * (sick & below)).sum(axis=0)
-    caught = (referred * (sick & ~below)).sum(axis=0)
-    for called_normal, extreme in ((True, _poisson_upper), (False, _poisson_lower)):
-        cells = (sampled & pneumonia)[:, None] & (below if called_normal else ~below)
+    referred, drawn = (pneumonia & ~sampled)[:, None], (pneumonia & sampled)[:, None]
+
+    def sampled_bound(cells: np.ndarray, extreme) -> np.ndarray:
+        """The sampled pneumonias' weight in ``cells``, their count moved to its Poisson bound."""
         k = (counts[:, None] * cells).sum(axis=0)
-        bound = (weights[:, None] * cells).sum(axis=0) + most * (np.array([extreme(int(n), alpha / 2) for n in k]) - k)
-        missed, caught = (missed + bound, caught) if called_normal else (missed, caught + np.maximum(bound, 0.0))
+        return (weights[:, None] * cells).sum(axis=0) + most * (np.array([extreme(int(n), alpha / 2) for n in k]) - k)
+
+    missed = (weights[:, None] * (referred & below)).sum(axis=0) + sampled_bound(drawn & below, _poisson_upper)
+    caught = ((weights[:, None] * (referred & ~below)).sum(axis=0)
+              + np.maximum(sampled_bound(drawn & ~below, _poisson_lower), 0.0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.nan_to_num(caught / (missed + caught), nan=0.0)
 

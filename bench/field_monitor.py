@@ -24,6 +24,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -72,21 +73,30 @@ def site_figures(truth: list[str], labels: np.ndarray) -> dict[str, float]:
             "subtype_accuracy": round(float(np.mean(labels[subtyped] == truth[subtyped])), 4)}
 
 
+def review_stream(referred: np.ndarray, per_day: int, days: int, rate: float, seed: int
+                  ) -> Iterator[tuple[int, list[tuple[int, str, float]]]]:
+    """One simulated stream of review tasks, a day at a time: ``per_day`` predictions drawn from the site with
+    replacement, every referred one a task and each other one with probability ``rate``, as the predict path
+    draws them. Yields the day and its tasks: (the X-ray's index, stratum, inclusion probability)."""
+    rng = np.random.default_rng(seed)
+    for day in range(1, days + 1):
+        tasks = []
+        for i in rng.integers(0, len(referred), per_day):
+            if referred[i]:
+                tasks.append((int(i), review.REFERRED, 1.0))
+            elif rng.random() < rate:
+                tasks.append((int(i), review.QUALITY_CONTROL, rate))
+        yield day, tasks
+
+
 def first_alarms(truth: list[str], labels: np.ndarray, referred: np.ndarray, reference: dict, per_day: int,
                  days: int, rate: float, seed: int) -> dict[str, int | None]:
     """The first day each measure is flagged below the reference in one simulated stream (None: never)."""
-    rng = np.random.default_rng(seed)
     cells: dict[field_performance.Reviewed, int] = {}
     weight = dict.fromkeys(field_performance.STRATA, 0.0)
     first: dict[str, int | None] = dict.fromkeys(field_performance.MEASURES)
-    for day in range(1, days + 1):
-        for i in rng.integers(0, len(truth), per_day):
-            if referred[i]:
-                stratum, p = review.REFERRED, 1.0
-            elif rng.random() < rate:
-                stratum, p = review.QUALITY_CONTROL, rate
-            else:
-                continue
+    for day, tasks in review_stream(referred, per_day, days, rate, seed):
+        for i, stratum, p in tasks:
             weight[stratum] += 1.0 / p
             cell = field_performance.Reviewed(stratum, p, str(labels[i]), truth[i])
             cells[cell] = cells.get(cell, 0) + 1

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.field_monitor import Site, scored_site  # noqa: E402
+from bench.field_monitor import Site, review_stream, scored_site  # noqa: E402
 from lambdas.domain import field_performance, review, site_threshold  # noqa: E402
 
 
@@ -51,19 +51,12 @@ def best_in_band(site: Site, target: float) -> float | None:
 
 def stream_fits(site: Site, per_day: int, days: list[int], rate: float, seed: int) -> dict[int, tuple]:
     """The threshold fitted on each of ``days`` in one simulated review stream and its move (None: none offered)."""
-    rng = np.random.default_rng(seed)
     scored: dict[site_threshold.Scored, int] = {}
     weight = dict.fromkeys(field_performance.STRATA, 0.0)
     point = site_threshold.OperatingPoint(site.threshold, site.band)
     found = {}
-    for day in range(1, max(days) + 1):
-        for i in rng.integers(0, len(site.truth), per_day):
-            if site.referred[i]:
-                stratum, p = review.REFERRED, 1.0
-            elif rng.random() < rate:
-                stratum, p = review.QUALITY_CONTROL, rate
-            else:
-                continue
+    for day, tasks in review_stream(site.referred, per_day, max(days), rate, seed):
+        for i, stratum, p in tasks:
             weight[stratum] += 1.0 / p
             cell = site_threshold.cell(stratum, p, float(site.probability[i]), site.truth[i])
             scored[cell] = scored.get(cell, 0) + 1

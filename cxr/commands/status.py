@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from cxr import reviews, target
 from infra import wiring
-from lambdas.domain import field_performance, layout
+from lambdas.domain import field_performance, layout, site_threshold
 
 REPORT_URL_SECONDS = 3600
 
@@ -232,7 +232,7 @@ def print_threshold(fitted: dict | None) -> None:
         at_model = figures(fitted["at_model_threshold"])
         print(f"    threshold: keep the model's {model:.3f} ({at_model}): {fitted['note']}")
         return
-    if fitted["threshold"] == round(model, 3):
+    if fitted["move"] == site_threshold.KEEP:
         print(f"    threshold: the model's {model:.3f} gives the most specificity in its referral band shown to keep "
               f"sensitivity >= {target} here: {figures(fitted['at_model_threshold'])}")
         return

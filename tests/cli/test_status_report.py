@@ -75,6 +75,7 @@ def test_the_sites_threshold_is_printed_beside_the_models(capsys):
         return {"sensitivity": {"estimate": sensitivity, "interval": [0, 1], "lower_bound": lower},
                 "specificity": {"estimate": specificity, "interval": interval}}
     fitted = {"model_threshold": 0.181, "band": [0.052, 0.47], "target_sensitivity": 0.95, "threshold": 0.412,
+              "move": "raise",
               "at_model_threshold": at(0.991, 0.981, 0.741, [0.70, 0.78]), "at_threshold": at(0.962, 0.951, 0.874,
                                                                                           [0.85, 0.89]),
               "specificity_change": {"estimate": 0.133, "interval": [0.11, 0.15]}}
@@ -84,10 +85,10 @@ def test_the_sites_threshold_is_printed_beside_the_models(capsys):
         "sensitivity >= 0.95 here: sensitivity 0.962 (at least 0.951), specificity 0.874 (0.850-0.890)",
         "      at the model's 0.181: sensitivity 0.991 (at least 0.981), specificity 0.741 (0.700-0.780); the site's "
         "threshold changes specificity by +0.133 (+0.110 to +0.150)"]
-    status.print_threshold({**fitted, "threshold": 0.181})
+    status.print_threshold({**fitted, "threshold": 0.181, "move": "keep"})
     assert capsys.readouterr().out.startswith("    threshold: the model's 0.181 gives the most specificity")
     kept = {k: v for k, v in fitted.items() if k not in ("at_threshold", "specificity_change")}
-    status.print_threshold({**kept, "threshold": 0.181, "note": "more verdicts will tell"})
+    status.print_threshold({**kept, "threshold": 0.181, "move": "keep", "note": "more verdicts will tell"})
     assert capsys.readouterr().out == ("    threshold: keep the model's 0.181 (sensitivity 0.991 (at least 0.981), "
                                        "specificity 0.741 (0.700-0.780)): more verdicts will tell\n")
     status.print_threshold({**fitted, "threshold": None, "note": "fewer than 10 reviewed normals"})

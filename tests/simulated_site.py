@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lambdas.domain import review
+from lambdas.domain import review, site_threshold
 
 LABELS = ("normal", "bacterial", "viral")
 
@@ -72,7 +72,7 @@ def scored_population(n: int, threshold: float, margin: float, normal_mean: floa
 
 def true_rates(site: dict, threshold: float) -> tuple[float, float]:
     """The site's sensitivity and specificity at ``threshold``, every prediction counted once."""
-    called = np.round(site["probability"], 3) >= round(threshold, 3)
+    called = np.round(site["probability"], site_threshold.DECIMALS) >= round(threshold, site_threshold.DECIMALS)
     return float(called[site["pneumonia"]].mean()), float((~called[~site["pneumonia"]]).mean())
 
 

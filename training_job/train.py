@@ -173,7 +173,7 @@ def pin_cpu_kernels() -> None:
         return
     os.environ.update(PORTABLE_CPU_KERNELS)
     if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
-        raise RuntimeError("a CPU kernel ran before --deterministic could pin them: set "
+        raise RuntimeError("a CPU kernel ran before --cpu-kernels baseline could pin them: set "
                            + " ".join(f"{k}={v}" for k, v in PORTABLE_CPU_KERNELS.items()) + " before starting")
 
 

@@ -65,4 +65,4 @@ def test_baseline_cpu_kernels_are_pinned_before_the_first_operation():
     if torch.backends.cpu.get_cpu_capability() == "DEFAULT":  # a CPU whose own kernels are the baseline ones
         return
     late = subprocess.run([sys.executable, "-c", PIN, "late"], capture_output=True, text=True, env=env)
-    assert late.returncode != 0 and "a CPU kernel ran before --deterministic could pin them" in late.stderr
+    assert late.returncode != 0 and "a CPU kernel ran before --cpu-kernels baseline could pin them" in late.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from cxr.errors import UserError
 from infra import wiring
 from lambdas import registry
 from lambdas.domain import champion as paired_test
-from lambdas.domain import promotion
+from lambdas.domain import layout, promotion, threshold_amendment
 
 DEPLOY_ATTEMPTS = 40
 """How often a busy endpoint is waited for (30 s apart on AWS), as the state machine's EndpointBusy retry."""
@@ -66,6 +67,7 @@ class ModelRegistry:
                 "champion": bool(serving and serving["ModelPackageArn"] == package["ModelPackageArn"]),
                 "run_id": meta.get(promotion.RUN_ID), "dataset": meta.get(promotion.DATASET),
                 "decision": meta.get(promotion.DECISION), "benchmark": meta.get(promotion.BENCHMARK_VERSION),
+                "threshold": meta.get(threshold_amendment.THRESHOLD),
                 "artifact_sha256": meta.get(promotion.ARTIFACT_SHA256),
                 "created": str(package.get("CreationTime", "")), "approved_at": meta.get(promotion.APPROVED_AT),
                 "description": package.get("ApprovalDescription") or package.get("ModelPackageDescription", "")}
@@ -80,7 +82,7 @@ class ModelRegistry:
         package = self.find(ident, packages)
         meta = package.get("CustomerMetadataProperties", {})
         report = meta.get(promotion.REPORT, "")
-        promotion_record = (registry.read_json(f"{report.rstrip('/')}/promotion.json", self.s3)
+        promotion_record = (registry.read_json(f"{report.rstrip('/')}/{promotion.RECORD_FILE}", self.s3)
                             if report.startswith("s3://") else None)
         metrics_uri = package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {}).get("S3Uri")
         return {**self.row(package, self.champion(packages)), "metadata": meta,
@@ -101,6 +103,71 @@ class ModelRegistry:
         return {"a": self.row(first, None), "b": self.row(second, None), "benchmark": versions[0], **result}
 
     # --- changing ------------------------------------------------------------------------------
+    def adopt_threshold(self, threshold: float, ident: str | None = None) -> dict:
+        """Register the serving (or the named) model at a site's threshold, pending a person's approval
+        (``lambdas.domain.threshold_amendment``), with the paired test of its benchmark answers at that
+        threshold against the trained package's; a second call with the same threshold finds the first's."""
+        if not 0 < threshold < 1 or round(threshold, 3) != threshold:
+            raise UserError(f"threshold {threshold}: give p(pneumonia) inside (0, 1) to 0.001, as `cxr status` "
+                            "prints the site's")
+        packages = self.packages()
+        package = self.find(ident, packages) if ident else self.champion(packages)
+        if package is None:
+            raise UserError(f"no approved model in {self.group}: name the package to amend")
+        meta = package.get("CustomerMetadataProperties", {})
+        base = self.find(meta[threshold_amendment.AMENDS], packages) if threshold_amendment.AMENDS in meta else package
+        base_meta = base["CustomerMetadataProperties"]
+        metrics_uri = base.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {}).get("S3Uri")
+        rule = (registry.read_json(metrics_uri, self.s3) or {}).get("decision") or {}
+        try:
+            threshold_amendment.check(threshold, rule)
+        except threshold_amendment.NotAdoptable as exc:
+            raise UserError(f"v{base.get('ModelPackageVersion')}: {exc}") from None
+        run = threshold_amendment.run_id(base_meta[promotion.RUN_ID], threshold)
+        for found in packages:
+            if found.get("CustomerMetadataProperties", {}).get(promotion.RUN_ID) == run:
+                return {**self.row(found, None), "promotion": registry.read_json(
+                    self._report(base, run, promotion.RECORD_FILE), self.s3), "created": False}
+        answers = registry.read_json(base_meta.get(promotion.BENCHMARK_ANSWERS), self.s3)
+        answers_uri, comparison = None, None
+        if answers and answers.get("records"):
+            amended = threshold_amendment.answers_at(answers, threshold)
+            answers_uri = self._put(self._report(base, run, "benchmark.json"), amended)
+            comparison = paired_test.compare(paired_test.pair(answers["records"], amended["records"]))
+        reason = (f"threshold {threshold:.3f} adopted in place of v{base.get('ModelPackageVersion')}'s "
+                  f"{rule['threshold']:.4g}: pending a person's approval (`cxr models promote`)"
+                  + ("" if comparison else "; no benchmark answers to compare"))
+        record = {"run_id": run, "status": promotion.PENDING, "approved": False,
+                  "decision": threshold_amendment.DECISION, "reason": reason,
+                  "champion": base["ModelPackageArn"], "comparison": comparison}
+        self._put(self._report(base, run, promotion.RECORD_FILE), record)
+        container = base["InferenceSpecification"]["Containers"][0]
+        specification = {**{k: v for k, v in base["InferenceSpecification"].items() if k != "Containers"},
+                         "Containers": [{"Image": container["Image"], "ModelDataUrl": container["ModelDataUrl"],
+                                         "Environment": {**container.get("Environment", {}),
+                                                         threshold_amendment.THRESHOLD_VARIABLE: str(threshold)}}]}
+        arn = self.sagemaker.create_model_package(
+            ModelPackageGroupName=self.group, ModelPackageDescription=reason[:promotion.MAX_DESCRIPTION],
+            InferenceSpecification=specification, ModelMetrics=base["ModelMetrics"],
+            CustomerMetadataProperties=threshold_amendment.metadata(
+                base_meta, threshold, rule["threshold"], self._report(base, run, ""), answers_uri),
+            ModelApprovalStatus=promotion.PENDING,
+            ClientToken=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.group}/{run}")))["ModelPackageArn"]
+        created = self.sagemaker.describe_model_package(ModelPackageName=arn)
+        return {**self.row(created, None), "promotion": record, "created": True}
+
+    @staticmethod
+    def _report(base: dict, run: str, name: str) -> str:
+        """``reports/<run>/<name>`` in the bucket of the trained package's report."""
+        bucket, _ = layout.split_s3_uri(base["CustomerMetadataProperties"][promotion.REPORT])
+        return f"s3://{bucket}/{layout.report_key(run, name)}"
+
+    def _put(self, uri: str, body: dict) -> str:
+        bucket, key = layout.split_s3_uri(uri)
+        self.s3.put_object(Bucket=bucket, Key=key, ContentType="application/json",
+                           Body=json.dumps(body, indent=1).encode())
+        return uri
+
     def promote(self, ident: str, log: Callable[[str], None] = print) -> dict:
         package = self.find(ident)
         registry.set_status(package["ModelPackageArn"], promotion.APPROVED, "promoted by `cxr models promote`",
@@ -136,9 +203,11 @@ class ModelRegistry:
             return {"package": package["ModelPackageArn"], "version": package.get("ModelPackageVersion"),
                     "endpoint_name": "the predict function (endpoint_mode=lambda)",
                     "model_name": meta.get(promotion.TRAINING_JOB, "-"), "status": "Approved"}
-        payload = {"run_id": meta.get(promotion.RUN_ID, "-"), "model_name": meta[promotion.TRAINING_JOB],
-                   "model_artifact": package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],
-                   "artifact_sha256": meta[promotion.ARTIFACT_SHA256]}
+        container = package["InferenceSpecification"]["Containers"][0]
+        payload = {"run_id": meta.get(promotion.RUN_ID, "-"),
+                   "model_name": meta.get(threshold_amendment.MODEL_NAME) or meta[promotion.TRAINING_JOB],
+                   "model_artifact": container["ModelDataUrl"], "artifact_sha256": meta[promotion.ARTIFACT_SHA256],
+                   "threshold": container.get("Environment", {}).get(threshold_amendment.THRESHOLD_VARIABLE)}
         deployment = self._invoke_until(self.deploy_function, payload, retry_on="EndpointBusy")
         log(f"deploying v{package.get('ModelPackageVersion')} ({deployment['model_name']}) to "
             f"{deployment['endpoint_name']}: {deployment['action']}")

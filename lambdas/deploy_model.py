@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from lambdas import aws
-from lambdas.domain import audit, layout
+from lambdas.domain import audit, layout, threshold_amendment
 
 logger = Logger(service="cxr-deploy-model")
 
@@ -81,12 +81,13 @@ class DeploySettings:
 
 
 def model_definition(settings: DeploySettings, name: str, model_data_url: str, *, artifact_sha256: str | None = None,
-                     code_version: str = "") -> dict:
+                     code_version: str = "", threshold: str | None = None) -> dict:
     """The model as the SageMaker PyTorch serving container loads it: ``code/inference.py`` inside the archive.
 
     The archive's SHA-256 (taken by the Evaluate step) and the deploying code's version go into the
     container's environment: ``inference.py`` returns the digest with every answer, so each prediction
-    names the exact artifact behind it.
+    names the exact artifact behind it. A package that adopts a site's threshold
+    (``lambdas.domain.threshold_amendment``) adds it there too, and ``inference.py`` puts it in force.
 
     Instance endpoints run it network-isolated; serverless endpoints refuse network isolation (a
     documented limit of Serverless Inference), and the model needs no network there either: its
@@ -104,6 +105,7 @@ def model_definition(settings: DeploySettings, name: str, model_data_url: str, *
                 "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
                 **({audit.ARTIFACT_SHA256_VARIABLE: artifact_sha256} if artifact_sha256 else {}),
                 audit.CODE_VERSION_VARIABLE: code_version or audit.UNKNOWN,
+                **({threshold_amendment.THRESHOLD_VARIABLE: threshold} if threshold else {}),
             },
         },
         "EnableNetworkIsolation": settings.mode != "serverless",
@@ -159,14 +161,15 @@ def describe_endpoint(name: str) -> dict | None:
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict, context) -> dict:
     """Input ``{"run_id", "model_name", "model_artifact", "artifact_sha256"}`` (model name: the training job's, unique
-    per run; the digest: the Evaluate step's)."""
+    per run; the digest: the Evaluate step's), and ``"threshold"`` from a package that adopts a site's."""
     settings = DeploySettings.from_env(os.environ)
     name, digest = str(event["model_name"]), str(event["artifact_sha256"])
     sagemaker = aws.client("sagemaker")
     tags = [{"Key": "run_id", "Value": str(event["run_id"])}, {"Key": ENDPOINT_TAG, "Value": settings.endpoint_name},
             {"Key": audit.ARTIFACT_TAG, "Value": digest}]
     model = model_definition(settings, name, event["model_artifact"], artifact_sha256=digest,
-                             code_version=os.environ.get(audit.CODE_VERSION_VARIABLE, ""))
+                             code_version=os.environ.get(audit.CODE_VERSION_VARIABLE, ""),
+                             threshold=event.get("threshold") or None)
     _create(sagemaker.create_model, **model, Tags=tags)
     _create(sagemaker.create_endpoint_config, **endpoint_config_definition(settings, name, name), Tags=tags)
     endpoint = describe_endpoint(settings.endpoint_name)

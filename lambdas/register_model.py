@@ -24,7 +24,6 @@ from lambdas.domain import audit, layout, promotion
 
 logger = Logger(service="cxr-register-model")
 
-PROMOTION_FILE = "promotion.json"
 CONTENT_TYPES = ["image/png", "image/jpeg", "application/x-image", "application/octet-stream"]
 """What ``inference.py``'s ``input_fn`` takes (an encoded image); it answers JSON."""
 
@@ -82,7 +81,7 @@ def handler(event: dict, context) -> dict:
     """Input ``{"run_id", "dataset", "training_job_name", "model_artifact", "summary_uri", "evaluation"}``."""
     group, bucket = os.environ["MODEL_PACKAGE_GROUP"], os.environ["DATA_BUCKET"]
     run_id, evaluation = str(event["run_id"]), event["evaluation"]
-    promotion_key = layout.report_key(run_id, PROMOTION_FILE)
+    promotion_key = layout.report_key(run_id, promotion.RECORD_FILE)
     promotion_uri = f"s3://{bucket}/{promotion_key}"
     found = existing(group, run_id)
     if found is not None:  # a retried attempt: the decision was made and stored

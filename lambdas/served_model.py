@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 
 from lambdas import aws
-from lambdas.domain import audit, imaging, layout, promotion
+from lambdas.domain import audit, imaging, layout, promotion, threshold_amendment
 
 MODEL_PACKAGE_GROUP_VARIABLE = "MODEL_PACKAGE_GROUP"
 """The stage's model package group (``infra.wiring.ENV_MODEL_PACKAGE_GROUP``)."""
@@ -48,6 +48,10 @@ class NoApprovedModel(RuntimeError):
 
 class ArtifactDigestMismatch(RuntimeError):
     """The artifact's bytes are not the ones the registry recorded: nothing is served from them."""
+
+
+class ThresholdNotServable(RuntimeError):
+    """The package adopts a threshold its artifact's handler cannot put in force: nothing is served from it."""
 
 
 @dataclass
@@ -100,7 +104,7 @@ def current(group: str) -> Served:
         if _served is not None and time.monotonic() - _checked_at < REGISTRY_CACHE_SECONDS:
             return _served
         package = champion(group)
-        if _served is None or _served.artifact != _artifact(package):
+        if _served is None or _served.package_arn != package["ModelPackageArn"]:
             _served = _load_package(package)
         _checked_at = time.monotonic()
         return _served
@@ -117,18 +121,16 @@ def package(package_arn: str) -> Served:
         return _served
 
 
-def _artifact(package: dict) -> str:
-    return package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
-
-
 def _load_package(package: dict) -> Served:
     """The package's serving copy (or, registered before copies, its artifact), checked against its digest."""
     container = package["InferenceSpecification"]["Containers"][0]
     metadata = package.get("CustomerMetadataProperties", {})
     serving = (metadata[promotion.SERVING_ARTIFACT], metadata[promotion.SERVING_SHA256]) if (
         promotion.SERVING_ARTIFACT in metadata) else None
+    environment = container.get("Environment", {})
     return load(package["ModelPackageArn"], container["ModelDataUrl"],
-                container.get("Environment", {}).get(audit.ARTIFACT_SHA256_VARIABLE), serving)
+                environment.get(audit.ARTIFACT_SHA256_VARIABLE), serving,
+                environment.get(threshold_amendment.THRESHOLD_VARIABLE))
 
 
 def champion(group: str) -> dict:
@@ -144,9 +146,12 @@ def champion(group: str) -> dict:
     return package
 
 
-def load(package_arn: str, artifact: str, digest: str | None, serving: tuple[str, str] | None = None) -> Served:
+def load(package_arn: str, artifact: str, digest: str | None, serving: tuple[str, str] | None = None,
+         threshold: str | None = None) -> Served:
     """Write the serving copy (``serving``: its URI and SHA-256) into ``/tmp``, or without one the artifact's
-    handler files, each checked against its digest; import the handler and load the model."""
+    handler files, each checked against its digest; import the handler and load the model, at the package's
+    adopted ``threshold`` if it has one (put in force by the artifact's own ``decision.adopt_threshold``, as
+    the endpoint's container does from its environment)."""
     model_dir = WORK / hashlib.sha256(artifact.encode()).hexdigest()[:16]
     shutil.rmtree(WORK, ignore_errors=True)  # the previous champion's files: /tmp is 512 MB by default
     model_dir.mkdir(parents=True)
@@ -165,6 +170,12 @@ def load(package_arn: str, artifact: str, digest: str | None, serving: tuple[str
         raise ArtifactDigestMismatch(f"{uri} has SHA-256 {found}, the registry records {expected}")
     handler = _import_handler(model_dir / "code", found)
     model = handler.model_fn(str(model_dir))
+    if threshold:
+        adopt = getattr(handler.decision, "adopt_threshold", None)
+        if adopt is None:
+            raise ThresholdNotServable(f"{package_arn} adopts threshold {threshold}, but its artifact's handler "
+                                       "predates adopted thresholds: retrain, then adopt again")
+        model.config = adopt(model.config, threshold)
     model.artifact_sha256 = digest or found
     return Served(package_arn, artifact, model.artifact_sha256, handler, model)
 

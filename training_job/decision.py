@@ -25,6 +25,11 @@ pneumonia while normal is the most probable class, or the reverse), or when the 
 input unlike the training data (``out_of_distribution``). The band is derived from the model's own
 threshold, so it always contains it: a band fixed apart from the threshold let a model fitted at
 0.163 label a film ``bacterial`` at p(normal) 0.807 without referral.
+
+A site may serve the model at its own threshold (``cxr models adopt-threshold``: the threshold its review
+verdicts call for, ``lambdas/domain/site_threshold.py``). The registry then serves the same artifact with
+:data:`THRESHOLD_VARIABLE` in the container's environment, and :func:`adopt_threshold` puts it in force
+in place of step 3; the band and every referral follow it as they follow the model's own.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ DEFAULT_MARGIN = math.log(4)
 NEAR_THRESHOLD, LABEL_NOT_MOST_PROBABLE, OUT_OF_DISTRIBUTION = (
     "near_threshold", "label_not_most_probable", "out_of_distribution")
 REASONS = (NEAR_THRESHOLD, LABEL_NOT_MOST_PROBABLE, OUT_OF_DISTRIBUTION)
+THRESHOLD_VARIABLE = "CXR_DECISION_THRESHOLD"
+"""A site's adopted threshold, in the serving container's environment (``lambdas.domain.threshold_amendment``)."""
 RULE = ("refer when |logit(p(pneumonia)) - logit(threshold)| < margin (without a normal class: the log-odds of "
         "the two most probable classes), when the label is not the most probable class, or when the input is "
         "out of distribution")
@@ -143,6 +150,25 @@ class Rule:
     def describe(self) -> dict:
         return {"rule": RULE, "threshold": self.threshold, "margin": self.margin,
                 "band": list(self.band) if self.band else None}
+
+
+def adopt_threshold(config: dict, threshold: str | float | None) -> dict:
+    """``model.json`` with a site's ``threshold`` in force (None or "": the model's own, unchanged).
+
+    Only a threshold inside the model's own referral band is taken: every prediction there was referred
+    and read by a radiologist, so the verdicts that chose it saw those cases; outside it the model would
+    call unreferred cases that no verdict has judged. The model's own threshold stays as
+    ``model_threshold``."""
+    if threshold is None or threshold == "":
+        return config
+    value, rule = float(threshold), Rule.of(config)
+    if rule.band is None:
+        raise ValueError(f"{THRESHOLD_VARIABLE}={threshold}: this model has no normal class, so no threshold")
+    low, high = rule.band
+    if not low <= value <= high or not 0.0 < value < 1.0:
+        raise ValueError(f"{THRESHOLD_VARIABLE}={threshold} lies outside the model's referral band "
+                         f"[{low:.4f}, {high:.4f}] around its threshold {rule.threshold}")
+    return {**config, "threshold": value, "model_threshold": rule.threshold}
 
 
 @dataclass(frozen=True)

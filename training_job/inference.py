@@ -8,7 +8,8 @@ Every input goes through the one normaliser (``imaging.py``, shipped beside this
 resize policy recorded in ``model.json``, exactly as at training time; logits become probabilities,
 a label and the referral (``refer_to_radiologist`` with the ``referral_reasons`` that fired, the
 ``threshold`` and ``referral_band`` in force) through ``decision.py`` (also shipped here), the rule
-every training figure used.
+every training figure used; a site's adopted threshold (``CXR_DECISION_THRESHOLD`` in the container's
+environment, ``decision.adopt_threshold``) replaces the model's own at load, inside its referral band.
 
 Each answer names the artifact that produced it: ``artifact_sha256`` is the packed archive's digest,
 which the deploy step puts in the container's environment (``CXR_ARTIFACT_SHA256``), and every call
@@ -108,7 +109,8 @@ class Request:
 
 def model_fn(model_dir: str, context=None) -> Model:
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / "model.json").read_text())
+    config = decision.adopt_threshold(json.loads((model_dir / "model.json").read_text()),
+                                      os.environ.get(decision.THRESHOLD_VARIABLE))
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("CXR_ONNX_THREADS", "0"))  # 0: one per core
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

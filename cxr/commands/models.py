@@ -1,10 +1,12 @@
-"""`cxr models list | show ID | compare A B | promote ID | rollback`: the stage's SageMaker Model Registry.
+"""`cxr models list | show ID | compare A B | promote ID | rollback | adopt-threshold T`: the stage's Model Registry.
 
 Every training run registers a model package (``lambdas/register_model.py``); the approved package
 approved last serves. ``promote`` approves a package (``approval=manual`` leaves passing models
 pending) and deploys it; ``rollback`` rejects the serving package and redeploys the previous approved
 one; ``compare`` runs the champion gate's paired bootstrap between two packages on their common
-benchmark set. IDs are package versions, ARNs or run ids.
+benchmark set. ``adopt-threshold`` registers the serving model (or ``--model``) at the threshold a site's review
+verdicts call for (``cxr status`` prints it), as a package pending approval beside the paired test at that
+threshold; ``promote`` then serves it. IDs are package versions, ARNs or run ids.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ def register(subparsers) -> None:
         ("compare", "the paired bootstrap of B against A on their common benchmark set", ("a", "b")),
         ("promote", "approve a package and deploy it", ("id",)),
         ("rollback", "reject the serving package and redeploy the previous approved one", ()),
+        ("adopt-threshold", "register the serving model at a site's threshold, pending approval", ("threshold",)),
     ):
         action = actions.add_parser(name, help=help_text)
         for arg in args:
-            action.add_argument(arg)
+            threshold = {"type": float, "help": "p(pneumonia), to 0.001"} if arg == "threshold" else {}
+            action.add_argument(arg, **threshold)
         if name == "compare":
             action.add_argument("--margin", type=float, default=champion.DEFAULT_MARGIN)
+        if name == "adopt-threshold":
+            action.add_argument("--model", help="the package to amend (default: the serving one)")
         action.add_argument("--json", action="store_true")
         target.add_arguments(action)
         action.set_defaults(run=run)
@@ -46,6 +52,7 @@ def run(args) -> int:
         "compare": lambda: models.compare(args.a, args.b, args.margin),
         "promote": lambda: models.promote(args.id, quiet),
         "rollback": lambda: models.rollback(quiet),
+        "adopt-threshold": lambda: models.adopt_threshold(args.threshold, args.model),
     }[args.action]()
     if args.json:
         print(json.dumps(result, indent=1, default=str))
@@ -60,7 +67,8 @@ def print_list(rows: list[dict]) -> None:
     for r in rows:
         print(f"{'*' if r['champion'] else ' '} v{r['version']:<3} {r['status']:<22} {r['decision'] or '-':<20} "
               f"run {r['run_id']}  dataset {r['dataset']}  benchmark {r['benchmark']}  "
-              f"sha256 {(r['artifact_sha256'] or '-')[:12]}")
+              f"sha256 {(r['artifact_sha256'] or '-')[:12]}"
+              + (f"  threshold {r['threshold']}" if r["threshold"] else ""))
 
 
 def print_show(info: dict) -> None:
@@ -103,5 +111,13 @@ def print_deployed(result: dict) -> None:
     print(f"v{result['version']} serves on {result['endpoint_name']} ({result['model_name']})")
 
 
+def print_adopted(result: dict) -> None:
+    record = result["promotion"] or {}
+    print(f"v{result['version']} {result['status']} ({'registered' if result['created'] else 'already registered'}):"
+          f" {record.get('reason', '')}")
+    print_statistics(record.get("comparison"))
+    print(f"  serve it with `cxr models promote {result['version']}`; `cxr models rollback` returns to the model's own")
+
+
 PRINTERS = {"list": print_list, "show": print_show, "compare": print_compare, "promote": print_deployed,
-            "rollback": print_deployed}
+            "rollback": print_deployed, "adopt-threshold": print_adopted}

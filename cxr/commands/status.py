@@ -241,3 +241,5 @@ def print_threshold(fitted: dict | None) -> None:
           f"shown to keep sensitivity >= {target} here: {figures(fitted['at_threshold'])}")
     print(f"      at the model's {model:.3f}: {figures(fitted['at_model_threshold'])}; the site's threshold changes "
           f"specificity by {change['estimate']:+.3f} ({change['interval'][0]:+.3f} to {change['interval'][1]:+.3f})")
+    print(f"      to serve it: `cxr models adopt-threshold {fitted['threshold']:.3f}`, then `cxr models promote` the "
+          "package it registers")

@@ -42,6 +42,9 @@ SERVING_SHA256 = "cxr:serving-sha256"
 """The lean serving copy the Evaluate step wrote (``lambdas.domain.serving_copy``) and its digest: what
 ``endpoint_mode=lambda`` loads; absent on packages registered before it."""
 
+RECORD_FILE = "promotion.json"
+"""The decision and its statistics, in the package's report folder (``reports/<run>/``)."""
+
 MAX_PROPERTIES, MAX_KEY, MAX_VALUE, MAX_DESCRIPTION = 50, 128, 256, 1024
 _METADATA_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
 """``CustomerMetadataProperties`` keys and values: ``^([\\p{L}\\p{Z}\\p{N}_.:\\/=+\\-@]*)$``, keys 1-128 and values

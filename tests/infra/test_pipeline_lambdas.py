@@ -349,3 +349,22 @@ def test_the_deployed_model_carries_its_artifact_digest(deploy_env, lambda_conte
     assert model["PrimaryContainer"]["Environment"][audit.CODE_VERSION_VARIABLE] == "0.1.0+gabc"
     for arn in (model["ModelArn"], sm.describe_endpoint_config(EndpointConfigName=f"{PREFIX}0-a")["EndpointConfigArn"]):
         assert {"Key": deploy_model.audit.ARTIFACT_TAG, "Value": DIGEST} in sm.list_tags(ResourceArn=arn)["Tags"]
+
+
+def test_a_package_that_adopts_a_threshold_deploys_it_in_the_containers_environment(deploy_env, lambda_context):
+    """``cxr models promote`` of an amendment: its own model name, the threshold beside the digest; none otherwise."""
+    import os
+
+    from lambdas import deploy_model
+    from lambdas.domain import threshold_amendment
+
+    deploy_model.handler({"run_id": "a-threshold-700", "model_name": f"{PREFIX}0-a-t700", "artifact_sha256": DIGEST,
+                          "model_artifact": "s3://cxr-data/models/a/model.tar.gz", "threshold": "0.7"}, lambda_context)
+    adopted = boto3.client("sagemaker").describe_model(ModelName=f"{PREFIX}0-a-t700")["PrimaryContainer"]["Environment"]
+    own = deploy_model.model_definition(deploy_model.DeploySettings.from_env(os.environ), f"{PREFIX}0-a",
+                                        "s3://cxr-data/models/a/model.tar.gz", artifact_sha256=DIGEST,
+                                        code_version=os.environ.get(wiring.ENV_CODE_VERSION, ""))
+    own = own["PrimaryContainer"]["Environment"]
+    assert threshold_amendment.THRESHOLD_VARIABLE not in own
+    assert adopted[threshold_amendment.THRESHOLD_VARIABLE] == "0.7"
+    assert {k: v for k, v in adopted.items() if k != threshold_amendment.THRESHOLD_VARIABLE} == own

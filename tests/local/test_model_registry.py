@@ -172,3 +172,41 @@ def test_batch_predict_scores_a_folder_with_one_bad_file(cloud, tmp_path):
     ours = [k for k in keys if result["transform_job"] in k or again["transform_job"] in k]
     assert len(ours) == 2 * (17 + 1)  # each input and its answer, under positions
     assert not [k for k in keys if "MRN" in k or "person" in k or "NORMAL" in k]
+
+
+def test_a_site_threshold_is_adopted_pending_then_served_and_rolled_back(cloud):
+    """`cxr models adopt-threshold`: the serving model registered again at a threshold inside its band, pending
+    until promoted; then the endpoint answers at it from the same artifact, and a rollback restores the model's own."""
+    from cxr.errors import UserError
+    from lambdas.domain import threshold_amendment
+
+    models = registry_of(cloud)
+    trained = models.champion()
+    meta = trained["CustomerMetadataProperties"]
+    rule = models.show(str(trained["ModelPackageVersion"]))["metrics"]["decision"]
+    own, high = rule["threshold"], rule["band"][1]
+    with pytest.raises(UserError, match="outside the model's referral band"):
+        models.adopt_threshold(round(min(high + 0.01, 0.999), 3))
+    adopted = round((own + high) / 2, 3)
+    result = models.adopt_threshold(adopted)
+    assert result["created"] and result["status"] == promotion.PENDING and result["threshold"] == f"{adopted:.3f}"
+    statistics = result["promotion"]["comparison"]["metrics"]
+    assert statistics["roc_auc"]["difference"] == 0  # the same p(pneumonia), called at another threshold
+    assert statistics["sensitivity"]["difference"] <= 0 <= statistics["specificity"]["difference"]
+    again = models.adopt_threshold(adopted)
+    assert again["version"] == result["version"] and not again["created"]
+    assert models.champion()["ModelPackageArn"] == trained["ModelPackageArn"]  # pending serves nothing
+
+    models.promote(str(result["version"]), log=lambda _: None)
+    assert serving(cloud) == threshold_amendment.model_name(meta[promotion.TRAINING_JOB], adopted)
+    xray = min(Path("samples/kermany-val16").rglob("*.jpeg"))
+    inference_bucket = cloud.names.bucket(wiring.INFERENCE)
+    names = source_names.namer(boto3.client("secretsmanager"), cloud.config.stage, inference_bucket)
+    served = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], names, prefix="site/")[xray]
+    assert served["threshold"] == adopted and served["audit"]["artifact_sha256"] == meta[promotion.ARTIFACT_SHA256]
+    assert served["referral_band"][0] < adopted < served["referral_band"][1]
+
+    models.rollback(log=lambda _: None)
+    assert serving(cloud) == meta[promotion.TRAINING_JOB]
+    back = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], names, prefix="back/")[xray]
+    assert back["threshold"] == own and back["audit"]["artifact_sha256"] == meta[promotion.ARTIFACT_SHA256]

@@ -135,3 +135,40 @@ def test_the_serving_copy_keeps_only_the_served_files_and_is_the_same_bytes_twic
     assert serving_copy.build(dict(reversed(members.items())))[0] == data
     with pytest.raises(serving_copy.IncompleteArtifact, match="model.int8.onnx"):
         serving_copy.build({k: v for k, v in members.items() if k != "model.int8.onnx"})
+
+
+def test_a_package_that_adopts_a_threshold_is_served_at_it_and_one_outside_the_band_is_not(
+        lambda_mode, lambda_context, trained, monkeypatch):
+    """The same artifact registered twice, the second with a site's threshold in its container's environment: the
+    predict function answers at that threshold, and reloads when the champion changes though the artifact does not."""
+    from lambdas.domain import threshold_amendment
+
+    config = json.loads((trained / "model" / "model.json").read_text())
+    own = config.get("threshold") or 0.5
+    adopted = round(own + 0.5 * (1 / (1 + (1 - own) / own / 4) - own), 3)  # halfway to the band's top
+    plain = register("same/model.tar.gz", lambda_mode, "2026-11-01T00:00:00+00:00")
+    spec = register_model.inference_specification("image", f"s3://{ARTIFACTS}/same/model.tar.gz",
+                                                  hashlib.sha256(lambda_mode).hexdigest(), "0.1.0+gtest")
+    spec["Containers"][0]["Environment"][threshold_amendment.THRESHOLD_VARIABLE] = str(adopted)
+    amended = boto3.client("sagemaker").create_model_package(
+        ModelPackageGroupName=GROUP, InferenceSpecification=spec, ModelApprovalStatus=promotion.APPROVED,
+        CustomerMetadataProperties={promotion.APPROVED_AT: "2026-11-02T00:00:00+00:00"})["ModelPackageArn"]
+    body = encode(xray("normal", np.random.default_rng(7)), "PNG")
+    assert invoke(lambda_context, upload("incoming/a.png", body)) == counts(predicted=1)
+    record = read_json(prediction_key("incoming/a.png"))
+    assert record["endpoint"] == f"lambda:{amended}" and record["threshold"] == adopted != own
+    low, high = record["referral_band"]
+    assert low < adopted < high
+
+    boto3.client("sagemaker").update_model_package(ModelPackageArn=amended, ModelApprovalStatus=promotion.REJECTED)
+    monkeypatch.setattr(served_model, "REGISTRY_CACHE_SECONDS", 0)  # rolled back: the model's own threshold again
+    invoke(lambda_context, upload("incoming/b.png", body))
+    again = read_json(prediction_key("incoming/b.png"))
+    assert again["endpoint"] == f"lambda:{plain}" and again["threshold"] == own
+
+    spec["Containers"][0]["Environment"][threshold_amendment.THRESHOLD_VARIABLE] = "0.999"
+    boto3.client("sagemaker").create_model_package(
+        ModelPackageGroupName=GROUP, InferenceSpecification=spec, ModelApprovalStatus=promotion.APPROVED,
+        CustomerMetadataProperties={promotion.APPROVED_AT: "2026-11-03T00:00:00+00:00"})
+    with pytest.raises(ValueError, match="outside the model's referral band"):
+        invoke(lambda_context, upload("incoming/c.png", body))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import corpus
 from cxr import jobcode
 from lambdas import predict
-from lambdas.domain import imaging
+from lambdas.domain import imaging, threshold_amendment
 from lambdas.s3io import SourceObject
 
 decision, inference, metrics = (jobcode.load(name) for name in ("decision", "inference", "metrics"))
@@ -66,11 +66,47 @@ def served(logits: np.ndarray, config: dict) -> tuple[dict, dict]:
 @given(model=models())
 def test_no_unreferred_label_disagrees_with_its_probabilities(model):
     logits, config = model
+    assert_one_story(logits, config, config["threshold"] or 0.5)
+
+
+@SETTINGS
+@given(model=models(), adopted=st.floats(0, 1, exclude_min=True, exclude_max=True))
+def test_an_adopted_threshold_is_taken_exactly_where_the_registry_takes_it_and_tells_one_story(model, adopted):
+    """``cxr models adopt-threshold`` checks against ``metrics.json``'s rule what the container checks as it
+    loads: the two agree on every threshold, and a model served at an adopted one keeps every guarantee."""
+    logits, config = model
+    described = decision.Rule.of(config).describe()
+    try:
+        threshold_amendment.check(adopted, described)
+        registered = True
+    except threshold_amendment.NotAdoptable:
+        registered = False
+    try:
+        adopted_config = decision.adopt_threshold(config, str(adopted))
+    except ValueError:
+        assert not registered, f"registered at {adopted}, but the container refuses it"
+        return
+    assert registered, f"the container would serve {adopted}, but the registry refuses it"
+    assert adopted_config["model_threshold"] == described["threshold"]
+    assert_one_story(logits, adopted_config, adopted)
+
+
+def test_no_adopted_threshold_leaves_the_model_as_it_is():
+    config = {"classes": BINARY, "threshold": 0.3}
+    assert decision.adopt_threshold(config, None) is config and decision.adopt_threshold(config, "") is config
+    with pytest.raises(ValueError, match="outside the model's referral band"):
+        decision.adopt_threshold(config, "0.9")
+    with pytest.raises(ValueError, match="no normal class"):
+        decision.adopt_threshold({"classes": ["cat", "dog"]}, "0.5")
+    assert decision.THRESHOLD_VARIABLE == threshold_amendment.THRESHOLD_VARIABLE
+
+
+def assert_one_story(logits: np.ndarray, config: dict, expected_threshold: float) -> None:
     classes = config["classes"]
     probs = decision.model_probabilities(logits, config)
     answer, record = served(logits, config)
     threshold, band = record["threshold"], record["referral_band"]
-    assert threshold == (config["threshold"] or 0.5)
+    assert threshold == expected_threshold
     assert band[0] <= threshold <= band[1] and 0 <= band[0] < band[1] <= 1
     label = classes.index(record["label"])
     pneumonia = 1 - probs[classes.index("normal")]

@@ -1,0 +1,96 @@
+"""A site's threshold adopted: the registry entry that serves a trained model at another threshold (pure).
+
+``cxr status`` shows the threshold a site's review verdicts call for (``lambdas.domain.site_threshold``), and
+``cxr models adopt-threshold`` adopts it. Nothing is retrained and no artifact is written: the amendment is a
+new package of the same ``model.tar.gz`` (same digest, same serving copy) whose container environment holds
+the threshold (:data:`THRESHOLD_VARIABLE`, which ``training_job/decision.py`` puts in force at load). So it is
+registered, approved, served and rolled back like any package, and every answer names the threshold it used.
+
+What it is judged on. Its answers on the dataset's benchmark set are the trained package's own p(pneumonia),
+called at the new threshold (:func:`answers_at`; the call is ``p >= threshold`` as ``decision.predict``
+makes it). The amendment waits as ``PendingManualApproval`` beside the paired test of those answers against
+the trained package's: a person promotes it (``cxr models promote``), having read what it costs on the
+benchmark set, since the site's verdicts and the benchmark set are different patients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from lambdas.domain import promotion
+
+THRESHOLD_VARIABLE = "CXR_DECISION_THRESHOLD"
+"""Read by ``training_job/decision.py`` (``THRESHOLD_VARIABLE``) in the serving container."""
+AMENDS = "cxr:amends"
+"""Metadata: the run id of the trained package whose artifact an amendment serves."""
+THRESHOLD = "cxr:threshold"
+MODEL_THRESHOLD = "cxr:model-threshold"
+MODEL_NAME = "cxr:model-name"
+"""Metadata: the SageMaker model an amendment deploys as. A SageMaker model's environment cannot change, and
+the deploy step takes an existing name as a retried attempt, so the name carries the threshold."""
+DECISION = "threshold-adopted"
+MAX_MODEL_NAME = 63
+
+
+class NotAdoptable(ValueError):
+    """The threshold cannot be served by this model: no binary view, or outside its referral band."""
+
+
+def milli(threshold: float) -> int:
+    """The threshold in thousandths (``site_threshold.DECIMALS``), the unit names are made of."""
+    return round(threshold * 1000)
+
+
+def check(threshold: float, decision: Mapping) -> float:
+    """The threshold, if the model's recorded rule (``metrics.json`` ``decision``) has it inside its referral
+    band, the same test ``decision.adopt_threshold`` makes as the model loads."""
+    band = decision.get("band")
+    if decision.get("threshold") is None or not band:
+        raise NotAdoptable("this model records no binary threshold and band: it has no threshold to replace")
+    low, high = (float(x) for x in band)
+    if not (math.isfinite(threshold) and 0 < threshold < 1 and low <= threshold <= high):
+        raise NotAdoptable(f"threshold {threshold} lies outside the model's referral band [{low:.3f}, {high:.3f}]: "
+                           "beyond it the model would decide unreferred cases no verdict has judged; a site that "
+                           "needs more needs a model trained for it")
+    return threshold
+
+
+def run_id(base_run: str, threshold: float) -> str:
+    return f"{base_run}-threshold-{milli(threshold):03d}"
+
+
+def model_name(training_job: str, threshold: float) -> str:
+    """The training job's name (the stage's prefix first, as the deploy role's policy requires) with the
+    threshold: one SageMaker model per artifact and threshold."""
+    suffix = f"-t{milli(threshold):03d}"
+    return training_job[:MAX_MODEL_NAME - len(suffix)] + suffix
+
+
+def answers_at(answers: Mapping, threshold: float) -> dict:
+    """The trained package's benchmark answers called at ``threshold``. ``referred`` is left out: it also
+    holds the guard's and the label's reasons, which the answers do not separate from the band's."""
+    return {**answers, "threshold": threshold, "records": [
+        {key: value for key, value in record.items() if key != "referred"}
+        | {"called": float(record["score"]) >= threshold} for record in answers.get("records", [])]}
+
+
+def metadata(base: Mapping, threshold: float, model_threshold: float, report_uri: str,
+             answers_uri: str | None) -> dict:
+    """The amendment's ``CustomerMetadataProperties``: the trained package's, with its own run, report, answers,
+    decision and model name, and what it amends."""
+    meta = dict(base)
+    for key in (promotion.APPROVED_AT, promotion.BENCHMARK_ANSWERS):
+        meta.pop(key, None)
+    if answers_uri:
+        meta[promotion.BENCHMARK_ANSWERS] = answers_uri
+    base_run = meta[promotion.RUN_ID]
+    meta.update({promotion.RUN_ID: run_id(base_run, threshold), AMENDS: base_run, promotion.REPORT: report_uri,
+                 promotion.DECISION: DECISION,
+                 THRESHOLD: f"{threshold:.3f}", MODEL_THRESHOLD: f"{model_threshold:.6g}",
+                 MODEL_NAME: model_name(meta[promotion.TRAINING_JOB], threshold)})
+    values = {key: promotion.metadata_value(value) for key, value in meta.items()}
+    problems = promotion.metadata_problems(values)
+    if problems:
+        raise ValueError("CustomerMetadataProperties SageMaker would refuse: " + "; ".join(problems))
+    return values

@@ -118,7 +118,8 @@ class ModelRegistry:
         base = self.find(meta[threshold_amendment.AMENDS], packages) if threshold_amendment.AMENDS in meta else package
         base_meta = base["CustomerMetadataProperties"]
         metrics_uri = base.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {}).get("S3Uri")
-        rule = (registry.read_json(metrics_uri, self.s3) or {}).get("decision") or {}
+        measured = registry.read_json(metrics_uri, self.s3) or {}
+        rule = measured.get("decision") or {}
         try:
             threshold_amendment.check(threshold, rule)
         except threshold_amendment.NotAdoptable as exc:
@@ -129,11 +130,15 @@ class ModelRegistry:
                 return {**self.row(found, None), "promotion": registry.read_json(
                     self._report(base, run, promotion.RECORD_FILE), self.s3), "created": False}
         answers = registry.read_json(base_meta.get(promotion.BENCHMARK_ANSWERS), self.s3)
-        answers_uri, comparison = None, None
+        answers_uri, comparison, model_metrics = None, None, base["ModelMetrics"]
         if answers and answers.get("records"):
             amended = threshold_amendment.answers_at(answers, threshold)
             answers_uri = self._put(self._report(base, run, "benchmark.json"), amended)
             comparison = paired_test.compare(paired_test.pair(answers["records"], amended["records"]))
+            if measured.get("model_id"):  # its own figures, at its threshold, under the id its answers give
+                model_metrics = {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": self._put(
+                    self._report(base, run, "metrics.json"),
+                    threshold_amendment.figures(amended, measured["model_id"], threshold, rule["threshold"]))}}}
         reason = (f"threshold {threshold:.3f} adopted in place of v{base.get('ModelPackageVersion')}'s "
                   f"{rule['threshold']:.4g}: pending a person's approval (`cxr models promote`)"
                   + ("" if comparison else "; no benchmark answers to compare"))
@@ -148,7 +153,7 @@ class ModelRegistry:
                                                          threshold_amendment.THRESHOLD_VARIABLE: str(threshold)}}]}
         arn = self.sagemaker.create_model_package(
             ModelPackageGroupName=self.group, ModelPackageDescription=reason[:promotion.MAX_DESCRIPTION],
-            InferenceSpecification=specification, ModelMetrics=base["ModelMetrics"],
+            InferenceSpecification=specification, ModelMetrics=model_metrics,
             CustomerMetadataProperties=threshold_amendment.metadata(
                 base_meta, threshold, rule["threshold"], self._report(base, run, ""), answers_uri),
             ModelApprovalStatus=promotion.PENDING,

@@ -158,7 +158,8 @@ def adopt_threshold(config: dict, threshold: str | float | None) -> dict:
     Only a threshold inside the model's own referral band is taken: every prediction there was referred
     and read by a radiologist, so the verdicts that chose it saw those cases; outside it the model would
     call unreferred cases that no verdict has judged. The model's own threshold stays as
-    ``model_threshold``."""
+    ``model_threshold``, and the id gains the threshold in thousandths (``-t700``): answers at another
+    threshold are another operating point, tallied apart (``lambdas.domain.threshold_amendment``)."""
     if threshold is None or threshold == "":
         return config
     value, rule = float(threshold), Rule.of(config)
@@ -168,7 +169,10 @@ def adopt_threshold(config: dict, threshold: str | float | None) -> dict:
     if not low <= value <= high or not 0.0 < value < 1.0:
         raise ValueError(f"{THRESHOLD_VARIABLE}={threshold} lies outside the model's referral band "
                          f"[{low:.4f}, {high:.4f}] around its threshold {rule.threshold}")
-    return {**config, "threshold": value, "model_threshold": rule.threshold}
+    adopted = {**config, "threshold": value, "model_threshold": rule.threshold}
+    if config.get("model_id"):
+        adopted["model_id"] = f"{config['model_id']}-t{round(value * 1000):03d}"
+    return adopted
 
 
 @dataclass(frozen=True)

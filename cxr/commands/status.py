@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from cxr import reviews, target
 from infra import wiring
-from lambdas.domain import field_performance, layout, site_threshold
+from lambdas.domain import field_performance, layout, site_threshold, threshold_amendment
 
 REPORT_URL_SECONDS = 3600
 
@@ -49,6 +49,10 @@ def collect(deployment: target.Target, runs: int) -> dict:
         metrics = serving_metrics(deployment, report["endpoint"]["run_id"])
         report["model_metrics"] = summarise_metrics(metrics) if metrics else None
         report["model_report"] = model_report(deployment, report["endpoint"]["run_id"])
+        threshold = report["endpoint"].get("threshold")
+        if threshold:  # a site's adopted threshold: the amendment's own figures, under the id its answers give
+            metrics = serving_metrics(deployment, threshold_amendment.run_id(report["endpoint"]["run_id"],
+                                                                             float(threshold)))
         if metrics and metrics.get("model_id"):  # models trained before metrics.json named them have no figures here
             report["endpoint"]["model_id"] = metrics["model_id"]
             references[metrics["model_id"]] = field_performance.reference_figures(metrics)
@@ -74,6 +78,7 @@ def endpoint_state(deployment: target.Target) -> dict:
         "mode": "serverless" if "ServerlessConfig" in variant else variant.get("InstanceType", "instances"),
         "artifact": artifact,
         "run_id": run_of(artifact),
+        "threshold": model["PrimaryContainer"].get("Environment", {}).get(threshold_amendment.THRESHOLD_VARIABLE),
     }
 
 
@@ -149,7 +154,9 @@ def print_report(report: dict) -> None:
     endpoint = report["endpoint"]
     print(f"endpoint {endpoint['name']}: {endpoint['status']}"
           + (f", model {endpoint['model']} ({endpoint['mode']}), run {endpoint['run_id']}" if "model" in endpoint
-             else ""))
+             else "")
+          + (f", at the site's adopted threshold {endpoint['threshold']} (the figures below are the model's own)"
+             if endpoint.get("threshold") else ""))
     metrics = report.get("model_metrics")
     if metrics:
         line = (f"  metrics on the {metrics['evaluated_on']} split ({metrics['n']} images): accuracy "

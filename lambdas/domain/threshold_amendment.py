@@ -16,6 +16,7 @@ benchmark set, since the site's verdicts and the benchmark set are different pat
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 
 from lambdas.domain import promotion
@@ -56,6 +57,12 @@ def check(threshold: float, decision: Mapping) -> float:
     return threshold
 
 
+def served_model_id(model_id: str, threshold: float) -> str:
+    """The id its answers give (``decision.adopt_threshold`` makes the same): the model at another threshold is
+    another operating point, so the site's verdicts on it are tallied apart from the model's own."""
+    return f"{model_id}-t{milli(threshold):03d}"
+
+
 def run_id(base_run: str, threshold: float) -> str:
     return f"{base_run}-threshold-{milli(threshold):03d}"
 
@@ -73,6 +80,20 @@ def answers_at(answers: Mapping, threshold: float) -> dict:
     return {**answers, "threshold": threshold, "records": [
         {key: value for key, value in record.items() if key != "referred"}
         | {"called": float(record["score"]) >= threshold} for record in answers.get("records", [])]}
+
+
+def figures(amended: Mapping, model_id: str, threshold: float, model_threshold: float) -> dict:
+    """The amendment's ``metrics.json``: its binary figures on the benchmark set at its threshold (the only
+    labelled images whose p(pneumonia) the registry holds), under the id its answers give, so that ``cxr status``
+    and the FieldMonitor compare the site's verdicts on it with figures measured at the same threshold."""
+    cells = Counter((bool(r["truth"]), bool(r["called"])) for r in amended["records"])
+    tn, fp, fn, tp = (cells[(truth, called)] for truth in (False, True) for called in (False, True))
+    n = tn + fp + fn + tp
+    return {"model_id": served_model_id(model_id, threshold), "evaluated_on": f"benchmark set {amended['version']}",
+            "n": n, "threshold": threshold, "model_threshold": model_threshold, "binary": {
+                "positive": "pneumonia", "n": n, "accuracy": (tp + tn) / n if n else None,
+                "sensitivity": tp / (tp + fn) if tp + fn else None, "specificity": tn / (tn + fp) if tn + fp else None,
+                "confusion_matrix": [[tn, fp], [fn, tp]]}}
 
 
 def metadata(base: Mapping, threshold: float, model_threshold: float, report_uri: str,

@@ -17,7 +17,10 @@ import pytest
 from recorded import recorded_cloud
 
 from cxr import operations, source_names
+from cxr.commands import status
+from cxr.local import names as local_names
 from cxr.model_registry import ModelRegistry
+from cxr.target import Target
 from infra import wiring
 from infra.config import Config
 from lambdas.domain import benchmark, promotion
@@ -61,6 +64,20 @@ def registry_of(cloud) -> ModelRegistry:
     return ModelRegistry(boto3.client("sagemaker"), boto3.client("s3"), boto3.client("lambda"),
                          wiring.model_package_group("e2e"), cloud.names.function(wiring.DEPLOY_MODEL),
                          cloud.names.function(wiring.ENDPOINT_STATUS), poll_seconds=0.1)
+
+
+class Deployment(Target):
+    """`cxr status`'s target on the recorded cloud: its state machine and functions by their local names."""
+
+    def __init__(self, cloud):
+        super().__init__(boto3.Session(region_name=local_names.REGION), "e2e", local_names.ACCOUNT, local_names.REGION)
+        self.cloud = cloud
+
+    def state_machine_arn(self) -> str:
+        return self.cloud.state_machine_arn
+
+    def function_name(self, spec, part: str) -> str:
+        return self.cloud.names.function(spec)
 
 
 def serving(cloud) -> str:
@@ -205,6 +222,13 @@ def test_a_site_threshold_is_adopted_pending_then_served_and_rolled_back(cloud):
     served = operations.predict_files(boto3.client("s3"), inference_bucket, [xray], names, prefix="site/")[xray]
     assert served["threshold"] == adopted and served["audit"]["artifact_sha256"] == meta[promotion.ARTIFACT_SHA256]
     assert served["referral_band"][0] < adopted < served["referral_band"][1]
+    report = status.collect(Deployment(cloud), runs=5)  # `cxr status`: the served id, figures at its threshold
+    assert report["endpoint"]["threshold"] == str(adopted) and report["endpoint"]["run_id"] == meta[promotion.RUN_ID]
+    assert report["endpoint"]["model_id"] == served["model_id"] == threshold_amendment.served_model_id(
+        models.show(str(trained["ModelPackageVersion"]))["metrics"]["model_id"], adopted)
+    shown = models.show(str(result["version"]))
+    assert shown["metrics"]["threshold"] == adopted and shown["metrics"]["evaluated_on"].startswith("benchmark set")
+    assert shown["metrics"]["binary"]["specificity"] == statistics["specificity"]["challenger"]
 
     models.rollback(log=lambda _: None)
     assert serving(cloud) == meta[promotion.TRAINING_JOB]

@@ -88,6 +88,7 @@ def test_an_adopted_threshold_is_taken_exactly_where_the_registry_takes_it_and_t
         return
     assert registered, f"the container would serve {adopted}, but the registry refuses it"
     assert adopted_config["model_threshold"] == described["threshold"]
+    assert adopted_config["model_id"] == threshold_amendment.served_model_id(config["model_id"], adopted)
     assert_one_story(logits, adopted_config, adopted)
 
 

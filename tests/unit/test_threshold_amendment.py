@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cxr import jobcode
-from lambdas.domain import promotion, threshold_amendment
+from lambdas.domain import field_performance, promotion, threshold_amendment
 
 benchmark, decision = (jobcode.load(name) for name in ("benchmark", "decision"))
 CLASSES = ["bacterial", "normal", "viral"]
@@ -82,3 +82,15 @@ def test_the_metadata_is_the_trained_packages_with_what_it_amends():
     assert (meta[threshold_amendment.THRESHOLD], meta[threshold_amendment.MODEL_THRESHOLD]) == ("0.700", "0.5")
     assert meta[threshold_amendment.MODEL_NAME] == "cxr-dev-0-abc-t700"
     assert meta[promotion.DECISION] == threshold_amendment.DECISION and not promotion.metadata_problems(meta)
+
+
+def test_its_figures_count_the_calls_at_its_threshold_under_the_id_its_answers_give():
+    answers = {"version": "v1", "records": [
+        {"content_hash": h, "patient": h, "truth": truth, "score": score, "called": score >= 0.5}
+        for h, truth, score in (("a", True, 0.9), ("b", True, 0.6), ("c", False, 0.65), ("d", False, 0.1))]}
+    measured = threshold_amendment.figures(threshold_amendment.answers_at(answers, 0.7), "m-1", 0.7, 0.5)
+    assert measured["model_id"] == "m-1-t700" and measured["threshold"] == 0.7 and measured["model_threshold"] == 0.5
+    assert measured["binary"]["confusion_matrix"] == [[2, 0], [1, 1]]  # rows truth normal, pneumonia
+    assert (measured["binary"]["sensitivity"], measured["binary"]["specificity"]) == (0.5, 1.0)
+    references = field_performance.reference_figures(measured)  # what cxr status and the FieldMonitor read
+    assert references["sensitivity"].cases == 2 and references["specificity"].figure == 1.0

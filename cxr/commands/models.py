@@ -115,6 +115,8 @@ def print_adopted(result: dict) -> None:
     record = result["promotion"] or {}
     print(f"v{result['version']} {result['status']} ({'registered' if result['created'] else 'already registered'}):"
           f" {record.get('reason', '')}")
+    if record.get("comparison"):
+        print("  on the benchmark set, champion: the model at its own threshold; challenger: at the adopted one")
     print_statistics(record.get("comparison"))
     print(f"  serve it with `cxr models promote {result['version']}`; `cxr models rollback` returns to the model's own")
 

@@ -54,6 +54,8 @@ def check(threshold: float, decision: Mapping) -> float:
         raise NotAdoptable(f"threshold {threshold} lies outside the model's referral band [{low:.3f}, {high:.3f}]: "
                            "beyond it the model would decide unreferred cases no verdict has judged; a site that "
                            "needs more needs a model trained for it")
+    if milli(threshold) == milli(float(decision["threshold"])):
+        raise NotAdoptable(f"threshold {threshold} is the model's own ({decision['threshold']}): nothing to adopt")
     return threshold
 
 

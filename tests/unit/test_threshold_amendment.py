@@ -46,9 +46,10 @@ def test_a_higher_threshold_calls_fewer_pneumonias_and_keeps_everything_else():
     assert answers["records"][1]["called"] is True  # the trained package's answers are not touched
 
 
-@pytest.mark.parametrize(("threshold", "fits"), [(0.5, True), (0.2, True), (0.8, True), (0.19, False),
-                                                 (0.81, False), (float("nan"), False), (0.0, False)])
-def test_only_thresholds_inside_the_recorded_band_are_adopted(threshold, fits):
+@pytest.mark.parametrize(("threshold", "fits"), [(0.5, False), (0.5004, False), (0.501, True), (0.2, True),
+                                                 (0.8, True), (0.19, False), (0.81, False), (float("nan"), False),
+                                                 (0.0, False)])
+def test_only_thresholds_inside_the_recorded_band_other_than_its_own_are_adopted(threshold, fits):
     rule = decision.Rule(0.5).describe()  # band [0.2, 0.8]
     if fits:
         assert threshold_amendment.check(threshold, rule) == threshold

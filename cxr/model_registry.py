@@ -138,7 +138,7 @@ class ModelRegistry:
             if measured.get("model_id"):  # its own figures, at its threshold, under the id its answers give
                 model_metrics = {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": self._put(
                     self._report(base, run, "metrics.json"),
-                    threshold_amendment.figures(amended, measured["model_id"], threshold, rule["threshold"]))}}}
+                    threshold_amendment.figures(amended, measured["model_id"], threshold, rule))}}}
         reason = (f"threshold {threshold:.3f} adopted in place of v{base.get('ModelPackageVersion')}'s "
                   f"{rule['threshold']:.4g}: pending a person's approval (`cxr models promote`)"
                   + ("" if comparison else "; no benchmark answers to compare"))

@@ -76,7 +76,8 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def summary(found: Iterable[dict], sample_rate: float = review.DEFAULT_SAMPLE_RATE,
-            references: dict[str, dict[str, field_performance.Reference]] | None = None) -> dict:
+            references: dict[str, dict[str, field_performance.Reference]] | None = None,
+            bands: dict[str, tuple[float, float]] | None = None) -> dict:
     """What `cxr status` shows: the queue, the agreement and each model's figures on the site's patients
     (``field``, against ``references[model_id]``: ``field_performance.reference_figures``), from one pass.
 
@@ -105,7 +106,7 @@ def summary(found: Iterable[dict], sample_rate: float = review.DEFAULT_SAMPLE_RA
     for pk, verdict, at, agrees in waiting:
         tally.add({"verdict": verdict, "at": at, "agrees": agrees}, pk in quality_control)
     return {"tasks": dict(sorted(statuses.items())), "verdicts": tally.verdicts, "agreement": tally.agreement(),
-            "field": field.estimates(references)}
+            "field": field.estimates(references, bands)}
 
 
 class _Tally:

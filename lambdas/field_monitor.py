@@ -23,7 +23,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from botocore.exceptions import ClientError
 
 from lambdas import aws, review_queue
-from lambdas.domain import field_performance, layout, review, review_tally
+from lambdas.domain import field_performance, layout, review, review_tally, threshold_amendment
 
 logger = Logger(service="cxr-field-monitor")
 METRICS_NAMESPACE, SERVICE = "CxrServerless", "cxr-field-monitor"
@@ -41,8 +41,8 @@ def handler(event: dict, context) -> dict:
     for page in pages:
         for item in page["Items"]:
             tally.add(review_queue.decode(item))
-    references = model_figures(os.environ[ENV_DATA_BUCKET])
-    estimates = tally.estimates(references)
+    references, bands = model_figures(os.environ[ENV_DATA_BUCKET])
+    estimates = tally.estimates(references, bands)
     since = (datetime.now(UTC) - timedelta(days=RECENT_DAYS)).isoformat()
     recent = {model for model, latest in tally.latest.items() if latest >= since}
     below = {model: found["below_model_figure"] for model, found in estimates.items()
@@ -63,11 +63,13 @@ def handler(event: dict, context) -> dict:
                                 for model, found in estimates.items() if model in recent}}
 
 
-def model_figures(bucket: str) -> dict[str, dict[str, float]]:
-    """Each trained model's own figures, by model id, from every run's ``reports/<run>/metrics.json`` (models
-    trained before metrics.json named its model are left out: their figures cannot be matched)."""
+def model_figures(bucket: str) -> tuple[dict[str, dict[str, field_performance.Reference]],
+                                       dict[str, tuple[float, float]]]:
+    """Each model's own figures, by model id, from every run's ``reports/<run>/metrics.json`` (models trained
+    before metrics.json named its model are left out: their figures cannot be matched), and for a model served at
+    an adopted threshold the band its site's threshold may not leave (``threshold_amendment.bands``)."""
     s3 = aws.client("s3")
-    found = {}
+    found, bands = {}, {}
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=layout.REPORTS, Delimiter="/")
     for page in pages:
         for prefix in page.get("CommonPrefixes", []):
@@ -80,4 +82,5 @@ def model_figures(bucket: str) -> dict[str, dict[str, float]]:
                 raise
             if metrics.get("model_id"):
                 found[metrics["model_id"]] = field_performance.reference_figures(metrics)
-    return found
+                bands.update(threshold_amendment.bands(metrics))
+    return found, bands

@@ -44,7 +44,7 @@ def collect(deployment: target.Target, runs: int) -> dict:
         "endpoint": endpoint_state(deployment),
         "counts": counts(deployment),
     }
-    references = {}
+    references, metrics = {}, None
     if report["endpoint"].get("run_id"):
         metrics = serving_metrics(deployment, report["endpoint"]["run_id"])
         report["model_metrics"] = summarise_metrics(metrics) if metrics else None
@@ -57,7 +57,8 @@ def collect(deployment: target.Target, runs: int) -> dict:
             report["endpoint"]["model_id"] = metrics["model_id"]
             references[metrics["model_id"]] = field_performance.reference_figures(metrics)
     table, sample_rate = reviews.review_settings(deployment)
-    report["review"] = reviews.summary(reviews.items(deployment, table), sample_rate, references)
+    report["review"] = reviews.summary(reviews.items(deployment, table), sample_rate, references,
+                                       threshold_amendment.bands(metrics or {}))
     return report
 
 

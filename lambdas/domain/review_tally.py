@@ -86,14 +86,15 @@ class Tally:
             cells = self.scored.setdefault(record["model_id"], {})
             cells[scored] = cells.get(scored, 0) + 1
 
-    def estimates(self, references: Mapping[str, Mapping[str, field_performance.Reference]] | None = None
-                  ) -> dict[str, dict]:
+    def estimates(self, references: Mapping[str, Mapping[str, field_performance.Reference]] | None = None,
+                  bands: Mapping[str, tuple[float, float]] | None = None) -> dict[str, dict]:
         """``field_performance.estimate`` for every model with a reviewed task, against ``references[model_id]``
-        where given, and beside it (``threshold``) the threshold its site calls for (``site_threshold.fit``)."""
+        where given, and beside it (``threshold``) the threshold its site calls for (``site_threshold.fit``),
+        inside ``bands[model_id]`` too where given (an adopted threshold's model: its own band)."""
         self._finish()
-        references = references or {}
+        references, bands = references or {}, bands or {}
         return {str(model): {**field_performance.estimate(cells, self.weight[model], references.get(model)),
-                             "threshold": self._threshold(model)}
+                             "threshold": self._threshold(model, bands.get(str(model)))}
                 for model, cells in sorted(self.cells.items(), key=lambda kv: str(kv[0]))}
 
     def _finish(self) -> None:
@@ -105,12 +106,17 @@ class Tally:
                 self._count(record, self._loose[pk])
         self._orphans, self._loose = {}, {}
 
-    def _threshold(self, model: str | None) -> dict:
+    def _threshold(self, model: str | None, limit: tuple[float, float] | None = None) -> dict:
         """``site_threshold.fit`` for the model's tasks: they must record their p(pneumonia) and one operating
-        point (a model without a normal class has none; tasks of one model id that disagree are not pooled)."""
+        point (a model without a normal class has none; tasks of one model id that disagree are not pooled); its
+        band narrowed to ``limit`` where given."""
         points = self.points.get(model, set())
         if len(points) != 1 or not self.scored.get(model):
             reason = (f"its tasks record {len(points)} different thresholds" if len(points) > 1
                       else "its tasks record no threshold and p(pneumonia)")
             return {"threshold": None, "note": reason}
-        return site_threshold.fit(self.scored[model], self.weight[model], next(iter(points)))
+        point = next(iter(points))
+        if limit is not None:
+            point = site_threshold.OperatingPoint(point.threshold, (max(point.band[0], limit[0]),
+                                                                    min(point.band[1], limit[1])))
+        return site_threshold.fit(self.scored[model], self.weight[model], point)

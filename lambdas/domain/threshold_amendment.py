@@ -31,6 +31,9 @@ MODEL_NAME = "cxr:model-name"
 """Metadata: the SageMaker model an amendment deploys as. A SageMaker model's environment cannot change, and
 the deploy step takes an existing name as a retried attempt, so the name carries the threshold."""
 DECISION = "threshold-adopted"
+MODEL_BAND = "model_band"
+"""In an amendment's ``metrics.json``: the model's own referral band, which the site's threshold for the amended
+model may not leave (the container refuses it there), though the tasks' band follows the adopted threshold."""
 MAX_MODEL_NAME = 63
 
 
@@ -55,7 +58,8 @@ def check(threshold: float, decision: Mapping) -> float:
                            "beyond it the model would decide unreferred cases no verdict has judged; a site that "
                            "needs more needs a model trained for it")
     if milli(threshold) == milli(float(decision["threshold"])):
-        raise NotAdoptable(f"threshold {threshold} is the model's own ({decision['threshold']}): nothing to adopt")
+        raise NotAdoptable(f"threshold {threshold} is the model's own ({decision['threshold']}): nothing to adopt "
+                           "(where an adopted threshold serves, `cxr models rollback` returns to it)")
     return threshold
 
 
@@ -84,18 +88,26 @@ def answers_at(answers: Mapping, threshold: float) -> dict:
         | {"called": float(record["score"]) >= threshold} for record in answers.get("records", [])]}
 
 
-def figures(amended: Mapping, model_id: str, threshold: float, model_threshold: float) -> dict:
+def figures(amended: Mapping, model_id: str, threshold: float, decision: Mapping) -> dict:
     """The amendment's ``metrics.json``: its binary figures on the benchmark set at its threshold (the only
     labelled images whose p(pneumonia) the registry holds), under the id its answers give, so that ``cxr status``
-    and the FieldMonitor compare the site's verdicts on it with figures measured at the same threshold."""
+    and the FieldMonitor compare the site's verdicts on it with figures measured at the same threshold; and the
+    model's own threshold and band (``decision``, its ``metrics.json`` rule), the limit of any later move."""
     cells = Counter((bool(r["truth"]), bool(r["called"])) for r in amended["records"])
     tn, fp, fn, tp = (cells[(truth, called)] for truth in (False, True) for called in (False, True))
     n = tn + fp + fn + tp
     return {"model_id": served_model_id(model_id, threshold), "evaluated_on": f"benchmark set {amended['version']}",
-            "n": n, "threshold": threshold, "model_threshold": model_threshold, "binary": {
+            "n": n, "threshold": threshold, "model_threshold": decision["threshold"],
+            MODEL_BAND: [float(x) for x in decision["band"]], "binary": {
                 "positive": "pneumonia", "n": n, "accuracy": (tp + tn) / n if n else None,
                 "sensitivity": tp / (tp + fn) if tp + fn else None, "specificity": tn / (tn + fp) if tn + fp else None,
                 "confusion_matrix": [[tn, fp], [fn, tp]]}}
+
+
+def bands(metrics: Mapping) -> dict[str, tuple[float, float]]:
+    """``{model id: the model's own band}`` from an amendment's ``metrics.json``; empty for a trained model's."""
+    band = metrics.get(MODEL_BAND)
+    return {metrics["model_id"]: (float(band[0]), float(band[1]))} if band and metrics.get("model_id") else {}
 
 
 def metadata(base: Mapping, threshold: float, model_threshold: float, report_uri: str,

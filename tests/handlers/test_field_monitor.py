@@ -14,6 +14,7 @@ from simulated_site import population, review_items, scored_population, scored_r
 import reviewing
 from infra import wiring
 from lambdas import aws, field_monitor, review_queue
+from lambdas.domain import threshold_amendment
 
 TABLE = "field-tasks"
 
@@ -92,3 +93,9 @@ def test_the_threshold_a_recent_models_site_calls_for_is_reported(deployed):
     assert result["site_thresholds"]["bare"] == {"model": None, "site": None}
     fitted = result["site_thresholds"]["serving"]
     assert fitted["model"] == 0.2 and site["band"][0] < 0.2 < fitted["site"] < site["band"][1]
+
+    # served at an adopted threshold, its amendment's metrics.json bounds the next move by the model's own band
+    publish_metrics(deployed[1], "run-1-threshold-200", {"model_id": "serving", "binary": {},
+                                                    threshold_amendment.MODEL_BAND: [0.1, 0.24]})
+    held = field_monitor.handler({}, None)["site_thresholds"]["serving"]
+    assert 0.2 < held["site"] <= 0.24 < fitted["site"]

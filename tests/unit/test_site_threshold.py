@@ -147,3 +147,21 @@ def test_no_sensitivity_is_given_up_for_specificity_already_reached():
     found = fitted(scored_review_items(site, rate=0.02))
     assert found["move"] == st_.KEEP and found["threshold"] == 0.2
     assert found["specificity_change"]["estimate"] == 0.0
+
+
+def test_an_adopted_thresholds_site_is_kept_inside_the_models_own_band():
+    """A model served at an adopted threshold refers around it, so its tasks' band reaches past the model's own;
+    with the own band given (an amendment's ``metrics.json``), the fit stays where the container can serve it."""
+    site = scored_population(20000, threshold=0.2, margin=MARGIN, seed=0)
+    tally = review_tally.Tally(0.02)
+    for item in scored_review_items(site, rate=0.02, seed=0):
+        tally.add(item)
+    free = tally.estimates()["m"]["threshold"]
+    own = (0.05, 0.25)  # ends inside the tasks' band around 0.2, which reaches 0.5
+    limited = review_tally.Tally(0.02)
+    for item in scored_review_items(site, rate=0.02, seed=0):
+        limited.add(item)
+    held = limited.estimates(bands={"m": own})["m"]["threshold"]
+    assert free["threshold"] > own[1]
+    assert held["band"] == [pytest.approx(site["band"][0], abs=1e-6), own[1]]  # the two bands' common part
+    assert own[0] < held["threshold"] <= own[1] and held["move"] == st_.RAISE

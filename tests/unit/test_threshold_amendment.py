@@ -89,8 +89,11 @@ def test_its_figures_count_the_calls_at_its_threshold_under_the_id_its_answers_g
     answers = {"version": "v1", "records": [
         {"content_hash": h, "patient": h, "truth": truth, "score": score, "called": score >= 0.5}
         for h, truth, score in (("a", True, 0.9), ("b", True, 0.6), ("c", False, 0.65), ("d", False, 0.1))]}
-    measured = threshold_amendment.figures(threshold_amendment.answers_at(answers, 0.7), "m-1", 0.7, 0.5)
+    measured = threshold_amendment.figures(threshold_amendment.answers_at(answers, 0.7), "m-1", 0.7,
+                                           decision.Rule(0.5).describe())
     assert measured["model_id"] == "m-1-t700" and measured["threshold"] == 0.7 and measured["model_threshold"] == 0.5
+    assert threshold_amendment.bands(measured) == {"m-1-t700": pytest.approx((0.2, 0.8))}
+    assert threshold_amendment.bands({"model_id": "m-1", "binary": {}}) == {}  # a trained model's: no limit
     assert measured["binary"]["confusion_matrix"] == [[2, 0], [1, 1]]  # rows truth normal, pneumonia
     assert (measured["binary"]["sensitivity"], measured["binary"]["specificity"]) == (0.5, 1.0)
     references = field_performance.reference_figures(measured)  # what cxr status and the FieldMonitor read

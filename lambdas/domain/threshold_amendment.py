@@ -11,6 +11,11 @@ called at the new threshold (:func:`answers_at`; the call is ``p >= threshold`` 
 makes it). The amendment waits as ``PendingManualApproval`` beside the paired test of those answers against
 the trained package's: a person promotes it (``cxr models promote``), having read what it costs on the
 benchmark set, since the site's verdicts and the benchmark set are different patients.
+
+What it is measured against once it serves. Its answers carry their own model id (:func:`served_model_id`), so
+the site's verdicts on it are tallied apart from the model's own; its ``metrics.json`` (:func:`figures`) holds
+its benchmark-set figures at its threshold under that id, and the model's own band, which the site's next
+threshold may not leave (:func:`bands`).
 """
 
 from __future__ import annotations

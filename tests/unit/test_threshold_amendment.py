@@ -63,6 +63,15 @@ def test_a_model_without_a_threshold_has_none_to_replace():
         threshold_amendment.check(0.5, decision.Rule(None).describe())
 
 
+def test_a_model_trained_before_its_handler_read_the_variable_is_refused():
+    """Its handler would ignore the variable: the endpoint would answer at the model's own threshold while the
+    registry and `cxr status` said the adopted one served."""
+    older = {k: v for k, v in decision.Rule(0.5).describe().items() if k != "threshold_variable"}
+    with pytest.raises(threshold_amendment.NotAdoptable, match="train it again"):
+        threshold_amendment.check(0.6, older)
+    assert threshold_amendment.check(0.6, {**older, "threshold_variable": decision.THRESHOLD_VARIABLE}) == 0.6
+
+
 def test_names_carry_the_threshold_and_fit_sagemakers_limits():
     job = "cxr-production-0-" + "f" * 36 + "-long"
     name = threshold_amendment.model_name(job, 0.705)

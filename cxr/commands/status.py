@@ -12,6 +12,8 @@ from infra import wiring
 from lambdas.domain import field_performance, layout, site_threshold, threshold_amendment
 
 REPORT_URL_SECONDS = 3600
+ADOPT, RETRAIN = "adopt", "retrain"
+"""How the serving model can take the site's threshold (``print_threshold``)."""
 
 
 def register(subparsers) -> None:
@@ -47,6 +49,7 @@ def collect(deployment: target.Target, runs: int) -> dict:
     references, metrics = {}, None
     if report["endpoint"].get("run_id"):
         metrics = serving_metrics(deployment, report["endpoint"]["run_id"])
+        report["endpoint"]["threshold_servable"] = threshold_amendment.servable((metrics or {}).get("decision") or {})
         report["model_metrics"] = summarise_metrics(metrics) if metrics else None
         report["model_report"] = model_report(deployment, report["endpoint"]["run_id"])
         threshold = report["endpoint"].get("threshold")
@@ -172,7 +175,8 @@ def print_report(report: dict) -> None:
         print(f"  evaluation report ({where}): {report['model_report']}")
     print("counts: " + ", ".join(f"{n} {name}" for name, n in report["counts"].items()))
     print_review(report["review"])
-    print_field(report["review"]["field"], report["endpoint"].get("model_id"))
+    print_field(report["review"]["field"], report["endpoint"].get("model_id"),
+                report["endpoint"].get("threshold_servable", False))
 
 
 def print_review(summary: dict) -> None:
@@ -194,9 +198,10 @@ MEASURE_NAMES = {"sensitivity": "sensitivity", "specificity": "specificity",
                  "subtype_accuracy": "bacterial vs viral accuracy"}
 
 
-def print_field(field: dict, serving: str | None) -> None:
+def print_field(field: dict, serving: str | None, servable: bool = False) -> None:
     """Each reviewed model's figures on this site's patients (``field_performance``), the serving model first,
-    and a warning for every measure whose whole interval lies below the model's own."""
+    and a warning for every measure whose whole interval lies below the model's own; how to serve the site's
+    threshold only for the serving model (``servable``: its artifact can), which ``adopt-threshold`` amends."""
     if not field:
         return
     print("on this site's patients (radiologists' verdicts, each weighted by how its task was drawn; 95 % intervals):")
@@ -214,15 +219,16 @@ def print_field(field: dict, serving: str | None) -> None:
                 text += (f"; measured {figure['model_figure']:.3f} (at least {figure['model_figure_lower']:.3f})"
                          + (": BELOW" if figure["below_model_figure"] else ""))
             print(text)
-        print_threshold(found.get("threshold"))
+        print_threshold(found.get("threshold"), (ADOPT if servable else RETRAIN) if model == serving else None)
         for name in found["below_model_figure"]:
             print(f"  WARNING: {MEASURE_NAMES[name]} on this site's patients is below what this model was measured at: "
                   "its figures do not describe these X-rays. Plan by the figure above, and train on the reviewed "
                   "X-rays (the review_dataset setting) before relying on this call.")
 
 
-def print_threshold(fitted: dict | None) -> None:
-    """The threshold this site's verdicts call for (``site_threshold``), beside the model's own."""
+def print_threshold(fitted: dict | None, serve: str | None = None) -> None:
+    """The threshold this site's verdicts call for (``site_threshold``), beside the model's own, and how to serve
+    it: ``ADOPT`` (``cxr models adopt-threshold``), ``RETRAIN`` (a model trained before it could be), None."""
     if not fitted or "model_threshold" not in fitted:
         return
     if fitted["threshold"] is None:
@@ -249,5 +255,9 @@ def print_threshold(fitted: dict | None) -> None:
           f"shown to keep sensitivity >= {target} here: {figures(fitted['at_threshold'])}")
     print(f"      at the model's {model:.3f}: {figures(fitted['at_model_threshold'])}; the site's threshold changes "
           f"specificity by {change['estimate']:+.3f} ({change['interval'][0]:+.3f} to {change['interval'][1]:+.3f})")
-    print(f"      to serve it: `cxr models adopt-threshold {fitted['threshold']:.3f}`, then `cxr models promote` the "
-          "package it registers")
+    if serve == ADOPT:
+        print(f"      to serve it: `cxr models adopt-threshold {fitted['threshold']:.3f}`, then `cxr models promote` "
+              "the package it registers")
+    elif serve == RETRAIN:
+        print("      to serve it: train the model again; this one was trained before a model could serve an adopted "
+              "threshold")

@@ -51,6 +51,12 @@ def milli(threshold: float) -> int:
     return round(threshold * 1000)
 
 
+def servable(decision: Mapping) -> bool:
+    """Whether the artifact whose ``metrics.json`` rule this is can serve an adopted threshold: its handler reads
+    the variable, and says so (``decision.Rule.describe``)."""
+    return decision.get("threshold_variable") == THRESHOLD_VARIABLE
+
+
 def check(threshold: float, decision: Mapping) -> float:
     """The threshold, if the model's recorded rule (``metrics.json`` ``decision``) names the variable its handler
     reads and has the threshold inside its referral band, the same test ``decision.adopt_threshold`` makes as the
@@ -58,7 +64,7 @@ def check(threshold: float, decision: Mapping) -> float:
     band = decision.get("band")
     if decision.get("threshold") is None or not band:
         raise NotAdoptable("this model records no binary threshold and band: it has no threshold to replace")
-    if decision.get("threshold_variable") != THRESHOLD_VARIABLE:
+    if not servable(decision):
         raise NotAdoptable(f"this model was trained before its artifact could serve an adopted threshold (its "
                            f"decision rule names no threshold_variable {THRESHOLD_VARIABLE}): its handler would "
                            "answer at its own threshold while the registry said otherwise; train it again, then "

@@ -79,13 +79,19 @@ def test_the_sites_threshold_is_printed_beside_the_models(capsys):
               "at_model_threshold": at(0.991, 0.981, 0.741, [0.70, 0.78]), "at_threshold": at(0.962, 0.951, 0.874,
                                                                                           [0.85, 0.89]),
               "specificity_change": {"estimate": 0.133, "interval": [0.11, 0.15]}}
-    status.print_threshold(fitted)
+    status.print_threshold(fitted, status.ADOPT)
     assert capsys.readouterr().out.splitlines() == [
         "    threshold for this site: 0.412, the most specificity in the model's referral band shown to keep "
         "sensitivity >= 0.95 here: sensitivity 0.962 (at least 0.951), specificity 0.874 (0.850-0.890)",
         "      at the model's 0.181: sensitivity 0.991 (at least 0.981), specificity 0.741 (0.700-0.780); the site's "
         "threshold changes specificity by +0.133 (+0.110 to +0.150)",
         "      to serve it: `cxr models adopt-threshold 0.412`, then `cxr models promote` the package it registers"]
+    status.print_threshold(fitted, status.RETRAIN)  # trained before its handler read the variable
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "      to serve it: train the model again; this one was trained before a model could serve an adopted "
+        "threshold")
+    status.print_threshold(fitted)  # a model no longer serving: adopt-threshold amends the serving one
+    assert len(capsys.readouterr().out.splitlines()) == 2
     status.print_threshold({**fitted, "threshold": 0.181, "move": "keep"})
     assert capsys.readouterr().out.startswith("    threshold: the model's 0.181 gives the most specificity")
     kept = {k: v for k, v in fitted.items() if k not in ("at_threshold", "specificity_change")}

@@ -224,6 +224,7 @@ def test_a_site_threshold_is_adopted_pending_then_served_and_rolled_back(cloud):
     assert served["referral_band"][0] < adopted < served["referral_band"][1]
     report = status.collect(Deployment(cloud), runs=5)  # `cxr status`: the served id, figures at its threshold
     assert report["endpoint"]["threshold"] == str(adopted) and report["endpoint"]["run_id"] == meta[promotion.RUN_ID]
+    assert report["endpoint"]["threshold_servable"]  # the trained artifact's metrics.json says its handler can
     assert report["endpoint"]["model_id"] == served["model_id"] == threshold_amendment.served_model_id(
         models.show(str(trained["ModelPackageVersion"]))["metrics"]["model_id"], adopted)
     shown = models.show(str(result["version"]))

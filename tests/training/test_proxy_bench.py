@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,50 @@ def test_the_linear_probe_reads_every_proxy_from_frozen_imagenet_features(tiny_d
         assert figures["n"] > 0 and figures["C"] in probe.C_GRID
         assert 0.5 <= figures["auc"] <= 1 and 0 <= figures["three_class_accuracy"] <= 1
     assert (tmp_path / "work" / "linear-probe-efficientnet_lite2-160.npz").exists()  # features cached for the next run
+
+
+def _result(seed: int, figures: dict[str, dict[str, tuple[float, float]]]) -> dict:
+    """A bench/proxies.py JSON: recipe -> proxy -> (specificity at sensitivity 0.95, AUC)."""
+    return {"overrides": {"seed": str(seed)} if seed else {},
+            "recipes": {recipe: {"proxies": {proxy: {"specificity_at_sensitivity_0.95": spec, "auc": auc,
+                                                     "accuracy": 0.9, "binary_accuracy": 0.9, "specificity": spec,
+                                                     "n": 100}
+                                             for proxy, (spec, auc) in by_proxy.items()}}
+                        for recipe, by_proxy in figures.items()}}
+
+
+def test_the_summary_ranks_recipes_by_their_worst_proxy_over_every_draw():
+    """bench/proxy_summary.py: the grid of many calls read as one; a re-read run counts once, a repeat twice."""
+    summary_module = importlib.import_module("bench.proxy_summary")
+    seed0 = _result(0, {"steady": {"split": (0.98, 0.99), "cluster0": (0.95, 0.98)},
+                        "lucky": {"split": (0.99, 0.99), "cluster0": (0.99, 0.99)},
+                        "partial": {"split": (1.0, 1.0)}})
+    seed1 = _result(1, {"lucky": {"cluster0": (0.85, 0.97)}})  # one good draw and one bad: its mean decides
+    reread = _result(0, {"steady": {"cluster0": (0.95, 0.98)}})  # a later call reading the same run again
+    repeat = _result(0, {"steady": {"cluster0": (0.93, 0.98)}})  # the same seed trained again: another draw
+    summary = summary_module.summarise([seed0, seed1, reread, repeat])
+    steady, lucky = summary["recipes"]["steady"], summary["recipes"]["lucky"]
+    assert steady["proxies"]["cluster0"]["seeds"] == [0, 0]
+    assert steady["proxies"]["cluster0"]["specificity_at_sensitivity_0.95"]["mean"] == pytest.approx(0.94)
+    assert lucky["proxies"]["cluster0"]["specificity_at_sensitivity_0.95"]["mean"] == pytest.approx(0.92)
+    assert summary["ranking"] == ["steady", "lucky"] and summary["unranked"] == ["partial"]
+    assert steady["worst_proxy"] == "cluster0" and summary["recipes"]["partial"]["worst_proxy"] is None
+    table = summary_module.markdown(summary)
+    assert "| 1 | `steady` | 1-2 | **0.940 (0.930-0.950)** | 0.980 |" in table
+    assert "| - | `partial` | 1 | - | 1.000 | - | - |" in table
+
+
+@pytest.mark.parametrize(("protocol", "recipe", "preset", "proxies", "worst"), [
+    ("kermany", "x-ray", "x-ray", 7, "acquisition"),
+    ("pneumoniamnist", "small-linear-ensemble3", "small", 6, "sequence-late")])
+def test_each_default_is_the_recipe_the_rule_picks_over_every_draw(bench, protocol, recipe, preset, proxies, worst):
+    """The presets `cxr train-local` picks, against every recipe run at full length on all of a dataset's proxies
+    (bench/proxy_summary.py's files: the tables of bench/RESULTS.md)."""
+    from cxr import presets
+
+    summary_module = importlib.import_module("bench.proxy_summary")
+    summary = summary_module.summarise([json.loads((summary_module.RESULTS / name).read_text())
+                                        for name in summary_module.PROTOCOLS[protocol]])
+    assert len(summary["proxies"]) == proxies and len(summary["ranking"]) >= 2
+    assert summary["ranking"][0] == recipe and bench.RECIPES[recipe] == presets.expand(preset, {})
+    assert summary["recipes"][recipe]["worst_proxy"] == worst

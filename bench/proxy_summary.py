@@ -29,14 +29,16 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = {
-    # full length on the CPU, seven proxies (bench/RESULTS.md, round 2, stops 7-11)
+    # full length on the CPU, seven proxies (bench/RESULTS.md, round 2, stops 7-11; stop 8's one-thread draws too)
     "kermany": ["kermany-proxies-full.json", "kermany-proxies-full-acquisition-seed1.json",
                 "kermany-proxies-full-acquisition-seed2.json", "kermany-proxies-full-acquisition-xray-seed1.json",
                 "kermany-proxies-full-acquisition-xray-seed2.json", "kermany-proxies-acquisition-stop11.json",
                 "kermany-proxies-full-cluster0.json", "kermany-proxies-full-cluster1.json",
                 "kermany-proxies-full-cluster2.json", "kermany-proxies-full-clusters-sequence.json",
                 "kermany-proxies-full-acquisition-clusters.json", "kermany-proxies-sequence.json",
-                "kermany-proxies-lpft.json", "kermany-proxies-lpft-acquisition-seed1.json"],
+                "kermany-proxies-lpft.json", "kermany-proxies-lpft-acquisition-seed1.json",
+                "kermany-xray-acquisition-threads1-seed0.json", "kermany-xray-acquisition-threads1-seed1.json",
+                "kermany-xray-acquisition-threads1-seed2.json"],
     # grouped by patient (bench/pneumoniamnist_sources.py), six proxies, the small preset's full schedule
     "pneumoniamnist": ["pneumoniamnist-patient-proxies.json", "pneumoniamnist-patient-proxies-seed1.json",
                        "pneumoniamnist-patient-proxies-seed2.json",

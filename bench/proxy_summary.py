@@ -8,11 +8,11 @@ Usage::
 ``bench/proxies.py`` writes one JSON per call, and a grid is run in many calls (recipes in parallel, seeds,
 one proxy at a time). This reads them together: a draw is one recipe trained with one seed on one proxy
 (``--hp seed=N``); a run read again by a later call (the same figures) is counted once, a run repeated is
-another draw. Per recipe and proxy it takes the mean over
-the draws; a recipe's worst proxy is the one with the lowest mean specificity at sensitivity >= 0.95, and
-recipes are ranked by that figure, then by their worst mean AUC (the rule of ``bench/proxies.py``, over
-draws). Recipes missing a proxy are listed but not ranked: the rule needs every proxy. Spearman
-correlations over the ranked recipes say how far each proxy alone would have chosen as the worst does.
+another draw. Per recipe and proxy it takes the mean over the draws; a recipe's worst proxy is the one with
+the lowest mean specificity at sensitivity >= 0.95, and recipes are ranked by that figure, then by their worst
+mean AUC (the rule of ``bench/proxies.py``, over draws). Recipes missing a proxy are listed but not ranked:
+the rule needs every proxy. Spearman correlations over the ranked recipes say how far each proxy alone would
+have chosen as the worst does.
 
 Pass the results of one protocol only (one dataset, one set of proxies, full-length runs): a short screen
 or another grouping of the same proxy names would be averaged in otherwise.

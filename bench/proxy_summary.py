@@ -51,6 +51,16 @@ KEY = "specificity_at_sensitivity_0.95"
 COLUMNS = (KEY, "auc", "binary_accuracy", "accuracy", "specificity")
 
 
+def read(paths: list[Path]) -> list[dict]:
+    """The bench/proxies.py JSONs at these paths."""
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def protocol_files(name: str) -> list[Path]:
+    """The result files of one of PROTOCOLS."""
+    return [RESULTS / file for file in PROTOCOLS[name]]
+
+
 def draws(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """(recipe, proxy) -> its runs' figures, each with its seed, from bench/proxies.py JSONs."""
     found: dict[tuple[str, str], dict[tuple, dict]] = {}
@@ -105,6 +115,7 @@ def _spread(values: list[float | None]) -> dict:
 
 
 def _rho(value: float) -> float | None:
+    """Two decimals, as the table prints them: rounding bench/proxies.py's three again would move a few."""
     return None if np.isnan(value) else round(float(value), 2)
 
 
@@ -153,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), help="the result files RESULTS.md reads")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
-    paths = args.results + [RESULTS / name for name in PROTOCOLS.get(args.protocol, [])]
+    paths = args.results + (protocol_files(args.protocol) if args.protocol else [])
     if not paths:
         parser.error("name result files or a --protocol")
-    summary = summarise([json.loads(path.read_text()) for path in paths])
+    summary = summarise(read(paths))
     summary["inputs"] = [path.name for path in paths]
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))

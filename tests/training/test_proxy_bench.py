@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +155,7 @@ def test_each_default_is_the_recipe_the_rule_picks_over_every_draw(bench, protoc
     from cxr import presets
 
     summary_module = importlib.import_module("bench.proxy_summary")
-    summary = summary_module.summarise([json.loads((summary_module.RESULTS / name).read_text())
-                                        for name in summary_module.PROTOCOLS[protocol]])
+    summary = summary_module.summarise(summary_module.read(summary_module.protocol_files(protocol)))
     assert len(summary["proxies"]) == proxies and len(summary["ranking"]) >= 2
     assert summary["ranking"][0] == recipe and bench.RECIPES[recipe] == presets.expand(preset, {})
     assert summary["recipes"][recipe]["worst_proxy"] == worst
